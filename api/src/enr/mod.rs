@@ -1,0 +1,1 @@
+//! ENR economics (filled by the ENR module work).

@@ -1,0 +1,1 @@
+//! Mutual-credit ledger.

@@ -1,0 +1,24 @@
+//! Univrs API: the custom resource types of group `univrs.io`, the node identity (one Ed25519
+//! key, three names), signed envelopes, the mutual-credit ledger and the ENR economics.
+//!
+//! This crate does no I/O: the controller, the node agent and the MCP server share it, and
+//! everything in it is a pure function of its inputs, which is what makes it testable with
+//! property tests.
+
+pub mod account;
+pub mod conditions;
+pub mod crds;
+pub mod enr;
+pub mod envelope;
+pub mod identity;
+pub mod ledger;
+pub mod quantity;
+pub mod resources;
+
+pub use account::Account;
+pub use resources::{creditline::CreditLine, node::Node, vouch::Vouch, workload::Workload};
+
+/// The API group of every Univrs resource.
+pub const GROUP: &str = "univrs.io";
+/// The served and stored version of every Univrs resource.
+pub const VERSION: &str = "v1alpha1";

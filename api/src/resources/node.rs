@@ -1,0 +1,322 @@
+//! `Node` (cluster-scoped, `nodes.univrs.io`): a machine that contributes resources.
+//!
+//! The agent on the machine creates the object and owns its spec. Writers of status, each with
+//! its own server-side-apply field manager:
+//! - the node's agent (`univrs-agent/<node>`): `observations` (what it and its peers see:
+//!   connected peers, uptime, bandwidth, latency) and the `Reachable` condition;
+//! - the controller (`univrs-controller`): `observedGeneration`, `reputation`, `allocated`,
+//!   `instances`, `nexusRole`, `creditBalance`, `septal` and the `Ready` and `Isolated`
+//!   conditions.
+//!
+//! Heartbeats are not status: the agent renews the Lease `univrs-node-<name>` in the
+//! `univrs-system` namespace, as kubelets do, and the controller derives `Ready` from it.
+
+use crate::quantity::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition type: the agent's Lease is being renewed and the node accepts work.
+pub const CONDITION_READY: &str = "Ready";
+/// Condition type: peers reach the node over the mesh.
+pub const CONDITION_REACHABLE: &str = "Reachable";
+/// Condition type: the septal gate has cut the node off (True means isolated).
+pub const CONDITION_ISOLATED: &str = "Isolated";
+
+/// The schema pattern of a libp2p Ed25519 PeerId.
+pub const PEER_ID_PATTERN: &str = r"^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$";
+/// The schema pattern of an Ed25519 did:key.
+pub const DID_KEY_PATTERN: &str = r"^did:key:z6Mk[1-9A-HJ-NP-Za-km-z]{44}$";
+
+/// A machine contributing CPU, memory and GPUs to the community cloud.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "univrs.io",
+    version = "v1alpha1",
+    kind = "Node",
+    status = "NodeStatus",
+    derive = "PartialEq",
+    shortname = "unode",
+    category = "univrs",
+    doc = "A Node is a machine that contributes resources; its agent keeps this object and renews a Lease.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the agent's Lease is fresh"
+    ),
+    printcolumn(
+        name = "Role",
+        type_ = "string",
+        json_path = ".status.nexusRole",
+        description = "Leaf, Nexus or PoteauMitan"
+    ),
+    printcolumn(
+        name = "Reputation",
+        type_ = "number",
+        json_path = ".status.reputation",
+        description = "0 to 1"
+    ),
+    printcolumn(
+        name = "CPU",
+        type_ = "string",
+        json_path = ".spec.capacity.cpu",
+        description = "CPU capacity"
+    ),
+    printcolumn(
+        name = "Memory",
+        type_ = "string",
+        json_path = ".spec.capacity.memory",
+        description = "Memory capacity"
+    ),
+    printcolumn(
+        name = "Balance",
+        type_ = "integer",
+        json_path = ".status.creditBalance",
+        description = "Milli-credits: owed to it minus owed by it"
+    ),
+    printcolumn(
+        name = "Septal",
+        type_ = "string",
+        json_path = ".status.septal.state",
+        priority = 1,
+        description = "Circuit breaker state"
+    ),
+    printcolumn(
+        name = "Schedulable",
+        type_ = "boolean",
+        json_path = ".spec.unschedulable",
+        priority = 1,
+        description = "Cordoned when true"
+    ),
+    printcolumn(
+        name = "PeerID",
+        type_ = "string",
+        json_path = ".spec.peerId",
+        priority = 1,
+        description = "libp2p PeerId"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// The node's libp2p PeerId (`12D3KooW…`), derived from its Ed25519 key.
+    #[schemars(regex(pattern = r"^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$"))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("peerId is immutable: a new key is a new node"))]
+    pub peer_id: String,
+
+    /// The node's DID (`did:key:z6Mk…`), the same Ed25519 key as peerId.
+    #[schemars(regex(pattern = r"^did:key:z6Mk[1-9A-HJ-NP-Za-km-z]{44}$"))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("did is immutable: a new key is a new node"))]
+    pub did: String,
+
+    /// Addresses where peers reach the node's swarm, as multiaddrs (`/ip4/…/tcp/…`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 2, max = 256), regex(pattern = r"^/"))
+    )]
+    pub multiaddrs: Vec<String>,
+
+    /// What the node contributes.
+    pub capacity: NodeCapacity,
+
+    /// Cordon: when true no new instance is placed here (existing ones stay until drained).
+    #[serde(default)]
+    pub unschedulable: bool,
+
+    /// How the node prices its resources; the fixed default rates when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<NodePricing>,
+}
+
+/// Resources a node contributes.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCapacity {
+    /// CPU cores offered: `4`, `3500m`.
+    pub cpu: Quantity,
+    /// Memory offered: `8Gi`.
+    pub memory: Quantity,
+    /// Whole GPUs offered.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 64))]
+    pub gpu: i32,
+}
+
+/// How a node prices an instance-hour, in milli-credits.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePricing {
+    /// Fixed rates, rates scaled by utilization and entropy (default), or a sealed-bid auction.
+    #[serde(default)]
+    pub model: PricingModel,
+    /// Milli-credits per CPU core-hour at multiplier 1.
+    #[serde(default = "default_cpu_rate")]
+    #[schemars(range(min = 0, max = 1_000_000_000))]
+    pub cpu_core_hour: i64,
+    /// Milli-credits per GiB-hour of memory at multiplier 1.
+    #[serde(default = "default_memory_rate")]
+    #[schemars(range(min = 0, max = 1_000_000_000))]
+    pub memory_gib_hour: i64,
+    /// Milli-credits per GPU-hour at multiplier 1.
+    #[serde(default = "default_gpu_rate")]
+    #[schemars(range(min = 0, max = 1_000_000_000))]
+    pub gpu_hour: i64,
+}
+
+fn default_cpu_rate() -> i64 {
+    1000
+}
+
+fn default_memory_rate() -> i64 {
+    250
+}
+
+fn default_gpu_rate() -> i64 {
+    10_000
+}
+
+/// A node's pricing model.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PricingModel {
+    /// The rates as written.
+    Fixed,
+    /// The rates times a multiplier from 1 to 5 set by utilization and entropy.
+    #[default]
+    Dynamic,
+    /// Capacity sold by sealed-bid second-price auction; the rates are the reserve price.
+    Auction,
+}
+
+/// What the controller and the node's agent observe of a node.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The metadata.generation this status was derived from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Reputation from 0 to 1: service history and verified vouches (controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub reputation: Option<f64>,
+    /// The sum of the requests of the instances placed here (controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<AllocatedResources>,
+    /// Instances placed here (controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<i32>,
+    /// Leaf, Nexus or PoteauMitan, from the latest nexus election (controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nexus_role: Option<NexusRole>,
+    /// Milli-credits owed to this node minus milli-credits it owes, over all its lines (controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_balance: Option<i64>,
+    /// The septal gate: the node's circuit breaker (controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub septal: Option<SeptalStatus>,
+    /// What the agent and its peers observe (agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observations: Option<NodeObservations>,
+    /// Ready (controller), Reachable (agent) and Isolated (controller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Resources reserved on a node by the instances placed there.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocatedResources {
+    /// CPU requested.
+    pub cpu: Quantity,
+    /// Memory requested.
+    pub memory: Quantity,
+    /// GPUs requested.
+    #[serde(default)]
+    pub gpu: i32,
+}
+
+/// A node's role in the nexus topology.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NexusRole {
+    /// An ordinary node; gossips through its nexus.
+    Leaf,
+    /// A hub elected for uptime, bandwidth, reputation and connectivity.
+    Nexus,
+    /// The highest-scoring hub, connecting the other hubs.
+    PoteauMitan,
+}
+
+/// The state of a node's septal gate (circuit breaker).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SeptalStatus {
+    /// Connected (traffic flows), Isolated (cut off) or Recovering (probing, traffic ramping up).
+    pub state: SeptalState,
+    /// Consecutive failures counted toward tripping.
+    #[serde(default)]
+    pub failures: i32,
+    /// Health score from 0 (healthy) to 1; the gate trips at 0.7.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub health_score: f64,
+    /// When the gate last changed state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+}
+
+/// The state of a septal gate, named for what traffic does.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SeptalState {
+    /// Traffic flows normally.
+    #[default]
+    Connected,
+    /// The node is cut off: nothing is placed there and its transfers are refused.
+    Isolated,
+    /// Probing after isolation: traffic ramps up as probes succeed.
+    Recovering,
+}
+
+/// What a node's agent and its peers observe; input to reputation and the nexus election.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeObservations {
+    /// Peers currently connected over the mesh.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub connected_peers: i32,
+    /// Fraction of the last day the agent was up, 0 to 1.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub uptime: f64,
+    /// Measured bandwidth in bits per second.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub bandwidth_bps: i64,
+    /// Median round-trip time to peers in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub median_latency_ms: Option<f64>,
+    /// Gossip messages dropped for a bad signature or an impossible claim.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub invalid_messages: i64,
+}
+
+impl NodeCapacity {
+    /// CPU capacity in millicores.
+    pub fn cpu_millis(&self) -> Result<u64, crate::quantity::QuantityError> {
+        self.cpu.to_milli()
+    }
+
+    /// Memory capacity in bytes.
+    pub fn memory_bytes(&self) -> Result<u64, crate::quantity::QuantityError> {
+        self.memory.to_units()
+    }
+}

@@ -1,0 +1,468 @@
+//! `Workload` (namespaced): containers to run somewhere in the community cloud.
+//!
+//! Writers of status (each with its own server-side-apply field manager):
+//! - the controller (`univrs-controller`): `observedGeneration`, `replicas`, `readyReplicas`,
+//!   `selector`, `creditSpent`, the conditions, and each instance's `name`, `node` and
+//!   `placedAt`;
+//! - the agent of the node an instance is placed on (`univrs-agent/<node>`): that instance's
+//!   `phase`, `ready`, `restarts`, `message` and `startedAt`.
+
+use crate::quantity::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Condition type: every replica has a node.
+pub const CONDITION_SCHEDULED: &str = "Scheduled";
+/// Condition type: at least the desired number of replicas are ready.
+pub const CONDITION_AVAILABLE: &str = "Available";
+/// Condition type: the workload is converging on its spec (placing, starting or moving instances).
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+/// Condition type: the owner's credit headroom or budget ran out, so the workload stops growing.
+pub const CONDITION_CREDIT_EXHAUSTED: &str = "CreditExhausted";
+
+/// A set of containers run as `replicas` instances on nodes of the community cloud.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "univrs.io",
+    version = "v1alpha1",
+    kind = "Workload",
+    namespaced,
+    status = "WorkloadStatus",
+    derive = "PartialEq",
+    shortname = "uwl",
+    category = "univrs",
+    doc = "A Workload runs its containers as `replicas` instances on nodes of the community cloud, placed by resources, labels, reputation and credit.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Replicas wanted"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Replicas running and ready"
+    ),
+    printcolumn(
+        name = "Available",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Available\")].status",
+        description = "Whether enough replicas are ready"
+    ),
+    printcolumn(
+        name = "Scheduled",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Scheduled\")].reason",
+        description = "Placement outcome"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".spec.containers[0].image",
+        priority = 1,
+        description = "Image of the first container"
+    ),
+    printcolumn(
+        name = "Spent",
+        type_ = "integer",
+        json_path = ".status.creditSpent",
+        priority = 1,
+        description = "Milli-credits paid so far"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    /// The containers every instance runs, in order. Names are unique.
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(c, !has(c.ports) || c.ports.all(p, !has(p.hostPort) || self.map(d, has(d.ports) ? d.ports.filter(q, has(q.hostPort) && q.hostPort == p.hostPort && q.protocol == p.protocol).size() : 0).sum() == 1))").message("a hostPort/protocol pair may be used by only one port of one container").reason(kube::core::Reason::FieldValueDuplicate))]
+    pub containers: Vec<Container>,
+
+    /// How many instances to run. Scaled with `kubectl scale workloads.univrs.io/NAME --replicas=N`.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// Only nodes whose labels include all of these are eligible.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Only nodes whose reputation is at least this (0 to 1) are eligible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_reputation: Option<f64>,
+
+    /// What the owner (this namespace) is willing to pay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit: Option<CreditPolicy>,
+
+    /// What to do when a container exits: Always (default), OnFailure or Never.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+
+    /// Seconds between SIGTERM and SIGKILL when an instance stops.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub termination_grace_period_seconds: i64,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+fn default_grace() -> i64 {
+    30
+}
+
+/// What a workload's owner is willing to pay, in integer milli-credits.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.budget) || has(self.maxPricePerHour)").message("set budget, maxPricePerHour or both"))]
+pub struct CreditPolicy {
+    /// The most the workload may spend in total, in milli-credits; when spent it stops growing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub budget: Option<i64>,
+
+    /// The highest price per instance-hour, in milli-credits, that a node may charge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_price_per_hour: Option<i64>,
+}
+
+/// When a container that exited is started again.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Always restart, with backoff.
+    #[default]
+    Always,
+    /// Restart only after a non-zero exit.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+/// One container of a workload instance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// Unique within the workload; a DNS label.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// OCI image reference, such as `registry.example:5000/demo/busybox:1.36` or `oci:/path:tag`.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Replaces the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub command: Vec<String>,
+
+    /// Arguments to the entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub args: Vec<String>,
+
+    /// Environment variables, unique by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
+    pub env: Vec<EnvVar>,
+
+    /// Ports the container listens on, unique by containerPort and protocol.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["containerPort".into(), "protocol".into()]))]
+    pub ports: Vec<ContainerPort>,
+
+    /// CPU, memory and GPU requests (used for placement) and limits (enforced by cgroups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Restart the container when this probe fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+
+    /// Count the instance as ready only while this probe succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+}
+
+/// An environment variable.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+pub struct EnvVar {
+    /// Variable name.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    )]
+    pub name: String,
+    /// Variable value.
+    #[serde(default)]
+    #[schemars(length(max = 32768))]
+    pub value: String,
+}
+
+/// A port a container listens on, optionally published on the node.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// An IANA-style service name for the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: Option<String>,
+    /// Port number inside the container.
+    #[schemars(range(min = 1, max = 65535))]
+    pub container_port: i32,
+    /// Port on the node's address that forwards to containerPort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub host_port: Option<i32>,
+    /// TCP (default) or UDP.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// A transport protocol.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    TCP,
+    /// UDP.
+    UDP,
+}
+
+/// Requests and limits of a container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.requests) || !has(self.limits) || !has(self.requests.cpu) || !has(self.limits.cpu) || !isQuantity(string(self.requests.cpu)) || !isQuantity(string(self.limits.cpu)) || quantity(string(self.limits.cpu)).compareTo(quantity(string(self.requests.cpu))) >= 0").message("limits.cpu must be at least requests.cpu").field_path(".limits.cpu"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.requests) || !has(self.limits) || !has(self.requests.memory) || !has(self.limits.memory) || !isQuantity(string(self.requests.memory)) || !isQuantity(string(self.limits.memory)) || quantity(string(self.limits.memory)).compareTo(quantity(string(self.requests.memory))) >= 0").message("limits.memory must be at least requests.memory").field_path(".limits.memory"))]
+pub struct ResourceRequirements {
+    /// What placement reserves on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ComputeResources>,
+    /// The most the container may use (cgroup limits). A limit without a request also requests it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ComputeResources>,
+}
+
+/// Amounts of CPU, memory and GPUs.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeResources {
+    /// CPU in cores: `500m`, `2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory in bytes: `256Mi`, `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// Whole GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 64))]
+    pub gpu: Option<i32>,
+}
+
+/// A health check: exactly one of exec, httpGet or tcpSocket.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("[has(self.exec), has(self.httpGet), has(self.tcpSocket)].filter(x, x).size() == 1").message("set exactly one of exec, httpGet or tcpSocket"))]
+pub struct Probe {
+    /// Run a command in the container; exit 0 is success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    /// GET a path on the container; 200–399 is success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    /// Open a TCP connection to the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    /// Seconds after start before the first probe.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 3600))]
+    pub initial_delay_seconds: i32,
+    /// Seconds between probes.
+    #[serde(default = "default_period")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: i32,
+    /// Seconds before a probe times out.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: i32,
+    /// Consecutive successes that count as success.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: i32,
+    /// Consecutive failures that count as failure.
+    #[serde(default = "default_failures")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: i32,
+}
+
+fn default_period() -> i32 {
+    10
+}
+
+fn default_one() -> i32 {
+    1
+}
+
+fn default_failures() -> i32 {
+    3
+}
+
+/// A command run inside the container.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+pub struct ExecAction {
+    /// The command and its arguments.
+    #[schemars(length(min = 1, max = 64))]
+    pub command: Vec<String>,
+}
+
+/// An HTTP GET against the container.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+pub struct HttpGetAction {
+    /// The path to request.
+    #[serde(default = "default_path")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^/"))]
+    pub path: String,
+    /// The container port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// HTTP (default) or HTTPS.
+    #[serde(default)]
+    pub scheme: Scheme,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+/// The scheme of an HTTP probe.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum Scheme {
+    /// Plain HTTP.
+    #[default]
+    HTTP,
+    /// HTTPS without certificate verification, as kubelet does.
+    HTTPS,
+}
+
+/// A TCP connection attempt to the container.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+pub struct TcpSocketAction {
+    /// The container port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// What the controller and agents observe of a workload.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// The metadata.generation this status was derived from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Instances that exist (placed on a node), whatever their phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Instances running and ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Label selector of the instances, in string form, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Milli-credits paid for this workload so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_spent: Option<i64>,
+    /// Each instance: where it is placed and how it runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
+    pub instances: Vec<Instance>,
+    /// Scheduled, Available, Progressing and CreditExhausted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// One replica of a workload: its placement and its phase.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    /// `<workload>-<ordinal>`, stable for the life of the replica.
+    pub name: String,
+    /// The nodes.univrs.io object it is placed on (written by the controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// When it was placed on that node (written by the controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_at: Option<Time>,
+    /// Pending, Starting, Running, Succeeded, Failed or Terminating (written by the node's agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<InstancePhase>,
+    /// Whether every container passes its readiness probe (written by the node's agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// How many times its containers were restarted (written by the node's agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<i32>,
+    /// When its containers last started (written by the node's agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// Why it is in its phase, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The lifecycle phase of an instance on its node.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstancePhase {
+    /// Placed, not yet started (image pulling, rootfs preparing).
+    Pending,
+    /// Containers created and starting.
+    Starting,
+    /// Containers running.
+    Running,
+    /// Exited with success and not restarted (restartPolicy Never or OnFailure).
+    Succeeded,
+    /// Exited with failure and not restarted, or could not be started.
+    Failed,
+    /// Stopping on its way off the node.
+    Terminating,
+}
+
+impl ComputeResources {
+    /// CPU in millicores (absent counts as zero).
+    pub fn cpu_millis(&self) -> Result<u64, crate::quantity::QuantityError> {
+        self.cpu.as_ref().map_or(Ok(0), Quantity::to_milli)
+    }
+
+    /// Memory in bytes (absent counts as zero).
+    pub fn memory_bytes(&self) -> Result<u64, crate::quantity::QuantityError> {
+        self.memory.as_ref().map_or(Ok(0), Quantity::to_units)
+    }
+}

@@ -1,0 +1,1 @@
+//! Univrs controller (reconcilers arrive with the controller issue).

@@ -1,0 +1,323 @@
+//! Test harness for end-to-end tests, in the manner of controller-runtime's envtest.
+//!
+//! [`ControlPlane::shared`] starts one real control plane per test binary (`univrs
+//! control-plane`: upstream etcd, kube-apiserver and kube-controller-manager) in a temporary
+//! directory on free ports, installs the CRDs from `crds/`, waits until they are Established
+//! and hands out clients and a kubeconfig. [`ControlPlane::start`] starts a private one for
+//! tests that kill or restart it.
+//!
+//! Clean-up does not depend on destructors (statics are never dropped, and a test binary may be
+//! killed): the supervisor is spawned from a thread that lives as long as the test binary, with
+//! SIGTERM as its parent-death signal, and it kills its own children the same way. Data
+//! directories of test binaries that are gone are removed by the next run.
+#![allow(unsafe_code)]
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// The `univrs` binary, built once per test binary with the same profile as the tests.
+pub fn univrs_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("UNIVRS_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "univrs",
+                "--bin",
+                "univrs",
+                "--message-format=json-render-diagnostics",
+            ])
+            .current_dir(repo_root())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running cargo build -p univrs");
+        assert!(out.status.success(), "cargo build -p univrs failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| {
+                v.get("executable")
+                    .and_then(|e| e.as_str())
+                    .map(PathBuf::from)
+            })
+            .next_back()
+            .expect("cargo reported the univrs executable")
+    })
+}
+
+/// The directory of the pinned upstream binaries (kubectl, kube-apiserver, …), built on first use.
+pub fn upstream_bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(univrs_bin())
+            .args(["control-plane", "build"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running univrs control-plane build");
+        assert!(out.status.success(), "univrs control-plane build failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(stdout.lines().last().expect("bin dir").trim())
+    })
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// The admin kubeconfig (mode 0600).
+    pub kubeconfig: PathBuf,
+    /// The API server URL.
+    pub server: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The API server port.
+    pub port: u16,
+    child: Mutex<Option<Child>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Removes data directories left by test binaries that no longer run.
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("univrs-test-") else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Spawns the supervisor from a thread that never ends, so its parent-death signal fires only
+/// when the whole test binary goes away.
+fn spawn_supervisor(mut cmd: Command) -> Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<(Command, mpsc::Sender<std::io::Result<Child>>)>>> =
+        OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<std::io::Result<Child>>)>();
+        std::thread::Builder::new()
+            .name("univrs-test-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+                // The channel lives in a static, so this thread parks forever.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawner thread");
+        Mutex::new(tx)
+    });
+    // SAFETY: runs in the forked child before exec; prctl(2) is async-signal-safe and the
+    // closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.lock()
+        .unwrap()
+        .send((cmd, reply_tx))
+        .expect("spawner alive");
+    Ok(reply_rx.recv().expect("spawner replied")?)
+}
+
+impl ControlPlane {
+    /// The control plane shared by every test of this test binary, with the CRDs installed.
+    pub fn shared() -> &'static ControlPlane {
+        static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let cp = Self::start().expect("starting the shared control plane");
+            cp.install_crds().expect("installing the CRDs");
+            cp
+        })
+    }
+
+    /// A private control plane in a fresh temporary directory (CRDs not installed).
+    pub fn start() -> Result<Self> {
+        remove_stale_dirs();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("univrs-test-{}-{n}", std::process::id()));
+        Self::start_in(&dir, free_port())
+    }
+
+    /// A control plane on `data_dir` (kept, so a restart finds its data) and `port`.
+    pub fn start_in(data_dir: &Path, port: u16) -> Result<Self> {
+        let bin_dir = upstream_bin_dir();
+        std::fs::create_dir_all(data_dir)?;
+        let mut cmd = Command::new(univrs_bin());
+        cmd.args(["control-plane", "--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--bin-dir")
+            .arg(bin_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(
+                data_dir.join("supervisor.log"),
+            )?));
+        let mut child = spawn_supervisor(cmd)?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("ready ") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let log =
+                    std::fs::read_to_string(data_dir.join("supervisor.log")).unwrap_or_default();
+                bail!(
+                    "control plane in {} did not become ready:\n{log}",
+                    data_dir.display()
+                );
+            }
+        }
+        Ok(Self {
+            kubeconfig: data_dir.join("admin.kubeconfig"),
+            server: format!("https://127.0.0.1:{port}"),
+            data_dir: data_dir.to_path_buf(),
+            port,
+            child: Mutex::new(Some(child)),
+        })
+    }
+
+    /// A new admin client (make one per tokio runtime: each test has its own).
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// The pinned kubectl, pointed at this control plane.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(upstream_bin_dir().join("kubectl"));
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    /// The pid of the supervisor (`univrs control-plane`).
+    pub fn supervisor_pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+
+    /// Stops the supervisor with SIGTERM and waits for it (it stops its children in order).
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    /// Applies every CRD in `crds/` (server-side) and waits until each is Established.
+    pub fn install_crds(&self) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let client = self.client().await?;
+            install_crds(&client).await
+        })
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Applies every CRD in `crds/` with server-side apply and waits until each is Established.
+pub async fn install_crds(client: &kube::Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = repo_root().join("crds");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply("univrs-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying {}", path.display()))?;
+        names.push(name);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for name in names {
+        loop {
+            let crd = api.get(&name).await?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("CRD {name} not Established after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a command and returns (success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

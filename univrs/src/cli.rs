@@ -1,0 +1,88 @@
+//! The command line: every subcommand and flag, parsed with clap.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Univrs: a Kubernetes-style control plane for community-owned clouds.
+#[derive(Debug, Parser)]
+#[command(name = "univrs", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into --out.
+    Crds {
+        /// Write `<plural>.univrs.io.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// With --out: fail if the files differ from the types instead of writing them.
+        #[arg(long, requires = "out")]
+        check: bool,
+    },
+    /// Run the upstream etcd, kube-apiserver and kube-controller-manager in the foreground.
+    #[command(name = "control-plane", args_conflicts_with_subcommands = true)]
+    ControlPlane {
+        /// `build`: only build (or find) the pinned upstream binaries and print their directory.
+        #[command(subcommand)]
+        command: Option<ControlPlaneCommand>,
+        /// Certificates, etcd data, logs and kubeconfigs [default: $XDG_DATA_HOME/univrs/control-plane].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The API server's port on 127.0.0.1.
+        #[arg(long, default_value_t = 6443)]
+        port: u16,
+        /// etcd's client port on 127.0.0.1 (0: a free port at each start).
+        #[arg(long, default_value_t = 0)]
+        etcd_port: u16,
+        /// Also write the admin kubeconfig (mode 0600) to this file.
+        #[arg(long)]
+        write_kubeconfig: Option<PathBuf>,
+        /// Use the upstream binaries in this directory instead of the cached build.
+        #[arg(long, env = "UNIVRS_CONTROL_PLANE_BIN")]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Run the pinned kubectl against the local control plane (KUBECONFIG, if set, wins).
+    #[command(disable_help_flag = true)]
+    Kubectl {
+        /// Arguments for kubectl.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Create or inspect a node identity (one Ed25519 key; NodeId, PeerId and DID).
+    Identity {
+        /// generate or show.
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+}
+
+/// `univrs control-plane …`
+#[derive(Debug, Subcommand)]
+pub enum ControlPlaneCommand {
+    /// Build the pinned upstream binaries once into the cache (reused afterwards); print their directory.
+    Build,
+}
+
+/// `univrs identity …`
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Generate a new key file (mode 0600); refuses to overwrite an existing file.
+    Generate {
+        /// Where to write the key [default: $XDG_DATA_HOME/univrs/identity.pem].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the NodeId, PeerId and DID of a key file.
+    Show {
+        /// The key file [default: $XDG_DATA_HOME/univrs/identity.pem].
+        file: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}

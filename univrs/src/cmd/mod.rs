@@ -1,0 +1,32 @@
+//! What each subcommand does; `main` only dispatches here.
+
+mod control_plane;
+mod crds;
+mod identity;
+mod kubectl;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Crds { out, check } => crds::run(out.as_deref(), check),
+        Command::Identity { command } => identity::run(command),
+        Command::ControlPlane {
+            command,
+            data_dir,
+            port,
+            etcd_port,
+            write_kubeconfig,
+            bin_dir,
+        } => control_plane::run(
+            command,
+            data_dir,
+            port,
+            etcd_port,
+            write_kubeconfig,
+            bin_dir,
+        ),
+        Command::Kubectl { args } => kubectl::run(args),
+    }
+}

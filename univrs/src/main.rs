@@ -1,0 +1,12 @@
+//! `univrs`: one binary for the whole system, with a subcommand per role.
+
+mod cli;
+mod cmd;
+mod control_plane;
+mod paths;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    cmd::run(cli::Cli::parse())
+}

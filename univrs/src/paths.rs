@@ -1,0 +1,26 @@
+//! Where univrs keeps its data and its cache by default (XDG base directories).
+
+use anyhow::Context;
+use std::path::PathBuf;
+
+fn xdg(var: &str, fallback: &str) -> anyhow::Result<PathBuf> {
+    match std::env::var_os(var).filter(|v| !v.is_empty()) {
+        Some(d) => Ok(PathBuf::from(d)),
+        None => {
+            Ok(PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(fallback))
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/univrs` (or `~/.local/share/univrs`).
+pub fn data_dir() -> anyhow::Result<PathBuf> {
+    Ok(xdg("XDG_DATA_HOME", ".local/share")?.join("univrs"))
+}
+
+/// `$UNIVRS_CACHE_DIR`, or `$XDG_CACHE_HOME/univrs` (or `~/.cache/univrs`).
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("UNIVRS_CACHE_DIR").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    Ok(xdg("XDG_CACHE_HOME", ".cache")?.join("univrs"))
+}
