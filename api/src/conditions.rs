@@ -139,6 +139,6 @@ mod tests {
             at(40)
         ));
         assert_eq!(cs[0].last_transition_time, at(40));
-        assert!(is_true(&cs, "Ready") == false && find(&cs, "Ready").is_some());
+        assert!(!is_true(&cs, "Ready") && find(&cs, "Ready").is_some());
     }
 }

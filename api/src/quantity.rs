@@ -49,7 +49,7 @@ impl Quantity {
 
     /// A CPU quantity from millicores, in the canonical `m` or whole-core form.
     pub fn from_millicores(m: u64) -> Self {
-        if m % 1000 == 0 {
+        if m.is_multiple_of(1000) {
             Self((m / 1000).to_string())
         } else {
             Self(format!("{m}m"))

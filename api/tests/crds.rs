@@ -55,7 +55,7 @@ fn check(node: &Value, path: &str, in_k8s_type: bool, problems: &mut Vec<String>
         for (name, child) in props {
             let child_path = format!("{path}.{name}");
             // metadata is described by Kubernetes itself.
-            if path == "" && (name == "metadata" || name == "apiVersion" || name == "kind") {
+            if path.is_empty() && (name == "metadata" || name == "apiVersion" || name == "kind") {
                 continue;
             }
             let is_k8s = in_k8s_type || name == "conditions";

@@ -121,10 +121,11 @@ fn remove_stale_dirs() {
 /// Spawns the supervisor from a thread that never ends, so its parent-death signal fires only
 /// when the whole test binary goes away.
 fn spawn_supervisor(mut cmd: Command) -> Result<Child> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<(Command, mpsc::Sender<std::io::Result<Child>>)>>> =
-        OnceLock::new();
+    /// A command to spawn, and where to send the result.
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<std::io::Result<Child>>)>();
+        let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("univrs-test-spawner".into())
             .spawn(move || {
