@@ -1,1 +1,19 @@
-//! ENR economics (filled by the ENR module work).
+//! ENR economics (Entropy, Nexus, Revival), as pure functions.
+//!
+//! These reproduce the seed document's model with its constants, and make it sound where the
+//! earlier implementation was not: weights are validated and actually used, every split of
+//! credit conserves it exactly in integer arithmetic, the circuit breaker's states are named for
+//! what traffic does, the auction really clears, and vouches cannot inflate a ring of fresh
+//! identities. Nothing here reads a clock: time is always an argument.
+
+pub mod entropy;
+pub mod nexus;
+pub mod pricing;
+pub mod reputation;
+pub mod revival;
+pub mod septal;
+
+/// Clamps a float into `[lo, hi]`, mapping NaN to `lo` (a NaN input must never poison a score).
+pub fn clamp(x: f64, lo: f64, hi: f64) -> f64 {
+    if x.is_nan() { lo } else { x.clamp(lo, hi) }
+}
