@@ -1,0 +1,405 @@
+//! Placement: which node gets an instance. A pure function of a snapshot; no I/O.
+//!
+//! **Filter** (each failure counted by reason, as kube-scheduler does): the node is Ready, not
+//! cordoned, not isolated by its septal gate; the request fits its capacity minus what is already
+//! placed; its labels match the nodeSelector; its reputation is at least minReputation; its
+//! price is within the workload's maxPricePerHour; the owner has credit headroom for an hour at
+//! that price.
+//!
+//! **Score** (higher is better), after a hard preference for the nodes that hold the fewest
+//! instances of the same workload (replicas spread by default):
+//! `0.35·free + 0.25·reputation + 0.15·credit + 0.10·nexus + 0.15·price`, where `free` is the
+//! share of CPU and memory left after placing, `credit` favours nodes that have earned less
+//! (a low balance), `nexus` favours hubs, and `price` favours cheaper nodes. Ties go to the node
+//! name, so the same snapshot always gives the same answer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// What the scheduler knows of a node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeView {
+    /// The node's name.
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Whether its Lease is fresh.
+    pub ready: bool,
+    /// Whether it is cordoned.
+    pub unschedulable: bool,
+    /// Whether its septal gate isolates it.
+    pub isolated: bool,
+    /// Capacity.
+    pub capacity: Resources,
+    /// Requests of the instances already placed there.
+    pub allocated: Resources,
+    /// Reputation, 0 to 1.
+    pub reputation: f64,
+    /// Whether it is a nexus hub.
+    pub nexus: bool,
+    /// Its credit balance, milli-credits.
+    pub credit_balance: i64,
+    /// Its price for the request being placed, milli-credits per hour.
+    pub price_per_hour: i64,
+}
+
+/// CPU, memory and GPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Millicores.
+    pub cpu_millis: u64,
+    /// Bytes.
+    pub memory_bytes: u64,
+    /// GPUs.
+    pub gpus: u32,
+}
+
+impl Resources {
+    /// The sum, saturating.
+    pub fn plus(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
+            gpus: self.gpus.saturating_add(o.gpus),
+        }
+    }
+
+    /// The difference, saturating at zero.
+    pub fn minus(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
+            gpus: self.gpus.saturating_sub(o.gpus),
+        }
+    }
+}
+
+/// What an instance asks for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Request {
+    /// Resources per instance.
+    pub resources: Resources,
+    /// Required node labels.
+    pub node_selector: BTreeMap<String, String>,
+    /// Minimum node reputation.
+    pub min_reputation: f64,
+    /// Highest acceptable price per hour, if any.
+    pub max_price_per_hour: Option<i64>,
+    /// How much the owner can still pay (credit headroom), if limited.
+    pub credit_headroom: Option<i64>,
+}
+
+/// Why a node was filtered out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// Lease lapsed.
+    NotReady,
+    /// Cordoned.
+    Unschedulable,
+    /// Isolated by its septal gate.
+    Isolated,
+    /// Not enough CPU left.
+    InsufficientCpu,
+    /// Not enough memory left.
+    InsufficientMemory,
+    /// Not enough GPUs left.
+    InsufficientGpu,
+    /// Labels do not match the nodeSelector.
+    NodeSelectorMismatch,
+    /// Reputation below minReputation.
+    ReputationTooLow,
+    /// Price above maxPricePerHour.
+    TooExpensive,
+    /// The owner cannot pay an hour at this node's price.
+    InsufficientCredit,
+}
+
+impl Reason {
+    /// How the reason reads in a message, given the request.
+    fn describe(self, req: &Request) -> String {
+        match self {
+            Self::NotReady => "not ready".into(),
+            Self::Unschedulable => "unschedulable (cordoned)".into(),
+            Self::Isolated => "isolated by the septal gate".into(),
+            Self::InsufficientCpu => "insufficient cpu".into(),
+            Self::InsufficientMemory => "insufficient memory".into(),
+            Self::InsufficientGpu => "insufficient gpu".into(),
+            Self::NodeSelectorMismatch => "didn't match the nodeSelector".into(),
+            Self::ReputationTooLow => format!("reputation below {:.2}", req.min_reputation),
+            Self::TooExpensive => format!(
+                "price above {} milli-credits/h",
+                req.max_price_per_hour.unwrap_or(0)
+            ),
+            Self::InsufficientCredit => "owner lacks credit for an hour at its price".into(),
+        }
+    }
+}
+
+/// No node fits: how many nodes there were and why each was refused (its first failing filter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unschedulable {
+    /// Nodes considered.
+    pub nodes: usize,
+    /// Count of nodes per reason.
+    pub reasons: BTreeMap<Reason, usize>,
+    /// The message, in kube-scheduler's style.
+    pub message: String,
+}
+
+impl fmt::Display for Unschedulable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The first filter a node fails, if any.
+pub fn filter(node: &NodeView, req: &Request) -> Option<Reason> {
+    if !node.ready {
+        return Some(Reason::NotReady);
+    }
+    if node.unschedulable {
+        return Some(Reason::Unschedulable);
+    }
+    if node.isolated {
+        return Some(Reason::Isolated);
+    }
+    let free = node.capacity.minus(node.allocated);
+    if req.resources.cpu_millis > free.cpu_millis {
+        return Some(Reason::InsufficientCpu);
+    }
+    if req.resources.memory_bytes > free.memory_bytes {
+        return Some(Reason::InsufficientMemory);
+    }
+    if req.resources.gpus > free.gpus {
+        return Some(Reason::InsufficientGpu);
+    }
+    if !req
+        .node_selector
+        .iter()
+        .all(|(k, v)| node.labels.get(k) == Some(v))
+    {
+        return Some(Reason::NodeSelectorMismatch);
+    }
+    if node.reputation < req.min_reputation {
+        return Some(Reason::ReputationTooLow);
+    }
+    if req
+        .max_price_per_hour
+        .is_some_and(|max| node.price_per_hour > max)
+    {
+        return Some(Reason::TooExpensive);
+    }
+    if req.credit_headroom.is_some_and(|h| node.price_per_hour > h) {
+        return Some(Reason::InsufficientCredit);
+    }
+    None
+}
+
+fn share_free(capacity: u64, allocated: u64, request: u64) -> f64 {
+    if capacity == 0 {
+        return 0.0;
+    }
+    capacity.saturating_sub(allocated.saturating_add(request)) as f64 / capacity as f64
+}
+
+/// The score of a node that passed the filters, in `[0, 1]`.
+pub fn score(node: &NodeView, req: &Request, max_price: i64) -> f64 {
+    let free =
+        0.5 * share_free(
+            node.capacity.cpu_millis,
+            node.allocated.cpu_millis,
+            req.resources.cpu_millis,
+        ) + 0.5
+            * share_free(
+                node.capacity.memory_bytes,
+                node.allocated.memory_bytes,
+                req.resources.memory_bytes,
+            );
+    let rep = node.reputation.clamp(0.0, 1.0);
+    // 0 balance scores 0.5; owed a lot scores toward 0, owing toward 1.
+    let credit = 0.5 - (node.credit_balance as f64 / 2_000_000.0).clamp(-0.5, 0.5);
+    let nexus = if node.nexus { 1.0 } else { 0.0 };
+    let price = if max_price > 0 {
+        1.0 - node.price_per_hour.max(0) as f64 / max_price as f64
+    } else {
+        1.0
+    };
+    0.35 * free + 0.25 * rep + 0.15 * credit + 0.10 * nexus + 0.15 * price
+}
+
+/// Picks a node for one instance. `spread[i]` is how many instances of the same workload node
+/// `i` already holds; fewer wins before score.
+pub fn place(nodes: &[NodeView], spread: &[u32], req: &Request) -> Result<usize, Unschedulable> {
+    let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
+    let mut feasible: Vec<usize> = Vec::new();
+    let mut max_price = 0i64;
+    for (i, n) in nodes.iter().enumerate() {
+        match filter(n, req) {
+            Some(r) => *reasons.entry(r).or_default() += 1,
+            None => {
+                max_price = max_price.max(n.price_per_hour);
+                feasible.push(i);
+            }
+        }
+    }
+    let best = feasible.into_iter().max_by(|&a, &b| {
+        let sa = spread.get(a).copied().unwrap_or(0);
+        let sb = spread.get(b).copied().unwrap_or(0);
+        sb.cmp(&sa)
+            .then_with(|| {
+                score(&nodes[a], req, max_price).total_cmp(&score(&nodes[b], req, max_price))
+            })
+            .then_with(|| nodes[b].name.cmp(&nodes[a].name))
+    });
+    best.ok_or_else(|| {
+        let parts: Vec<String> = reasons
+            .iter()
+            .map(|(r, n)| format!("{n} {}", r.describe(req)))
+            .collect();
+        let message = if nodes.is_empty() {
+            "0/0 nodes are available: no nodes.univrs.io exist".to_string()
+        } else {
+            format!(
+                "0/{} nodes are available: {}",
+                nodes.len(),
+                parts.join(", ")
+            )
+        };
+        Unschedulable {
+            nodes: nodes.len(),
+            reasons,
+            message,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GI: u64 = 1 << 30;
+
+    fn node(name: &str, cpu: u64, mem: u64) -> NodeView {
+        NodeView {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            ready: true,
+            unschedulable: false,
+            isolated: false,
+            capacity: Resources {
+                cpu_millis: cpu,
+                memory_bytes: mem,
+                gpus: 0,
+            },
+            allocated: Resources::default(),
+            reputation: 0.5,
+            nexus: false,
+            credit_balance: 0,
+            price_per_hour: 1000,
+        }
+    }
+
+    fn req(cpu: u64, mem: u64) -> Request {
+        Request {
+            resources: Resources {
+                cpu_millis: cpu,
+                memory_bytes: mem,
+                gpus: 0,
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn spreads_replicas_across_nodes() {
+        let nodes = vec![
+            node("a", 4000, 8 * GI),
+            node("b", 4000, 8 * GI),
+            node("c", 4000, 8 * GI),
+        ];
+        let mut spread = vec![0u32; 3];
+        let mut placed = Vec::new();
+        for _ in 0..3 {
+            let i = place(&nodes, &spread, &req(100, GI)).unwrap();
+            spread[i] += 1;
+            placed.push(nodes[i].name.clone());
+        }
+        placed.sort();
+        assert_eq!(placed, vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn explains_why_nothing_fits_per_reason_and_count() {
+        let mut nodes = vec![
+            node("a", 4000, GI),
+            node("b", 4000, GI),
+            node("c", 4000, GI),
+            node("d", 4000, 8 * GI),
+            node("e", 4000, 8 * GI),
+        ];
+        nodes[3].reputation = 0.3;
+        nodes[4].reputation = 0.4;
+        let r = Request {
+            min_reputation: 0.6,
+            ..req(100, 2 * GI)
+        };
+        let err = place(&nodes, &[], &r).unwrap_err();
+        assert_eq!(
+            err.message,
+            "0/5 nodes are available: 3 insufficient memory, 2 reputation below 0.60"
+        );
+    }
+
+    #[test]
+    fn filters_cordon_isolation_readiness_selector_price_and_credit() {
+        let mut n = node("a", 4000, 8 * GI);
+        assert_eq!(filter(&n, &req(5000, 0)), Some(Reason::InsufficientCpu));
+        n.allocated = Resources {
+            cpu_millis: 3950,
+            memory_bytes: 0,
+            gpus: 0,
+        };
+        assert_eq!(filter(&n, &req(100, 0)), Some(Reason::InsufficientCpu));
+        n.allocated = Resources::default();
+        n.unschedulable = true;
+        assert_eq!(filter(&n, &req(1, 1)), Some(Reason::Unschedulable));
+        n.unschedulable = false;
+        n.isolated = true;
+        assert_eq!(filter(&n, &req(1, 1)), Some(Reason::Isolated));
+        n.isolated = false;
+        n.ready = false;
+        assert_eq!(filter(&n, &req(1, 1)), Some(Reason::NotReady));
+        n.ready = true;
+        let mut r = req(1, 1);
+        r.node_selector.insert("gpu".into(), "true".into());
+        assert_eq!(filter(&n, &r), Some(Reason::NodeSelectorMismatch));
+        n.labels.insert("gpu".into(), "true".into());
+        assert_eq!(filter(&n, &r), None);
+        r.max_price_per_hour = Some(999);
+        assert_eq!(filter(&n, &r), Some(Reason::TooExpensive));
+        r.max_price_per_hour = None;
+        r.credit_headroom = Some(10);
+        assert_eq!(filter(&n, &r), Some(Reason::InsufficientCredit));
+    }
+
+    #[test]
+    fn is_deterministic_and_prefers_free_reputable_nodes() {
+        let mut nodes = vec![node("b", 4000, 8 * GI), node("a", 4000, 8 * GI)];
+        assert_eq!(
+            nodes[place(&nodes, &[], &req(100, GI)).unwrap()].name,
+            "a",
+            "ties go to the name"
+        );
+        nodes[0].reputation = 0.9;
+        assert_eq!(nodes[place(&nodes, &[], &req(100, GI)).unwrap()].name, "b");
+        nodes[0].allocated = Resources {
+            cpu_millis: 3500,
+            memory_bytes: 7 * GI,
+            gpus: 0,
+        };
+        assert_eq!(
+            nodes[place(&nodes, &[], &req(100, GI / 2)).unwrap()].name,
+            "a"
+        );
+    }
+}
