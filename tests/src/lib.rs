@@ -254,12 +254,19 @@ impl ControlPlane {
 
     /// Applies every CRD in `crds/` (server-side) and waits until each is Established.
     pub fn install_crds(&self) -> Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let client = self.client().await?;
-            install_crds(&client).await
+        // On a thread of its own, so that async tests (already inside a runtime) can call it.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let client = self.client().await?;
+                    install_crds(&client).await
+                })
+            })
+            .join()
+            .expect("CRD installer thread")
         })
     }
 }

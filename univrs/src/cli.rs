@@ -46,6 +46,21 @@ pub enum Command {
         #[arg(long, env = "UNIVRS_CONTROL_PLANE_BIN")]
         bin_dir: Option<PathBuf>,
     },
+    /// Reconcile Workloads and Nodes (leader-elected; only the leader writes).
+    Controller {
+        /// Kubeconfig to use [default: KUBECONFIG, ~/.kube/config, or in-cluster].
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Where /metrics and /healthz listen (read-only; loopback by default).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        metrics_addr: std::net::SocketAddr,
+        /// How long a node may be NotReady before its instances move elsewhere.
+        #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+        node_grace_period: std::time::Duration,
+        /// Log as JSON lines instead of text (the level comes from RUST_LOG).
+        #[arg(long)]
+        log_json: bool,
+    },
     /// Run the pinned kubectl against the local control plane (KUBECONFIG, if set, wins).
     #[command(disable_help_flag = true)]
     Kubectl {

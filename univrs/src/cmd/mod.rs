@@ -1,6 +1,7 @@
 //! What each subcommand does; `main` only dispatches here.
 
 mod control_plane;
+mod controller;
 mod crds;
 mod identity;
 mod kubectl;
@@ -28,5 +29,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             bin_dir,
         ),
         Command::Kubectl { args } => kubectl::run(args),
+        Command::Controller {
+            kubeconfig,
+            metrics_addr,
+            node_grace_period,
+            log_json,
+        } => controller::run(kubeconfig, metrics_addr, node_grace_period, log_json),
     }
 }

@@ -1,0 +1,68 @@
+//! Shared state of the reconcilers: the client, reflector caches, settings and the event recorder.
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use std::time::Duration;
+use univrs_api::{Node, Workload};
+
+/// The field manager of every controller write.
+pub const FIELD_MANAGER: &str = "univrs-controller";
+/// Where agents keep their Leases.
+pub const LEASE_NAMESPACE: &str = "univrs-system";
+
+/// The Lease of a node: `univrs-node-<name>`.
+pub fn lease_name(node: &str) -> String {
+    format!("univrs-node-{node}")
+}
+
+/// The node a Lease belongs to, if it is a node Lease.
+pub fn node_of_lease(lease: &str) -> Option<&str> {
+    lease.strip_prefix("univrs-node-")
+}
+
+/// Controller settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long a node may be NotReady before its instances move elsewhere.
+    pub node_grace_period: Duration,
+    /// How often every object is reconciled even without a change.
+    pub resync: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            node_grace_period: Duration::from_secs(40),
+            resync: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What every reconcile gets.
+pub struct Context {
+    /// The API client.
+    pub client: kube::Client,
+    /// Every Node.
+    pub nodes: Store<Node>,
+    /// Every Workload.
+    pub workloads: Store<Workload>,
+    /// The node Leases.
+    pub leases: Store<Lease>,
+    /// Settings.
+    pub settings: Settings,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Context {
+    /// The reporter name on Events.
+    pub fn reporter() -> Reporter {
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The controller's errors: transient ones are retried with per-object backoff.
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request (retried with backoff).
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A namespaced object without a namespace (cannot happen for objects from the API server).
+    #[error("object has no namespace")]
+    MissingNamespace,
+}

@@ -1,0 +1,135 @@
+//! Leader election on a coordination.k8s.io Lease, so only one controller writes.
+//!
+//! The holder renews every `renew` (2 s); a candidate takes over a Lease not renewed within its
+//! duration (10 s), with optimistic concurrency (resourceVersion), so two candidates can never
+//! both win. A leader that fails to renew before its Lease would lapse stops leading.
+
+use crate::context::LEASE_NAMESPACE;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, ObjectMeta, PostParams};
+use std::time::Duration;
+
+/// The Lease the controllers compete for.
+pub const LEASE_NAME: &str = "univrs-controller";
+
+/// Election settings.
+#[derive(Clone, Debug)]
+pub struct Elector {
+    /// This candidate's identity.
+    pub identity: String,
+    /// How long a Lease is valid without renewal.
+    pub lease_duration: Duration,
+    /// How often the leader renews.
+    pub renew: Duration,
+}
+
+impl Elector {
+    /// A candidate named after the host and process.
+    pub fn new() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        Self {
+            identity: format!("{}-{}", host.trim(), std::process::id()),
+            lease_duration: Duration::from_secs(10),
+            renew: Duration::from_secs(2),
+        }
+    }
+
+    fn spec(&self, now: Timestamp, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.lease_duration.as_secs() as i32),
+            acquire_time: Some(acquired.unwrap_or(MicroTime(now))),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// One attempt to acquire or renew. Ok(true) when this candidate holds the Lease now.
+    pub async fn try_acquire(&self, api: &Api<Lease>) -> Result<bool, kube::Error> {
+        let now = Timestamp::now();
+        match api.get_opt(LEASE_NAME).await? {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(LEASE_NAME.into()),
+                        ..Default::default()
+                    },
+                    spec: Some(self.spec(now, 0, None)),
+                };
+                match api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            Some(mut lease) => {
+                let spec = lease.spec.clone().unwrap_or_default();
+                let mine = spec.holder_identity.as_deref() == Some(&self.identity);
+                let duration =
+                    SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(10)));
+                let expired = spec
+                    .renew_time
+                    .as_ref()
+                    .is_none_or(|r| r.0.checked_add(duration).is_ok_and(|t| t <= now));
+                if !mine && !expired {
+                    return Ok(false);
+                }
+                let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
+                let acquired = if mine { spec.acquire_time } else { None };
+                lease.spec = Some(self.spec(now, transitions, acquired));
+                // replace carries the resourceVersion we read: a concurrent taker gets 409.
+                match api
+                    .replace(LEASE_NAME, &PostParams::default(), &lease)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Waits until this candidate leads.
+    pub async fn acquire(&self, client: &kube::Client) -> Api<Lease> {
+        let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+        loop {
+            match self.try_acquire(&api).await {
+                Ok(true) => return api,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election: could not read or write the Lease")
+                }
+            }
+            tokio::time::sleep(self.renew).await;
+        }
+    }
+
+    /// Renews until leadership is lost; returns when it is.
+    pub async fn hold(&self, api: Api<Lease>) {
+        let mut last_ok = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.renew).await;
+            match self.try_acquire(&api).await {
+                Ok(true) => last_ok = std::time::Instant::now(),
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election: renewal failed");
+                    // Stop before the Lease can lapse, so two leaders never overlap.
+                    if last_ok.elapsed() + self.renew >= self.lease_duration {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Default for Elector {
+    fn default() -> Self {
+        Self::new()
+    }
+}

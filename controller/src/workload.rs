@@ -1,0 +1,366 @@
+//! The Workload reconciler: places instances, moves them off lost or drained nodes, and reports
+//! Scheduled, Available, Progressing and CreditExhausted.
+//!
+//! Instances are named `<workload>-<ordinal>` for ordinals `0..replicas`; scaling down removes
+//! the highest ordinals, so scale and spec changes never duplicate or lose an instance. The
+//! controller owns each instance's `node` and `placedAt`; the node's agent owns the rest.
+
+use crate::context::{Context, FIELD_MANAGER, lease_name};
+use crate::error::Error;
+use crate::scheduler::{self, Request};
+use crate::snapshot::{self, Liveness};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use univrs_api::Workload;
+use univrs_api::conditions::{DesiredCondition, set_condition};
+use univrs_api::resources::workload::{
+    CONDITION_AVAILABLE, CONDITION_CREDIT_EXHAUSTED, CONDITION_PROGRESSING, CONDITION_SCHEDULED,
+    Instance,
+};
+
+/// Annotation on a Node asking the controller to move its instances elsewhere (drain).
+pub const DRAIN_ANNOTATION: &str = "univrs.io/drain";
+/// The label every instance of a workload carries, as the scale subresource's selector reports.
+pub const WORKLOAD_LABEL: &str = "univrs.io/workload";
+
+/// What placement decided for one reconcile.
+struct Plan {
+    instances: Vec<Instance>,
+    placed: Vec<(String, String)>,
+    moved: Vec<(String, String, String)>,
+    unschedulable: Option<String>,
+    requeue: Option<Duration>,
+}
+
+/// Why an instance must leave its node, if it must.
+fn must_move(
+    node: Option<&Arc<univrs_api::Node>>,
+    lease: Option<&Lease>,
+    now: Timestamp,
+    grace: Duration,
+) -> Option<String> {
+    let Some(node) = node else {
+        return Some("its node no longer exists".into());
+    };
+    if node
+        .annotations()
+        .get(DRAIN_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        return Some("its node is being drained".into());
+    }
+    if node
+        .status
+        .as_ref()
+        .and_then(|s| s.septal.as_ref())
+        .is_some_and(|s| s.state == univrs_api::resources::node::SeptalState::Isolated)
+    {
+        return Some("its node is isolated by the septal gate".into());
+    }
+    match snapshot::liveness(lease, now) {
+        Liveness::Fresh { .. } => None,
+        Liveness::Missing => Some("its node has no Lease".into()),
+        Liveness::Lapsed { since } => {
+            let down = now.duration_since(since).unsigned_abs();
+            (down >= grace).then(|| format!("its node's Lease lapsed {}s ago", down.as_secs()))
+        }
+    }
+}
+
+fn plan(wl: &Workload, ctx: &Context, now: Timestamp) -> Plan {
+    let ns = wl.namespace().unwrap_or_default();
+    let name = wl.name_any();
+    let nodes = ctx.nodes.state();
+    let leases: BTreeMap<String, Arc<Lease>> = ctx
+        .leases
+        .state()
+        .into_iter()
+        .map(|l| (l.name_any(), l))
+        .collect();
+    let by_name: BTreeMap<String, Arc<univrs_api::Node>> =
+        nodes.iter().map(|n| (n.name_any(), n.clone())).collect();
+    let per_instance = snapshot::instance_request(&wl.spec);
+    let request = Request {
+        resources: per_instance,
+        node_selector: wl.spec.node_selector.clone(),
+        min_reputation: wl.spec.min_reputation.unwrap_or(0.0),
+        max_price_per_hour: wl.spec.credit.as_ref().and_then(|c| c.max_price_per_hour),
+        credit_headroom: None,
+    };
+    let mut allocated = snapshot::allocations(&ctx.workloads.state(), Some((&ns, &name)));
+    let current: BTreeMap<String, Instance> = wl
+        .status
+        .as_ref()
+        .map(|s| {
+            s.instances
+                .iter()
+                .map(|i| (i.name.clone(), i.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let grace = ctx.settings.node_grace_period;
+    let mut out = Plan {
+        instances: Vec::new(),
+        placed: Vec::new(),
+        moved: Vec::new(),
+        unschedulable: None,
+        requeue: None,
+    };
+    // Keep what may stay, so spreading accounts for it.
+    let desired: Vec<String> = (0..wl.spec.replicas.max(0))
+        .map(|i| format!("{name}-{i}"))
+        .collect();
+    let mut keep: BTreeMap<String, Instance> = BTreeMap::new();
+    for inst_name in &desired {
+        let Some(inst) = current.get(inst_name).filter(|i| i.node.is_some()) else {
+            continue;
+        };
+        let node = inst.node.clone().unwrap_or_default();
+        let lease = leases.get(&lease_name(&node)).map(|l| l.as_ref());
+        match must_move(by_name.get(&node), lease, now, grace) {
+            Some(why) => out.moved.push((inst_name.clone(), node, why)),
+            None => {
+                if let Liveness::Lapsed { since } = snapshot::liveness(lease, now) {
+                    // Not yet past the grace period: look again when it is.
+                    let left = grace.saturating_sub(now.duration_since(since).unsigned_abs())
+                        + Duration::from_secs(1);
+                    out.requeue = Some(out.requeue.map_or(left, |r| r.min(left)));
+                }
+                let e = allocated.entry(node).or_default();
+                e.0 = e.0.plus(per_instance);
+                keep.insert(inst_name.clone(), inst.clone());
+            }
+        }
+    }
+    let mut views = snapshot::node_views(&nodes, &leases, &allocated, &request, now);
+    let index: BTreeMap<String, usize> = views
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.name.clone(), i))
+        .collect();
+    let mut spread = vec![0u32; views.len()];
+    for inst in keep.values() {
+        if let Some(&i) = inst.node.as_ref().and_then(|n| index.get(n)) {
+            spread[i] += 1;
+        }
+    }
+    for inst_name in desired {
+        if let Some(inst) = keep.remove(&inst_name) {
+            out.instances.push(inst);
+            continue;
+        }
+        match scheduler::place(&views, &spread, &request) {
+            Ok(i) => {
+                spread[i] += 1;
+                views[i].allocated = views[i].allocated.plus(per_instance);
+                let node = views[i].name.clone();
+                out.placed.push((inst_name.clone(), node.clone()));
+                out.instances.push(Instance {
+                    name: inst_name,
+                    node: Some(node),
+                    placed_at: Some(Time(now)),
+                    ..Default::default()
+                });
+            }
+            Err(e) => {
+                out.unschedulable.get_or_insert(e.message);
+            }
+        }
+    }
+    out
+}
+
+/// The controller's part of the status, as a server-side-apply patch body.
+fn status_patch(wl: &Workload, plan: &Plan, now: Timestamp) -> (serde_json::Value, Vec<Condition>) {
+    let desired = wl.spec.replicas.max(0);
+    let current = wl.status.clone().unwrap_or_default();
+    let agent_view: BTreeMap<&str, &Instance> = current
+        .instances
+        .iter()
+        .map(|i| (i.name.as_str(), i))
+        .collect();
+    let ready = plan
+        .instances
+        .iter()
+        .filter(|i| {
+            agent_view
+                .get(i.name.as_str())
+                .is_some_and(|a| a.ready == Some(true) && a.node == i.node)
+        })
+        .count() as i32;
+    let placed = plan.instances.len() as i32;
+    let generation = wl.metadata.generation;
+    let mut conditions = current.conditions.clone();
+    let scheduled = match &plan.unschedulable {
+        None => DesiredCondition::new(
+            CONDITION_SCHEDULED,
+            true,
+            "AllPlaced",
+            format!("{placed}/{desired} instances placed"),
+        ),
+        Some(msg) => {
+            DesiredCondition::new(CONDITION_SCHEDULED, false, "Unschedulable", msg.clone())
+        }
+    };
+    let available = if ready >= desired {
+        DesiredCondition::new(
+            CONDITION_AVAILABLE,
+            true,
+            "MinimumReplicasReady",
+            format!("{ready}/{desired} instances ready"),
+        )
+    } else {
+        DesiredCondition::new(
+            CONDITION_AVAILABLE,
+            false,
+            "ReplicasNotReady",
+            format!("{ready}/{desired} instances ready"),
+        )
+    };
+    let progressing = if ready >= desired && placed == desired {
+        DesiredCondition::new(
+            CONDITION_PROGRESSING,
+            false,
+            "Converged",
+            "every instance is placed and ready",
+        )
+    } else {
+        DesiredCondition::new(
+            CONDITION_PROGRESSING,
+            true,
+            "Converging",
+            format!("{placed}/{desired} placed, {ready} ready"),
+        )
+    };
+    let credit = DesiredCondition::new(
+        CONDITION_CREDIT_EXHAUSTED,
+        false,
+        "WithinBudget",
+        "the owner has credit for its instances",
+    );
+    for c in [scheduled, available, progressing, credit] {
+        set_condition(&mut conditions, c.at_generation(generation), Time(now));
+    }
+    let instances: Vec<serde_json::Value> = plan
+        .instances
+        .iter()
+        .map(|i| serde_json::json!({"name": i.name, "node": i.node, "placedAt": i.placed_at}))
+        .collect();
+    let body = serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1",
+        "kind": "Workload",
+        "status": {
+            "observedGeneration": generation,
+            "replicas": placed,
+            "readyReplicas": ready,
+            "selector": format!("{WORKLOAD_LABEL}={}", wl.name_any()),
+            "instances": instances,
+            "conditions": conditions,
+        }
+    });
+    (body, conditions)
+}
+
+/// Whether applying `body` would change anything the controller owns.
+fn unchanged(wl: &Workload, body: &serde_json::Value) -> bool {
+    let Some(cur) = wl.status.as_ref() else {
+        return false;
+    };
+    let s = &body["status"];
+    let cur_instances: Vec<serde_json::Value> = cur
+        .instances
+        .iter()
+        .filter(|i| i.node.is_some())
+        .map(|i| serde_json::json!({"name": i.name, "node": i.node, "placedAt": i.placed_at}))
+        .collect();
+    cur.observed_generation == s["observedGeneration"].as_i64()
+        && cur.replicas == s["replicas"].as_i64().map(|v| v as i32)
+        && cur.ready_replicas == s["readyReplicas"].as_i64().map(|v| v as i32)
+        && cur.selector.as_deref() == s["selector"].as_str()
+        && serde_json::to_value(&cur.conditions).ok().as_ref() == Some(&s["conditions"])
+        && serde_json::Value::Array(cur_instances) == s["instances"]
+}
+
+/// Reconciles one Workload.
+pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let now = Timestamp::now();
+    let ns = wl.namespace().ok_or(Error::MissingNamespace)?;
+    let plan = plan(&wl, &ctx, now);
+    let (body, _) = status_patch(&wl, &plan, now);
+    ctx.metrics.observe_scheduling(
+        started.elapsed(),
+        plan.placed.len(),
+        plan.unschedulable.is_some(),
+    );
+    if !unchanged(&wl, &body) {
+        let api: Api<Workload> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &wl.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        let reference = wl.object_ref(&());
+        for (inst, node, why) in &plan.moved {
+            publish(
+                &ctx,
+                &reference,
+                EventType::Normal,
+                "Rescheduling",
+                format!("moving {inst} off {node}: {why}"),
+            )
+            .await;
+        }
+        for (inst, node) in &plan.placed {
+            publish(
+                &ctx,
+                &reference,
+                EventType::Normal,
+                "Scheduled",
+                format!("placed {inst} on {node}"),
+            )
+            .await;
+        }
+        if let Some(msg) = &plan.unschedulable {
+            publish(
+                &ctx,
+                &reference,
+                EventType::Warning,
+                "FailedScheduling",
+                msg.clone(),
+            )
+            .await;
+        }
+    }
+    Ok(Action::requeue(plan.requeue.unwrap_or(ctx.settings.resync)))
+}
+
+/// Publishes an Event, logging (not failing) when the API refuses it.
+pub async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, reference).await {
+        tracing::warn!(error = %e, reason, "could not publish an Event");
+    }
+}

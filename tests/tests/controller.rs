@@ -1,0 +1,451 @@
+//! The controller against the real API server: spreading, a lost node's instance moving,
+//! explaining why nothing fits, cordon and drain, and leader hand-over after kill -9.
+//!
+//! The test plays the agents' part by renewing each node's Lease.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use univrs_api::identity::NodeIdentity;
+use univrs_api::{Node, Workload};
+use univrs_tests::{ControlPlane, run, univrs_bin};
+
+const NS: &str = "ctl";
+const LEASE_NS: &str = "univrs-system";
+
+/// A controller process, killed when dropped.
+struct ControllerProc {
+    child: Child,
+    metrics: String,
+}
+
+impl Drop for ControllerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_controller(cp: &ControlPlane) -> ControllerProc {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(cp.data_dir.join(format!("controller-{port}.log"))).unwrap();
+    let child = Command::new(univrs_bin())
+        .args([
+            "controller",
+            "--node-grace-period",
+            "4s",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .env("RUST_LOG", "info,kube=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    ControllerProc {
+        child,
+        metrics: format!("http://127.0.0.1:{port}/metrics"),
+    }
+}
+
+fn metric(url: &str, name: &str) -> Option<f64> {
+    let (ok, out, _) = run(Command::new("curl").args(["-sf", url]));
+    if !ok {
+        return None;
+    }
+    out.lines().find_map(|l| {
+        l.strip_prefix(&format!("{name} "))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Renews the Leases of the named nodes every second while `alive` holds for each.
+fn renew_leases(client: kube::Client, alive: Arc<BTreeMap<String, AtomicBool>>) {
+    tokio::spawn(async move {
+        let api: Api<Lease> = Api::namespaced(client, LEASE_NS);
+        loop {
+            for (node, on) in alive.iter() {
+                if !on.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(format!("univrs-node-{node}")),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(node.clone()),
+                        lease_duration_seconds: Some(3),
+                        renew_time: Some(MicroTime(Timestamp::now())),
+                        ..Default::default()
+                    }),
+                };
+                let _ = api
+                    .patch(
+                        &format!("univrs-node-{node}"),
+                        &PatchParams::apply("test-agent").force(),
+                        &Patch::Apply(&lease),
+                    )
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+    });
+}
+
+fn node_object(name: &str, labels: &[(&str, &str)]) -> Node {
+    let id = NodeIdentity::generate().public();
+    let mut n: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {"peerId": id.peer_id(), "did": id.did(), "capacity": {"cpu": "4", "memory": "8Gi"}}
+    }))
+    .unwrap();
+    n.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    n
+}
+
+fn workload(name: &str, replicas: i32, selector: Option<(&str, &str)>) -> Workload {
+    let mut spec = serde_json::json!({
+        "replicas": replicas,
+        "containers": [{"name": "web", "image": "demo/busybox:latest",
+            "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}}}]
+    });
+    if let Some((k, v)) = selector {
+        spec["nodeSelector"] = serde_json::json!({ k: v });
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+/// Polls until `check` returns Some, or panics after `timeout` with the last state.
+async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> (Option<T>, String),
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (got, state) = check().await;
+        if let Some(v) = got {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last state: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn placements(w: &Workload) -> BTreeMap<String, String> {
+    w.status
+        .as_ref()
+        .map(|s| {
+            s.instances
+                .iter()
+                .filter_map(|i| i.node.clone().map(|n| (i.name.clone(), n)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_moves_explains_cordons_drains_and_hands_over() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    for ns in [NS, LEASE_NS] {
+        let n = Namespace {
+            metadata: ObjectMeta {
+                name: Some(ns.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let _ = Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &n)
+            .await;
+    }
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let names = ["alpha", "bravo", "charlie"];
+    for (i, n) in names.iter().enumerate() {
+        let labels: Vec<(&str, &str)> = if i == 2 {
+            vec![("site", "school")]
+        } else {
+            vec![("site", "library")]
+        };
+        nodes_api
+            .create(&PostParams::default(), &node_object(n, &labels))
+            .await
+            .unwrap();
+    }
+    let alive: Arc<BTreeMap<String, AtomicBool>> = Arc::new(
+        names
+            .iter()
+            .map(|n| (n.to_string(), AtomicBool::new(true)))
+            .collect(),
+    );
+    renew_leases(client.clone(), alive.clone());
+
+    let first = start_controller(cp);
+    let wl_api: Api<Workload> = Api::namespaced(client.clone(), NS);
+    wl_api
+        .create(&PostParams::default(), &workload("portal", 3, None))
+        .await
+        .unwrap();
+
+    // 3 replicas spread over the 3 nodes.
+    let spread = eventually(
+        "3 instances on 3 nodes",
+        Duration::from_secs(60),
+        async || {
+            let w = wl_api.get("portal").await.unwrap();
+            let p = placements(&w);
+            let nodes: BTreeSet<&String> = p.values().collect();
+            (
+                (p.len() == 3 && nodes.len() == 3).then(|| p.clone()),
+                format!("{p:?}"),
+            )
+        },
+    )
+    .await;
+    let on_bravo = spread
+        .iter()
+        .find(|(_, n)| *n == "bravo")
+        .map(|(i, _)| i.clone())
+        .unwrap();
+
+    // Nodes report Ready and what is allocated on them.
+    eventually(
+        "bravo Ready with 1 instance",
+        Duration::from_secs(30),
+        async || {
+            let n = nodes_api.get("bravo").await.unwrap();
+            let s = n.status.clone().unwrap_or_default();
+            let ok =
+                univrs_api::conditions::is_true(&s.conditions, "Ready") && s.instances == Some(1);
+            (ok.then_some(()), format!("{s:?}"))
+        },
+    )
+    .await;
+
+    // bravo's agent stops renewing: Ready turns False, then its instance moves.
+    alive["bravo"].store(false, Ordering::SeqCst);
+    let started = Instant::now();
+    let moved = eventually(
+        "bravo's instance placed elsewhere",
+        Duration::from_secs(40),
+        async || {
+            let w = wl_api.get("portal").await.unwrap();
+            let p = placements(&w);
+            let ok = p.len() == 3 && p.get(&on_bravo).is_some_and(|n| n != "bravo");
+            (ok.then(|| p.clone()), format!("{p:?}"))
+        },
+    )
+    .await;
+    eprintln!(
+        "instance moved off the lost node {:.1}s after its agent stopped",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(moved.values().all(|n| n != "bravo"));
+    let bravo = nodes_api.get("bravo").await.unwrap();
+    let ready = univrs_api::conditions::find(&bravo.status.unwrap().conditions, "Ready")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "LeaseExpired")
+    );
+
+    // An unschedulable workload explains itself, per reason and count, and in describe.
+    wl_api
+        .create(
+            &PostParams::default(),
+            &workload("gpu-job", 1, Some(("gpu", "true"))),
+        )
+        .await
+        .unwrap();
+    let msg = eventually(
+        "Scheduled=False on gpu-job",
+        Duration::from_secs(30),
+        async || {
+            let w = wl_api.get("gpu-job").await.unwrap();
+            let c = w
+                .status
+                .as_ref()
+                .and_then(|s| univrs_api::conditions::find(&s.conditions, "Scheduled").cloned());
+            (
+                c.clone().filter(|c| c.status == "False").map(|c| c.message),
+                format!("{c:?}"),
+            )
+        },
+    )
+    .await;
+    assert_eq!(
+        msg,
+        "0/3 nodes are available: 1 not ready, 2 didn't match the nodeSelector"
+    );
+    let describe = eventually(
+        "FailedScheduling in describe",
+        Duration::from_secs(20),
+        async || {
+            let (_, out, _) =
+                run(cp
+                    .kubectl()
+                    .args(["describe", "workloads.univrs.io", "gpu-job", "-n", NS]));
+            (out.contains("FailedScheduling").then(|| out.clone()), out)
+        },
+    )
+    .await;
+    assert!(
+        describe.contains("didn't match the nodeSelector"),
+        "{describe}"
+    );
+
+    // Cordon alpha: scaling up places nothing new there.
+    nodes_api
+        .patch(
+            "alpha",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    let before = placements(&wl_api.get("portal").await.unwrap());
+    let (ok, out, err) = run(cp.kubectl().args([
+        "scale",
+        "-n",
+        NS,
+        "workloads.univrs.io/portal",
+        "--replicas=5",
+    ]));
+    assert!(ok, "{out}{err}");
+    let after = eventually("5 instances", Duration::from_secs(30), async || {
+        let p = placements(&wl_api.get("portal").await.unwrap());
+        ((p.len() == 5).then(|| p.clone()), format!("{p:?}"))
+    })
+    .await;
+    for (inst, node) in &after {
+        if !before.contains_key(inst) {
+            assert_eq!(
+                node, "charlie",
+                "a new instance went to a cordoned or lost node: {after:?}"
+            );
+        }
+    }
+    for (inst, node) in &before {
+        assert_eq!(
+            after.get(inst),
+            Some(node),
+            "cordon must not move running instances"
+        );
+    }
+
+    // Drain alpha: its instances move off.
+    nodes_api
+        .patch(
+            "alpha",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"univrs.io/drain": "true"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually("alpha drained", Duration::from_secs(30), async || {
+        let p = placements(&wl_api.get("portal").await.unwrap());
+        (
+            (p.len() == 5 && p.values().all(|n| n == "charlie")).then_some(()),
+            format!("{p:?}"),
+        )
+    })
+    .await;
+
+    // A second controller waits; kill -9 the leader and it takes over within 15 s.
+    let second = start_controller(cp);
+    eventually(
+        "first leads, second waits",
+        Duration::from_secs(20),
+        async || {
+            let a = metric(&first.metrics, "univrs_leader");
+            let b = metric(&second.metrics, "univrs_leader");
+            (
+                (a == Some(1.0) && b == Some(0.0)).then_some(()),
+                format!("{a:?} {b:?}"),
+            )
+        },
+    )
+    .await;
+    let mut first = first;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = first.child.wait();
+    let killed = Instant::now();
+    eventually("second leads", Duration::from_secs(15), async || {
+        let b = metric(&second.metrics, "univrs_leader");
+        ((b == Some(1.0)).then_some(()), format!("{b:?}"))
+    })
+    .await;
+    eprintln!(
+        "leadership handed over {:.1}s after kill -9",
+        killed.elapsed().as_secs_f64()
+    );
+    // The new leader keeps working and duplicates nothing.
+    alive["alpha"].store(true, Ordering::SeqCst);
+    nodes_api
+        .patch("alpha", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"unschedulable": false}, "metadata": {"annotations": {"univrs.io/drain": null}}})))
+        .await
+        .unwrap();
+    wl_api
+        .create(&PostParams::default(), &workload("after-handover", 2, None))
+        .await
+        .unwrap();
+    eventually(
+        "after-handover placed",
+        Duration::from_secs(30),
+        async || {
+            let p = placements(&wl_api.get("after-handover").await.unwrap());
+            ((p.len() == 2).then_some(()), format!("{p:?}"))
+        },
+    )
+    .await;
+    let portal = wl_api.get("portal").await.unwrap();
+    let names: Vec<String> = portal
+        .status
+        .unwrap()
+        .instances
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    let unique: BTreeSet<&String> = names.iter().collect();
+    assert_eq!(
+        names.len(),
+        unique.len(),
+        "no duplicated instance: {names:?}"
+    );
+    assert_eq!(names.len(), 5);
+    drop(second);
+}

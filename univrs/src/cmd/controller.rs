@@ -1,0 +1,127 @@
+//! `univrs controller`: leader election, then the reconcilers; metrics and health on the side.
+
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use univrs_controller::{context::Settings, leader::Elector, metrics::Metrics};
+
+/// A kube client from a kubeconfig file, or the usual inference (in-cluster, ~/.kube/config).
+pub async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Sets up tracing once: RUST_LOG filter, text or JSON.
+pub fn init_tracing(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
+}
+
+/// Runs the controller until SIGINT/SIGTERM, or until leadership is lost (then exits non-zero
+/// so that the supervisor restarts it as a candidate).
+pub fn run(
+    kubeconfig: Option<PathBuf>,
+    metrics_addr: SocketAddr,
+    grace: Duration,
+    log_json: bool,
+) -> anyhow::Result<()> {
+    init_tracing(log_json);
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let client = client(kubeconfig).await?;
+        let metrics = Arc::new(Metrics::default());
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        serve_metrics(metrics_addr, metrics.clone(), leading.clone()).await?;
+        let elector = Elector::new();
+        tracing::info!(identity = %elector.identity, "waiting for leadership");
+        let lease_api = tokio::select! {
+            api = elector.acquire(&client) => api,
+            _ = shutdown_signal() => return Ok(()),
+        };
+        leading.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(identity = %elector.identity, "leading: starting reconcilers");
+        let settings = Settings {
+            node_grace_period: grace,
+            ..Settings::default()
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let controllers = tokio::spawn(univrs_controller::run(
+            client,
+            settings,
+            metrics,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let lost = tokio::select! {
+            _ = elector.hold(lease_api) => true,
+            _ = shutdown_signal() => false,
+        };
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), controllers).await;
+        if lost {
+            anyhow::bail!("lost leadership; exiting so a fresh candidate can take over");
+        }
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    leading: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
+    use axum::{Router, routing::get};
+    let app = Router::new()
+        .route("/metrics", get(move || {
+            let m = metrics.clone();
+            let l = leading.clone();
+            async move {
+                let mut body = m.render();
+                body.push_str("# HELP univrs_leader Whether this controller leads (1) or waits (0).\n# TYPE univrs_leader gauge\n");
+                body.push_str(&format!("univrs_leader {}\n", u8::from(l.load(std::sync::atomic::Ordering::SeqCst))));
+                body
+            }
+        }))
+        .route("/healthz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, "metrics and health listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
+}
