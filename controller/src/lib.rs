@@ -1,12 +1,11 @@
 //! Univrs controller: reconciles Workloads and Nodes against any conformant API server.
 //!
-//! `scheduler` and `snapshot` are the pure core (no I/O); `workload` and `node` are the
+//! `scheduler` and `snapshot` are the pure core (no I/O); `workload`, `node` and `vouch` are the
 //! reconcilers, fed by reflector caches; `leader` makes sure only one controller writes.
 //! Writes are server-side apply with the field manager `univrs-controller`, and only when
 //! something other than a timestamp changes.
 //!
-//! Not yet here (the controller issue stays open for them): the CreditLine and Vouch
-//! reconcilers, the credit ledger's transfers from agent usage, reputation, nexus election and
+//! Not yet here (the controller issue stays open for them): the CreditLine reconciler, the credit ledger's transfers from agent usage, reputation, nexus election and
 //! septal gates fed by real observations.
 
 pub mod context;
@@ -16,6 +15,7 @@ pub mod metrics;
 pub mod node;
 pub mod scheduler;
 pub mod snapshot;
+pub mod vouch;
 pub mod workload;
 
 use context::{Context, LEASE_NAMESPACE, Settings, node_of_lease};
@@ -30,7 +30,7 @@ use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use univrs_api::{Node, Workload};
+use univrs_api::{Node, Vouch, Workload};
 
 /// Per-object consecutive failures, for exponential backoff.
 static FAILURES: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
@@ -101,6 +101,7 @@ pub async fn run(
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut rx1 = shutdown_tx.subscribe();
     let mut rx2 = shutdown_tx.subscribe();
+    let mut rx3 = shutdown_tx.subscribe();
     let workload_ctl = wc
         .watches(
             nodes.clone(),
@@ -169,12 +170,49 @@ pub async fn run(
         )
         .for_each(|_| async {});
 
+    let vc = Controller::new(
+        Api::<Vouch>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let vouch_store = vc.store();
+    let vouch_ctl = vc
+        .watches(
+            nodes.clone(),
+            watcher::Config::default(),
+            move |node: Node| {
+                let did = node.spec.did;
+                vouch_store
+                    .state()
+                    .into_iter()
+                    .filter(|v| v.spec.voucher == did || v.spec.subject == did)
+                    .map(|v| ObjectRef::from_obj(v.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(async move {
+            let _ = rx3.recv().await;
+        })
+        .run(
+            |v, ctx: Arc<Context>| async move {
+                let r = vouch::reconcile(v.clone(), ctx.clone()).await;
+                ctx.metrics
+                    .reconciled("Vouch", if r.is_ok() { "ok" } else { "error" });
+                if r.is_ok() {
+                    succeeded(v.as_ref());
+                }
+                r
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
     tokio::spawn(async move {
         shutdown.await;
         let _ = shutdown_tx.send(());
     });
     tokio::select! {
-        _ = futures::future::join(workload_ctl, node_ctl) => {}
+        _ = futures::future::join3(workload_ctl, node_ctl, vouch_ctl) => {}
         _ = lease_stream => {}
     }
 }

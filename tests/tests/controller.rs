@@ -106,8 +106,8 @@ fn renew_leases(client: kube::Client, alive: Arc<BTreeMap<String, AtomicBool>>) 
     });
 }
 
-fn node_object(name: &str, labels: &[(&str, &str)]) -> Node {
-    let id = NodeIdentity::generate().public();
+fn node_object(name: &str, labels: &[(&str, &str)], secret: &NodeIdentity) -> Node {
+    let id = secret.public();
     let mut n: Node = serde_json::from_value(serde_json::json!({
         "apiVersion": "univrs.io/v1alpha1", "kind": "Node",
         "metadata": {"name": name},
@@ -188,6 +188,7 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
     }
     let nodes_api: Api<Node> = Api::all(client.clone());
     let names = ["alpha", "bravo", "charlie"];
+    let keys: Vec<NodeIdentity> = names.iter().map(|_| NodeIdentity::generate()).collect();
     for (i, n) in names.iter().enumerate() {
         let labels: Vec<(&str, &str)> = if i == 2 {
             vec![("site", "school")]
@@ -195,7 +196,7 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
             vec![("site", "library")]
         };
         nodes_api
-            .create(&PostParams::default(), &node_object(n, &labels))
+            .create(&PostParams::default(), &node_object(n, &labels, &keys[i]))
             .await
             .unwrap();
     }
@@ -320,6 +321,67 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
     assert!(
         describe.contains("didn't match the nodeSelector"),
         "{describe}"
+    );
+
+    // A forged vouch (signed by a stranger, claiming alpha's DID) is refused with a reason; a
+    // genuine one verifies.
+    let vouches: Api<univrs_api::Vouch> = Api::all(client.clone());
+    let expires = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::now() + Duration::from_secs(3600),
+    );
+    let mallory = NodeIdentity::generate();
+    let mut forged = univrs_api::resources::vouch::VouchSpec::signed(
+        &mallory,
+        &keys[2].public(),
+        0.9,
+        "trust me",
+        expires.clone(),
+    )
+    .unwrap();
+    forged.voucher = keys[0].public().did();
+    let genuine = univrs_api::resources::vouch::VouchSpec::signed(
+        &keys[0],
+        &keys[2].public(),
+        0.9,
+        "ran our jobs",
+        expires,
+    )
+    .unwrap();
+    vouches
+        .create(
+            &PostParams::default(),
+            &univrs_api::Vouch::new("forged", forged),
+        )
+        .await
+        .unwrap();
+    vouches
+        .create(
+            &PostParams::default(),
+            &univrs_api::Vouch::new("genuine", genuine),
+        )
+        .await
+        .unwrap();
+    for (name, verified, reason) in [
+        ("forged", false, "BadSignature"),
+        ("genuine", true, "Verified"),
+    ] {
+        eventually(
+            &format!("vouch {name} judged"),
+            Duration::from_secs(30),
+            async || {
+                let s = vouches.get(name).await.unwrap().status.unwrap_or_default();
+                let ok = s.verified == verified
+                    && s.reason.as_deref() == Some(reason)
+                    && s.voucher_node.as_deref() == Some("alpha");
+                (ok.then_some(()), format!("{s:?}"))
+            },
+        )
+        .await;
+    }
+    let (_, out, _) = run(cp.kubectl().args(["get", "uvouch"]));
+    assert!(
+        out.contains("forged") && out.contains("False") && out.contains("alpha"),
+        "{out}"
     );
 
     // Cordon alpha: scaling up places nothing new there.

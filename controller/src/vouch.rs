@@ -1,0 +1,226 @@
+//! The Vouch reconciler: checks the signature against the voucher's key and the expiry, resolves
+//! voucher and subject to nodes, and weighs the vouch by the voucher's own service record.
+//!
+//! A forged, malformed or expired vouch is marked unverified with the reason, gets an effective
+//! weight of 0 and a Warning Event; it never affects reputation.
+
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::Error;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use std::sync::Arc;
+use univrs_api::Vouch;
+use univrs_api::conditions::{DesiredCondition, set_condition};
+use univrs_api::enr::reputation;
+use univrs_api::resources::vouch::CONDITION_VERIFIED;
+
+/// What the controller concludes about a vouch.
+#[derive(Debug, PartialEq)]
+pub struct Verdict {
+    /// Whether it verifies and has a known voucher.
+    pub verified: bool,
+    /// Verified, BadSignature, MalformedSignature, Expired, BadVoucher, BadWeight or UnknownVoucher.
+    pub reason: String,
+    /// For people.
+    pub message: String,
+    /// weight × the voucher's standing (0 when unverified).
+    pub effective_weight: f64,
+    /// The voucher's node, if any.
+    pub voucher_node: Option<String>,
+    /// The subject's node, if any.
+    pub subject_node: Option<String>,
+}
+
+/// Judges a vouch given the nodes (name, DID, service reputation) and the time. Pure.
+pub fn judge(vouch: &Vouch, nodes: &[(String, String, f64)], now: &Time) -> Verdict {
+    let find = |did: &str| nodes.iter().find(|(_, d, _)| d == did);
+    let voucher = find(&vouch.spec.voucher);
+    let subject = find(&vouch.spec.subject);
+    let voucher_node = voucher.map(|(n, _, _)| n.clone());
+    let subject_node = subject.map(|(n, _, _)| n.clone());
+    match vouch.spec.verify(now) {
+        Err(e) => Verdict {
+            verified: false,
+            reason: e.reason().into(),
+            message: e.to_string(),
+            effective_weight: 0.0,
+            voucher_node,
+            subject_node,
+        },
+        Ok(_) => match voucher {
+            None => Verdict {
+                verified: false,
+                reason: "UnknownVoucher".into(),
+                message: format!(
+                    "the signature is valid, but no nodes.univrs.io has did {}",
+                    vouch.spec.voucher
+                ),
+                effective_weight: 0.0,
+                voucher_node,
+                subject_node,
+            },
+            Some((_, _, rep)) => {
+                let cfg = reputation::Config::default();
+                let effective = reputation::vouch_contribution(vouch.spec.weight, *rep, &cfg);
+                Verdict {
+                    verified: true,
+                    reason: "Verified".into(),
+                    message: format!(
+                        "signed by the voucher's key; counts {effective:.3} (vouchers count once their own record exceeds {:.2})",
+                        cfg.voucher_threshold
+                    ),
+                    effective_weight: effective,
+                    voucher_node,
+                    subject_node,
+                }
+            }
+        },
+    }
+}
+
+/// Reconciles one Vouch.
+pub async fn reconcile(vouch: Arc<Vouch>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = Time(Timestamp::now());
+    let nodes: Vec<(String, String, f64)> = ctx
+        .nodes
+        .state()
+        .iter()
+        .map(|n| {
+            (
+                n.name_any(),
+                n.spec.did.clone(),
+                n.status.as_ref().and_then(|s| s.reputation).unwrap_or(0.5),
+            )
+        })
+        .collect();
+    let v = judge(&vouch, &nodes, &now);
+    let current = vouch.status.clone().unwrap_or_default();
+    let mut conditions = current.conditions.clone();
+    let generation = vouch.metadata.generation;
+    let changed_condition = set_condition(
+        &mut conditions,
+        DesiredCondition::new(
+            CONDITION_VERIFIED,
+            v.verified,
+            v.reason.clone(),
+            v.message.clone(),
+        )
+        .at_generation(generation),
+        now.clone(),
+    );
+    let changed = changed_condition
+        || current.verified != v.verified
+        || current.reason.as_deref() != Some(v.reason.as_str())
+        || (current.effective_weight - v.effective_weight).abs() > 1e-9
+        || current.voucher_node != v.voucher_node
+        || current.subject_node != v.subject_node
+        || current.observed_generation != generation;
+    if changed {
+        let body = serde_json::json!({
+            "apiVersion": "univrs.io/v1alpha1",
+            "kind": "Vouch",
+            "status": {
+                "observedGeneration": generation,
+                "verified": v.verified,
+                "reason": v.reason,
+                "effectiveWeight": v.effective_weight,
+                "voucherNode": v.voucher_node,
+                "subjectNode": v.subject_node,
+                "conditions": conditions,
+            }
+        });
+        let api: Api<Vouch> = Api::all(ctx.client.clone());
+        api.patch_status(
+            &vouch.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        let (type_, reason) = if v.verified {
+            (EventType::Normal, "VouchVerified")
+        } else {
+            (EventType::Warning, "VouchRejected")
+        };
+        crate::workload::publish(
+            &ctx,
+            &vouch.object_ref(&()),
+            type_,
+            reason,
+            v.message.clone(),
+        )
+        .await;
+    }
+    // Look again when it expires.
+    let until_expiry = vouch.spec.expires_at.0.duration_since(now.0);
+    let requeue = if until_expiry.is_positive() {
+        until_expiry.unsigned_abs().min(ctx.settings.resync) + std::time::Duration::from_secs(1)
+    } else {
+        ctx.settings.resync
+    };
+    Ok(Action::requeue(requeue))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use univrs_api::identity::NodeIdentity;
+    use univrs_api::resources::vouch::VouchSpec;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn forged_expired_unknown_and_good_vouches() {
+        let (a, b, mallory) = (
+            NodeIdentity::generate(),
+            NodeIdentity::generate(),
+            NodeIdentity::generate(),
+        );
+        let nodes = vec![
+            ("a".to_string(), a.public().did(), 0.9),
+            ("b".to_string(), b.public().did(), 0.5),
+        ];
+        let good = Vouch::new(
+            "v",
+            VouchSpec::signed(&a, &b.public(), 1.0, "ok", at(1000)).unwrap(),
+        );
+        let v = judge(&good, &nodes, &at(10));
+        assert!(v.verified && v.reason == "Verified");
+        assert_eq!(
+            (v.voucher_node.as_deref(), v.subject_node.as_deref()),
+            (Some("a"), Some("b"))
+        );
+        assert!(v.effective_weight > 0.0);
+
+        // Mallory signs but claims to be a.
+        let mut forged = VouchSpec::signed(&mallory, &b.public(), 1.0, "ok", at(1000)).unwrap();
+        forged.voucher = a.public().did();
+        let v = judge(&Vouch::new("f", forged), &nodes, &at(10));
+        assert_eq!(
+            (v.verified, v.reason.as_str(), v.effective_weight),
+            (false, "BadSignature", 0.0)
+        );
+
+        let v = judge(&good, &nodes, &at(2000));
+        assert_eq!((v.verified, v.reason.as_str()), (false, "Expired"));
+
+        let stranger = Vouch::new(
+            "s",
+            VouchSpec::signed(&mallory, &b.public(), 1.0, "ok", at(1000)).unwrap(),
+        );
+        assert_eq!(judge(&stranger, &nodes, &at(10)).reason, "UnknownVoucher");
+
+        // A fresh voucher (at the prior) verifies but counts for nothing.
+        let fresh = Vouch::new(
+            "n",
+            VouchSpec::signed(&b, &a.public(), 1.0, "ok", at(1000)).unwrap(),
+        );
+        let v = judge(&fresh, &nodes, &at(10));
+        assert!(v.verified && v.effective_weight == 0.0);
+    }
+}
