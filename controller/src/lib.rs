@@ -5,10 +5,11 @@
 //! Writes are server-side apply with the field manager `univrs-controller`, and only when
 //! something other than a timestamp changes.
 //!
-//! Not yet here (the controller issue stays open for them): the CreditLine reconciler, the credit ledger's transfers from agent usage, reputation, nexus election and
+//! Not yet here (the controller issue stays open for them): the credit ledger's transfers from agent usage, reputation, nexus election and
 //! septal gates fed by real observations.
 
 pub mod context;
+pub mod credit;
 pub mod error;
 pub mod leader;
 pub mod metrics;
@@ -30,7 +31,7 @@ use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use univrs_api::{Node, Vouch, Workload};
+use univrs_api::{CreditLine, Node, Vouch, Workload};
 
 /// Per-object consecutive failures, for exponential backoff.
 static FAILURES: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
@@ -102,6 +103,7 @@ pub async fn run(
     let mut rx1 = shutdown_tx.subscribe();
     let mut rx2 = shutdown_tx.subscribe();
     let mut rx3 = shutdown_tx.subscribe();
+    let mut rx4 = shutdown_tx.subscribe();
     let workload_ctl = wc
         .watches(
             nodes.clone(),
@@ -207,12 +209,34 @@ pub async fn run(
         )
         .for_each(|_| async {});
 
+    let credit_ctl = Controller::new(
+        Api::<CreditLine>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(async move {
+        let _ = rx4.recv().await;
+    })
+    .run(
+        |c, ctx: Arc<Context>| async move {
+            let r = credit::reconcile(c.clone(), ctx.clone()).await;
+            ctx.metrics
+                .reconciled("CreditLine", if r.is_ok() { "ok" } else { "error" });
+            if r.is_ok() {
+                succeeded(c.as_ref());
+            }
+            r
+        },
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+
     tokio::spawn(async move {
         shutdown.await;
         let _ = shutdown_tx.send(());
     });
     tokio::select! {
-        _ = futures::future::join3(workload_ctl, node_ctl, vouch_ctl) => {}
+        _ = futures::future::join4(workload_ctl, node_ctl, vouch_ctl, credit_ctl) => {}
         _ = lease_stream => {}
     }
 }

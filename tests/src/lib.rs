@@ -329,3 +329,21 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A child process that is killed when dropped, and also when the test binary dies (it is
+/// spawned with a parent-death signal from the long-lived spawner thread).
+pub struct Guarded(pub Child);
+
+impl Guarded {
+    /// Spawns `cmd` under the guard.
+    pub fn spawn(cmd: Command) -> Result<Self> {
+        Ok(Self(spawn_supervisor(cmd)?))
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -9,28 +9,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use univrs_api::identity::NodeIdentity;
 use univrs_api::{Node, Workload};
-use univrs_tests::{ControlPlane, run, univrs_bin};
+use univrs_tests::{ControlPlane, Guarded, run, univrs_bin};
 
 const NS: &str = "ctl";
 const LEASE_NS: &str = "univrs-system";
 
-/// A controller process, killed when dropped.
+/// A controller process, killed when dropped or when the test binary dies.
 struct ControllerProc {
-    child: Child,
+    child: Guarded,
     metrics: String,
-}
-
-impl Drop for ControllerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_controller(cp: &ControlPlane) -> ControllerProc {
@@ -40,21 +33,20 @@ fn start_controller(cp: &ControlPlane) -> ControllerProc {
         .unwrap()
         .port();
     let log = std::fs::File::create(cp.data_dir.join(format!("controller-{port}.log"))).unwrap();
-    let child = Command::new(univrs_bin())
-        .args([
-            "controller",
-            "--node-grace-period",
-            "4s",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--kubeconfig")
-        .arg(&cp.kubeconfig)
-        .env("RUST_LOG", "info,kube=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(univrs_bin());
+    cmd.args([
+        "controller",
+        "--node-grace-period",
+        "4s",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .arg("--kubeconfig")
+    .arg(&cp.kubeconfig)
+    .env("RUST_LOG", "info,kube=warn")
+    .stdout(Stdio::null())
+    .stderr(log);
+    let child = Guarded::spawn(cmd).unwrap();
     ControllerProc {
         child,
         metrics: format!("http://127.0.0.1:{port}/metrics"),
@@ -460,11 +452,11 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
     .await;
     let mut first = first;
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.child.id() as i32),
+        nix::unistd::Pid::from_raw(first.child.0.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let _ = first.child.wait();
+    let _ = first.child.0.wait();
     let killed = Instant::now();
     eventually("second leads", Duration::from_secs(15), async || {
         let b = metric(&second.metrics, "univrs_leader");
