@@ -64,6 +64,27 @@ fn succeeded<K: Resource>(obj: &K) {
     }
 }
 
+/// Runs one reconcile, counting its outcome and clearing the object's backoff on success.
+async fn instrumented<K, F, Fut>(
+    kind: &'static str,
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: F,
+) -> Result<Action, error::Error>
+where
+    K: Resource,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, error::Error>>,
+{
+    let r = reconcile(obj.clone(), ctx.clone()).await;
+    ctx.metrics
+        .reconciled(kind, if r.is_ok() { "ok" } else { "error" });
+    if r.is_ok() {
+        succeeded(obj.as_ref());
+    }
+    r
+}
+
 /// Runs the controllers until `shutdown` resolves. Call only while leading.
 pub async fn run(
     client: kube::Client,
@@ -125,15 +146,7 @@ pub async fn run(
             let _ = rx1.recv().await;
         })
         .run(
-            |w, ctx: Arc<Context>| async move {
-                let r = workload::reconcile(w.clone(), ctx.clone()).await;
-                ctx.metrics
-                    .reconciled("Workload", if r.is_ok() { "ok" } else { "error" });
-                if r.is_ok() {
-                    succeeded(w.as_ref());
-                }
-                r
-            },
+            |w, ctx: Arc<Context>| instrumented("Workload", w, ctx, workload::reconcile),
             error_policy,
             ctx.clone(),
         )
@@ -158,15 +171,7 @@ pub async fn run(
             let _ = rx2.recv().await;
         })
         .run(
-            |n, ctx: Arc<Context>| async move {
-                let r = node::reconcile(n.clone(), ctx.clone()).await;
-                ctx.metrics
-                    .reconciled("Node", if r.is_ok() { "ok" } else { "error" });
-                if r.is_ok() {
-                    succeeded(n.as_ref());
-                }
-                r
-            },
+            |n, ctx: Arc<Context>| instrumented("Node", n, ctx, node::reconcile),
             error_policy,
             ctx.clone(),
         )
@@ -195,15 +200,7 @@ pub async fn run(
             let _ = rx3.recv().await;
         })
         .run(
-            |v, ctx: Arc<Context>| async move {
-                let r = vouch::reconcile(v.clone(), ctx.clone()).await;
-                ctx.metrics
-                    .reconciled("Vouch", if r.is_ok() { "ok" } else { "error" });
-                if r.is_ok() {
-                    succeeded(v.as_ref());
-                }
-                r
-            },
+            |v, ctx: Arc<Context>| instrumented("Vouch", v, ctx, vouch::reconcile),
             error_policy,
             ctx.clone(),
         )
@@ -217,15 +214,7 @@ pub async fn run(
         let _ = rx4.recv().await;
     })
     .run(
-        |c, ctx: Arc<Context>| async move {
-            let r = credit::reconcile(c.clone(), ctx.clone()).await;
-            ctx.metrics
-                .reconciled("CreditLine", if r.is_ok() { "ok" } else { "error" });
-            if r.is_ok() {
-                succeeded(c.as_ref());
-            }
-            r
-        },
+        |c, ctx: Arc<Context>| instrumented("CreditLine", c, ctx, credit::reconcile),
         error_policy,
         ctx.clone(),
     )

@@ -11,19 +11,7 @@ use univrs_tests::ControlPlane;
 /// Resident memory of the supervisor's children (etcd, kube-apiserver, kube-controller-manager).
 fn children_rss_mib(supervisor: u32) -> f64 {
     let mut kib = 0u64;
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid != Some(supervisor) && pid != supervisor {
-            continue;
-        }
+    for pid in std::iter::once(supervisor).chain(univrs_tests::children_of(supervisor)) {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         kib += status
             .lines()

@@ -1,10 +1,9 @@
 //! The local control plane with the Univrs CRDs: what kubectl, helm, the Python client and a
 //! crash do to it. Every test talks to the real upstream kube-apiserver and etcd.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use univrs_tests::{ControlPlane, run};
+use univrs_tests::{ControlPlane, run, run_with_stdin};
 
 fn cp() -> &'static ControlPlane {
     ControlPlane::shared()
@@ -12,22 +11,7 @@ fn cp() -> &'static ControlPlane {
 
 /// Applies a manifest from stdin; returns (ok, stdout, stderr).
 fn apply(yaml: &str, extra: &[&str]) -> (bool, String, String) {
-    let mut child = cp()
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .args(extra)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(cp().kubectl().args(["apply", "-f", "-"]).args(extra), yaml);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -178,21 +162,11 @@ fn kubectl_apply_diff_scale_wait_label_patch_edit_and_delete() {
     assert!(a, "{out}{err}");
 
     // diff exits 1 when there is a difference.
-    let mut diff = cp().kubectl();
-    diff.args(["diff", "-n", "kubectl", "-f", "-"]);
     let changed = workload("csa", "").replace("replicas: 2", "replicas: 4");
-    let mut child = diff
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(changed.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        cp().kubectl().args(["diff", "-n", "kubectl", "-f", "-"]),
+        &changed,
+    );
     assert_eq!(out.status.code(), Some(1), "diff should see a change");
     assert!(String::from_utf8_lossy(&out.stdout).contains("replicas: 4"));
 
@@ -499,20 +473,11 @@ fn kill_9_of_every_process_loses_no_acknowledged_write() {
     // kill -9 the supervisor and its children at once.
     let sup = first.supervisor_pid().unwrap() as i32;
     let mut pids = vec![sup];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok());
-        if ppid == Some(sup) {
-            pids.push(pid);
-        }
-    }
+    pids.extend(
+        univrs_tests::children_of(sup as u32)
+            .into_iter()
+            .map(|p| p as i32),
+    );
     assert_eq!(
         pids.len(),
         4,
