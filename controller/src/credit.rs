@@ -11,12 +11,12 @@
 //! and the transfer is retried on fresh state, so two writers can never both apply on the same
 //! balance, and an id is applied at most once.
 
-use crate::context::{Context, FIELD_MANAGER};
+use crate::context::{Context, apply_status};
 use crate::error::Error;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use std::sync::Arc;
@@ -122,18 +122,8 @@ async fn write_status(
     cl: &CreditLine,
     status: CreditLineStatus,
 ) -> Result<CreditLine, kube::Error> {
-    let body = serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1",
-        "kind": "CreditLine",
-        "metadata": {"name": cl.name_any(), "resourceVersion": cl.resource_version()},
-        "status": status,
-    });
-    api.patch_status(
-        &cl.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
+    let status = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
+    apply_status(api, &cl.name_any(), cl.resource_version(), status).await
 }
 
 /// Whether an account's party exists.

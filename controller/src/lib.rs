@@ -28,40 +28,32 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use univrs_api::{CreditLine, Node, Vouch, Workload};
 
-/// Per-object consecutive failures, for exponential backoff.
-static FAILURES: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
-
-fn key<K: Resource>(obj: &K) -> String {
+/// The backoff key of an object: `Kind/namespace/name` (a Node and a CreditLine may share a name).
+fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(
-        "{}/{}",
+        "{}/{}/{}",
+        K::kind(&()),
         obj.meta().namespace.as_deref().unwrap_or(""),
         obj.meta().name.as_deref().unwrap_or("")
     )
 }
 
 /// Backoff for an object that failed: 1 s doubling to 5 min.
-fn error_policy<K: Resource>(obj: Arc<K>, err: &error::Error, ctx: Arc<Context>) -> Action {
-    let mut guard = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
-    let n = guard
-        .get_or_insert_with(HashMap::new)
-        .entry(key(obj.as_ref()))
-        .or_default();
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &error::Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+    let n = failures.entry(key(obj.as_ref())).or_default();
     *n = n.saturating_add(1);
     let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
     tracing::warn!(object = %key(obj.as_ref()), error = %err, retry_in = ?delay, "reconcile failed");
-    let _ = ctx;
     Action::requeue(delay)
-}
-
-fn succeeded<K: Resource>(obj: &K) {
-    if let Some(map) = FAILURES.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-        map.remove(&key(obj));
-    }
 }
 
 /// Runs one reconcile, counting its outcome and clearing the object's backoff on success.
@@ -72,7 +64,7 @@ async fn instrumented<K, F, Fut>(
     reconcile: F,
 ) -> Result<Action, error::Error>
 where
-    K: Resource,
+    K: Resource<DynamicType = ()>,
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
     Fut: std::future::Future<Output = Result<Action, error::Error>>,
 {
@@ -80,7 +72,10 @@ where
     ctx.metrics
         .reconciled(kind, if r.is_ok() { "ok" } else { "error" });
     if r.is_ok() {
-        succeeded(obj.as_ref());
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(obj.as_ref()));
     }
     r
 }
@@ -117,6 +112,7 @@ pub async fn run(
         settings,
         recorder: Recorder::new(client.clone(), Context::reporter()),
         metrics,
+        failures: Default::default(),
     });
 
     let ws = workload_store.clone();

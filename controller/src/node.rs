@@ -1,12 +1,12 @@
 //! The Node reconciler: Ready from the agent's Lease, what is allocated there, and whether the
 //! node's names really are one key.
 
-use crate::context::{Context, FIELD_MANAGER, lease_name};
+use crate::context::{Context, apply_status, lease_name};
 use crate::error::Error;
 use crate::snapshot::{self, Liveness};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -99,23 +99,13 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         || current.instances != Some(count as i32)
         || serde_json::to_value(&current.allocated).ok() != Some(allocated.clone());
     if changed {
-        let body = serde_json::json!({
-            "apiVersion": "univrs.io/v1alpha1",
-            "kind": "Node",
-            "status": {
-                "observedGeneration": generation,
-                "allocated": allocated,
-                "instances": count,
-                "conditions": conditions,
-            }
+        let status = serde_json::json!({
+            "observedGeneration": generation,
+            "allocated": allocated,
+            "instances": count,
+            "conditions": conditions,
         });
-        let api: Api<Node> = Api::all(ctx.client.clone());
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
+        apply_status(&Api::<Node>::all(ctx.client.clone()), &name, None, status).await?;
         let now_ready = ready.status == univrs_api::conditions::TRUE;
         if now_ready != was_ready {
             let (type_, reason) = if now_ready {

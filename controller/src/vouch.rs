@@ -4,11 +4,11 @@
 //! A forged, malformed or expired vouch is marked unverified with the reason, gets an effective
 //! weight of 0 and a Warning Event; it never affects reputation.
 
-use crate::context::{Context, FIELD_MANAGER};
+use crate::context::{Context, apply_status};
 use crate::error::Error;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -120,24 +120,20 @@ pub async fn reconcile(vouch: Arc<Vouch>, ctx: Arc<Context>) -> Result<Action, E
         || current.subject_node != v.subject_node
         || current.observed_generation != generation;
     if changed {
-        let body = serde_json::json!({
-            "apiVersion": "univrs.io/v1alpha1",
-            "kind": "Vouch",
-            "status": {
-                "observedGeneration": generation,
-                "verified": v.verified,
-                "reason": v.reason,
-                "effectiveWeight": v.effective_weight,
-                "voucherNode": v.voucher_node,
-                "subjectNode": v.subject_node,
-                "conditions": conditions,
-            }
+        let status = serde_json::json!({
+            "observedGeneration": generation,
+            "verified": v.verified,
+            "reason": v.reason,
+            "effectiveWeight": v.effective_weight,
+            "voucherNode": v.voucher_node,
+            "subjectNode": v.subject_node,
+            "conditions": conditions,
         });
-        let api: Api<Vouch> = Api::all(ctx.client.clone());
-        api.patch_status(
+        apply_status(
+            &Api::<Vouch>::all(ctx.client.clone()),
             &vouch.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
+            None,
+            status,
         )
         .await?;
         let (type_, reason) = if v.verified {

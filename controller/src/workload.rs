@@ -5,14 +5,14 @@
 //! the highest ordinals, so scale and spec changes never duplicate or lose an instance. The
 //! controller owns each instance's `node` and `placedAt`; the node's agent owns the rest.
 
-use crate::context::{Context, FIELD_MANAGER, lease_name};
+use crate::context::{Context, apply_status, lease_name};
 use crate::error::Error;
 use crate::scheduler::{self, Request};
 use crate::snapshot::{self, Liveness};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -179,8 +179,8 @@ fn plan(wl: &Workload, ctx: &Context, now: Timestamp) -> Plan {
     out
 }
 
-/// The controller's part of the status, as a server-side-apply patch body.
-fn status_patch(wl: &Workload, plan: &Plan, now: Timestamp) -> (serde_json::Value, Vec<Condition>) {
+/// The controller's part of the status, as applied with server-side apply.
+fn status_patch(wl: &Workload, plan: &Plan, now: Timestamp) -> serde_json::Value {
     let desired = wl.spec.replicas.max(0);
     let current = wl.status.clone().unwrap_or_default();
     let agent_view: BTreeMap<&str, &Instance> = current
@@ -255,27 +255,22 @@ fn status_patch(wl: &Workload, plan: &Plan, now: Timestamp) -> (serde_json::Valu
         .iter()
         .map(|i| serde_json::json!({"name": i.name, "node": i.node, "placedAt": i.placed_at}))
         .collect();
-    let body = serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1",
-        "kind": "Workload",
-        "status": {
-            "observedGeneration": generation,
-            "replicas": placed,
-            "readyReplicas": ready,
-            "selector": format!("{WORKLOAD_LABEL}={}", wl.name_any()),
-            "instances": instances,
-            "conditions": conditions,
-        }
+    let status = serde_json::json!({
+        "observedGeneration": generation,
+        "replicas": placed,
+        "readyReplicas": ready,
+        "selector": format!("{WORKLOAD_LABEL}={}", wl.name_any()),
+        "instances": instances,
+        "conditions": conditions,
     });
-    (body, conditions)
+    status
 }
 
-/// Whether applying `body` would change anything the controller owns.
-fn unchanged(wl: &Workload, body: &serde_json::Value) -> bool {
+/// Whether applying `s` (the status part) would change anything the controller owns.
+fn unchanged(wl: &Workload, s: &serde_json::Value) -> bool {
     let Some(cur) = wl.status.as_ref() else {
         return false;
     };
-    let s = &body["status"];
     let cur_instances: Vec<serde_json::Value> = cur
         .instances
         .iter()
@@ -296,20 +291,15 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
     let now = Timestamp::now();
     let ns = wl.namespace().ok_or(Error::MissingNamespace)?;
     let plan = plan(&wl, &ctx, now);
-    let (body, _) = status_patch(&wl, &plan, now);
+    let status = status_patch(&wl, &plan, now);
     ctx.metrics.observe_scheduling(
         started.elapsed(),
         plan.placed.len(),
         plan.unschedulable.is_some(),
     );
-    if !unchanged(&wl, &body) {
+    if !unchanged(&wl, &status) {
         let api: Api<Workload> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &wl.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
+        apply_status(&api, &wl.name_any(), None, status).await?;
         let reference = wl.object_ref(&());
         for (inst, node, why) in &plan.moved {
             publish(

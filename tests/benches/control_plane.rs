@@ -31,11 +31,7 @@ fn main() {
     univrs_tests::upstream_bin_dir();
     let dir = std::env::temp_dir().join(format!("univrs-test-{}-bench", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = univrs_tests::free_port();
 
     let t = Instant::now();
     let cp = ControlPlane::start_in(&dir, port).unwrap();

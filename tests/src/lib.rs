@@ -93,7 +93,8 @@ pub struct ControlPlane {
     child: Mutex<Option<Child>>,
 }
 
-fn free_port() -> u16 {
+/// A free TCP port on 127.0.0.1 (bound and released, for a process started next).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -442,11 +442,7 @@ fn kill_9_of_every_process_loses_no_acknowledged_write() {
     // A private control plane, side by side with the shared one.
     let dir = std::env::temp_dir().join(format!("univrs-test-{}-crash", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = univrs_tests::free_port();
     let first = ControlPlane::start_in(&dir, port).expect("private control plane");
     first.install_crds().unwrap();
     assert_ne!(first.server, cp().server);

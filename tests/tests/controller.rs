@@ -24,15 +24,30 @@ const LEASE_NS: &str = "univrs-system";
 struct ControllerProc {
     child: Guarded,
     metrics: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for ControllerProc {
+    /// A failing test shows the controller's log: CI keeps nothing else.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!(
+                "--- controller log {} (last 80 lines) ---",
+                self.log.display()
+            );
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
 }
 
 fn start_controller(cp: &ControlPlane) -> ControllerProc {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = std::fs::File::create(cp.data_dir.join(format!("controller-{port}.log"))).unwrap();
+    let port = univrs_tests::free_port();
+    let log_path = cp.data_dir.join(format!("controller-{port}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut cmd = Command::new(univrs_bin());
     cmd.args([
         "controller",
@@ -50,6 +65,7 @@ fn start_controller(cp: &ControlPlane) -> ControllerProc {
     ControllerProc {
         child,
         metrics: format!("http://127.0.0.1:{port}/metrics"),
+        log: log_path,
     }
 }
 
@@ -85,13 +101,16 @@ fn renew_leases(client: kube::Client, alive: Arc<BTreeMap<String, AtomicBool>>) 
                         ..Default::default()
                     }),
                 };
-                let _ = api
+                if let Err(e) = api
                     .patch(
                         &format!("univrs-node-{node}"),
                         &PatchParams::apply("test-agent").force(),
                         &Patch::Apply(&lease),
                     )
-                    .await;
+                    .await
+                {
+                    eprintln!("renewing {node}'s Lease failed: {e}");
+                }
             }
             tokio::time::sleep(Duration::from_millis(1000)).await;
         }
@@ -174,9 +193,14 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
             },
             ..Default::default()
         };
-        let _ = Api::<Namespace>::all(client.clone())
+        match Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &n)
-            .await;
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("creating namespace {ns}: {e}"),
+        }
     }
     let nodes_api: Api<Node> = Api::all(client.clone());
     let names = ["alpha", "bravo", "charlie"];
@@ -217,7 +241,7 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
             let nodes: BTreeSet<&String> = p.values().collect();
             (
                 (p.len() == 3 && nodes.len() == 3).then(|| p.clone()),
-                format!("{p:?}"),
+                format!("{p:?}, status {:?}", w.status),
             )
         },
     )
