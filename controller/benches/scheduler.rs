@@ -41,6 +41,7 @@ fn cluster(n: usize, placed: u64) -> Vec<NodeView> {
                 nexus: i % 27 == 0,
                 credit_balance: (i as i64 % 2000 - 1000) * 100,
                 price_per_hour: 800 + (i as i64 % 400),
+                owner_headroom: Some(1_000_000),
             }
         })
         .collect()
@@ -56,7 +57,6 @@ fn main() {
         node_selector: BTreeMap::from([("site".to_string(), "library".to_string())]),
         min_reputation: 0.5,
         max_price_per_hour: Some(1100),
-        credit_headroom: Some(1_000_000),
     };
     println!("| nodes | placed instances | decisions/s (1 thread) | µs per decision |");
     println!("|---|---|---|---|");

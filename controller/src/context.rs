@@ -4,7 +4,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use std::time::Duration;
-use univrs_api::{Node, Workload};
+use univrs_api::{CreditLine, Node, Vouch, Workload};
 
 /// The field manager of every controller write.
 pub const FIELD_MANAGER: &str = "univrs-controller";
@@ -28,6 +28,8 @@ pub struct Settings {
     pub node_grace_period: Duration,
     /// How often every object is reconciled even without a change.
     pub resync: Duration,
+    /// How often the nexus hubs are elected.
+    pub nexus_interval: Duration,
 }
 
 impl Default for Settings {
@@ -35,6 +37,7 @@ impl Default for Settings {
         Self {
             node_grace_period: Duration::from_secs(40),
             resync: Duration::from_secs(300),
+            nexus_interval: Duration::from_secs(30),
         }
     }
 }
@@ -49,12 +52,20 @@ pub struct Context {
     pub workloads: Store<Workload>,
     /// The node Leases.
     pub leases: Store<Lease>,
+    /// Every CreditLine.
+    pub credit_lines: Store<CreditLine>,
+    /// Every Vouch.
+    pub vouches: Store<Vouch>,
     /// Settings.
     pub settings: Settings,
     /// Publishes Events.
     pub recorder: Recorder,
     /// Prometheus metrics.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// True once every cache has its first full list (see [`Context::synced`]).
+    pub ready: tokio::sync::watch::Receiver<bool>,
+    /// The latest nexus election.
+    pub election: std::sync::RwLock<univrs_api::enr::nexus::Election>,
     /// Consecutive failures per object (`Kind/namespace/name`), for exponential backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -89,6 +100,25 @@ where
 }
 
 impl Context {
+    /// Waits until every cache has its first full list, so no decision is made on a partial
+    /// view (an empty node cache would read as "no nodes exist").
+    pub async fn synced(&self) {
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// Marks the caches synced once each has listed. Run once, in one task: a store's own
+    /// `wait_until_ready` wakes only the last of several concurrent waiters, which hung
+    /// reconciles forever; a watch channel wakes them all.
+    pub async fn mark_synced_when_listed(&self, ready: tokio::sync::watch::Sender<bool>) {
+        let _ = self.nodes.wait_until_ready().await;
+        let _ = self.workloads.wait_until_ready().await;
+        let _ = self.leases.wait_until_ready().await;
+        let _ = self.credit_lines.wait_until_ready().await;
+        let _ = self.vouches.wait_until_ready().await;
+        let _ = ready.send(true);
+    }
+
     /// The reporter name on Events.
     pub fn reporter() -> Reporter {
         Reporter {

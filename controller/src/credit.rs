@@ -11,6 +11,7 @@
 //! and the transfer is retried on fresh state, so two writers can never both apply on the same
 //! balance, and an id is applied at most once.
 
+use crate::billing::Charge;
 use crate::context::{Context, apply_status};
 use crate::error::Error;
 use k8s_openapi::api::core::v1::Namespace;
@@ -26,6 +27,7 @@ use univrs_api::ledger::{Applied, Ledger, LedgerError, Line, Transfer};
 use univrs_api::resources::creditline::{
     CONDITION_READY, CreditLineStatus, RECENT_TRANSFERS, TransferRecord,
 };
+use univrs_api::resources::workload::InstanceUsage;
 use univrs_api::{Account, CreditLine};
 
 /// Why a transfer could not be applied.
@@ -116,6 +118,73 @@ pub async fn apply_transfer(
     }
 }
 
+/// Why a charge could not be paid.
+#[derive(Debug, thiserror::Error)]
+pub enum PayError {
+    /// No line can carry it: the owner's credit is exhausted towards that node.
+    #[error("{0}")]
+    Exhausted(String),
+    /// The API server failed (retried).
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// Pays `charge` from `owner` to the charge's node along the first of their lines (by name)
+/// that can carry it. Returns the new billed mark and the amount it accounts for: if an earlier
+/// attempt at the same charge was already applied (found by its id prefix), that attempt's.
+pub async fn pay(
+    ctx: &Context,
+    owner: &Account,
+    from: &InstanceUsage,
+    charge: &Charge,
+) -> Result<(InstanceUsage, i64), PayError> {
+    let node = Account::node(&charge.node);
+    let mut lines: Vec<String> = ctx
+        .credit_lines
+        .state()
+        .iter()
+        .filter(|cl| {
+            (cl.spec.creditor == *owner && cl.spec.debtor == node)
+                || (cl.spec.creditor == node && cl.spec.debtor == *owner)
+        })
+        .map(|cl| cl.name_any())
+        .collect();
+    lines.sort();
+    if lines.is_empty() {
+        return Err(PayError::Exhausted(format!(
+            "no CreditLine joins {owner} and {node}"
+        )));
+    }
+    // Fresh reads, not the cache: an attempt that landed just now must be seen.
+    let api: Api<CreditLine> = Api::all(ctx.client.clone());
+    for name in &lines {
+        let Some(cl) = api.get_opt(name).await? else {
+            continue;
+        };
+        let earlier = cl.status.iter().flat_map(|s| &s.recent_transfer_ids);
+        for id in earlier {
+            if let Some(done) = crate::billing::mark_from_id(id, &charge.id_prefix, from) {
+                return Ok(done);
+            }
+        }
+    }
+    let transfer = Transfer {
+        id: charge.id.clone(),
+        from: owner.clone(),
+        to: node.clone(),
+        amount: charge.amount,
+    };
+    let mut refusals = Vec::new();
+    for name in &lines {
+        match apply_transfer(&ctx.client, name, &transfer).await {
+            Ok(_) => return Ok((charge.to.clone(), charge.amount)),
+            Err(TransferError::Kube(e)) => return Err(e.into()),
+            Err(e) => refusals.push(format!("{name}: {e}")),
+        }
+    }
+    Err(PayError::Exhausted(refusals.join("; ")))
+}
+
 /// Writes the whole status, on the condition that the line is still at the version read.
 async fn write_status(
     api: &Api<CreditLine>,
@@ -139,6 +208,7 @@ async fn account_exists(ctx: &Context, a: &Account) -> Result<bool, Error> {
 
 /// Reconciles one CreditLine: Ready when both accounts exist; utilization kept current.
 pub async fn reconcile(cl: Arc<CreditLine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.synced().await;
     let now = Time(Timestamp::now());
     let mut missing = Vec::new();
     for a in [&cl.spec.creditor, &cl.spec.debtor] {

@@ -6,6 +6,9 @@ pub enum Error {
     /// The API server refused or failed a request (retried with backoff).
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// A reconcile took longer than its deadline (a hung request); retried with backoff.
+    #[error("reconcile did not finish within {0:?}")]
+    Timeout(std::time::Duration),
     /// A namespaced object without a namespace (cannot happen for objects from the API server).
     #[error("object has no namespace")]
     MissingNamespace,

@@ -8,11 +8,13 @@
 //! Not yet here (the controller issue stays open for them): the credit ledger's transfers from agent usage, reputation, nexus election and
 //! septal gates fed by real observations.
 
+pub mod billing;
 pub mod context;
 pub mod credit;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod nexus;
 pub mod node;
 pub mod scheduler;
 pub mod snapshot;
@@ -30,6 +32,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
+use univrs_api::account::AccountKind;
 use univrs_api::{CreditLine, Node, Vouch, Workload};
 
 /// The backoff key of an object: `Kind/namespace/name` (a Node and a CreditLine may share a name).
@@ -56,6 +59,9 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(delay)
 }
 
+/// The longest one reconcile may take.
+const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Runs one reconcile, counting its outcome and clearing the object's backoff on success.
 async fn instrumented<K, F, Fut>(
     kind: &'static str,
@@ -68,7 +74,12 @@ where
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
     Fut: std::future::Future<Output = Result<Action, error::Error>>,
 {
-    let r = reconcile(obj.clone(), ctx.clone()).await;
+    let started = std::time::Instant::now();
+    // One hung request must not pin an object forever: give up, back off, try again.
+    let r = tokio::time::timeout(RECONCILE_DEADLINE, reconcile(obj.clone(), ctx.clone()))
+        .await
+        .unwrap_or(Err(error::Error::Timeout(RECONCILE_DEADLINE)));
+    tracing::debug!(object = %key(obj.as_ref()), ok = r.is_ok(), took = ?started.elapsed(), "reconciled");
     ctx.metrics
         .reconciled(kind, if r.is_ok() { "ok" } else { "error" });
     if r.is_ok() {
@@ -89,58 +100,71 @@ pub async fn run(
 ) {
     let workloads: Api<Workload> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
+    let lines: Api<CreditLine> = Api::all(client.clone());
+    let vouches: Api<Vouch> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let cfg = watcher::Config::default;
 
     let (lease_store, lease_writer) = reflector::store();
-    let lease_stream = reflector::reflector(
-        lease_writer,
-        watcher(leases.clone(), watcher::Config::default()),
-    )
-    .applied_objects()
-    .for_each(|_| async {});
+    let lease_stream = reflector::reflector(lease_writer, watcher(leases.clone(), cfg()))
+        .applied_objects()
+        .for_each(|_| async {});
 
-    let wc = Controller::new(workloads.clone(), watcher::Config::default());
-    let workload_store = wc.store();
-    let nc = Controller::new(nodes.clone(), watcher::Config::default());
-    let node_store = nc.store();
-
+    let wc = Controller::new(workloads.clone(), cfg());
+    let nc = Controller::new(nodes.clone(), cfg());
+    let cc = Controller::new(lines.clone(), cfg());
+    let vc = Controller::new(vouches.clone(), cfg());
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(Context {
+        ready: ready_rx,
         client: client.clone(),
-        nodes: node_store.clone(),
-        workloads: workload_store.clone(),
-        leases: lease_store.clone(),
+        nodes: nc.store(),
+        workloads: wc.store(),
+        leases: lease_store,
+        credit_lines: cc.store(),
+        vouches: vc.store(),
         settings,
         recorder: Recorder::new(client.clone(), Context::reporter()),
         metrics,
         failures: Default::default(),
+        election: Default::default(),
     });
 
-    let ws = workload_store.clone();
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut rx1 = shutdown_tx.subscribe();
-    let mut rx2 = shutdown_tx.subscribe();
-    let mut rx3 = shutdown_tx.subscribe();
-    let mut rx4 = shutdown_tx.subscribe();
+    let stop = || {
+        let mut rx = shutdown_tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+
+    let ws = ctx.workloads.clone();
+    let ws2 = ctx.workloads.clone();
     let workload_ctl = wc
-        .watches(
-            nodes.clone(),
-            watcher::Config::default(),
-            move |node: Node| {
-                let name = node.name_any();
-                ws.state()
-                    .into_iter()
-                    .filter(|w| {
-                        w.status.as_ref().is_some_and(|s| {
-                            s.instances.iter().any(|i| i.node.as_deref() == Some(&name))
-                        })
-                    })
-                    .map(|w| ObjectRef::from_obj(w.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .graceful_shutdown_on(async move {
-            let _ = rx1.recv().await;
+        .watches(nodes.clone(), cfg(), move |node: Node| {
+            // The workloads on this node, and every workload still waiting for a place:
+            // a node that appears or frees up may be where it fits.
+            let name = node.name_any();
+            ws.state()
+                .into_iter()
+                .filter(|w| waiting(w) || on_node(w, &name))
+                .map(|w| ObjectRef::from_obj(w.as_ref()))
+                .collect::<Vec<_>>()
         })
+        .watches(lines.clone(), cfg(), move |cl: CreditLine| {
+            // A line of a namespace may unblock (or exhaust) its workloads.
+            let namespaces: Vec<String> = [&cl.spec.creditor, &cl.spec.debtor]
+                .into_iter()
+                .filter(|a| a.kind == AccountKind::Namespace)
+                .map(|a| a.name.clone())
+                .collect();
+            ws2.state()
+                .into_iter()
+                .filter(|w| w.namespace().is_some_and(|ns| namespaces.contains(&ns)))
+                .map(|w| ObjectRef::from_obj(w.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stop())
         .run(
             |w, ctx: Arc<Context>| instrumented("Workload", w, ctx, workload::reconcile),
             error_policy,
@@ -148,11 +172,12 @@ pub async fn run(
         )
         .for_each(|_| async {});
 
+    let (elected_tx, elected_rx) = futures::channel::mpsc::unbounded::<()>();
     let node_ctl = nc
-        .watches(leases, watcher::Config::default(), |lease: Lease| {
+        .watches(leases, cfg(), |lease: Lease| {
             node_of_lease(&lease.name_any()).map(ObjectRef::<Node>::new)
         })
-        .watches(workloads, watcher::Config::default(), |w: Workload| {
+        .watches(workloads, cfg(), |w: Workload| {
             w.status
                 .map(|s| {
                     s.instances
@@ -163,9 +188,22 @@ pub async fn run(
                 })
                 .unwrap_or_default()
         })
-        .graceful_shutdown_on(async move {
-            let _ = rx2.recv().await;
+        .watches(lines, cfg(), |cl: CreditLine| {
+            // Balances show in each node's status.
+            [cl.spec.creditor, cl.spec.debtor]
+                .into_iter()
+                .filter(|a| a.kind == AccountKind::Node)
+                .map(|a| ObjectRef::<Node>::new(&a.name))
+                .collect::<Vec<_>>()
         })
+        .watches(vouches.clone(), cfg(), |v: Vouch| {
+            // A vouch's verdict changes its subject's reputation.
+            v.status
+                .and_then(|s| s.subject_node)
+                .map(|n| ObjectRef::<Node>::new(&n))
+        })
+        .reconcile_all_on(elected_rx)
+        .graceful_shutdown_on(stop())
         .run(
             |n, ctx: Arc<Context>| instrumented("Node", n, ctx, node::reconcile),
             error_policy,
@@ -173,28 +211,18 @@ pub async fn run(
         )
         .for_each(|_| async {});
 
-    let vc = Controller::new(
-        Api::<Vouch>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let vouch_store = vc.store();
+    let vouch_store = ctx.vouches.clone();
     let vouch_ctl = vc
-        .watches(
-            nodes.clone(),
-            watcher::Config::default(),
-            move |node: Node| {
-                let did = node.spec.did;
-                vouch_store
-                    .state()
-                    .into_iter()
-                    .filter(|v| v.spec.voucher == did || v.spec.subject == did)
-                    .map(|v| ObjectRef::from_obj(v.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .graceful_shutdown_on(async move {
-            let _ = rx3.recv().await;
+        .watches(nodes, cfg(), move |node: Node| {
+            let did = node.spec.did;
+            vouch_store
+                .state()
+                .into_iter()
+                .filter(|v| v.spec.voucher == did || v.spec.subject == did)
+                .map(|v| ObjectRef::from_obj(v.as_ref()))
+                .collect::<Vec<_>>()
         })
+        .graceful_shutdown_on(stop())
         .run(
             |v, ctx: Arc<Context>| instrumented("Vouch", v, ctx, vouch::reconcile),
             error_policy,
@@ -202,20 +230,21 @@ pub async fn run(
         )
         .for_each(|_| async {});
 
-    let credit_ctl = Controller::new(
-        Api::<CreditLine>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(async move {
-        let _ = rx4.recv().await;
-    })
-    .run(
-        |c, ctx: Arc<Context>| instrumented("CreditLine", c, ctx, credit::reconcile),
-        error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
+    let credit_ctl = cc
+        .graceful_shutdown_on(stop())
+        .run(
+            |c, ctx: Arc<Context>| instrumented("CreditLine", c, ctx, credit::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
 
+    let elections = nexus::run_elections(ctx.clone(), elected_tx);
+    let sync_ctx = ctx.clone();
+    let synced = async move {
+        sync_ctx.mark_synced_when_listed(ready_tx).await;
+        std::future::pending::<()>().await
+    };
     tokio::spawn(async move {
         shutdown.await;
         let _ = shutdown_tx.send(());
@@ -223,5 +252,22 @@ pub async fn run(
     tokio::select! {
         _ = futures::future::join4(workload_ctl, node_ctl, vouch_ctl, credit_ctl) => {}
         _ = lease_stream => {}
+        _ = elections => {}
+        _ = synced => {}
     }
+}
+
+/// Whether a workload has fewer placed instances than replicas.
+fn waiting(w: &Workload) -> bool {
+    let placed = w.status.as_ref().map_or(0, |s| {
+        s.instances.iter().filter(|i| i.node.is_some()).count()
+    });
+    placed < w.spec.replicas.max(0) as usize
+}
+
+/// Whether a workload has an instance on the node.
+fn on_node(w: &Workload, node: &str) -> bool {
+    w.status
+        .as_ref()
+        .is_some_and(|s| s.instances.iter().any(|i| i.node.as_deref() == Some(node)))
 }

@@ -1,5 +1,18 @@
-//! The Node reconciler: Ready from the agent's Lease, what is allocated there, and whether the
-//! node's names really are one key.
+//! The Node reconciler: Ready from the agent's Lease, what is allocated there, reputation, the
+//! septal gate, the nexus role and the credit balance, and whether the node's names really are
+//! one key.
+//!
+//! - **Reputation** = the service record (an average of outcomes that decays toward 0.5, kept in
+//!   `status.serviceRecord`) boosted by verified vouches. Outcomes: a Lease that lapses is a
+//!   failure; every hour of Ready service is a success.
+//! - **Septal gate**: each lapse is a failure; five without an hour of clean service between
+//!   them (a flapping node) isolate it, as does a health score of 0.7 (silence, low
+//!   reputation). After 60 s it recovers a quarter of its traffic per Ready reconcile.
+//! - **Nexus role** comes from the periodic election (`nexus`).
+//! - **Credit balance** sums the node's credit lines: owed to it minus owed by it.
+//!
+//! A write happens only when something other than a timestamp changes; figures are rounded
+//! (reputation to 0.001, health to 0.01) so slow decay does not churn the store.
 
 use crate::context::{Context, apply_status, lease_name};
 use crate::error::Error;
@@ -12,11 +25,17 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
-use univrs_api::Node;
 use univrs_api::conditions::{DesiredCondition, set_condition};
+use univrs_api::enr::{reputation, septal};
 use univrs_api::identity::PublicIdentity;
 use univrs_api::quantity::Quantity;
-use univrs_api::resources::node::{CONDITION_ISOLATED, CONDITION_READY, SeptalState};
+use univrs_api::resources::node::{
+    CONDITION_ISOLATED, CONDITION_READY, SeptalState, SeptalStatus, ServiceRecord,
+};
+use univrs_api::{Account, Node};
+
+/// How much Ready time counts as one successful outcome.
+const SERVICE_PERIOD: Duration = Duration::from_secs(3600);
 
 /// Whether the node's PeerId and DID name the same key.
 fn identity_consistent(node: &Node) -> Result<(), String> {
@@ -29,8 +48,97 @@ fn identity_consistent(node: &Node) -> Result<(), String> {
     }
 }
 
+fn ms(t: Timestamp) -> u64 {
+    t.as_millisecond().max(0) as u64
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+/// A node's service record (the prior when it has none yet), never boosted by vouches.
+pub fn service_base(node: &Node) -> f64 {
+    node.status
+        .as_ref()
+        .and_then(|s| s.service_record.as_ref())
+        .map_or(reputation::Config::default().prior, |r| r.base)
+}
+
+/// The next service record: a failure when the node just lost its Lease, a success per hour of
+/// Ready service. Returns the record and whether an hour of service was credited.
+fn next_record(
+    current: Option<&ServiceRecord>,
+    was_ready: bool,
+    ready: bool,
+    now: Timestamp,
+) -> (ServiceRecord, bool) {
+    let cfg = reputation::Config::default();
+    let Some(cur) = current else {
+        let fresh = ServiceRecord {
+            base: cfg.prior,
+            updated_at: Time(now),
+        };
+        return (fresh, false);
+    };
+    let rec = reputation::Record {
+        base: cur.base,
+        updated_ms: ms(cur.updated_at.0),
+    };
+    let period = SERVICE_PERIOD.as_millis() as u64;
+    let (rec, served) = if was_ready && !ready {
+        (reputation::observe(rec, 0.0, ms(now), &cfg), false)
+    } else if ready && ms(now).saturating_sub(rec.updated_ms) >= period {
+        (reputation::observe(rec, 1.0, ms(now), &cfg), true)
+    } else {
+        return (cur.clone(), false);
+    };
+    let record = ServiceRecord {
+        base: round(rec.base, 4),
+        updated_at: Time(now),
+    };
+    (record, served)
+}
+
+/// The septal gate after this reconcile's events.
+fn next_gate(
+    current: Option<&SeptalStatus>,
+    events: &[septal::Event],
+    now: Timestamp,
+) -> SeptalStatus {
+    let cfg = septal::Config::default();
+    let mut gate = current.map_or(septal::Gate::default(), |s| septal::Gate {
+        state: s.state,
+        failures: s.failures.max(0) as u32,
+        since_ms: s.since.as_ref().map_or(0, |t| ms(t.0)),
+        traffic: s.traffic.unwrap_or(match s.state {
+            SeptalState::Connected => 1.0,
+            SeptalState::Isolated => 0.0,
+            SeptalState::Recovering => cfg.recovery_step,
+        }),
+    });
+    let mut health = current.map_or(0.0, |s| s.health_score);
+    for e in events {
+        if let septal::Event::Health(h) = e {
+            health = septal::health_score(h, &cfg);
+        }
+        gate = septal::step(gate, *e, ms(now), &cfg);
+    }
+    SeptalStatus {
+        state: gate.state,
+        failures: gate.failures as i32,
+        health_score: round(health, 2),
+        traffic: Some(round(gate.traffic, 2)),
+        since: (gate.since_ms > 0)
+            .then(|| Timestamp::from_millisecond(gate.since_ms as i64).ok())
+            .flatten()
+            .map(Time),
+    }
+}
+
 /// Reconciles one Node.
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.synced().await;
     let now = Timestamp::now();
     let name = node.name_any();
     let lease = ctx
@@ -60,30 +168,85 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
             format!("no Lease univrs-system/{}", lease_name(&name)),
         ),
     };
-    let isolated = node
-        .status
-        .as_ref()
-        .and_then(|s| s.septal.as_ref())
-        .is_some_and(|s| s.state == SeptalState::Isolated);
-    let isolated = if isolated {
-        DesiredCondition::new(
+    let generation = node.metadata.generation;
+    let current = node.status.clone().unwrap_or_default();
+    let was_ready = univrs_api::conditions::is_true(&current.conditions, CONDITION_READY);
+    let now_ready = ready.status == univrs_api::conditions::TRUE;
+
+    // Reputation: the service record, plus what verified vouches for this node add.
+    let (record, served) = next_record(current.service_record.as_ref(), was_ready, now_ready, now);
+    let cfg = reputation::Config::default();
+    let contributions: Vec<f64> = ctx
+        .vouches
+        .state()
+        .iter()
+        .filter_map(|v| v.status.as_ref())
+        .filter(|s| s.verified && s.subject_node.as_deref() == Some(name.as_str()))
+        .map(|s| s.effective_weight)
+        .collect();
+    let decayed = reputation::decay(
+        reputation::Record {
+            base: record.base,
+            updated_ms: ms(record.updated_at.0),
+        },
+        ms(now),
+        &cfg,
+    );
+    let rep = round(
+        reputation::effective(decayed.base, reputation::vouch_boost(&contributions, &cfg)),
+        3,
+    );
+
+    // The septal gate.
+    let mut events = Vec::new();
+    if was_ready && !now_ready {
+        events.push(septal::Event::Failure);
+    }
+    if served {
+        events.push(septal::Event::Success);
+    }
+    let silent_ms = match live {
+        Liveness::Lapsed { since } => ms(now).saturating_sub(ms(since)),
+        Liveness::Missing => 0,
+        Liveness::Fresh { .. } => 0,
+    };
+    events.push(septal::Event::Health(septal::HealthInputs {
+        silent_ms,
+        defaulted: 0,
+        reputation: rep,
+    }));
+    events.push(septal::Event::Tick);
+    if now_ready
+        && current
+            .septal
+            .as_ref()
+            .is_some_and(|s| s.state == SeptalState::Recovering)
+    {
+        // Each Ready reconcile while recovering is a successful probe.
+        events.push(septal::Event::Success);
+    }
+    let gate = next_gate(current.septal.as_ref(), &events, now);
+    let isolated = match gate.state {
+        SeptalState::Isolated => DesiredCondition::new(
             CONDITION_ISOLATED,
             true,
             "SeptalGateTripped",
-            "the septal gate isolates this node",
-        )
-    } else {
-        DesiredCondition::new(
+            "the septal gate isolates this node: nothing is placed here",
+        ),
+        SeptalState::Recovering => DesiredCondition::new(
+            CONDITION_ISOLATED,
+            false,
+            "Recovering",
+            "the septal gate is letting traffic back through",
+        ),
+        SeptalState::Connected => DesiredCondition::new(
             CONDITION_ISOLATED,
             false,
             "Connected",
             "the septal gate lets traffic through",
-        )
+        ),
     };
-    let generation = node.metadata.generation;
-    let current = node.status.clone().unwrap_or_default();
     let mut conditions = current.conditions.clone();
-    let was_ready = univrs_api::conditions::is_true(&conditions, CONDITION_READY);
     let mut changed = false;
     for c in [ready.clone(), isolated] {
         changed |= set_condition(&mut conditions, c.at_generation(generation), Time(now));
@@ -95,18 +258,64 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         "memory": Quantity::from_bytes(used.memory_bytes),
         "gpu": used.gpus,
     });
+    let role = crate::nexus::role_of(&ctx, &name).or(current.nexus_role);
+    let account = Account::node(&name);
+    let balance = snapshot::ledger_of(&ctx.credit_lines.state(), Some(&account))
+        .balance(&account)
+        .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+    let gate_changed = current.septal.as_ref().is_none_or(|s| {
+        s.state != gate.state
+            || s.failures != gate.failures
+            || s.traffic != gate.traffic
+            || (s.health_score - gate.health_score).abs() > 1e-9
+    });
     changed |= current.observed_generation != generation
         || current.instances != Some(count as i32)
-        || serde_json::to_value(&current.allocated).ok() != Some(allocated.clone());
+        || serde_json::to_value(&current.allocated).ok() != Some(allocated.clone())
+        || current.service_record.as_ref() != Some(&record)
+        || current.reputation != Some(rep)
+        || current.nexus_role != role
+        || current.credit_balance != Some(balance)
+        || gate_changed;
     if changed {
-        let status = serde_json::json!({
+        let mut status = serde_json::json!({
             "observedGeneration": generation,
             "allocated": allocated,
             "instances": count,
+            "reputation": rep,
+            "serviceRecord": record,
+            "creditBalance": balance,
+            "septal": gate,
             "conditions": conditions,
         });
+        if let Some(role) = role {
+            status["nexusRole"] = serde_json::to_value(role).unwrap_or_default();
+        }
         apply_status(&Api::<Node>::all(ctx.client.clone()), &name, None, status).await?;
-        let now_ready = ready.status == univrs_api::conditions::TRUE;
+        let was_isolated = current
+            .septal
+            .as_ref()
+            .is_some_and(|s| s.state == SeptalState::Isolated);
+        if (gate.state == SeptalState::Isolated) != was_isolated {
+            let (type_, reason, note) = if was_isolated {
+                (
+                    EventType::Normal,
+                    "SeptalRecovering",
+                    "the septal gate starts letting traffic through again".to_string(),
+                )
+            } else {
+                (
+                    EventType::Warning,
+                    "SeptalIsolated",
+                    format!(
+                        "the septal gate isolates this node ({} failures, health {:.2})",
+                        current.septal.as_ref().map_or(0, |s| s.failures) + 1,
+                        gate.health_score
+                    ),
+                )
+            };
+            crate::workload::publish(&ctx, &node.object_ref(&()), type_, reason, note).await;
+        }
         if now_ready != was_ready {
             let (type_, reason) = if now_ready {
                 (EventType::Normal, "NodeReady")
@@ -123,12 +332,19 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
             .await;
         }
     }
-    // Look again just after the Lease would lapse, so Ready turns False on time.
-    let requeue = match live {
+    // Look again just after the Lease would lapse, so Ready turns False on time, and when an
+    // isolated gate may start recovering.
+    let mut requeue = match live {
         Liveness::Fresh { until } => {
             until.duration_since(now).unsigned_abs() + Duration::from_millis(500)
         }
         _ => ctx.settings.resync,
     };
+    if gate.state == SeptalState::Isolated {
+        let cfg = septal::Config::default();
+        let since = gate.since.as_ref().map_or(ms(now), |t| ms(t.0));
+        let left = (since + cfg.recovery_timeout_ms).saturating_sub(ms(now));
+        requeue = requeue.min(Duration::from_millis(left + 500));
+    }
     Ok(Action::requeue(requeue.min(ctx.settings.resync)))
 }

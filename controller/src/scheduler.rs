@@ -41,6 +41,9 @@ pub struct NodeView {
     pub credit_balance: i64,
     /// Its price for the request being placed, milli-credits per hour.
     pub price_per_hour: i64,
+    /// How much the workload's owner can still pay this node (credit-line headroom), or None
+    /// when the owner's namespace is not metered.
+    pub owner_headroom: Option<i64>,
 }
 
 /// CPU, memory and GPUs.
@@ -85,8 +88,6 @@ pub struct Request {
     pub min_reputation: f64,
     /// Highest acceptable price per hour, if any.
     pub max_price_per_hour: Option<i64>,
-    /// How much the owner can still pay (credit headroom), if limited.
-    pub credit_headroom: Option<i64>,
 }
 
 /// Why a node was filtered out.
@@ -189,7 +190,7 @@ pub fn filter(node: &NodeView, req: &Request) -> Option<Reason> {
     {
         return Some(Reason::TooExpensive);
     }
-    if req.credit_headroom.is_some_and(|h| node.price_per_hour > h) {
+    if node.owner_headroom.is_some_and(|h| node.price_per_hour > h) {
         return Some(Reason::InsufficientCredit);
     }
     None
@@ -295,6 +296,7 @@ mod tests {
             reputation: 0.5,
             nexus: false,
             credit_balance: 0,
+            owner_headroom: None,
             price_per_hour: 1000,
         }
     }
@@ -378,8 +380,9 @@ mod tests {
         r.max_price_per_hour = Some(999);
         assert_eq!(filter(&n, &r), Some(Reason::TooExpensive));
         r.max_price_per_hour = None;
-        r.credit_headroom = Some(10);
-        assert_eq!(filter(&n, &r), Some(Reason::InsufficientCredit));
+        let mut poor = n.clone();
+        poor.owner_headroom = Some(10);
+        assert_eq!(filter(&poor, &r), Some(Reason::InsufficientCredit));
     }
 
     #[test]

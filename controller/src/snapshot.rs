@@ -8,10 +8,12 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use univrs_api::account::AccountKind;
 use univrs_api::enr::pricing;
+use univrs_api::ledger::{Ledger, Line};
 use univrs_api::resources::node::{NodePricing, SeptalState};
 use univrs_api::resources::workload::WorkloadSpec;
-use univrs_api::{Node, Workload};
+use univrs_api::{Account, CreditLine, Node, Workload};
 
 /// Whether a node's Lease is fresh, and if not since when it lapsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,12 +120,51 @@ pub fn allocations(
     out
 }
 
-/// The scheduler's view of every node.
+/// A ledger of the credit lines, keeping only those that involve `account` when one is given.
+/// Lines whose accounts do not parse are left out (the schema refuses them anyway).
+pub fn ledger_of(lines: &[Arc<CreditLine>], account: Option<&Account>) -> Ledger {
+    let mut ledger = Ledger::new();
+    for cl in lines {
+        if account.is_some_and(|a| cl.spec.creditor != *a && cl.spec.debtor != *a) {
+            continue;
+        }
+        let line = Line {
+            creditor: cl.spec.creditor.clone(),
+            debtor: cl.spec.debtor.clone(),
+            limit: cl.spec.limit,
+            balance: cl.status.as_ref().map_or(0, |s| s.balance),
+        };
+        let _ = ledger.upsert_line(cl.name_any(), line);
+    }
+    ledger
+}
+
+/// What `owner` can still pay each node along its credit lines, or None when no line names
+/// `owner` at all (an unmetered namespace: its workloads run as contributions, unbilled).
+pub fn owner_headroom(lines: &[Arc<CreditLine>], owner: &Account) -> Option<BTreeMap<String, i64>> {
+    let ledger = ledger_of(lines, Some(owner));
+    ledger.lines().next()?;
+    let mut out = BTreeMap::new();
+    for (_, l) in ledger.lines() {
+        let other = if l.creditor == *owner {
+            &l.debtor
+        } else {
+            &l.creditor
+        };
+        if other.kind == AccountKind::Node && !out.contains_key(&other.name) {
+            out.insert(other.name.clone(), ledger.headroom(owner, other));
+        }
+    }
+    Some(out)
+}
+
+/// The scheduler's view of every node. `headroom` is the owner's, from [`owner_headroom`].
 pub fn node_views(
     nodes: &[Arc<Node>],
     leases: &BTreeMap<String, Arc<Lease>>,
     allocated: &BTreeMap<String, (Resources, u32)>,
     request: &Request,
+    headroom: Option<&BTreeMap<String, i64>>,
     now: Timestamp,
 ) -> Vec<NodeView> {
     let mut views: Vec<NodeView> = nodes
@@ -173,6 +214,7 @@ pub fn node_views(
                     .is_some_and(|r| r != univrs_api::resources::node::NexusRole::Leaf),
                 credit_balance: status.credit_balance.unwrap_or(0),
                 price_per_hour: pricing::quote(&usage, &rates, &market).unwrap_or(i64::MAX),
+                owner_headroom: headroom.map(|h| h.get(&name).copied().unwrap_or(0)),
                 name,
             }
         })

@@ -84,6 +84,7 @@ pub fn judge(vouch: &Vouch, nodes: &[(String, String, f64)], now: &Time) -> Verd
 
 /// Reconciles one Vouch.
 pub async fn reconcile(vouch: Arc<Vouch>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.synced().await;
     let now = Time(Timestamp::now());
     let nodes: Vec<(String, String, f64)> = ctx
         .nodes
@@ -93,7 +94,8 @@ pub async fn reconcile(vouch: Arc<Vouch>, ctx: Arc<Context>) -> Result<Action, E
             (
                 n.name_any(),
                 n.spec.did.clone(),
-                n.status.as_ref().and_then(|s| s.reputation).unwrap_or(0.5),
+                // The voucher's service record, never its boosted score: vouches do not chain.
+                crate::node::service_base(n),
             )
         })
         .collect();

@@ -5,7 +5,9 @@
 //! the highest ordinals, so scale and spec changes never duplicate or lose an instance. The
 //! controller owns each instance's `node` and `placedAt`; the node's agent owns the rest.
 
+use crate::billing;
 use crate::context::{Context, apply_status, lease_name};
+use crate::credit;
 use crate::error::Error;
 use crate::scheduler::{self, Request};
 use crate::snapshot::{self, Liveness};
@@ -15,21 +17,26 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use univrs_api::Workload;
 use univrs_api::conditions::{DesiredCondition, set_condition};
+use univrs_api::enr::pricing::Market;
 use univrs_api::resources::workload::{
     CONDITION_AVAILABLE, CONDITION_CREDIT_EXHAUSTED, CONDITION_PROGRESSING, CONDITION_SCHEDULED,
-    Instance,
+    Instance, InstanceUsage,
 };
+use univrs_api::{Account, Workload};
 
 /// Annotation on a Node asking the controller to move its instances elsewhere (drain).
 pub const DRAIN_ANNOTATION: &str = "univrs.io/drain";
 /// The label every instance of a workload carries, as the scale subresource's selector reports.
 pub const WORKLOAD_LABEL: &str = "univrs.io/workload";
+
+/// How soon a workload that did not fit is tried again without any event.
+const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(30);
 
 /// What placement decided for one reconcile.
 struct Plan {
@@ -75,7 +82,15 @@ fn must_move(
     }
 }
 
-fn plan(wl: &Workload, ctx: &Context, now: Timestamp) -> Plan {
+/// Where every instance goes. `headroom` is the owner's credit towards each node (None when
+/// unmetered); a `frozen` workload (credit exhausted) only replaces instances that must move.
+fn plan(
+    wl: &Workload,
+    ctx: &Context,
+    headroom: Option<&BTreeMap<String, i64>>,
+    frozen: bool,
+    now: Timestamp,
+) -> Plan {
     let ns = wl.namespace().unwrap_or_default();
     let name = wl.name_any();
     let nodes = ctx.nodes.state();
@@ -93,7 +108,6 @@ fn plan(wl: &Workload, ctx: &Context, now: Timestamp) -> Plan {
         node_selector: wl.spec.node_selector.clone(),
         min_reputation: wl.spec.min_reputation.unwrap_or(0.0),
         max_price_per_hour: wl.spec.credit.as_ref().and_then(|c| c.max_price_per_hour),
-        credit_headroom: None,
     };
     let mut allocated = snapshot::allocations(&ctx.workloads.state(), Some((&ns, &name)));
     let current: BTreeMap<String, Instance> = wl
@@ -141,7 +155,9 @@ fn plan(wl: &Workload, ctx: &Context, now: Timestamp) -> Plan {
             }
         }
     }
-    let mut views = snapshot::node_views(&nodes, &leases, &allocated, &request, now);
+    let mut views = snapshot::node_views(&nodes, &leases, &allocated, &request, headroom, now);
+    // A frozen workload does not grow: it may only replace what had to move.
+    let mut new_allowed = if frozen { out.moved.len() } else { usize::MAX };
     let index: BTreeMap<String, usize> = views
         .iter()
         .enumerate()
@@ -158,8 +174,15 @@ fn plan(wl: &Workload, ctx: &Context, now: Timestamp) -> Plan {
             out.instances.push(inst);
             continue;
         }
+        if new_allowed == 0 {
+            out.unschedulable.get_or_insert_with(|| {
+                "credit exhausted: no new instances until the owner has credit".into()
+            });
+            continue;
+        }
         match scheduler::place(&views, &spread, &request) {
             Ok(i) => {
+                new_allowed -= 1;
                 spread[i] += 1;
                 views[i].allocated = views[i].allocated.plus(per_instance);
                 let node = views[i].name.clone();
@@ -179,8 +202,109 @@ fn plan(wl: &Workload, ctx: &Context, now: Timestamp) -> Plan {
     out
 }
 
+/// What billing did in one reconcile.
+#[derive(Default)]
+struct Billing {
+    /// Whether the owner's namespace has credit lines at all.
+    metered: bool,
+    /// The new billed mark per instance.
+    marks: BTreeMap<String, InstanceUsage>,
+    /// Milli-credits spent so far, after this round.
+    spent: i64,
+    /// (instance, node, amount) paid in this round.
+    paid: Vec<(String, String, i64)>,
+    /// Why the workload may not grow: (reason, message).
+    exhausted: Option<(&'static str, String)>,
+}
+
+/// Pays for the usage agents reported beyond each instance's billed mark (see `billing`).
+/// A refused payment leaves its mark where it was, so it is retried once credit is there.
+async fn bill(wl: &Workload, ctx: &Context, metered: bool) -> Result<Billing, Error> {
+    let ns = wl.namespace().unwrap_or_default();
+    let owner = Account::namespace(&ns);
+    let uid = wl.uid().unwrap_or_default();
+    let status = wl.status.clone().unwrap_or_default();
+    let mut out = Billing {
+        metered,
+        spent: status.credit_spent.unwrap_or(0),
+        ..Default::default()
+    };
+    for inst in &status.instances {
+        let Some(node) = inst
+            .node
+            .as_ref()
+            .and_then(|n| ctx.nodes.get(&ObjectRef::new(n)))
+        else {
+            continue;
+        };
+        let rates = node
+            .spec
+            .pricing
+            .clone()
+            .unwrap_or_else(snapshot::default_pricing);
+        let market = Market {
+            utilization: 0.0,
+            entropy_multiplier: 1.0,
+        };
+        let charge = match billing::charge(&uid, inst, &rates, &market) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(instance = %inst.name, error = %e, "usage cannot be priced");
+                continue;
+            }
+        };
+        // Unmetered namespaces run as contributions: the mark moves, nothing is paid.
+        if !metered || charge.amount == 0 {
+            out.marks.insert(inst.name.clone(), charge.to);
+            continue;
+        }
+        if out.exhausted.is_some() {
+            continue;
+        }
+        let from = inst
+            .billed
+            .clone()
+            .filter(|b| charge.to.node == b.node && charge.to.placed_at == b.placed_at)
+            .unwrap_or_else(|| {
+                InstanceUsage::zero(charge.to.node.clone(), charge.to.placed_at.clone())
+            });
+        match credit::pay(ctx, &owner, &from, &charge).await {
+            Ok((mark, amount)) => {
+                out.marks.insert(inst.name.clone(), mark);
+                out.spent = out.spent.saturating_add(amount);
+                out.paid
+                    .push((inst.name.clone(), charge.node.clone(), amount));
+            }
+            Err(credit::PayError::Exhausted(why)) => {
+                out.exhausted = Some(("CreditLimitReached", why));
+            }
+            Err(credit::PayError::Kube(e)) => return Err(e.into()),
+        }
+    }
+    let budget = wl.spec.credit.as_ref().and_then(|c| c.budget);
+    if let Some(b) = budget.filter(|b| out.spent >= *b)
+        && out.exhausted.is_none()
+    {
+        out.exhausted = Some((
+            "BudgetExhausted",
+            format!("spent {} of its budget of {b} milli-credits", out.spent),
+        ));
+    }
+    Ok(out)
+}
+
+/// The instance fields the controller owns, as it applies them.
+fn owned_fields(i: &Instance) -> serde_json::Value {
+    let mut v = serde_json::json!({"name": i.name, "node": i.node, "placedAt": i.placed_at});
+    if let Some(b) = &i.billed {
+        v["billed"] = serde_json::to_value(b).unwrap_or_default();
+    }
+    v
+}
+
 /// The controller's part of the status, as applied with server-side apply.
-fn status_patch(wl: &Workload, plan: &Plan, now: Timestamp) -> serde_json::Value {
+fn status_patch(wl: &Workload, plan: &Plan, bills: &Billing, now: Timestamp) -> serde_json::Value {
     let desired = wl.spec.replicas.max(0);
     let current = wl.status.clone().unwrap_or_default();
     let agent_view: BTreeMap<&str, &Instance> = current
@@ -241,21 +365,50 @@ fn status_patch(wl: &Workload, plan: &Plan, now: Timestamp) -> serde_json::Value
             format!("{placed}/{desired} placed, {ready} ready"),
         )
     };
-    let credit = DesiredCondition::new(
-        CONDITION_CREDIT_EXHAUSTED,
-        false,
-        "WithinBudget",
-        "the owner has credit for its instances",
-    );
+    let credit = match (&bills.exhausted, bills.metered) {
+        (Some((reason, msg)), _) => {
+            DesiredCondition::new(CONDITION_CREDIT_EXHAUSTED, true, *reason, msg.clone())
+        }
+        (None, true) => DesiredCondition::new(
+            CONDITION_CREDIT_EXHAUSTED,
+            false,
+            "WithinCredit",
+            format!("{} milli-credits paid so far", bills.spent),
+        ),
+        (None, false) => DesiredCondition::new(
+            CONDITION_CREDIT_EXHAUSTED,
+            false,
+            "Unmetered",
+            "no CreditLine names this namespace: usage is not billed",
+        ),
+    };
     for c in [scheduled, available, progressing, credit] {
         set_condition(&mut conditions, c.at_generation(generation), Time(now));
     }
     let instances: Vec<serde_json::Value> = plan
         .instances
         .iter()
-        .map(|i| serde_json::json!({"name": i.name, "node": i.node, "placedAt": i.placed_at}))
+        .map(|i| {
+            // Keep the billed mark of a placement that stays; a new placement starts unbilled.
+            let billed = bills
+                .marks
+                .get(&i.name)
+                .cloned()
+                .or_else(|| {
+                    agent_view
+                        .get(i.name.as_str())
+                        .and_then(|a| a.billed.clone())
+                })
+                .filter(|b| {
+                    Some(&b.node) == i.node.as_ref() && Some(&b.placed_at) == i.placed_at.as_ref()
+                });
+            owned_fields(&Instance {
+                billed,
+                ..i.clone()
+            })
+        })
         .collect();
-    let status = serde_json::json!({
+    let mut status = serde_json::json!({
         "observedGeneration": generation,
         "replicas": placed,
         "readyReplicas": ready,
@@ -263,6 +416,9 @@ fn status_patch(wl: &Workload, plan: &Plan, now: Timestamp) -> serde_json::Value
         "instances": instances,
         "conditions": conditions,
     });
+    if bills.spent > 0 || current.credit_spent.is_some() {
+        status["creditSpent"] = bills.spent.into();
+    }
     status
 }
 
@@ -275,9 +431,10 @@ fn unchanged(wl: &Workload, s: &serde_json::Value) -> bool {
         .instances
         .iter()
         .filter(|i| i.node.is_some())
-        .map(|i| serde_json::json!({"name": i.name, "node": i.node, "placedAt": i.placed_at}))
+        .map(owned_fields)
         .collect();
     cur.observed_generation == s["observedGeneration"].as_i64()
+        && cur.credit_spent == s["creditSpent"].as_i64()
         && cur.replicas == s["replicas"].as_i64().map(|v| v as i32)
         && cur.ready_replicas == s["readyReplicas"].as_i64().map(|v| v as i32)
         && cur.selector.as_deref() == s["selector"].as_str()
@@ -287,11 +444,15 @@ fn unchanged(wl: &Workload, s: &serde_json::Value) -> bool {
 
 /// Reconciles one Workload.
 pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.synced().await;
     let started = std::time::Instant::now();
     let now = Timestamp::now();
     let ns = wl.namespace().ok_or(Error::MissingNamespace)?;
-    let plan = plan(&wl, &ctx, now);
-    let status = status_patch(&wl, &plan, now);
+    let owner = Account::namespace(&ns);
+    let headroom = snapshot::owner_headroom(&ctx.credit_lines.state(), &owner);
+    let bills = bill(&wl, &ctx, headroom.is_some()).await?;
+    let plan = plan(&wl, &ctx, headroom.as_ref(), bills.exhausted.is_some(), now);
+    let status = status_patch(&wl, &plan, &bills, now);
     ctx.metrics.observe_scheduling(
         started.elapsed(),
         plan.placed.len(),
@@ -321,6 +482,29 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
             )
             .await;
         }
+        for (inst, node, amount) in &bills.paid {
+            publish(
+                &ctx,
+                &reference,
+                EventType::Normal,
+                "Paid",
+                format!("paid {node} {amount} milli-credits for {inst}'s usage"),
+            )
+            .await;
+        }
+        let was_exhausted = wl.status.as_ref().is_some_and(|s| {
+            univrs_api::conditions::is_true(&s.conditions, CONDITION_CREDIT_EXHAUSTED)
+        });
+        if let (Some((_, why)), false) = (&bills.exhausted, was_exhausted) {
+            publish(
+                &ctx,
+                &reference,
+                EventType::Warning,
+                "CreditExhausted",
+                format!("{why}; the workload stops growing"),
+            )
+            .await;
+        }
         if let Some(msg) = &plan.unschedulable {
             publish(
                 &ctx,
@@ -332,7 +516,16 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
             .await;
         }
     }
-    Ok(Action::requeue(plan.requeue.unwrap_or(ctx.settings.resync)))
+    // Cluster events (a node appearing, freeing up, turning Ready) requeue a waiting workload;
+    // the 30 s retry is only the safety net for changes no watch sees (credit, for instance).
+    let retry = plan
+        .unschedulable
+        .as_ref()
+        .map(|_| UNSCHEDULABLE_RETRY)
+        .into_iter()
+        .chain(plan.requeue)
+        .min();
+    Ok(Action::requeue(retry.unwrap_or(ctx.settings.resync)))
 }
 
 /// Publishes an Event, logging (not failing) when the API refuses it.

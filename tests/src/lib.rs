@@ -38,7 +38,16 @@ pub fn univrs_bin() -> &'static Path {
             return PathBuf::from(p);
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
+        let mut cmd = Command::new(cargo);
+        // The variables cargo sets for a test process (CARGO_PKG_*, CARGO_MANIFEST_DIR, …) reach
+        // build scripts that watch them and would rebuild ring, rustls and kube on every run.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
             .args([
                 "build",
                 "-p",

@@ -58,7 +58,7 @@ fn start_controller(cp: &ControlPlane) -> ControllerProc {
     ])
     .arg("--kubeconfig")
     .arg(&cp.kubeconfig)
-    .env("RUST_LOG", "info,kube=warn")
+    .env("RUST_LOG", "info,univrs_controller=debug,kube=warn")
     .stdout(Stdio::null())
     .stderr(log);
     let child = Guarded::spawn(cmd).unwrap();
@@ -155,10 +155,12 @@ async fn eventually<T>(
     timeout: Duration,
     mut check: impl AsyncFnMut() -> (Option<T>, String),
 ) -> T {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     loop {
         let (got, state) = check().await;
         if let Some(v) = got {
+            eprintln!("{what}: {:.1}s", started.elapsed().as_secs_f64());
             return v;
         }
         assert!(

@@ -59,7 +59,7 @@ impl Default for Config {
 }
 
 /// The outcome of an election.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Election {
     /// Every candidate's role.

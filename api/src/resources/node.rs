@@ -211,6 +211,9 @@ pub struct NodeStatus {
     /// Instances placed here (controller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<i32>,
+    /// The service record behind `reputation`, so it survives controller restarts (controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_record: Option<ServiceRecord>,
     /// Leaf, Nexus or PoteauMitan, from the latest nexus election (controller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nexus_role: Option<NexusRole>,
@@ -227,6 +230,17 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A node's service record: an average of outcomes that decays toward the prior.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRecord {
+    /// The average of outcomes, 0 (always failed) to 1 (always served).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub base: f64,
+    /// When it last took in an outcome.
+    pub updated_at: Time,
 }
 
 /// Resources reserved on a node by the instances placed there.
@@ -266,6 +280,10 @@ pub struct SeptalStatus {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub health_score: f64,
+    /// Share of traffic let through, 0 (Isolated) to 1 (Connected); ramps up while Recovering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub traffic: Option<f64>,
     /// When the gate last changed state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,

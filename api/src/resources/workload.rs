@@ -436,6 +436,34 @@ pub struct Instance {
     /// Why it is in its phase, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Resources used so far by this placement, metered from its cgroups (written by the node's
+    /// agent; cumulative, so a lost report loses nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<InstanceUsage>,
+    /// How much of `usage` has been paid for (written by the controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed: Option<InstanceUsage>,
+}
+
+/// Cumulative resource use of one placement of an instance. A placement is a node and the
+/// `placedAt` the controller gave it: counters restart at zero when the instance moves.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceUsage {
+    /// The node the usage was metered on.
+    pub node: String,
+    /// The placement's `placedAt`.
+    pub placed_at: Time,
+    /// CPU time, in millicore-seconds (1000 = one core busy for one second).
+    #[schemars(range(min = 0))]
+    pub cpu_millicore_seconds: i64,
+    /// Memory held over time, in MiB-seconds.
+    #[schemars(range(min = 0))]
+    pub memory_mib_seconds: i64,
+    /// GPU time, in GPU-seconds.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub gpu_seconds: i64,
 }
 
 /// The lifecycle phase of an instance on its node.
@@ -453,6 +481,19 @@ pub enum InstancePhase {
     Failed,
     /// Stopping on its way off the node.
     Terminating,
+}
+
+impl InstanceUsage {
+    /// Nothing used yet by the placement on `node` at `placed_at`.
+    pub fn zero(node: impl Into<String>, placed_at: Time) -> Self {
+        Self {
+            node: node.into(),
+            placed_at,
+            cpu_millicore_seconds: 0,
+            memory_mib_seconds: 0,
+            gpu_seconds: 0,
+        }
+    }
 }
 
 impl ComputeResources {

@@ -1,0 +1,72 @@
+//! Nexus elections: every `Settings::nexus_interval` the leader elects the hubs from what the
+//! caches say of the nodes and keeps the result in the context; when a role changed it asks
+//! the Node controller to reconcile, whose writes carry the new `nexusRole` (an external event
+//! fed into the controller's queue, not a write from here). Roles change rarely, so waking
+//! every node then is cheaper than tracking which ones.
+
+use crate::context::{Context, lease_name};
+use crate::snapshot::{self, Liveness};
+use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use std::sync::Arc;
+use univrs_api::enr::nexus::{self, Candidate, Election};
+
+/// The candidates as the caches see them at `now`.
+pub fn candidates(ctx: &Context, now: Timestamp) -> Vec<Candidate> {
+    let nodes = ctx.nodes.state();
+    let leases = ctx.leases.state();
+    let others = nodes.len().saturating_sub(1).max(1) as f64;
+    nodes
+        .iter()
+        .map(|n| {
+            let name = n.name_any();
+            let lease = leases.iter().find(|l| l.name_any() == lease_name(&name));
+            let status = n.status.clone().unwrap_or_default();
+            let obs = status.observations.unwrap_or_default();
+            Candidate {
+                ready: matches!(
+                    snapshot::liveness(lease.map(|l| l.as_ref()), now),
+                    Liveness::Fresh { .. }
+                ),
+                uptime: obs.uptime,
+                bandwidth_bps: obs.bandwidth_bps.max(0) as u64,
+                reputation: status.reputation.unwrap_or(0.5),
+                connectivity: (f64::from(obs.connected_peers.max(0)) / others).min(1.0),
+                name,
+            }
+        })
+        .collect()
+}
+
+/// Runs one election and returns the nodes whose role changed.
+pub fn elect_once(ctx: &Context, now: Timestamp) -> Vec<String> {
+    let result = nexus::elect(&candidates(ctx, now), &nexus::Config::default());
+    let mut current = ctx.election.write().unwrap_or_else(|e| e.into_inner());
+    let changed: Vec<String> = result
+        .roles
+        .iter()
+        .filter(|(n, r)| current.roles.get(*n) != Some(r))
+        .map(|(n, _)| n.clone())
+        .collect();
+    *current = result;
+    changed
+}
+
+/// Elects every interval until the controller stops.
+pub async fn run_elections(ctx: Arc<Context>, wake_nodes: UnboundedSender<()>) {
+    ctx.synced().await;
+    loop {
+        if !elect_once(&ctx, Timestamp::now()).is_empty() && wake_nodes.unbounded_send(()).is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(ctx.settings.nexus_interval).await;
+    }
+}
+
+/// The role a node holds after the latest election, if it took part.
+pub fn role_of(ctx: &Context, node: &str) -> Option<univrs_api::resources::node::NexusRole> {
+    let e: &Election = &ctx.election.read().unwrap_or_else(|e| e.into_inner());
+    e.roles.get(node).copied()
+}
