@@ -12,6 +12,8 @@
 //! directories of test binaries that are gone are removed by the next run.
 #![allow(unsafe_code)]
 
+pub mod cluster;
+
 use anyhow::{Context, Result, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};

@@ -3,136 +3,20 @@
 //!
 //! The test plays the agents' part by renewing each node's Lease.
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use univrs_api::identity::NodeIdentity;
 use univrs_api::{Node, Workload};
-use univrs_tests::{ControlPlane, Guarded, run, univrs_bin};
+use univrs_tests::cluster::{
+    LEASE_NS, ensure_namespace, eventually, metric, node_object, renew_leases, start_controller,
+};
+use univrs_tests::{ControlPlane, run};
 
 const NS: &str = "ctl";
-const LEASE_NS: &str = "univrs-system";
-
-/// A controller process, killed when dropped or when the test binary dies.
-struct ControllerProc {
-    child: Guarded,
-    metrics: String,
-    log: std::path::PathBuf,
-}
-
-impl Drop for ControllerProc {
-    /// A failing test shows the controller's log: CI keeps nothing else.
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(80).collect();
-            eprintln!(
-                "--- controller log {} (last 80 lines) ---",
-                self.log.display()
-            );
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
-
-fn start_controller(cp: &ControlPlane) -> ControllerProc {
-    let port = univrs_tests::free_port();
-    let log_path = cp.data_dir.join(format!("controller-{port}.log"));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut cmd = Command::new(univrs_bin());
-    cmd.args([
-        "controller",
-        "--node-grace-period",
-        "4s",
-        "--metrics-addr",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .arg("--kubeconfig")
-    .arg(&cp.kubeconfig)
-    .env("RUST_LOG", "info,univrs_controller=debug,kube=warn")
-    .stdout(Stdio::null())
-    .stderr(log);
-    let child = Guarded::spawn(cmd).unwrap();
-    ControllerProc {
-        child,
-        metrics: format!("http://127.0.0.1:{port}/metrics"),
-        log: log_path,
-    }
-}
-
-fn metric(url: &str, name: &str) -> Option<f64> {
-    let (ok, out, _) = run(Command::new("curl").args(["-sf", url]));
-    if !ok {
-        return None;
-    }
-    out.lines().find_map(|l| {
-        l.strip_prefix(&format!("{name} "))
-            .and_then(|v| v.trim().parse().ok())
-    })
-}
-
-/// Renews the Leases of the named nodes every second while `alive` holds for each.
-fn renew_leases(client: kube::Client, alive: Arc<BTreeMap<String, AtomicBool>>) {
-    tokio::spawn(async move {
-        let api: Api<Lease> = Api::namespaced(client, LEASE_NS);
-        loop {
-            for (node, on) in alive.iter() {
-                if !on.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(format!("univrs-node-{node}")),
-                        ..Default::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(node.clone()),
-                        lease_duration_seconds: Some(3),
-                        renew_time: Some(MicroTime(Timestamp::now())),
-                        ..Default::default()
-                    }),
-                };
-                if let Err(e) = api
-                    .patch(
-                        &format!("univrs-node-{node}"),
-                        &PatchParams::apply("test-agent").force(),
-                        &Patch::Apply(&lease),
-                    )
-                    .await
-                {
-                    eprintln!("renewing {node}'s Lease failed: {e}");
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(1000)).await;
-        }
-    });
-}
-
-fn node_object(name: &str, labels: &[(&str, &str)], secret: &NodeIdentity) -> Node {
-    let id = secret.public();
-    let mut n: Node = serde_json::from_value(serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1", "kind": "Node",
-        "metadata": {"name": name},
-        "spec": {"peerId": id.peer_id(), "did": id.did(), "capacity": {"cpu": "4", "memory": "8Gi"}}
-    }))
-    .unwrap();
-    n.metadata.labels = Some(
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    n
-}
 
 fn workload(name: &str, replicas: i32, selector: Option<(&str, &str)>) -> Workload {
     let mut spec = serde_json::json!({
@@ -147,28 +31,6 @@ fn workload(name: &str, replicas: i32, selector: Option<(&str, &str)>) -> Worklo
         "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": name}, "spec": spec
     }))
     .unwrap()
-}
-
-/// Polls until `check` returns Some, or panics after `timeout` with the last state.
-async fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> (Option<T>, String),
-) -> T {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    loop {
-        let (got, state) = check().await;
-        if let Some(v) = got {
-            eprintln!("{what}: {:.1}s", started.elapsed().as_secs_f64());
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last state: {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 fn placements(w: &Workload) -> BTreeMap<String, String> {
@@ -188,21 +50,7 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
     let cp = ControlPlane::shared();
     let client = cp.client().await.unwrap();
     for ns in [NS, LEASE_NS] {
-        let n = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &n)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => panic!("creating namespace {ns}: {e}"),
-        }
+        ensure_namespace(&client, ns).await;
     }
     let nodes_api: Api<Node> = Api::all(client.clone());
     let names = ["alpha", "bravo", "charlie"];

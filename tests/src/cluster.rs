@@ -1,0 +1,181 @@
+//! Helpers for tests that drive the controller: its process, its metrics, namespaces, Node
+//! objects, the agents' Lease renewals, and polling until a condition holds.
+
+use crate::{ControlPlane, Guarded, free_port, run, univrs_bin};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use univrs_api::Node;
+use univrs_api::identity::NodeIdentity;
+
+/// Where agents keep their Leases.
+pub const LEASE_NS: &str = "univrs-system";
+
+/// A controller process, killed when dropped or when the test binary dies.
+pub struct ControllerProc {
+    /// The process.
+    pub child: Guarded,
+    /// Its /metrics URL.
+    pub metrics: String,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Drop for ControllerProc {
+    /// A failing test shows the controller's log: CI keeps nothing else.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!(
+                "--- controller log {} (last 80 lines) ---",
+                self.log.display()
+            );
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Starts `univrs controller` against `cp` with a 4 s node grace period and debug logs.
+pub fn start_controller(cp: &ControlPlane) -> ControllerProc {
+    let port = free_port();
+    let log_path = cp.data_dir.join(format!("controller-{port}.log"));
+    let log = std::fs::File::create(&log_path).expect("creating the controller log");
+    let mut cmd = Command::new(univrs_bin());
+    cmd.args([
+        "controller",
+        "--node-grace-period",
+        "4s",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .arg("--kubeconfig")
+    .arg(&cp.kubeconfig)
+    .env("RUST_LOG", "info,univrs_controller=debug,kube=warn")
+    .stdout(Stdio::null())
+    .stderr(log);
+    ControllerProc {
+        child: Guarded::spawn(cmd).expect("starting the controller"),
+        metrics: format!("http://127.0.0.1:{port}/metrics"),
+        log: log_path,
+    }
+}
+
+/// One sample of a Prometheus metric without labels, if the endpoint answers.
+pub fn metric(url: &str, name: &str) -> Option<f64> {
+    let (ok, out, _) = run(Command::new("curl").args(["-sf", url]));
+    if !ok {
+        return None;
+    }
+    out.lines().find_map(|l| {
+        l.strip_prefix(&format!("{name} "))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Creates a namespace; one that already exists is fine, any other failure panics.
+pub async fn ensure_namespace(client: &kube::Client, name: &str) {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating namespace {name}: {e}"),
+    }
+}
+
+/// A Node object for `secret`'s identity with 4 CPUs and 8 GiB.
+pub fn node_object(name: &str, labels: &[(&str, &str)], secret: &NodeIdentity) -> Node {
+    let id = secret.public();
+    let mut n: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {"peerId": id.peer_id(), "did": id.did(), "capacity": {"cpu": "4", "memory": "8Gi"}}
+    }))
+    .expect("a valid Node");
+    n.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    n
+}
+
+/// Plays the agents' part: renews each named node's Lease every second while its flag holds.
+pub fn renew_leases(client: kube::Client, alive: Arc<BTreeMap<String, AtomicBool>>) {
+    tokio::spawn(async move {
+        let api: Api<Lease> = Api::namespaced(client, LEASE_NS);
+        loop {
+            for (node, on) in alive.iter() {
+                if !on.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(format!("univrs-node-{node}")),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(node.clone()),
+                        lease_duration_seconds: Some(3),
+                        renew_time: Some(MicroTime(Timestamp::now())),
+                        ..Default::default()
+                    }),
+                };
+                if let Err(e) = api
+                    .patch(
+                        &format!("univrs-node-{node}"),
+                        &PatchParams::apply("test-agent").force(),
+                        &Patch::Apply(&lease),
+                    )
+                    .await
+                {
+                    eprintln!("renewing {node}'s Lease failed: {e}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+    });
+}
+
+/// Polls until `check` returns Some (printing how long it took), or panics after `timeout`
+/// with the last state it described.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> (Option<T>, String),
+) -> T {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    loop {
+        let (got, state) = check().await;
+        if let Some(v) = got {
+            eprintln!("{what}: {:.1}s", started.elapsed().as_secs_f64());
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last state: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
