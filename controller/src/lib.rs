@@ -75,13 +75,17 @@ where
     Fut: std::future::Future<Output = Result<Action, error::Error>>,
 {
     let started = std::time::Instant::now();
+    ctx.metrics.started(kind);
     // One hung request must not pin an object forever: give up, back off, try again.
     let r = tokio::time::timeout(RECONCILE_DEADLINE, reconcile(obj.clone(), ctx.clone()))
         .await
         .unwrap_or(Err(error::Error::Timeout(RECONCILE_DEADLINE)));
     tracing::debug!(object = %key(obj.as_ref()), ok = r.is_ok(), took = ?started.elapsed(), "reconciled");
-    ctx.metrics
-        .reconciled(kind, if r.is_ok() { "ok" } else { "error" });
+    ctx.metrics.reconciled(
+        kind,
+        if r.is_ok() { "ok" } else { "error" },
+        started.elapsed(),
+    );
     if r.is_ok() {
         ctx.failures
             .lock()
