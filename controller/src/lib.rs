@@ -1,12 +1,11 @@
-//! Univrs controller: reconciles Workloads and Nodes against any conformant API server.
+//! Univrs controller: reconciles Workloads, Nodes, CreditLines and Vouches against any
+//! conformant API server.
 //!
-//! `scheduler` and `snapshot` are the pure core (no I/O); `workload`, `node` and `vouch` are the
-//! reconcilers, fed by reflector caches; `leader` makes sure only one controller writes.
-//! Writes are server-side apply with the field manager `univrs-controller`, and only when
-//! something other than a timestamp changes.
-//!
-//! Not yet here (the controller issue stays open for them): the credit ledger's transfers from agent usage, reputation, nexus election and
-//! septal gates fed by real observations.
+//! `scheduler`, `snapshot` and `billing` are the pure core (no I/O); `workload`, `node`,
+//! `credit` and `vouch` are the reconcilers, fed by reflector caches; `nexus` runs the periodic
+//! election and feeds its result into the Node controller's queue; `leader` makes sure only one
+//! controller writes. Writes are server-side apply with the field manager `univrs-controller`,
+//! and only when something other than a timestamp changes.
 
 pub mod billing;
 pub mod context;

@@ -3,7 +3,10 @@
 //!
 //! Instances are named `<workload>-<ordinal>` for ordinals `0..replicas`; scaling down removes
 //! the highest ordinals, so scale and spec changes never duplicate or lose an instance. The
-//! controller owns each instance's `node` and `placedAt`; the node's agent owns the rest.
+//! controller owns each instance's `node`, `placedAt` and `billed`, and `creditSpent`; the
+//! node's agent owns the rest (phase, readiness, restarts, usage). Before placing, the usage
+//! agents reported is paid for (`billing`, `credit::pay`); a workload whose owner's credit is
+//! exhausted does not grow.
 
 use crate::billing;
 use crate::context::{Context, apply_status, lease_name};

@@ -10,17 +10,10 @@ use univrs_tests::ControlPlane;
 
 /// Resident memory of the supervisor's children (etcd, kube-apiserver, kube-controller-manager).
 fn children_rss_mib(supervisor: u32) -> f64 {
-    let mut kib = 0u64;
-    for pid in std::iter::once(supervisor).chain(univrs_tests::children_of(supervisor)) {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        kib += status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    kib as f64 / 1024.0
+    std::iter::once(supervisor)
+        .chain(univrs_tests::children_of(supervisor))
+        .map(univrs_tests::rss_mib)
+        .sum()
 }
 
 fn main() {

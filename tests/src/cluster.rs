@@ -48,10 +48,15 @@ impl Drop for ControllerProc {
 
 /// Starts `univrs controller` against `cp` with a 4 s node grace period and debug logs.
 pub fn start_controller(cp: &ControlPlane) -> ControllerProc {
+    start_controller_bin(cp, univrs_bin())
+}
+
+/// [`start_controller`] with a given `univrs` binary (a benchmark's optimized build).
+pub fn start_controller_bin(cp: &ControlPlane, bin: &std::path::Path) -> ControllerProc {
     let port = free_port();
     let log_path = cp.data_dir.join(format!("controller-{port}.log"));
     let log = std::fs::File::create(&log_path).expect("creating the controller log");
-    let mut cmd = Command::new(univrs_bin());
+    let mut cmd = Command::new(bin);
     cmd.args([
         "controller",
         "--node-grace-period",

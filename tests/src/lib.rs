@@ -32,48 +32,67 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `univrs` binary, built once per test binary with the same profile as the tests.
+/// The `univrs` binary, built once per test binary with the same profile as the tests
+/// (`UNIVRS_BIN` overrides it).
 pub fn univrs_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("UNIVRS_BIN") {
-            return PathBuf::from(p);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        // The variables cargo sets for a test process (CARGO_PKG_*, CARGO_MANIFEST_DIR, …) reach
-        // build scripts that watch them and would rebuild ring, rustls and kube on every run.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().into_owned();
-            if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
-                cmd.env_remove(k);
-            }
-        }
-        let out = cmd
-            .args([
-                "build",
-                "-p",
-                "univrs",
-                "--bin",
-                "univrs",
-                "--message-format=json-render-diagnostics",
-            ])
-            .current_dir(repo_root())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running cargo build -p univrs");
-        assert!(out.status.success(), "cargo build -p univrs failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| {
-                v.get("executable")
-                    .and_then(|e| e.as_str())
-                    .map(PathBuf::from)
-            })
-            .next_back()
-            .expect("cargo reported the univrs executable")
+    BIN.get_or_init(|| match std::env::var_os("UNIVRS_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => build_univrs(false),
     })
+}
+
+/// Builds the `univrs` binary (optimized with `release`) and returns its path.
+pub fn build_univrs(release: bool) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    // The variables cargo sets for a test process (CARGO_PKG_*, CARGO_MANIFEST_DIR, …) reach
+    // build scripts that watch them and would rebuild ring, rustls and kube on every run.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args([
+        "build",
+        "-p",
+        "univrs",
+        "--bin",
+        "univrs",
+        "--message-format=json-render-diagnostics",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .current_dir(repo_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running cargo build -p univrs");
+    assert!(out.status.success(), "cargo build -p univrs failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            v.get("executable")
+                .and_then(|e| e.as_str())
+                .map(PathBuf::from)
+        })
+        .next_back()
+        .expect("cargo reported the univrs executable")
+}
+
+/// Resident memory of a process, MiB (0 when it is gone).
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    kib as f64 / 1024.0
 }
 
 /// The directory of the pinned upstream binaries (kubectl, kube-apiserver, …), built on first use.
