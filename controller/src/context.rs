@@ -100,6 +100,13 @@ where
 }
 
 impl Context {
+    /// The Lease of `node`, from the cache (a keyed lookup, not a scan).
+    pub fn lease_of(&self, node: &str) -> Option<std::sync::Arc<Lease>> {
+        self.leases.get(
+            &kube::runtime::reflector::ObjectRef::new(&lease_name(node)).within(LEASE_NAMESPACE),
+        )
+    }
+
     /// Waits until every cache has its first full list, so no decision is made on a partial
     /// view (an empty node cache would read as "no nodes exist").
     pub async fn synced(&self) {

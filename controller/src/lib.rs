@@ -15,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod nexus;
 pub mod node;
+pub mod revival;
 pub mod scheduler;
 pub mod snapshot;
 pub mod vouch;
@@ -208,7 +209,7 @@ pub async fn run(
         .reconcile_all_on(elected_rx)
         .graceful_shutdown_on(stop())
         .run(
-            |n, ctx: Arc<Context>| instrumented("Node", n, ctx, node::reconcile),
+            |n, ctx: Arc<Context>| instrumented("Node", n, ctx, node::reconcile_with_finalizer),
             error_policy,
             ctx.clone(),
         )

@@ -4,7 +4,7 @@
 //! fed into the controller's queue, not a write from here). Roles change rarely, so waking
 //! every node then is cheaper than tracking which ones.
 
-use crate::context::{Context, lease_name};
+use crate::context::Context;
 use crate::snapshot::{self, Liveness};
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::jiff::Timestamp;
@@ -15,18 +15,17 @@ use univrs_api::enr::nexus::{self, Candidate, Election};
 /// The candidates as the caches see them at `now`.
 pub fn candidates(ctx: &Context, now: Timestamp) -> Vec<Candidate> {
     let nodes = ctx.nodes.state();
-    let leases = ctx.leases.state();
     let others = nodes.len().saturating_sub(1).max(1) as f64;
     nodes
         .iter()
         .map(|n| {
             let name = n.name_any();
-            let lease = leases.iter().find(|l| l.name_any() == lease_name(&name));
+            let lease = ctx.lease_of(&name);
             let status = n.status.clone().unwrap_or_default();
             let obs = status.observations.unwrap_or_default();
             Candidate {
                 ready: matches!(
-                    snapshot::liveness(lease.map(|l| l.as_ref()), now),
+                    snapshot::liveness(lease.as_deref(), now),
                     Liveness::Fresh { .. }
                 ),
                 uptime: obs.uptime,

@@ -136,16 +136,35 @@ fn next_gate(
     }
 }
 
+/// Reconciles one Node under the credit-settlement finalizer: a deleted Node's credit goes
+/// through the revival pool before the object goes.
+pub async fn reconcile_with_finalizer(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
+    use kube::runtime::finalizer::{Event, finalizer};
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    finalizer(&api, crate::revival::FINALIZER, node, |event| async {
+        match event {
+            Event::Apply(n) => reconcile(n, ctx.clone()).await,
+            Event::Cleanup(n) => {
+                ctx.synced().await;
+                crate::revival::settle(&n, &ctx).await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
 /// Reconciles one Node.
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.synced().await;
     let now = Timestamp::now();
     let name = node.name_any();
-    let lease = ctx
-        .leases
-        .state()
-        .into_iter()
-        .find(|l| l.name_any() == lease_name(&name));
+    let lease = ctx.lease_of(&name);
     let live = snapshot::liveness(lease.as_deref(), now);
     let ready = match (&live, identity_consistent(&node)) {
         (_, Err(why)) => DesiredCondition::new(CONDITION_READY, false, "IdentityMismatch", why),

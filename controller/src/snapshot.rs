@@ -201,7 +201,8 @@ pub fn node_views(
             NodeView {
                 labels: n.labels().clone(),
                 ready,
-                unschedulable: n.spec.unschedulable,
+                // A node being deleted takes nothing new, like a cordoned one.
+                unschedulable: n.spec.unschedulable || n.metadata.deletion_timestamp.is_some(),
                 isolated: status
                     .septal
                     .as_ref()

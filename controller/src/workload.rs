@@ -38,6 +38,9 @@ pub const DRAIN_ANNOTATION: &str = "univrs.io/drain";
 /// The label every instance of a workload carries, as the scale subresource's selector reports.
 pub const WORKLOAD_LABEL: &str = "univrs.io/workload";
 
+/// How soon a workload planned from a stale cache is planned again.
+const STALE_RETRY: Duration = Duration::from_millis(200);
+
 /// How soon a workload that did not fit is tried again without any event.
 const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(30);
 
@@ -57,8 +60,8 @@ fn must_move(
     now: Timestamp,
     grace: Duration,
 ) -> Option<String> {
-    let Some(node) = node else {
-        return Some("its node no longer exists".into());
+    let Some(node) = node.filter(|n| n.metadata.deletion_timestamp.is_none()) else {
+        return Some("its node is gone or being deleted".into());
     };
     if node
         .annotations()
@@ -456,14 +459,22 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
     let bills = bill(&wl, &ctx, headroom.is_some()).await?;
     let plan = plan(&wl, &ctx, headroom.as_ref(), bills.exhausted.is_some(), now);
     let status = status_patch(&wl, &plan, &bills, now);
-    ctx.metrics.observe_scheduling(
-        started.elapsed(),
-        plan.placed.len(),
-        plan.unschedulable.is_some(),
-    );
     if !unchanged(&wl, &status) {
         let api: Api<Workload> = Api::namespaced(ctx.client.clone(), &ns);
-        apply_status(&api, &wl.name_any(), None, status).await?;
+        // Conditional on the version planned from: a plan made from a stale cache must not
+        // overwrite a newer placement (it would move an instance for nothing).
+        match apply_status(&api, &wl.name_any(), wl.resource_version(), status).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                return Ok(Action::requeue(STALE_RETRY));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        ctx.metrics.observe_scheduling(
+            started.elapsed(),
+            plan.placed.len(),
+            plan.unschedulable.is_some(),
+        );
         let reference = wl.object_ref(&());
         for (inst, node, why) in &plan.moved {
             publish(

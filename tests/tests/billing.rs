@@ -78,10 +78,14 @@ async fn usage_is_paid_once_and_exhaustion_stops_growth() {
     );
     let nodes: Api<Node> = Api::all(client.clone());
     nodes.create(&PostParams::default(), &node).await.unwrap();
-    let alive = Arc::new(BTreeMap::from([(
-        "alpha".to_string(),
-        AtomicBool::new(true),
-    )]));
+    // beta has no line with the shop's namespace, so nothing of the shop's is placed there;
+    // it leaves at the end, and its credit goes through the revival pool.
+    let beta = node_object("beta", &[], &NodeIdentity::generate());
+    nodes.create(&PostParams::default(), &beta).await.unwrap();
+    let alive = Arc::new(BTreeMap::from([
+        ("alpha".to_string(), AtomicBool::new(true)),
+        ("beta".to_string(), AtomicBool::new(true)),
+    ]));
     renew_leases(client.clone(), alive);
     let lines: Api<CreditLine> = Api::all(client.clone());
     let line: CreditLine = serde_json::from_value(serde_json::json!({
@@ -266,4 +270,87 @@ async fn usage_is_paid_once_and_exhaustion_stops_growth() {
         },
     )
     .await;
+
+    // beta leaves: the shop owes it 500 and it owes alpha 200.
+    for (name, creditor, debtor) in [
+        ("beta-shop", "node/beta", format!("namespace/{NS}")),
+        ("alpha-beta", "node/alpha", "node/beta".to_string()),
+    ] {
+        let cl: CreditLine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "univrs.io/v1alpha1", "kind": "CreditLine", "metadata": {"name": name},
+            "spec": {"creditor": creditor, "debtor": debtor, "limit": 1000}
+        }))
+        .unwrap();
+        lines.create(&PostParams::default(), &cl).await.unwrap();
+    }
+    for (id, line, from, to, amount) in [
+        (
+            "b1",
+            "beta-shop",
+            Account::namespace(NS),
+            Account::node("beta"),
+            500,
+        ),
+        (
+            "b2",
+            "alpha-beta",
+            Account::node("beta"),
+            Account::node("alpha"),
+            200,
+        ),
+    ] {
+        let t = Transfer {
+            id: id.into(),
+            from,
+            to,
+            amount,
+        };
+        apply_transfer(&client, line, &t).await.unwrap();
+    }
+    nodes.delete("beta", &Default::default()).await.unwrap();
+    eventually(
+        "beta settled and gone",
+        Duration::from_secs(40),
+        async || {
+            let gone = nodes.get_opt("beta").await.unwrap().is_none();
+            (gone.then_some(()), "beta still there".into())
+        },
+    )
+    .await;
+    let all = lines.list(&Default::default()).await.unwrap().items;
+    let balance = |name: &str| {
+        all.iter()
+            .find(|l| l.metadata.name.as_deref() == Some(name))
+            .and_then(|l| l.status.as_ref())
+            .map_or(0, |s| s.balance)
+    };
+    assert_eq!(
+        balance("beta-shop"),
+        0,
+        "the shop's debt to beta is released"
+    );
+    assert_eq!(
+        balance("revival-namespace-shop"),
+        500,
+        "and owed to the revival pool instead"
+    );
+    assert_eq!(balance("alpha-beta"), 0, "beta's debt is written off");
+    // The pool's 2% tax on 500 is 10: alpha, new and low on balance, gets the subsidy share
+    // (25%) and the support share (20%), 2 each; the rest is the pool's reserve.
+    assert_eq!(balance("revival-pays-node-alpha"), 4);
+    let mut accounts: BTreeMap<Account, i128> = BTreeMap::new();
+    for l in &all {
+        let b = i128::from(l.status.as_ref().map_or(0, |s| s.balance));
+        *accounts.entry(l.spec.creditor.clone()).or_default() += b;
+        *accounts.entry(l.spec.debtor.clone()).or_default() -= b;
+    }
+    assert_eq!(
+        accounts.get(&Account::node("beta")).copied().unwrap_or(0),
+        0
+    );
+    assert_eq!(
+        accounts.get(&Account::namespace("univrs-system")),
+        Some(&496)
+    );
+    assert_eq!(accounts.values().sum::<i128>(), 0);
 }
