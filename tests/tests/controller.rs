@@ -250,6 +250,52 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
         "{out}"
     );
 
+    // Verified vouches feed reputation, weighted by the voucher's service record. Give alpha
+    // a long good record (as months of service would): its vouch for charlie then counts
+    // 0.9 × 0.9 × (0.9 − 0.6)/0.4 = 0.6075, a boost of 0.2 × 0.6075, so charlie's reputation
+    // is 0.5 + 0.5 × 0.1215 = 0.561. The forged vouch adds nothing. bravo, whose Lease lapsed
+    // once, has one failure on its record: 0.9 × 0.5 = 0.45.
+    let record = serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Node", "metadata": {"name": "alpha"},
+        "status": {"serviceRecord": {"base": 0.9, "updatedAt": Timestamp::now().to_string()}}
+    });
+    nodes_api
+        .patch_status(
+            "alpha",
+            &PatchParams::apply("test-history").force(),
+            &Patch::Apply(&record),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "charlie's reputation boosted",
+        Duration::from_secs(30),
+        async || {
+            let rep = |n: &Node| n.status.as_ref().and_then(|s| s.reputation);
+            let c = rep(&nodes_api.get("charlie").await.unwrap());
+            let b = rep(&nodes_api.get("bravo").await.unwrap());
+            let ok = c.is_some_and(|r| (r - 0.561).abs() < 1e-9) && b == Some(0.45);
+            (ok.then_some(()), format!("charlie {c:?}, bravo {b:?}"))
+        },
+    )
+    .await;
+    // Every node holds a role from the nexus election, and there is at least one hub.
+    let roles: Vec<Option<univrs_api::resources::node::NexusRole>> = nodes_api
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|n| n.status.as_ref().and_then(|s| s.nexus_role))
+        .collect();
+    assert!(roles.iter().all(Option::is_some), "{roles:?}");
+    assert!(
+        roles
+            .iter()
+            .any(|r| *r != Some(univrs_api::resources::node::NexusRole::Leaf)),
+        "{roles:?}"
+    );
+
     // Cordon alpha: scaling up places nothing new there.
     nodes_api
         .patch(
