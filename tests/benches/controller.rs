@@ -87,7 +87,11 @@ fn main() {
     rt.block_on(async {
         let nodes: Api<Node> = Api::all(client.clone());
         loop {
-            let list = nodes.list(&ListParams::default()).await.unwrap();
+            // An API server this busy may drop a connection: poll again rather than fail.
+            let Ok(list) = nodes.list(&ListParams::default()).await else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
             let ready = list
                 .items
                 .iter()
@@ -125,7 +129,10 @@ fn main() {
         .await;
         let creates_in = t.elapsed();
         loop {
-            let list = api.list(&ListParams::default()).await.unwrap();
+            let Ok(list) = api.list(&ListParams::default()).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
             let placed = list
                 .items
                 .iter()
