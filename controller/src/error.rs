@@ -12,9 +12,6 @@ pub enum Error {
     /// Settling a departed node's credit failed in a way retrying may fix.
     #[error("credit settlement: {0}")]
     Settlement(String),
-    /// Adding or removing a finalizer failed.
-    #[error("finalizer: {0}")]
-    Finalizer(String),
     /// A namespaced object without a namespace (cannot happen for objects from the API server).
     #[error("object has no namespace")]
     MissingNamespace,

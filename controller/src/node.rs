@@ -16,6 +16,7 @@
 
 use crate::context::{Context, apply_status, lease_name};
 use crate::error::Error;
+use crate::revival::FINALIZER;
 use crate::snapshot::{self, Liveness};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -33,6 +34,9 @@ use univrs_api::resources::node::{
     CONDITION_ISOLATED, CONDITION_READY, SeptalState, SeptalStatus, ServiceRecord,
 };
 use univrs_api::{Account, Node};
+
+/// The field manager that owns the finalizer entry.
+const FINALIZER_MANAGER: &str = "univrs-controller-finalizer";
 
 /// How much Ready time counts as one successful outcome.
 const SERVICE_PERIOD: Duration = Duration::from_secs(3600);
@@ -138,33 +142,44 @@ fn next_gate(
 
 /// Reconciles one Node under the credit-settlement finalizer: a deleted Node's credit goes
 /// through the revival pool before the object goes.
+///
+/// The finalizer is added and removed with server-side apply (it is a set: applying it twice is
+/// harmless), not with a JSON patch that tests the cached list: under load the cache lags the
+/// server, such tests fail, and their retries only add load.
 pub async fn reconcile_with_finalizer(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
-    use kube::runtime::finalizer::{Event, finalizer};
     let api: Api<Node> = Api::all(ctx.client.clone());
-    finalizer(&api, crate::revival::FINALIZER, node, |event| async {
-        match event {
-            Event::Apply(n) => reconcile(n, ctx.clone()).await,
-            Event::Cleanup(n) => {
-                ctx.synced().await;
-                crate::revival::settle(&n, &ctx).await?;
-                Ok(Action::await_change())
-            }
+    let name = node.name_any();
+    let has = node.finalizers().iter().any(|f| f == FINALIZER);
+    if node.metadata.deletion_timestamp.is_some() {
+        if has {
+            ctx.synced().await;
+            crate::revival::settle(&node, &ctx).await?;
+            set_finalizer(&api, &name, false).await?;
         }
-    })
-    .await
-    .or_else(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => Err(e),
-        // The finalizer patch tests the cached finalizers; a cache behind the server (under
-        // load) fails the test. That is not an error worth backing off for: look again soon.
-        kube::runtime::finalizer::Error::AddFinalizer(kube::Error::Api(e))
-        | kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(e))
-            if e.code == 422 || e.code == 409 =>
-        {
-            Ok(Action::requeue(Duration::from_millis(500)))
-        }
-        other => Err(Error::Finalizer(other.to_string())),
-    })
+        return Ok(Action::await_change());
+    }
+    if !has {
+        set_finalizer(&api, &name, true).await?;
+    }
+    reconcile(node, ctx).await
+}
+
+/// Adds (`on`) or drops the controller's finalizer with server-side apply.
+async fn set_finalizer(api: &Api<Node>, name: &str, on: bool) -> Result<(), kube::Error> {
+    let finalizers: &[&str] = if on { &[FINALIZER] } else { &[] };
+    let body = serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Node",
+        "metadata": {"name": name, "finalizers": finalizers},
+    });
+    let params = kube::api::PatchParams::apply(FINALIZER_MANAGER).force();
+    match api
+        .patch(name, &params, &kube::api::Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reconciles one Node.
