@@ -30,6 +30,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use univrs_api::account::AccountKind;
@@ -144,14 +145,22 @@ pub async fn run(
 
     let ws = ctx.workloads.clone();
     let ws2 = ctx.workloads.clone();
+    let seen: std::sync::Mutex<HashMap<String, NodeFacts>> = Default::default();
     let workload_ctl = wc
         .watches(nodes.clone(), cfg(), move |node: Node| {
-            // The workloads on this node, and every workload still waiting for a place:
-            // a node that appears or frees up may be where it fits.
+            // The workloads on this node; and the workloads still waiting for a place, but only
+            // when the node may have room they did not see before. Waking every waiting
+            // workload on each placement's status write was a thundering herd at 5,000 nodes.
             let name = node.name_any();
+            let facts = NodeFacts::of(&node);
+            let previous = seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone(), facts.clone());
+            let room = facts.may_make_room_since(previous.as_ref());
             ws.state()
                 .into_iter()
-                .filter(|w| waiting(w) || on_node(w, &name))
+                .filter(|w| on_node(w, &name) || (room && waiting(w)))
                 .map(|w| ObjectRef::from_obj(w.as_ref()))
                 .collect::<Vec<_>>()
         })
@@ -258,6 +267,48 @@ pub async fn run(
         _ = lease_stream => {}
         _ = elections => {}
         _ = synced => {}
+    }
+}
+
+/// What about a node decides whether waiting workloads may now fit there.
+#[derive(Clone, Debug, PartialEq)]
+struct NodeFacts {
+    generation: Option<i64>,
+    ready: bool,
+    isolated: bool,
+    /// CPU millicores and memory bytes allocated there.
+    allocated: Option<(u64, u64)>,
+}
+
+impl NodeFacts {
+    fn of(n: &Node) -> Self {
+        let s = n.status.as_ref();
+        Self {
+            generation: n.metadata.generation,
+            ready: s.is_some_and(|s| univrs_api::conditions::is_true(&s.conditions, "Ready")),
+            isolated: s.is_some_and(|s| univrs_api::conditions::is_true(&s.conditions, "Isolated")),
+            allocated: s.and_then(|s| s.allocated.as_ref()).map(|a| {
+                (
+                    a.cpu.to_milli().unwrap_or(0),
+                    a.memory.to_units().unwrap_or(0),
+                )
+            }),
+        }
+    }
+
+    /// A new node, a spec change (uncordon, capacity, labels), turning Ready, leaving
+    /// isolation or less allocated: anything else cannot make room.
+    fn may_make_room_since(&self, before: Option<&NodeFacts>) -> bool {
+        let Some(b) = before else { return true };
+        let less_allocated = match (b.allocated, self.allocated) {
+            (Some((c0, m0)), Some((c1, m1))) => c1 < c0 || m1 < m0,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        self.generation != b.generation
+            || (self.ready && !b.ready)
+            || (!self.isolated && b.isolated)
+            || less_allocated
     }
 }
 
