@@ -2,3 +2,4 @@
 //! containers through youki, the libp2p mesh) arrives with the node-agent issue.
 
 pub mod keyfile;
+pub mod runtime;

@@ -74,6 +74,39 @@ pub enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// Internal: the per-container shim the node agent spawns (runs youki's libcontainer).
+    #[command(hide = true)]
+    Shim {
+        /// run or delete.
+        #[command(subcommand)]
+        command: ShimCommand,
+    },
+}
+
+/// `univrs shim …`
+#[derive(Debug, Subcommand)]
+pub enum ShimCommand {
+    /// Create, start and supervise one container until it exits, then delete it.
+    Run {
+        /// The runtime state directory; the bundle is <root>/containers/<id>.
+        #[arg(long)]
+        root: PathBuf,
+        /// The container id.
+        #[arg(long)]
+        id: String,
+        /// Time between SIGTERM and SIGKILL when asked to stop without a grace period.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Force-delete a container whose shim died: kill it, remove its cgroup and state.
+    Delete {
+        /// The runtime state directory.
+        #[arg(long)]
+        root: PathBuf,
+        /// The container id.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 /// `univrs control-plane …`

@@ -5,6 +5,7 @@ mod controller;
 mod crds;
 mod identity;
 mod kubectl;
+mod shim;
 
 use crate::cli::{Cli, Command};
 
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             bin_dir,
         ),
         Command::Kubectl { args } => kubectl::run(args),
+        Command::Shim { command } => shim::run(command),
         Command::Controller {
             kubeconfig,
             metrics_addr,

@@ -1,0 +1,375 @@
+//! The shim: the single-threaded process that owns one container (`univrs shim run`).
+//!
+//! It is the only place `libcontainer` runs. It blocks the signals it handles (and reads them
+//! from a signalfd), creates the container from the bundle with `libcontainer` (no systemd,
+//! `libcontainer`'s state under `<root>/youki`), sends the container's stdout and stderr to
+//! `container.log`, starts it and writes its pid to `pid`. Then it waits: the container's init
+//! is its child (`libcontainer` clones it with `CLONE_PARENT`), so it reaps it and writes the
+//! exit record. SIGTERM or SIGINT is a stop request: the container gets SIGTERM and, if it has
+//! not exited after the grace period (from the `stop` file, else `--grace`), SIGKILL for all
+//! its processes. Finally it deletes the container (`libcontainer` delete with force: the
+//! cgroup and `libcontainer`'s state are removed) and writes `exit.json` atomically, last.
+//!
+//! [`delete_container`] (`univrs shim delete`) force-deletes a container whose shim died.
+
+use super::cgroup;
+use super::executor::{FORWARDED, ShimExecutor, handled_signals};
+use super::spec::wants_init;
+use super::{ExitRecord, Layout, error_chain, now_ms, validate_id, write_atomic};
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+use std::fs::OpenOptions;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What `univrs shim run` is given.
+#[derive(Debug, Clone)]
+pub struct ShimArgs {
+    /// The runtime's state directory (see [`Layout`]).
+    pub root: PathBuf,
+    /// The container id; its bundle is `<root>/containers/<id>`.
+    pub id: String,
+    /// How long a stopped container gets between SIGTERM and SIGKILL, unless the stop
+    /// request names its own grace period.
+    pub grace: Duration,
+}
+
+/// Why the shim failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// A file or system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `libcontainer` or the kernel refused.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
+    let context = context.into();
+    move |source| ShimError::Io { context, source }
+}
+
+fn rt_err<E: std::error::Error + 'static>(context: &str) -> impl FnOnce(E) -> ShimError + '_ {
+    move |e| ShimError::Runtime(format!("{context}: {}", error_chain(&e)))
+}
+
+/// How the container's init ended.
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    code: i32,
+    signal: Option<i32>,
+}
+
+/// Runs one container to completion (see the module docs). Returns once the container has
+/// exited, been deleted and its exit record written; an error means it could not be created
+/// or started (the exit record then says why) or the shim itself failed.
+pub fn run_shim(args: &ShimArgs) -> Result<(), ShimError> {
+    validate_id(&args.id).map_err(ShimError::Runtime)?;
+    let layout = Layout::new(&args.root);
+    let id = args.id.as_str();
+
+    // Block the handled signals before libcontainer clones: a stop request that arrives
+    // while the container is being created waits in the signalfd. The container inherits the
+    // mask; its executor resets it.
+    let signals = handled_signals();
+    signals
+        .thread_block()
+        .map_err(|e| ShimError::Runtime(format!("blocking signals: {e}")))?;
+    let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| ShimError::Runtime(format!("signalfd: {e}")))?;
+    write_atomic(
+        &layout.shim_pid_file(id),
+        std::process::id().to_string().as_bytes(),
+    )
+    .map_err(io_err("writing shim.pid"))?;
+
+    let spec = Spec::load(layout.config_file(id)).map_err(rt_err("loading config.json"))?;
+    let cgroup_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned());
+
+    let mut container = match create_and_start(&layout, id, &spec) {
+        Ok(c) => c,
+        Err(e) => {
+            let message = e.to_string();
+            tracing::error!(id, "{message}");
+            let cleanup_error = delete_container(&layout, id).err().map(|e| e.to_string());
+            write_exit(
+                &layout,
+                id,
+                &ExitRecord {
+                    code: 128,
+                    signal: None,
+                    oom_killed: false,
+                    killed_after_grace: false,
+                    error: Some(message),
+                    cleanup_error,
+                    finished_at_ms: now_ms(),
+                },
+            )?;
+            return Err(e);
+        }
+    };
+    let pid = container
+        .pid()
+        .ok_or_else(|| ShimError::Runtime("the started container has no pid".into()))?;
+    write_atomic(&layout.pid_file(id), pid.to_string().as_bytes())
+        .map_err(io_err("writing the pid file"))?;
+
+    let (ended, killed_after_grace) = supervise(
+        &mut container,
+        Pid::from_raw(pid.as_raw()),
+        &sfd,
+        &layout,
+        id,
+        args.grace,
+    )?;
+
+    let oom_killed = cgroup_path
+        .as_deref()
+        .and_then(cgroup::oom_kills)
+        .is_some_and(|n| n > 0);
+    let cleanup_error = container.delete(true).err().map(|e| {
+        let msg = format!("deleting the container: {}", error_chain(&e));
+        tracing::error!(id, "{msg}");
+        msg
+    });
+    write_exit(
+        &layout,
+        id,
+        &ExitRecord {
+            code: ended.code,
+            signal: ended.signal,
+            oom_killed,
+            killed_after_grace,
+            error: None,
+            cleanup_error,
+            finished_at_ms: now_ms(),
+        },
+    )
+}
+
+fn write_exit(layout: &Layout, id: &str, record: &ExitRecord) -> Result<(), ShimError> {
+    let json = serde_json::to_vec(record)
+        .map_err(|e| ShimError::Runtime(format!("encoding the exit record: {e}")))?;
+    write_atomic(&layout.exit_file(id), &json).map_err(io_err("writing exit.json"))
+}
+
+/// Creates the container with `libcontainer` and starts it.
+fn create_and_start(layout: &Layout, id: &str, spec: &Spec) -> Result<Container, ShimError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(layout.youki_root())
+        .map_err(io_err(format!(
+            "creating {}",
+            layout.youki_root().display()
+        )))?;
+    let log_path = layout.log_file(id);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(io_err(format!("opening {}", log_path.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(io_err("duplicating the log file"))?;
+
+    let mut container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(layout.youki_root())
+        .map_err(rt_err("libcontainer root"))?
+        .with_executor(ShimExecutor {
+            init: wants_init(spec),
+        })
+        .with_stdout(log)
+        .with_stderr(log_err)
+        .validate_id()
+        .map_err(rt_err("container id"))?
+        .as_init(layout.bundle(id))
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(rt_err("creating the container"))?;
+    container
+        .start()
+        .map_err(rt_err("starting the container"))?;
+    Ok(container)
+}
+
+/// Sends `signal` through `libcontainer` (to the init, or to every process with `all`).
+fn lc_kill(container: &mut Container, signal: Signal, all: bool) {
+    match libcontainer::signal::Signal::try_from(signal as i32) {
+        Ok(s) => {
+            if let Err(e) = container.kill(s, all) {
+                tracing::warn!(id = container.id(), ?signal, "kill: {}", error_chain(&e));
+            }
+        }
+        Err(e) => tracing::warn!(?signal, "unknown signal: {}", error_chain(&e)),
+    }
+}
+
+/// Reaps children; returns how the init ended once it has.
+fn reap(init: Pid) -> Option<Ended> {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == init => {
+                return Some(Ended { code, signal: None });
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == init => {
+                return Some(Ended {
+                    code: 128 + sig as i32,
+                    signal: Some(sig as i32),
+                });
+            }
+            Ok(WaitStatus::StillAlive) => return None,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                // ECHILD: the init is not (or no longer) our child; nothing to wait for.
+                tracing::error!(%init, "waitpid: {e}");
+                return Some(Ended {
+                    code: 255,
+                    signal: None,
+                });
+            }
+        }
+    }
+}
+
+/// The grace period of a pending stop request, if the `stop` file names one.
+fn requested_grace(layout: &Layout, id: &str) -> Option<Duration> {
+    let text = std::fs::read_to_string(layout.stop_file(id)).ok()?;
+    text.trim().parse::<u64>().ok().map(Duration::from_millis)
+}
+
+/// Waits for the container's init to exit, handling stop requests; returns how it ended and
+/// whether it had to be killed after the grace period.
+fn supervise(
+    container: &mut Container,
+    init: Pid,
+    sfd: &SignalFd,
+    layout: &Layout,
+    id: &str,
+    default_grace: Duration,
+) -> Result<(Ended, bool), ShimError> {
+    let mut deadline: Option<Instant> = None;
+    let mut killed = false;
+    loop {
+        if let Some(ended) = reap(init) {
+            return Ok((ended, killed));
+        }
+        if let Some(d) = deadline
+            && Instant::now() >= d
+        {
+            tracing::info!(id, "grace period over; sending SIGKILL");
+            lc_kill(container, Signal::SIGKILL, true);
+            killed = true;
+            deadline = None;
+        }
+        let timeout = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up so the deadline has passed when poll returns.
+                PollTimeout::try_from(left + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(ShimError::Runtime(format!("poll: {e}"))),
+        }
+        loop {
+            let info = match sfd.read_signal() {
+                Ok(Some(info)) => info,
+                Ok(None) | Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(ShimError::Runtime(format!("reading signals: {e}"))),
+            };
+            let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match signal {
+                Signal::SIGCHLD | Signal::SIGHUP => {}
+                Signal::SIGTERM | Signal::SIGINT => {
+                    if killed {
+                        continue;
+                    }
+                    let grace = requested_grace(layout, id).unwrap_or(default_grace);
+                    let requested = Instant::now() + grace;
+                    if deadline.is_none() {
+                        tracing::info!(id, ?grace, "stop requested; sending SIGTERM");
+                        lc_kill(container, Signal::SIGTERM, false);
+                    }
+                    deadline = Some(deadline.map_or(requested, |d| d.min(requested)));
+                }
+                other if FORWARDED.contains(&other) => {
+                    let _ = nix::sys::signal::kill(init, other);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Force-deletes container `id` under `root`: kills its processes and removes its cgroup and
+/// `libcontainer`'s state. For a container whose shim died; idempotent. The bundle is left to
+/// the caller.
+pub fn delete_container(layout: &Layout, id: &str) -> Result<(), ShimError> {
+    validate_id(id).map_err(ShimError::Runtime)?;
+    let mut errors = Vec::new();
+    let dir = layout.youki_dir(id);
+    if dir.exists() {
+        match Container::load(dir.clone()) {
+            Ok(mut c) => {
+                if let Err(e) = c.delete(true) {
+                    errors.push(format!("libcontainer delete: {}", error_chain(&e)));
+                }
+            }
+            Err(e) => tracing::warn!(id, "loading the container state: {}", error_chain(&e)),
+        }
+    }
+    // Whatever libcontainer could not remove (or never recorded): the cgroup named in the
+    // bundle's spec, and the state directory.
+    if let Ok(spec) = Spec::load(layout.config_file(id))
+        && let Some(path) = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+    {
+        let path = path.to_string_lossy();
+        if cgroup::exists(&path)
+            && let Err(e) = cgroup::kill_and_remove(&path)
+        {
+            errors.push(format!("removing cgroup {path}: {e}"));
+        }
+    }
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+    {
+        errors.push(format!("removing {}: {e}", dir.display()));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ShimError::Runtime(errors.join("; ")))
+    }
+}

@@ -1,0 +1,652 @@
+//! The container runtime end to end: real containers (youki's libcontainer inside `univrs
+//! shim`) from a busybox root filesystem. Needs root, and Debian's `busybox-static`.
+//!
+//! Every test owns a state directory `/tmp/univrs-rt-<pid>-<n>` and an agent name (its cgroup
+//! parent `/univrs/<agent>`), and a guard that deletes its containers and removes both, also
+//! when the test fails. Leftovers of test binaries that were killed are removed by the next
+//! run.
+//!
+//! The create+start benchmark: `cargo test -p univrs-node-agent --test runtime -- --ignored
+//! --nocapture bench_create_start`.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{OnceLock, RwLock};
+use std::time::{Duration, Instant};
+use univrs_node_agent::runtime::cgroup::{self, CgroupVersion};
+use univrs_node_agent::runtime::{
+    ContainerConfig, ContainerState, RuntimeClient, RuntimeError, ShimHandle,
+};
+
+/// Container starts hold it shared; removing the shared `/univrs` cgroup parent holds it
+/// exclusively, so a parent is never removed under a container being created.
+static CGROUP_PARENTS: RwLock<()> = RwLock::new(());
+
+const STATE_PREFIX: &str = "univrs-rt-";
+
+/// The repository root.
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// The `univrs` binary (it holds the shim), built once per test binary with the same profile
+/// as the tests (`UNIVRS_BIN` overrides it).
+fn univrs_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| match std::env::var_os("UNIVRS_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => build_univrs(),
+    })
+}
+
+fn build_univrs() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    // The variables cargo sets for a test process would make build scripts that watch them
+    // rebuild on every run.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args([
+            "build",
+            "-p",
+            "univrs",
+            "--bin",
+            "univrs",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(repo_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running cargo build -p univrs");
+    assert!(out.status.success(), "cargo build -p univrs failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("executable")?.as_str().map(PathBuf::from))
+        .next_back()
+        .expect("cargo reported the univrs executable")
+}
+
+/// Debian's statically linked busybox.
+fn busybox() -> PathBuf {
+    let p = PathBuf::from("/bin/busybox");
+    assert!(
+        p.exists(),
+        "these tests need Debian's busybox-static (apt-get install -y busybox-static)"
+    );
+    p
+}
+
+/// A minimal root filesystem: busybox and links to the applets the tests use.
+fn make_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(busybox(), root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "sleep", "cat", "hostname", "readlink", "ls", "env", "wget", "true", "false",
+        "grep", "ip", "unshare", "head",
+    ] {
+        symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    root
+}
+
+/// Is `pid` a live process?
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        })
+        .is_some_and(|c| c != 'Z' && c != 'X')
+}
+
+/// Removes what killed test binaries left: their containers, cgroups and state directories.
+fn sweep_stale() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(STATE_PREFIX) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == std::process::id() as i32 || alive(pid) {
+                continue;
+            }
+            let agent = format!("t{rest}");
+            if let Ok(client) = RuntimeClient::new(univrs_bin(), e.path().join("state"), &agent) {
+                for id in client.list().unwrap_or_default() {
+                    let _ = client.delete(&id);
+                }
+                // Containers whose files are gone still have their cgroups.
+                for dir in cgroup::dirs(&format!("/univrs/{agent}")) {
+                    for sub in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                        if sub.path().is_dir() {
+                            let name = sub.file_name().to_string_lossy().into_owned();
+                            let _ = cgroup::kill_and_remove(&format!("/univrs/{agent}/{name}"));
+                        }
+                    }
+                }
+                let _g = CGROUP_PARENTS.write();
+                client.remove_cgroup_parent(true);
+            }
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    });
+}
+
+/// One test's runtime: a state directory, a root filesystem and an agent name; dropping it
+/// deletes every container and removes everything it made.
+struct TestRuntime {
+    dir: PathBuf,
+    rootfs: PathBuf,
+    client: RuntimeClient,
+}
+
+impl TestRuntime {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        assert!(
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
+            "the runtime tests run real containers and need root"
+        );
+        sweep_stale();
+        let suffix = format!(
+            "{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("{STATE_PREFIX}{suffix}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rootfs = make_rootfs(&dir);
+        let client =
+            RuntimeClient::new(univrs_bin(), dir.join("state"), &format!("t{suffix}")).unwrap();
+        Self {
+            dir,
+            rootfs,
+            client,
+        }
+    }
+
+    fn config(&self, id: &str, args: &[&str]) -> ContainerConfig {
+        ContainerConfig::new(
+            id,
+            &self.rootfs,
+            args.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    fn start(&self, config: &ContainerConfig) -> Result<ShimHandle, RuntimeError> {
+        let _g = CGROUP_PARENTS.read();
+        self.client.start(config, Duration::from_secs(10))
+    }
+
+    fn exit_of(&self, id: &str) -> univrs_node_agent::runtime::ExitRecord {
+        self.client
+            .wait_exit(id, Duration::from_secs(20))
+            .expect("the container exits")
+    }
+
+    fn log(&self, id: &str) -> Vec<String> {
+        self.client.logs_tail(id, 100).unwrap()
+    }
+}
+
+impl Drop for TestRuntime {
+    fn drop(&mut self) {
+        for id in self.client.list().unwrap_or_default() {
+            if let Err(e) = self.client.delete(&id) {
+                eprintln!("cleanup: deleting {id}: {e}");
+            }
+        }
+        {
+            let _g = CGROUP_PARENTS.write();
+            self.client.remove_cgroup_parent(true);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sh(script: &str) -> Vec<&str> {
+    vec!["sh", "-c", script]
+}
+
+#[test]
+fn echo_reaches_the_log_and_exit_zero_is_recorded() {
+    let rt = TestRuntime::new();
+    let handle = rt
+        .start(&rt.config("echo", &sh("echo hello from busybox")))
+        .unwrap();
+    assert!(handle.pid() > 0);
+    let exit = rt.exit_of("echo");
+    assert_eq!(exit.code, 0, "{exit:?}");
+    assert_eq!(exit.error, None);
+    assert_eq!(exit.cleanup_error, None);
+    assert!(!exit.oom_killed);
+    assert_eq!(rt.log("echo"), vec!["hello from busybox"]);
+    // The shim exits successfully once it has cleaned up.
+    assert!(handle.wait().unwrap().unwrap().success());
+}
+
+#[test]
+fn exit_code_three_is_recorded() {
+    let rt = TestRuntime::new();
+    rt.start(&rt.config("three", &sh("echo bye >&2; exit 3")))
+        .unwrap();
+    let exit = rt.exit_of("three");
+    assert_eq!(exit.code, 3);
+    assert_eq!(exit.signal, None);
+    assert_eq!(rt.log("three"), vec!["bye"], "stderr goes to the log too");
+    assert!(matches!(
+        rt.client.state("three").unwrap(),
+        ContainerState::Exited(_)
+    ));
+}
+
+#[test]
+fn memory_and_cpu_limits_are_applied_to_the_cgroup() {
+    let rt = TestRuntime::new();
+    let mut cfg = rt.config("limits", &["sleep", "1000"]);
+    cfg.memory_bytes = Some(64 << 20);
+    cfg.cpu_millis = Some(500);
+    cfg.pids_limit = Some(64);
+    rt.start(&cfg).unwrap();
+    let path = rt.client.cgroup_path("limits");
+    assert_eq!(
+        rt.client.cgroup_of("limits").as_deref(),
+        Some(path.as_str())
+    );
+
+    // The kernel's own files, where this host keeps them.
+    let rel = path.trim_start_matches('/');
+    match cgroup::detect() {
+        CgroupVersion::V1 => {
+            let mem = cgroup::controller_dir("memory", &path).unwrap();
+            assert!(mem.ends_with(rel));
+            let limit = std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap();
+            assert_eq!(limit.trim(), (64u64 << 20).to_string());
+            let cpu = cgroup::controller_dir("cpu", &path).unwrap();
+            let quota = std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap();
+            assert_eq!(quota.trim(), "50000");
+            let pids = cgroup::controller_dir("pids", &path).unwrap();
+            let max = std::fs::read_to_string(pids.join("pids.max")).unwrap();
+            assert_eq!(max.trim(), "64");
+        }
+        CgroupVersion::V2 => {
+            let dir = Path::new("/sys/fs/cgroup").join(rel);
+            let limit = std::fs::read_to_string(dir.join("memory.max")).unwrap();
+            assert_eq!(limit.trim(), (64u64 << 20).to_string());
+            let cpu = std::fs::read_to_string(dir.join("cpu.max")).unwrap();
+            assert_eq!(cpu.trim(), "50000 100000");
+        }
+    }
+    assert_eq!(cgroup::memory_limit(&path).unwrap(), Some(64 << 20));
+    assert_eq!(cgroup::cpu_limit(&path).unwrap(), Some((50_000, 100_000)));
+
+    let usage = rt.client.usage("limits").unwrap();
+    assert!(usage.memory_bytes > 0, "{usage:?}");
+    assert!(usage.cpu_usec > 0, "{usage:?}");
+    rt.client.delete("limits").unwrap();
+}
+
+#[test]
+fn an_oom_kill_is_recorded() {
+    let rt = TestRuntime::new();
+    // A shell variable far larger than the limit.
+    let mut cfg = rt.config(
+        "oom",
+        &sh("x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived ${#x}"),
+    );
+    cfg.memory_bytes = Some(16 << 20);
+    rt.start(&cfg).unwrap();
+    let exit = rt.exit_of("oom");
+    assert!(exit.oom_killed, "{exit:?} {:?}", rt.log("oom"));
+    assert_ne!(exit.code, 0, "{exit:?}");
+}
+
+#[test]
+fn burning_cpu_shows_in_usage() {
+    let rt = TestRuntime::new();
+    let mut cfg = rt.config("burn", &sh("while :; do :; done"));
+    cfg.cpu_millis = Some(200);
+    rt.start(&cfg).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let usage = rt.client.usage("burn").unwrap();
+    // 0.2 cores for ~1.5 s is ~300 ms; the quota keeps it well under 1.5 s of CPU.
+    assert!(usage.cpu_usec > 100_000, "{usage:?}");
+    assert!(usage.cpu_usec < 1_000_000, "the quota holds: {usage:?}");
+    rt.client.delete("burn").unwrap();
+}
+
+#[test]
+fn sigterm_stops_sleep_within_the_grace_period() {
+    let rt = TestRuntime::new();
+    rt.start(&rt.config("sleeper", &["sleep", "1000"])).unwrap();
+    let t = Instant::now();
+    let exit = rt.client.stop("sleeper", Duration::from_secs(10)).unwrap();
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
+    assert!(!exit.killed_after_grace, "{exit:?}");
+    assert_eq!(exit.code, 128 + 15, "sleep died of SIGTERM: {exit:?}");
+}
+
+#[test]
+fn a_container_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let rt = TestRuntime::new();
+    rt.start(&rt.config("stubborn", &sh("trap '' TERM; echo ready; sleep 1000")))
+        .unwrap();
+    // Wait until the trap is installed.
+    let t = Instant::now();
+    while rt.log("stubborn") != vec!["ready"] {
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let grace = Duration::from_millis(1500);
+    let t = Instant::now();
+    let exit = rt.client.stop("stubborn", grace).unwrap();
+    let took = t.elapsed();
+    assert!(took >= grace, "waited the grace period: {took:?}");
+    assert!(
+        took < grace + Duration::from_secs(5),
+        "then killed: {took:?}"
+    );
+    assert!(exit.killed_after_grace, "{exit:?}");
+    assert_eq!(exit.code, 128 + 9, "{exit:?}");
+    assert_eq!(exit.signal, Some(9));
+}
+
+#[test]
+fn without_the_init_pid_1_ignores_sigterm_and_is_killed_after_the_grace_period() {
+    // The kernel drops signals a PID 1 has no handler for; that is why `init` is the default.
+    let rt = TestRuntime::new();
+    let mut cfg = rt.config("pid1", &["sleep", "1000"]);
+    cfg.init = false;
+    rt.start(&cfg).unwrap();
+    let grace = Duration::from_millis(800);
+    let t = Instant::now();
+    let exit = rt.client.stop("pid1", grace).unwrap();
+    assert!(t.elapsed() >= grace);
+    assert!(exit.killed_after_grace, "{exit:?}");
+    assert_eq!(exit.signal, Some(9));
+}
+
+#[test]
+fn delete_leaves_no_cgroup_and_no_state() {
+    let rt = TestRuntime::new();
+    let mut cfg = rt.config("gone", &["sleep", "1000"]);
+    cfg.memory_bytes = Some(32 << 20);
+    let handle = rt.start(&cfg).unwrap();
+    let path = rt.client.cgroup_path("gone");
+    let dirs: Vec<PathBuf> = cgroup::dirs(&path)
+        .into_iter()
+        .filter(|d| d.is_dir())
+        .collect();
+    assert!(!dirs.is_empty(), "the container has cgroup directories");
+    let layout = rt.client.layout().clone();
+    assert!(layout.youki_dir("gone").is_dir());
+    assert!(matches!(
+        rt.client.state("gone").unwrap(),
+        ContainerState::Running { .. }
+    ));
+
+    rt.client.delete("gone").unwrap();
+    for d in &dirs {
+        assert!(!d.exists(), "{} removed", d.display());
+    }
+    assert!(!cgroup::exists(&path));
+    assert!(
+        !layout.youki_dir("gone").exists(),
+        "libcontainer state removed"
+    );
+    assert!(!layout.bundle("gone").exists(), "bundle removed");
+    assert!(!alive(handle.pid()), "the container's process is gone");
+    assert!(matches!(
+        rt.client.state("gone"),
+        Err(RuntimeError::NotFound(_))
+    ));
+    // Deleting again is fine.
+    rt.client.delete("gone").unwrap();
+}
+
+#[test]
+fn a_container_whose_shim_died_is_force_deleted() {
+    let rt = TestRuntime::new();
+    let handle = rt.start(&rt.config("orphan", &["sleep", "1000"])).unwrap();
+    let pid = handle.pid();
+    let shim_pid = handle.shim_pid();
+    Command::new("kill")
+        .args(["-9", &shim_pid.to_string()])
+        .status()
+        .unwrap();
+    drop(handle); // reaps the dead shim
+    let t = Instant::now();
+    loop {
+        match rt.client.state("orphan").unwrap() {
+            ContainerState::Lost { pid: p, alive } => {
+                assert_eq!(p, Some(pid));
+                assert!(alive, "the container outlives its shim");
+                break;
+            }
+            other => assert!(t.elapsed() < Duration::from_secs(5), "{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let path = rt.client.cgroup_path("orphan");
+    rt.client.delete("orphan").unwrap();
+    assert!(!alive(pid));
+    assert!(!cgroup::exists(&path));
+    assert!(!rt.client.layout().youki_dir("orphan").exists());
+}
+
+#[test]
+fn a_restarted_agent_readopts_running_containers() {
+    let rt = TestRuntime::new();
+    let handle = rt.start(&rt.config("kept", &["sleep", "1000"])).unwrap();
+    let pid = handle.pid();
+    drop(handle);
+    // A new client over the same state directory, as a restarted agent would make.
+    let again =
+        RuntimeClient::new(univrs_bin(), rt.client.layout().root(), rt.client.agent()).unwrap();
+    assert_eq!(again.list().unwrap(), vec!["kept".to_string()]);
+    match again.state("kept").unwrap() {
+        ContainerState::Running { pid: p, .. } => assert_eq!(p, pid),
+        other => panic!("{other:?}"),
+    }
+    let exit = again.stop("kept", Duration::from_secs(5)).unwrap();
+    assert_eq!(exit.code, 143);
+}
+
+#[test]
+fn env_and_args_reach_the_process() {
+    let rt = TestRuntime::new();
+    let mut cfg = rt.config(
+        "env",
+        &[
+            "sh",
+            "-c",
+            "echo \"$FOO|$0|$1\"; pwd; env | grep -c ^PATH=",
+            "zero",
+            "one two",
+        ],
+    );
+    cfg.env = vec![("FOO".into(), "bar baz".into())];
+    cfg.cwd = "/tmp".into();
+    rt.start(&cfg).unwrap();
+    assert_eq!(rt.exit_of("env").code, 0);
+    assert_eq!(rt.log("env"), vec!["bar baz|zero|one two", "/tmp", "1"]);
+}
+
+#[test]
+fn hostname_is_set_and_the_network_namespace_is_private() {
+    let rt = TestRuntime::new();
+    let mut cfg = rt.config(
+        "net",
+        &sh("hostname; readlink /proc/self/ns/net; ls /sys/class/net"),
+    );
+    cfg.hostname = Some("box-1".into());
+    rt.start(&cfg).unwrap();
+    assert_eq!(rt.exit_of("net").code, 0);
+    let log = rt.log("net");
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(log[0], "box-1");
+    assert!(log[1].starts_with("net:["), "{log:?}");
+    assert_ne!(log[1], host_ns.to_string_lossy(), "a new network namespace");
+    assert_eq!(log[2..], ["lo"], "only loopback inside");
+}
+
+#[test]
+fn an_existing_network_namespace_is_joined() {
+    // A namespace made the way CNI's callers do: `ip netns add`.
+    if Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipped: iproute2 is not installed");
+        return;
+    }
+    let rt = TestRuntime::new();
+    let name = format!("univrs-rt-{}", std::process::id());
+    struct NetNs(String);
+    impl Drop for NetNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ns = NetNs(name.clone());
+    let path = PathBuf::from("/var/run/netns").join(&name);
+    let expected = {
+        use std::os::unix::fs::MetadataExt;
+        format!("net:[{}]", std::fs::metadata(&path).unwrap().ino())
+    };
+    let mut cfg = rt.config("joined", &sh("readlink /proc/self/ns/net"));
+    cfg.netns = Some(path);
+    rt.start(&cfg).unwrap();
+    assert_eq!(rt.exit_of("joined").code, 0);
+    assert_eq!(rt.log("joined"), vec![expected]);
+}
+
+#[test]
+fn the_default_hardening_is_in_place() {
+    let rt = TestRuntime::new();
+    let cfg = rt.config(
+        "hard",
+        &sh(
+            "grep -E '^(Seccomp|NoNewPrivs|CapBnd):' /proc/self/status; \
+             unshare -U true 2>/dev/null && echo unshare-allowed; \
+             cat /proc/kcore 2>/dev/null | head -c 1 | grep -q . && echo kcore-readable; \
+             echo 1 > /proc/sys/kernel/panic 2>/dev/null && echo proc-sys-writable; \
+             echo done",
+        ),
+    );
+    rt.start(&cfg).unwrap();
+    assert_eq!(rt.exit_of("hard").code, 0);
+    let log = rt.log("hard");
+    assert!(
+        log.contains(&"Seccomp:\t2".to_string()),
+        "seccomp filter on: {log:?}"
+    );
+    assert!(log.contains(&"NoNewPrivs:\t1".to_string()), "{log:?}");
+    // Docker's default set (with CAP_MKNOD only where the device cgroup enforces it).
+    let caps = log
+        .iter()
+        .find_map(|l| l.strip_prefix("CapBnd:\t"))
+        .unwrap();
+    let caps = u64::from_str_radix(caps, 16).unwrap();
+    let expected: u64 = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31]
+        .iter()
+        .map(|b| 1u64 << b)
+        .sum::<u64>()
+        | if cgroup::detect() == CgroupVersion::V1 {
+            1 << 27
+        } else {
+            0
+        };
+    assert_eq!(caps, expected, "bounding set {caps:x}");
+    assert_eq!(log.last().map(String::as_str), Some("done"), "{log:?}");
+    assert!(
+        !log.iter()
+            .any(|l| l.ends_with("allowed") || l.ends_with("able")),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn a_command_that_does_not_exist_fails_to_start_and_leaves_nothing() {
+    let rt = TestRuntime::new();
+    let err = rt
+        .start(&rt.config("nope", &["/bin/does-not-exist"]))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, RuntimeError::StartFailed { .. }), "{msg}");
+    assert!(msg.contains("does-not-exist"), "{msg}");
+    assert!(!rt.client.layout().bundle("nope").exists());
+    assert!(!rt.client.layout().youki_dir("nope").exists());
+    assert!(!cgroup::exists(&rt.client.cgroup_path("nope")));
+}
+
+#[test]
+fn ids_are_unique_per_runtime() {
+    let rt = TestRuntime::new();
+    rt.start(&rt.config("twice", &["sleep", "1000"])).unwrap();
+    let err = rt
+        .start(&rt.config("twice", &["sleep", "1000"]))
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Exists(_)), "{err}");
+    // The first one is untouched.
+    assert!(matches!(
+        rt.client.state("twice").unwrap(),
+        ContainerState::Running { .. }
+    ));
+}
+
+/// Median time from spawning the shim to the container running (pid file written).
+#[test]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+fn bench_create_start() {
+    let rt = TestRuntime::new();
+    let runs = 20;
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let id = format!("bench-{i}");
+        let cfg = rt.config(&id, &["sleep", "1000"]);
+        let t = Instant::now();
+        let handle = rt.start(&cfg).unwrap();
+        times.push(t.elapsed());
+        rt.client.delete(&id).unwrap();
+        drop(handle);
+    }
+    times.sort();
+    let median = (times[runs / 2 - 1] + times[runs / 2]) / 2;
+    println!(
+        "create+start through the shim ({runs} runs): median {:.1} ms, min {:.1} ms, max {:.1} ms",
+        median.as_secs_f64() * 1000.0,
+        times[0].as_secs_f64() * 1000.0,
+        times[runs - 1].as_secs_f64() * 1000.0
+    );
+}
