@@ -1,7 +1,6 @@
 //! A consistent view of the cluster built from the reflector caches: node readiness from
 //! Leases, what each node has allocated, and the scheduler's node views. Pure given its inputs.
 
-use crate::context::lease_name;
 use crate::scheduler::{NodeView, Request, Resources};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -161,7 +160,7 @@ pub fn owner_headroom(lines: &[Arc<CreditLine>], owner: &Account) -> Option<BTre
 /// The scheduler's view of every node. `headroom` is the owner's, from [`owner_headroom`].
 pub fn node_views(
     nodes: &[Arc<Node>],
-    leases: &BTreeMap<String, Arc<Lease>>,
+    lease_of: &dyn Fn(&str) -> Option<Arc<Lease>>,
     allocated: &BTreeMap<String, (Resources, u32)>,
     request: &Request,
     headroom: Option<&BTreeMap<String, i64>>,
@@ -179,7 +178,7 @@ pub fn node_views(
             };
             let used = allocated.get(&name).map(|a| a.0).unwrap_or_default();
             let ready = matches!(
-                liveness(leases.get(&lease_name(&name)).map(|l| l.as_ref()), now),
+                liveness(lease_of(&name).as_deref(), now),
                 Liveness::Fresh { .. }
             );
             let utilization = if capacity.cpu_millis == 0 {
