@@ -73,6 +73,15 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
             .collect(),
     );
     renew_leases(client.clone(), alive.clone());
+    // Every agent is up before the controller starts: a node whose Lease does not exist yet is
+    // not Ready, and placements are not rebalanced later.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), LEASE_NS);
+    eventually("3 Leases", Duration::from_secs(30), async || {
+        let n = leases.list(&Default::default()).await.unwrap().items.len();
+        ((n >= 3).then_some(()), format!("{n} Leases"))
+    })
+    .await;
 
     let first = start_controller(cp);
     let wl_api: Api<Workload> = Api::namespaced(client.clone(), NS);
