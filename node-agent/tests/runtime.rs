@@ -11,14 +11,16 @@
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use univrs_node_agent::runtime::cgroup::{self, CgroupVersion};
+// The `univrs` binary holds the shim; the harness builds it once per test binary.
 use univrs_node_agent::runtime::{
     ContainerConfig, ContainerState, RuntimeClient, RuntimeError, ShimHandle,
 };
+use univrs_tests::univrs_bin;
 
 /// Container starts hold it shared; removing the shared `/univrs` cgroup parent holds it
 /// exclusively, so a parent is never removed under a container being created.
@@ -27,56 +29,6 @@ static CGROUP_PARENTS: RwLock<()> = RwLock::new(());
 const STATE_PREFIX: &str = "univrs-rt-";
 
 /// The repository root.
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-/// The `univrs` binary (it holds the shim), built once per test binary with the same profile
-/// as the tests (`UNIVRS_BIN` overrides it).
-fn univrs_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| match std::env::var_os("UNIVRS_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => build_univrs(),
-    })
-}
-
-fn build_univrs() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    // The variables cargo sets for a test process would make build scripts that watch them
-    // rebuild on every run.
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd
-        .args([
-            "build",
-            "-p",
-            "univrs",
-            "--bin",
-            "univrs",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(repo_root())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running cargo build -p univrs");
-    assert!(out.status.success(), "cargo build -p univrs failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v.get("executable")?.as_str().map(PathBuf::from))
-        .next_back()
-        .expect("cargo reported the univrs executable")
-}
-
 /// Debian's statically linked busybox.
 fn busybox() -> PathBuf {
     let p = PathBuf::from("/bin/busybox");
