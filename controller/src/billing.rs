@@ -24,6 +24,8 @@ pub struct Charge {
     pub id: String,
     /// What an id of an earlier attempt at this same charge starts with.
     pub id_prefix: String,
+    /// The billed mark it starts from.
+    pub from: InstanceUsage,
     /// The new billed mark once paid.
     pub to: InstanceUsage,
 }
@@ -66,14 +68,14 @@ pub fn charge(
         return Ok(None);
     };
     // A report for an earlier placement (the instance moved since) is not this placement's.
-    if usage.node != *node || usage.placed_at != *placed_at {
+    if !usage.is_for(Some(node), Some(placed_at)) {
         return Ok(None);
     }
     let zero = InstanceUsage::zero(node.clone(), placed_at.clone());
     let from = inst
         .billed
         .as_ref()
-        .filter(|b| b.node == *node && b.placed_at == *placed_at)
+        .filter(|b| b.is_for(Some(node), Some(placed_at)))
         .unwrap_or(&zero)
         .clone();
     // Counters only grow; a smaller report (an agent that lost its counters) bills nothing
@@ -99,6 +101,7 @@ pub fn charge(
         amount,
         id: format!("{id_prefix}{}/{amount}", mark(&to)),
         id_prefix,
+        from,
         to,
     }))
 }

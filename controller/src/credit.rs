@@ -135,7 +135,6 @@ pub enum PayError {
 pub async fn pay(
     ctx: &Context,
     owner: &Account,
-    from: &InstanceUsage,
     charge: &Charge,
 ) -> Result<(InstanceUsage, i64), PayError> {
     let node = Account::node(&charge.node);
@@ -163,7 +162,7 @@ pub async fn pay(
         };
         let earlier = cl.status.iter().flat_map(|s| &s.recent_transfer_ids);
         for id in earlier {
-            if let Some(done) = crate::billing::mark_from_id(id, &charge.id_prefix, from) {
+            if let Some(done) = crate::billing::mark_from_id(id, &charge.id_prefix, &charge.from) {
                 return Ok(done);
             }
         }

@@ -269,14 +269,7 @@ async fn bill(wl: &Workload, ctx: &Context, metered: bool) -> Result<Billing, Er
         if out.exhausted.is_some() {
             continue;
         }
-        let from = inst
-            .billed
-            .clone()
-            .filter(|b| charge.to.node == b.node && charge.to.placed_at == b.placed_at)
-            .unwrap_or_else(|| {
-                InstanceUsage::zero(charge.to.node.clone(), charge.to.placed_at.clone())
-            });
-        match credit::pay(ctx, &owner, &from, &charge).await {
+        match credit::pay(ctx, &owner, &charge).await {
             Ok((mark, amount)) => {
                 out.marks.insert(inst.name.clone(), mark);
                 out.spent = out.spent.saturating_add(amount);
@@ -406,9 +399,7 @@ fn status_patch(wl: &Workload, plan: &Plan, bills: &Billing, now: Timestamp) -> 
                         .get(i.name.as_str())
                         .and_then(|a| a.billed.clone())
                 })
-                .filter(|b| {
-                    Some(&b.node) == i.node.as_ref() && Some(&b.placed_at) == i.placed_at.as_ref()
-                });
+                .filter(|b| b.is_for(i.node.as_ref(), i.placed_at.as_ref()));
             owned_fields(&Instance {
                 billed,
                 ..i.clone()

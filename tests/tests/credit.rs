@@ -1,13 +1,13 @@
 //! The mutual-credit ledger on the real API server: transfers applied exactly once under
 //! concurrency, limits held, balances summing to zero, and the CreditLine reconciler's view.
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, PostParams};
 use std::time::{Duration, Instant};
 use univrs_api::identity::NodeIdentity;
 use univrs_api::ledger::{Applied, Ledger, Line, Transfer};
 use univrs_api::{Account, CreditLine, Node};
 use univrs_controller::credit::{TransferError, apply_transfer};
+use univrs_tests::cluster::{ensure_namespace, node_object};
 use univrs_tests::{ControlPlane, Guarded, run, univrs_bin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,26 +15,13 @@ async fn concurrent_transfers_apply_exactly_once_within_the_limit() {
     let cp = ControlPlane::shared();
     let client = cp.client().await.unwrap();
     for name in ["portal", "univrs-system"] {
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
+        ensure_namespace(&client, name).await;
     }
-    let id = NodeIdentity::generate().public();
-    let node: Node = serde_json::from_value(serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1", "kind": "Node", "metadata": {"name": "library"},
-        "spec": {"peerId": id.peer_id(), "did": id.did(), "capacity": {"cpu": "4", "memory": "8Gi"}}
-    }))
-    .unwrap();
     Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node)
+        .create(
+            &PostParams::default(),
+            &node_object("library", &[], &NodeIdentity::generate()),
+        )
         .await
         .unwrap();
     let lines: Api<CreditLine> = Api::all(client.clone());

@@ -484,6 +484,11 @@ pub enum InstancePhase {
 }
 
 impl InstanceUsage {
+    /// Whether this usage belongs to the placement on `node` at `placed_at`.
+    pub fn is_for(&self, node: Option<&String>, placed_at: Option<&Time>) -> bool {
+        node == Some(&self.node) && placed_at == Some(&self.placed_at)
+    }
+
     /// Nothing used yet by the placement on `node` at `placed_at`.
     pub fn zero(node: impl Into<String>, placed_at: Time) -> Self {
         Self {
