@@ -1,5 +1,6 @@
-//! Univrs node agent. Today: the node's key file. The agent proper (Node object, Lease,
-//! containers through youki, the libp2p mesh) arrives with the node-agent issue.
+//! Univrs node agent: the node's identity on disk, containers through youki (in per-container
+//! shims), and the agent that runs the instances placed on its node.
 
+pub mod agent;
 pub mod keyfile;
 pub mod runtime;

@@ -12,6 +12,7 @@
 //! directories of test binaries that are gone are removed by the next run.
 #![allow(unsafe_code)]
 
+pub mod agent;
 pub mod cluster;
 
 use anyhow::{Context, Result, bail};

@@ -61,6 +61,19 @@ pub enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Run this machine's node agent: its Node object and Lease, and the instances placed on it
+    /// as real containers. Containers keep running when the agent stops; it re-adopts them.
+    Agent(AgentArgs),
+    /// Remove everything a stopped agent left on this machine: its containers (killed), their
+    /// root filesystems and networks, and its cgroups. The identity key stays.
+    Reset {
+        /// The agent's data directory.
+        #[arg(long, default_value = "/var/lib/univrs/agent")]
+        data_dir: PathBuf,
+        /// The agent's node name [default: NODE_NAME, else the host name].
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+    },
     /// Run the pinned kubectl against the local control plane (KUBECONFIG, if set, wins).
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -133,4 +146,52 @@ pub enum IdentityCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `univrs agent …`
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Kubeconfig to use [default: KUBECONFIG, ~/.kube/config, or in-cluster].
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Identity key, container state, images and instance records (at most 40 bytes long).
+    #[arg(long, default_value = "/var/lib/univrs/agent")]
+    pub data_dir: PathBuf,
+    /// The Node's name [default: NODE_NAME, else the host name].
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// A label for the Node (repeatable): `--label univrs.io/org=library`.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// CPU to offer (`2`, `1500m`) [default: every online CPU].
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Memory to offer (`4Gi`) [default: all of the machine's memory].
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// GPUs to offer [default: the NVIDIA devices found].
+    #[arg(long)]
+    pub gpu: Option<i32>,
+    /// How long the node's Lease lasts without renewal (renewed every third of it).
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    pub lease_duration: std::time::Duration,
+    /// How often metered usage alone is written to Workload status.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub usage_interval: std::time::Duration,
+    /// First delay before restarting a crashed container; doubles per crash up to 5 minutes.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub restart_backoff: std::time::Duration,
+    /// Log as JSON lines instead of text (the level comes from RUST_LOG).
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} must look like key=value"))?;
+    if k.is_empty() {
+        return Err(format!("label {s:?} has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }

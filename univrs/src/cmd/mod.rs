@@ -1,5 +1,6 @@
 //! What each subcommand does; `main` only dispatches here.
 
+mod agent;
 mod control_plane;
 mod controller;
 mod crds;
@@ -29,6 +30,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             write_kubeconfig,
             bin_dir,
         ),
+        Command::Agent(args) => agent::run(args),
+        Command::Reset {
+            data_dir,
+            node_name,
+        } => agent::reset(data_dir, node_name),
         Command::Kubectl { args } => kubectl::run(args),
         Command::Shim { command } => shim::run(command),
         Command::Controller {

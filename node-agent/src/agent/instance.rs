@@ -1,0 +1,761 @@
+//! One task per instance on this node: from what should run (its [`DesiredInstance`]) to what
+//! runs — images, network, containers through the runtime, restarts with backoff, probes,
+//! usage — and, when it should no longer run, a graceful stop and a full clean-up.
+//!
+//! Runtime calls block briefly (files, process spawns), so they go to blocking threads; the
+//! runtime itself never forks this process (see [`crate::runtime`]).
+
+use super::desired::{DesiredInstance, container_hash, container_id};
+use super::probe::{self, ProbeState, Target};
+use super::record::{ContainerRecord, InstanceRecord, Records};
+use super::report::{InstanceReport, Reports};
+use super::sandbox::{Image, Sandbox};
+use crate::runtime::{ContainerConfig, ContainerState, ExitRecord, RuntimeClient, RuntimeError};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::{Event, EventType, Recorder};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use univrs_api::resources::workload::{
+    Container, InstancePhase, InstanceUsage, RestartPolicy, WorkloadSpec,
+};
+
+/// How often a supervisor looks at its containers.
+const TICK: Duration = Duration::from_millis(500);
+/// How often usage is saved to the record (it is reported more often from memory).
+const SAVE_EVERY: Duration = Duration::from_secs(10);
+/// A run this long resets the crash backoff (as kubelet does after 10 minutes).
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+
+/// What every supervisor shares.
+#[derive(Clone)]
+pub struct Deps {
+    /// This node's name.
+    pub node: String,
+    /// The container runtime.
+    pub runtime: RuntimeClient,
+    /// Images and networks.
+    pub sandbox: Arc<Sandbox>,
+    /// Instance records on disk.
+    pub records: Records,
+    /// Where supervisors report.
+    pub reports: Reports,
+    /// Events on Workloads.
+    pub recorder: Recorder,
+    /// First restart delay; doubles per consecutive crash.
+    pub backoff_base: Duration,
+    /// Longest restart delay.
+    pub backoff_max: Duration,
+}
+
+/// A container's life in memory (what is not worth persisting).
+#[derive(Default)]
+struct Run {
+    image: Option<Image>,
+    started: Option<Instant>,
+    pid: Option<i32>,
+    next_start: Option<Instant>,
+    crashes: u32,
+    liveness: Option<ProbeState>,
+    readiness: Option<ProbeState>,
+    waiting: Option<String>,
+    last_sample: Option<Instant>,
+    creating: bool,
+}
+
+/// Supervises one instance until it is no longer desired and is cleaned up.
+pub async fn supervise(
+    deps: Arc<Deps>,
+    mut rec: InstanceRecord,
+    mut desired: watch::Receiver<Option<DesiredInstance>>,
+) {
+    let reference = ObjectReference {
+        api_version: Some("univrs.io/v1alpha1".into()),
+        kind: Some("Workload".into()),
+        name: Some(rec.workload.clone()),
+        namespace: Some(rec.namespace.clone()),
+        uid: Some(rec.uid.clone()),
+        ..Default::default()
+    };
+    let mut sup = Supervisor {
+        deps,
+        runs: BTreeMap::new(),
+        reference,
+        last_save: Instant::now(),
+        last_spec: None,
+    };
+    loop {
+        let want = desired.borrow_and_update().clone();
+        match want {
+            Some(d) => {
+                sup.last_spec = Some(d.spec.clone());
+                sup.step(&mut rec, &d.spec).await;
+            }
+            None => {
+                sup.shut_down(&mut rec).await;
+                return;
+            }
+        }
+        tokio::select! {
+            r = desired.changed() => {
+                if r.is_err() {
+                    // The agent is exiting: containers keep running and are re-adopted.
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+struct Supervisor {
+    deps: Arc<Deps>,
+    runs: BTreeMap<String, Run>,
+    reference: ObjectReference,
+    last_save: Instant,
+    last_spec: Option<Arc<WorkloadSpec>>,
+}
+
+/// Runs a blocking runtime call on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn time_from_ms(ms: u64) -> Option<Time> {
+    Timestamp::from_millisecond(ms as i64).ok().map(Time)
+}
+
+impl Supervisor {
+    async fn event(&self, type_: EventType, reason: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.deps.recorder.publish(&ev, &self.reference).await {
+            tracing::debug!(error = %e, reason, "could not publish an Event");
+        }
+    }
+
+    fn save(&mut self, rec: &InstanceRecord) {
+        if let Err(e) = self.deps.records.save(rec) {
+            tracing::warn!(instance = %rec.id, "saving the instance record: {e}");
+        }
+        self.last_save = Instant::now();
+    }
+
+    /// One look at every container: start, sample, probe, restart.
+    async fn step(&mut self, rec: &mut InstanceRecord, spec: &WorkloadSpec) {
+        let mut dirty = false;
+        // Containers removed from the spec are stopped.
+        let names: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
+        let gone: Vec<String> = rec
+            .containers
+            .keys()
+            .filter(|n| !names.contains(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(c) = rec.containers.remove(&name) {
+                self.remove_container(&c.id, grace(spec)).await;
+                self.runs.remove(&name);
+                dirty = true;
+            }
+        }
+        if rec.ip.is_none() && self.deps.sandbox.has_network() {
+            match self.setup_network(rec, spec).await {
+                Ok(ip) => {
+                    rec.ip = Some(ip.to_string());
+                    dirty = true;
+                }
+                Err(e) => {
+                    let msg = format!("setting up the network: {e}");
+                    self.report(rec, spec, Some(msg.clone()), false);
+                    self.event(EventType::Warning, "FailedNetwork", msg).await;
+                    return;
+                }
+            }
+        }
+        for c in &spec.containers {
+            dirty |= self.step_container(rec, spec, c).await;
+        }
+        if dirty || self.last_save.elapsed() >= SAVE_EVERY {
+            self.save(rec);
+        }
+        self.report(rec, spec, None, false);
+    }
+
+    async fn setup_network(
+        &self,
+        rec: &InstanceRecord,
+        spec: &WorkloadSpec,
+    ) -> Result<IpAddr, String> {
+        let sandbox = self.deps.sandbox.clone();
+        let id = rec.id.clone();
+        let ports: Vec<_> = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().cloned())
+            .collect();
+        blocking(move || sandbox.network_up(&id, &ports)).await
+    }
+
+    /// Returns whether the record changed.
+    async fn step_container(
+        &mut self,
+        rec: &mut InstanceRecord,
+        spec: &WorkloadSpec,
+        c: &Container,
+    ) -> bool {
+        let cid = container_id(&rec.id, &c.name);
+        let hash = container_hash(c);
+        let mut dirty = false;
+        let entry = rec
+            .containers
+            .entry(c.name.clone())
+            .or_insert_with(|| ContainerRecord {
+                id: cid.clone(),
+                hash: hash.clone(),
+                ..Default::default()
+            });
+        if entry.hash != hash {
+            // The spec changed: the container is recreated (not counted as a restart).
+            let old = entry.id.clone();
+            entry.hash = hash;
+            entry.id = cid.clone();
+            entry.cpu_usec_done += std::mem::take(&mut entry.cpu_usec_run);
+            entry.started_at_ms = None;
+            entry.finished = None;
+            self.runs.remove(&c.name);
+            self.event(
+                EventType::Normal,
+                "Killing",
+                format!(
+                    "container {} of {}: its spec changed; recreating it",
+                    c.name, rec.instance
+                ),
+            )
+            .await;
+            self.remove_container(&old, grace(spec)).await;
+            dirty = true;
+        }
+        if entry.finished.is_some() {
+            return dirty;
+        }
+        let rt = self.deps.runtime.clone();
+        let id = cid.clone();
+        let state = blocking(move || rt.state(&id)).await;
+        let run = self.runs.entry(c.name.clone()).or_default();
+        match state {
+            Err(RuntimeError::NotFound(_)) => {
+                run.pid = None;
+                if run.next_start.is_none_or(|t| Instant::now() >= t) {
+                    dirty |= self.start(rec, spec, c).await;
+                }
+            }
+            Err(e) => {
+                run.waiting = Some(format!("reading container {cid}: {e}"));
+            }
+            Ok(ContainerState::Creating { .. }) => {
+                run.creating = true;
+            }
+            Ok(ContainerState::Running { pid, .. }) => {
+                run.creating = false;
+                run.pid = Some(pid);
+                run.waiting = None;
+                if run.started.is_none() {
+                    // Re-adopted after an agent restart.
+                    run.started = Some(Instant::now());
+                    run.liveness = c
+                        .liveness_probe
+                        .as_ref()
+                        .map(|p| ProbeState::new(p, Instant::now()));
+                    run.readiness = c
+                        .readiness_probe
+                        .as_ref()
+                        .map(|p| ProbeState::new(p, Instant::now()));
+                }
+                self.sample(rec, c, &cid, spec).await;
+                self.probe(rec, c, &cid, pid, spec).await;
+            }
+            Ok(ContainerState::Exited(exit)) => {
+                dirty = true;
+                self.exited(rec, spec, c, &cid, exit).await;
+            }
+            Ok(ContainerState::Lost { .. }) => {
+                dirty = true;
+                let exit = ExitRecord {
+                    code: 137,
+                    signal: None,
+                    oom_killed: false,
+                    killed_after_grace: false,
+                    error: Some("the container's shim was lost".into()),
+                    cleanup_error: None,
+                    finished_at_ms: now_ms(),
+                };
+                self.exited(rec, spec, c, &cid, exit).await;
+            }
+        }
+        dirty
+    }
+
+    /// Samples CPU and memory of a running container into the record.
+    async fn sample(
+        &mut self,
+        rec: &mut InstanceRecord,
+        c: &Container,
+        cid: &str,
+        spec: &WorkloadSpec,
+    ) {
+        let rt = self.deps.runtime.clone();
+        let id = cid.to_string();
+        let Ok(usage) = blocking(move || rt.usage(&id)).await else {
+            return;
+        };
+        let now = Instant::now();
+        let run = self.runs.entry(c.name.clone()).or_default();
+        let dt = run
+            .last_sample
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        run.last_sample = Some(now);
+        rec.memory_mib_seconds += usage.memory_bytes as f64 / (1024.0 * 1024.0) * dt;
+        let gpus = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref().or(r.requests.as_ref()))
+            .and_then(|l| l.gpu)
+            .unwrap_or(0);
+        rec.gpu_seconds += f64::from(gpus.max(0)) * dt;
+        if let Some(entry) = rec.containers.get_mut(&c.name) {
+            // Cumulative within one run; a new run starts from zero again.
+            entry.cpu_usec_run = entry.cpu_usec_run.max(usage.cpu_usec);
+        }
+        let _ = spec;
+    }
+
+    async fn probe(
+        &mut self,
+        rec: &InstanceRecord,
+        c: &Container,
+        cid: &str,
+        pid: i32,
+        spec: &WorkloadSpec,
+    ) {
+        let target = Target {
+            pid,
+            ip: rec.ip.as_deref().and_then(|s| s.parse().ok()),
+        };
+        let now = Instant::now();
+        let run = self.runs.entry(c.name.clone()).or_default();
+        if let (Some(p), Some(state)) = (c.readiness_probe.as_ref(), run.readiness.as_mut())
+            && state.due(now)
+        {
+            let result = probe::run_once(p, target).await;
+            state.record(p, now, result);
+        }
+        let run = self.runs.entry(c.name.clone()).or_default();
+        if let (Some(p), Some(state)) = (c.liveness_probe.as_ref(), run.liveness.as_mut())
+            && state.due(now)
+        {
+            let result = probe::run_once(p, target).await;
+            state.record(p, now, result);
+            if state.healthy == Some(false) {
+                let why = state.last_error.clone().unwrap_or_default();
+                // Stop it; the exit path restarts it per policy.
+                run.liveness = None;
+                let rt = self.deps.runtime.clone();
+                let id = cid.to_string();
+                let g = grace(spec);
+                let _ = blocking(move || rt.request_stop(&id, g)).await;
+                self.event(
+                    EventType::Warning,
+                    "Unhealthy",
+                    format!(
+                        "liveness probe of {} in {} failed: {why}; restarting it",
+                        c.name, rec.instance
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Pulls, prepares and starts container `c`. Returns whether the record changed.
+    async fn start(
+        &mut self,
+        rec: &mut InstanceRecord,
+        spec: &WorkloadSpec,
+        c: &Container,
+    ) -> bool {
+        let cid = container_id(&rec.id, &c.name);
+        let image = match self.runs.get(&c.name).and_then(|r| r.image.clone()) {
+            Some(i) => i,
+            None => {
+                self.runs.entry(c.name.clone()).or_default().waiting =
+                    Some(format!("pulling image {}", c.image));
+                self.report(rec, spec, None, false);
+                let sandbox = self.deps.sandbox.clone();
+                match sandbox.pull(&c.image).await {
+                    Ok(i) => {
+                        self.event(
+                            EventType::Normal,
+                            "Pulled",
+                            format!(
+                                "image {} ({}) for {} in {}",
+                                c.image,
+                                i.digest(),
+                                c.name,
+                                rec.instance
+                            ),
+                        )
+                        .await;
+                        self.runs.entry(c.name.clone()).or_default().image = Some(i.clone());
+                        i
+                    }
+                    Err(e) => {
+                        let msg = format!("pulling image {}: {e}", c.image);
+                        self.failed_start(rec, c, msg, "ErrImagePull").await;
+                        return true;
+                    }
+                }
+            }
+        };
+        let sandbox = self.deps.sandbox.clone();
+        let rt = self.deps.runtime.clone();
+        let cfg_id = cid.clone();
+        let hostname = rec.instance.clone();
+        let c2 = c.clone();
+        let netns = self.deps.sandbox.netns_path(&rec.id);
+        let g = grace(spec);
+        let started = blocking(move || -> Result<i32, String> {
+            let rootfs = sandbox.rootfs(&image, &cfg_id)?;
+            let process = sandbox.process(&image, &c2);
+            let mut cfg = ContainerConfig::new(cfg_id.clone(), rootfs, process.args);
+            cfg.env = process.env;
+            cfg.cwd = process.cwd;
+            cfg.hostname = Some(hostname);
+            cfg.netns = netns;
+            if let Some(limits) = c2.resources.as_ref().and_then(|r| r.limits.as_ref()) {
+                cfg.cpu_millis = limits.cpu.as_ref().and_then(|q| q.to_milli().ok());
+                cfg.memory_bytes = limits.memory.as_ref().and_then(|q| q.to_units().ok());
+            }
+            // A leftover bundle of an earlier run would make the start fail.
+            rt.delete(&cfg_id).map_err(|e| e.to_string())?;
+            rt.start(&cfg, g)
+                .map(|h| h.pid())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match started {
+            Ok(pid) => {
+                let now = Instant::now();
+                let run = self.runs.entry(c.name.clone()).or_default();
+                run.pid = Some(pid);
+                run.started = Some(now);
+                run.waiting = None;
+                run.last_sample = None;
+                run.liveness = c.liveness_probe.as_ref().map(|p| ProbeState::new(p, now));
+                run.readiness = c.readiness_probe.as_ref().map(|p| ProbeState::new(p, now));
+                if let Some(e) = rec.containers.get_mut(&c.name) {
+                    e.started_at_ms = Some(now_ms());
+                    e.cpu_usec_run = 0;
+                }
+                self.event(
+                    EventType::Normal,
+                    "Started",
+                    format!(
+                        "container {} of {} on {}",
+                        c.name, rec.instance, self.deps.node
+                    ),
+                )
+                .await;
+                true
+            }
+            Err(e) => {
+                let msg = format!("starting container {}: {e}", c.name);
+                self.failed_start(rec, c, msg, "Failed").await;
+                true
+            }
+        }
+    }
+
+    async fn failed_start(
+        &mut self,
+        rec: &mut InstanceRecord,
+        c: &Container,
+        msg: String,
+        reason: &str,
+    ) {
+        let delay = self.next_backoff(&c.name);
+        let run = self.runs.entry(c.name.clone()).or_default();
+        run.waiting = Some(format!("{msg}; retrying in {}s", delay.as_secs()));
+        self.event(
+            EventType::Warning,
+            reason,
+            format!("{msg} (in {})", rec.instance),
+        )
+        .await;
+    }
+
+    /// The next restart delay of container `name` (and counts the crash).
+    fn next_backoff(&mut self, name: &str) -> Duration {
+        let base = self.deps.backoff_base;
+        let max = self.deps.backoff_max;
+        let run = self.runs.entry(name.to_string()).or_default();
+        if run
+            .started
+            .is_some_and(|s| s.elapsed() >= BACKOFF_RESET_AFTER)
+        {
+            run.crashes = 0;
+        }
+        let delay = base
+            .checked_mul(1u32 << run.crashes.min(16))
+            .unwrap_or(max)
+            .min(max);
+        run.crashes += 1;
+        run.next_start = Some(Instant::now() + delay);
+        delay
+    }
+
+    async fn exited(
+        &mut self,
+        rec: &mut InstanceRecord,
+        spec: &WorkloadSpec,
+        c: &Container,
+        cid: &str,
+        exit: ExitRecord,
+    ) {
+        self.cleanup_container(cid).await;
+        let Some(entry) = rec.containers.get_mut(&c.name) else {
+            return;
+        };
+        entry.cpu_usec_done += std::mem::take(&mut entry.cpu_usec_run);
+        entry.started_at_ms = None;
+        let restart = match spec.restart_policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => exit.code != 0,
+            RestartPolicy::Never => false,
+        };
+        let what = describe_exit(&exit);
+        if !restart {
+            entry.finished = Some(exit.code);
+            self.runs.remove(&c.name);
+            self.event(
+                if exit.code == 0 {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
+                "Completed",
+                format!(
+                    "container {} of {} {what}; not restarted (restartPolicy {:?})",
+                    c.name, rec.instance, spec.restart_policy
+                ),
+            )
+            .await;
+            return;
+        }
+        entry.restarts += 1;
+        let delay = self.next_backoff(&c.name);
+        let run = self.runs.entry(c.name.clone()).or_default();
+        run.pid = None;
+        run.started = None;
+        run.waiting = Some(format!(
+            "back-off {}s restarting container {}: it {what}",
+            delay.as_secs(),
+            c.name
+        ));
+        self.event(
+            EventType::Warning,
+            "BackOff",
+            format!(
+                "container {} of {} {what}; restarting in {}s",
+                c.name,
+                rec.instance,
+                delay.as_secs()
+            ),
+        )
+        .await;
+    }
+
+    /// Removes an exited container's runtime state and root filesystem.
+    async fn cleanup_container(&self, cid: &str) {
+        let rt = self.deps.runtime.clone();
+        let sandbox = self.deps.sandbox.clone();
+        let id = cid.to_string();
+        let result = blocking(move || {
+            rt.delete(&id).map_err(|e| e.to_string())?;
+            sandbox.remove_rootfs(&id)
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(container = cid, "cleaning up: {e}");
+        }
+    }
+
+    /// Stops a container gracefully, then removes it.
+    async fn remove_container(&self, cid: &str, grace: Duration) {
+        let rt = self.deps.runtime.clone();
+        let id = cid.to_string();
+        let _ = blocking(move || match rt.stop(&id, grace) {
+            Ok(_) | Err(RuntimeError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(container = %id, "stopping: {e}"),
+        })
+        .await;
+        self.cleanup_container(cid).await;
+    }
+
+    /// Stops every container (in parallel, each with the grace period), releases the network
+    /// and forgets the instance.
+    async fn shut_down(&mut self, rec: &mut InstanceRecord) {
+        let spec = self.last_spec.clone();
+        let g = spec.as_deref().map_or(Duration::from_secs(30), grace);
+        if let Some(spec) = spec.as_deref() {
+            self.report(rec, spec, Some("stopping".into()), true);
+        }
+        if !rec.containers.is_empty() {
+            self.event(
+                EventType::Normal,
+                "Killing",
+                format!(
+                    "stopping {} on {} (grace {}s)",
+                    rec.instance,
+                    self.deps.node,
+                    g.as_secs()
+                ),
+            )
+            .await;
+        }
+        let stops = rec
+            .containers
+            .values()
+            .map(|c| self.remove_container(&c.id, g));
+        futures::future::join_all(stops).await;
+        let sandbox = self.deps.sandbox.clone();
+        let id = rec.id.clone();
+        if let Err(e) = blocking(move || sandbox.network_down(&id)).await {
+            tracing::warn!(instance = %rec.id, "releasing the network: {e}");
+        }
+        if let Err(e) = self.deps.records.remove(&rec.id) {
+            tracing::warn!(instance = %rec.id, "removing the record: {e}");
+        }
+        self.deps.reports.remove(&rec.id);
+    }
+
+    /// Publishes the agent's view of the instance.
+    fn report(
+        &self,
+        rec: &InstanceRecord,
+        spec: &WorkloadSpec,
+        message: Option<String>,
+        stopping: bool,
+    ) {
+        let mut waiting = None;
+        let mut all_running = !spec.containers.is_empty();
+        let mut any_running = false;
+        let mut all_finished = !spec.containers.is_empty();
+        let mut all_succeeded = true;
+        let mut ready = true;
+        let mut started_at: Option<u64> = None;
+        let mut restarts = 0;
+        let mut cpu_usec = 0u64;
+        for c in &spec.containers {
+            let entry = rec.containers.get(&c.name);
+            let run = self.runs.get(&c.name);
+            restarts += entry.map_or(0, |e| e.restarts);
+            cpu_usec += entry.map_or(0, |e| e.cpu_usec_done + e.cpu_usec_run);
+            let running = run.is_some_and(|r| r.pid.is_some());
+            any_running |= running || run.is_some_and(|r| r.creating);
+            all_running &= running;
+            match entry.and_then(|e| e.finished) {
+                Some(code) => all_succeeded &= code == 0,
+                None => all_finished = false,
+            }
+            let probe_ok =
+                run.is_some_and(|r| r.readiness.as_ref().is_none_or(|p| p.healthy == Some(true)));
+            ready &= running && probe_ok;
+            if running && let Some(ms) = entry.and_then(|e| e.started_at_ms) {
+                started_at = Some(started_at.map_or(ms, |s| s.max(ms)));
+            }
+            if waiting.is_none() {
+                waiting = run.and_then(|r| r.waiting.clone());
+                if waiting.is_none() && running && !probe_ok {
+                    waiting = run
+                        .and_then(|r| r.readiness.as_ref())
+                        .and_then(|p| p.last_error.clone())
+                        .map(|e| format!("readiness probe of {}: {e}", c.name));
+                }
+            }
+        }
+        let phase = if stopping {
+            InstancePhase::Terminating
+        } else if all_finished {
+            if all_succeeded {
+                InstancePhase::Succeeded
+            } else {
+                InstancePhase::Failed
+            }
+        } else if all_running {
+            InstancePhase::Running
+        } else if any_running {
+            InstancePhase::Starting
+        } else {
+            InstancePhase::Pending
+        };
+        let report = InstanceReport {
+            namespace: rec.namespace.clone(),
+            workload: rec.workload.clone(),
+            instance: rec.instance.clone(),
+            phase,
+            ready: ready && !stopping,
+            restarts,
+            started_at: if all_running {
+                started_at.and_then(time_from_ms)
+            } else {
+                None
+            },
+            message: message.or(waiting),
+            usage: InstanceUsage {
+                node: self.deps.node.clone(),
+                placed_at: rec.placed_at.clone(),
+                cpu_millicore_seconds: (cpu_usec / 1000) as i64,
+                memory_mib_seconds: rec.memory_mib_seconds as i64,
+                gpu_seconds: rec.gpu_seconds as i64,
+            },
+        };
+        self.deps.reports.set(&rec.id, report);
+    }
+}
+
+/// The Workload's termination grace period.
+fn grace(spec: &WorkloadSpec) -> Duration {
+    Duration::from_secs(spec.termination_grace_period_seconds.max(0) as u64)
+}
+
+/// "exited with code 1 (OOMKilled)", for messages and Events.
+fn describe_exit(exit: &ExitRecord) -> String {
+    let mut s = match (&exit.error, exit.signal) {
+        (Some(e), _) => format!("failed: {e}"),
+        (None, Some(sig)) => format!("was killed by signal {sig} (exit code {})", exit.code),
+        (None, None) => format!("exited with code {}", exit.code),
+    };
+    if exit.oom_killed {
+        s.push_str(" (OOMKilled: it exceeded its memory limit)");
+    }
+    s
+}

@@ -1,0 +1,372 @@
+//! `univrs agent`: one node's agent. It registers its Node object, renews its Lease, runs the
+//! instances the controller places on it as real containers and reports how they do.
+//!
+//! Writers (one field manager each, `univrs-agent-<node>`): the Node's spec identity, capacity,
+//! addresses and machine labels; the node's Lease; in each Workload's status, the
+//! `phase`, `ready`, `restarts`, `startedAt`, `message` and `usage` of the instances on this
+//! node. The controller owns everything else.
+//!
+//! A restarted agent re-adopts what runs: containers keep running while the agent is down,
+//! the records under `<data>/instances` say which instance each belongs to, and containers no
+//! record claims are removed.
+
+pub mod capacity;
+pub mod desired;
+mod instance;
+pub mod lease;
+pub mod node;
+pub mod probe;
+pub mod record;
+pub mod report;
+pub mod sandbox;
+pub mod status;
+
+use crate::runtime::RuntimeClient;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use univrs_api::resources::node::Node;
+use univrs_api::resources::workload::Workload;
+
+use desired::DesiredInstance;
+use record::{InstanceRecord, Records};
+use report::Reports;
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The Node's name (also the cgroup parent and the Lease name).
+    pub node_name: String,
+    /// Where the identity, containers, images and records live.
+    pub data_dir: PathBuf,
+    /// Labels to set on the Node (`--label k=v`).
+    pub labels: BTreeMap<String, String>,
+    /// Capacity overrides.
+    pub capacity: capacity::CapacityOverrides,
+    /// Addresses peers reach this node at.
+    pub multiaddrs: Vec<String>,
+    /// The Lease duration (renewed every third of it).
+    pub lease_duration: Duration,
+    /// How often usage alone is written to Workload status.
+    pub usage_interval: Duration,
+    /// First restart delay of a crashing container (doubling up to `backoff_max`).
+    pub backoff_base: Duration,
+    /// Longest restart delay.
+    pub backoff_max: Duration,
+    /// The binary holding `univrs shim` (the running `univrs` binary).
+    pub shim_bin: PathBuf,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The identity key could not be loaded or created.
+    #[error("identity: {0}")]
+    Identity(#[from] crate::keyfile::KeyFileError),
+    /// A Kubernetes API call failed.
+    #[error("{context}: {source}")]
+    Kube {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: kube::Error,
+    },
+    /// Another machine's identity holds this node name.
+    #[error(
+        "Node {name} belongs to another identity (peer {peer_id}); choose another --node-name, or delete that Node if the machine is gone for good"
+    )]
+    NameTaken {
+        /// The node name.
+        name: String,
+        /// The identity that holds it.
+        peer_id: String,
+    },
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// A local file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl AgentError {
+    fn kube(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Kube { context, source }
+    }
+}
+
+/// The longest data directory path: container ids are up to 46 characters and the runtime's
+/// socket paths must fit in 108 bytes.
+const MAX_DATA_DIR: usize = 40;
+
+/// Runs the agent until `shutdown` resolves. Containers keep running after it returns.
+pub async fn run(
+    client: kube::Client,
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    crate::runtime::validate_agent_name(&cfg.node_name).map_err(AgentError::Invalid)?;
+    let data_dir = std::path::absolute(&cfg.data_dir).map_err(|source| AgentError::Io {
+        context: format!("resolving {}", cfg.data_dir.display()),
+        source,
+    })?;
+    if data_dir.as_os_str().len() > MAX_DATA_DIR {
+        return Err(AgentError::Invalid(format!(
+            "--data-dir {} is {} bytes long; use a path of at most {MAX_DATA_DIR} (container socket paths must fit in 108 bytes)",
+            data_dir.display(),
+            data_dir.as_os_str().len()
+        )));
+    }
+    std::fs::create_dir_all(&data_dir).map_err(|source| AgentError::Io {
+        context: format!("creating {}", data_dir.display()),
+        source,
+    })?;
+    let identity = crate::keyfile::load_or_generate(&data_dir.join("identity.key"))?;
+    let manager = status::field_manager(&cfg.node_name);
+
+    let mut labels = node::machine_labels();
+    labels.extend(cfg.labels.clone());
+    let facts = node::NodeFacts {
+        name: cfg.node_name.clone(),
+        identity: identity.public(),
+        capacity: capacity::detect(&cfg.capacity),
+        labels,
+        multiaddrs: cfg.multiaddrs.clone(),
+    };
+    let nodes: Api<Node> = Api::all(client.clone());
+    node::register(&nodes, &manager, &facts).await?;
+    tracing::info!(node = %cfg.node_name, peer_id = %facts.identity.peer_id(), cpu = %facts.capacity.cpu.0, memory = %facts.capacity.memory.0, "registered the Node");
+    let lease = tokio::spawn(lease::renew_forever(
+        client.clone(),
+        cfg.node_name.clone(),
+        manager.clone(),
+        cfg.lease_duration,
+    ));
+
+    let runtime = RuntimeClient::new(&cfg.shim_bin, data_dir.join("runtime"), &cfg.node_name)
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let reports = Reports::default();
+    let deps = Arc::new(instance::Deps {
+        node: cfg.node_name.clone(),
+        runtime: runtime.clone(),
+        sandbox: Arc::new(sandbox::Sandbox {}),
+        records: Records::new(data_dir.join("instances")),
+        reports: reports.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "univrs-agent".into(),
+                instance: Some(cfg.node_name.clone()),
+            },
+        ),
+        backoff_base: cfg.backoff_base,
+        backoff_max: cfg.backoff_max,
+    });
+
+    // Every Workload, cached; the agent acts only once the cache has listed them all, so a
+    // restart never mistakes an empty cache for "nothing should run here".
+    let workloads: Api<Workload> = Api::all(client.clone());
+    let (store, writer) = reflector::store();
+    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let watch_task = tokio::spawn(async move {
+        let stream = reflector(writer, watcher(workloads, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects();
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::warn!("watching Workloads: {e}");
+            }
+            let _ = wake_tx.try_send(());
+        }
+    });
+    let _ = store.wait_until_ready().await;
+
+    let writer = status::StatusWriter::new(
+        client.clone(),
+        &cfg.node_name,
+        store.clone(),
+        reports.clone(),
+        cfg.usage_interval,
+    );
+    let status_task = tokio::spawn(writer.run());
+
+    let mut supervisors: BTreeMap<String, watch::Sender<Option<DesiredInstance>>> = BTreeMap::new();
+    adopt(&deps, &runtime, &mut supervisors, &store, &cfg.node_name).await;
+    tracing::info!(instances = supervisors.len(), "agent running");
+
+    let sync = async {
+        loop {
+            sync_supervisors(&deps, &mut supervisors, &store, &cfg.node_name);
+            tokio::select! {
+                _ = wake_rx.recv() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = sync => {}
+        _ = shutdown => {}
+    }
+    tracing::info!("agent stopping; containers keep running and are re-adopted at the next start");
+    for t in [lease, watch_task, status_task] {
+        t.abort();
+    }
+    Ok(())
+}
+
+/// Starts supervisors for the instances recorded on disk (re-adoption) and removes containers
+/// that no record claims (orphans of a crash between starting a container and saving its
+/// record cannot happen: the record is saved first; these are leftovers of removed records).
+async fn adopt(
+    deps: &Arc<instance::Deps>,
+    runtime: &RuntimeClient,
+    supervisors: &mut BTreeMap<String, watch::Sender<Option<DesiredInstance>>>,
+    store: &reflector::Store<Workload>,
+    node: &str,
+) {
+    let desired = desired::desired_on(node, store.state().iter());
+    let records = deps.records.load_all();
+    let mut claimed: BTreeSet<String> = BTreeSet::new();
+    for rec in records {
+        for c in rec.containers.values() {
+            claimed.insert(c.id.clone());
+        }
+        let want = desired.get(&rec.id).cloned();
+        tracing::info!(instance = %rec.id, keep = want.is_some(), "re-adopting");
+        spawn_supervisor(deps, supervisors, rec, want);
+    }
+    let rt = runtime.clone();
+    let orphans = tokio::task::spawn_blocking(move || {
+        let mut removed = Vec::new();
+        for id in rt.list().unwrap_or_default() {
+            if !claimed.contains(&id) {
+                if let Err(e) = rt.delete(&id) {
+                    tracing::warn!(container = %id, "removing an orphan container: {e}");
+                } else {
+                    removed.push(id);
+                }
+            }
+        }
+        removed
+    })
+    .await
+    .unwrap_or_default();
+    for id in orphans {
+        tracing::info!(container = %id, "removed an orphan container");
+    }
+}
+
+/// Starts, updates and stops supervisors to match the instances placed on this node.
+fn sync_supervisors(
+    deps: &Arc<instance::Deps>,
+    supervisors: &mut BTreeMap<String, watch::Sender<Option<DesiredInstance>>>,
+    store: &reflector::Store<Workload>,
+    node: &str,
+) {
+    let desired = desired::desired_on(node, store.state().iter());
+    // Finished supervisors (their instance was cleaned up) are forgotten.
+    supervisors.retain(|_, tx| !tx.is_closed());
+    for (id, tx) in supervisors.iter() {
+        let want = desired.get(id).cloned();
+        tx.send_if_modified(|cur| {
+            if *cur != want {
+                *cur = want;
+                true
+            } else {
+                false
+            }
+        });
+    }
+    for (id, d) in desired {
+        if supervisors.contains_key(&id) {
+            continue;
+        }
+        let rec = InstanceRecord {
+            id: d.id.clone(),
+            namespace: d.namespace.clone(),
+            workload: d.workload.clone(),
+            uid: d.uid.clone(),
+            instance: d.instance.clone(),
+            placed_at: d.placed_at.clone(),
+            containers: BTreeMap::new(),
+            memory_mib_seconds: 0.0,
+            gpu_seconds: 0.0,
+            ip: None,
+        };
+        // Saved before anything is created, so a crash right after leaves nothing unclaimed.
+        if let Err(e) = deps.records.save(&rec) {
+            tracing::warn!(instance = %rec.id, "saving the instance record: {e}");
+            continue;
+        }
+        tracing::info!(instance = %rec.id, workload = %format!("{}/{}", d.namespace, d.workload), "starting an instance");
+        spawn_supervisor(deps, supervisors, rec, Some(d));
+    }
+}
+
+fn spawn_supervisor(
+    deps: &Arc<instance::Deps>,
+    supervisors: &mut BTreeMap<String, watch::Sender<Option<DesiredInstance>>>,
+    rec: InstanceRecord,
+    want: Option<DesiredInstance>,
+) {
+    let (tx, rx) = watch::channel(want);
+    supervisors.insert(rec.id.clone(), tx);
+    tokio::spawn(instance::supervise(deps.clone(), rec, rx));
+}
+
+/// Removes everything an agent left on this machine (`univrs reset`): its containers (killed),
+/// their root filesystems and networks, its instance records and its cgroups. The identity key
+/// stays. The agent must not be running.
+pub fn reset(
+    data_dir: &std::path::Path,
+    node: &str,
+    shim_bin: &std::path::Path,
+) -> Result<usize, AgentError> {
+    crate::runtime::validate_agent_name(node).map_err(AgentError::Invalid)?;
+    let runtime = RuntimeClient::new(shim_bin, data_dir.join("runtime"), node)
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let sandbox = sandbox::Sandbox {};
+    let ids = runtime
+        .list()
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let mut failures = Vec::new();
+    for id in &ids {
+        if let Err(e) = runtime.delete(id) {
+            failures.push(format!("container {id}: {e}"));
+        }
+        if let Err(e) = sandbox.remove_rootfs(id) {
+            failures.push(format!("root filesystem of {id}: {e}"));
+        }
+    }
+    let records = Records::new(data_dir.join("instances"));
+    for rec in records.load_all() {
+        if let Err(e) = sandbox.network_down(&rec.id) {
+            failures.push(format!("network of {}: {e}", rec.id));
+        }
+        if let Err(e) = records.remove(&rec.id) {
+            failures.push(format!("record of {}: {e}", rec.id));
+        }
+    }
+    runtime.remove_cgroup_parent(true);
+    if failures.is_empty() {
+        Ok(ids.len())
+    } else {
+        Err(AgentError::Invalid(format!(
+            "could not remove everything: {}",
+            failures.join("; ")
+        )))
+    }
+}

@@ -1,0 +1,115 @@
+//! Node agents as real processes (`univrs agent`) for end-to-end tests.
+
+use crate::{ControlPlane, Guarded, univrs_bin};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// A running `univrs agent`, killed and reset (containers, root filesystems, networks and
+/// cgroups removed) when dropped.
+pub struct AgentProc {
+    /// The node name.
+    pub name: String,
+    /// Its data directory (short: the runtime's socket paths must fit).
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    /// The process, while it runs.
+    pub child: Option<Guarded>,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+}
+
+impl AgentProc {
+    /// Starts an agent named `name` against `cp` with a 3 s Lease, a 1 s restart backoff and
+    /// a 2 s usage interval, plus `extra` flags.
+    pub fn start(cp: &ControlPlane, name: &str, extra: &[&str]) -> Self {
+        let data_dir = PathBuf::from(format!("/tmp/ua-{}-{name}", std::process::id()));
+        let log = cp.data_dir.join(format!("agent-{name}.log"));
+        let mut args: Vec<String> = [
+            "--lease-duration",
+            "3s",
+            "--restart-backoff",
+            "1s",
+            "--usage-interval",
+            "2s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut a = Self {
+            name: name.to_string(),
+            data_dir,
+            log,
+            child: None,
+            args,
+            kubeconfig: cp.kubeconfig.clone(),
+        };
+        a.restart();
+        a
+    }
+
+    /// Starts the agent process again (after [`AgentProc::kill`]), with the same data.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening the agent log");
+        let mut cmd = Command::new(univrs_bin());
+        cmd.arg("agent")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--node-name")
+            .arg(&self.name)
+            .args(&self.args)
+            .env("RUST_LOG", "info,univrs_node_agent=debug,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(Guarded::spawn(cmd).expect("starting the agent"));
+    }
+
+    /// Kills the agent with SIGKILL (its containers keep running).
+    pub fn kill(&mut self) {
+        self.child.take();
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- agent {} log (last 60 lines) ---", self.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        self.child.take();
+        let out = Command::new(univrs_bin())
+            .arg("reset")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--node-name")
+            .arg(&self.name)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                let _ = std::fs::remove_dir_all(&self.data_dir);
+            }
+            Ok(o) => eprintln!(
+                "univrs reset of agent {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("running univrs reset: {e}"),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `univrs agent`: flags to configuration, then the node agent until SIGINT/SIGTERM.
+
+use crate::cli::AgentArgs;
+use crate::cmd::controller::{client, init_tracing, shutdown_signal};
+use anyhow::Context as _;
+use univrs_api::quantity::Quantity;
+use univrs_node_agent::agent::{self, AgentConfig, capacity::CapacityOverrides};
+
+/// Runs the agent.
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_json);
+    let node_name = node_name(args.node_name)?;
+    let quantity = |flag: &str, v: Option<String>| -> anyhow::Result<Option<Quantity>> {
+        v.map(|s| {
+            let q = Quantity(s.clone());
+            q.to_milli()
+                .map(|_| q)
+                .map_err(|e| anyhow::anyhow!("--{flag} {s:?}: {e}"))
+        })
+        .transpose()
+    };
+    let cfg = AgentConfig {
+        node_name,
+        data_dir: args.data_dir,
+        labels: args.labels.into_iter().collect(),
+        capacity: CapacityOverrides {
+            cpu: quantity("cpu", args.cpu)?,
+            memory: quantity("memory", args.memory)?,
+            gpu: args.gpu,
+        },
+        multiaddrs: Vec::new(),
+        lease_duration: args.lease_duration,
+        usage_interval: args.usage_interval,
+        backoff_base: args.restart_backoff,
+        backoff_max: std::time::Duration::from_secs(300),
+        shim_bin: std::env::current_exe().context("finding the univrs binary for the shims")?,
+    };
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let client = client(args.kubeconfig).await?;
+        agent::run(client, cfg, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// The node name given, or the host name.
+fn node_name(given: Option<String>) -> anyhow::Result<String> {
+    match given {
+        Some(n) => Ok(n),
+        None => Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name (or pass --node-name)")?
+            .trim()
+            .to_lowercase()),
+    }
+}
+
+/// `univrs reset`.
+pub fn reset(data_dir: std::path::PathBuf, node_name_flag: Option<String>) -> anyhow::Result<()> {
+    let node = node_name(node_name_flag)?;
+    let exe = std::env::current_exe().context("finding the univrs binary")?;
+    let n = agent::reset(&data_dir, &node, &exe)?;
+    eprintln!(
+        "removed {n} containers of agent {node} ({})",
+        data_dir.display()
+    );
+    Ok(())
+}
