@@ -4,3 +4,4 @@
 pub mod agent;
 pub mod keyfile;
 pub mod runtime;
+pub mod tls;

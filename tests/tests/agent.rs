@@ -88,6 +88,31 @@ async fn registers_renews_and_refuses_a_taken_name() {
     })
     .await;
 
+    // The local API: where it listens is published on the Node; health and status answer.
+    let api_url = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("univrs.io/agent-api"))
+        .cloned()
+        .expect("the API annotation");
+    assert!(api_url.starts_with("http://127.0.0.1:"), "{api_url}");
+    let (code, body) = curl(&[&format!("{api_url}/healthz")]);
+    assert_eq!((code.as_str(), body.as_str()), ("200", "ok"));
+    let (code, body) = curl(&[&format!("{api_url}/api/status")]);
+    assert_eq!(code, "200", "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["node"], "reg-a");
+    assert_eq!(status["peerId"].as_str(), Some(node.spec.peer_id.as_str()));
+    let (code, body) = curl(&[&format!("{api_url}/api/credits")]);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("\"account\":\"node/reg-a\""), "{body}");
+    let (code, body) = curl(&[&format!("{api_url}/api/containers/nope/logs?tail=5")]);
+    assert_eq!(code, "404", "{body}");
+    assert!(body.contains("/api/status lists"), "{body}");
+    let (_, metrics) = curl(&[&format!("{api_url}/metrics")]);
+    assert!(metrics.contains("univrs_agent_uptime_seconds"), "{metrics}");
+
     // Another identity claiming the same name is refused, with a message saying what to do.
     let mut impostor = std::process::Command::new(univrs_tests::univrs_bin());
     impostor
@@ -106,6 +131,114 @@ async fn registers_renews_and_refuses_a_taken_name() {
         "{err}"
     );
     drop(agent);
+}
+
+/// `curl` a URL: (HTTP status, body).
+fn curl(args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_off_loopback_needs_tls_and_a_token() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    ensure_namespace(&client, LEASE_NS).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Refused outright without TLS and a token.
+    let out = std::process::Command::new(univrs_tests::univrs_bin())
+        .arg("agent")
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .arg("--data-dir")
+        .arg(format!("/tmp/ua-{}-exp", std::process::id()))
+        .args(["--node-name", "exp-a", "--api-addr", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(format!("/tmp/ua-{}-exp", std::process::id()));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a loopback address") && err.contains("--api-tls-cert"),
+        "{err}"
+    );
+
+    // A token file others may read is refused too.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token-0123456789").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(univrs_tests::univrs_bin())
+        .arg("agent")
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .arg("--api-token-file")
+        .arg(&token_file)
+        .args(["--node-name", "exp-b", "--data-dir", "/tmp/ua-unused"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // With TLS and a token on all addresses: HTTPS, and /api needs the token.
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert_file = dir.path().join("tls.crt");
+    let key_file = dir.path().join("tls.key");
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let port = univrs_tests::free_port();
+    let addr = format!("0.0.0.0:{port}");
+    let _agent = AgentProc::start(
+        cp,
+        "exp-c",
+        &[
+            "--api-addr",
+            &addr,
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+            "--api-tls-cert",
+            cert_file.to_str().unwrap(),
+            "--api-tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = cert_file.to_str().unwrap();
+    eventually("the agent's TLS API", Duration::from_secs(60), async || {
+        let (code, body) = curl(&["--cacert", ca, &format!("{url}/healthz")]);
+        ((code == "200").then_some(()), format!("{code} {body}"))
+    })
+    .await;
+    let (code, body) = curl(&["--cacert", ca, &format!("{url}/api/status")]);
+    assert_eq!(code, "401", "{body}");
+    assert!(body.contains("Authorization: Bearer"), "{body}");
+    let (code, _) = curl(&[
+        "--cacert",
+        ca,
+        "-H",
+        "Authorization: Bearer wrong-token-0123456789",
+        &format!("{url}/api/status"),
+    ]);
+    assert_eq!(code, "401");
+    let (code, body) = curl(&[
+        "--cacert",
+        ca,
+        "-H",
+        "Authorization: Bearer s3cret-token-0123456789",
+        &format!("{url}/api/status"),
+    ]);
+    assert_eq!(code, "200", "{body}");
+    // Plain HTTP to the TLS port gets nothing.
+    let (code, _) = curl(&[&format!("http://127.0.0.1:{port}/healthz")]);
+    assert_eq!(code, "000");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,6 +181,19 @@ pub struct AgentArgs {
     /// First delay before restarting a crashed container; doubles per crash up to 5 minutes.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub restart_backoff: std::time::Duration,
+    /// Where the agent's local API listens (port 0: a free port, published on the Node as the
+    /// `univrs.io/agent-api` annotation). Off loopback it needs TLS and a token.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub api_addr: std::net::SocketAddr,
+    /// A file holding the API's bearer token (required for /api/… when given).
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// The API's TLS certificate (PEM).
+    #[arg(long, requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The API's TLS private key (PEM).
+    #[arg(long, requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
     /// Log as JSON lines instead of text (the level comes from RUST_LOG).
     #[arg(long)]
     pub log_json: bool,

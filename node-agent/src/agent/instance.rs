@@ -737,6 +737,7 @@ impl Supervisor {
                 memory_mib_seconds: rec.memory_mib_seconds as i64,
                 gpu_seconds: rec.gpu_seconds as i64,
             },
+            containers: rec.containers.values().map(|c| c.id.clone()).collect(),
         };
         self.deps.reports.set(&rec.id, report);
     }

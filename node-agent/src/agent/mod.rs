@@ -10,6 +10,7 @@
 //! the records under `<data>/instances` say which instance each belongs to, and containers no
 //! record claims are removed.
 
+pub mod api;
 pub mod capacity;
 pub mod desired;
 mod instance;
@@ -61,7 +62,16 @@ pub struct AgentConfig {
     pub backoff_max: Duration,
     /// The binary holding `univrs shim` (the running `univrs` binary).
     pub shim_bin: PathBuf,
+    /// Where the local API listens (port 0: a free port, published on the Node).
+    pub api_addr: std::net::SocketAddr,
+    /// The API's bearer token, if required.
+    pub api_token: Option<String>,
+    /// The API's TLS certificate and key (PEM files).
+    pub api_tls: Option<(PathBuf, PathBuf)>,
 }
+
+/// The Node annotation holding the URL of the agent's API.
+pub const API_ANNOTATION: &str = "univrs.io/agent-api";
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +145,28 @@ pub async fn run(
     })?;
     let identity = crate::keyfile::load_or_generate(&data_dir.join("identity.key"))?;
     let manager = status::field_manager(&cfg.node_name);
+    api::check_exposure(cfg.api_addr, cfg.api_tls.is_some(), cfg.api_token.is_some())
+        .map_err(AgentError::Invalid)?;
+    let tls = match &cfg.api_tls {
+        Some((cert, key)) => Some(
+            crate::tls::server_config(cert, key).map_err(|e| AgentError::Invalid(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let api_listener = tokio::net::TcpListener::bind(cfg.api_addr)
+        .await
+        .map_err(|source| AgentError::Io {
+            context: format!("binding the API to {}", cfg.api_addr),
+            source,
+        })?;
+    let api_bound = api_listener.local_addr().map_err(|source| AgentError::Io {
+        context: "reading the API's address".into(),
+        source,
+    })?;
+    let api_url = format!(
+        "{}://{api_bound}",
+        if tls.is_some() { "https" } else { "http" }
+    );
 
     let mut labels = node::machine_labels();
     labels.extend(cfg.labels.clone());
@@ -144,6 +176,7 @@ pub async fn run(
         capacity: capacity::detect(&cfg.capacity),
         labels,
         multiaddrs: cfg.multiaddrs.clone(),
+        annotations: BTreeMap::from([(API_ANNOTATION.to_string(), api_url.clone())]),
     };
     let nodes: Api<Node> = Api::all(client.clone());
     node::register(&nodes, &manager, &facts).await?;
@@ -158,6 +191,27 @@ pub async fn run(
     let runtime = RuntimeClient::new(&cfg.shim_bin, data_dir.join("runtime"), &cfg.node_name)
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
     let reports = Reports::default();
+    let api_state = Arc::new(api::ApiState {
+        node: cfg.node_name.clone(),
+        peer_id: facts.identity.peer_id(),
+        did: facts.identity.did(),
+        client: client.clone(),
+        runtime: runtime.clone(),
+        reports: reports.clone(),
+        token: cfg.api_token.clone(),
+        started: std::time::Instant::now(),
+        unauthorized: Default::default(),
+    });
+    let app = api::router(api_state);
+    let api_task = match tls {
+        Some(config) => tokio::spawn(async move {
+            let _ = axum::serve(crate::tls::TlsListener::new(api_listener, config), app).await;
+        }),
+        None => tokio::spawn(async move {
+            let _ = axum::serve(api_listener, app).await;
+        }),
+    };
+    tracing::info!(url = %api_url, "agent API listening");
     let deps = Arc::new(instance::Deps {
         node: cfg.node_name.clone(),
         runtime: runtime.clone(),
@@ -221,7 +275,7 @@ pub async fn run(
         _ = shutdown => {}
     }
     tracing::info!("agent stopping; containers keep running and are re-adopted at the next start");
-    for t in [lease, watch_task, status_task] {
+    for t in [lease, watch_task, status_task, api_task] {
         t.abort();
     }
     Ok(())

@@ -22,6 +22,8 @@ pub struct NodeFacts {
     pub labels: BTreeMap<String, String>,
     /// Where peers reach it.
     pub multiaddrs: Vec<String>,
+    /// Annotations the agent sets (where its API listens).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Creates or updates the Node object. Refuses a Node of that name that belongs to another
@@ -48,7 +50,7 @@ pub async fn register(
     let body = serde_json::json!({
         "apiVersion": "univrs.io/v1alpha1",
         "kind": "Node",
-        "metadata": {"name": facts.name, "labels": facts.labels},
+        "metadata": {"name": facts.name, "labels": facts.labels, "annotations": facts.annotations},
         "spec": {
             "peerId": peer_id,
             "did": facts.identity.did(),

@@ -34,6 +34,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         backoff_base: args.restart_backoff,
         backoff_max: std::time::Duration::from_secs(300),
         shim_bin: std::env::current_exe().context("finding the univrs binary for the shims")?,
+        api_addr: args.api_addr,
+        api_token: args.api_token_file.as_deref().map(read_token).transpose()?,
+        api_tls: args.api_tls_cert.zip(args.api_tls_key),
     };
     tokio::runtime::Runtime::new()?.block_on(async move {
         let client = client(args.kubeconfig).await?;
@@ -63,4 +66,29 @@ pub fn reset(data_dir: std::path::PathBuf, node_name_flag: Option<String>) -> an
         data_dir.display()
     );
     Ok(())
+}
+
+/// Reads a token file, refusing one that others may read (it is a secret).
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{} has mode {mode:04o}, so others may read the token; run: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string();
+    if token.len() < 16 {
+        anyhow::bail!(
+            "{}: the token must be at least 16 characters",
+            path.display()
+        );
+    }
+    Ok(token)
 }

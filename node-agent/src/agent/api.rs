@@ -1,0 +1,351 @@
+//! The agent's local HTTP API: health, metrics, its instances, credit, reputation, container
+//! logs and a WebSocket stream of instance changes.
+//!
+//! Nothing here changes state, but logs and credit are nobody else's business: by default the
+//! API listens on loopback only. On any other address it requires TLS and a bearer token
+//! (`--api-tls-cert/--api-tls-key`, `--api-token-file`); with a token file, every `/api/…`
+//! request needs the token wherever it listens. `/healthz` and `/metrics` stay open.
+
+use super::report::{InstanceReport, Reports};
+use crate::runtime::RuntimeClient;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use kube::api::{Api, ListParams};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use univrs_api::account::Account;
+use univrs_api::resources::creditline::CreditLine;
+use univrs_api::resources::node::Node;
+use univrs_api::resources::vouch::Vouch;
+
+/// What the API serves from.
+pub struct ApiState {
+    /// This node's name.
+    pub node: String,
+    /// Its PeerId.
+    pub peer_id: String,
+    /// Its DID.
+    pub did: String,
+    /// The Kubernetes client (credit, reputation).
+    pub client: kube::Client,
+    /// The container runtime (logs).
+    pub runtime: RuntimeClient,
+    /// The instances' reports.
+    pub reports: Reports,
+    /// The bearer token, if one is required.
+    pub token: Option<String>,
+    /// When the agent started.
+    pub started: Instant,
+    /// Requests refused for a missing or wrong token.
+    pub unauthorized: AtomicU64,
+}
+
+/// The API's routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/api/status", get(status))
+        .route("/api/credits", get(credits))
+        .route("/api/credits/lines", get(credit_lines))
+        .route("/api/reputation", get(reputation))
+        .route("/api/containers/{id}/logs", get(logs))
+        .route("/api/events", get(events))
+        .with_state(state)
+}
+
+/// An API error: a status and a message saying what to do.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({"error": self.1}))).into_response()
+    }
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time comparison: the token is a secret.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        state.unauthorized.fetch_add(1, Ordering::Relaxed);
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "send the agent's API token as `Authorization: Bearer <token>` (see --api-token-file)"
+                .into(),
+        ))
+    }
+}
+
+fn report_json(id: &str, r: &InstanceReport) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "namespace": r.namespace,
+        "workload": r.workload,
+        "instance": r.instance,
+        "phase": r.phase,
+        "ready": r.ready,
+        "restarts": r.restarts,
+        "startedAt": r.started_at,
+        "message": r.message,
+        "usage": r.usage,
+        "containers": r.containers,
+    })
+}
+
+async fn status(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    let instances: Vec<_> = s
+        .reports
+        .snapshot()
+        .iter()
+        .map(|(id, r)| report_json(id, r))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "node": s.node,
+        "peerId": s.peer_id,
+        "did": s.did,
+        "uptimeSeconds": s.started.elapsed().as_secs(),
+        "instances": instances,
+    })))
+}
+
+async fn get_node(s: &ApiState) -> Result<Node, ApiError> {
+    Api::<Node>::all(s.client.clone())
+        .get(&s.node)
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::BAD_GATEWAY,
+                format!("reading Node {}: {e}", s.node),
+            )
+        })
+}
+
+async fn credits(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    let node = get_node(&s).await?;
+    Ok(Json(serde_json::json!({
+        "account": String::from(Account::node(&s.node)),
+        "balance": node.status.and_then(|st| st.credit_balance).unwrap_or(0),
+    })))
+}
+
+async fn credit_lines(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    let me = Account::node(&s.node);
+    let lines = Api::<CreditLine>::all(s.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("listing CreditLines: {e}")))?;
+    let mine: Vec<_> = lines
+        .items
+        .iter()
+        .filter(|l| l.spec.creditor == me || l.spec.debtor == me)
+        .map(|l| {
+            serde_json::json!({
+                "name": l.metadata.name,
+                "creditor": l.spec.creditor,
+                "debtor": l.spec.debtor,
+                "limit": l.spec.limit,
+                "balance": l.status.as_ref().map_or(0, |st| st.balance),
+            })
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({"account": String::from(me), "lines": mine}),
+    ))
+}
+
+async fn reputation(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    let node = get_node(&s).await?;
+    let vouches = Api::<Vouch>::all(s.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("listing Vouches: {e}")))?;
+    let about_me: Vec<_> = vouches
+        .items
+        .iter()
+        .filter(|v| {
+            v.spec.subject == s.node || v.spec.subject == s.peer_id || v.spec.subject == s.did
+        })
+        .map(|v| {
+            serde_json::json!({
+                "name": v.metadata.name,
+                "voucher": v.spec.voucher,
+                "weight": v.spec.weight,
+                "reason": v.spec.reason,
+                "status": v.status,
+            })
+        })
+        .collect();
+    let st = node.status.unwrap_or_default();
+    Ok(Json(serde_json::json!({
+        "node": s.node,
+        "reputation": st.reputation,
+        "serviceRecord": st.service_record,
+        "septal": st.septal,
+        "vouches": about_me,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+struct TailQuery {
+    tail: Option<usize>,
+}
+
+async fn logs(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<TailQuery>,
+) -> Result<String, ApiError> {
+    authorize(&s, &headers)?;
+    let n = q.tail.unwrap_or(100).min(10_000);
+    let rt = s.runtime.clone();
+    let lookup = id.clone();
+    let result = tokio::task::spawn_blocking(move || rt.logs_tail(&lookup, n))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match result {
+        Ok(lines) => Ok(lines.into_iter().map(|l| l + "\n").collect()),
+        Err(crate::runtime::RuntimeError::NotFound(_)) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no container {id} on this node; /api/status lists its containers"),
+        )),
+        Err(e) => Err(ApiError(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+/// Streams every instance report that changes, as JSON text messages.
+async fn events(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(ws.on_upgrade(move |socket| stream_reports(s, socket)))
+}
+
+async fn stream_reports(s: Arc<ApiState>, mut socket: WebSocket) {
+    let mut rx = s.reports.subscribe();
+    // First the current state, then changes.
+    for (id, r) in s.reports.snapshot() {
+        let msg = serde_json::json!({"type": "instance", "instance": report_json(&id, &r)});
+        if socket
+            .send(Message::Text(msg.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    loop {
+        match rx.recv().await {
+            Ok((id, report)) => {
+                let msg = match report {
+                    Some(r) => {
+                        serde_json::json!({"type": "instance", "instance": report_json(&id, &r)})
+                    }
+                    None => serde_json::json!({"type": "removed", "id": id}),
+                };
+                if socket
+                    .send(Message::Text(msg.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let msg = serde_json::json!({"type": "lagged", "missed": n});
+                if socket
+                    .send(Message::Text(msg.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn metrics(State(s): State<Arc<ApiState>>) -> String {
+    let reports = s.reports.snapshot();
+    let mut by_phase = std::collections::BTreeMap::<String, usize>::new();
+    let mut restarts = 0i64;
+    let mut ready = 0;
+    for r in reports.values() {
+        *by_phase.entry(format!("{:?}", r.phase)).or_default() += 1;
+        restarts += i64::from(r.restarts);
+        ready += usize::from(r.ready);
+    }
+    let mut out = String::new();
+    out.push_str("# HELP univrs_agent_instances Instances on this node by phase.\n# TYPE univrs_agent_instances gauge\n");
+    for (phase, n) in by_phase {
+        out.push_str(&format!(
+            "univrs_agent_instances{{phase=\"{phase}\"}} {n}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP univrs_agent_instances_ready Instances whose containers all run and pass readiness.\n# TYPE univrs_agent_instances_ready gauge\nunivrs_agent_instances_ready {ready}\n"
+    ));
+    out.push_str(&format!(
+        "# HELP univrs_agent_container_restarts Container restarts of the instances on this node.\n# TYPE univrs_agent_container_restarts gauge\nunivrs_agent_container_restarts {restarts}\n"
+    ));
+    out.push_str(&format!(
+        "# HELP univrs_agent_api_unauthorized_total API requests refused for a missing or wrong token.\n# TYPE univrs_agent_api_unauthorized_total counter\nunivrs_agent_api_unauthorized_total {}\n",
+        s.unauthorized.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "# HELP univrs_agent_uptime_seconds Seconds since the agent started.\n# TYPE univrs_agent_uptime_seconds gauge\nunivrs_agent_uptime_seconds {}\n",
+        s.started.elapsed().as_secs()
+    ));
+    out
+}
+
+/// Refuses an exposed API without protection: off loopback, TLS and a token are required.
+pub fn check_exposure(addr: SocketAddr, tls: bool, token: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() || (tls && token) {
+        Ok(())
+    } else {
+        Err(format!(
+            "--api-addr {addr} is not a loopback address: give --api-tls-cert, --api-tls-key and --api-token-file, or listen on 127.0.0.1"
+        ))
+    }
+}
