@@ -63,7 +63,7 @@ pub enum Command {
     },
     /// Run this machine's node agent: its Node object and Lease, and the instances placed on it
     /// as real containers. Containers keep running when the agent stops; it re-adopts them.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Remove everything a stopped agent left on this machine: its containers (killed), their
     /// root filesystems and networks, and its cgroups. The identity key stays.
     Reset {

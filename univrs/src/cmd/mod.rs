@@ -30,7 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             write_kubeconfig,
             bin_dir,
         ),
-        Command::Agent(args) => agent::run(args),
+        Command::Agent(args) => agent::run(*args),
         Command::Reset {
             data_dir,
             node_name,
