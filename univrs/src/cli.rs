@@ -46,6 +46,26 @@ pub enum Command {
         #[arg(long, env = "UNIVRS_CONTROL_PLANE_BIN")]
         bin_dir: Option<PathBuf>,
     },
+    /// Run the whole system on this machine: the local control plane (or an existing cluster
+    /// with --kubeconfig), the CRDs, the controller and node agents, until Ctrl-C.
+    Up {
+        /// Control-plane data, agents' data and logs [default: $XDG_DATA_HOME/univrs].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The local API server's port on 127.0.0.1.
+        #[arg(long, default_value_t = 6443)]
+        port: u16,
+        /// Also write the admin kubeconfig (mode 0600) to this file.
+        #[arg(long)]
+        write_kubeconfig: Option<PathBuf>,
+        /// Node agents to run besides the first (each with its own identity, ports, data and
+        /// an even share of the machine's CPU and memory).
+        #[arg(long, default_value_t = 0)]
+        agents: u32,
+        /// Use this cluster instead of starting the local control plane.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Reconcile Workloads and Nodes (leader-elected; only the leader writes).
     Controller {
         /// Kubeconfig to use [default: KUBECONFIG, ~/.kube/config, or in-cluster].

@@ -4,6 +4,7 @@ mod cli;
 mod cmd;
 mod control_plane;
 mod paths;
+mod up;
 
 use clap::Parser;
 

@@ -7,6 +7,7 @@ mod crds;
 mod identity;
 mod kubectl;
 mod shim;
+mod up;
 
 use crate::cli::{Cli, Command};
 
@@ -31,6 +32,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             bin_dir,
         ),
         Command::Agent(args) => agent::run(*args),
+        Command::Up {
+            data_dir,
+            port,
+            write_kubeconfig,
+            agents,
+            kubeconfig,
+        } => up::run(data_dir, port, write_kubeconfig, agents, kubeconfig),
         Command::Reset {
             data_dir,
             node_name,

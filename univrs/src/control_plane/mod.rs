@@ -55,23 +55,27 @@ impl Layout {
 }
 
 /// Step-by-step progress on stderr, with how long each step took.
-struct Progress {
-    started: Instant,
+pub struct Progress {
+    /// When the whole run started.
+    pub started: Instant,
     step: Instant,
 }
 
 impl Progress {
-    fn new() -> Self {
+    /// Starts the clock.
+    pub fn new() -> Self {
         Self {
             started: Instant::now(),
             step: Instant::now(),
         }
     }
-    fn begin(&mut self, what: &str) {
+    /// Announces a step.
+    pub fn begin(&mut self, what: &str) {
         self.step = Instant::now();
         eprintln!("  • {what} …");
     }
-    fn done(&self, what: &str) {
+    /// Reports a step done.
+    pub fn done(&self, what: &str) {
         eprintln!("  ✓ {what} ({} ms)", self.step.elapsed().as_millis());
     }
 }
@@ -183,7 +187,12 @@ pub async fn run(opts: Options) -> Result<()> {
         &layout.logs().join("kube-apiserver.log"),
     )?);
     let client = admin_client(&layout.admin_kubeconfig()).await?;
-    wait_for_readyz(&client, &mut children, Duration::from_secs(180)).await?;
+    wait_for_readyz(
+        &client,
+        &mut || check_children(&mut children),
+        Duration::from_secs(180),
+    )
+    .await?;
     progress.done("kube-apiserver ready");
 
     progress.begin("kube-controller-manager");
@@ -282,14 +291,15 @@ async fn wait_for_port(port: u16, children: &mut [Supervised], timeout: Duration
     }
 }
 
-async fn wait_for_readyz(
+/// Waits for /readyz to answer `ok`, failing early if a child died.
+pub async fn wait_for_readyz(
     client: &kube::Client,
-    children: &mut [Supervised],
+    check: &mut dyn FnMut() -> Result<()>,
     timeout: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        check_children(children)?;
+        check()?;
         let req = http::Request::get("/readyz").body(Vec::new())?;
         let last = match client.request_text(req).await {
             Ok(body) if body.trim() == "ok" => return Ok(()),

@@ -1,0 +1,294 @@
+//! `univrs up`: the whole system on one machine. The local control plane (or an existing
+//! cluster), the CRDs, the `univrs-system` namespace, the controller and one or more node
+//! agents, supervised until Ctrl-C.
+//!
+//! Failure policy: the controller and the agents are restarted with backoff when they die
+//! (their state lives in the API server and on disk, so a restart converges); the control
+//! plane dying stops everything with its log tail, as `univrs control-plane` does itself.
+//! Ctrl-C stops the agents and removes their containers (`univrs reset`), then the controller
+//! and the control plane; starting again keeps every resource, and the agents start again what
+//! is placed on them.
+
+mod children;
+
+use crate::control_plane::{self, Progress, process};
+use anyhow::{Context, Result};
+use children::{Child, Children};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How to run everything.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Control-plane data, agents' data, logs.
+    pub data_dir: PathBuf,
+    /// The API server's port on 127.0.0.1 (local control plane only).
+    pub port: u16,
+    /// Also write the admin kubeconfig here.
+    pub write_kubeconfig: Option<PathBuf>,
+    /// Agents besides the first.
+    pub extra_agents: u32,
+    /// Use this cluster instead of starting the local control plane.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// The field manager `up` applies CRDs and namespaces with.
+const MANAGER: &str = "univrs-up";
+
+/// The namespace of node Leases and the revival pool.
+const SYSTEM_NAMESPACE: &str = "univrs-system";
+
+/// Runs everything until SIGINT/SIGTERM.
+pub async fn run(opts: Options) -> Result<()> {
+    let mut progress = Progress::new();
+    let exe = std::env::current_exe().context("finding the univrs binary")?;
+    let logs = opts.data_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let mut children = Children::new(exe.clone(), logs.clone());
+
+    let kubeconfig = match &opts.kubeconfig {
+        Some(k) => k.clone(),
+        None => {
+            progress.begin(&format!(
+                "local control plane on https://127.0.0.1:{}",
+                opts.port
+            ));
+            let cp_dir = opts.data_dir.join("control-plane");
+            let mut args = vec![
+                "control-plane".to_string(),
+                "--data-dir".into(),
+                cp_dir.display().to_string(),
+                "--port".into(),
+                opts.port.to_string(),
+            ];
+            if let Some(k) = &opts.write_kubeconfig {
+                args.push("--write-kubeconfig".into());
+                args.push(k.display().to_string());
+            }
+            children.spawn(Child::critical("control-plane", args))?;
+            let kc = cp_dir.join("admin.kubeconfig");
+            wait_for_file(&kc, &mut children, Duration::from_secs(900)).await?;
+            kc
+        }
+    };
+    let client = control_plane::admin_client(&kubeconfig)
+        .await
+        .with_context(|| format!("using {}", kubeconfig.display()))?;
+    control_plane::wait_for_readyz(
+        &client,
+        &mut || children.check_critical(),
+        Duration::from_secs(900),
+    )
+    .await?;
+    progress.done("API server ready");
+
+    progress.begin("CRDs and the univrs-system namespace");
+    install_crds(&client).await?;
+    ensure_namespace(&client, SYSTEM_NAMESPACE).await?;
+    progress.done("CRDs established");
+
+    progress.begin("controller");
+    let metrics_port = process::free_port()?;
+    children.spawn(Child::restartable(
+        "controller",
+        vec![
+            "controller".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        ],
+    ))?;
+    progress.done(&format!("controller (metrics on 127.0.0.1:{metrics_port})"));
+
+    let agents = 1 + opts.extra_agents;
+    let (cpu, memory) = share_of_machine(agents);
+    let mut agent_names = Vec::new();
+    for i in 0..agents {
+        let name = format!("node-{i}");
+        let dir = opts.data_dir.join("agents").join(&name);
+        progress.begin(&format!("agent {name}"));
+        children.spawn(
+            Child::restartable(
+                "agent",
+                vec![
+                    "agent".into(),
+                    "--kubeconfig".into(),
+                    kubeconfig.display().to_string(),
+                    "--data-dir".into(),
+                    dir.display().to_string(),
+                    "--node-name".into(),
+                    name.clone(),
+                    "--label".into(),
+                    "univrs.io/local=true".into(),
+                    "--cpu".into(),
+                    cpu.clone(),
+                    "--memory".into(),
+                    memory.clone(),
+                ],
+            )
+            .named(&name),
+        )?;
+        progress.done(&format!("agent {name} (data in {})", dir.display()));
+        agent_names.push((name, dir));
+    }
+    wait_for_nodes(
+        &client,
+        &agent_names,
+        &mut children,
+        Duration::from_secs(120),
+    )
+    .await?;
+
+    let shown = opts.write_kubeconfig.clone().unwrap_or(kubeconfig.clone());
+    eprintln!(
+        "\nUnivrs is up in {:.1} s: {} node agent(s), the controller{}.\n  kubeconfig: {}\n  logs:       {}\n  try:        export KUBECONFIG={}\n              kubectl apply -f deploy/examples/community-portal.yaml\n              kubectl get workloads,nodes.univrs.io\n\nCtrl-C stops everything; starting again with the same --data-dir keeps all data.",
+        progress.started.elapsed().as_secs_f64(),
+        agents,
+        if opts.kubeconfig.is_none() {
+            " and the local control plane"
+        } else {
+            ""
+        },
+        shown.display(),
+        logs.display(),
+        shown.display(),
+    );
+    // Machine-readable readiness line for scripts and tests.
+    println!("ready kubeconfig={}", shown.display());
+
+    let outcome = children.supervise().await;
+    eprintln!("stopping");
+    children.stop_restartable().await;
+    for (name, dir) in &agent_names {
+        reset_agent(&exe, name, dir).await;
+    }
+    children.stop_all().await;
+    outcome
+}
+
+/// Each agent's share of the machine when several run on it: CPU and memory divided evenly.
+fn share_of_machine(agents: u32) -> (String, String) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .unwrap_or(1 << 20);
+    let n = u64::from(agents.max(1));
+    (
+        format!("{}m", (cpus * 1000 / n).max(100)),
+        format!("{}Mi", (mem_kib / 1024 / n).max(64)),
+    )
+}
+
+async fn wait_for_file(path: &Path, children: &mut Children, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        children.check_critical()?;
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} did not appear within {timeout:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Applies every CRD (server-side, so an upgrade updates them) and waits until Established.
+async fn install_crds(client: &kube::Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(MANAGER).force();
+    let mut names = Vec::new();
+    for crd in univrs_api::crds::all() {
+        let name = crd.metadata.name.clone().context("a CRD without a name")?;
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+        names.push(name);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for name in names {
+        loop {
+            let crd = api.get(&name).await?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "CRD {name} not Established after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn ensure_namespace(client: &kube::Client, name: &str) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns =
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    api.patch(name, &PatchParams::apply(MANAGER), &Patch::Apply(&ns))
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    Ok(())
+}
+
+/// Waits until every agent's Node exists (its agent registered).
+async fn wait_for_nodes(
+    client: &kube::Client,
+    agents: &[(String, PathBuf)],
+    children: &mut Children,
+    timeout: Duration,
+) -> Result<()> {
+    let api: Api<univrs_api::Node> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    for (name, _) in agents {
+        loop {
+            children.check_critical()?;
+            if api.get_opt(name).await?.is_some() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "agent {name} did not register its Node within {timeout:?}; see its log"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Removes an agent's containers, root filesystems and networks (`univrs reset`).
+async fn reset_agent(exe: &Path, name: &str, dir: &Path) {
+    let out = tokio::process::Command::new(exe)
+        .arg("reset")
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--node-name")
+        .arg(name)
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => eprintln!("  removed agent {name}'s containers"),
+        Ok(o) => eprintln!(
+            "  removing agent {name}'s containers failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => eprintln!("  running univrs reset for {name}: {e}"),
+    }
+}
