@@ -10,6 +10,7 @@
 //! is placed on them.
 
 mod children;
+pub mod demo_image;
 
 use crate::control_plane::{self, Progress, process};
 use anyhow::{Context, Result};
