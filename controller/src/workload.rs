@@ -318,7 +318,14 @@ fn status_patch(wl: &Workload, plan: &Plan, bills: &Billing, now: Timestamp) -> 
         .filter(|i| {
             agent_view
                 .get(i.name.as_str())
-                .is_some_and(|a| a.ready == Some(true) && a.node == i.node)
+                // The agent's report must be about this placement: after a move, the old
+                // node's agent may not have withdrawn its fields yet.
+                .is_some_and(|a| {
+                    a.ready == Some(true)
+                        && a.usage
+                            .as_ref()
+                            .is_some_and(|u| u.is_for(i.node.as_ref(), i.placed_at.as_ref()))
+                })
         })
         .count() as i32;
     let placed = plan.instances.len() as i32;
