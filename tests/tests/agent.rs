@@ -67,6 +67,18 @@ async fn registers_renews_and_refuses_a_taken_name() {
         Some("linux")
     );
 
+    // The agent's own observations: it has been up all of its (short) life.
+    eventually(
+        "the node's observations",
+        Duration::from_secs(30),
+        async || {
+            let n = nodes.get("reg-a").await.unwrap();
+            let obs = n.status.and_then(|s| s.observations);
+            (obs.clone().filter(|o| o.uptime == 1.0), format!("{obs:?}"))
+        },
+    )
+    .await;
+
     // The Lease is renewed: its renewTime moves.
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NS);
     let renew = async || {

@@ -201,6 +201,10 @@ pub struct AgentArgs {
     /// First delay before restarting a crashed container; doubles per crash up to 5 minutes.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub restart_backoff: std::time::Duration,
+    /// An image from a local OCI image layout, as REFERENCE=DIR (repeatable): Workloads naming
+    /// REFERENCE run it without a registry (`univrs up` gives its demo image this way).
+    #[arg(long = "image-layout", value_name = "REFERENCE=DIR", value_parser = parse_layout)]
+    pub image_layouts: Vec<(String, PathBuf)>,
     /// Where the agent's local API listens (port 0: a free port, published on the Node as the
     /// `univrs.io/agent-api` annotation). Off loopback it needs TLS and a token.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -217,6 +221,16 @@ pub struct AgentArgs {
     /// Log as JSON lines instead of text (the level comes from RUST_LOG).
     #[arg(long)]
     pub log_json: bool,
+}
+
+fn parse_layout(s: &str) -> Result<(String, PathBuf), String> {
+    let (r, d) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--image-layout {s:?} must look like REFERENCE=DIR"))?;
+    if r.is_empty() || d.is_empty() {
+        return Err(format!("--image-layout {s:?} must look like REFERENCE=DIR"));
+    }
+    Ok((r.to_string(), PathBuf::from(d)))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -16,11 +16,13 @@ pub mod desired;
 mod instance;
 pub mod lease;
 pub mod node;
+pub mod observe;
 pub mod probe;
 pub mod record;
 pub mod report;
 pub mod sandbox;
 pub mod status;
+pub mod uptime;
 
 use crate::runtime::RuntimeClient;
 use futures::StreamExt;
@@ -62,6 +64,8 @@ pub struct AgentConfig {
     pub backoff_max: Duration,
     /// The binary holding `univrs shim` (the running `univrs` binary).
     pub shim_bin: PathBuf,
+    /// Images to import from local OCI layouts: (reference, directory).
+    pub image_layouts: Vec<(String, PathBuf)>,
     /// Where the local API listens (port 0: a free port, published on the Node).
     pub api_addr: std::net::SocketAddr,
     /// The API's bearer token, if required.
@@ -188,6 +192,15 @@ pub async fn run(
         cfg.lease_duration,
     ));
 
+    let observations = tokio::spawn(observe::run(
+        client.clone(),
+        cfg.node_name.clone(),
+        manager.clone(),
+        uptime::UptimeTracker::open(data_dir.join("uptime.json")),
+        univrs_api::resources::node::NodeObservations::default,
+        Duration::from_secs(15),
+    ));
+
     let runtime = RuntimeClient::new(&cfg.shim_bin, data_dir.join("runtime"), &cfg.node_name)
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
     let reports = Reports::default();
@@ -275,7 +288,7 @@ pub async fn run(
         _ = shutdown => {}
     }
     tracing::info!("agent stopping; containers keep running and are re-adopted at the next start");
-    for t in [lease, watch_task, status_task, api_task] {
+    for t in [lease, observations, watch_task, status_task, api_task] {
         t.abort();
     }
     Ok(())

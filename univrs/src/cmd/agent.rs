@@ -35,6 +35,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         backoff_max: std::time::Duration::from_secs(300),
         shim_bin: std::env::current_exe().context("finding the univrs binary for the shims")?,
         api_addr: args.api_addr,
+        image_layouts: args.image_layouts,
         api_token: args.api_token_file.as_deref().map(read_token).transpose()?,
         api_tls: args.api_tls_cert.zip(args.api_tls_key),
     };

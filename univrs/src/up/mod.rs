@@ -105,6 +105,14 @@ pub async fn run(opts: Options) -> Result<()> {
     ))?;
     progress.done(&format!("controller (metrics on 127.0.0.1:{metrics_port})"));
 
+    progress.begin("demo image");
+    let demo = demo_image::build(&opts.data_dir.join("demo-image"))?;
+    progress.done(&format!(
+        "demo image {} in {}",
+        demo_image::DEMO_REFERENCE,
+        demo.display()
+    ));
+
     let agents = 1 + opts.extra_agents;
     let (cpu, memory) = share_of_machine(agents);
     let mut agent_names = Vec::new();

@@ -1,0 +1,68 @@
+//! The node's own observations in its Node status (`status.observations`, this agent's field
+//! manager): uptime over the last day and what the mesh sees. Written only when a value
+//! changes after rounding, never for a timestamp alone.
+
+use kube::api::{Api, Patch, PatchParams};
+use std::time::Duration;
+use univrs_api::resources::node::{Node, NodeObservations};
+
+use super::uptime::UptimeTracker;
+
+/// Rounds what jitters (uptime to 1%, latency to 1 ms) so small changes do not cause writes.
+pub fn rounded(mut o: NodeObservations) -> NodeObservations {
+    o.uptime = (o.uptime * 100.0).round() / 100.0;
+    o.median_latency_ms = o.median_latency_ms.map(|l| l.round());
+    o
+}
+
+/// Writes observations every `every`, when they changed.
+pub async fn run(
+    client: kube::Client,
+    node: String,
+    manager: String,
+    mut uptime: UptimeTracker,
+    mesh: impl Fn() -> NodeObservations,
+    every: Duration,
+) {
+    let api: Api<Node> = Api::all(client);
+    let params = PatchParams::apply(&manager).force();
+    let mut last: Option<NodeObservations> = None;
+    loop {
+        let mut obs = mesh();
+        obs.uptime = uptime.tick();
+        let obs = rounded(obs);
+        if last.as_ref() != Some(&obs) {
+            let body = serde_json::json!({
+                "apiVersion": "univrs.io/v1alpha1",
+                "kind": "Node",
+                "metadata": {"name": node},
+                "status": {"observations": obs},
+            });
+            match api.patch_status(&node, &params, &Patch::Apply(&body)).await {
+                Ok(_) => last = Some(obs),
+                Err(e) => tracing::warn!("writing the node's observations: {e}"),
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_hides_jitter() {
+        let a = NodeObservations {
+            uptime: 0.99612,
+            median_latency_ms: Some(1.21),
+            ..Default::default()
+        };
+        let b = NodeObservations {
+            uptime: 0.99588,
+            median_latency_ms: Some(0.93),
+            ..Default::default()
+        };
+        assert_eq!(rounded(a), rounded(b));
+    }
+}
