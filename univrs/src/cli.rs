@@ -65,6 +65,12 @@ pub enum Command {
         /// Use this cluster instead of starting the local control plane.
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// The agents' Lease duration.
+        #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+        lease_duration: std::time::Duration,
+        /// How long a node may be NotReady before the controller moves its instances.
+        #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+        node_grace_period: std::time::Duration,
     },
     /// Reconcile Workloads and Nodes (leader-elected; only the leader writes).
     Controller {

@@ -7,7 +7,7 @@ mod crds;
 mod identity;
 mod kubectl;
 mod shim;
-mod up;
+pub mod up;
 
 use crate::cli::{Cli, Command};
 
@@ -38,7 +38,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             write_kubeconfig,
             agents,
             kubeconfig,
-        } => up::run(data_dir, port, write_kubeconfig, agents, kubeconfig),
+            lease_duration,
+            node_grace_period,
+        } => up::run(up::Args {
+            data_dir,
+            port,
+            write_kubeconfig,
+            agents,
+            kubeconfig,
+            lease_duration,
+            node_grace_period,
+        }),
         Command::Reset {
             data_dir,
             node_name,

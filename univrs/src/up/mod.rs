@@ -34,6 +34,10 @@ pub struct Options {
     pub extra_agents: u32,
     /// Use this cluster instead of starting the local control plane.
     pub kubeconfig: Option<PathBuf>,
+    /// The agents' Lease duration.
+    pub lease_duration: Duration,
+    /// The controller's node grace period.
+    pub node_grace_period: Duration,
 }
 
 /// The field manager `up` applies CRDs and namespaces with.
@@ -101,6 +105,8 @@ pub async fn run(opts: Options) -> Result<()> {
             kubeconfig.display().to_string(),
             "--metrics-addr".into(),
             format!("127.0.0.1:{metrics_port}"),
+            "--node-grace-period".into(),
+            humantime::format_duration(opts.node_grace_period).to_string(),
         ],
     ))?;
     progress.done(&format!("controller (metrics on 127.0.0.1:{metrics_port})"));
@@ -137,6 +143,10 @@ pub async fn run(opts: Options) -> Result<()> {
                     cpu.clone(),
                     "--memory".into(),
                     memory.clone(),
+                    "--lease-duration".into(),
+                    humantime::format_duration(opts.lease_duration).to_string(),
+                    "--image-layout".into(),
+                    format!("{}={}", demo_image::DEMO_REFERENCE, demo.display()),
                 ],
             )
             .named(&name),
