@@ -19,7 +19,8 @@ struct Up {
 
 impl Up {
     fn start(dir: &Path, port: u16, agents: u32) -> Self {
-        let log = dir.with_extension(format!("{}.log", Instant::now().elapsed().as_nanos()));
+        // Outside the data directory, so the test can show it after `up` removed nothing.
+        let log = dir.with_extension("log");
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -161,4 +162,5 @@ async fn up_runs_the_system_and_ctrl_c_stops_it_keeping_the_data() {
     up.interrupt();
     assert!(processes_using(&dir).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(dir.with_extension("log"));
 }
