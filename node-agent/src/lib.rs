@@ -2,6 +2,7 @@
 //! shims), and the agent that runs the instances placed on its node.
 
 pub mod agent;
+pub mod demo_image;
 pub mod keyfile;
 pub mod runtime;
 pub mod tls;

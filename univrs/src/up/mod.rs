@@ -10,7 +10,6 @@
 //! is placed on them.
 
 mod children;
-pub mod demo_image;
 
 use crate::control_plane::{self, Progress, process};
 use anyhow::{Context, Result};
@@ -20,6 +19,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use univrs_node_agent::demo_image;
 
 /// How to run everything.
 #[derive(Debug, Clone)]

@@ -1,8 +1,7 @@
-//! The demo image `univrs up` gives its agents, built here from the machine's static busybox,
-//! so the examples run offline: an OCI image layout with one gzip layer (busybox, its applets
+//! The demo image `univrs up` gives its agents (and the tests run), built here from the
+//! machine's static busybox, so the examples run offline: an OCI image layout with one gzip layer (busybox, its applets
 //! and a small web page) whose default command serves that page on port 8080.
 
-use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,18 +16,40 @@ const BUSYBOX: &str = "/bin/busybox";
 /// Applets linked into /bin.
 const APPLETS: &[&str] = &[
     "sh", "ash", "cat", "echo", "env", "hostname", "httpd", "ls", "mkdir", "nc", "ps", "sleep",
-    "wget", "date", "true", "false", "head", "tail", "grep", "id", "rm", "touch", "uname",
+    "wget", "date", "true", "false", "head", "tail", "grep", "id", "rm", "touch", "uname", "tr",
+    "dd", "seq", "kill",
 ];
 
 /// The page the portal serves; `HOSTNAME` is the instance name, so each replica says which it is.
 const CMD: &str = "mkdir -p /www && printf '<h1>Community portal</h1><p>served by %s</p>\\n' \"$(hostname)\" > /www/index.html && exec httpd -f -v -p 8080 -h /www";
 
+/// Why the demo image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoImageError {
+    /// Reading busybox or writing the layout failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, DemoImageError>;
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoImageError {
+    let context = context.into();
+    move |source| DemoImageError::Io { context, source }
+}
+
 /// Writes the layout into `dir` (replacing what is there) and returns `dir`.
 pub fn build(dir: &Path) -> Result<PathBuf> {
-    let busybox = std::fs::read(BUSYBOX)
-        .with_context(|| format!("reading {BUSYBOX} (install Debian's busybox-static)"))?;
-    let layer = layer_tar_gz(&busybox)?;
-    let diff_id = sha256_hex(&gunzip(&layer)?);
+    let busybox = std::fs::read(BUSYBOX).map_err(io(format!(
+        "reading {BUSYBOX} (install Debian's busybox-static)"
+    )))?;
+    let layer = layer_tar_gz(&busybox).map_err(io("building the layer"))?;
+    let diff_id = sha256_hex(&gunzip(&layer).map_err(io("reading the layer back"))?);
     let config = serde_json::json!({
         "architecture": go_arch(),
         "os": "linux",
@@ -41,14 +62,14 @@ pub fn build(dir: &Path) -> Result<PathBuf> {
         },
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
     });
-    let config = serde_json::to_vec(&config)?;
+    let config = config.to_string().into_bytes();
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
         "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+gzip", &layer)],
     });
-    let manifest = serde_json::to_vec(&manifest)?;
+    let manifest = manifest.to_string().into_bytes();
     let mut manifest_desc = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
     manifest_desc["annotations"] = serde_json::json!({
         "org.opencontainers.image.ref.name": "latest",
@@ -61,15 +82,18 @@ pub fn build(dir: &Path) -> Result<PathBuf> {
     });
 
     if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        std::fs::remove_dir_all(dir).map_err(io(format!("removing {}", dir.display())))?;
     }
     let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+    std::fs::create_dir_all(&blobs).map_err(io(format!("creating {}", blobs.display())))?;
+    let write = |path: PathBuf, body: &[u8]| {
+        std::fs::write(&path, body).map_err(io(format!("writing {}", path.display())))
+    };
     for blob in [&layer, &config, &manifest] {
-        std::fs::write(blobs.join(sha256_hex(blob)), blob)?;
+        write(blobs.join(sha256_hex(blob)), blob)?;
     }
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
+    write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    write(dir.join("index.json"), index.to_string().as_bytes())?;
     Ok(dir.to_path_buf())
 }
 
@@ -93,7 +117,7 @@ fn descriptor(media_type: &str, blob: &[u8]) -> serde_json::Value {
     })
 }
 
-fn gunzip(b: &[u8]) -> Result<Vec<u8>> {
+fn gunzip(b: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     std::io::copy(&mut flate2::read::GzDecoder::new(b), &mut out)?;
     Ok(out)
@@ -101,7 +125,7 @@ fn gunzip(b: &[u8]) -> Result<Vec<u8>> {
 
 /// The layer: directories, busybox, applet symlinks and a minimal /etc, with fixed times so
 /// the same busybox always gives the same digest.
-fn layer_tar_gz(busybox: &[u8]) -> Result<Vec<u8>> {
+fn layer_tar_gz(busybox: &[u8]) -> std::io::Result<Vec<u8>> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     let header = |kind: tar::EntryType, mode: u32, size: u64| {
@@ -142,7 +166,7 @@ fn layer_tar_gz(busybox: &[u8]) -> Result<Vec<u8>> {
     }
     let mut gz = tar.into_inner()?;
     gz.flush()?;
-    Ok(gz.finish()?)
+    gz.finish()
 }
 
 #[cfg(test)]
