@@ -1153,3 +1153,150 @@ async fn controller_and_agent_work_on_their_tokens_alone(c: &Cluster) {
         log.lines().count()
     );
 }
+
+/// An object as the Kustomize base holds it: Helm's own labels dropped; a CRD without the
+/// chart's labels and keep annotation (the base's CRDs are the plain files in crds/); numbers
+/// compared by value (kubectl kustomize writes `0.0` as `0`).
+fn comparable(doc: Value) -> serde_json::Value {
+    let mut doc = serde_json::to_value(doc).expect("YAML as JSON");
+    if doc["kind"] == "CustomResourceDefinition" {
+        let meta = doc["metadata"].as_object_mut().unwrap();
+        meta.remove("labels");
+        meta.remove("annotations");
+    } else if let Some(labels) = doc["metadata"]["labels"].as_object_mut() {
+        labels.remove("helm.sh/chart");
+        labels.remove("app.kubernetes.io/managed-by");
+    }
+    integral_numbers(doc)
+}
+
+fn integral_numbers(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        J::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => J::from(f as i64),
+            _ => J::Number(n),
+        },
+        J::Array(a) => J::Array(a.into_iter().map(integral_numbers).collect()),
+        J::Object(o) => J::Object(
+            o.into_iter()
+                .map(|(k, v)| (k, integral_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[test]
+fn the_kustomize_base_is_the_chart_and_applies() {
+    let base = repo_root().join("deploy/kustomize/base");
+    let (ok, out, err) = run(Command::new(repo_root().join("deploy/kustomize/generate"))
+        .arg("--check")
+        .env("HELM", repo_root().join(".tools/bin/helm")));
+    assert!(ok, "{out}{err}");
+    let kustomization = std::fs::read_to_string(base.join("kustomization.yaml")).unwrap();
+    for entry in std::fs::read_dir(base.join("crds")).unwrap() {
+        let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            kustomization.contains(&format!("crds/{file}")),
+            "kustomization.yaml does not list crds/{file}"
+        );
+    }
+
+    // The same objects as `helm install` with default values, less the generated Secrets and
+    // plus the Namespace (Helm's release namespace is made by --create-namespace).
+    let (ok, built, err) = run(
+        Command::new(univrs_tests::upstream_bin_dir().join("kubectl"))
+            .args(["kustomize"])
+            .arg(&base),
+    );
+    assert!(ok, "{err}");
+    let mut from_kustomize: BTreeMap<_, _> = documents(&built)
+        .into_iter()
+        .map(|d| (id(&d), comparable(d)))
+        .collect();
+    let namespace = from_kustomize
+        .remove(&("Namespace".into(), "".into(), "univrs-system".into()))
+        .expect("the base holds the univrs-system Namespace");
+    assert_eq!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    let from_helm: BTreeMap<_, _> = render(&["--namespace", "univrs-system"])
+        .into_iter()
+        .filter(|d| d["kind"] != "Secret")
+        .map(|d| (id(&d), comparable(d)))
+        .collect();
+    assert_eq!(
+        from_kustomize.keys().collect::<Vec<_>>(),
+        from_helm.keys().collect::<Vec<_>>()
+    );
+    for (key, doc) in &from_helm {
+        // kubectl kustomize writes keys in its own order; compare the objects, not the text.
+        assert_eq!(&from_kustomize[key], doc, "{key:?} differs");
+    }
+
+    // Applied to a real API server: first as a server-side dry run, then for real.
+    let c = Cluster::start();
+    c.kubectl_ok(&["apply", "-f", base.join("namespace.yaml").to_str().unwrap()]);
+    let base = base.to_str().unwrap();
+    let out = c.kubectl_ok(&["apply", "--dry-run=server", "-k", base]);
+    assert_eq!(out.lines().count(), from_helm.len() + 1, "{out}");
+    c.kubectl_ok(&["apply", "-k", base]);
+    c.kubectl_ok(&["get", "-k", base]);
+    let (same, out, err) = c.kubectl(&["diff", "-k", base]);
+    assert!(same, "applying twice changes something:\n{out}{err}");
+
+    // The Secrets the base names, made as deploy/kustomize/README.md says.
+    let token = run(Command::new("openssl").args(["rand", "-hex", "32"])).1;
+    c.kubectl_ok(&[
+        "-n",
+        "univrs-system",
+        "create",
+        "secret",
+        "generic",
+        "univrs-mcp-token",
+        &format!("--from-literal=token={}", token.trim()),
+    ]);
+    let (k, cert) = (c.data_dir.join("tls.key"), c.data_dir.join("tls.crt"));
+    let (ok, _, err) = run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "825",
+        "-subj",
+        "/CN=univrs-mcp",
+        "-addext",
+        "subjectAltName=DNS:univrs-mcp,DNS:univrs-mcp.univrs-system.svc",
+        "-keyout",
+        k.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]));
+    assert!(ok, "{err}");
+    c.kubectl_ok(&[
+        "-n",
+        "univrs-system",
+        "create",
+        "secret",
+        "tls",
+        "univrs-mcp-tls",
+        &format!("--cert={}", cert.display()),
+        &format!("--key={}", k.display()),
+    ]);
+    let token = run(Command::new("openssl").args(["rand", "-hex", "32"])).1;
+    c.kubectl_ok(&[
+        "-n",
+        "univrs-system",
+        "create",
+        "secret",
+        "generic",
+        "univrs-agent-api-token",
+        &format!("--from-literal=token={}", token.trim()),
+    ]);
+}
