@@ -1252,16 +1252,18 @@ fn the_kustomize_base_is_the_chart_and_applies() {
     assert!(same, "applying twice changes something:\n{out}{err}");
 
     // The Secrets the base names, made as deploy/kustomize/README.md says.
-    let token = run(Command::new("openssl").args(["rand", "-hex", "32"])).1;
-    c.kubectl_ok(&[
-        "-n",
-        "univrs-system",
-        "create",
-        "secret",
-        "generic",
-        "univrs-mcp-token",
-        &format!("--from-literal=token={}", token.trim()),
-    ]);
+    for name in ["univrs-mcp-token", "univrs-agent-api-token"] {
+        let token = run(Command::new("openssl").args(["rand", "-hex", "32"])).1;
+        c.kubectl_ok(&[
+            "-n",
+            "univrs-system",
+            "create",
+            "secret",
+            "generic",
+            name,
+            &format!("--from-literal=token={}", token.trim()),
+        ]);
+    }
     let (k, cert) = (c.data_dir.join("tls.key"), c.data_dir.join("tls.crt"));
     let (ok, _, err) = run(Command::new("openssl").args([
         "req",
@@ -1293,14 +1295,14 @@ fn the_kustomize_base_is_the_chart_and_applies() {
         &format!("--cert={}", cert.display()),
         &format!("--key={}", k.display()),
     ]);
-    let token = run(Command::new("openssl").args(["rand", "-hex", "32"])).1;
+    // The three Secrets the base refers to now exist.
     c.kubectl_ok(&[
+        "get",
+        "secret",
         "-n",
         "univrs-system",
-        "create",
-        "secret",
-        "generic",
+        "univrs-mcp-token",
+        "univrs-mcp-tls",
         "univrs-agent-api-token",
-        &format!("--from-literal=token={}", token.trim()),
     ]);
 }

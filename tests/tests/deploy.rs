@@ -172,28 +172,23 @@ async fn the_examples_apply_and_the_controller_places_them_as_the_scenario_says(
     )
     .await;
     eprintln!("community-portal: {p:?}");
-    let ocr: Api<Workload> = Api::namespaced(client.clone(), "library");
-    eventually(
-        "the library's OCR on the school's GPU",
-        Duration::from_secs(60),
-        async || {
-            let p = placed(&ocr, "archive-ocr").await;
-            let ok = p.values().eq(["school"].iter());
-            (ok.then_some(()), format!("{p:?}"))
-        },
-    )
-    .await;
-    let archive: Api<Workload> = Api::namespaced(client.clone(), "school");
-    eventually(
-        "the school's archive on the shop's storage",
-        Duration::from_secs(60),
-        async || {
-            let p = placed(&archive, "coursework-archive").await;
-            let ok = p.values().eq(["shop"].iter());
-            (ok.then_some(()), format!("{p:?}"))
-        },
-    )
-    .await;
+    // The GPU job on the school's machine, the archive on the shop's storage.
+    for (ns, name, node) in [
+        ("library", "archive-ocr", "school"),
+        ("school", "coursework-archive", "shop"),
+    ] {
+        let api: Api<Workload> = Api::namespaced(client.clone(), ns);
+        eventually(
+            &format!("{ns}/{name} on {node}"),
+            Duration::from_secs(60),
+            async || {
+                let p = placed(&api, name).await;
+                let ok = p.values().eq([node].iter());
+                (ok.then_some(()), format!("{p:?}"))
+            },
+        )
+        .await;
+    }
     let lines: Api<CreditLine> = Api::all(client.clone());
     eventually(
         "every credit line Ready",
