@@ -172,6 +172,8 @@ pub async fn run(opts: Options) -> Result<()> {
         format!("--client-ca-file={}", p(&pki.ca.cert)),
         format!("--authentication-config={}", p(&authn)),
         "--authorization-mode=RBAC".into(),
+        // The node agent's DaemonSet (Helm chart) is privileged, as kubeadm and k3s allow.
+        "--allow-privileged=true".into(),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
         format!("--service-account-key-file={}", p(&pki.sa_pub)),
         format!("--service-account-signing-key-file={}", p(&pki.sa_key)),
@@ -204,7 +206,8 @@ pub async fn run(opts: Options) -> Result<()> {
         "--bind-address=127.0.0.1".into(),
         format!("--secure-port={kcm_port}"),
         format!("--cert-dir={}", p(&layout.root.join("controller-manager-certs"))),
-        "--controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token,root-ca-cert-publisher".into(),
+        // clusterrole-aggregation: the chart's univrs-view/univrs-edit roles join view/edit.
+        "--controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token,root-ca-cert-publisher,clusterrole-aggregation".into(),
         format!("--service-account-private-key-file={}", p(&pki.sa_key)),
         format!("--root-ca-file={}", p(&pki.ca.cert)),
         "--use-service-account-credentials=true".into(),
