@@ -100,6 +100,31 @@ pub enum Command {
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
     },
+    /// Sign a Vouch with a node's key and print it as a manifest (pipe it to `kubectl apply -f -`).
+    Vouch {
+        /// The voucher's key file (an agent's is `<data-dir>/identity.key`).
+        #[arg(long)]
+        identity: PathBuf,
+        /// Who is vouched for: a DID, PeerId or NodeId, or a Node's name (looked up with the
+        /// kubeconfig).
+        #[arg(long)]
+        subject: String,
+        /// How strongly, from 0 to 1.
+        #[arg(long, default_value_t = 0.8)]
+        weight: f64,
+        /// Why, for people.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// How long the vouch holds.
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        expires_in: std::time::Duration,
+        /// The Vouch's name [default: derived from voucher and subject].
+        #[arg(long)]
+        name: Option<String>,
+        /// Kubeconfig for looking up a Node's name [default: KUBECONFIG, ~/.kube/config].
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Run the pinned kubectl against the local control plane (KUBECONFIG, if set, wins).
     #[command(disable_help_flag = true)]
     Kubectl {

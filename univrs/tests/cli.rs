@@ -77,3 +77,48 @@ fn crds_prints_all_four_and_check_detects_drift() {
     let (ok, _, err) = univrs(&["crds", "--out", d, "--check"]);
     assert!(!ok && err.contains("vouches.univrs.io.yaml"), "{err}");
 }
+
+#[test]
+fn vouch_prints_a_vouch_that_verifies_and_refuses_a_bad_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let voucher = dir.path().join("voucher.pem");
+    let subject = dir.path().join("subject.pem");
+    for k in [&voucher, &subject] {
+        let (ok, _, err) = univrs(&["identity", "generate", "--out", k.to_str().unwrap()]);
+        assert!(ok, "{err}");
+    }
+    let (ok, json, _) = univrs(&["identity", "show", subject.to_str().unwrap(), "--json"]);
+    assert!(ok);
+    let names: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let peer = names["peerId"].as_str().unwrap();
+    let (ok, yaml, err) = univrs(&[
+        "vouch",
+        "--identity",
+        voucher.to_str().unwrap(),
+        "--subject",
+        peer,
+        "--weight",
+        "0.6",
+        "--reason",
+        "kept the library's printer server up all winter",
+    ]);
+    assert!(ok, "{err}");
+    let v: univrs_api::resources::vouch::Vouch = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(v.spec.subject, names["did"].as_str().unwrap());
+    assert_eq!(v.spec.weight, 0.6);
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    v.spec.verify(&now).expect("the printed vouch verifies");
+
+    let (ok, _, err) = univrs(&[
+        "vouch",
+        "--identity",
+        voucher.to_str().unwrap(),
+        "--subject",
+        "not-an-identity",
+        "--kubeconfig",
+        "/nonexistent",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent"), "{err}");
+}

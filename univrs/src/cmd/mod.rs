@@ -8,6 +8,7 @@ mod identity;
 mod kubectl;
 mod shim;
 pub mod up;
+mod vouch;
 
 use crate::cli::{Cli, Command};
 
@@ -54,6 +55,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             node_name,
         } => agent::reset(data_dir, node_name),
         Command::Kubectl { args } => kubectl::run(args),
+        Command::Vouch {
+            identity,
+            subject,
+            weight,
+            reason,
+            expires_in,
+            name,
+            kubeconfig,
+        } => vouch::run(vouch::Args {
+            identity,
+            subject,
+            weight,
+            reason,
+            expires_in,
+            name,
+            kubeconfig,
+        }),
         Command::Shim { command } => shim::run(command),
         Command::Controller {
             kubeconfig,
