@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod up;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

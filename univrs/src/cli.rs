@@ -71,6 +71,9 @@ pub enum Command {
         /// How long a node may be NotReady before the controller moves its instances.
         #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
         node_grace_period: std::time::Duration,
+        /// How often the agents write metered usage alone (it becomes credit transfers).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        usage_interval: std::time::Duration,
     },
     /// Reconcile Workloads and Nodes (leader-elected; only the leader writes).
     Controller {

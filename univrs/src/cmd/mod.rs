@@ -41,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             kubeconfig,
             lease_duration,
             node_grace_period,
+            usage_interval,
         } => up::run(up::Args {
             data_dir,
             port,
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             kubeconfig,
             lease_duration,
             node_grace_period,
+            usage_interval,
         }),
         Command::Reset {
             data_dir,

@@ -13,6 +13,7 @@ pub struct Args {
     pub kubeconfig: Option<PathBuf>,
     pub lease_duration: Duration,
     pub node_grace_period: Duration,
+    pub usage_interval: Duration,
 }
 
 /// Runs the whole system in the foreground.
@@ -29,6 +30,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         kubeconfig: a.kubeconfig,
         lease_duration: a.lease_duration,
         node_grace_period: a.node_grace_period,
+        usage_interval: a.usage_interval,
     };
     tokio::runtime::Runtime::new()?.block_on(up::run(opts))
 }

@@ -38,6 +38,8 @@ pub struct Options {
     pub lease_duration: Duration,
     /// The controller's node grace period.
     pub node_grace_period: Duration,
+    /// How often agents write usage alone.
+    pub usage_interval: Duration,
 }
 
 /// The field manager `up` applies CRDs and namespaces with.
@@ -145,6 +147,8 @@ pub async fn run(opts: Options) -> Result<()> {
                     memory.clone(),
                     "--lease-duration".into(),
                     humantime::format_duration(opts.lease_duration).to_string(),
+                    "--usage-interval".into(),
+                    humantime::format_duration(opts.usage_interval).to_string(),
                     "--image-layout".into(),
                     format!("{}={}", demo_image::DEMO_REFERENCE, demo.display()),
                 ],
