@@ -110,6 +110,7 @@ fn report_json(id: &str, r: &InstanceReport) -> serde_json::Value {
         "message": r.message,
         "usage": r.usage,
         "containers": r.containers,
+        "ip": r.ip,
     })
 }
 

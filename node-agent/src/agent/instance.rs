@@ -738,6 +738,7 @@ impl Supervisor {
                 gpu_seconds: rec.gpu_seconds as i64,
             },
             containers: rec.containers.values().map(|c| c.id.clone()).collect(),
+            ip: rec.ip.clone(),
         };
         self.deps.reports.set(&rec.id, report);
     }

@@ -29,6 +29,8 @@ pub struct InstanceReport {
     pub usage: InstanceUsage,
     /// The runtime ids of its containers (for logs).
     pub containers: Vec<String>,
+    /// Its address on the node's container network, once it has one.
+    pub ip: Option<String>,
 }
 
 /// A change: an instance id and its new report, or None when it left the node.
