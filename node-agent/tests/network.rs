@@ -222,7 +222,10 @@ impl Drop for TestNet {
         }
         for a in self.cni.list().unwrap_or_default() {
             if let Err(e) = self.cni.teardown(&a.container_id) {
-                eprintln!("cleanup of {}: teardown of {}: {e}", self.agent, a.container_id);
+                eprintln!(
+                    "cleanup of {}: teardown of {}: {e}",
+                    self.agent, a.container_id
+                );
             }
         }
         if let Err(e) = self.cni.remove_bridge() {
@@ -325,7 +328,10 @@ fn assert_gone(cni: &Cni, t: &Traces) {
         "{id}: no rule tagged {tag} left"
     );
     for chain in &t.chains {
-        assert!(!save.contains(chain.as_str()), "{id}: chain {chain} removed");
+        assert!(
+            !save.contains(chain.as_str()),
+            "{id}: chain {chain} removed"
+        );
     }
     assert!(leases_of(cni, id).is_empty(), "{id}: lease released");
     for ip in &t.attachment.ips {
@@ -442,10 +448,7 @@ fn a_container_gets_an_address_from_the_agent_subnet_and_reaches_its_gateway() {
             ),
         ],
     );
-    let exit = net
-        .rt
-        .wait_exit("pinger", Duration::from_secs(30))
-        .unwrap();
+    let exit = net.rt.wait_exit("pinger", Duration::from_secs(30)).unwrap();
     let log = net.log("pinger");
     assert_eq!(exit.code, 0, "{exit:?} {log:?}");
     let text = log.join("\n");
@@ -507,8 +510,14 @@ fn two_agents_run_side_by_side_without_collision() {
 
     // The same container id in both agents.
     let (p1, p2) = (free_port(), free_port());
-    let a1 = one.cni.setup("web-0", &[PortMapping::tcp(p1, 8080)]).unwrap();
-    let a2 = two.cni.setup("web-0", &[PortMapping::tcp(p2, 8080)]).unwrap();
+    let a1 = one
+        .cni
+        .setup("web-0", &[PortMapping::tcp(p1, 8080)])
+        .unwrap();
+    let a2 = two
+        .cni
+        .setup("web-0", &[PortMapping::tcp(p2, 8080)])
+        .unwrap();
     assert!(one.cni.subnet().contains(a1.ipv4().unwrap()));
     assert!(two.cni.subnet().contains(a2.ipv4().unwrap()));
     let t1 = traces_of(&one.cni, &a1);
@@ -630,7 +639,10 @@ fn a_restarted_agent_finds_and_checks_its_attachments() {
     );
     again.teardown("kept").unwrap();
     assert_gone(&again, &traces);
-    assert!(matches!(again.check("kept"), Err(NetworkError::NotFound(_))));
+    assert!(matches!(
+        again.check("kept"),
+        Err(NetworkError::NotFound(_))
+    ));
 }
 
 /// Runs in a child process started by `teardown_after_a_crash_during_setup_cleans_up`: a
@@ -667,7 +679,11 @@ fn teardown_after_a_crash_during_setup_cleans_up() {
         .env("UNIVRS_NET_CRASH", spec.to_string())
         .status()
         .unwrap();
-    assert_eq!(status.signal(), Some(9), "the helper was killed: {status:?}");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the helper was killed: {status:?}"
+    );
 
     let list = net.cni.list().unwrap();
     assert_eq!(list.len(), 1, "{list:?}");
@@ -691,9 +707,13 @@ fn teardown_after_a_crash_during_setup_cleans_up() {
     };
     assert_gone(&net.cni, &traces);
     // Nothing is left on the bridge either.
-    let ports = std::fs::read_dir(Path::new("/sys/class/net").join(net.cni.bridge()).join("brif"))
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let ports = std::fs::read_dir(
+        Path::new("/sys/class/net")
+            .join(net.cni.bridge())
+            .join("brif"),
+    )
+    .map(|d| d.count())
+    .unwrap_or(0);
     assert_eq!(ports, 0, "no veth left on the bridge");
     net.cni.teardown("crashed").unwrap();
 }
@@ -737,7 +757,10 @@ fi"#,
         }
         other => panic!("expected a plugin error, got {other:?}"),
     }
-    assert!(msg.contains("portmap") && msg.contains("port 80 is reserved"), "{msg}");
+    assert!(
+        msg.contains("portmap") && msg.contains("port 80 is reserved"),
+        "{msg}"
+    );
     // The bridge's part was undone.
     assert!(cni.list().unwrap().is_empty());
     assert!(!cni.netns_path("refused").exists());
@@ -765,7 +788,10 @@ fn a_missing_plugin_is_a_clear_error() {
     );
     let msg = err.to_string();
     assert!(msg.contains("\"portmap\""), "{msg}");
-    assert!(msg.contains(&plugins.to_string_lossy().to_string()), "{msg}");
+    assert!(
+        msg.contains(&plugins.to_string_lossy().to_string()),
+        "{msg}"
+    );
     assert!(msg.contains("containernetworking-plugins"), "{msg}");
 
     // A plugin that disappears after start-up: the setup fails naming it, leaving nothing.

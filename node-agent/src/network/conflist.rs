@@ -74,10 +74,7 @@ pub fn plugin_config(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     if wants_ports && !ports.is_empty() {
-        conf.insert(
-            "runtimeConfig".into(),
-            json!({ "portMappings": ports }),
-        );
+        conf.insert("runtimeConfig".into(), json!({ "portMappings": ports }));
     }
     if let Some(prev) = prev_result {
         conf.insert("prevResult".into(), prev.clone());
@@ -102,11 +99,17 @@ mod tests {
         assert_eq!(bridge["name"], "univrs-x");
         assert_eq!(bridge["cniVersion"], CNI_VERSION);
         assert_eq!(bridge["ipam"]["ranges"][0][0]["gateway"], "10.89.3.1");
-        assert!(bridge.get("runtimeConfig").is_none(), "bridge asks for no capability");
+        assert!(
+            bridge.get("runtimeConfig").is_none(),
+            "bridge asks for no capability"
+        );
         assert!(bridge.get("prevResult").is_none());
         let prev = json!({"cniVersion": CNI_VERSION, "ips": []});
         let portmap = plugin_config(&list, &plugins(&list)[1], &ports, Some(&prev));
-        assert_eq!(portmap["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
+        assert_eq!(
+            portmap["runtimeConfig"]["portMappings"][0]["hostPort"],
+            8080
+        );
         assert_eq!(portmap["prevResult"], prev);
     }
 }

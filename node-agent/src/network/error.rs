@@ -53,7 +53,9 @@ pub enum NetworkError {
         message: String,
     },
     /// A plugin ran too long and was killed.
-    #[error("CNI plugin {plugin} did not finish {op} for container {container_id} within {after:?}")]
+    #[error(
+        "CNI plugin {plugin} did not finish {op} for container {container_id} within {after:?}"
+    )]
     PluginTimeout {
         /// The plugin.
         plugin: String,

@@ -12,8 +12,10 @@
 //!
 //! The agent gives the namespace to the container (`ContainerConfig::netns`), and after
 //! deleting the container calls [`Cni::teardown`]: DEL of both lists in reverse order, with
-//! the cached results as `prevResult` and the very configuration ADD ran, then the
-//! namespace is unmounted and removed. Teardown is idempotent and works on a setup that
+//! the cached results as `prevResult` and the very configuration ADD ran; then the nat
+//! rules the plugins could not remove are removed by their CNI comment (the bridge plugin
+//! finds its masquerade rules through the container's interface, so they outlive a deleted
+//! veth), and the namespace is unmounted and removed. Teardown is idempotent and works on a setup that
 //! never finished (the agent was killed during it), so the agent can always clean up.
 //!
 //! **Several agents on one machine.** Everything is derived from the agent name, so agents
@@ -48,6 +50,7 @@
 mod attachment;
 mod conflist;
 mod error;
+mod iptables;
 pub mod netns;
 mod plugin;
 pub mod subnet;
@@ -209,9 +212,12 @@ impl Cni {
                 "no CNI plugin directory configured".into(),
             ));
         }
+        let state_dir = std::path::absolute(&config.state_dir)
+            .map_err(io_err(format!("resolving {}", config.state_dir.display())))?;
         let plugins = Plugins {
             dirs: config.plugin_dirs.clone(),
             timeout: config.plugin_timeout,
+            ipv4_only_path: state_dir.join("ipv4-only-path"),
         };
         for p in PLUGINS {
             plugins.find(p)?;
@@ -228,10 +234,6 @@ impl Cni {
                 iface: iface.clone(),
             });
         }
-        let state_dir = std::path::absolute(&config.state_dir).map_err(io_err(format!(
-            "resolving {}",
-            config.state_dir.display()
-        )))?;
         let cni = Self {
             inner: Arc::new(Inner {
                 network,
@@ -249,6 +251,7 @@ impl Cni {
             cni.netns_dir(),
             cni.attachments_dir(),
             cni.ipam_dir(),
+            cni.inner.plugins.ipv4_only_path.clone(),
         ] {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -256,6 +259,7 @@ impl Cni {
                 .create(&dir)
                 .map_err(io_err(format!("creating {}", dir.display())))?;
         }
+        cni.inner.plugins.prepare_ipv4_only_path()?;
         Ok(cni)
     }
 
@@ -363,10 +367,17 @@ impl Cni {
             record.save(&path)?;
             record
         };
-        match self.add(&mut record, &path) {
+        // How many plugins (in ADD order, across both lists) were started: a failed setup
+        // undoes exactly those.
+        let mut started = 0;
+        match self.add(&mut record, &path, &mut started) {
             Ok(()) => Ok(record.attachment(CONTAINER_IFNAME)),
             Err(e) => {
-                if let Err(cleanup) = self.teardown_record(&record, &path) {
+                if matches!(e, NetworkError::PluginNotFound { .. }) {
+                    // The plugin that failed never ran.
+                    started -= 1;
+                }
+                if let Err(cleanup) = self.teardown_record(&record, &path, Some(started)) {
                     tracing::warn!(
                         id,
                         error = %cleanup,
@@ -378,7 +389,12 @@ impl Cni {
         }
     }
 
-    fn add(&self, record: &mut Record, path: &Path) -> Result<(), NetworkError> {
+    fn add(
+        &self,
+        record: &mut Record,
+        path: &Path,
+        started: &mut usize,
+    ) -> Result<(), NetworkError> {
         netns::create(&record.netns)?;
         for i in 0..record.networks.len() {
             let net = &record.networks[i];
@@ -386,12 +402,14 @@ impl Cni {
             for plugin in conflist::plugins(&net.list) {
                 let config =
                     conflist::plugin_config(&net.list, plugin, &record.ports, prev.as_ref());
+                *started += 1;
                 prev = self.inner.plugins.run(&Call {
                     op: Op::Add,
                     container_id: &record.container_id,
                     netns: Some(&record.netns),
                     ifname: &net.ifname,
                     config: &config,
+                    ipv4_only: false,
                 })?;
             }
             record.networks[i].result = prev;
@@ -421,50 +439,60 @@ impl Cni {
     }
 
     /// Detaches container `id` and removes its namespace: CNI DEL of every network in
-    /// reverse order (with the configuration ADD ran and its cached result), then the
-    /// namespace's mount and file, then the attachment file. Works after a setup that never
+    /// reverse order (with the configuration ADD ran and its cached result), then any nat
+    /// rule still tagged for the container, the namespace's mount and file, and last the
+    /// attachment file. Works after a setup that never
     /// finished; a container without an attachment is not an error. If a plugin fails,
     /// the attachment stays, so calling it again retries.
     pub fn teardown(&self, id: &str) -> Result<(), NetworkError> {
         let _busy = self.claim(id)?;
         let path = self.record_path(id);
         match Record::load(&path)? {
-            Some(record) => self.teardown_record(&record, &path),
+            Some(record) => self.teardown_record(&record, &path, None),
             // Nothing recorded means nothing was made (the record is written first and
             // removed last), but a namespace at the path is ours to remove.
             None => Ok(netns::remove(&self.netns_path(id))?),
         }
     }
 
-    fn teardown_record(&self, record: &Record, path: &Path) -> Result<(), NetworkError> {
+    /// DEL of every plugin, last first; with `started`, only of the first `started` plugins
+    /// in ADD order (a setup undoing itself knows which ran; after a crash, all may have).
+    fn teardown_record(
+        &self,
+        record: &Record,
+        path: &Path,
+        started: Option<usize>,
+    ) -> Result<(), NetworkError> {
         // A namespace that is gone (not mounted) is not passed: plugins then skip what
         // lives inside it and still release addresses and host rules.
         let netns = netns::is_mounted(&record.netns).then_some(record.netns.as_path());
+        let calls: Vec<(&NetworkState, &Value)> = record
+            .networks
+            .iter()
+            .flat_map(|net| conflist::plugins(&net.list).iter().map(move |p| (net, p)))
+            .take(started.unwrap_or(usize::MAX))
+            .collect();
         let mut first_error = None;
-        for net in record.networks.iter().rev() {
-            for plugin in conflist::plugins(&net.list).iter().rev() {
-                let config = conflist::plugin_config(
-                    &net.list,
-                    plugin,
-                    &record.ports,
-                    net.result.as_ref(),
-                );
-                if let Err(e) = self.inner.plugins.run(&Call {
-                    op: Op::Del,
-                    container_id: &record.container_id,
-                    netns,
-                    ifname: &net.ifname,
-                    config: &config,
-                }) {
-                    // The other plugins still clean up what they made.
-                    tracing::warn!(id = %record.container_id, error = %e, "CNI DEL failed");
-                    first_error.get_or_insert(e);
-                }
+        for (net, plugin) in calls.into_iter().rev() {
+            let config =
+                conflist::plugin_config(&net.list, plugin, &record.ports, net.result.as_ref());
+            if let Err(e) = self.inner.plugins.run(&Call {
+                op: Op::Del,
+                container_id: &record.container_id,
+                netns,
+                ifname: &net.ifname,
+                config: &config,
+                ipv4_only: false,
+            }) {
+                // The other plugins still clean up what they made.
+                tracing::warn!(id = %record.container_id, error = %e, "CNI DEL failed");
+                first_error.get_or_insert(e);
             }
         }
         if let Some(e) = first_error {
             return Err(e);
         }
+        iptables::remove_leftovers(&self.inner.network, &record.container_id)?;
         netns::remove(&record.netns)?;
         match std::fs::remove_file(path) {
             Ok(()) => Ok(()),
@@ -489,24 +517,27 @@ impl Cni {
                 path: record.netns.clone(),
             });
         }
+        // portmap before 1.3 (Debian ships 1.1) CHECKs its IPv6 rules whenever ip6tables
+        // works, even for a container without an IPv6 address, and so always fails
+        // (fixed upstream in containernetworking/plugins fb5d195f); it skips IPv6 when
+        // ip6tables is not on its PATH.
+        let attachment = record.attachment(CONTAINER_IFNAME);
+        let ipv4_only = attachment.ips.iter().all(|ip| ip.address.is_ipv4());
         for net in &record.networks {
             for plugin in conflist::plugins(&net.list) {
-                let config = conflist::plugin_config(
-                    &net.list,
-                    plugin,
-                    &record.ports,
-                    net.result.as_ref(),
-                );
+                let config =
+                    conflist::plugin_config(&net.list, plugin, &record.ports, net.result.as_ref());
                 self.inner.plugins.run(&Call {
                     op: Op::Check,
                     container_id: id,
                     netns: Some(&record.netns),
                     ifname: &net.ifname,
                     config: &config,
+                    ipv4_only,
                 })?;
             }
         }
-        Ok(record.attachment(CONTAINER_IFNAME))
+        Ok(attachment)
     }
 
     /// The attachment of container `id`, if it has one.
@@ -561,14 +592,19 @@ impl Cni {
                 left[0].container_id
             )));
         }
-        if Path::new("/sys/class/net").join(&self.inner.bridge).exists() {
+        if Path::new("/sys/class/net")
+            .join(&self.inner.bridge)
+            .exists()
+        {
             let out = std::process::Command::new("ip")
                 .args(["link", "delete", &self.inner.bridge, "type", "bridge"])
                 .env_clear()
                 .env("PATH", crate::runtime::spec::DEFAULT_PATH)
                 .output()
                 .map_err(io_err("running ip link delete (iproute2)"))?;
-            let gone = !Path::new("/sys/class/net").join(&self.inner.bridge).exists();
+            let gone = !Path::new("/sys/class/net")
+                .join(&self.inner.bridge)
+                .exists();
             if !out.status.success() && !gone {
                 return Err(NetworkError::Invalid(format!(
                     "deleting bridge {}: {}",

@@ -55,6 +55,9 @@ pub struct Plugins {
     pub dirs: Vec<PathBuf>,
     /// How long one plugin may run before it is killed.
     pub timeout: Duration,
+    /// A directory holding `iptables` (and its -save and -restore) but not `ip6tables`: the
+    /// PATH of calls with [`Call::ipv4_only`].
+    pub ipv4_only_path: PathBuf,
 }
 
 /// One call of one plugin.
@@ -69,6 +72,8 @@ pub struct Call<'a> {
     pub ifname: &'a str,
     /// The plugin's full configuration (with `name`, `cniVersion`, `prevResult`, …).
     pub config: &'a Value,
+    /// Run with only IPv4's iptables on PATH (see `Plugins::ipv4_only_path`).
+    pub ipv4_only: bool,
 }
 
 impl Plugins {
@@ -87,6 +92,32 @@ impl Plugins {
                 plugin: name.to_string(),
                 dirs: self.dirs_joined(),
             })
+    }
+
+    /// Links `iptables`, `iptables-save` and `iptables-restore` from the system PATH into
+    /// [`Plugins::ipv4_only_path`] (again on every start: the system's may have moved).
+    pub fn prepare_ipv4_only_path(&self) -> Result<(), NetworkError> {
+        for tool in ["iptables", "iptables-save", "iptables-restore"] {
+            let Some(real) = crate::runtime::spec::DEFAULT_PATH
+                .split(':')
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.is_file())
+            else {
+                continue;
+            };
+            let link = self.ipv4_only_path.join(tool);
+            let _ = std::fs::remove_file(&link);
+            match std::os::unix::fs::symlink(&real, &link) {
+                // Another instance over the same state directory just made it.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                other => other.map_err(super::io_err(format!(
+                    "linking {} to {}",
+                    link.display(),
+                    real.display()
+                )))?,
+            }
+        }
+        Ok(())
     }
 
     fn dirs_joined(&self) -> String {
@@ -116,10 +147,20 @@ impl Plugins {
         let mut cmd = Command::new(&exe);
         cmd.env_clear()
             // Plugins run iptables, found on PATH.
-            .env("PATH", crate::runtime::spec::DEFAULT_PATH)
+            .env(
+                "PATH",
+                if call.ipv4_only {
+                    self.ipv4_only_path.as_os_str()
+                } else {
+                    std::ffi::OsStr::new(crate::runtime::spec::DEFAULT_PATH)
+                },
+            )
             .env("CNI_COMMAND", call.op.as_str())
             .env("CNI_CONTAINERID", call.container_id)
-            .env("CNI_NETNS", call.netns.map(Path::as_os_str).unwrap_or_default())
+            .env(
+                "CNI_NETNS",
+                call.netns.map(Path::as_os_str).unwrap_or_default(),
+            )
             .env("CNI_IFNAME", call.ifname)
             .env("CNI_PATH", self.dirs_joined())
             .current_dir("/")
