@@ -4,5 +4,6 @@
 pub mod agent;
 pub mod demo_image;
 pub mod keyfile;
+pub mod network;
 pub mod runtime;
 pub mod tls;

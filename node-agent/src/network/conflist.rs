@@ -1,0 +1,115 @@
+//! The agent's CNI network configuration lists, and the configuration each plugin of a list
+//! receives on stdin (the list's `name` and `cniVersion`, the `runtimeConfig` of the
+//! capabilities it declares, and `prevResult`), as the CNI specification (v1.0.0) says a
+//! runtime builds them.
+
+use super::PortMapping;
+use super::subnet::Ipv4Cidr;
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// The CNI specification version the agent speaks (Debian's plugins 1.1 support it).
+pub const CNI_VERSION: &str = "1.0.0";
+
+/// The container's network: a veth pair on the agent's bridge (the bridge is the gateway
+/// and masquerades traffic leaving the subnet; hairpin mode lets a container reach its own
+/// host ports), an address from host-local IPAM (its leases in `ipam_dir`, so agents never
+/// share one), then portmap for host ports.
+pub fn main_list(network: &str, bridge: &str, subnet: &Ipv4Cidr, ipam_dir: &Path) -> Value {
+    json!({
+        "cniVersion": CNI_VERSION,
+        "name": network,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": true,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet.to_string(), "gateway": subnet.gateway().to_string()}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": ipam_dir,
+                }
+            },
+            {
+                "type": "portmap",
+                "capabilities": {"portMappings": true},
+                "snat": true,
+            }
+        ]
+    })
+}
+
+/// The container's loopback interface, brought up by the loopback plugin.
+pub fn loopback_list(network: &str) -> Value {
+    json!({
+        "cniVersion": CNI_VERSION,
+        "name": format!("{network}-lo"),
+        "plugins": [{"type": "loopback"}]
+    })
+}
+
+/// The plugins of a list (empty if the list has none).
+pub fn plugins(list: &Value) -> &[Value] {
+    list.get("plugins")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// What plugin `plugin` of `list` gets on stdin.
+pub fn plugin_config(
+    list: &Value,
+    plugin: &Value,
+    ports: &[PortMapping],
+    prev_result: Option<&Value>,
+) -> Value {
+    let mut conf = plugin.as_object().cloned().unwrap_or_default();
+    conf.insert("cniVersion".into(), list["cniVersion"].clone());
+    conf.insert("name".into(), list["name"].clone());
+    let wants_ports = plugin
+        .pointer("/capabilities/portMappings")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if wants_ports && !ports.is_empty() {
+        conf.insert("runtimeConfig".into(), json!({ "portMappings": ports }));
+    }
+    if let Some(prev) = prev_result {
+        conf.insert("prevResult".into(), prev.clone());
+    }
+    Value::Object(conf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_configs_get_name_version_ports_and_prev_result() {
+        let list = main_list(
+            "univrs-x",
+            "univrs-x",
+            &"10.89.3.0/24".parse().unwrap(),
+            Path::new("/s/ipam"),
+        );
+        let ports = [PortMapping::tcp(8080, 80)];
+        let bridge = plugin_config(&list, &plugins(&list)[0], &ports, None);
+        assert_eq!(bridge["name"], "univrs-x");
+        assert_eq!(bridge["cniVersion"], CNI_VERSION);
+        assert_eq!(bridge["ipam"]["ranges"][0][0]["gateway"], "10.89.3.1");
+        assert!(
+            bridge.get("runtimeConfig").is_none(),
+            "bridge asks for no capability"
+        );
+        assert!(bridge.get("prevResult").is_none());
+        let prev = json!({"cniVersion": CNI_VERSION, "ips": []});
+        let portmap = plugin_config(&list, &plugins(&list)[1], &ports, Some(&prev));
+        assert_eq!(
+            portmap["runtimeConfig"]["portMappings"][0]["hostPort"],
+            8080
+        );
+        assert_eq!(portmap["prevResult"], prev);
+    }
+}

@@ -1,0 +1,641 @@
+//! Container networking through CNI: each container gets its own network namespace, wired
+//! by Debian's CNI plugins (`/usr/lib/cni`) to a bridge of its agent, with host ports
+//! forwarded.
+//!
+//! For every container, [`Cni::setup`] makes a network namespace pinned at
+//! `<state>/netns/<id>` ([`netns`]) and runs, as the CNI specification (v1.0.0) says a
+//! runtime does:
+//!
+//! - the `loopback` plugin for `lo`;
+//! - the list `bridge` (veth pair, host-local IPAM, the bridge as gateway, masquerading) +
+//!   `portmap` (host ports, from `runtimeConfig.portMappings`) for `eth0`.
+//!
+//! The agent gives the namespace to the container (`ContainerConfig::netns`), and after
+//! deleting the container calls [`Cni::teardown`]: DEL of both lists in reverse order, with
+//! the cached results as `prevResult` and the very configuration ADD ran; then the nat
+//! rules the plugins could not remove are removed by their CNI comment (the bridge plugin
+//! finds its masquerade rules through the container's interface, so they outlive a deleted
+//! veth), and the namespace is unmounted and removed. Teardown is idempotent and works on a setup that
+//! never finished (the agent was killed during it), so the agent can always clean up.
+//!
+//! **Several agents on one machine.** Everything is derived from the agent name, so agents
+//! side by side share nothing:
+//!
+//! - the network name and the bridge are `univrs-<h>` where `<h>` is the first 8 hex digits
+//!   of SHA-256(agent name): 15 characters, exactly what IFNAMSIZ allows. The network name
+//!   also keys portmap's and the bridge's iptables chains (with the container id), so two
+//!   agents with a container `web-0` each never touch each other's rules;
+//! - the subnet is configured per agent; the default is `10.89.<b>.0/24` with `<b>` another
+//!   byte of that hash. [`Cni::new`] refuses a subnet that overlaps a route of another
+//!   interface (e.g. another agent's bridge), so a collision is an error, not a broken
+//!   network: give agents explicit subnets when running many;
+//! - IPAM leases live in `<state>/ipam/<network>/` and namespaces in `<state>/netns/`.
+//!
+//! **Host ports on 127.0.0.1.** Debian's portmap (1.1) DNATs in both PREROUTING and OUTPUT
+//! (`--dst-type LOCAL`), marks connections from 127.0.0.1 for masquerading (`snat`, on by
+//! default) and itself sets `net.ipv4.conf.<bridge>.route_localnet=1` so that 127/8
+//! traffic may cross to the bridge. The bridge plugin (`isGateway`) itself sets
+//! `net.ipv4.ip_forward=1`. So the agent sets no sysctl: the plugins set exactly the two
+//! they need. Hosts whose FORWARD policy is DROP (e.g. with Docker) still reach host ports
+//! from the host itself, but traffic from other machines then needs a FORWARD rule.
+//!
+//! **Concurrency.** Setups and teardowns of different containers run in parallel:
+//! host-local locks its lease directory, the bridge plugin tolerates a bridge another call
+//! just made, iptables-nft commits atomically, and every per-container iptables chain is
+//! keyed by (network, container). Calls for the same container wait for each other, and
+//! host ports are checked and claimed under one lock. Use one [`Cni`] per state directory.
+//!
+//! IPv4 only.
+
+mod attachment;
+mod conflist;
+mod error;
+mod iptables;
+pub mod netns;
+mod plugin;
+pub mod subnet;
+
+pub use attachment::{Attachment, IpAssignment, PortMapping, Protocol};
+pub use conflist::CNI_VERSION;
+pub use error::NetworkError;
+pub use subnet::Ipv4Cidr;
+
+use attachment::{NetworkState, Record};
+use error::io_err;
+use plugin::{Call, Op, Plugins};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Where Debian installs the CNI plugins.
+pub const DEFAULT_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+/// The plugins the agent's networks use.
+pub const PLUGINS: &[&str] = &["bridge", "host-local", "portmap", "loopback"];
+
+/// The container's interface.
+pub const CONTAINER_IFNAME: &str = "eth0";
+
+/// How long one plugin may run by default.
+pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// IFNAMSIZ minus the terminating NUL.
+const MAX_IFNAME: usize = 15;
+
+/// How an agent's networking is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniConfig {
+    /// The agent name (see `runtime::validate_agent_name`); names the bridge and network.
+    pub agent: String,
+    /// Where attachments, namespaces and IPAM leases live (e.g. `<data dir>/network`).
+    pub state_dir: PathBuf,
+    /// Where plugins are looked up, in order [default: `/usr/lib/cni`].
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The bridge [default: [`default_network_name`] of the agent].
+    pub bridge: Option<String>,
+    /// The containers' subnet [default: [`default_subnet`] of the agent].
+    pub subnet: Option<Ipv4Cidr>,
+    /// How long one plugin may run before it is killed.
+    pub plugin_timeout: Duration,
+}
+
+impl CniConfig {
+    /// The defaults for agent `agent` keeping its state in `state_dir`.
+    pub fn new(agent: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            agent: agent.into(),
+            state_dir: state_dir.into(),
+            plugin_dirs: vec![PathBuf::from(DEFAULT_PLUGIN_DIR)],
+            bridge: None,
+            subnet: None,
+            plugin_timeout: DEFAULT_PLUGIN_TIMEOUT,
+        }
+    }
+}
+
+fn agent_hash(agent: &str) -> [u8; 32] {
+    Sha256::digest(agent.as_bytes()).into()
+}
+
+/// The network (and default bridge) name of agent `agent`: `univrs-` and 8 hex digits of
+/// SHA-256 of the name (15 characters, the longest interface name Linux allows).
+pub fn default_network_name(agent: &str) -> String {
+    let h = agent_hash(agent);
+    format!("univrs-{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3])
+}
+
+/// The default subnet of agent `agent`: `10.89.<b>.0/24`, `<b>` a byte of SHA-256 of the
+/// name (one of 256: set subnets explicitly when running many agents on one machine).
+pub fn default_subnet(agent: &str) -> Ipv4Cidr {
+    let b = agent_hash(agent)[4];
+    Ipv4Cidr::new(std::net::Ipv4Addr::new(10, 89, b, 0), 24).expect("a /24 network address")
+}
+
+/// Checks an interface name: 1 to 15 of `A-Z a-z 0-9 _ - .`, not `.` or `..`.
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_IFNAME || name == "." || name == ".." {
+        return Err(format!(
+            "interface name {name:?} must be 1 to {MAX_IFNAME} characters long"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(format!(
+            "interface name {name:?} contains {c:?}; use letters, digits, '_', '-' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// An agent's CNI networking (cheap to clone; clones share their locks).
+#[derive(Debug, Clone)]
+pub struct Cni {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    network: String,
+    bridge: String,
+    subnet: Ipv4Cidr,
+    state_dir: PathBuf,
+    plugins: Plugins,
+    /// Containers with a setup, teardown or check under way.
+    busy: Mutex<HashSet<String>>,
+    idle: Condvar,
+    /// Held while host ports are checked and claimed.
+    ports: Mutex<()>,
+}
+
+/// Holds a container id in [`Inner::busy`] until dropped.
+struct Busy<'a> {
+    inner: &'a Inner,
+    id: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.busy).remove(&self.id);
+        self.inner.idle.notify_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere leaves the data consistent (a set of ids, or nothing).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cni {
+    /// Checks the configuration (names, subnet, that every plugin is installed, that the
+    /// subnet overlaps no other interface's route) and creates the state directories.
+    pub fn new(config: CniConfig) -> Result<Self, NetworkError> {
+        crate::runtime::validate_agent_name(&config.agent).map_err(NetworkError::Invalid)?;
+        let network = default_network_name(&config.agent);
+        let bridge = config.bridge.clone().unwrap_or_else(|| network.clone());
+        validate_ifname(&bridge).map_err(|e| NetworkError::Invalid(format!("bridge: {e}")))?;
+        let subnet = config
+            .subnet
+            .unwrap_or_else(|| default_subnet(&config.agent));
+        if !(8..=30).contains(&subnet.prefix()) {
+            return Err(NetworkError::Invalid(format!(
+                "subnet {subnet}: the prefix length must be 8 to 30"
+            )));
+        }
+        if config.plugin_dirs.is_empty() {
+            return Err(NetworkError::Invalid(
+                "no CNI plugin directory configured".into(),
+            ));
+        }
+        let state_dir = std::path::absolute(&config.state_dir)
+            .map_err(io_err(format!("resolving {}", config.state_dir.display())))?;
+        let plugins = Plugins {
+            dirs: config.plugin_dirs.clone(),
+            timeout: config.plugin_timeout,
+            ipv4_only_path: state_dir.join("ipv4-only-path"),
+        };
+        for p in PLUGINS {
+            plugins.find(p)?;
+        }
+        let routes =
+            subnet::host_routes().map_err(io_err("reading the host's routes (/proc/net/route)"))?;
+        if let Some((iface, other)) = routes
+            .iter()
+            .find(|(iface, other)| *iface != bridge && other.overlaps(&subnet))
+        {
+            return Err(NetworkError::SubnetOverlap {
+                subnet: subnet.to_string(),
+                other: other.to_string(),
+                iface: iface.clone(),
+            });
+        }
+        let cni = Self {
+            inner: Arc::new(Inner {
+                network,
+                bridge,
+                subnet,
+                state_dir,
+                plugins,
+                busy: Mutex::new(HashSet::new()),
+                idle: Condvar::new(),
+                ports: Mutex::new(()),
+            }),
+        };
+        for dir in [
+            cni.inner.state_dir.clone(),
+            cni.netns_dir(),
+            cni.attachments_dir(),
+            cni.ipam_dir(),
+            cni.inner.plugins.ipv4_only_path.clone(),
+        ] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        cni.inner.plugins.prepare_ipv4_only_path()?;
+        Ok(cni)
+    }
+
+    /// The CNI network name (`univrs-<h>`; see the module docs).
+    pub fn network_name(&self) -> &str {
+        &self.inner.network
+    }
+
+    /// The bridge.
+    pub fn bridge(&self) -> &str {
+        &self.inner.bridge
+    }
+
+    /// The containers' subnet.
+    pub fn subnet(&self) -> Ipv4Cidr {
+        self.inner.subnet
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+
+    /// Where the namespaces are pinned.
+    pub fn netns_dir(&self) -> PathBuf {
+        self.inner.state_dir.join("netns")
+    }
+
+    /// The namespace file of container `id`.
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        self.netns_dir().join(id)
+    }
+
+    /// Where the attachment files are.
+    pub fn attachments_dir(&self) -> PathBuf {
+        self.inner.state_dir.join("attachments")
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.attachments_dir().join(format!("{id}.json"))
+    }
+
+    /// host-local's data directory (its leases are in `<this>/<network name>/`).
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.inner.state_dir.join("ipam")
+    }
+
+    /// Waits until no other call works on `id`, then claims it.
+    fn claim(&self, id: &str) -> Result<Busy<'_>, NetworkError> {
+        crate::runtime::validate_id(id).map_err(NetworkError::Invalid)?;
+        let mut busy = lock(&self.inner.busy);
+        while busy.contains(id) {
+            busy = self
+                .inner
+                .idle
+                .wait(busy)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        busy.insert(id.to_string());
+        Ok(Busy {
+            inner: &self.inner,
+            id: id.to_string(),
+        })
+    }
+
+    /// Gives container `id` a network namespace attached to the agent's bridge, with
+    /// `ports` forwarded from the host. Blocks while plugins run (from an async agent, call
+    /// it on a blocking thread). On failure everything made is torn down again (if that
+    /// fails too, the attachment stays recorded and [`Cni::teardown`] finishes it).
+    pub fn setup(&self, id: &str, ports: &[PortMapping]) -> Result<Attachment, NetworkError> {
+        attachment::validate_ports(ports)?;
+        let _busy = self.claim(id)?;
+        let path = self.record_path(id);
+        let mut record = {
+            let _ports = lock(&self.inner.ports);
+            if Record::load(&path)?.is_some() {
+                return Err(NetworkError::Exists(id.to_string()));
+            }
+            self.check_ports_free(ports)?;
+            let record = Record {
+                container_id: id.to_string(),
+                netns: self.netns_path(id),
+                ports: ports.to_vec(),
+                networks: vec![
+                    NetworkState {
+                        ifname: "lo".into(),
+                        list: conflist::loopback_list(&self.inner.network),
+                        result: None,
+                    },
+                    NetworkState {
+                        ifname: CONTAINER_IFNAME.into(),
+                        list: conflist::main_list(
+                            &self.inner.network,
+                            &self.inner.bridge,
+                            &self.inner.subnet,
+                            &self.ipam_dir(),
+                        ),
+                        result: None,
+                    },
+                ],
+                complete: false,
+                created_ms: crate::runtime::now_ms(),
+            };
+            // Recorded before anything is made, so a teardown after a crash finds it all.
+            record.save(&path)?;
+            record
+        };
+        // How many plugins (in ADD order, across both lists) were started: a failed setup
+        // undoes exactly those.
+        let mut started = 0;
+        match self.add(&mut record, &path, &mut started) {
+            Ok(()) => Ok(record.attachment(CONTAINER_IFNAME)),
+            Err(e) => {
+                if matches!(e, NetworkError::PluginNotFound { .. }) {
+                    // The plugin that failed never ran.
+                    started -= 1;
+                }
+                if let Err(cleanup) = self.teardown_record(&record, &path, Some(started)) {
+                    tracing::warn!(
+                        id,
+                        error = %cleanup,
+                        "undoing a failed network setup failed; teardown will retry"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn add(
+        &self,
+        record: &mut Record,
+        path: &Path,
+        started: &mut usize,
+    ) -> Result<(), NetworkError> {
+        netns::create(&record.netns)?;
+        for i in 0..record.networks.len() {
+            let net = &record.networks[i];
+            let mut prev: Option<Value> = None;
+            for plugin in conflist::plugins(&net.list) {
+                let config =
+                    conflist::plugin_config(&net.list, plugin, &record.ports, prev.as_ref());
+                *started += 1;
+                prev = self.inner.plugins.run(&Call {
+                    op: Op::Add,
+                    container_id: &record.container_id,
+                    netns: Some(&record.netns),
+                    ifname: &net.ifname,
+                    config: &config,
+                    ipv4_only: false,
+                })?;
+            }
+            record.networks[i].result = prev;
+            record.save(path)?;
+        }
+        record.complete = true;
+        record.save(path)
+    }
+
+    /// Host ports another attachment of this agent already has.
+    fn check_ports_free(&self, ports: &[PortMapping]) -> Result<(), NetworkError> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        for other in self.records()? {
+            for theirs in &other.ports {
+                if let Some(p) = ports.iter().find(|p| p.collides(theirs)) {
+                    return Err(NetworkError::PortInUse {
+                        host_port: p.host_port,
+                        protocol: p.protocol.to_string(),
+                        other: other.container_id.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches container `id` and removes its namespace: CNI DEL of every network in
+    /// reverse order (with the configuration ADD ran and its cached result), then any nat
+    /// rule still tagged for the container, the namespace's mount and file, and last the
+    /// attachment file. Works after a setup that never
+    /// finished; a container without an attachment is not an error. If a plugin fails,
+    /// the attachment stays, so calling it again retries.
+    pub fn teardown(&self, id: &str) -> Result<(), NetworkError> {
+        let _busy = self.claim(id)?;
+        let path = self.record_path(id);
+        match Record::load(&path)? {
+            Some(record) => self.teardown_record(&record, &path, None),
+            // Nothing recorded means nothing was made (the record is written first and
+            // removed last), but a namespace at the path is ours to remove.
+            None => Ok(netns::remove(&self.netns_path(id))?),
+        }
+    }
+
+    /// DEL of every plugin, last first; with `started`, only of the first `started` plugins
+    /// in ADD order (a setup undoing itself knows which ran; after a crash, all may have).
+    fn teardown_record(
+        &self,
+        record: &Record,
+        path: &Path,
+        started: Option<usize>,
+    ) -> Result<(), NetworkError> {
+        // A namespace that is gone (not mounted) is not passed: plugins then skip what
+        // lives inside it and still release addresses and host rules.
+        let netns = netns::is_mounted(&record.netns).then_some(record.netns.as_path());
+        let calls: Vec<(&NetworkState, &Value)> = record
+            .networks
+            .iter()
+            .flat_map(|net| conflist::plugins(&net.list).iter().map(move |p| (net, p)))
+            .take(started.unwrap_or(usize::MAX))
+            .collect();
+        let mut first_error = None;
+        for (net, plugin) in calls.into_iter().rev() {
+            let config =
+                conflist::plugin_config(&net.list, plugin, &record.ports, net.result.as_ref());
+            if let Err(e) = self.inner.plugins.run(&Call {
+                op: Op::Del,
+                container_id: &record.container_id,
+                netns,
+                ifname: &net.ifname,
+                config: &config,
+                ipv4_only: false,
+            }) {
+                // The other plugins still clean up what they made.
+                tracing::warn!(id = %record.container_id, error = %e, "CNI DEL failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        iptables::remove_leftovers(&self.inner.network, &record.container_id)?;
+        netns::remove(&record.netns)?;
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
+        }
+    }
+
+    /// Verifies container `id`'s attachment (CNI CHECK of every network with the cached
+    /// result, and that its namespace is still mounted), e.g. when a restarted agent
+    /// re-adopts a running container. An error means: tear it down and set it up again.
+    pub fn check(&self, id: &str) -> Result<Attachment, NetworkError> {
+        let _busy = self.claim(id)?;
+        let record =
+            Record::load(&self.record_path(id))?.ok_or(NetworkError::NotFound(id.to_string()))?;
+        if !record.complete {
+            return Err(NetworkError::Incomplete(id.to_string()));
+        }
+        if !netns::is_mounted(&record.netns) {
+            return Err(NetworkError::NetnsGone {
+                id: id.to_string(),
+                path: record.netns.clone(),
+            });
+        }
+        // portmap before 1.3 (Debian ships 1.1) CHECKs its IPv6 rules whenever ip6tables
+        // works, even for a container without an IPv6 address, and so always fails
+        // (fixed upstream in containernetworking/plugins fb5d195f); it skips IPv6 when
+        // ip6tables is not on its PATH.
+        let attachment = record.attachment(CONTAINER_IFNAME);
+        let ipv4_only = attachment.ips.iter().all(|ip| ip.address.is_ipv4());
+        for net in &record.networks {
+            for plugin in conflist::plugins(&net.list) {
+                let config =
+                    conflist::plugin_config(&net.list, plugin, &record.ports, net.result.as_ref());
+                self.inner.plugins.run(&Call {
+                    op: Op::Check,
+                    container_id: id,
+                    netns: Some(&record.netns),
+                    ifname: &net.ifname,
+                    config: &config,
+                    ipv4_only,
+                })?;
+            }
+        }
+        Ok(attachment)
+    }
+
+    /// The attachment of container `id`, if it has one.
+    pub fn attachment(&self, id: &str) -> Result<Option<Attachment>, NetworkError> {
+        crate::runtime::validate_id(id).map_err(NetworkError::Invalid)?;
+        Ok(Record::load(&self.record_path(id))?.map(|r| r.attachment(CONTAINER_IFNAME)))
+    }
+
+    /// Every attachment on disk, by container id, finished or not (what a restarted agent
+    /// checks or tears down).
+    pub fn list(&self) -> Result<Vec<Attachment>, NetworkError> {
+        Ok(self
+            .records()?
+            .iter()
+            .map(|r| r.attachment(CONTAINER_IFNAME))
+            .collect())
+    }
+
+    fn records(&self) -> Result<Vec<Record>, NetworkError> {
+        let dir = self.attachments_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(format!("listing {}", dir.display()))(e)),
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|name| name.strip_suffix(".json").map(str::to_string))
+            .filter(|id| crate::runtime::validate_id(id).is_ok())
+            .collect();
+        ids.sort();
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            // Gone meanwhile (a concurrent teardown) is fine.
+            if let Some(r) = Record::load(&self.record_path(&id))? {
+                records.push(r);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Deletes the agent's bridge and its IPAM leases directory once no attachment is left
+    /// (the bridge plugin never deletes bridges), e.g. when the agent leaves the machine.
+    pub fn remove_bridge(&self) -> Result<(), NetworkError> {
+        let left = self.records()?;
+        if !left.is_empty() {
+            return Err(NetworkError::Invalid(format!(
+                "{} containers are still attached to {} (first: {}); tear them down first",
+                left.len(),
+                self.inner.bridge,
+                left[0].container_id
+            )));
+        }
+        if Path::new("/sys/class/net")
+            .join(&self.inner.bridge)
+            .exists()
+        {
+            let out = std::process::Command::new("ip")
+                .args(["link", "delete", &self.inner.bridge, "type", "bridge"])
+                .env_clear()
+                .env("PATH", crate::runtime::spec::DEFAULT_PATH)
+                .output()
+                .map_err(io_err("running ip link delete (iproute2)"))?;
+            let gone = !Path::new("/sys/class/net")
+                .join(&self.inner.bridge)
+                .exists();
+            if !out.status.success() && !gone {
+                return Err(NetworkError::Invalid(format!(
+                    "deleting bridge {}: {}",
+                    self.inner.bridge,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        let leases = self.ipam_dir().join(&self.inner.network);
+        match std::fs::remove_dir_all(&leases) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("removing {}", leases.display()))(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_ifnamsiz_and_differ_per_agent() {
+        let a = default_network_name("node-1");
+        let b = default_network_name("node-2");
+        assert_eq!(a.len(), 15);
+        assert!(validate_ifname(&a).is_ok());
+        assert_ne!(a, b);
+        assert_eq!(a, default_network_name("node-1"), "stable");
+        assert_eq!(default_subnet("node-1").prefix(), 24);
+        assert!(validate_ifname("a-very-long-bridge").is_err());
+        assert!(validate_ifname("br/0").is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! Network namespaces pinned by a bind mount on a file, the way `ip netns add` and CNI's
+//! callers keep a namespace alive without a process in it.
+//!
+//! A namespace is made on a short-lived thread of our own, not in a child process: the thread
+//! calls `unshare(CLONE_NEWNET)` (which moves only the calling thread into a new namespace),
+//! bind-mounts `/proc/thread-self/ns/net` onto the file, and exits, so no thread of the agent
+//! is ever left in a foreign namespace and nothing forks inside the multi-threaded agent.
+//! That is also faster than spawning `ip netns add` and does not tie the namespace to
+//! `/run/netns`, so every agent keeps its namespaces under its own state directory.
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::statfs::{NSFS_MAGIC, statfs};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Why a namespace could not be made or removed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} network namespace {}: {source}", path.display())]
+pub struct NetnsError {
+    /// What was being done ("creating", "removing", …).
+    pub what: &'static str,
+    /// The namespace file.
+    pub path: PathBuf,
+    /// The error.
+    pub source: io::Error,
+}
+
+fn err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> NetnsError {
+    let path = path.to_path_buf();
+    move |source| NetnsError { what, path, source }
+}
+
+/// Whether `path` is a mounted network namespace (a bind mount of an `nsfs` file).
+pub fn is_mounted(path: &Path) -> bool {
+    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+}
+
+/// Creates a new, empty network namespace pinned at `path` (its parent must exist). A file
+/// left there by an earlier, interrupted attempt is reused; a mounted one is an error.
+pub fn create(path: &Path) -> Result<(), NetnsError> {
+    if is_mounted(path) {
+        return Err(err("creating", path)(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a namespace is already mounted there",
+        )));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err("creating the mount point of", path))?;
+    let target = path.to_path_buf();
+    let made = std::thread::Builder::new()
+        .name("netns-create".into())
+        .spawn(move || -> Result<(), Errno> {
+            unshare(CloneFlags::CLONE_NEWNET)?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        })
+        .map_err(err("starting a thread to create", path))?
+        .join()
+        .map_err(|_| err("creating", path)(io::Error::other("the namespace thread panicked")))?;
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(path);
+        return Err(err("creating", path)(io::Error::from(e)));
+    }
+    Ok(())
+}
+
+/// Unmounts and removes the namespace file at `path`; a missing or unmounted file is fine.
+/// Processes still inside the namespace keep it alive until they exit.
+pub fn remove(path: &Path) -> Result<(), NetnsError> {
+    if is_mounted(path) {
+        match umount2(path, MntFlags::MNT_DETACH) {
+            // EINVAL: no longer a mount point (someone else unmounted it meanwhile).
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(err("unmounting", path)(io::Error::from(e))),
+        }
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err("removing", path)(e)),
+    }
+}
