@@ -1,8 +1,10 @@
 //! Univrs node agent: the node's identity on disk, containers through youki (in per-container
-//! shims), and the agent that runs the instances placed on its node.
+//! shims), OCI images, container networks through CNI, and the agent that runs the instances
+//! placed on its node.
 
 pub mod agent;
 pub mod demo_image;
+pub mod image;
 pub mod keyfile;
 pub mod network;
 pub mod runtime;
