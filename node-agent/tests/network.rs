@@ -490,6 +490,12 @@ fn a_host_port_answers_on_localhost_and_on_the_host_addresses() {
     }
     // The container itself, without the host port.
     wait_for_page(SocketAddr::from((a.ipv4().unwrap(), 8080)), page);
+    // The two sysctls this needs, set by the plugins themselves (the agent sets none):
+    // portmap lets 127/8 cross to the bridge, the bridge plugin (isGateway) forwards.
+    let sysctl = |p: &str| std::fs::read_to_string(Path::new("/proc/sys/net/ipv4").join(p));
+    let localnet = format!("conf/{}/route_localnet", net.cni.bridge());
+    assert_eq!(sysctl(&localnet).unwrap().trim(), "1");
+    assert_eq!(sysctl("ip_forward").unwrap().trim(), "1");
 
     net.rt.delete("web").unwrap();
     net.cni.teardown("web").unwrap();
