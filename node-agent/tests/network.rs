@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use univrs_node_agent::network::{
-    Attachment, Cni, CniConfig, Ipv4Cidr, NetworkError, PortMapping, netns,
+    Attachment, Cni, CniConfig, Ipv4Cidr, NetworkError, PortMapping, netns, subnet,
 };
 use univrs_node_agent::runtime::{ContainerConfig, RuntimeClient};
 use univrs_tests::{free_port, univrs_bin};
@@ -48,18 +48,10 @@ fn assert_root() {
 fn free_subnet() -> Ipv4Cidr {
     static TAKEN: Mutex<Vec<Ipv4Cidr>> = Mutex::new(Vec::new());
     let mut taken = TAKEN.lock().unwrap();
-    let routes = std::fs::read_to_string("/proc/net/route").unwrap();
-    let routed: Vec<Ipv4Cidr> = routes
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let addr = |h: &str| {
-                Ipv4Addr::from(u32::from_str_radix(h, 16).ok().unwrap_or(0).to_ne_bytes())
-            };
-            let mask = u32::from(addr(f.get(7)?)).leading_ones() as u8;
-            (mask > 0).then(|| Ipv4Cidr::new(addr(f[1]), mask).ok())?
-        })
+    let routed: Vec<Ipv4Cidr> = subnet::host_routes()
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
         .collect();
     // Start somewhere that depends on the pid, so concurrent test binaries rarely meet.
     let start = std::process::id() as usize * 37;
@@ -490,6 +482,12 @@ fn a_host_port_answers_on_localhost_and_on_the_host_addresses() {
     }
     // The container itself, without the host port.
     wait_for_page(SocketAddr::from((a.ipv4().unwrap(), 8080)), page);
+    // The two sysctls this needs, set by the plugins themselves (the agent sets none):
+    // portmap lets 127/8 cross to the bridge, the bridge plugin (isGateway) forwards.
+    let sysctl = |p: &str| std::fs::read_to_string(Path::new("/proc/sys/net/ipv4").join(p));
+    let localnet = format!("conf/{}/route_localnet", net.cni.bridge());
+    assert_eq!(sysctl(&localnet).unwrap().trim(), "1");
+    assert_eq!(sysctl("ip_forward").unwrap().trim(), "1");
 
     net.rt.delete("web").unwrap();
     net.cni.teardown("web").unwrap();

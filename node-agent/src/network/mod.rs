@@ -375,7 +375,7 @@ impl Cni {
             Err(e) => {
                 if matches!(e, NetworkError::PluginNotFound { .. }) {
                     // The plugin that failed never ran.
-                    started -= 1;
+                    started = started.saturating_sub(1);
                 }
                 if let Err(cleanup) = self.teardown_record(&record, &path, Some(started)) {
                     tracing::warn!(
@@ -441,9 +441,9 @@ impl Cni {
     /// Detaches container `id` and removes its namespace: CNI DEL of every network in
     /// reverse order (with the configuration ADD ran and its cached result), then any nat
     /// rule still tagged for the container, the namespace's mount and file, and last the
-    /// attachment file. Works after a setup that never
-    /// finished; a container without an attachment is not an error. If a plugin fails,
-    /// the attachment stays, so calling it again retries.
+    /// attachment file. Works after a setup that never finished; a container without an
+    /// attachment is not an error. If a plugin fails, the attachment stays, so calling it
+    /// again retries.
     pub fn teardown(&self, id: &str) -> Result<(), NetworkError> {
         let _busy = self.claim(id)?;
         let path = self.record_path(id);

@@ -106,7 +106,7 @@ impl From<Ipv4Cidr> for String {
 
 /// The host's IPv4 routes other than default routes, as `(interface, network)`, from
 /// `/proc/net/route` (no `ip` command needed).
-pub(crate) fn host_routes() -> std::io::Result<Vec<(String, Ipv4Cidr)>> {
+pub fn host_routes() -> std::io::Result<Vec<(String, Ipv4Cidr)>> {
     let text = std::fs::read_to_string("/proc/net/route")?;
     Ok(parse_routes(&text))
 }
