@@ -23,7 +23,7 @@ use univrs_tests::{ControlPlane, repo_root, run};
 
 const NS: &str = "dash";
 const NODES: [&str; 2] = ["dash-alpha", "dash-bravo"];
-/// How long k9s may take to show what the API server already holds (it refreshes every 1 s).
+/// How long k9s may take to show what the API server already holds (it refreshes every 2 s).
 const SCREEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The k9s binary: `UNIVRS_K9S`, or the one scripts/build-k9s built for the pin (it returns at
@@ -86,7 +86,7 @@ impl Dashboard {
         // no check of GitHub for a newer release (unreachable here; it would only log).
         std::fs::write(
             config.join("config.yaml"),
-            "k9s:\n  readOnly: true\n  skipLatestRevCheck: true\n  refreshRate: 1\n  ui:\n    \
+            "k9s:\n  readOnly: true\n  skipLatestRevCheck: true\n  refreshRate: 2\n  ui:\n    \
              enableMouse: false\n    logoless: true\n    splashless: true\n    noIcons: true\n",
         )
         .unwrap();
@@ -95,8 +95,11 @@ impl Dashboard {
             log: dir.join("k9s.log"),
         };
         // k9s under `timeout`, so that even a tmux server orphaned by a killed test binary ends
-        // within minutes; after k9s exits the pane shows how it ended instead of vanishing.
-        let script = "timeout 600 \"$@\"; echo \"k9s exited with status $?\"; sleep 600";
+        // within minutes (--foreground: k9s must stay in the terminal's foreground process
+        // group, or reading the terminal stops it with SIGTTIN); after k9s exits the pane shows
+        // how it ended instead of vanishing.
+        let script =
+            "timeout --foreground 600 \"$@\"; echo \"k9s exited with status $?\"; sleep 600";
         let home_var = |name: &str, sub: &str| format!("{name}={}", home.join(sub).display());
         let mut cmd = Command::new("tmux");
         cmd.arg("-S")
@@ -108,6 +111,10 @@ impl Dashboard {
             .arg(format!("HOME={}", home.display()))
             .arg("-e")
             .arg(format!("K9S_CONFIG_DIR={}", config.display()))
+            // k9s keeps its discovery cache in the user's ~/.kube/cache (from the passwd entry,
+            // not $HOME) unless KUBECACHEDIR says otherwise.
+            .arg("-e")
+            .arg(format!("KUBECACHEDIR={}", dir.join("kube-cache").display()))
             .arg("-e")
             .arg(format!("K9S_LOGS_DIR={}", dir.display()))
             .args(["-e", &home_var("XDG_CONFIG_HOME", ".config")])
@@ -179,12 +186,17 @@ impl Drop for Dashboard {
     }
 }
 
-/// The whitespace-separated words of the first line of `screen` that holds `word` as a word.
+/// The words of a line of the screen, without k9s's table borders and sort arrows.
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace()
+        .map(|w| w.trim_matches(|c| matches!(c, '│' | '↑' | '↓')))
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// The words of the first line of `screen` that holds `word` as a word.
 fn row<'a>(screen: &'a str, word: &str) -> Option<Vec<&'a str>> {
-    screen
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w.contains(&word))
+    screen.lines().map(words).find(|w| w.contains(&word))
 }
 
 /// Whether `words` holds `expected` in order, next to each other.
@@ -319,8 +331,8 @@ async fn k9s_shows_workloads_columns_and_node_conditions_and_events() {
         .await;
     eprintln!("--- k9s: workloads.univrs.io ---\n{}", trimmed(&screen));
     assert!(
-        screen.contains("workloads.univrs.io"),
-        "the view's title names the resource:\n{screen}"
+        screen.contains(&format!("workloads({NS})")),
+        "the view's title names the resource and namespace:\n{screen}"
     );
 
     // 2. The Univrs nodes (not the core `nodes`, which k9s keeps for v1 Nodes).
@@ -347,12 +359,11 @@ async fn k9s_shows_workloads_columns_and_node_conditions_and_events() {
     dash.type_text("d", false);
     let screen = dash
         .wait_for("the node's describe page", |s| {
-            let words: Vec<&str> = s.split_whitespace().collect();
-            has_run(&words, &["Name:", NODES[1]])
-                && words.contains(&"Conditions:")
-                && has_run(&words, &["Type:", "Ready"])
-                && has_run(&words, &["Reason:", ready_reason.as_str()])
-                && words.contains(&"Events:")
+            let all = words(s);
+            has_run(&all, &["Name:", NODES[1]])
+                && all.contains(&"Conditions:")
+                && has_run(&all, &["Type:", "Ready"])
+                && has_run(&all, &["Reason:", ready_reason.as_str()])
         })
         .await;
     eprintln!("--- k9s: describe (top) ---\n{}", trimmed(&screen));
