@@ -30,7 +30,9 @@ const SCREEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// once when the pin is built; scripts/install-deps builds it).
 fn k9s_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("UNIVRS_K9S") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "UNIVRS_K9S={} is not a file", p.display());
+        return p;
     }
     let script = repo_root().join("scripts/build-k9s");
     let out = Command::new(&script)
@@ -48,7 +50,13 @@ fn k9s_bin() -> PathBuf {
          scripts/install-deps, which builds it once from deploy/k9s/go.mod"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(stdout.lines().last().expect("build-k9s prints a path").trim())
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("build-k9s prints a path")
+            .trim(),
+    )
 }
 
 /// Fails with what to do when tmux is not installed.
@@ -267,7 +275,10 @@ async fn k9s_shows_workloads_columns_and_node_conditions_and_events() {
             "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}}}]}
     }))
     .unwrap();
-    wl_api.create(&PostParams::default(), &portal).await.unwrap();
+    wl_api
+        .create(&PostParams::default(), &portal)
+        .await
+        .unwrap();
 
     // What the printer columns must show, read from the API once the controller has written
     // the status: k9s has to render the server's values, whatever they are.
@@ -316,7 +327,13 @@ async fn k9s_shows_workloads_columns_and_node_conditions_and_events() {
         &k9s,
         &dir,
         &cp.kubeconfig,
-        &["--readonly", "--namespace", NS, "--command", "workloads.univrs.io"],
+        &[
+            "--readonly",
+            "--namespace",
+            NS,
+            "--command",
+            "workloads.univrs.io",
+        ],
     );
 
     // 1. The Workload list with the CRD's printer columns and the controller's values.
@@ -341,10 +358,13 @@ async fn k9s_shows_workloads_columns_and_node_conditions_and_events() {
     let screen = dash
         .wait_for("the Univrs nodes view", |s| {
             row(s, "NAME").is_some_and(|h| {
-                has_run(&h, &["NAME", "READY", "ROLE", "REPUTATION", "CPU", "MEMORY"])
-            }) && NODES.iter().all(|n| {
-                row(s, n).is_some_and(|r| has_run(&r, &[n, "True"]) && r.contains(&"8Gi"))
-            })
+                has_run(
+                    &h,
+                    &["NAME", "READY", "ROLE", "REPUTATION", "CPU", "MEMORY"],
+                )
+            }) && NODES
+                .iter()
+                .all(|n| row(s, n).is_some_and(|r| has_run(&r, &[n, "True"]) && r.contains(&"8Gi")))
         })
         .await;
     eprintln!("--- k9s: nodes.univrs.io ---\n{}", trimmed(&screen));
