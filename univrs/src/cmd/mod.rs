@@ -5,6 +5,7 @@ mod controller;
 mod crds;
 mod identity;
 mod kubectl;
+mod mcp;
 mod shim;
 
 use crate::cli::{Cli, Command};
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Command::Kubectl { args } => kubectl::run(args),
         Command::Shim { command } => shim::run(command),
+        Command::Mcp(args) => mcp::run(args),
         Command::Controller {
             kubeconfig,
             metrics_addr,
