@@ -98,11 +98,7 @@ async fn an_agent_deploys_scales_inspects_and_manages_the_cluster_over_stdio() {
         .unwrap();
     let status = serde_json::json!({"status": {"replicas": 1, "instances": [{"name": "placed-0", "node": school}]}});
     workloads
-        .patch_status(
-            "placed",
-            &PatchParams::default(),
-            &Patch::Merge(&status),
-        )
+        .patch_status("placed", &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap();
     // A credit line the namespace has drawn 1,500 milli-credits on.
@@ -150,10 +146,7 @@ async fn an_agent_deploys_scales_inspects_and_manages_the_cluster_over_stdio() {
         .iter()
         .filter_map(|m| m.manager.clone())
         .collect();
-    assert!(
-        managers.iter().any(|m| m == "univrs-mcp"),
-        "{managers:?}"
-    );
+    assert!(managers.iter().any(|m| m == "univrs-mcp"), "{managers:?}");
     assert!(workloads.get_opt("mcp-gone").await.unwrap().is_none());
     let a = nodes.get(library).await.unwrap();
     assert!(!a.spec.unschedulable && !a.annotations().contains_key("univrs.io/drain"));
@@ -217,7 +210,10 @@ async fn over_http_a_request_needs_tls_and_the_bearer_token() {
     ensure_namespace(&client, ns).await;
     let data = temp_dir("mcp-http");
     let (server, url, log) = start_http_server(cp, &data);
-    assert!(url.starts_with("https://127.0.0.1:") && url.ends_with("/mcp"), "{url}");
+    assert!(
+        url.starts_with("https://127.0.0.1:") && url.ends_with("/mcp"),
+        "{url}"
+    );
     let token_file = data.join("univrs/mcp/token");
     let cert = data.join("univrs/mcp/tls.crt");
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
@@ -247,7 +243,10 @@ async fn over_http_a_request_needs_tls_and_the_bearer_token() {
     let token = std::fs::read_to_string(&token_file).unwrap();
     let logged = std::fs::read_to_string(&log).unwrap();
     eprintln!("{logged}");
-    assert!(logged.contains(&token_file.display().to_string()), "{logged}");
+    assert!(
+        logged.contains(&token_file.display().to_string()),
+        "{logged}"
+    );
     assert!(logged.contains("SHA-256 fingerprint"), "{logged}");
     assert!(
         !logged.contains(token.trim()),

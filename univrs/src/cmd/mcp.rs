@@ -47,11 +47,7 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
 /// reached or does not serve the Univrs resources.
 async fn check_api(client: &kube::Client) {
     match client
-        .list_api_group_resources(&format!(
-            "{}/{}",
-            univrs_api::GROUP,
-            univrs_api::VERSION
-        ))
+        .list_api_group_resources(&format!("{}/{}", univrs_api::GROUP, univrs_api::VERSION))
         .await
     {
         Ok(_) => {}
@@ -60,7 +56,9 @@ async fn check_api(client: &kube::Client) {
             univrs_api::GROUP,
             univrs_api::VERSION
         ),
-        Err(e) => tracing::warn!(error = %e, "the API server is not reachable yet; tools will fail until it is"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the API server is not reachable yet; tools will fail until it is")
+        }
     }
 }
 

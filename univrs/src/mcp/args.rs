@@ -24,7 +24,8 @@ pub struct DeployArgs {
     #[serde(default)]
     pub namespace: Option<String>,
     /// The OCI image to run, such as `registry.example:5000/demo/busybox:1.36`.
-    #[serde(default)]
+    // Required in the schema, yet optional to serde (a missing Option is None), so that a call
+    // without it gets "image is required: …" instead of a bare deserialization error.
     #[schemars(required, length(min = 1, max = 512))]
     pub image: Option<String>,
     /// How many instances to run (0 to 1000). Default: 1 for a new Workload; left as it is

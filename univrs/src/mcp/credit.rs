@@ -7,9 +7,9 @@ use super::error::{ToolError, ToolResult};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use univrs_api::ledger::{Ledger, Line};
 use univrs_api::resources::creditline::CONDITION_READY;
 use univrs_api::{Account, CreditLine};
-use univrs_api::ledger::{Ledger, Line};
 
 /// Every CreditLine object.
 pub async fn all(client: &Client) -> Result<Vec<CreditLine>, ToolError> {
@@ -88,7 +88,9 @@ pub async fn balances(client: &Client) -> ToolResult {
 pub async fn lines(client: &Client, args: CreditLinesArgs) -> ToolResult {
     let filter: Option<Account> = match args.account.as_deref().filter(|a| !a.is_empty()) {
         Some(a) => Some(a.parse().map_err(|e| {
-            ToolError::Invalid(format!("account: {e}, such as node/library-1 or namespace/shop"))
+            ToolError::Invalid(format!(
+                "account: {e}, such as node/library-1 or namespace/shop"
+            ))
         })?),
         None => None,
     };
@@ -102,7 +104,10 @@ pub async fn lines(client: &Client, args: CreditLinesArgs) -> ToolResult {
         })
         .map(|l| {
             let status = l.status.clone().unwrap_or_default();
-            let ready = status.conditions.iter().find(|c| c.type_ == CONDITION_READY);
+            let ready = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == CONDITION_READY);
             json!({
                 "name": l.name_any(),
                 "creditor": l.spec.creditor.to_string(),

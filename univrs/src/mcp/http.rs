@@ -139,7 +139,10 @@ pub async fn serve(
     );
     let app = axum::Router::new()
         .nest_service(PATH, mcp)
-        .layer(middleware::from_fn_with_state(Arc::new(token), require_token));
+        .layer(middleware::from_fn_with_state(
+            Arc::new(token),
+            require_token,
+        ));
     match tls {
         Some(config) => {
             let listener = TlsListener::new(tcp, config).context("starting the TLS listener")?;

@@ -82,7 +82,12 @@ pub async fn list(client: &Client) -> ToolResult {
 }
 
 /// Merge-patches `patch` into the node `name`; a missing node is NotFound.
-async fn patch_node(client: &Client, name: &str, verb: &str, patch: Value) -> Result<Node, ToolError> {
+async fn patch_node(
+    client: &Client,
+    name: &str,
+    verb: &str,
+    patch: Value,
+) -> Result<Node, ToolError> {
     if name.trim().is_empty() {
         return Err(ToolError::Invalid(format!(
             "name is required: the node to {verb}; {NODES_HINT}"
@@ -104,7 +109,13 @@ async fn patch_node(client: &Client, name: &str, verb: &str, patch: Value) -> Re
 
 /// `node_cordon`: nothing new is placed on the node; what runs there stays.
 pub async fn cordon(client: &Client, args: NodeRef) -> ToolResult {
-    let n = patch_node(client, &args.name, "cordon", json!({"spec": {"unschedulable": true}})).await?;
+    let n = patch_node(
+        client,
+        &args.name,
+        "cordon",
+        json!({"spec": {"unschedulable": true}}),
+    )
+    .await?;
     Ok(json!({
         "node": n.name_any(),
         "cordoned": true,

@@ -167,7 +167,11 @@ impl ServerHandler for UnivrsMcp {
     ) -> Result<ReadResourceResponse, ErrorData> {
         if request.uri != summary::URI {
             return Err(ErrorData::resource_not_found(
-                format!("no resource {}; resources/list shows {}", request.uri, summary::URI),
+                format!(
+                    "no resource {}; resources/list shows {}",
+                    request.uri,
+                    summary::URI
+                ),
                 None,
             ));
         }

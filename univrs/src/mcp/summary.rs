@@ -65,10 +65,17 @@ pub async fn read(client: &Client) -> Result<Value, ToolError> {
 
     let mut namespaces: BTreeMap<String, (usize, i64, i64)> = BTreeMap::new();
     for w in &workloads {
-        let e = namespaces.entry(w.namespace().unwrap_or_default()).or_default();
+        let e = namespaces
+            .entry(w.namespace().unwrap_or_default())
+            .or_default();
         e.0 += 1;
         e.1 += i64::from(w.spec.replicas);
-        e.2 += i64::from(w.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0));
+        e.2 += i64::from(
+            w.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+        );
     }
     let per_ns: Vec<Value> = namespaces
         .iter()

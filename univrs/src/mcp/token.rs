@@ -56,7 +56,10 @@ impl Token {
     /// so neither the contents nor the length leaks through timing).
     pub fn matches(&self, presented: &[u8]) -> bool {
         let (a, b) = (Sha256::digest(self.0.as_bytes()), Sha256::digest(presented));
-        a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
     }
 }
 

@@ -79,12 +79,21 @@ pub async fn reputation(client: &Client, args: ReputationArgs) -> ToolResult {
 }
 
 /// The subject's identity and node name, from a node name or a DID.
-fn resolve_subject(subject: &str, nodes: &[Node]) -> Result<(PublicIdentity, Option<String>), ToolError> {
+fn resolve_subject(
+    subject: &str,
+    nodes: &[Node],
+) -> Result<(PublicIdentity, Option<String>), ToolError> {
     let subject = subject.trim();
     if subject.starts_with("did:") {
-        let id = PublicIdentity::from_did(subject)
-            .map_err(|e| ToolError::Invalid(format!("subject {subject:?} is not an Ed25519 did:key: {e}")))?;
-        let node = nodes.iter().find(|n| n.spec.did == subject).map(ResourceExt::name_any);
+        let id = PublicIdentity::from_did(subject).map_err(|e| {
+            ToolError::Invalid(format!(
+                "subject {subject:?} is not an Ed25519 did:key: {e}"
+            ))
+        })?;
+        let node = nodes
+            .iter()
+            .find(|n| n.spec.did == subject)
+            .map(ResourceExt::name_any);
         return Ok((id, node));
     }
     let node = nodes
@@ -95,13 +104,20 @@ fn resolve_subject(subject: &str, nodes: &[Node]) -> Result<(PublicIdentity, Opt
             hint: "cluster_nodes lists the nodes; a subject may also be a DID (did:key:z6Mk…)",
         })?;
     let id = PublicIdentity::from_did(&node.spec.did).map_err(|e| {
-        ToolError::Invalid(format!("node {subject} has an unusable DID {:?}: {e}", node.spec.did))
+        ToolError::Invalid(format!(
+            "node {subject} has an unusable DID {:?}: {e}",
+            node.spec.did
+        ))
     })?;
     Ok((id, Some(subject.to_string())))
 }
 
 /// `vouch_create`: signs a vouch for `subject` with `identity` and creates the Vouch object.
-pub async fn vouch(client: &Client, identity: Option<&NodeIdentity>, args: VouchArgs) -> ToolResult {
+pub async fn vouch(
+    client: &Client,
+    identity: Option<&NodeIdentity>,
+    args: VouchArgs,
+) -> ToolResult {
     let identity = identity.ok_or_else(|| {
         ToolError::Unavailable(
             "vouch_create signs with the server's identity, and this server was started without one: \
@@ -110,7 +126,10 @@ pub async fn vouch(client: &Client, identity: Option<&NodeIdentity>, args: Vouch
         )
     })?;
     weight_milli(args.weight).map_err(|_| {
-        ToolError::Invalid(format!("weight must be between 0 and 1 (got {})", args.weight))
+        ToolError::Invalid(format!(
+            "weight must be between 0 and 1 (got {})",
+            args.weight
+        ))
     })?;
     let reason = args.reason.unwrap_or_default();
     if reason.chars().count() > 256 {
@@ -121,12 +140,16 @@ pub async fn vouch(client: &Client, identity: Option<&NodeIdentity>, args: Vouch
     }
     let ttl = match args.expires_in.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => humantime::parse_duration(s).map_err(|e| {
-            ToolError::Invalid(format!("expiresIn {s:?} is not a duration ({e}); use such as 720h or 30days"))
+            ToolError::Invalid(format!(
+                "expiresIn {s:?} is not a duration ({e}); use such as 720h or 30days"
+            ))
         })?,
         None => DEFAULT_VOUCH_TTL,
     };
     if ttl.is_zero() {
-        return Err(ToolError::Invalid("expiresIn must be longer than zero".into()));
+        return Err(ToolError::Invalid(
+            "expiresIn must be longer than zero".into(),
+        ));
     }
     let all_nodes = nodes::all(client).await?;
     let (subject, subject_node) = resolve_subject(&args.subject, &all_nodes)?;
@@ -150,9 +173,19 @@ pub async fn vouch(client: &Client, identity: Option<&NodeIdentity>, args: Vouch
     let name = format!("vouch-{}", &hex::encode(digest)[..16]);
     let v = Vouch::new(&name, spec);
     let created = Api::<Vouch>::all(client.clone())
-        .create(&PostParams { field_manager: Some(super::FIELD_MANAGER.into()), ..Default::default() }, &v)
+        .create(
+            &PostParams {
+                field_manager: Some(super::FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &v,
+        )
         .await
-        .map_err(ToolError::from_kube(format!("create vouch {name}"), format!("vouch {name}"), ""))?;
+        .map_err(ToolError::from_kube(
+            format!("create vouch {name}"),
+            format!("vouch {name}"),
+            "",
+        ))?;
     let voucher_is_node = all_nodes.iter().any(|n| n.spec.did == me.did());
     Ok(json!({
         "vouch": created.name_any(),

@@ -127,10 +127,13 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> ToolResult {
     check_name(&args.name)?;
     let id = format!("{ns}/{}", args.name);
     let api: Api<Workload> = Api::namespaced(client.clone(), &ns);
-    let existing = api.get_opt(&args.name).await.map_err(|source| ToolError::Api {
-        action: format!("read workload {id}"),
-        source,
-    })?;
+    let existing = api
+        .get_opt(&args.name)
+        .await
+        .map_err(|source| ToolError::Api {
+            action: format!("read workload {id}"),
+            source,
+        })?;
     let body = desired(&args, &ns, existing.as_ref())?;
     // Forced: the caller states the desired spec, as `kubectl apply --server-side
     // --force-conflicts` does; fields other managers own and this call leaves out stay.
@@ -256,11 +259,14 @@ pub async fn scale(client: &Client, args: ScaleArgs) -> ToolResult {
     let ns = namespace_or_default(&args.namespace);
     let id = format!("{ns}/{}", args.name);
     let api: Api<Workload> = Api::namespaced(client.clone(), ns);
-    let before = api.get_scale(&args.name).await.map_err(ToolError::from_kube(
-        format!("read the scale of workload {id}"),
-        format!("workload {id}"),
-        LIST_HINT,
-    ))?;
+    let before = api
+        .get_scale(&args.name)
+        .await
+        .map_err(ToolError::from_kube(
+            format!("read the scale of workload {id}"),
+            format!("workload {id}"),
+            LIST_HINT,
+        ))?;
     let patch = json!({"spec": {"replicas": args.replicas}});
     let after = api
         .patch_scale(
@@ -312,9 +318,16 @@ mod tests {
 
     #[test]
     fn bad_arguments_say_what_to_fix() {
-        let e = desired(&args(json!({"name": "web", "image": "x", "replicas": -1})), "default", None)
-            .unwrap_err();
-        assert!(e.to_string().starts_with("replicas must be ≥ 0 (got -1)"), "{e}");
+        let e = desired(
+            &args(json!({"name": "web", "image": "x", "replicas": -1})),
+            "default",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("replicas must be ≥ 0 (got -1)"),
+            "{e}"
+        );
         let e = desired(&args(json!({"name": "web"})), "default", None).unwrap_err();
         assert!(e.to_string().starts_with("image is required"), "{e}");
         let e = desired(
@@ -323,9 +336,18 @@ mod tests {
             None,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("minReputation must be between 0 and 1"), "{e}");
-        let typo = serde_json::from_value::<DeployArgs>(json!({"name": "w", "image": "x", "replica": 2}));
-        assert!(typo.unwrap_err().to_string().contains("unknown field `replica`"));
+        assert!(
+            e.to_string()
+                .contains("minReputation must be between 0 and 1"),
+            "{e}"
+        );
+        let typo =
+            serde_json::from_value::<DeployArgs>(json!({"name": "w", "image": "x", "replica": 2}));
+        assert!(
+            typo.unwrap_err()
+                .to_string()
+                .contains("unknown field `replica`")
+        );
     }
 
     #[test]
@@ -346,7 +368,12 @@ mod tests {
         assert_eq!(body["spec"]["containers"][0]["name"], "web");
         assert_eq!(body["spec"]["containers"][0]["image"], "new");
         assert_eq!(body["spec"]["containers"][0]["ports"][0]["hostPort"], 8080);
-        let fresh = desired(&args(json!({"name": "web", "image": "new"})), "default", None).unwrap();
+        let fresh = desired(
+            &args(json!({"name": "web", "image": "new"})),
+            "default",
+            None,
+        )
+        .unwrap();
         assert_eq!(fresh["spec"]["replicas"], 1);
         assert_eq!(fresh["spec"]["containers"][0]["name"], "main");
     }
