@@ -110,6 +110,12 @@ async def main() -> None:
         assert r["workload"]["readyReplicas"] == 0, r["workload"]
         ok(f"workload_get: spec, {len(r['conditions'])} conditions, {len(r['instances'])} instances, {len(r['events'])} events")
 
+        r = await call(client, "workload_get", {"name": "placed", "namespace": ns})
+        assert [i["node"] for i in r["instances"]] == [node_b], r["instances"]
+        e = r["events"][0]
+        assert e["type"] == "Warning" and e["reason"] == "FailedScheduling" and "0/2 nodes" in e["message"], r["events"]
+        ok("workload_get shows an instance's node and the controller's Events")
+
         r = await call(client, "workload_list", {"namespace": ns})
         assert "mcp-web" in [w["name"] for w in r["workloads"]], r
         r = await call(client, "workload_list", {})
@@ -185,6 +191,14 @@ async def main() -> None:
         assert summary["workloads"]["total"] >= 1 and summary["nodes"]["total"] >= 2, summary
         assert summary["nodes"]["draining"] >= 1 and summary["credit"]["sumOfBalances"] == 0, summary
         ok("resource univrs://cluster/summary")
+
+    # Clients that still use the initialize handshake (2025-11-25 and before) work too.
+    async with Client(params, mode="legacy", read_timeout_seconds=60) as legacy:
+        assert legacy.protocol_version == "2025-11-25", legacy.protocol_version
+        assert EXPECTED_TOOLS <= {t.name for t in (await legacy.list_tools()).tools}
+        r = await call(legacy, "workload_get", {"name": "mcp-web", "namespace": ns})
+        assert r["spec"]["replicas"] == 3, r
+        ok(f"a handshake-era client ({legacy.protocol_version}) lists tools and reads mcp-web")
     print("done", flush=True)
 
 

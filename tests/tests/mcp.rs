@@ -7,8 +7,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -92,10 +93,30 @@ async fn an_agent_deploys_scales_inspects_and_manages_the_cluster_over_stdio() {
         "spec": {"replicas": 1, "containers": [{"name": "c", "image": "demo/busybox:latest"}]}
     }))
     .unwrap();
-    workloads
+    let placed = workloads
         .create(&PostParams::default(), &placed)
         .await
         .unwrap();
+    // An Event about it, published the way the controller publishes its Events.
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "univrs-controller".into(),
+            instance: None,
+        },
+    )
+    .publish(
+        &Event {
+            type_: EventType::Warning,
+            reason: "FailedScheduling".into(),
+            note: Some("0/2 nodes are available: 2 didn't match the nodeSelector".into()),
+            action: "Scheduling".into(),
+            secondary: None,
+        },
+        &placed.object_ref(&()),
+    )
+    .await
+    .unwrap();
     let status = serde_json::json!({"status": {"replicas": 1, "instances": [{"name": "placed-0", "node": school}]}});
     workloads
         .patch_status("placed", &PatchParams::default(), &Patch::Merge(&status))
