@@ -332,3 +332,34 @@ async fn the_generic_kubernetes_mcp_server_creates_a_workload() {
     // The API server's defaults applied, as for any client.
     assert_eq!(w.spec.termination_grace_period_seconds, 30);
 }
+
+/// Tool-call latency over stdio and HTTPS, and the server's memory; printed, not asserted.
+/// `cargo test -p univrs-tests --test mcp -- --ignored --nocapture bench_tool_calls`
+/// (`UNIVRS_BENCH_CALLS`, default 200, calls per tool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it on purpose"]
+async fn bench_tool_calls() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    let ns = "mcp-bench";
+    ensure_namespace(&client, ns).await;
+    let data = temp_dir("mcp-bench");
+    let (server, url, _) = start_http_server(cp, &data);
+    let calls = std::env::var("UNIVRS_BENCH_CALLS").unwrap_or_else(|_| "200".into());
+    let idle = univrs_tests::rss_mib(server.0.id());
+    python(vec![
+        script("mcp_bench.py").into(),
+        univrs_bin().into(),
+        cp.kubeconfig.clone().into(),
+        ns.into(),
+        url.into(),
+        data.join("univrs/mcp/token").into(),
+        data.join("univrs/mcp/tls.crt").into(),
+        calls.into(),
+    ])
+    .await;
+    println!(
+        "univrs mcp --listen RSS: {idle:.1} MiB idle, {:.1} MiB after the benchmark",
+        univrs_tests::rss_mib(server.0.id())
+    );
+}
