@@ -17,10 +17,7 @@ pub async fn all(client: &Client) -> Result<Vec<CreditLine>, ToolError> {
         .list(&ListParams::default())
         .await
         .map(|l| l.items)
-        .map_err(|source| ToolError::Api {
-            action: "list credit lines".into(),
-            source,
-        })
+        .map_err(ToolError::api("list credit lines"))
 }
 
 /// The ledger of `lines` as their status records them, and the lines it could not take

@@ -41,19 +41,36 @@ pub enum ToolError {
     Unavailable(String),
 }
 
+/// What a 404 without an object name means: the API group itself is not served.
+const MISSING_API: &str = "the API server does not serve univrs.io/v1alpha1: install the CRDs \
+(univrs crds | kubectl apply --server-side -f -) or point --kubeconfig at a Univrs cluster";
+
 impl ToolError {
-    /// Wraps a kube error from `action`: a 404 becomes `NotFound` (for `what`, pointing at
-    /// `hint`), an API server refusal keeps the server's message, anything else says it failed.
+    /// Wraps a kube error from `action`: a 404 for an object becomes `NotFound` (for `what`,
+    /// pointing at `hint`), a 404 for a missing namespace or API says so, an API server refusal
+    /// keeps the server's message, anything else says the request failed.
     pub fn from_kube(
         action: impl Into<String>,
         what: impl Into<String>,
         hint: &'static str,
     ) -> impl FnOnce(kube::Error) -> Self {
         move |e| match e {
-            kube::Error::Api(s) if s.code == 404 => Self::NotFound {
-                what: what.into(),
-                hint,
-            },
+            kube::Error::Api(s) if s.code == 404 => {
+                let (kind, name) = s.details.map(|d| (d.kind, d.name)).unwrap_or_default();
+                if kind == "namespaces" {
+                    Self::NotFound {
+                        what: format!("namespace {name}"),
+                        hint: "create it first (kubectl create namespace NAME) or use an existing one",
+                    }
+                } else if name.is_empty() {
+                    Self::Unavailable(MISSING_API.into())
+                } else {
+                    Self::NotFound {
+                        what: what.into(),
+                        hint,
+                    }
+                }
+            }
             kube::Error::Api(s) => Self::Refused {
                 action: action.into(),
                 message: if s.message.is_empty() {
@@ -67,6 +84,11 @@ impl ToolError {
                 source,
             },
         }
+    }
+
+    /// Wraps a kube error from a request that names no single object (a list).
+    pub fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        Self::from_kube(action, String::new(), "")
     }
 
     /// The tool result that carries this error to the client.
@@ -93,11 +115,14 @@ pub fn respond(r: ToolResult) -> CallToolResult {
 mod tests {
     use super::*;
 
-    fn api(code: u16, message: &str) -> kube::Error {
+    fn api(code: u16, message: &str, kind: &str, name: &str) -> kube::Error {
         kube::Error::Api(Box::new(kube::core::Status {
             code,
             message: message.into(),
             reason: "Invalid".into(),
+            details: Some(
+                serde_json::from_value(serde_json::json!({"kind": kind, "name": name})).unwrap(),
+            ),
             ..Default::default()
         }))
     }
@@ -108,14 +133,29 @@ mod tests {
             "get workload default/web",
             "workload default/web",
             "workload_list shows what exists",
-        )(api(404, "workloads.univrs.io \"web\" not found"));
+        )(api(
+            404,
+            "workloads.univrs.io \"web\" not found",
+            "workloads",
+            "web",
+        ));
         assert_eq!(
             e.to_string(),
             "workload default/web not found; workload_list shows what exists"
         );
+        let e = ToolError::api("list workloads")(api(404, "not found", "", ""));
+        assert!(e.to_string().contains("install the CRDs"), "{e}");
+        let e = ToolError::api("apply workload x/web")(api(404, "", "namespaces", "x"));
+        assert!(
+            e.to_string()
+                .starts_with("namespace x not found; create it"),
+            "{e}"
+        );
         let e = ToolError::from_kube("apply workload default/web", "", "")(api(
             422,
             "spec.replicas: Invalid value: 5000: must be less than or equal to 1000",
+            "",
+            "",
         ));
         assert_eq!(
             e.to_string(),

@@ -68,10 +68,7 @@ pub async fn all(client: &Client) -> Result<Vec<Node>, ToolError> {
         .list(&ListParams::default())
         .await
         .map(|l| l.items)
-        .map_err(|source| ToolError::Api {
-            action: "list nodes".into(),
-            source,
-        })
+        .map_err(ToolError::api("list nodes"))
 }
 
 /// `cluster_nodes`: every node, Ready, reputation, capacity and allocation, role, septal gate.
@@ -148,10 +145,7 @@ pub async fn drain(client: &Client, args: NodeRef) -> ToolResult {
     let workloads = Api::<Workload>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .map_err(|source| ToolError::Api {
-            action: "list workloads".into(),
-            source,
-        })?;
+        .map_err(ToolError::api("list workloads"))?;
     let moving: Vec<String> = workloads
         .items
         .iter()

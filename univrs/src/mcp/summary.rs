@@ -37,10 +37,7 @@ pub async fn read(client: &Client) -> Result<Value, ToolError> {
     let workloads = Api::<Workload>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .map_err(|source| ToolError::Api {
-            action: "list workloads".into(),
-            source,
-        })?
+        .map_err(ToolError::api("list workloads"))?
         .items;
     let lines = credit::all(client).await?;
 

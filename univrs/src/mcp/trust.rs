@@ -42,10 +42,7 @@ pub async fn reputation(client: &Client, args: ReputationArgs) -> ToolResult {
     let vouches = Api::<Vouch>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .map_err(|source| ToolError::Api {
-            action: "list vouches".into(),
-            source,
-        })?
+        .map_err(ToolError::api("list vouches"))?
         .items;
     let wanted = args.node.as_deref().filter(|n| !n.is_empty());
     let selected: Vec<&Node> = all_nodes
@@ -181,11 +178,7 @@ pub async fn vouch(
             &v,
         )
         .await
-        .map_err(ToolError::from_kube(
-            format!("create vouch {name}"),
-            format!("vouch {name}"),
-            "",
-        ))?;
+        .map_err(ToolError::api(format!("create vouch {name}")))?;
     let voucher_is_node = all_nodes.iter().any(|n| n.spec.did == me.did());
     Ok(json!({
         "vouch": created.name_any(),

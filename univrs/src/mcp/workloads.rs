@@ -130,10 +130,7 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> ToolResult {
     let existing = api
         .get_opt(&args.name)
         .await
-        .map_err(|source| ToolError::Api {
-            action: format!("read workload {id}"),
-            source,
-        })?;
+        .map_err(ToolError::api(format!("read workload {id}")))?;
     let body = desired(&args, &ns, existing.as_ref())?;
     // Forced: the caller states the desired spec, as `kubectl apply --server-side
     // --force-conflicts` does; fields other managers own and this call leaves out stay.
@@ -141,13 +138,7 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> ToolResult {
     let applied = api
         .patch(&args.name, &params, &Patch::Apply(&body))
         .await
-        .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => ToolError::NotFound {
-                what: format!("namespace {ns}"),
-                hint: "create it first (kubectl create namespace NAME) or deploy into an existing one",
-            },
-            e => ToolError::from_kube(format!("apply workload {id}"), &id, LIST_HINT)(e),
-        })?;
+        .map_err(ToolError::api(format!("apply workload {id}")))?;
     Ok(json!({
         "result": if existing.is_some() { "updated" } else { "created" },
         "workload": summary(&applied),
@@ -183,10 +174,7 @@ pub async fn list(client: &Client, args: ListArgs) -> ToolResult {
     let list = api
         .list(&ListParams::default())
         .await
-        .map_err(|source| ToolError::Api {
-            action: "list workloads".into(),
-            source,
-        })?;
+        .map_err(ToolError::api("list workloads"))?;
     let items: Vec<Value> = list.items.iter().map(summary).collect();
     Ok(json!({"count": items.len(), "workloads": items}))
 }
@@ -224,10 +212,10 @@ async fn recent_events(client: &Client, w: &Workload) -> Result<Vec<Value>, Tool
     let list = api
         .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
         .await
-        .map_err(|source| ToolError::Api {
-            action: format!("list the Events of workload {ns}/{}", w.name_any()),
-            source,
-        })?;
+        .map_err(ToolError::api(format!(
+            "list the Events of workload {ns}/{}",
+            w.name_any()
+        )))?;
     let when = |e: &Event| {
         e.series
             .as_ref()
