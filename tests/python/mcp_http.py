@@ -55,6 +55,11 @@ async def main() -> None:
         assert r.status_code == 200, (r.status_code, r.text)
         ok("right token: 200")
 
+    # A client that connects and never starts its TLS handshake holds up no one else.
+    host_port = url.split("//", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    _, idle = await asyncio.open_connection(host, int(port))
+
     http = httpx2.AsyncClient(
         verify=tls,
         headers={"Authorization": f"Bearer {token}"},
@@ -72,7 +77,8 @@ async def main() -> None:
         assert not r.is_error and r.structured_content["spec"]["replicas"] == 2, r
         r = await client.call_tool("workload_scale", {"name": "http-web", "namespace": ns, "replicas": -1})
         assert r.is_error and "replicas must be ≥ 0" in r.content[0].text, r
-        ok(f"with the token: {len(names)} tools, deployed http-web")
+        ok(f"with the token: {len(names)} tools, deployed http-web (while another connection sat idle)")
+    idle.close()
     print("done", flush=True)
 
 

@@ -1,8 +1,9 @@
 //! The streamable HTTP transport on `/mcp`: every request needs the bearer token (401
 //! otherwise), and connections are TLS unless plain HTTP was asked for on loopback.
 //!
-//! TLS handshakes run in tasks of their own, each with a deadline, so a client that connects
-//! and says nothing cannot hold up anyone else's connection.
+//! TLS handshakes run in tasks of their own, each with a deadline and at most
+//! [`MAX_HANDSHAKES`] at once, so a client that connects and says nothing cannot hold up
+//! anyone else's connection.
 
 use super::server::UnivrsMcp;
 use super::token::Token;
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
@@ -27,6 +28,8 @@ use tokio_rustls::server::TlsStream;
 pub const PATH: &str = "/mcp";
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most TLS handshakes in progress at once (each holds a task and a socket).
+const MAX_HANDSHAKES: usize = 256;
 
 /// Refuses a request without the right `Authorization: Bearer …` header.
 async fn require_token(State(token): State<Arc<Token>>, req: Request, next: Next) -> Response {
@@ -78,8 +81,13 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(64);
+        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                // Full: stop accepting until a handshake ends (the kernel's backlog waits).
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -95,6 +103,7 @@ impl TlsListener {
                 set_nodelay(&stream);
                 let (acceptor, ready) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = ready.send((tls, peer)).await;
