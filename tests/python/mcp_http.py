@@ -45,6 +45,8 @@ async def main() -> None:
         r = await http.post(url, json=INITIALIZE, headers=HEADERS)
         assert r.status_code == 401, (r.status_code, r.text)
         assert r.headers.get("www-authenticate", "").startswith("Bearer"), r.headers
+        # The unread request body makes the server close; it says so, so no client reuses it.
+        assert r.headers.get("connection") == "close", r.headers
         ok("no token: 401 with WWW-Authenticate: Bearer")
         r = await http.post(url, json=INITIALIZE, headers={**HEADERS, "Authorization": "Bearer " + "0" * 64})
         assert r.status_code == 401, (r.status_code, r.text)

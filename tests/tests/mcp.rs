@@ -195,12 +195,16 @@ async fn an_agent_deploys_scales_inspects_and_manages_the_cluster_over_stdio() {
 }
 
 /// Starts `univrs mcp --listen 127.0.0.1:0` with its data directory under `data`; returns the
-/// process, its URL and its stderr log.
+/// process, its URL and its stderr log. It is given no kubeconfig: it finds the control plane's
+/// where `univrs control-plane` keeps it by default.
 fn start_http_server(cp: &ControlPlane, data: &Path) -> (Guarded, String, PathBuf) {
     let log = data.join("mcp.log");
+    let local = data.join("univrs/control-plane");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::copy(&cp.kubeconfig, local.join("admin.kubeconfig")).unwrap();
     let mut cmd = Command::new(univrs_bin());
-    cmd.args(["mcp", "--listen", "127.0.0.1:0", "--kubeconfig"])
-        .arg(&cp.kubeconfig)
+    cmd.args(["mcp", "--listen", "127.0.0.1:0"])
+        .env_remove("KUBECONFIG")
         .env("XDG_DATA_HOME", data)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -269,6 +273,7 @@ async fn over_http_a_request_needs_tls_and_the_bearer_token() {
         "{logged}"
     );
     assert!(logged.contains("SHA-256 fingerprint"), "{logged}");
+    assert!(logged.contains("using the local control plane"), "{logged}");
     assert!(
         !logged.contains(token.trim()),
         "the token must never be logged"

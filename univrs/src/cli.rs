@@ -95,7 +95,8 @@ pub struct McpArgs {
     /// Serve streamable HTTP on this address (endpoint /mcp), such as 127.0.0.1:8443.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
-    /// Kubeconfig to use [default: KUBECONFIG, ~/.kube/config, or in-cluster].
+    /// Kubeconfig to use [default: KUBECONFIG, the local control plane's, ~/.kube/config, or
+    /// in-cluster].
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// The bearer token clients must send, in a file of mode 0600 [default: made once as

@@ -33,7 +33,7 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
         None => None,
     };
     tokio::runtime::Runtime::new()?.block_on(async move {
-        let client = client(args.kubeconfig.clone()).await?;
+        let client = client(kubeconfig(args.kubeconfig.clone())?).await?;
         check_api(&client).await;
         let server = UnivrsMcp::new(client, identity);
         match args.listen {
@@ -41,6 +41,21 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
             Some(addr) => serve_http(server, addr, &args).await,
         }
     })
+}
+
+/// The kubeconfig to use: the one given (flag or KUBECONFIG), else the local control plane's
+/// when it exists (as `univrs kubectl` does), else kube's own inference (~/.kube/config,
+/// in-cluster).
+fn kubeconfig(given: Option<std::path::PathBuf>) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    let local = crate::paths::data_dir()?.join("control-plane/admin.kubeconfig");
+    if local.exists() {
+        tracing::info!(kubeconfig = %local.display(), "using the local control plane");
+        return Ok(Some(local));
+    }
+    Ok(None)
 }
 
 /// Warns (without failing: the cluster may come up later) when the API server cannot be

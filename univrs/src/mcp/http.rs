@@ -54,10 +54,15 @@ async fn require_token(State(token): State<Arc<Token>>, req: Request, next: Next
         "missing or wrong bearer token: send the header Authorization: Bearer <the token file's contents>\n",
     )
         .into_response();
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    headers.insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"univrs-mcp\""),
     );
+    // The request body is left unread, so hyper will not reuse the connection; saying so stops
+    // a client from sending its next request on a connection that is about to close (seen:
+    // "server disconnected without sending a response" on the retry with the token).
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
