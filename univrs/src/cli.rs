@@ -141,6 +141,9 @@ pub enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// Serve the Model Context Protocol so AI agents can deploy and inspect workloads
+    /// (stdio by default; streamable HTTP on --listen, behind TLS and a bearer token).
+    Mcp(McpArgs),
     /// Internal: the per-container shim the node agent spawns (runs youki's libcontainer).
     #[command(hide = true)]
     Shim {
@@ -148,6 +151,41 @@ pub enum Command {
         #[command(subcommand)]
         command: ShimCommand,
     },
+}
+
+/// `univrs mcp …`
+#[derive(Debug, clap::Args)]
+pub struct McpArgs {
+    /// Talk MCP over standard input and output (the default without --listen).
+    #[arg(long, conflicts_with = "listen")]
+    pub stdio: bool,
+    /// Serve streamable HTTP on this address (endpoint /mcp), such as 127.0.0.1:8443.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Kubeconfig to use [default: KUBECONFIG, the local control plane's, ~/.kube/config, or
+    /// in-cluster].
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The bearer token clients must send, in a file of mode 0600 [default: made once as
+    /// $XDG_DATA_HOME/univrs/mcp/token].
+    #[arg(long, requires = "listen")]
+    pub token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) [default: a self-signed one made once in
+    /// $XDG_DATA_HOME/univrs/mcp].
+    #[arg(long, requires_all = ["listen", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, requires_all = ["listen", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (the token is still required); refused unless --listen is loopback.
+    #[arg(long, requires = "listen", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub no_tls: bool,
+    /// Sign vouches (vouch_create) with this key file, from `univrs identity generate`.
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+    /// Log as JSON lines instead of text, to standard error (the level comes from RUST_LOG).
+    #[arg(long)]
+    pub log_json: bool,
 }
 
 /// `univrs shim …`

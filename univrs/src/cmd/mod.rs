@@ -6,6 +6,7 @@ mod controller;
 mod crds;
 mod identity;
 mod kubectl;
+mod mcp;
 mod shim;
 pub mod up;
 mod vouch;
@@ -75,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             kubeconfig,
         }),
         Command::Shim { command } => shim::run(command),
+        Command::Mcp(args) => mcp::run(args),
         Command::Controller {
             kubeconfig,
             metrics_addr,

@@ -1,0 +1,28 @@
+//! `univrs mcp`: a Model Context Protocol server through which AI agents deploy and inspect
+//! workloads, look after nodes and read the credit and trust state of the community cloud.
+//!
+//! Every action is an edit (or a read) of the custom resources through the Kubernetes API
+//! with the kube client, so the same server works against the local control plane and any
+//! real cluster with the CRDs installed; the controller does the rest. Writes use the field
+//! manager [`FIELD_MANAGER`], so `kubectl get --show-managed-fields` tells them apart.
+//!
+//! - `server`: the tools and the cluster summary resource;
+//! - `args`: the tools' argument types (their schemas are the input schemas);
+//! - `workloads`, `nodes`, `credit`, `trust`, `summary`: what each tool does;
+//! - `error`: failures worded for the agent: what was wrong and what to do;
+//! - `http`, `tls`, `token`: the streamable HTTP transport behind TLS and a bearer token.
+
+mod args;
+mod credit;
+mod error;
+pub mod http;
+mod nodes;
+pub mod server;
+mod summary;
+pub mod tls;
+pub mod token;
+mod trust;
+mod workloads;
+
+/// The server-side-apply field manager (and update manager) of every write the server makes.
+pub const FIELD_MANAGER: &str = "univrs-mcp";

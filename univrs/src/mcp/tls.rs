@@ -1,0 +1,132 @@
+//! TLS for the HTTP listener: the given certificate and key, or a self-signed certificate made
+//! once with rcgen into the data directory (its SHA-256 fingerprint is printed so a client can
+//! pin it or trust the file). rustls with the ring provider, as kube's client uses.
+
+use crate::control_plane::pki::{create_private_dir, write_private};
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The listener's TLS configuration and what to tell clients about it.
+pub struct Tls {
+    /// The rustls server configuration.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The certificate file (what a client trusts).
+    pub cert_path: PathBuf,
+    /// SHA-256 of the certificate's DER, as colon-separated hex (`openssl x509 -fingerprint
+    /// -sha256` prints the same).
+    pub fingerprint: String,
+    /// Whether the certificate was made now.
+    pub generated: bool,
+}
+
+/// The SHA-256 fingerprint of a DER certificate, `AB:CD:…`.
+pub fn fingerprint(der: &[u8]) -> String {
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// TLS from a PEM certificate chain and a PEM private key.
+pub fn from_files(cert: &Path, key: &Path) -> Result<Tls> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading the certificate {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing the certificate {}", cert.display()))?;
+    let leaf = chain
+        .first()
+        .with_context(|| format!("{} holds no PEM certificate", cert.display()))?;
+    let fingerprint = fingerprint(leaf);
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key {} (PEM)", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .with_context(|| {
+            format!(
+                "{} and its key do not make a usable TLS identity",
+                cert.display()
+            )
+        })?;
+    // The server speaks HTTP/1.1 only (the streamable HTTP transport needs nothing more).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Tls {
+        config: Arc::new(config),
+        cert_path: cert.to_path_buf(),
+        fingerprint,
+        generated: false,
+    })
+}
+
+/// The names a self-signed certificate for `addr` carries: loopback, the host name, and the
+/// listen address itself when it is a specific one.
+fn names(addr: &SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if !host.trim().is_empty() {
+        names.push(host.trim().to_string());
+    }
+    let ip = addr.ip();
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        names.push(ip.to_string());
+    }
+    names
+}
+
+/// TLS from the self-signed certificate in `dir` (`tls.crt`, `tls.key`), made first if missing.
+pub fn self_signed(dir: &Path, addr: &SocketAddr) -> Result<Tls> {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let mut generated = false;
+    if !cert.exists() || !key.exists() {
+        create_private_dir(dir)?;
+        let mut params = rcgen::CertificateParams::new(names(addr))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "univrs-mcp");
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(825);
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let made = params.self_signed(&pair)?;
+        write_private(&key, &pair.serialize_pem())?;
+        write_private(&cert, &made.pem())?;
+        generated = true;
+    }
+    let mut tls = from_files(&cert, &key)?;
+    tls.generated = generated;
+    Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_self_signed_certificate_is_made_once_and_fingerprinted() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let first = self_signed(dir.path(), &addr).unwrap();
+        assert!(first.generated);
+        let again = self_signed(dir.path(), &addr).unwrap();
+        assert!(!again.generated);
+        assert_eq!(first.fingerprint, again.fingerprint);
+        assert_eq!(first.fingerprint.len(), 32 * 3 - 1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
