@@ -13,6 +13,7 @@
 #![allow(unsafe_code)]
 
 pub mod cluster;
+pub mod registry;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -133,7 +134,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Removes data directories left by test binaries that no longer run.
-fn remove_stale_dirs() {
+pub(crate) fn remove_stale_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };

@@ -28,7 +28,6 @@ struct Inner {
     rootfs_mode: RootfsMode,
     overlay_works: OnceLock<bool>,
     busy: KeyedLocks,
-    tmp_seq: AtomicU64,
     blobs_fetched: AtomicU64,
     bytes_fetched: AtomicU64,
     layers_unpacked: AtomicU64,
@@ -97,7 +96,6 @@ impl ImageStore {
                 rootfs_mode,
                 overlay_works: OnceLock::new(),
                 busy: KeyedLocks::default(),
-                tmp_seq: AtomicU64::new(0),
                 blobs_fetched: AtomicU64::new(0),
                 bytes_fetched: AtomicU64::new(0),
                 layers_unpacked: AtomicU64::new(0),
@@ -158,7 +156,9 @@ impl ImageStore {
     /// A fresh path under `tmp/` named after this process (so that the next `open` after a
     /// kill can tell leftovers from work in progress).
     pub(crate) fn tmp_path(&self, what: &str) -> PathBuf {
-        let n = self.inner.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        // Process-wide: two store objects on one directory must not pick the same name.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
         self.inner
             .root
             .join("tmp")

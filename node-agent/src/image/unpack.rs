@@ -397,11 +397,18 @@ struct Meta {
 
 impl Meta {
     fn from_header(h: &tar::Header) -> Result<Self, String> {
-        let num = |r: io::Result<u64>, what: &str| r.map_err(|e| format!("bad {what}: {e}"));
-        let uid = num(h.uid(), "uid")?;
-        let gid = num(h.gid(), "gid")?;
-        let mode = h.mode().map_err(|e| format!("bad mode: {e}"))?;
-        let mtime = num(h.mtime(), "mtime")?;
+        // An empty numeric field reads as 0, as Go's archive/tar (Docker's, containerd's)
+        // reads it; anything else that does not parse is refused.
+        let num = |r: io::Result<u64>, raw: &[u8], what: &str| match r {
+            Ok(v) => Ok(v),
+            Err(_) if raw.iter().all(|b| matches!(b, 0 | b' ')) => Ok(0),
+            Err(e) => Err(format!("bad {what}: {e}")),
+        };
+        let old = h.as_old();
+        let uid = num(h.uid(), &old.uid, "uid")?;
+        let gid = num(h.gid(), &old.gid, "gid")?;
+        let mode = num(h.mode().map(u64::from), &old.mode, "mode")? as u32;
+        let mtime = num(h.mtime(), &old.mtime, "mtime")?;
         let dev = (
             h.device_major().ok().flatten().unwrap_or(0) as u64,
             h.device_minor().ok().flatten().unwrap_or(0) as u64,
