@@ -11,8 +11,8 @@
 use sha2::{Digest as _, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use univrs_node_agent::image::{
     Credentials, DockerConfig, Image, ImageError, ImageStore, Platform, PullOptions, RootfsMode,
@@ -32,7 +32,11 @@ fn alive(pid: u32) -> bool {
 fn sweep_stale() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(rest) = name.strip_prefix(STORE_PREFIX) else {
                 continue;
@@ -51,7 +55,11 @@ fn sweep_stale() {
 /// Unmounts every root filesystem of the store in `dir`, then removes it.
 fn remove_store_dir(dir: &Path) {
     if let Ok(store) = ImageStore::open(dir) {
-        for e in std::fs::read_dir(store.root().join("rootfs")).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(store.root().join("rootfs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let id = e.file_name().to_string_lossy().into_owned();
             if let Err(err) = store.remove_rootfs(&id) {
                 eprintln!("cleanup: {err}");
@@ -119,7 +127,11 @@ fn assert_blobs_verified(store: &ImageStore) -> usize {
     for e in std::fs::read_dir(store.root().join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
-        assert_eq!(sha256_hex(&std::fs::read(e.path()).unwrap()), name, "blob {name}");
+        assert_eq!(
+            sha256_hex(&std::fs::read(e.path()).unwrap()),
+            name,
+            "blob {name}"
+        );
         n += 1;
     }
     n
@@ -135,7 +147,8 @@ fn tmp_entries(store: &ImageStore) -> Vec<String> {
 fn mounted(path: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let p = path.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(p.as_ref()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_ref()))
 }
 
 fn read(root: &Path, rel: &str) -> Option<String> {
@@ -154,7 +167,12 @@ async fn pull_stores_verified_blobs_and_a_second_pull_fetches_nothing() {
     assert_eq!(image.layers.len(), 1);
     assert_eq!(image.config.cmd, vec!["sh"]);
     assert_eq!(image.config.exposed_ports, vec!["8080/tcp"]);
-    assert!(image.config.env.contains(&("GREETING".into(), "hello".into())));
+    assert!(
+        image
+            .config
+            .env
+            .contains(&("GREETING".into(), "hello".into()))
+    );
     assert_eq!(image.config.architecture, Platform::host().architecture);
     // Manifest, config and layer, each under its own digest.
     assert_eq!(assert_blobs_verified(&store), 3);
@@ -170,10 +188,17 @@ async fn pull_stores_verified_blobs_and_a_second_pull_fetches_nothing() {
 
     let again = store.pull(&reference, &opts).await.unwrap();
     assert_eq!(again, image);
-    assert_eq!(store.stats(), first, "the second pull fetched or unpacked something");
+    assert_eq!(
+        store.stats(),
+        first,
+        "the second pull fetched or unpacked something"
+    );
     let after = std::fs::metadata(&layer).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_eq!((before.ino(), before.mtime_nsec()), (after.ino(), after.mtime_nsec()));
+    assert_eq!(
+        (before.ino(), before.mtime_nsec()),
+        (after.ino(), after.mtime_nsec())
+    );
     assert!(tmp_entries(&store).is_empty());
 
     // Offline: the registry is gone, the reference still resolves (also from a fresh open).
@@ -181,7 +206,10 @@ async fn pull_stores_verified_blobs_and_a_second_pull_fetches_nothing() {
     assert_eq!(store.resolve(&reference).unwrap(), image);
     let reopened = ImageStore::open(store.root()).unwrap();
     assert_eq!(reopened.resolve(&reference).unwrap(), image);
-    assert_eq!(reopened.list().unwrap(), vec![(reference.clone(), image.digest.clone())]);
+    assert_eq!(
+        reopened.list().unwrap(),
+        vec![(reference.clone(), image.digest.clone())]
+    );
     assert!(matches!(
         store.pull(&reference, &opts).await,
         Err(ImageError::Registry { .. })
@@ -230,7 +258,10 @@ async fn a_corrupted_blob_in_the_registry_is_refused() {
             .as_str()
             .unwrap(),
     );
-    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Same size, one byte changed: only the digest can tell.
     let data = registry.blob_data(&layer);
     let mut bytes = std::fs::read(&data).unwrap();
@@ -239,7 +270,10 @@ async fn a_corrupted_blob_in_the_registry_is_refused() {
     std::fs::write(&data, &bytes).unwrap();
 
     let store = TestStore::new();
-    let err = store.pull(&reference, &insecure(&registry)).await.unwrap_err();
+    let err = store
+        .pull(&reference, &insecure(&registry))
+        .await
+        .unwrap_err();
     match &err {
         ImageError::DigestMismatch {
             context,
@@ -248,13 +282,19 @@ async fn a_corrupted_blob_in_the_registry_is_refused() {
         } => {
             assert_eq!(expected, &layer);
             assert_eq!(actual, &format!("sha256:{}", sha256_hex(&bytes)));
-            assert!(context.contains("layer 0") && context.contains(&reference), "{context}");
+            assert!(
+                context.contains("layer 0") && context.contains(&reference),
+                "{context}"
+            );
         }
         other => panic!("expected a digest error, got {other:?}"),
     }
     let message = err.to_string();
     assert!(message.contains(&layer), "{message}");
-    assert!(!store.blob_path(&digest(&layer)).exists(), "the bad blob is not stored");
+    assert!(
+        !store.blob_path(&digest(&layer)).exists(),
+        "the bad blob is not stored"
+    );
     assert!(tmp_entries(&store).is_empty(), "no partial file is left");
     assert!(store.list().unwrap().is_empty(), "no reference is recorded");
     assert!(matches!(
@@ -276,17 +316,31 @@ async fn import_from_an_oci_layout_verifies_and_records_it() {
     assert_eq!(image.reference, reference);
     assert_eq!(
         image.digest.to_string(),
-        layout_descriptor(layout, "latest")["digest"].as_str().unwrap()
+        layout_descriptor(layout, "latest")["digest"]
+            .as_str()
+            .unwrap()
     );
     assert_blobs_verified(&store);
     assert_eq!(store.resolve(&reference).unwrap(), image);
     // `pull` takes the same reference and finds everything present.
     let stats = store.stats();
-    assert_eq!(store.pull(&reference, &PullOptions::default()).await.unwrap(), image);
+    assert_eq!(
+        store
+            .pull(&reference, &PullOptions::default())
+            .await
+            .unwrap(),
+        image
+    );
     assert_eq!(store.stats(), stats);
 
-    let err = store.import_oci_layout(layout, "nope").unwrap_err().to_string();
-    assert!(err.contains("no image tagged \"nope\"") && err.contains("latest"), "{err}");
+    let err = store
+        .import_oci_layout(layout, "nope")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no image tagged \"nope\"") && err.contains("latest"),
+        "{err}"
+    );
 
     // A layout whose layer blob was altered is refused.
     let copy = store.root().join("layout-copy");
@@ -340,7 +394,10 @@ async fn an_index_resolves_to_this_machines_image() {
         ..insecure(&registry)
     };
     let err = store.pull(&reference, &none).await.unwrap_err().to_string();
-    assert!(err.contains("linux/riscv64") && err.contains("linux/s390x"), "{err}");
+    assert!(
+        err.contains("linux/riscv64") && err.contains("linux/s390x"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -349,7 +406,10 @@ async fn wrong_credentials_give_a_clear_error() {
     let reference = registry.push_busybox("private/busybox:latest");
     let store = TestStore::new();
 
-    let anonymous = store.pull(&reference, &insecure(&registry)).await.unwrap_err();
+    let anonymous = store
+        .pull(&reference, &insecure(&registry))
+        .await
+        .unwrap_err();
     let wrong = PullOptions {
         credentials: Some(Credentials::new("alice", "wrong")),
         ..insecure(&registry)
@@ -376,7 +436,10 @@ async fn wrong_credentials_give_a_clear_error() {
     let auth = base64_encode("alice:s3cret");
     std::fs::write(
         &config_file,
-        format!(r#"{{"auths": {{"http://{}": {{"auth": "{auth}"}}}}}}"#, registry.host()),
+        format!(
+            r#"{{"auths": {{"http://{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.host()
+        ),
     )
     .unwrap();
     let fresh = TestStore::new();
@@ -384,7 +447,10 @@ async fn wrong_credentials_give_a_clear_error() {
         docker_config: Some(DockerConfig::load(&config_file).unwrap()),
         ..insecure(&registry)
     };
-    assert_eq!(fresh.pull(&reference, &from_file).await.unwrap().digest, image.digest);
+    assert_eq!(
+        fresh.pull(&reference, &from_file).await.unwrap().digest,
+        image.digest
+    );
 }
 
 fn base64_encode(s: &str) -> String {
@@ -398,9 +464,15 @@ async fn https_is_the_default_and_a_private_ca_can_be_trusted() {
     let reference = registry.push_busybox("demo/busybox:tls");
     let store = TestStore::new();
 
-    let untrusted = store.pull(&reference, &PullOptions::default()).await.unwrap_err();
+    let untrusted = store
+        .pull(&reference, &PullOptions::default())
+        .await
+        .unwrap_err();
     let text = untrusted.to_string();
-    assert!(matches!(untrusted, ImageError::Registry { .. }), "{untrusted:?}");
+    assert!(
+        matches!(untrusted, ImageError::Registry { .. }),
+        "{untrusted:?}"
+    );
     assert!(text.to_lowercase().contains("certificate"), "{text}");
 
     let trusted = PullOptions {
@@ -432,7 +504,10 @@ fn rootfs_of_two_containers_are_isolated() {
         assert!(!b.join("tmp/only-a").exists());
         assert!(b.join("srv/data/a").exists());
         let layer = store.layer_path(&image.layers[0]);
-        assert_eq!(read(&layer, "etc/motd").as_deref(), Some("welcome to univrs\n"));
+        assert_eq!(
+            read(&layer, "etc/motd").as_deref(),
+            Some("welcome to univrs\n")
+        );
         assert!(layer.join("srv/data/a").exists());
         assert!(!layer.join("tmp/only-a").exists());
 
@@ -527,10 +602,9 @@ fn compress(tar: &[u8], c: Compression) -> Vec<u8> {
             e.write_all(tar).unwrap();
             e.finish().unwrap()
         }
-        Compression::Zstd => ruzstd::encoding::compress_to_vec(
-            tar,
-            ruzstd::encoding::CompressionLevel::Fastest,
-        ),
+        Compression::Zstd => {
+            ruzstd::encoding::compress_to_vec(tar, ruzstd::encoding::CompressionLevel::Fastest)
+        }
     }
 }
 
@@ -631,7 +705,10 @@ fn layers_that_would_write_outside_are_refused() {
     let out = outside.path().display().to_string();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("dot-dot", tar_of(&[Item::File("../escaped", "x")])),
-        ("deep dot-dot", tar_of(&[Item::File("a/../../escaped", "x")])),
+        (
+            "deep dot-dot",
+            tar_of(&[Item::File("a/../../escaped", "x")]),
+        ),
         (
             "absolute symlink",
             tar_of(&[Item::Symlink("evil", &out), Item::File("evil/pwned", "x")]),
@@ -649,7 +726,10 @@ fn layers_that_would_write_outside_are_refused() {
         ),
         (
             "hardlink through an escaping symlink",
-            tar_of(&[Item::Symlink("etc", "/etc"), Item::Hardlink("passwd", "etc/passwd")]),
+            tar_of(&[
+                Item::Symlink("etc", "/etc"),
+                Item::Hardlink("passwd", "etc/passwd"),
+            ]),
         ),
     ];
     for (what, tar) in cases {
@@ -659,10 +739,16 @@ fn layers_that_would_write_outside_are_refused() {
         let err = store.import_oci_layout(&layout, "latest").unwrap_err();
         assert!(matches!(err, ImageError::Layer { .. }), "{what}: {err:?}");
         assert!(
-            std::fs::read_dir(store.root().join("layers/sha256")).unwrap().next().is_none(),
+            std::fs::read_dir(store.root().join("layers/sha256"))
+                .unwrap()
+                .next()
+                .is_none(),
             "{what}: no layer is kept"
         );
-        assert!(tmp_entries(&store).is_empty(), "{what}: the partial unpack is removed");
+        assert!(
+            tmp_entries(&store).is_empty(),
+            "{what}: the partial unpack is removed"
+        );
         assert!(!outside.path().join("pwned").exists(), "{what}");
         assert!(!Path::new("/tmp/pwned").exists(), "{what}");
         assert!(!std::env::temp_dir().join("escaped").exists(), "{what}");
@@ -690,7 +776,10 @@ fn layers_that_would_write_outside_are_refused() {
 fn a_layer_that_does_not_match_its_diff_id_is_refused() {
     let store = TestStore::new();
     let layout = store.root().join("bad-diff");
-    write_layout(&layout, &[(tar_of(&[Item::File("a", "a")]), Compression::Gzip)]);
+    write_layout(
+        &layout,
+        &[(tar_of(&[Item::File("a", "a")]), Compression::Gzip)],
+    );
     // Swap the config's diff id for another one.
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -711,7 +800,11 @@ fn a_layer_that_does_not_match_its_diff_id_is_refused() {
     let mut index = index.clone();
     index["manifests"][0]["digest"] = format!("sha256:{}", sha256_hex(&mbytes)).into();
     index["manifests"][0]["size"] = mbytes.len().into();
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
 
     let err = store.import_oci_layout(&layout, "latest").unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err:?}");
@@ -742,7 +835,12 @@ fn remove_rootfs_leaves_no_mount_and_no_directory() {
         assert!(!dir.exists());
         store.remove_rootfs("gone").unwrap();
         // The layers stay for the next container.
-        assert!(store.layer_path(&image.layers[0]).join("bin/busybox").exists());
+        assert!(
+            store
+                .layer_path(&image.layers[0])
+                .join("bin/busybox")
+                .exists()
+        );
     }
 }
 
@@ -775,8 +873,18 @@ fn gc_removes_what_no_kept_image_uses() {
 
     let report = store.gc(&[]).unwrap();
     assert_eq!(report.refs_removed, vec![latest.reference.clone()]);
-    assert!(std::fs::read_dir(store.root().join("blobs/sha256")).unwrap().next().is_none());
-    assert!(std::fs::read_dir(store.root().join("layers/sha256")).unwrap().next().is_none());
+    assert!(
+        std::fs::read_dir(store.root().join("blobs/sha256"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert!(
+        std::fs::read_dir(store.root().join("layers/sha256"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
 
 /// The child side of `a_killed_pull_leaves_nothing_that_looks_valid`: pulls and is killed.
@@ -826,7 +934,12 @@ fn a_killed_pull_leaves_nothing_that_looks_valid() {
     let mut killed_with_tmp = 0;
     for _attempt in 0..3 {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_pull_until_killed", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "child_pull_until_killed",
+                "--ignored",
+                "--nocapture",
+            ])
             .env("UNIVRS_CHILD_STORE", store.root())
             .env("UNIVRS_CHILD_REF", &reference)
             .env("UNIVRS_CHILD_HOST", registry.host())
@@ -862,7 +975,9 @@ fn a_killed_pull_leaves_nothing_that_looks_valid() {
     assert!(killed_with_tmp > 0, "no kill landed mid-pull");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let image = rt.block_on(store.pull(&reference, &insecure(&registry))).unwrap();
+    let image = rt
+        .block_on(store.pull(&reference, &insecure(&registry)))
+        .unwrap();
     assert_blobs_verified(&store);
     assert_eq!(
         std::fs::metadata(store.layer_path(&image.layers[0]).join("big.bin"))
@@ -902,7 +1017,10 @@ async fn a_pulled_image_runs_as_a_container_and_leaves_nothing() {
     let args = process_args(
         &image.config,
         &["sh".to_string(), "-c".to_string()],
-        &["cat /etc/motd; echo \"$GREETING $(NAME)\"; echo written > /tmp/w; cat /tmp/w".to_string()],
+        &[
+            "cat /etc/motd; echo \"$GREETING $(NAME)\"; echo written > /tmp/w; cat /tmp/w"
+                .to_string(),
+        ],
         &workload_env,
     )
     .unwrap();
@@ -916,8 +1034,14 @@ async fn a_pulled_image_runs_as_a_container_and_leaves_nothing() {
     let mut config = ContainerConfig::new("e2e", &rootfs, args);
     config.env = env;
     let exit = tokio::task::spawn_blocking(move || {
-        guard.client.start(&config, Duration::from_secs(10)).unwrap();
-        let exit = guard.client.wait_exit("e2e", Duration::from_secs(20)).unwrap();
+        guard
+            .client
+            .start(&config, Duration::from_secs(10))
+            .unwrap();
+        let exit = guard
+            .client
+            .wait_exit("e2e", Duration::from_secs(20))
+            .unwrap();
         let log = guard.client.logs_tail("e2e", 10).unwrap();
         guard.client.delete("e2e").unwrap();
         (exit, log, guard)
@@ -935,7 +1059,10 @@ async fn a_pulled_image_runs_as_a_container_and_leaves_nothing() {
     assert!(!mounted(&rootfs));
     assert!(!rootfs.parent().unwrap().exists());
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!info.contains(&store.root().display().to_string()), "{info}");
+    assert!(
+        !info.contains(&store.root().display().to_string()),
+        "{info}"
+    );
 }
 
 /// Pull+unpack (cold and warm) and prepare/remove root filesystems; prints a table.
@@ -967,7 +1094,9 @@ async fn bench_pull_and_prepare() {
     for mode in MODES {
         let store = TestStore::with_mode(mode);
         store.import_oci_layout(busybox_layout(), "latest").unwrap();
-        let img = store.resolve(&format!("oci:{}:latest", busybox_layout().display())).unwrap();
+        let img = store
+            .resolve(&format!("oci:{}:latest", busybox_layout().display()))
+            .unwrap();
         let (mut prepare, mut remove) = (Vec::new(), Vec::new());
         for i in 0..20 {
             let id = format!("bench-{i}");
@@ -990,7 +1119,10 @@ async fn bench_pull_and_prepare() {
                 .unwrap_or(0)
         })
         .sum();
-    println!("\nbusybox image: {} layer(s), {size} bytes compressed", image.layers.len());
+    println!(
+        "\nbusybox image: {} layer(s), {size} bytes compressed",
+        image.layers.len()
+    );
     println!("| operation | runs | median | min | max |");
     println!("|---|---|---|---|---|");
     for (name, mut times) in rows {

@@ -60,7 +60,11 @@ pub fn busybox_layout() -> &'static Path {
         let work = test_dir("busybox");
         let layout = work.join("layout");
         let img = |tag: &str| format!("{}:{tag}", layout.display());
-        check(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+        check(
+            Command::new("umoci")
+                .args(["init", "--layout"])
+                .arg(&layout),
+        );
         check(Command::new("umoci").args(["new", "--image", &img("latest")]));
         let bundle = work.join("bundle");
         check(
@@ -148,8 +152,7 @@ pub fn layout_descriptor(layout: &Path, tag: &str) -> serde_json::Value {
 /// A blob of `layout` as JSON.
 pub fn layout_json(layout: &Path, digest: &str) -> serde_json::Value {
     let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
-    serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
-        .unwrap()
+    serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
 }
 
 /// The architecture that is not this machine's in the `multi` index.
@@ -191,12 +194,15 @@ fn add_multiarch_index(layout: &Path) {
     let path = layout.join("index.json");
     let mut top: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    top["manifests"].as_array_mut().unwrap().push(serde_json::json!({
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "digest": index_digest,
-        "size": index_bytes.len(),
-        "annotations": {"org.opencontainers.image.ref.name": "multi"},
-    }));
+    top["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest,
+            "size": index_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
     std::fs::write(&path, serde_json::to_vec(&top).unwrap()).unwrap();
 }
 
@@ -319,7 +325,13 @@ impl Registry {
     pub fn push_layout(&self, layout: &Path, tag: &str, name: &str) -> String {
         let reference = format!("{}/{name}", self.host);
         let mut cmd = Command::new("skopeo");
-        cmd.args(["--insecure-policy", "copy", "--quiet", "--all", "--dest-tls-verify=false"]);
+        cmd.args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--all",
+            "--dest-tls-verify=false",
+        ]);
         if let Some((user, password)) = &self.credentials {
             cmd.arg("--dest-creds").arg(format!("{user}:{password}"));
         }

@@ -76,7 +76,8 @@ impl ImageStore {
                     RootfsMode::Copy => false,
                     RootfsMode::Auto => self.overlay_works(),
                 };
-                let overlay = overlay && self.overlay_options(image, &dir).len() <= MAX_MOUNT_OPTIONS;
+                let overlay =
+                    overlay && self.overlay_options(image, &dir).len() <= MAX_MOUNT_OPTIONS;
                 let record = RootfsRecord {
                     image: image.digest.clone(),
                     overlay,
@@ -153,9 +154,8 @@ impl ImageStore {
                 Ok(()) => {}
                 Err(nix::errno::Errno::EBUSY) => {
                     tracing::warn!(id, "root filesystem busy; detaching it");
-                    umount2(&merged, MntFlags::MNT_DETACH).map_err(|e| {
-                        fail(format!("unmounting {}: {e}", merged.display()))
-                    })?;
+                    umount2(&merged, MntFlags::MNT_DETACH)
+                        .map_err(|e| fail(format!("unmounting {}: {e}", merged.display())))?;
                 }
                 Err(e) => return Err(fail(format!("unmounting {}: {e}", merged.display()))),
             }
@@ -269,11 +269,7 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
 /// Applies one unpacked layer onto `dst` the way overlayfs would show it: whiteouts delete,
 /// opaque directories replace, everything else is copied with its owner, mode, xattrs and
 /// time; files hardlinked within the layer stay hardlinked.
-fn copy_layer(
-    src: &Path,
-    dst: &Path,
-    links: &mut HashMap<(u64, u64), PathBuf>,
-) -> io::Result<()> {
+fn copy_layer(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -> io::Result<()> {
     for entry in fs::read_dir(src)? {
         let entry = entry?;
         let from = entry.path();

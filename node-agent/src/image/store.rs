@@ -77,7 +77,14 @@ impl ImageStore {
     /// Opens a store with a fixed way of making root filesystems.
     pub fn open_with(dir: impl AsRef<Path>, rootfs_mode: RootfsMode) -> Result<Self, ImageError> {
         let dir = dir.as_ref();
-        for sub in ["blobs/sha256", "layers/sha256", "refs", "rootfs", "tmp", "empty"] {
+        for sub in [
+            "blobs/sha256",
+            "layers/sha256",
+            "refs",
+            "rootfs",
+            "tmp",
+            "empty",
+        ] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
@@ -225,7 +232,10 @@ impl ImageStore {
         let file = File::create(&path).map_err(io_err("creating", &path))?;
         Ok(BlobWriter {
             store: self.clone(),
-            out: Some(HashingWriter::new(BufWriter::with_capacity(256 * 1024, file))),
+            out: Some(HashingWriter::new(BufWriter::with_capacity(
+                256 * 1024,
+                file,
+            ))),
             path,
             digest: digest.clone(),
             size,
@@ -273,7 +283,10 @@ impl ImageStore {
                 reason: format!("blob {digest} is larger than {MAX_DOCUMENT_BYTES} bytes"),
             });
         }
-        digest.verify(&bytes, &format!("{context} (stored blob {})", path.display()))?;
+        digest.verify(
+            &bytes,
+            &format!("{context} (stored blob {})", path.display()),
+        )?;
         Ok(bytes)
     }
 
@@ -398,6 +411,7 @@ impl ImageStore {
                 reason: "no such reference".into(),
             });
         }
+        let _lock = self.lock(false)?;
         let record = self.read_ref(&path)?;
         let image = self.image(&canonical, &record.digest)?;
         self.ensure_layers(&image.layers, &image.diff_ids)?;

@@ -14,8 +14,8 @@
 //! not followed by a path in an upper one (as with containerd's and Docker's overlay drivers,
 //! image builders never produce such paths).
 
-use super::{Digest, ImageError};
 use super::digest::HashingReader;
+use super::{Digest, ImageError};
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -34,7 +34,11 @@ const MAX_SYMLINKS: usize = 40;
 
 /// Unpacks the layer blob at `blob` into the empty directory `dest` and returns the digest of
 /// the uncompressed tar (its diff id). `digest` names the layer in errors.
-pub(crate) fn unpack_layer(blob: &Path, dest: &Path, digest: &Digest) -> Result<Digest, ImageError> {
+pub(crate) fn unpack_layer(
+    blob: &Path,
+    dest: &Path,
+    digest: &Digest,
+) -> Result<Digest, ImageError> {
     let file = File::open(blob).map_err(|e| ImageError::io("opening layer blob", blob, e))?;
     let mut input = BufReader::with_capacity(256 * 1024, file);
     let magic = input
@@ -59,7 +63,8 @@ pub(crate) fn unpack_layer(blob: &Path, dest: &Path, digest: &Digest) -> Result<
             .entries()
             .map_err(|e| unpacker.fail("", format!("not a tar archive: {e}")))?;
         for entry in entries {
-            let entry = entry.map_err(|e| unpacker.fail("", format!("reading the archive: {e}")))?;
+            let entry =
+                entry.map_err(|e| unpacker.fail("", format!("reading the archive: {e}")))?;
             unpacker.apply(entry)?;
         }
     }
@@ -210,10 +215,7 @@ impl Unpacker {
                     Existing::None => {
                         return Err(self.fail(
                             &raw_path,
-                            format!(
-                                "hardlink to {}, which is not in this layer",
-                                link.display()
-                            ),
+                            format!("hardlink to {}, which is not in this layer", link.display()),
                         ));
                     }
                     Existing::Dir => {
@@ -271,7 +273,12 @@ impl Unpacker {
     }
 
     /// Removes what is at `target` so that a new entry can take its place.
-    fn replace(&self, target: &Path, existing: Existing, raw_path: &Path) -> Result<(), ImageError> {
+    fn replace(
+        &self,
+        target: &Path,
+        existing: Existing,
+        raw_path: &Path,
+    ) -> Result<(), ImageError> {
         if existing != Existing::None {
             remove(target).map_err(self.io(raw_path, "replacing"))?;
         }
@@ -281,8 +288,7 @@ impl Unpacker {
     /// The real directory for `rel` inside the layer: missing directories are made, symlinks
     /// are followed as long as they stay inside the layer, anything leaving it is refused.
     fn resolve_dir(&self, rel: &Path, raw_path: &Path) -> Result<PathBuf, ImageError> {
-        let mut pending: VecDeque<OsString> =
-            rel.iter().map(OsStr::to_os_string).collect();
+        let mut pending: VecDeque<OsString> = rel.iter().map(OsStr::to_os_string).collect();
         let mut stack: Vec<OsString> = Vec::new();
         let mut links = 0;
         while let Some(comp) = pending.pop_front() {
@@ -450,7 +456,10 @@ impl Meta {
 /// (`trusted.overlay.*`) are dropped: an image must not steer the mount (redirects, metacopy).
 fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut out = Vec::new();
-    let Some(exts) = entry.pax_extensions().map_err(|e| format!("bad PAX header: {e}"))? else {
+    let Some(exts) = entry
+        .pax_extensions()
+        .map_err(|e| format!("bad PAX header: {e}"))?
+    else {
         return Ok(out);
     };
     for ext in exts {
