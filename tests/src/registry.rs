@@ -212,7 +212,7 @@ pub struct Registry {
     dir: PathBuf,
     credentials: Option<(String, String)>,
     ca_pem: Option<String>,
-    _child: Guarded,
+    child: Option<Guarded>,
 }
 
 impl Registry {
@@ -299,7 +299,7 @@ impl Registry {
             dir,
             credentials,
             ca_pem,
-            _child: child,
+            child: Some(child),
         }
     }
 
@@ -365,7 +365,8 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        // `_child` is killed after this; its files go with the directory.
+        // The registry first, then its files.
+        drop(self.child.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
