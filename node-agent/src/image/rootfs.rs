@@ -101,15 +101,8 @@ impl ImageStore {
                 let p = dir.join(sub);
                 fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
             }
-            let options = self.overlay_options(image, &dir);
-            mount(
-                Some("overlay"),
-                &merged,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(options.as_str()),
-            )
-            .map_err(|e| fail(format!("mounting overlayfs on {}: {e}", merged.display())))?;
+            mount_overlay(&self.overlay_options(image, &dir), &merged)
+                .map_err(|e| fail(format!("mounting overlayfs on {}: {e}", merged.display())))?;
         } else {
             let ready = dir.join("ready");
             if ready.exists() && merged.is_dir() {
@@ -163,24 +156,19 @@ impl ImageStore {
         remove_any(&dir).map_err(|e| fail(format!("removing {}: {e}", dir.display())))
     }
 
-    /// `lowerdir=top:…:bottom,upperdir=…,workdir=…` for an image's root in `dir`.
+    /// The overlay mount options for an image's root in `dir`: its layers top first.
     fn overlay_options(&self, image: &Image, dir: &Path) -> String {
-        let lower: Vec<String> = if image.layers.is_empty() {
-            vec![self.empty_dir().display().to_string()]
+        let lower: Vec<PathBuf> = if image.layers.is_empty() {
+            vec![self.empty_dir()]
         } else {
             image
                 .layers
                 .iter()
                 .rev()
-                .map(|l| self.layer_path(l).display().to_string())
+                .map(|l| self.layer_path(l))
                 .collect()
         };
-        format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            dir.join("upper").display(),
-            dir.join("work").display()
-        )
+        overlay_options(&lower, dir)
     }
 }
 
@@ -207,19 +195,7 @@ pub(crate) fn probe_overlay(dir: &Path) -> bool {
             fs::create_dir_all(dir.join(sub))?;
         }
         let merged = dir.join("merged");
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            dir.join("lower").display(),
-            dir.join("upper").display(),
-            dir.join("work").display()
-        );
-        mount(
-            Some("overlay"),
-            &merged,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(options.as_str()),
-        )?;
+        mount_overlay(&overlay_options(&[dir.join("lower")], dir), &merged)?;
         umount2(&merged, MntFlags::MNT_DETACH)?;
         Ok(())
     };
@@ -232,6 +208,28 @@ pub(crate) fn probe_overlay(dir: &Path) -> bool {
             false
         }
     }
+}
+
+/// `lowerdir=<lower, top first>,upperdir=<dir>/upper,workdir=<dir>/work`.
+fn overlay_options(lower: &[PathBuf], dir: &Path) -> String {
+    let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        dir.join("upper").display(),
+        dir.join("work").display()
+    )
+}
+
+/// Mounts overlayfs with `options` on `merged`.
+fn mount_overlay(options: &str, merged: &Path) -> nix::Result<()> {
+    mount(
+        Some("overlay"),
+        merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options),
+    )
 }
 
 /// Whether `path` is a mount point in this process's mount namespace.

@@ -15,6 +15,7 @@
 //! image builders never produce such paths).
 
 use super::digest::HashingReader;
+use super::store::remove_any;
 use super::{Digest, ImageError};
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -156,7 +157,7 @@ impl Unpacker {
                         fs::create_dir(&target).map_err(self.io(&raw_path, "creating"))?
                     }
                     Existing::Whiteout | Existing::Other => {
-                        remove(&target).map_err(self.io(&raw_path, "replacing"))?;
+                        remove_any(&target).map_err(self.io(&raw_path, "replacing"))?;
                         fs::create_dir(&target).map_err(self.io(&raw_path, "creating"))?;
                         if present == Existing::Whiteout {
                             // The layer deleted the lower directory and made a new one: hide
@@ -185,11 +186,7 @@ impl Unpacker {
                     .map_err(self.io(&raw_path, "setting the time"))?;
             }
             T::Symlink => {
-                let link = entry
-                    .link_name()
-                    .map_err(|e| self.fail(&raw_path, format!("bad link name: {e}")))?
-                    .ok_or_else(|| self.fail(&raw_path, "symlink without a target"))?
-                    .into_owned();
+                let link = self.link_name(&entry, &raw_path)?;
                 self.replace(&target, present, &raw_path)?;
                 std::os::unix::fs::symlink(&link, &target)
                     .map_err(self.io(&raw_path, "creating the symlink"))?;
@@ -199,11 +196,7 @@ impl Unpacker {
                 let _ = nix::sys::stat::lutimes(&target, &t, &t);
             }
             T::Link => {
-                let link = entry
-                    .link_name()
-                    .map_err(|e| self.fail(&raw_path, format!("bad link name: {e}")))?
-                    .ok_or_else(|| self.fail(&raw_path, "hardlink without a target"))?
-                    .into_owned();
+                let link = self.link_name(&entry, &raw_path)?;
                 let link_rel = clean(&link).map_err(|r| self.fail(&raw_path, r))?;
                 let link_name = link_rel
                     .file_name()
@@ -256,6 +249,19 @@ impl Unpacker {
         Ok(())
     }
 
+    /// The target of a symlink or hardlink entry.
+    fn link_name<R: Read>(
+        &self,
+        entry: &tar::Entry<'_, R>,
+        raw_path: &Path,
+    ) -> Result<PathBuf, ImageError> {
+        Ok(entry
+            .link_name()
+            .map_err(|e| self.fail(raw_path, format!("bad link name: {e}")))?
+            .ok_or_else(|| self.fail(raw_path, "link without a target"))?
+            .into_owned())
+    }
+
     /// A whiteout for `target`: a 0/0 character device, unless this layer itself has
     /// `target` (a layer whiting out and re-creating a name): then a directory is made opaque
     /// and anything else stays as it is.
@@ -280,7 +286,7 @@ impl Unpacker {
         raw_path: &Path,
     ) -> Result<(), ImageError> {
         if existing != Existing::None {
-            remove(target).map_err(self.io(raw_path, "replacing"))?;
+            remove_any(target).map_err(self.io(raw_path, "replacing"))?;
         }
         Ok(())
     }
@@ -381,15 +387,6 @@ fn existing(path: &Path) -> Existing {
 pub(crate) fn is_whiteout(m: &fs::Metadata) -> bool {
     use std::os::unix::fs::FileTypeExt;
     m.file_type().is_char_device() && m.rdev() == 0
-}
-
-fn remove(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Ownership, mode, time and device numbers of an entry.
