@@ -13,6 +13,7 @@ use super::error::io_err;
 use super::store::{ImageStore, remove_any};
 use super::unpack::{OPAQUE_XATTR, is_whiteout};
 use super::{Digest, Image, ImageError};
+use crate::runtime::cgroup::unescape_mountinfo;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -236,32 +237,11 @@ fn mount_overlay(options: &str, merged: &Path) -> nix::Result<()> {
 pub fn is_mounted(path: &Path) -> Result<bool, ImageError> {
     let info = fs::read_to_string("/proc/self/mountinfo")
         .map_err(io_err("reading", "/proc/self/mountinfo"))?;
-    let wanted = path.as_os_str().as_encoded_bytes();
     Ok(info.lines().any(|line| {
         line.split(' ')
             .nth(4)
-            .is_some_and(|mp| unescape_mountinfo(mp) == wanted)
+            .is_some_and(|mp| Path::new(&unescape_mountinfo(mp)) == path)
     }))
-}
-
-/// Mount points in mountinfo escape space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// Applies one unpacked layer onto `dst` the way overlayfs would show it: whiteouts delete,
@@ -357,10 +337,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), b"/a b");
-        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
-        assert_eq!(unescape_mountinfo("/end\\"), b"/end\\");
+    fn mount_points_are_found() {
         assert!(is_mounted(Path::new("/proc")).unwrap());
         assert!(!is_mounted(Path::new("/definitely/not/mounted")).unwrap());
     }
