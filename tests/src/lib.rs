@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod registry;
 pub mod up;
 
 use anyhow::{Context, Result, bail};
@@ -135,7 +136,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Removes data directories left by test binaries that no longer run.
-fn remove_stale_dirs() {
+pub(crate) fn remove_stale_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };

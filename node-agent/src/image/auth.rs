@@ -104,7 +104,9 @@ impl DockerConfig {
                     let text = String::from_utf8(decoded)
                         .map_err(|_| err(format!("auths.{key:?}.auth is not UTF-8")))?;
                     let (user, pass) = text.split_once(':').ok_or_else(|| {
-                        err(format!("auths.{key:?}.auth does not decode to USER:PASSWORD"))
+                        err(format!(
+                            "auths.{key:?}.auth does not decode to USER:PASSWORD"
+                        ))
                     })?;
                     Credentials::new(user, pass)
                 }
@@ -159,16 +161,30 @@ mod tests {
         });
         let cfg = DockerConfig::parse(json.to_string().as_bytes(), Path::new("c.json")).unwrap();
         let hub = cfg.credentials_for("docker.io").unwrap();
-        assert_eq!((hub.username.as_str(), hub.password.as_str()), ("hubuser", "hub:pass"));
-        assert_eq!(cfg.credentials_for("http://127.0.0.1:5000/").unwrap().username, "alice");
+        assert_eq!(
+            (hub.username.as_str(), hub.password.as_str()),
+            ("hubuser", "hub:pass")
+        );
+        assert_eq!(
+            cfg.credentials_for("http://127.0.0.1:5000/")
+                .unwrap()
+                .username,
+            "alice"
+        );
         assert!(cfg.credentials_for("ghcr.io").is_none());
         assert!(cfg.credentials_for("127.0.0.1:5001").is_none());
-        assert!(!format!("{hub:?}").contains("hub:pass"), "Debug redacts the password");
+        assert!(
+            !format!("{hub:?}").contains("hub:pass"),
+            "Debug redacts the password"
+        );
 
         let bad = serde_json::json!({"auths": {"r": {"auth": "!!"}}});
         let err = DockerConfig::parse(bad.to_string().as_bytes(), Path::new("/x/config.json"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("/x/config.json") && err.contains("auths.\"r\".auth"), "{err}");
+        assert!(
+            err.contains("/x/config.json") && err.contains("auths.\"r\".auth"),
+            "{err}"
+        );
     }
 }

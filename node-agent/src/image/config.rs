@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// The run configuration an image carries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,10 +45,16 @@ pub struct ImageConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProcessError {
     /// Neither the Workload nor the image says what to run.
-    #[error(
-        "nothing to run: the image has no ENTRYPOINT or CMD and the container sets no command"
-    )]
+    #[error("nothing to run: the image has no ENTRYPOINT or CMD and the container sets no command")]
     NoCommand,
+    /// The image's USER names a user or group the image does not have.
+    #[error("image USER {user:?}: {reason}")]
+    User {
+        /// The USER value.
+        user: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The process arguments for a container: Kubernetes' rules (module docs), with `$(VAR)`
@@ -67,7 +74,10 @@ pub fn process_args(
             .cloned()
             .chain(expand_all(args))
             .collect(),
-        (false, _) => expand_all(command).into_iter().chain(expand_all(args)).collect(),
+        (false, _) => expand_all(command)
+            .into_iter()
+            .chain(expand_all(args))
+            .collect(),
     };
     if out.first().is_none_or(|c| c.is_empty()) {
         return Err(ProcessError::NoCommand);
@@ -77,7 +87,10 @@ pub fn process_args(
 
 /// The container's environment: the image's variables in their order, each replaced by the
 /// Workload's variable of the same name, then the Workload's other variables in their order.
-pub fn merge_env(image: &[(String, String)], workload: &[(String, String)]) -> Vec<(String, String)> {
+pub fn merge_env(
+    image: &[(String, String)],
+    workload: &[(String, String)],
+) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(image.len() + workload.len());
     for (k, v) in image.iter().chain(workload) {
         match out.iter_mut().find(|(name, _)| name == k) {
@@ -95,6 +108,89 @@ pub fn working_dir(image: &ImageConfig, workload: Option<&str>) -> String {
         .or(image.working_dir.as_deref())
         .unwrap_or("/")
         .to_string()
+}
+
+/// The uid and gid for the image's USER (`uid`, `uid:gid`, `name`, `name:group`; none is
+/// root), names looked up in the root filesystem's `/etc/passwd` and `/etc/group` as Docker
+/// does: a user without a group gets its primary group from `/etc/passwd` (0 if it has no
+/// entry there).
+pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32), ProcessError> {
+    let Some(spec) = user.filter(|u| !u.is_empty()) else {
+        return Ok((0, 0));
+    };
+    let fail = |reason: String| ProcessError::User {
+        user: spec.to_string(),
+        reason,
+    };
+    let (user_part, group_part) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    // Only read when a name must be looked up: a numeric USER needs no files.
+    let passwd = || read_db(rootfs, "passwd").map_err(&fail);
+    let (uid, primary_gid) = match user_part.parse::<u32>() {
+        Ok(uid) => {
+            let gid = if group_part.is_none() {
+                passwd()
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|f| f.get(2).and_then(|u| u.parse().ok()) == Some(uid))
+                    .and_then(|f| f.get(3)?.parse().ok())
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            (uid, gid)
+        }
+        Err(_) => {
+            let entry = passwd()?
+                .into_iter()
+                .find(|f| f.first().map(String::as_str) == Some(user_part))
+                .ok_or_else(|| fail(format!("no user {user_part:?} in /etc/passwd")))?;
+            let num = |i: usize| entry.get(i).and_then(|v| v.parse::<u32>().ok());
+            match (num(2), num(3)) {
+                (Some(u), Some(g)) => (u, g),
+                _ => return Err(fail(format!("bad /etc/passwd entry for {user_part:?}"))),
+            }
+        }
+    };
+    let gid = match group_part {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read_db(rootfs, "group")
+                .map_err(&fail)?
+                .iter()
+                .find(|f| f.first().map(String::as_str) == Some(g))
+                .and_then(|f| f.get(2)?.parse().ok())
+                .ok_or_else(|| fail(format!("no group {g:?} in /etc/group")))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// The colon-separated records of `/etc/<name>` in `rootfs`. Symlinks are not followed: the
+/// root filesystem comes from an image, and a link could point at the host's files.
+fn read_db(rootfs: &Path, name: &str) -> Result<Vec<Vec<String>>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let etc = rootfs.join("etc");
+    if std::fs::symlink_metadata(&etc).is_ok_and(|m| !m.is_dir()) {
+        return Err("/etc is not a directory".to_string());
+    }
+    let path = etc.join(name);
+    let mut text = String::new();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .and_then(|f| f.take(1 << 20).read_to_string(&mut text))
+        .map_err(|e| format!("reading /etc/{name}: {e}"))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split(':').map(str::to_string).collect())
+        .collect())
 }
 
 /// Expands `$(NAME)` from `env` the way the kubelet does: `$$` is a literal `$`, and a
@@ -148,7 +244,10 @@ mod tests {
         ImageConfig {
             entrypoint: s(&["/entry"]),
             cmd: s(&["--default"]),
-            env: vec![("PATH".into(), "/bin".into()), ("MODE".into(), "image".into())],
+            env: vec![
+                ("PATH".into(), "/bin".into()),
+                ("MODE".into(), "image".into()),
+            ],
             ..Default::default()
         }
     }
@@ -156,9 +255,18 @@ mod tests {
     #[test]
     fn kubernetes_rules_for_command_and_args() {
         let img = image();
-        assert_eq!(process_args(&img, &[], &[], &[]).unwrap(), s(&["/entry", "--default"]));
-        assert_eq!(process_args(&img, &[], &s(&["x"]), &[]).unwrap(), s(&["/entry", "x"]));
-        assert_eq!(process_args(&img, &s(&["sh"]), &[], &[]).unwrap(), s(&["sh"]));
+        assert_eq!(
+            process_args(&img, &[], &[], &[]).unwrap(),
+            s(&["/entry", "--default"])
+        );
+        assert_eq!(
+            process_args(&img, &[], &s(&["x"]), &[]).unwrap(),
+            s(&["/entry", "x"])
+        );
+        assert_eq!(
+            process_args(&img, &s(&["sh"]), &[], &[]).unwrap(),
+            s(&["sh"])
+        );
         assert_eq!(
             process_args(&img, &s(&["sh", "-c"]), &s(&["echo"]), &[]).unwrap(),
             s(&["sh", "-c", "echo"])
@@ -169,7 +277,10 @@ mod tests {
         };
         assert_eq!(process_args(&only_cmd, &[], &[], &[]).unwrap(), s(&["sh"]));
         // args without command replace CMD even when there is no ENTRYPOINT.
-        assert_eq!(process_args(&only_cmd, &[], &s(&["ls"]), &[]).unwrap(), s(&["ls"]));
+        assert_eq!(
+            process_args(&only_cmd, &[], &s(&["ls"]), &[]).unwrap(),
+            s(&["ls"])
+        );
         assert_eq!(
             process_args(&ImageConfig::default(), &[], &[], &[]),
             Err(ProcessError::NoCommand)
@@ -192,14 +303,54 @@ mod tests {
             cmd: s(&["echo", "$(NAME)"]),
             ..Default::default()
         };
-        assert_eq!(process_args(&img, &[], &[], &env).unwrap(), s(&["echo", "$(NAME)"]));
+        assert_eq!(
+            process_args(&img, &[], &[], &env).unwrap(),
+            s(&["echo", "$(NAME)"])
+        );
+    }
+
+    #[test]
+    fn users_resolve_from_the_images_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert_eq!(resolve_user(root, None).unwrap(), (0, 0));
+        assert_eq!(resolve_user(root, Some("1000:2000")).unwrap(), (1000, 2000));
+        assert_eq!(
+            resolve_user(root, Some("1000")).unwrap(),
+            (1000, 0),
+            "no passwd: gid 0"
+        );
+        std::fs::create_dir(root.join("etc")).unwrap();
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34:www:/var/www:/bin/false\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\nstaff:x:50:www\n").unwrap();
+        assert_eq!(resolve_user(root, Some("www")).unwrap(), (33, 34));
+        assert_eq!(resolve_user(root, Some("33")).unwrap(), (33, 34));
+        assert_eq!(resolve_user(root, Some("www:staff")).unwrap(), (33, 50));
+        assert_eq!(resolve_user(root, Some("www:7")).unwrap(), (33, 7));
+        let err = resolve_user(root, Some("nobody")).unwrap_err().to_string();
+        assert!(
+            err.contains("nobody") && err.contains("/etc/passwd"),
+            "{err}"
+        );
+        assert!(resolve_user(root, Some("www:wheel")).is_err());
+        // A passwd that is a symlink (perhaps to the host's) is not read.
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("etc/passwd")).unwrap();
+        assert!(resolve_user(root, Some("root")).is_err());
     }
 
     #[test]
     fn workload_env_wins_and_order_is_kept() {
         let merged = merge_env(
             &image().env,
-            &[("MODE".into(), "workload".into()), ("EXTRA".into(), "1".into())],
+            &[
+                ("MODE".into(), "workload".into()),
+                ("EXTRA".into(), "1".into()),
+            ],
         );
         assert_eq!(
             merged,

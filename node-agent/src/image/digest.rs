@@ -185,7 +185,10 @@ mod tests {
         assert_eq!(Digest::parse(&d.to_string(), "t").unwrap(), d);
         assert!(d.verify(b"hello", "t").is_ok());
         let err = d.verify(b"hullo", "layer 0 of x").unwrap_err().to_string();
-        assert!(err.contains("layer 0 of x") && err.contains("expected sha256:2cf2"), "{err}");
+        assert!(
+            err.contains("layer 0 of x") && err.contains("expected sha256:2cf2"),
+            "{err}"
+        );
         for bad in [
             "sha512:00",
             "sha256:abc",

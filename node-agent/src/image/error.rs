@@ -146,7 +146,11 @@ pub enum ImageError {
 
 impl ImageError {
     /// An [`ImageError::Io`] for `what` on `path`.
-    pub(crate) fn io(what: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        what: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         Self::Io {
             what: what.into(),
             path: path.into(),

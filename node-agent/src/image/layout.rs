@@ -26,8 +26,11 @@ impl ImageStore {
             path: dir.clone(),
             reason,
         };
-        let marker = std::fs::read(dir.join("oci-layout"))
-            .map_err(|e| bad(format!("no oci-layout file ({e}); is this an OCI image layout?")))?;
+        let marker = std::fs::read(dir.join("oci-layout")).map_err(|e| {
+            bad(format!(
+                "no oci-layout file ({e}); is this an OCI image layout?"
+            ))
+        })?;
         let version: serde_json::Value = serde_json::from_slice(&marker)
             .map_err(|e| bad(format!("oci-layout is not JSON: {e}")))?;
         let version = version["imageLayoutVersion"].as_str().unwrap_or("");

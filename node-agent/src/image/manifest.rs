@@ -223,22 +223,35 @@ pub(crate) fn check_manifest(
     if manifest.config.size > MAX_DOCUMENT_BYTES {
         return Err(bad(
             context,
-            format!("image config of {} bytes is too large", manifest.config.size),
+            format!(
+                "image config of {} bytes is too large",
+                manifest.config.size
+            ),
         ));
     }
     let config = Digest::parse(&manifest.config.digest, context)?;
     let mut layers = Vec::with_capacity(manifest.layers.len());
     for (i, layer) in manifest.layers.iter().enumerate() {
         let known = layer.media_type.is_empty()
-            || layer.media_type.starts_with("application/vnd.oci.image.layer.")
-            || layer.media_type.starts_with("application/vnd.docker.image.rootfs.");
+            || layer
+                .media_type
+                .starts_with("application/vnd.oci.image.layer.")
+            || layer
+                .media_type
+                .starts_with("application/vnd.docker.image.rootfs.");
         if !known {
             return Err(bad(
                 context,
-                format!("layer {i} has unsupported media type {:?}", layer.media_type),
+                format!(
+                    "layer {i} has unsupported media type {:?}",
+                    layer.media_type
+                ),
             ));
         }
-        layers.push(Digest::parse(&layer.digest, &format!("layer {i} of {context}"))?);
+        layers.push(Digest::parse(
+            &layer.digest,
+            &format!("layer {i} of {context}"),
+        )?);
     }
     Ok((config, layers))
 }
@@ -372,11 +385,26 @@ mod tests {
             };
             select_platform(&index, &p, "r").map(|d| d.digest)
         };
-        assert!(pick("amd64", None).unwrap().ends_with(&hex::encode([3u8; 32])));
-        assert!(pick("arm64", None).unwrap().ends_with(&hex::encode([2u8; 32])));
-        assert!(pick("arm", Some("v7")).unwrap().ends_with(&hex::encode([1u8; 32])));
+        assert!(
+            pick("amd64", None)
+                .unwrap()
+                .ends_with(&hex::encode([3u8; 32]))
+        );
+        assert!(
+            pick("arm64", None)
+                .unwrap()
+                .ends_with(&hex::encode([2u8; 32]))
+        );
+        assert!(
+            pick("arm", Some("v7"))
+                .unwrap()
+                .ends_with(&hex::encode([1u8; 32]))
+        );
         let err = pick("s390x", None).unwrap_err().to_string();
-        assert!(err.contains("linux/s390x") && err.contains("linux/arm64/v8"), "{err}");
+        assert!(
+            err.contains("linux/s390x") && err.contains("linux/arm64/v8"),
+            "{err}"
+        );
         assert!(select_platform(&index, &Platform::host(), "r").is_ok());
     }
 
@@ -401,11 +429,26 @@ mod tests {
         else {
             panic!("a manifest")
         };
-        assert!(check_manifest(&m, "t").unwrap_err().to_string().contains("not a container image"));
+        assert!(
+            check_manifest(&m, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("not a container image")
+        );
 
         let v1 = serde_json::json!({"schemaVersion": 1, "fsLayers": []});
-        assert!(parse_document(v1.to_string().as_bytes(), "t").unwrap_err().to_string().contains("schemaVersion"));
-        assert!(parse_document(b"<html>", "manifest of x").unwrap_err().to_string().contains("manifest of x"));
+        assert!(
+            parse_document(v1.to_string().as_bytes(), "t")
+                .unwrap_err()
+                .to_string()
+                .contains("schemaVersion")
+        );
+        assert!(
+            parse_document(b"<html>", "manifest of x")
+                .unwrap_err()
+                .to_string()
+                .contains("manifest of x")
+        );
     }
 
     #[test]
@@ -420,13 +463,21 @@ mod tests {
         });
         let bytes = config.to_string();
         let (c, diff_ids) = parse_config(bytes.as_bytes(), 1, "t").unwrap();
-        assert_eq!(c.env, vec![("PATH".into(), "/bin".into()), ("A".into(), "b=c".into())]);
+        assert_eq!(
+            c.env,
+            vec![("PATH".into(), "/bin".into()), ("A".into(), "b=c".into())]
+        );
         assert_eq!(c.entrypoint, vec!["/bin/sh"]);
         assert_eq!(c.cmd, vec!["-c", "echo"]);
         assert_eq!(c.working_dir.as_deref(), Some("/srv"));
         assert_eq!(c.user.as_deref(), Some("1000:1000"));
         assert_eq!(c.exposed_ports, vec!["80/tcp"]);
         assert_eq!(diff_ids.len(), 1);
-        assert!(parse_config(bytes.as_bytes(), 2, "t").unwrap_err().to_string().contains("2 layers"));
+        assert!(
+            parse_config(bytes.as_bytes(), 2, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("2 layers")
+        );
     }
 }

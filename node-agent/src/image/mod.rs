@@ -41,7 +41,7 @@ mod store;
 mod unpack;
 
 pub use auth::{Credentials, DockerConfig};
-pub use config::{ImageConfig, ProcessError, merge_env, process_args, working_dir};
+pub use config::{ImageConfig, ProcessError, merge_env, process_args, resolve_user, working_dir};
 pub use digest::Digest;
 pub use error::ImageError;
 pub use manifest::Platform;

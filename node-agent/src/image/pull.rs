@@ -97,13 +97,12 @@ impl ImageStore {
             let store = self.clone();
             return blocking(move || store.import_oci_layout(&dir, &tag)).await;
         }
-        let parsed: Reference =
-            reference
-                .parse()
-                .map_err(|e: oci_client::ParseError| ImageError::InvalidReference {
-                    reference: reference.to_string(),
-                    reason: e.to_string(),
-                })?;
+        let parsed: Reference = reference.parse().map_err(|e: oci_client::ParseError| {
+            ImageError::InvalidReference {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
         let store = self.clone();
         // Held until the reference is recorded, so `gc` never removes what this pull stored.
         let _lock = blocking(move || store.lock(false)).await?;
@@ -138,7 +137,8 @@ impl Puller<'_> {
                     let wanted = Digest::parse(&chosen.digest, &top_context)?;
                     let by_digest = self.reference.clone_with_digest(wanted.to_string());
                     let (bytes, digest) = self.manifest(&by_digest, Some(&wanted)).await?;
-                    self.store.write_blob(&top_digest, &top_bytes, &top_context)?;
+                    self.store
+                        .write_blob(&top_digest, &top_bytes, &top_context)?;
                     (bytes, digest, Some(top_digest))
                 }
             };
@@ -152,7 +152,8 @@ impl Puller<'_> {
         let (config_digest, layers) = manifest::check_manifest(&m, &context)?;
 
         let config_context = format!("config {config_digest} of {}", self.canonical);
-        self.blob(&m.config, &config_digest, &config_context).await?;
+        self.blob(&m.config, &config_digest, &config_context)
+            .await?;
         let config_bytes = self.store.read_blob(&config_digest, &config_context)?;
         let (config, diff_ids) =
             manifest::parse_config(&config_bytes, layers.len(), &config_context)?;
@@ -167,7 +168,8 @@ impl Puller<'_> {
 
         // The manifest last: its presence with a reference means everything it needs is here.
         self.store.write_blob(&digest, &manifest_bytes, &context)?;
-        self.store.write_ref(&self.canonical, &digest, index.as_ref())?;
+        self.store
+            .write_ref(&self.canonical, &digest, index.as_ref())?;
         Ok(Image {
             reference: self.canonical.clone(),
             digest,
@@ -208,7 +210,12 @@ impl Puller<'_> {
     }
 
     /// Downloads the blob `digest` into the store unless it is there already.
-    async fn blob(&self, desc: &Descriptor, digest: &Digest, context: &str) -> Result<(), ImageError> {
+    async fn blob(
+        &self,
+        desc: &Descriptor,
+        digest: &Digest,
+        context: &str,
+    ) -> Result<(), ImageError> {
         if self.store.has_blob(digest) {
             return Ok(());
         }
@@ -273,9 +280,10 @@ impl Puller<'_> {
             OciDistributionError::RegistryError { envelope, url } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
                 let message = format!("{what}: {envelope} ({url})");
-                if codes.iter().any(|c| {
-                    matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)
-                }) {
+                if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+                {
                     unauthorized(message)
                 } else if codes.iter().any(|c| {
                     matches!(
@@ -294,16 +302,19 @@ impl Puller<'_> {
                     }
                 }
             }
-            OciDistributionError::ServerError { code: 401 | 403, url, message } => {
-                unauthorized(format!("{message} ({url})"))
-            }
-            OciDistributionError::ServerError { code: 404, url, message } => {
-                not_found(format!("{what}: {message} ({url})"))
-            }
-            OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
-                expected,
-                actual,
-            }) => ImageError::DigestMismatch {
+            OciDistributionError::ServerError {
+                code: 401 | 403,
+                url,
+                message,
+            } => unauthorized(format!("{message} ({url})")),
+            OciDistributionError::ServerError {
+                code: 404,
+                url,
+                message,
+            } => not_found(format!("{what}: {message} ({url})")),
+            OciDistributionError::DigestError(
+                oci_client::errors::DigestError::VerificationError { expected, actual },
+            ) => ImageError::DigestMismatch {
                 context: what.to_string(),
                 expected,
                 actual,

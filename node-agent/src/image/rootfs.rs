@@ -13,6 +13,7 @@ use super::error::io_err;
 use super::store::{ImageStore, remove_any};
 use super::unpack::{OPAQUE_XATTR, is_whiteout};
 use super::{Digest, Image, ImageError};
+use crate::runtime::cgroup::unescape_mountinfo;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -76,7 +77,8 @@ impl ImageStore {
                     RootfsMode::Copy => false,
                     RootfsMode::Auto => self.overlay_works(),
                 };
-                let overlay = overlay && self.overlay_options(image, &dir).len() <= MAX_MOUNT_OPTIONS;
+                let overlay =
+                    overlay && self.overlay_options(image, &dir).len() <= MAX_MOUNT_OPTIONS;
                 let record = RootfsRecord {
                     image: image.digest.clone(),
                     overlay,
@@ -100,15 +102,8 @@ impl ImageStore {
                 let p = dir.join(sub);
                 fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
             }
-            let options = self.overlay_options(image, &dir);
-            mount(
-                Some("overlay"),
-                &merged,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(options.as_str()),
-            )
-            .map_err(|e| fail(format!("mounting overlayfs on {}: {e}", merged.display())))?;
+            mount_overlay(&self.overlay_options(image, &dir), &merged)
+                .map_err(|e| fail(format!("mounting overlayfs on {}: {e}", merged.display())))?;
         } else {
             let ready = dir.join("ready");
             if ready.exists() && merged.is_dir() {
@@ -153,9 +148,8 @@ impl ImageStore {
                 Ok(()) => {}
                 Err(nix::errno::Errno::EBUSY) => {
                     tracing::warn!(id, "root filesystem busy; detaching it");
-                    umount2(&merged, MntFlags::MNT_DETACH).map_err(|e| {
-                        fail(format!("unmounting {}: {e}", merged.display()))
-                    })?;
+                    umount2(&merged, MntFlags::MNT_DETACH)
+                        .map_err(|e| fail(format!("unmounting {}: {e}", merged.display())))?;
                 }
                 Err(e) => return Err(fail(format!("unmounting {}: {e}", merged.display()))),
             }
@@ -163,24 +157,19 @@ impl ImageStore {
         remove_any(&dir).map_err(|e| fail(format!("removing {}: {e}", dir.display())))
     }
 
-    /// `lowerdir=top:…:bottom,upperdir=…,workdir=…` for an image's root in `dir`.
+    /// The overlay mount options for an image's root in `dir`: its layers top first.
     fn overlay_options(&self, image: &Image, dir: &Path) -> String {
-        let lower: Vec<String> = if image.layers.is_empty() {
-            vec![self.empty_dir().display().to_string()]
+        let lower: Vec<PathBuf> = if image.layers.is_empty() {
+            vec![self.empty_dir()]
         } else {
             image
                 .layers
                 .iter()
                 .rev()
-                .map(|l| self.layer_path(l).display().to_string())
+                .map(|l| self.layer_path(l))
                 .collect()
         };
-        format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            dir.join("upper").display(),
-            dir.join("work").display()
-        )
+        overlay_options(&lower, dir)
     }
 }
 
@@ -207,19 +196,7 @@ pub(crate) fn probe_overlay(dir: &Path) -> bool {
             fs::create_dir_all(dir.join(sub))?;
         }
         let merged = dir.join("merged");
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            dir.join("lower").display(),
-            dir.join("upper").display(),
-            dir.join("work").display()
-        );
-        mount(
-            Some("overlay"),
-            &merged,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(options.as_str()),
-        )?;
+        mount_overlay(&overlay_options(&[dir.join("lower")], dir), &merged)?;
         umount2(&merged, MntFlags::MNT_DETACH)?;
         Ok(())
     };
@@ -234,46 +211,43 @@ pub(crate) fn probe_overlay(dir: &Path) -> bool {
     }
 }
 
+/// `lowerdir=<lower, top first>,upperdir=<dir>/upper,workdir=<dir>/work`.
+fn overlay_options(lower: &[PathBuf], dir: &Path) -> String {
+    let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        dir.join("upper").display(),
+        dir.join("work").display()
+    )
+}
+
+/// Mounts overlayfs with `options` on `merged`.
+fn mount_overlay(options: &str, merged: &Path) -> nix::Result<()> {
+    mount(
+        Some("overlay"),
+        merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options),
+    )
+}
+
 /// Whether `path` is a mount point in this process's mount namespace.
 pub fn is_mounted(path: &Path) -> Result<bool, ImageError> {
     let info = fs::read_to_string("/proc/self/mountinfo")
         .map_err(io_err("reading", "/proc/self/mountinfo"))?;
-    let wanted = path.as_os_str().as_encoded_bytes();
     Ok(info.lines().any(|line| {
         line.split(' ')
             .nth(4)
-            .is_some_and(|mp| unescape_mountinfo(mp) == wanted)
+            .is_some_and(|mp| Path::new(&unescape_mountinfo(mp)) == path)
     }))
-}
-
-/// Mount points in mountinfo escape space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// Applies one unpacked layer onto `dst` the way overlayfs would show it: whiteouts delete,
 /// opaque directories replace, everything else is copied with its owner, mode, xattrs and
 /// time; files hardlinked within the layer stay hardlinked.
-fn copy_layer(
-    src: &Path,
-    dst: &Path,
-    links: &mut HashMap<(u64, u64), PathBuf>,
-) -> io::Result<()> {
+fn copy_layer(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -> io::Result<()> {
     for entry in fs::read_dir(src)? {
         let entry = entry?;
         let from = entry.path();
@@ -363,10 +337,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), b"/a b");
-        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
-        assert_eq!(unescape_mountinfo("/end\\"), b"/end\\");
+    fn mount_points_are_found() {
         assert!(is_mounted(Path::new("/proc")).unwrap());
         assert!(!is_mounted(Path::new("/definitely/not/mounted")).unwrap());
     }

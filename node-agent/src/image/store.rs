@@ -28,7 +28,6 @@ struct Inner {
     rootfs_mode: RootfsMode,
     overlay_works: OnceLock<bool>,
     busy: KeyedLocks,
-    tmp_seq: AtomicU64,
     blobs_fetched: AtomicU64,
     bytes_fetched: AtomicU64,
     layers_unpacked: AtomicU64,
@@ -78,7 +77,14 @@ impl ImageStore {
     /// Opens a store with a fixed way of making root filesystems.
     pub fn open_with(dir: impl AsRef<Path>, rootfs_mode: RootfsMode) -> Result<Self, ImageError> {
         let dir = dir.as_ref();
-        for sub in ["blobs/sha256", "layers/sha256", "refs", "rootfs", "tmp", "empty"] {
+        for sub in [
+            "blobs/sha256",
+            "layers/sha256",
+            "refs",
+            "rootfs",
+            "tmp",
+            "empty",
+        ] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
@@ -97,7 +103,6 @@ impl ImageStore {
                 rootfs_mode,
                 overlay_works: OnceLock::new(),
                 busy: KeyedLocks::default(),
-                tmp_seq: AtomicU64::new(0),
                 blobs_fetched: AtomicU64::new(0),
                 bytes_fetched: AtomicU64::new(0),
                 layers_unpacked: AtomicU64::new(0),
@@ -158,7 +163,9 @@ impl ImageStore {
     /// A fresh path under `tmp/` named after this process (so that the next `open` after a
     /// kill can tell leftovers from work in progress).
     pub(crate) fn tmp_path(&self, what: &str) -> PathBuf {
-        let n = self.inner.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        // Process-wide: two store objects on one directory must not pick the same name.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
         self.inner
             .root
             .join("tmp")
@@ -225,7 +232,10 @@ impl ImageStore {
         let file = File::create(&path).map_err(io_err("creating", &path))?;
         Ok(BlobWriter {
             store: self.clone(),
-            out: Some(HashingWriter::new(BufWriter::with_capacity(256 * 1024, file))),
+            out: Some(HashingWriter::new(BufWriter::with_capacity(
+                256 * 1024,
+                file,
+            ))),
             path,
             digest: digest.clone(),
             size,
@@ -273,7 +283,10 @@ impl ImageStore {
                 reason: format!("blob {digest} is larger than {MAX_DOCUMENT_BYTES} bytes"),
             });
         }
-        digest.verify(&bytes, &format!("{context} (stored blob {})", path.display()))?;
+        digest.verify(
+            &bytes,
+            &format!("{context} (stored blob {})", path.display()),
+        )?;
         Ok(bytes)
     }
 
@@ -398,6 +411,7 @@ impl ImageStore {
                 reason: "no such reference".into(),
             });
         }
+        let _lock = self.lock(false)?;
         let record = self.read_ref(&path)?;
         let image = self.image(&canonical, &record.digest)?;
         self.ensure_layers(&image.layers, &image.diff_ids)?;

@@ -14,8 +14,9 @@
 //! not followed by a path in an upper one (as with containerd's and Docker's overlay drivers,
 //! image builders never produce such paths).
 
-use super::{Digest, ImageError};
 use super::digest::HashingReader;
+use super::store::remove_any;
+use super::{Digest, ImageError};
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -34,7 +35,11 @@ const MAX_SYMLINKS: usize = 40;
 
 /// Unpacks the layer blob at `blob` into the empty directory `dest` and returns the digest of
 /// the uncompressed tar (its diff id). `digest` names the layer in errors.
-pub(crate) fn unpack_layer(blob: &Path, dest: &Path, digest: &Digest) -> Result<Digest, ImageError> {
+pub(crate) fn unpack_layer(
+    blob: &Path,
+    dest: &Path,
+    digest: &Digest,
+) -> Result<Digest, ImageError> {
     let file = File::open(blob).map_err(|e| ImageError::io("opening layer blob", blob, e))?;
     let mut input = BufReader::with_capacity(256 * 1024, file);
     let magic = input
@@ -59,7 +64,8 @@ pub(crate) fn unpack_layer(blob: &Path, dest: &Path, digest: &Digest) -> Result<
             .entries()
             .map_err(|e| unpacker.fail("", format!("not a tar archive: {e}")))?;
         for entry in entries {
-            let entry = entry.map_err(|e| unpacker.fail("", format!("reading the archive: {e}")))?;
+            let entry =
+                entry.map_err(|e| unpacker.fail("", format!("reading the archive: {e}")))?;
             unpacker.apply(entry)?;
         }
     }
@@ -151,7 +157,7 @@ impl Unpacker {
                         fs::create_dir(&target).map_err(self.io(&raw_path, "creating"))?
                     }
                     Existing::Whiteout | Existing::Other => {
-                        remove(&target).map_err(self.io(&raw_path, "replacing"))?;
+                        remove_any(&target).map_err(self.io(&raw_path, "replacing"))?;
                         fs::create_dir(&target).map_err(self.io(&raw_path, "creating"))?;
                         if present == Existing::Whiteout {
                             // The layer deleted the lower directory and made a new one: hide
@@ -180,11 +186,7 @@ impl Unpacker {
                     .map_err(self.io(&raw_path, "setting the time"))?;
             }
             T::Symlink => {
-                let link = entry
-                    .link_name()
-                    .map_err(|e| self.fail(&raw_path, format!("bad link name: {e}")))?
-                    .ok_or_else(|| self.fail(&raw_path, "symlink without a target"))?
-                    .into_owned();
+                let link = self.link_name(&entry, &raw_path)?;
                 self.replace(&target, present, &raw_path)?;
                 std::os::unix::fs::symlink(&link, &target)
                     .map_err(self.io(&raw_path, "creating the symlink"))?;
@@ -194,11 +196,7 @@ impl Unpacker {
                 let _ = nix::sys::stat::lutimes(&target, &t, &t);
             }
             T::Link => {
-                let link = entry
-                    .link_name()
-                    .map_err(|e| self.fail(&raw_path, format!("bad link name: {e}")))?
-                    .ok_or_else(|| self.fail(&raw_path, "hardlink without a target"))?
-                    .into_owned();
+                let link = self.link_name(&entry, &raw_path)?;
                 let link_rel = clean(&link).map_err(|r| self.fail(&raw_path, r))?;
                 let link_name = link_rel
                     .file_name()
@@ -210,10 +208,7 @@ impl Unpacker {
                     Existing::None => {
                         return Err(self.fail(
                             &raw_path,
-                            format!(
-                                "hardlink to {}, which is not in this layer",
-                                link.display()
-                            ),
+                            format!("hardlink to {}, which is not in this layer", link.display()),
                         ));
                     }
                     Existing::Dir => {
@@ -254,6 +249,19 @@ impl Unpacker {
         Ok(())
     }
 
+    /// The target of a symlink or hardlink entry.
+    fn link_name<R: Read>(
+        &self,
+        entry: &tar::Entry<'_, R>,
+        raw_path: &Path,
+    ) -> Result<PathBuf, ImageError> {
+        Ok(entry
+            .link_name()
+            .map_err(|e| self.fail(raw_path, format!("bad link name: {e}")))?
+            .ok_or_else(|| self.fail(raw_path, "link without a target"))?
+            .into_owned())
+    }
+
     /// A whiteout for `target`: a 0/0 character device, unless this layer itself has
     /// `target` (a layer whiting out and re-creating a name): then a directory is made opaque
     /// and anything else stays as it is.
@@ -271,9 +279,14 @@ impl Unpacker {
     }
 
     /// Removes what is at `target` so that a new entry can take its place.
-    fn replace(&self, target: &Path, existing: Existing, raw_path: &Path) -> Result<(), ImageError> {
+    fn replace(
+        &self,
+        target: &Path,
+        existing: Existing,
+        raw_path: &Path,
+    ) -> Result<(), ImageError> {
         if existing != Existing::None {
-            remove(target).map_err(self.io(raw_path, "replacing"))?;
+            remove_any(target).map_err(self.io(raw_path, "replacing"))?;
         }
         Ok(())
     }
@@ -281,8 +294,7 @@ impl Unpacker {
     /// The real directory for `rel` inside the layer: missing directories are made, symlinks
     /// are followed as long as they stay inside the layer, anything leaving it is refused.
     fn resolve_dir(&self, rel: &Path, raw_path: &Path) -> Result<PathBuf, ImageError> {
-        let mut pending: VecDeque<OsString> =
-            rel.iter().map(OsStr::to_os_string).collect();
+        let mut pending: VecDeque<OsString> = rel.iter().map(OsStr::to_os_string).collect();
         let mut stack: Vec<OsString> = Vec::new();
         let mut links = 0;
         while let Some(comp) = pending.pop_front() {
@@ -377,15 +389,6 @@ pub(crate) fn is_whiteout(m: &fs::Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
 
-fn remove(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Ownership, mode, time and device numbers of an entry.
 struct Meta {
     uid: u32,
@@ -397,11 +400,18 @@ struct Meta {
 
 impl Meta {
     fn from_header(h: &tar::Header) -> Result<Self, String> {
-        let num = |r: io::Result<u64>, what: &str| r.map_err(|e| format!("bad {what}: {e}"));
-        let uid = num(h.uid(), "uid")?;
-        let gid = num(h.gid(), "gid")?;
-        let mode = h.mode().map_err(|e| format!("bad mode: {e}"))?;
-        let mtime = num(h.mtime(), "mtime")?;
+        // An empty numeric field reads as 0, as Go's archive/tar (Docker's, containerd's)
+        // reads it; anything else that does not parse is refused.
+        let num = |r: io::Result<u64>, raw: &[u8], what: &str| match r {
+            Ok(v) => Ok(v),
+            Err(_) if raw.iter().all(|b| matches!(b, 0 | b' ')) => Ok(0),
+            Err(e) => Err(format!("bad {what}: {e}")),
+        };
+        let old = h.as_old();
+        let uid = num(h.uid(), &old.uid, "uid")?;
+        let gid = num(h.gid(), &old.gid, "gid")?;
+        let mode = num(h.mode().map(u64::from), &old.mode, "mode")? as u32;
+        let mtime = num(h.mtime(), &old.mtime, "mtime")?;
         let dev = (
             h.device_major().ok().flatten().unwrap_or(0) as u64,
             h.device_minor().ok().flatten().unwrap_or(0) as u64,
@@ -443,7 +453,10 @@ impl Meta {
 /// (`trusted.overlay.*`) are dropped: an image must not steer the mount (redirects, metacopy).
 fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut out = Vec::new();
-    let Some(exts) = entry.pax_extensions().map_err(|e| format!("bad PAX header: {e}"))? else {
+    let Some(exts) = entry
+        .pax_extensions()
+        .map_err(|e| format!("bad PAX header: {e}"))?
+    else {
         return Ok(out);
     };
     for ext in exts {

@@ -71,7 +71,7 @@ fn v1_mounts() -> Vec<V1Mount> {
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space and so on).
-fn unescape_mountinfo(s: &str) -> String {
+pub(crate) fn unescape_mountinfo(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
