@@ -11,10 +11,12 @@ use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_contro
 
 const NS: &str = "agent-e2e";
 
-fn workload(name: &str, replicas: i32, image: &str) -> Workload {
+/// A Workload for the agent labelled `test=<agent>` only: the tests of this file run side by side
+/// against one control plane, each with its own agent.
+fn workload(name: &str, replicas: i32, image: &str, agent: &str) -> Workload {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": name},
-        "spec": {"replicas": replicas, "containers": [{"name": "app", "image": image,
+        "spec": {"replicas": replicas, "nodeSelector": {"test": agent}, "containers": [{"name": "app", "image": image,
             "command": ["sh", "-c", "echo hello from $HOSTNAME; sleep 3600"],
             "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}}]}
     }))
@@ -260,12 +262,16 @@ async fn reports_the_instances_placed_on_it() {
     for ns in [NS, LEASE_NS] {
         ensure_namespace(&client, ns).await;
     }
-    let _agent = AgentProc::start(cp, "rep-a", &["--cpu", "2", "--memory", "2Gi"]);
+    let _agent = AgentProc::start(
+        cp,
+        "rep-a",
+        &["--cpu", "2", "--memory", "2Gi", "--label", "test=rep-a"],
+    );
     let _controller = start_controller(cp);
     let api: Api<Workload> = Api::namespaced(client.clone(), NS);
     api.create(
         &PostParams::default(),
-        &workload("rep", 1, "127.0.0.1:1/missing/image:latest"),
+        &workload("rep", 1, "127.0.0.1:1/missing/image:latest", "rep-a"),
     )
     .await
     .unwrap();
@@ -291,4 +297,244 @@ async fn reports_the_instances_placed_on_it() {
     let usage = inst.usage.expect("usage reported from the start");
     assert_eq!(usage.node, "rep-a");
     assert_eq!(Some(&usage.placed_at), inst.placed_at.as_ref());
+}
+
+/// The instance `name` of Workload `wl`, if reported.
+fn instance_of(w: &Workload, name: &str) -> Option<univrs_api::resources::workload::Instance> {
+    w.status
+        .as_ref()
+        .and_then(|s| s.instances.iter().find(|i| i.name == name).cloned())
+}
+
+/// A Workload with `body` as its spec, for the agent labelled `test=run-a` only.
+fn spec(name: &str, mut body: serde_json::Value) -> Workload {
+    body["nodeSelector"] = serde_json::json!({"test": "run-a"});
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": name},
+        "spec": body
+    }))
+    .unwrap()
+}
+
+/// Mount points under `dir` (root filesystems, network namespaces).
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&d))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_serves_restarts_readopts_and_cleans_up_real_containers() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    let ns = "agent-run";
+    for n in [ns, LEASE_NS] {
+        ensure_namespace(&client, n).await;
+    }
+    let mut agent = AgentProc::start(
+        cp,
+        "run-a",
+        &["--cpu", "4", "--memory", "4Gi", "--label", "test=run-a"],
+    );
+    let _controller = start_controller(cp);
+    let api: Api<Workload> = Api::namespaced(client.clone(), ns);
+    let nodes: Api<Node> = Api::all(client.clone());
+
+    // The demo image's default command serves a page; readiness is an HTTP probe.
+    api.create(
+        &PostParams::default(),
+        &spec(
+            "web",
+            serde_json::json!({"replicas": 1, "containers": [{"name": "app",
+                "image": "univrs.local/demo:latest",
+                "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+                "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2},
+                "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &spec(
+            "crash",
+            serde_json::json!({"replicas": 1, "restartPolicy": "Always", "containers": [{"name": "app",
+                "image": "univrs.local/demo:latest",
+                "command": ["sh", "-c", "echo boom from $HOSTNAME; exit 3"]}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &spec(
+            "hog",
+            serde_json::json!({"replicas": 1, "restartPolicy": "OnFailure", "containers": [{"name": "app",
+                "image": "univrs.local/demo:latest",
+                "command": ["sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' x); sleep 600"],
+                "resources": {"limits": {"memory": "24Mi"}}}]}),
+        ),
+    )
+    .await
+    .unwrap();
+
+    let web = eventually(
+        "web Running and ready",
+        Duration::from_secs(120),
+        async || {
+            let w = api.get("web").await.unwrap();
+            let i = instance_of(&w, "web-0");
+            let ok = i.as_ref().is_some_and(|i| {
+                i.phase == Some(univrs_api::resources::workload::InstancePhase::Running)
+                    && i.ready == Some(true)
+            }) && w.status.as_ref().and_then(|s| s.ready_replicas) == Some(1);
+            (ok.then_some(w), format!("{i:?}"))
+        },
+    )
+    .await;
+    assert!(instance_of(&web, "web-0").unwrap().started_at.is_some());
+
+    // Its page answers on its own address, and says which instance served it.
+    let node = nodes.get("run-a").await.unwrap();
+    let api_url = node.metadata.annotations.unwrap()["univrs.io/agent-api"].clone();
+    let (_, body) = curl(&[&format!("{api_url}/api/status")]);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let inst = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance"] == "web-0")
+        .cloned()
+        .expect("web-0 in the agent's status");
+    let ip = inst["ip"].as_str().expect("an address").to_string();
+    let (code, page) = curl(&[&format!("http://{ip}:8080/")]);
+    assert_eq!(code, "200", "{page}");
+    assert!(page.contains("served by web-0"), "{page}");
+
+    // A crashing container is restarted with backoff, its output is in the logs API.
+    let crash = eventually(
+        "crash restarted twice",
+        Duration::from_secs(90),
+        async || {
+            let w = api.get("crash").await.unwrap();
+            let i = instance_of(&w, "crash-0");
+            (
+                i.clone().filter(|i| i.restarts.unwrap_or(0) >= 2),
+                format!("{i:?}"),
+            )
+        },
+    )
+    .await;
+    assert!(
+        crash
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("exited with code 3"),
+        "{crash:?}"
+    );
+    let (_, body) = curl(&[&format!("{api_url}/api/status")]);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let crash_cid = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance"] == "crash-0")
+        .and_then(|i| i["containers"][0].as_str().map(str::to_string))
+        .expect("crash-0's container id");
+    eventually("crash's log", Duration::from_secs(30), async || {
+        let (code, log) = curl(&[&format!("{api_url}/api/containers/{crash_cid}/logs?tail=5")]);
+        (
+            (code == "200" && log.contains("boom from crash-0")).then_some(()),
+            format!("{code} {log}"),
+        )
+    })
+    .await;
+
+    // Over its memory limit: OOM-killed, said so, and restarted (OnFailure).
+    let hog = eventually(
+        "hog OOM-killed and restarted",
+        Duration::from_secs(120),
+        async || {
+            let w = api.get("hog").await.unwrap();
+            let i = instance_of(&w, "hog-0");
+            (
+                i.clone().filter(|i| {
+                    i.restarts.unwrap_or(0) >= 1
+                        && i.message.as_deref().unwrap_or("").contains("OOMKilled")
+                }),
+                format!("{i:?}"),
+            )
+        },
+    )
+    .await;
+    eprintln!("hog: {:?}", hog.message);
+
+    // kill -9 of the agent: the web container keeps running and is re-adopted, not doubled.
+    let web_pid = |a: &AgentProc| {
+        std::fs::read_dir(a.data_dir.join("runtime/containers"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("web-0-"))
+            .filter_map(|e| std::fs::read_to_string(e.path().join("pid")).ok())
+            .collect::<Vec<_>>()
+    };
+    let before = web_pid(&agent);
+    assert_eq!(before.len(), 1, "{before:?}");
+    agent.kill();
+    agent.restart();
+    eventually(
+        "the agent back, web still ready",
+        Duration::from_secs(60),
+        async || {
+            let w = api.get("web").await.unwrap();
+            let log = agent.log_text();
+            let readopted = log.matches("re-adopting").count() >= 3;
+            let i = instance_of(&w, "web-0");
+            (
+                (readopted && i.as_ref().is_some_and(|i| i.ready == Some(true))).then_some(()),
+                format!("{i:?}"),
+            )
+        },
+    )
+    .await;
+    assert_eq!(web_pid(&agent), before, "the same container, not a new one");
+    let w = api.get("web").await.unwrap();
+    assert_eq!(instance_of(&w, "web-0").unwrap().restarts, Some(0));
+
+    // Delete everything: nothing is left behind on the node.
+    for n in ["web", "crash", "hog"] {
+        api.delete(n, &Default::default()).await.unwrap();
+    }
+    eventually(
+        "every container gone",
+        Duration::from_secs(90),
+        async || {
+            let containers: Vec<String> =
+                std::fs::read_dir(agent.data_dir.join("runtime/containers"))
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.file_name().to_string_lossy().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            let mounts = mounts_under(&agent.data_dir);
+            let records: Vec<String> = std::fs::read_dir(agent.data_dir.join("instances"))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                (containers.is_empty() && mounts.is_empty() && records.is_empty()).then_some(()),
+                format!("containers {containers:?}, mounts {mounts:?}, records {records:?}"),
+            )
+        },
+    )
+    .await;
 }

@@ -277,6 +277,19 @@ pub struct AgentArgs {
     /// REFERENCE run it without a registry (`univrs up` gives its demo image this way).
     #[arg(long = "image-layout", value_name = "REFERENCE=DIR", value_parser = parse_layout)]
     pub image_layouts: Vec<(String, PathBuf)>,
+    /// A registry reached over plain HTTP, as HOST:PORT (repeatable); every other is HTTPS.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// A docker-style config.json with registry logins [default: none].
+    #[arg(long)]
+    pub registry_auth: Option<PathBuf>,
+    /// Where the CNI plugins are [default: /usr/lib/cni].
+    #[arg(long)]
+    pub cni_bin_dir: Option<PathBuf>,
+    /// The containers' subnet on this node, e.g. 10.89.7.0/24 [default: derived from the node
+    /// name; give each agent its own when several run on one machine].
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
     /// Where the agent's local API listens (port 0: a free port, published on the Node as the
     /// `univrs.io/agent-api` annotation). Off loopback it needs TLS and a token.
     #[arg(long, default_value = "127.0.0.1:0")]

@@ -212,7 +212,9 @@ impl Supervisor {
             .iter()
             .flat_map(|c| c.ports.iter().cloned())
             .collect();
-        blocking(move || sandbox.network_up(&id, &ports)).await
+        blocking(move || sandbox.network_up(&id, &ports))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Returns whether the record changed.
@@ -443,11 +445,19 @@ impl Supervisor {
         let netns = self.deps.sandbox.netns_path(&rec.id);
         let g = grace(spec);
         let started = blocking(move || -> Result<i32, String> {
-            let rootfs = sandbox.rootfs(&image, &cfg_id)?;
-            let process = sandbox.process(&image, &c2);
+            let rootfs = sandbox.rootfs(&image, &cfg_id).map_err(|e| e.to_string())?;
+            let process = match sandbox.process(&image, &c2, &rootfs) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = sandbox.remove_rootfs(&cfg_id);
+                    return Err(e.to_string());
+                }
+            };
             let mut cfg = ContainerConfig::new(cfg_id.clone(), rootfs, process.args);
             cfg.env = process.env;
             cfg.cwd = process.cwd;
+            cfg.uid = process.uid;
+            cfg.gid = process.gid;
             cfg.hostname = Some(hostname);
             cfg.netns = netns;
             if let Some(limits) = c2.resources.as_ref().and_then(|r| r.limits.as_ref()) {
@@ -600,7 +610,7 @@ impl Supervisor {
         let id = cid.to_string();
         let result = blocking(move || {
             rt.delete(&id).map_err(|e| e.to_string())?;
-            sandbox.remove_rootfs(&id)
+            sandbox.remove_rootfs(&id).map_err(|e| e.to_string())
         })
         .await;
         if let Err(e) = result {

@@ -66,6 +66,14 @@ pub struct AgentConfig {
     pub shim_bin: PathBuf,
     /// Images to import from local OCI layouts: (reference, directory).
     pub image_layouts: Vec<(String, PathBuf)>,
+    /// Registries reached over plain HTTP (`host:port`).
+    pub insecure_registries: Vec<String>,
+    /// A docker-style `config.json` with registry logins.
+    pub registry_auth: Option<PathBuf>,
+    /// Where the CNI plugins are [default: /usr/lib/cni].
+    pub cni_bin_dir: Option<PathBuf>,
+    /// The containers' subnet [default: derived from the node name].
+    pub pod_cidr: Option<crate::network::Ipv4Cidr>,
     /// Where the local API listens (port 0: a free port, published on the Node).
     pub api_addr: std::net::SocketAddr,
     /// The API's bearer token, if required.
@@ -203,6 +211,7 @@ pub async fn run(
 
     let runtime = RuntimeClient::new(&cfg.shim_bin, data_dir.join("runtime"), &cfg.node_name)
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let sandbox = Arc::new(build_sandbox(&cfg, &data_dir)?);
     let reports = Reports::default();
     let api_state = Arc::new(api::ApiState {
         node: cfg.node_name.clone(),
@@ -228,7 +237,7 @@ pub async fn run(
     let deps = Arc::new(instance::Deps {
         node: cfg.node_name.clone(),
         runtime: runtime.clone(),
-        sandbox: Arc::new(sandbox::Sandbox {}),
+        sandbox: sandbox.clone(),
         records: Records::new(data_dir.join("instances")),
         reports: reports.clone(),
         recorder: Recorder::new(
@@ -292,6 +301,44 @@ pub async fn run(
         t.abort();
     }
     Ok(())
+}
+
+/// The image store, local layouts (the demo image, built from this machine's busybox, and
+/// `--image-layout`s) and the container network.
+fn build_sandbox(
+    cfg: &AgentConfig,
+    data_dir: &std::path::Path,
+) -> Result<sandbox::Sandbox, AgentError> {
+    let invalid = |e: &dyn std::fmt::Display| AgentError::Invalid(e.to_string());
+    let images =
+        crate::image::ImageStore::open(data_dir.join("images")).map_err(|e| invalid(&e))?;
+    let mut pull = crate::image::PullOptions {
+        insecure_registries: cfg.insecure_registries.clone(),
+        ..Default::default()
+    };
+    if let Some(path) = &cfg.registry_auth {
+        pull.docker_config = Some(crate::image::DockerConfig::load(path).map_err(|e| invalid(&e))?);
+    }
+    let mut layouts: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
+    let demo = crate::demo_image::DEMO_REFERENCE;
+    if !cfg.image_layouts.iter().any(|(r, _)| r == demo) {
+        match crate::demo_image::build(&data_dir.join("demo-image")) {
+            Ok(dir) => {
+                layouts.insert(demo.to_string(), (dir, "latest".to_string()));
+            }
+            Err(e) => tracing::warn!("no demo image {demo}: {e}"),
+        }
+    }
+    for (reference, dir) in &cfg.image_layouts {
+        layouts.insert(reference.clone(), (dir.clone(), "latest".to_string()));
+    }
+    let mut net = crate::network::CniConfig::new(cfg.node_name.clone(), data_dir.join("network"));
+    if let Some(dir) = &cfg.cni_bin_dir {
+        net.plugin_dirs = vec![dir.clone()];
+    }
+    net.subnet = cfg.pod_cidr;
+    let cni = crate::network::Cni::new(net).map_err(|e| invalid(&e))?;
+    Ok(sandbox::Sandbox::new(images, pull, layouts, Some(cni)))
 }
 
 /// Starts supervisors for the instances recorded on disk (re-adoption) and removes containers
@@ -405,7 +452,14 @@ pub fn reset(
     crate::runtime::validate_agent_name(node).map_err(AgentError::Invalid)?;
     let runtime = RuntimeClient::new(shim_bin, data_dir.join("runtime"), node)
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
-    let sandbox = sandbox::Sandbox {};
+    let images = crate::image::ImageStore::open(data_dir.join("images"))
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let cni = crate::network::Cni::new(crate::network::CniConfig::new(
+        node.to_string(),
+        data_dir.join("network"),
+    ))
+    .ok();
+    let sandbox = sandbox::Sandbox::new(images, Default::default(), BTreeMap::new(), cni);
     let ids = runtime
         .list()
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
@@ -420,13 +474,25 @@ pub fn reset(
     }
     let records = Records::new(data_dir.join("instances"));
     for rec in records.load_all() {
-        if let Err(e) = sandbox.network_down(&rec.id) {
-            failures.push(format!("network of {}: {e}", rec.id));
-        }
         if let Err(e) = records.remove(&rec.id) {
             failures.push(format!("record of {}: {e}", rec.id));
         }
     }
+    // Root filesystems of containers that never started, and every network.
+    if let Ok(dirs) = std::fs::read_dir(data_dir.join("images/rootfs")) {
+        for d in dirs.flatten() {
+            let id = d.file_name().to_string_lossy().to_string();
+            if let Err(e) = sandbox.remove_rootfs(&id) {
+                failures.push(format!("root filesystem of {id}: {e}"));
+            }
+        }
+    }
+    for id in sandbox.attached() {
+        if let Err(e) = sandbox.network_down(&id) {
+            failures.push(format!("network of {id}: {e}"));
+        }
+    }
+    sandbox.remove_network();
     runtime.remove_cgroup_parent(true);
     if failures.is_empty() {
         Ok(ids.len())

@@ -1,20 +1,23 @@
-//! What a container needs around it: its image (pulled and unpacked once), its own writable
-//! root filesystem, and the instance's network namespace.
+//! What a container needs around it: its image (pulled and unpacked once, into the agent's
+//! image store), its own writable root filesystem, and its instance's network namespace
+//! (through CNI). Everything here blocks except [`Sandbox::pull`]; the supervisor calls it on
+//! blocking threads.
 
+use crate::image::{self, Image as StoredImage, ImageError, ImageStore, PullOptions};
+use crate::network::{Cni, NetworkError, PortMapping, Protocol};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use univrs_api::resources::workload::{Container, ContainerPort};
+use univrs_api::resources::workload::{self, Container, ContainerPort};
 
 /// A pulled image, ready to give containers a root filesystem.
 #[derive(Debug, Clone)]
-pub struct Image {
-    digest: String,
-}
+pub struct Image(StoredImage);
 
 impl Image {
     /// The image's manifest digest.
-    pub fn digest(&self) -> &str {
-        &self.digest
+    pub fn digest(&self) -> String {
+        self.0.digest.to_string()
     }
 }
 
@@ -27,62 +30,204 @@ pub struct Process {
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub cwd: String,
+    /// User and group ids.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
 }
 
 /// Images, root filesystems and networks of one agent.
-#[derive(Debug)]
-pub struct Sandbox {}
+pub struct Sandbox {
+    images: ImageStore,
+    pull: PullOptions,
+    /// References served from local OCI layouts: reference → (directory, tag).
+    layouts: BTreeMap<String, (PathBuf, String)>,
+    network: Option<Cni>,
+}
+
+/// Why a sandbox step failed (shown in instance messages and Events).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// An image could not be pulled or prepared.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The network could not be set up or torn down.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// The container's process could not be worked out.
+    #[error(transparent)]
+    Process(#[from] image::ProcessError),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
 
 impl Sandbox {
-    /// Whether containers get their own network (CNI).
-    pub fn has_network(&self) -> bool {
-        false
-    }
-
-    /// Pulls `reference` (or finds it in the store).
-    pub async fn pull(&self, reference: &str) -> Result<Image, String> {
-        Err(format!(
-            "cannot pull {reference}: no image store configured"
-        ))
-    }
-
-    /// A fresh writable root filesystem for container `id`.
-    pub fn rootfs(&self, _image: &Image, id: &str) -> Result<PathBuf, String> {
-        Err(format!("no root filesystem for {id}"))
-    }
-
-    /// Removes container `id`'s root filesystem (no error when there is none).
-    pub fn remove_rootfs(&self, _id: &str) -> Result<(), String> {
-        Ok(())
-    }
-
-    /// The process of `c` in `image`.
-    pub fn process(&self, _image: &Image, c: &Container) -> Process {
-        let mut args = c.command.clone();
-        args.extend(c.args.iter().cloned());
-        Process {
-            args,
-            env: c
-                .env
-                .iter()
-                .map(|e| (e.name.clone(), e.value.clone()))
-                .collect(),
-            cwd: "/".into(),
+    /// A sandbox over an image store, pull options, local layouts and (optionally) CNI.
+    pub fn new(
+        images: ImageStore,
+        pull: PullOptions,
+        layouts: BTreeMap<String, (PathBuf, String)>,
+        network: Option<Cni>,
+    ) -> Self {
+        Self {
+            images,
+            pull,
+            layouts,
+            network,
         }
     }
 
+    /// Whether containers get their own network (CNI).
+    pub fn has_network(&self) -> bool {
+        self.network.is_some()
+    }
+
+    /// The image for `reference`: from a local layout given to the agent; from the store when
+    /// present and the tag is not `latest` (Kubernetes' IfNotPresent default); otherwise
+    /// pulled, falling back to the store when the registry cannot be reached.
+    pub async fn pull(&self, reference: &str) -> Result<Image, SandboxError> {
+        if let Some((dir, tag)) = self.layouts.get(reference).cloned() {
+            let store = self.images.clone();
+            let img = tokio::task::spawn_blocking(move || store.import_oci_layout(&dir, &tag))
+                .await
+                .map_err(|e| SandboxError::Other(e.to_string()))??;
+            return Ok(Image(img));
+        }
+        let always = reference.ends_with(":latest") || !reference.contains(':');
+        if !always && let Ok(img) = self.local(reference).await {
+            return Ok(Image(img));
+        }
+        match self.images.pull(reference, &self.pull).await {
+            Ok(img) => Ok(Image(img)),
+            Err(pull_err) => match self.local(reference).await {
+                Ok(img) => {
+                    tracing::warn!(
+                        reference,
+                        "pull failed, running the stored image: {pull_err}"
+                    );
+                    Ok(Image(img))
+                }
+                Err(_) => Err(pull_err.into()),
+            },
+        }
+    }
+
+    async fn local(&self, reference: &str) -> Result<StoredImage, ImageError> {
+        let store = self.images.clone();
+        let r = reference.to_string();
+        tokio::task::spawn_blocking(move || store.resolve(&r))
+            .await
+            .map_err(|e| ImageError::NotPresent {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            })?
+    }
+
+    /// A fresh writable root filesystem for container `id`.
+    pub fn rootfs(&self, image: &Image, id: &str) -> Result<PathBuf, SandboxError> {
+        Ok(self.images.prepare_rootfs(&image.0, id)?)
+    }
+
+    /// Removes container `id`'s root filesystem (no error when there is none).
+    pub fn remove_rootfs(&self, id: &str) -> Result<(), SandboxError> {
+        Ok(self.images.remove_rootfs(id)?)
+    }
+
+    /// The process of `c` in `image` with `rootfs` (for the image's USER).
+    pub fn process(
+        &self,
+        image: &Image,
+        c: &Container,
+        rootfs: &std::path::Path,
+    ) -> Result<Process, SandboxError> {
+        let cfg = &image.0.config;
+        let wl_env: Vec<(String, String)> = c
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        let env = image::merge_env(&cfg.env, &wl_env);
+        let args = image::process_args(cfg, &c.command, &c.args, &env)?;
+        let (uid, gid) = image::config::resolve_user(rootfs, cfg.user.as_deref())?;
+        Ok(Process {
+            args,
+            env,
+            cwd: image::working_dir(cfg, None),
+            uid,
+            gid,
+        })
+    }
+
     /// Sets up instance `id`'s network namespace with `ports` published; returns its address.
-    pub fn network_up(&self, id: &str, _ports: &[ContainerPort]) -> Result<IpAddr, String> {
-        Err(format!("no container network for {id}"))
+    pub fn network_up(&self, id: &str, ports: &[ContainerPort]) -> Result<IpAddr, SandboxError> {
+        let Some(cni) = &self.network else {
+            return Err(SandboxError::Other(
+                "no container network configured".into(),
+            ));
+        };
+        let mappings: Vec<PortMapping> = ports
+            .iter()
+            .filter_map(|p| {
+                let host = u16::try_from(p.host_port?).ok()?;
+                let container = u16::try_from(p.container_port).ok()?;
+                Some(PortMapping {
+                    host_port: host,
+                    container_port: container,
+                    protocol: match p.protocol {
+                        workload::Protocol::UDP => Protocol::Udp,
+                        _ => Protocol::Tcp,
+                    },
+                    host_ip: None,
+                })
+            })
+            .collect();
+        // A setup the agent died in is finished off first (teardown is idempotent).
+        if let Ok(Some(att)) = cni.attachment(id) {
+            if att.complete
+                && let Ok(att) = cni.check(id)
+                && let Some(ip) = att.ipv4()
+            {
+                return Ok(IpAddr::V4(ip));
+            }
+            cni.teardown(id)?;
+        }
+        let att = cni.setup(id, &mappings)?;
+        att.ipv4()
+            .map(IpAddr::V4)
+            .ok_or_else(|| SandboxError::Other(format!("CNI gave instance {id} no IPv4 address")))
     }
 
     /// Releases instance `id`'s network (no error when there is none).
-    pub fn network_down(&self, _id: &str) -> Result<(), String> {
-        Ok(())
+    pub fn network_down(&self, id: &str) -> Result<(), SandboxError> {
+        match &self.network {
+            Some(cni) => Ok(cni.teardown(id)?),
+            None => Ok(()),
+        }
     }
 
     /// The network namespace of instance `id`, when containers get their own network.
-    pub fn netns_path(&self, _id: &str) -> Option<PathBuf> {
-        None
+    pub fn netns_path(&self, id: &str) -> Option<PathBuf> {
+        self.network.as_ref().map(|c| c.netns_path(id))
+    }
+
+    /// Removes the agent's bridge (when nothing is attached any more).
+    pub fn remove_network(&self) {
+        if let Some(cni) = &self.network
+            && let Err(e) = cni.remove_bridge()
+        {
+            tracing::debug!("removing the bridge: {e}");
+        }
+    }
+
+    /// Instance ids with a network attachment on disk (for clean-up of orphans).
+    pub fn attached(&self) -> Vec<String> {
+        self.network
+            .as_ref()
+            .and_then(|c| c.list().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| a.container_id)
+            .collect()
     }
 }

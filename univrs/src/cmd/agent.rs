@@ -36,6 +36,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         shim_bin: std::env::current_exe().context("finding the univrs binary for the shims")?,
         api_addr: args.api_addr,
         image_layouts: args.image_layouts,
+        insecure_registries: args.insecure_registries,
+        registry_auth: args.registry_auth,
+        cni_bin_dir: args.cni_bin_dir,
+        pod_cidr: args
+            .pod_cidr
+            .map(|c| {
+                c.parse()
+                    .map_err(|e| anyhow::anyhow!("--pod-cidr {c:?}: {e}"))
+            })
+            .transpose()?,
         api_token: args.api_token_file.as_deref().map(read_token).transpose()?,
         api_tls: args.api_tls_cert.zip(args.api_tls_key),
     };

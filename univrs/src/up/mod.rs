@@ -151,6 +151,9 @@ pub async fn run(opts: Options) -> Result<()> {
                     humantime::format_duration(opts.usage_interval).to_string(),
                     "--image-layout".into(),
                     format!("{}={}", demo_image::DEMO_REFERENCE, demo.display()),
+                    // Agents on one machine each get their own container subnet.
+                    "--pod-cidr".into(),
+                    format!("10.89.{}.0/24", 100 + i),
                 ],
             )
             .named(&name),
