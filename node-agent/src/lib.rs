@@ -2,4 +2,5 @@
 //! containers through youki, the libp2p mesh) arrives with the node-agent issue.
 
 pub mod keyfile;
+pub mod mesh;
 pub mod runtime;
