@@ -10,6 +10,7 @@ pub mod conditions;
 pub mod crds;
 pub mod enr;
 pub mod envelope;
+pub mod gossip;
 pub mod identity;
 pub mod ledger;
 pub mod quantity;

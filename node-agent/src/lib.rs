@@ -6,6 +6,7 @@ pub mod agent;
 pub mod demo_image;
 pub mod image;
 pub mod keyfile;
+pub mod mesh;
 pub mod network;
 pub mod runtime;
 pub mod tls;

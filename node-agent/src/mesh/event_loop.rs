@@ -1,0 +1,543 @@
+//! The task that owns the swarm. `run` only dispatches: swarm events, commands from handles and
+//! timer ticks each go to one small handler.
+
+use super::behaviour::{KAD_PROTOCOL, MeshBehaviour, MeshBehaviourEvent};
+use super::stats::{MeshStats, PeerInfo, RateMeter, median};
+use super::transport::{self, ByteCounters};
+use super::validate::{self, IgnoreReason, InvalidReason, Limits, Verdict};
+use super::{
+    GossipBody, InboundMessage, MeshConfig, MeshError, Multiaddr, PeerId, Topic, keypair_of,
+};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Swarm, core::transport::ListenerId, identify, kad, mdns, ping};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use univrs_api::identity::NodeIdentity;
+
+/// How long `Mesh::spawn` waits for the listeners to bind.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a dial plus the Noise/TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the bandwidth meter samples the byte counters.
+const METER_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a handle asks of the event loop.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Publish {
+        body: GossipBody,
+        reply: oneshot::Sender<Result<(), MeshError>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Stats {
+        reply: oneshot::Sender<MeshStats>,
+    },
+    AddBootstrap {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), MeshError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The swarm and everything the loop keeps about it.
+pub(crate) struct EventLoop {
+    swarm: Swarm<MeshBehaviour>,
+    commands: mpsc::Receiver<Command>,
+    inbound: broadcast::Sender<InboundMessage>,
+    identity: NodeIdentity,
+    config: MeshConfig,
+    limits: Limits,
+    started: Instant,
+    bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// Listeners that have not bound an address yet, with the address asked for.
+    pending_listeners: HashMap<ListenerId, Multiaddr>,
+    listen_addrs: Vec<Multiaddr>,
+    connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
+    latency: HashMap<PeerId, Duration>,
+    ping_failures: HashMap<ConnectionId, u32>,
+    invalid: BTreeMap<InvalidReason, u64>,
+    ignored: BTreeMap<IgnoreReason, u64>,
+    received: u64,
+    published: u64,
+    bytes: ByteCounters,
+    meter: RateMeter,
+}
+
+fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The peer id an address ends in, if any.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+/// Whether an address is on the loopback network.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+impl EventLoop {
+    /// Builds the swarm and starts its listeners.
+    pub(crate) fn new(
+        config: MeshConfig,
+        commands: mpsc::Receiver<Command>,
+        inbound: broadcast::Sender<InboundMessage>,
+    ) -> Result<Self, MeshError> {
+        let keypair = keypair_of(&config.identity);
+        let bytes = ByteCounters::default();
+        let transport = transport::build(&keypair, bytes.clone(), HANDSHAKE_TIMEOUT)?;
+        let behaviour = MeshBehaviour::new(&keypair, &config)?;
+        let swarm = Swarm::new(
+            transport,
+            behaviour,
+            keypair.public().to_peer_id(),
+            libp2p::swarm::Config::with_tokio_executor()
+                .with_idle_connection_timeout(config.idle_connection_timeout),
+        );
+        let limits = Limits {
+            max_message_bytes: config.max_message_bytes,
+            max_clock_skew: config.max_clock_skew,
+            replay_window: config.replay_window,
+        };
+        let mut this = Self {
+            swarm,
+            commands,
+            inbound,
+            identity: config.identity.clone(),
+            limits,
+            started: Instant::now(),
+            bootstrap: Vec::new(),
+            pending_listeners: HashMap::new(),
+            listen_addrs: Vec::new(),
+            connections: HashMap::new(),
+            latency: HashMap::new(),
+            ping_failures: HashMap::new(),
+            invalid: BTreeMap::new(),
+            ignored: BTreeMap::new(),
+            received: 0,
+            published: 0,
+            bytes,
+            meter: RateMeter::default(),
+            config,
+        };
+        for addr in this.config.listen.clone() {
+            let id = this
+                .swarm
+                .listen_on(addr.clone())
+                .map_err(|e| MeshError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+            this.pending_listeners.insert(id, addr);
+        }
+        for addr in this.config.bootstrap.clone() {
+            this.add_bootstrap(addr)?;
+        }
+        Ok(this)
+    }
+
+    /// This node's PeerId.
+    pub(crate) fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Drives the swarm until every listener has bound an address (or failed).
+    pub(crate) async fn wait_listening(&mut self) -> Result<(), MeshError> {
+        let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+        while let Some(addr) = self.pending_listeners.values().next().cloned() {
+            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+                .await
+                .map_err(|_| MeshError::ListenTimeout {
+                    addr,
+                    timeout: LISTEN_TIMEOUT,
+                })?;
+            match event {
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason: Err(e),
+                    ..
+                }
+                | SwarmEvent::ListenerError {
+                    listener_id,
+                    error: e,
+                } if self.pending_listeners.contains_key(&listener_id) => {
+                    return Err(MeshError::Listen {
+                        addr: self.pending_listeners[&listener_id].clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                event => self.on_swarm_event(event),
+            }
+        }
+        Ok(())
+    }
+
+    /// The loop: one event at a time, each to its handler.
+    pub(crate) async fn run(mut self) {
+        let mut discovery = tokio::time::interval(self.config.discovery_interval);
+        discovery.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut meter = tokio::time::interval(METER_INTERVAL);
+        meter.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let shutdown_reply = loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => break Some(reply),
+                    Some(command) => self.on_command(command),
+                    // Every handle is gone: nobody can use the mesh any more.
+                    None => break None,
+                },
+                _ = discovery.tick() => self.discover(),
+                _ = meter.tick() => self.sample_bandwidth(),
+            }
+        };
+        tracing::info!(peer = %self.local_peer_id(), "mesh shutting down");
+        drop(self.swarm);
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish { body, reply } => {
+                let _ = reply.send(self.publish(body));
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peers());
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Command::AddBootstrap { addr, reply } => {
+                let result = self.add_bootstrap(addr);
+                if result.is_ok() {
+                    self.discover();
+                }
+                let _ = reply.send(result);
+            }
+            // Handled by `run`, which owns the loop.
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Identify(e)) => self.on_identify(e),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Ping(e)) => self.on_ping(e),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Mdns(e)) => self.on_mdns(e),
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                tracing::info!(%address, "mesh listening");
+                self.pending_listeners.remove(&listener_id);
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address);
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                tracing::warn!(?listener_id, ?reason, "mesh listener closed");
+                self.pending_listeners.remove(&listener_id);
+                self.listen_addrs.retain(|a| !addresses.contains(a));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, endpoint.get_remote_address().clone());
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                self.ping_failures.remove(&connection_id);
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.remove(&connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&peer_id);
+                        self.latency.remove(&peer_id);
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, %error, "dial failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        else {
+            return;
+        };
+        let now = SystemTime::now();
+        let verdict = validate::check(
+            &self.limits,
+            message.source.as_ref(),
+            message.topic.as_str(),
+            &message.data,
+            unix_millis(now),
+        );
+        let acceptance = match verdict {
+            Verdict::Accept(accepted) => {
+                let accepted = *accepted;
+                self.received += 1;
+                // A send error only means nobody subscribes right now.
+                let _ = self.inbound.send(InboundMessage {
+                    source: message.source.unwrap_or(propagation_source),
+                    signer: accepted.signer,
+                    topic: accepted.topic,
+                    body: accepted.message.body,
+                    sent_at_ms: accepted.message.sent_at_ms,
+                    received_at: now,
+                });
+                MessageAcceptance::Accept
+            }
+            Verdict::Ignore(reason) => {
+                *self.ignored.entry(reason).or_default() += 1;
+                MessageAcceptance::Ignore
+            }
+            Verdict::Reject(reason) => {
+                tracing::warn!(from = %propagation_source, ?reason, "rejected gossip message");
+                *self.invalid.entry(reason).or_default() += 1;
+                MessageAcceptance::Reject
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&message_id, &propagation_source, acceptance);
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        if let kad::Event::RoutingUpdated {
+            peer, is_new_peer, ..
+        } = event
+            && is_new_peer
+        {
+            self.dial_if_wanted(peer);
+        }
+    }
+
+    fn on_identify(&mut self, event: identify::Event) {
+        let identify::Event::Received { peer_id, info, .. } = event else {
+            return;
+        };
+        if !info.protocols.contains(&KAD_PROTOCOL) {
+            return;
+        }
+        // A peer reached over the network cannot be reached on its loopback addresses.
+        let via_loopback = self
+            .connections
+            .get(&peer_id)
+            .is_some_and(|c| c.values().any(is_loopback));
+        for addr in info.listen_addrs {
+            if via_loopback || !is_loopback(&addr) {
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+            }
+        }
+    }
+
+    fn on_ping(&mut self, event: ping::Event) {
+        match event.result {
+            Ok(rtt) => {
+                self.latency.insert(event.peer, rtt);
+                self.ping_failures.remove(&event.connection);
+            }
+            Err(ping::Failure::Unsupported) => {}
+            Err(error) => {
+                let failures = self.ping_failures.entry(event.connection).or_default();
+                *failures += 1;
+                tracing::debug!(peer = %event.peer, %error, failures = *failures, "ping failed");
+                // A connection that stopped answering is gone in all but name: closing it lets
+                // the mesh notice the loss and re-form when the peer is reachable again.
+                if *failures >= self.config.ping_failures {
+                    tracing::info!(peer = %event.peer, "closing unresponsive connection");
+                    self.swarm.close_connection(event.connection);
+                }
+            }
+        }
+    }
+
+    fn on_mdns(&mut self, event: mdns::Event) {
+        if let mdns::Event::Discovered(found) = event {
+            for (peer, addr) in found {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                self.dial_if_wanted(peer);
+            }
+        }
+    }
+
+    /// Dials `peer` (at the addresses Kademlia knows) unless it is us, connected or being
+    /// dialed, or enough peers are connected.
+    fn dial_if_wanted(&mut self, peer: PeerId) {
+        if peer == self.local_peer_id()
+            || self.swarm.is_connected(&peer)
+            || self.connections.len() >= self.config.target_peers
+        {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(error) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, %error, "not dialing");
+        }
+    }
+
+    /// The periodic walk: redial lost bootstrap peers and known peers, and ask the DHT for more.
+    fn discover(&mut self) {
+        for (peer, addr) in self.bootstrap.clone() {
+            if !self.swarm.is_connected(&peer) {
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                if let Err(error) = self.swarm.dial(opts) {
+                    tracing::debug!(%peer, %error, "not redialing bootstrap peer");
+                }
+            }
+        }
+        let known: HashSet<PeerId> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+            .collect();
+        for peer in known {
+            self.dial_if_wanted(peer);
+        }
+        // Fails only while the routing table is empty; the next tick tries again.
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+    }
+
+    fn sample_bandwidth(&mut self) {
+        let (rx, tx) = self.bytes.totals();
+        self.meter.sample(Instant::now(), rx + tx);
+    }
+
+    fn add_bootstrap(&mut self, addr: Multiaddr) -> Result<(), MeshError> {
+        let peer = peer_of(&addr).ok_or_else(|| MeshError::BootstrapWithoutPeerId(addr.clone()))?;
+        // An agent given every node's address, its own included, skips itself.
+        if peer == self.local_peer_id() {
+            return Ok(());
+        }
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&peer, addr.clone());
+        if !self.bootstrap.contains(&(peer, addr.clone())) {
+            self.bootstrap.push((peer, addr));
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, body: GossipBody) -> Result<(), MeshError> {
+        let topic = body.topic();
+        let data = validate::seal(
+            &self.identity,
+            body,
+            unix_millis(SystemTime::now()),
+            self.config.max_message_bytes,
+        )?;
+        let size = data.len();
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(IdentTopic::new(topic.as_str()), data)
+            .map_err(|e| publish_error(topic, size, self.config.max_message_bytes, e))?;
+        self.published += 1;
+        Ok(())
+    }
+
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        self.connections
+            .iter()
+            .map(|(peer, conns)| PeerInfo {
+                peer_id: *peer,
+                addresses: conns.values().cloned().collect(),
+                latency: self.latency.get(peer).copied(),
+                score: gossipsub.peer_score(peer),
+            })
+            .collect()
+    }
+
+    fn stats(&mut self) -> MeshStats {
+        let (bytes_in, bytes_out) = self.bytes.totals();
+        MeshStats {
+            peer_id: self.local_peer_id(),
+            connected_peers: self.connections.len(),
+            median_latency: median(self.latency.values().copied().collect()),
+            invalid: self.invalid.clone(),
+            ignored: self.ignored.clone(),
+            received: self.received,
+            published: self.published,
+            uptime: self.started.elapsed(),
+            listen_addrs: self.listen_addrs.clone(),
+            bytes_in,
+            bytes_out,
+            bandwidth_bps: self
+                .meter
+                .bits_per_second(Instant::now(), bytes_in + bytes_out),
+        }
+    }
+}
+
+fn publish_error(topic: Topic, size: usize, max: usize, e: PublishError) -> MeshError {
+    match e {
+        PublishError::NoPeersSubscribedToTopic => MeshError::NoPeers { topic },
+        PublishError::MessageTooLarge => MeshError::TooLarge { topic, size, max },
+        other => MeshError::Publish {
+            topic,
+            reason: other.to_string(),
+        },
+    }
+}

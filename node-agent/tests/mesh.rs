@@ -1,0 +1,967 @@
+//! The mesh with real libp2p swarms: on loopback, against a rogue swarm that forges messages,
+//! and across network namespaces joined by a bridge (mDNS, and a cut and restored link).
+//!
+//! The benchmark is `gossip_propagation_benchmark` (ignored; run it with `--ignored
+//! --nocapture`).
+
+use futures::future::join_all;
+use libp2p::multiaddr::Protocol;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+use univrs_api::account::Account;
+use univrs_api::envelope::SignedEnvelope;
+use univrs_api::gossip::{ClusterEvent, SignedTransfer};
+use univrs_api::identity::NodeIdentity;
+use univrs_api::ledger::Transfer;
+use univrs_api::resources::vouch::VouchSpec;
+use univrs_node_agent::mesh::validate::{self, IgnoreReason, InvalidReason};
+use univrs_node_agent::mesh::{
+    GossipBody, InboundMessage, Mesh, MeshConfig, MeshError, MeshHandle, Multiaddr, PeerId, Topic,
+    observations,
+};
+
+const TCP: &str = "/ip4/127.0.0.1/tcp/0";
+const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
+/// How long a test waits for the mesh to get somewhere before it fails (generous: CI shares
+/// two cores among many builds).
+const WAIT: Duration = Duration::from_secs(90);
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A mesh configuration for tests: mDNS off (so only Kademlia can find peers), fast timers.
+fn config(listen: &[String]) -> MeshConfig {
+    let mut c = MeshConfig::new(NodeIdentity::generate());
+    c.listen = listen.iter().map(|a| a.parse().unwrap()).collect();
+    c.mdns = false;
+    c.discovery_interval = Duration::from_secs(1);
+    c.ping_interval = Duration::from_secs(1);
+    c.heartbeat = Duration::from_millis(300);
+    c
+}
+
+fn addrs(listen: &[&str]) -> Vec<String> {
+    listen.iter().map(|s| s.to_string()).collect()
+}
+
+async fn spawn(listen: &[&str], bootstrap: Vec<Multiaddr>) -> MeshHandle {
+    let mut c = config(&addrs(listen));
+    c.bootstrap = bootstrap;
+    Mesh::spawn(c).await.expect("mesh starts")
+}
+
+/// Polls `probe` until it returns something, failing the test after [`WAIT`].
+async fn until<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn peer_ids(h: &MeshHandle) -> Vec<PeerId> {
+    h.peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.peer_id)
+        .collect()
+}
+
+/// Waits until every mesh is connected to every other.
+async fn fully_connected(meshes: &[&MeshHandle]) {
+    for h in meshes {
+        let want: Vec<PeerId> = meshes
+            .iter()
+            .map(|m| m.peer_id())
+            .filter(|p| *p != h.peer_id())
+            .collect();
+        until(
+            &format!("{} to connect to {want:?}", h.peer_id()),
+            || async {
+                let have = peer_ids(h).await;
+                want.iter().all(|p| have.contains(p)).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+fn event(text: &str) -> GossipBody {
+    ClusterEvent {
+        node: "n1".into(),
+        reason: "Test".into(),
+        message: text.into(),
+    }
+    .into()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Everything received up to and including the first message with `body`.
+async fn received_until(
+    rx: &mut broadcast::Receiver<InboundMessage>,
+    body: &GossipBody,
+) -> Vec<InboundMessage> {
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            Ok(Ok(m)) => {
+                let done = &m.body == body;
+                got.push(m);
+                if done {
+                    return got;
+                }
+            }
+            Ok(Err(e)) => panic!("receiving: {e}"),
+            Err(_) => panic!("timed out after {WAIT:?} waiting for {body:?} to arrive"),
+        }
+    }
+}
+
+/// Receives until a message with `body` arrives (others are skipped).
+async fn heard(rx: &mut broadcast::Receiver<InboundMessage>, body: &GossipBody) -> InboundMessage {
+    received_until(rx, body).await.pop().unwrap()
+}
+
+/// Publishes until some peer subscribes (right after connecting the subscriptions may not
+/// have been exchanged yet).
+async fn publish(from: &MeshHandle, body: GossipBody) {
+    until("a subscribed peer to publish to", || async {
+        match from.publish(body.clone()).await {
+            Ok(()) => Some(()),
+            Err(MeshError::NoPeers { .. }) => None,
+            Err(e) => panic!("publish: {e}"),
+        }
+    })
+    .await;
+}
+
+/// Publishes fresh messages from `from` until `rx` hears one (gossip needs the subscription
+/// exchange and a heartbeat to reach peers that are not directly connected).
+async fn flows(from: &MeshHandle, rx: &mut broadcast::Receiver<InboundMessage>, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        let body = event(&format!("probe {}", now_ms()));
+        match from.publish(body.clone()).await {
+            Ok(()) | Err(MeshError::NoPeers { .. }) => {}
+            Err(e) => panic!("publish: {e}"),
+        }
+        let probe_deadline = Instant::now() + Duration::from_millis(700);
+        while let Ok(Ok(m)) = tokio::time::timeout_at(probe_deadline.into(), rx.recv()).await {
+            if m.body == body {
+                return;
+            }
+        }
+    }
+}
+
+/// Three meshes bootstrapped in a chain (A ← B ← C): C knows only B, so finding A is
+/// Kademlia's doing; then A's message reaches B and C, signed by A.
+async fn chain_of_three(listen: &[&str]) {
+    init_logs();
+    let a = spawn(listen, vec![]).await;
+    let b = spawn(listen, a.dial_addrs().await.unwrap()).await;
+    let c = spawn(listen, b.dial_addrs().await.unwrap()).await;
+    fully_connected(&[&a, &b, &c]).await;
+
+    let (mut rb, mut rc) = (b.subscribe(), c.subscribe());
+    let body = event("hello from A");
+    publish(&a, body.clone()).await;
+    for rx in [&mut rb, &mut rc] {
+        let m = heard(rx, &body).await;
+        assert_eq!(m.source, a.peer_id());
+        assert_eq!(m.topic, Topic::ClusterEvents);
+        assert_eq!(univrs_node_agent::mesh::peer_id_of(&m.signer), a.peer_id());
+    }
+
+    // Every connection uses the transports the meshes listen on.
+    let quic_only = listen.iter().all(|l| l.contains("quic"));
+    let tcp_only = listen.iter().all(|l| l.contains("/tcp/"));
+    for h in [&a, &b, &c] {
+        for p in h.peers().await.unwrap() {
+            for addr in &p.addresses {
+                let quic = addr.iter().any(|p| p == Protocol::QuicV1);
+                assert!(!(quic_only && !quic) && !(tcp_only && quic), "{addr}");
+            }
+        }
+    }
+
+    let stats = until("a ping to measure latency", || async {
+        let s = b.stats().await.unwrap();
+        s.median_latency.is_some().then_some(s)
+    })
+    .await;
+    assert!(stats.received >= 1 && stats.invalid.is_empty(), "{stats:?}");
+    assert!(stats.bytes_in > 0 && stats.bytes_out > 0, "{stats:?}");
+    assert!(stats.listen_addrs.len() == listen.len(), "{stats:?}");
+    let obs = observations(&stats);
+    assert_eq!(obs.connected_peers, 2);
+    assert_eq!(obs.invalid_messages, 0);
+    assert!(obs.median_latency_ms.unwrap() > 0.0 && obs.uptime > 0.0);
+    assert!(a.stats().await.unwrap().published >= 1);
+
+    for h in [&a, &b, &c] {
+        h.shutdown().await;
+    }
+    assert!(matches!(a.stats().await, Err(MeshError::Closed)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_connects_through_kademlia_over_tcp_and_quic() {
+    chain_of_three(&[TCP, QUIC]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_only_mesh_works() {
+    chain_of_three(&[TCP]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_only_mesh_works() {
+    chain_of_three(&[QUIC]).await;
+}
+
+#[tokio::test]
+async fn bad_configuration_is_refused_with_what_to_fix() {
+    let mut c = config(&addrs(&[TCP]));
+    c.bootstrap = vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()];
+    let err = Mesh::spawn(c).await.unwrap_err().to_string();
+    assert!(err.contains("/p2p/<peer id>"), "{err}");
+    let c = config(&addrs(&["/ip4/127.0.0.1/udp/0"]));
+    let err = Mesh::spawn(c).await.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot listen on /ip4/127.0.0.1/udp/0"),
+        "{err}"
+    );
+}
+
+/// A swarm that speaks plain gossipsub with its own key and publishes whatever bytes it is
+/// given: what a misbehaving node looks like to the mesh.
+mod rogue {
+    use super::*;
+    use futures::StreamExt;
+    use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{Swarm, noise, tcp, yamux};
+    use std::collections::HashSet;
+    use tokio::sync::{mpsc, oneshot};
+
+    type Job = (Topic, Vec<u8>, oneshot::Sender<()>);
+
+    pub struct Rogue {
+        pub identity: NodeIdentity,
+        pub peer_id: PeerId,
+        jobs: mpsc::Sender<Job>,
+    }
+
+    impl Rogue {
+        /// Connects to each target and waits until they all subscribe to every topic.
+        pub async fn connect(targets: &[&MeshHandle]) -> Rogue {
+            let identity = NodeIdentity::generate();
+            let mut seed = *identity.secret_bytes();
+            let key = libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).unwrap();
+            let mut swarm: Swarm<gossipsub::Behaviour> =
+                libp2p::SwarmBuilder::with_existing_identity(key)
+                    .with_tokio()
+                    .with_tcp(
+                        tcp::Config::default(),
+                        noise::Config::new,
+                        yamux::Config::default,
+                    )
+                    .unwrap()
+                    .with_behaviour(|key| {
+                        // The default message id (author + sequence number) lets it send the
+                        // same bytes twice.
+                        gossipsub::Behaviour::new(
+                            MessageAuthenticity::Signed(key.clone()),
+                            gossipsub::Config::default(),
+                        )
+                        .unwrap()
+                    })
+                    .unwrap()
+                    .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+                    .build();
+            let mut want = HashSet::new();
+            for t in targets {
+                let addr = t
+                    .dial_addrs()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
+                    .expect("a TCP address");
+                swarm.dial(addr).unwrap();
+                for topic in Topic::ALL {
+                    want.insert((t.peer_id(), topic.as_str().to_string()));
+                }
+            }
+            tokio::time::timeout(WAIT, async {
+                while !want.is_empty() {
+                    if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, topic }) =
+                        swarm.select_next_some().await
+                    {
+                        want.remove(&(peer_id, topic.into_string()));
+                    }
+                }
+            })
+            .await
+            .expect("the targets subscribe to the rogue");
+            let peer_id = *swarm.local_peer_id();
+            let (jobs, mut rx) = mpsc::channel::<Job>(16);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = swarm.select_next_some() => {}
+                        job = rx.recv() => match job {
+                            Some((topic, data, done)) => {
+                                swarm
+                                    .behaviour_mut()
+                                    .publish(IdentTopic::new(topic.as_str()), data)
+                                    .expect("rogue publish");
+                                let _ = done.send(());
+                            }
+                            None => break,
+                        },
+                    }
+                }
+            });
+            Rogue {
+                identity,
+                peer_id,
+                jobs,
+            }
+        }
+
+        /// Publishes raw bytes on `topic`.
+        pub async fn send(&self, topic: Topic, data: Vec<u8>) {
+            let (done, rx) = oneshot::channel();
+            self.jobs.send((topic, data, done)).await.unwrap();
+            rx.await.unwrap();
+        }
+
+        /// Publishes `body` sealed by `signer` and dated `at`.
+        pub async fn send_sealed(&self, signer: &NodeIdentity, body: GossipBody, at: i64) {
+            let topic = body.topic();
+            self.send(topic, validate::seal(signer, body, at, 64 * 1024).unwrap())
+                .await;
+        }
+
+        /// Publishes `body` honestly: sealed by itself, dated now.
+        pub async fn send_honest(&self, body: GossipBody) {
+            self.send_sealed(&self.identity, body, now_ms()).await;
+        }
+    }
+}
+use rogue::Rogue;
+
+async fn score_of(h: &MeshHandle, peer: PeerId) -> f64 {
+    h.peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.peer_id == peer)
+        .and_then(|p| p.score)
+        .unwrap_or_else(|| panic!("{peer} is not a scored peer of {}", h.peer_id()))
+}
+
+/// Everything waiting in `rx` now.
+fn drain(rx: &mut broadcast::Receiver<InboundMessage>) -> Vec<GossipBody> {
+    let mut out = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        out.push(m.body);
+    }
+    out
+}
+
+async fn wait_counts<K: Ord + std::fmt::Debug + Clone>(
+    h: &MeshHandle,
+    what: &str,
+    pick: impl Fn(&univrs_node_agent::mesh::MeshStats) -> BTreeMap<K, u64>,
+    want: &BTreeMap<K, u64>,
+) {
+    until(&format!("{what} = {want:?} on {}", h.peer_id()), || async {
+        let s = h.stats().await.unwrap();
+        (pick(&s) == *want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_impossible_messages_reach_nobody_and_cost_their_sender() {
+    init_logs();
+    let a = spawn(&[TCP], vec![]).await;
+    let b = spawn(&[TCP], a.dial_addrs().await.unwrap()).await;
+    fully_connected(&[&a, &b]).await;
+    let mut inboxes = [a.subscribe(), b.subscribe()];
+    let stranger = NodeIdentity::generate();
+    let rogues = [
+        Rogue::connect(&[&a, &b]).await,
+        Rogue::connect(&[&a, &b]).await,
+        Rogue::connect(&[&a, &b]).await,
+    ];
+
+    // Each rogue first says something true, which everyone hears.
+    let mut before = HashMap::new();
+    for (i, r) in rogues.iter().enumerate() {
+        let body = event(&format!("honest {i}"));
+        r.send_honest(body.clone()).await;
+        for rx in inboxes.iter_mut() {
+            assert_eq!(heard(rx, &body).await.source, r.peer_id);
+        }
+        for h in [&a, &b] {
+            before.insert((h.peer_id(), r.peer_id), score_of(h, r.peer_id).await);
+        }
+    }
+
+    // Rogue 0 speaks for a stranger, then tampers with its own signed message.
+    rogues[0]
+        .send_sealed(&stranger, event("forged"), now_ms())
+        .await;
+    let mut env: SignedEnvelope = serde_json::from_slice(
+        &validate::seal(&rogues[0].identity, event("pay me"), now_ms(), 64 * 1024).unwrap(),
+    )
+    .unwrap();
+    let at = env.payload.len() - 10;
+    env.payload[at] ^= 0x01;
+    rogues[0]
+        .send(Topic::ClusterEvents, serde_json::to_vec(&env).unwrap())
+        .await;
+    // Rogue 1 sends bytes that are no envelope, and a message dated an hour ahead.
+    rogues[1]
+        .send(Topic::WorkloadStatus, b"\x00\x01 not json".to_vec())
+        .await;
+    rogues[1]
+        .send_sealed(
+            &rogues[1].identity,
+            event("from the future"),
+            now_ms() + 3_600_000,
+        )
+        .await;
+    // Rogue 2 signs everything correctly but claims the impossible: a transfer of nothing
+    // and a vouch for itself.
+    let r2 = &rogues[2].identity;
+    let nothing = Transfer {
+        id: "t-0".into(),
+        from: Account::node("a"),
+        to: Account::node("b"),
+        amount: 0,
+    };
+    rogues[2]
+        .send_honest(SignedTransfer::sign(r2, nothing).into())
+        .await;
+    let expires = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(now_ms() / 1000 + 3600).unwrap(),
+    );
+    let own = VouchSpec::signed(r2, &r2.public(), 1.0, "trust me", expires).unwrap();
+    rogues[2].send_honest(own.into()).await;
+
+    let want = BTreeMap::from([
+        (InvalidReason::SignerMismatch, 1),
+        (InvalidReason::BadSignature, 1),
+        (InvalidReason::Malformed, 1),
+        (InvalidReason::FutureTimestamp, 1),
+        (InvalidReason::NonPositiveAmount, 1),
+        (InvalidReason::SelfVouch, 1),
+    ]);
+    for h in [&a, &b] {
+        wait_counts(h, "invalid", |s| s.invalid.clone(), &want).await;
+    }
+
+    // Rogues 0 and 1 are penalized but not graylisted yet, so a last true message from each
+    // still arrives, after everything they sent before it on the same connection; nothing
+    // but these markers was delivered.
+    for (i, r) in rogues[..2].iter().enumerate() {
+        let body = event(&format!("marker {i}"));
+        r.send_honest(body.clone()).await;
+        for rx in inboxes.iter_mut() {
+            let got: Vec<_> = received_until(rx, &body).await;
+            let bodies: Vec<_> = got.into_iter().map(|m| m.body).collect();
+            assert_eq!(bodies, [body.clone()], "nothing forged may be delivered");
+        }
+    }
+    for rx in inboxes.iter_mut() {
+        assert!(drain(rx).is_empty(), "nothing forged may be delivered");
+    }
+    for h in [&a, &b] {
+        let stats = h.stats().await.unwrap();
+        assert_eq!(stats.invalid, want, "counted once each, by reason");
+        assert_eq!(observations(&stats).invalid_messages, 6);
+        for r in &rogues {
+            let (was, is) = (
+                before[&(h.peer_id(), r.peer_id)],
+                score_of(h, r.peer_id).await,
+            );
+            assert!(
+                is < 0.0 && is < was,
+                "score of a rogue went from {was} to {is}"
+            );
+        }
+        // Honest peers keep a non-negative score.
+        let other = if h.peer_id() == a.peer_id() { &b } else { &a };
+        assert!(score_of(h, other.peer_id()).await >= 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_and_stale_messages_are_ignored_and_a_graylisted_sender_is_not_heard() {
+    init_logs();
+    let a = spawn(&[TCP], vec![]).await;
+    let b = spawn(&[TCP], a.dial_addrs().await.unwrap()).await;
+    fully_connected(&[&a, &b]).await;
+    let mut rb = b.subscribe();
+    let rogue = Rogue::connect(&[&b]).await;
+
+    // The same signed bytes twice (under two gossipsub sequence numbers): delivered once.
+    let data = validate::seal(&rogue.identity, event("once"), now_ms(), 64 * 1024).unwrap();
+    rogue.send(Topic::ClusterEvents, data.clone()).await;
+    rogue.send(Topic::ClusterEvents, data).await;
+    // A message older than the replay window: ignored, without penalty.
+    rogue
+        .send_sealed(&rogue.identity, event("old news"), now_ms() - 3_600_000)
+        .await;
+    let marker = event("after the replays");
+    rogue.send_honest(marker.clone()).await;
+    let delivered: Vec<_> = received_until(&mut rb, &marker)
+        .await
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(
+        delivered,
+        [event("once"), marker],
+        "one copy, nothing stale"
+    );
+    wait_counts(
+        &b,
+        "ignored",
+        |s| s.ignored.clone(),
+        &BTreeMap::from([(IgnoreReason::Stale, 1)]),
+    )
+    .await;
+    assert!(b.stats().await.unwrap().invalid.is_empty());
+    assert!(
+        score_of(&b, rogue.peer_id).await >= 0.0,
+        "ignoring costs nothing"
+    );
+
+    // Three invalid messages take the rogue below the graylist threshold (-80): after that,
+    // nothing it sends is even looked at.
+    for i in 0..3 {
+        // Distinct bytes: identical ones would be dropped as duplicates before validation.
+        rogue
+            .send(Topic::ClusterEvents, format!("junk {i}").into_bytes())
+            .await;
+    }
+    wait_counts(
+        &b,
+        "invalid",
+        |s| s.invalid.clone(),
+        &BTreeMap::from([(InvalidReason::Malformed, 3)]),
+    )
+    .await;
+    assert!(score_of(&b, rogue.peer_id).await < -80.0);
+    rogue.send_honest(event("please listen")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !drain(&mut rb).contains(&event("please listen")),
+        "a graylisted sender's message was delivered"
+    );
+    // An honest peer is still heard.
+    flows(&a, &mut rb, "A's messages to reach B").await;
+}
+
+/// Network namespaces joined by a bridge, torn down on drop; one mesh per namespace.
+mod netns {
+    use super::*;
+    use std::fs::File;
+    use std::process::Command;
+    use tokio::sync::oneshot;
+
+    fn ip(args: &[&str]) {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .expect("running `ip` (iproute2 must be installed)");
+        assert!(
+            out.status.success(),
+            "ip {}: {} (network namespace tests need root and iproute2)",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+
+    /// Hosts `10.213.0.<i+1>/24`, each in its own namespace, on one bridge in another.
+    pub struct Lan {
+        bridge: String,
+        hosts: Vec<String>,
+    }
+
+    impl Lan {
+        pub fn new(tag: &str, hosts: usize) -> Lan {
+            let prefix = format!("umesh-{}-{tag}", std::process::id());
+            let mut lan = Lan {
+                bridge: format!("{prefix}-br"),
+                hosts: Vec::new(),
+            };
+            ip(&["netns", "add", &lan.bridge]);
+            ip(&["-n", &lan.bridge, "link", "add", "br0", "type", "bridge"]);
+            ip(&["-n", &lan.bridge, "link", "set", "br0", "up"]);
+            for i in 0..hosts {
+                let ns = format!("{prefix}-{i}");
+                ip(&["netns", "add", &ns]);
+                lan.hosts.push(ns.clone());
+                let port = format!("p{i}");
+                ip(&[
+                    "-n",
+                    &ns,
+                    "link",
+                    "add",
+                    "eth0",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &port,
+                    "netns",
+                    &lan.bridge,
+                ]);
+                ip(&[
+                    "-n",
+                    &lan.bridge,
+                    "link",
+                    "set",
+                    &port,
+                    "master",
+                    "br0",
+                    "up",
+                ]);
+                ip(&[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", lan.ip(i)),
+                    "dev",
+                    "eth0",
+                ]);
+                ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+                ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            }
+            lan
+        }
+
+        pub fn ip(&self, host: usize) -> String {
+            format!("10.213.0.{}", host + 1)
+        }
+
+        /// Unplugs the host's cable at the bridge: its packets go nowhere, silently.
+        pub fn cut(&self, host: usize) {
+            ip(&[
+                "-n",
+                &self.bridge,
+                "link",
+                "set",
+                &format!("p{host}"),
+                "down",
+            ]);
+        }
+
+        /// Plugs it back in.
+        pub fn restore(&self, host: usize) {
+            ip(&["-n", &self.bridge, "link", "set", &format!("p{host}"), "up"]);
+        }
+
+        /// Runs a mesh inside the host's namespace: a thread enters it, then builds the
+        /// runtime, so every socket the swarm opens lives there.
+        pub fn spawn(&self, host: usize, config: MeshConfig) -> NsMesh {
+            let path = format!("/var/run/netns/{}", self.hosts[host]);
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let (stop, stop_rx) = oneshot::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                let ns = File::open(&path).expect("open the namespace");
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("enter the namespace");
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let mesh = Mesh::spawn(config).await;
+                    let handle = mesh.as_ref().ok().cloned();
+                    ready_tx.send(mesh).unwrap();
+                    if let Some(h) = handle {
+                        let _ = stop_rx.await;
+                        h.shutdown().await;
+                    }
+                });
+            });
+            let handle = ready_rx
+                .recv()
+                .expect("the namespace thread reports")
+                .expect("mesh starts in the namespace");
+            NsMesh {
+                handle,
+                stop: Some(stop),
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for Lan {
+        fn drop(&mut self) {
+            // Deleting a namespace deletes its veth ends and the bridge with it.
+            for ns in self.hosts.iter().chain([&self.bridge]) {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+
+    /// A mesh running in a namespace's thread; stopped and joined on drop.
+    pub struct NsMesh {
+        pub handle: MeshHandle,
+        stop: Option<oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for NsMesh {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+use netns::Lan;
+
+fn lan_config(lan: &Lan, host: usize) -> MeshConfig {
+    let ip = lan.ip(host);
+    config(&[
+        format!("/ip4/{ip}/tcp/0"),
+        format!("/ip4/{ip}/udp/0/quic-v1"),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mdns_finds_peers_on_the_link() {
+    init_logs();
+    let lan = Lan::new("mdns", 2);
+    let meshes: Vec<_> = (0..2)
+        .map(|i| {
+            let mut c = lan_config(&lan, i);
+            c.mdns = true;
+            lan.spawn(i, c)
+        })
+        .collect();
+    let (a, b) = (&meshes[0].handle, &meshes[1].handle);
+    // No bootstrap addresses: only mDNS can have introduced them.
+    fully_connected(&[a, b]).await;
+    let mut rb = b.subscribe();
+    flows(a, &mut rb, "A's messages to reach B").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_partitions_the_mesh_and_it_reforms_when_restored() {
+    init_logs();
+    let lan = Lan::new("cut", 3);
+    let mut meshes = Vec::new();
+    for i in 0..3 {
+        let mut c = lan_config(&lan, i);
+        if let Some(prev) = meshes.last() {
+            let prev: &netns::NsMesh = prev;
+            c.bootstrap = prev.handle.dial_addrs().await.unwrap();
+        }
+        meshes.push(lan.spawn(i, c));
+    }
+    let [a, b, c] = [0, 1, 2].map(|i| meshes[i].handle.clone());
+    fully_connected(&[&a, &b, &c]).await;
+    let (mut rb, mut rc) = (b.subscribe(), c.subscribe());
+    flows(&a, &mut rc, "A's messages to reach C").await;
+
+    lan.cut(2);
+    // Ping stops being answered, the connections to C are closed: a partition.
+    until("C to lose every peer", || async {
+        (c.stats().await.unwrap().connected_peers == 0).then_some(())
+    })
+    .await;
+    for h in [&a, &b] {
+        until("A and B to lose C", || async {
+            (!peer_ids(h).await.contains(&c.peer_id())).then_some(())
+        })
+        .await;
+    }
+    drain(&mut rc);
+    let during = event("while C is cut off");
+    publish(&a, during.clone()).await;
+    heard(&mut rb, &during).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !drain(&mut rc).contains(&during),
+        "C heard a message across a cut link"
+    );
+
+    lan.restore(2);
+    // C redials its bootstrap peer and the peers Kademlia knows; the mesh re-forms.
+    fully_connected(&[&a, &b, &c]).await;
+    flows(&a, &mut rc, "A's messages to reach C again").await;
+    let obs = observations(&c.stats().await.unwrap());
+    assert_eq!(obs.connected_peers, 2);
+}
+
+/// Gossip propagation across 20 meshes on loopback: latency percentiles of single messages
+/// (publish to arrival at every other mesh, in one process so one clock) and the delivery rate
+/// of a burst.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: cargo test -p univrs-node-agent --test mesh -- --ignored --nocapture"]
+async fn gossip_propagation_benchmark() {
+    const MESHES: usize = 20;
+    const PROBES: usize = 200;
+    const BURST: usize = 1000;
+    init_logs();
+    println!(
+        "\n{:<30} {:>8} {:>8} {:>8} {:>8} {:>12} {:>14}",
+        "setup", "p50 ms", "p90 ms", "p99 ms", "max ms", "burst msg/s", "deliveries/s"
+    );
+    for (name, target_peers) in [
+        ("20 meshes, all connected", 32),
+        ("20 meshes, ~4 peers each", 4),
+    ] {
+        let mut meshes: Vec<MeshHandle> = Vec::new();
+        for i in 0..MESHES {
+            let mut c = config(&addrs(&[TCP]));
+            c.target_peers = target_peers;
+            c.discovery_interval = Duration::from_secs(2);
+            c.ping_interval = Duration::from_secs(5);
+            c.heartbeat = Duration::from_millis(500);
+            if i > 0 {
+                c.bootstrap = meshes[0].dial_addrs().await.unwrap();
+            }
+            meshes.push(Mesh::spawn(c).await.unwrap());
+        }
+        // Wait for discovery and for gossipsub meshes to form (a few heartbeats).
+        until("every mesh to have peers", || async {
+            let s = join_all(meshes.iter().map(|m| m.stats())).await;
+            s.iter()
+                .all(|s| s.as_ref().unwrap().connected_peers >= target_peers.min(MESHES - 1))
+                .then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+
+        // Receivers record when each message arrives.
+        let arrivals =
+            std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, Vec<Instant>>::new()));
+        let mut tasks = Vec::new();
+        for m in &meshes {
+            let mut rx = m.subscribe();
+            let arrivals = arrivals.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Ok(msg) = rx.recv().await {
+                    if let GossipBody::ClusterEvent(e) = msg.body {
+                        arrivals
+                            .lock()
+                            .unwrap()
+                            .entry(e.message)
+                            .or_default()
+                            .push(Instant::now());
+                    }
+                }
+            }));
+        }
+        let wait_all = |keys: Vec<String>| {
+            let arrivals = arrivals.clone();
+            async move {
+                until("every mesh to receive every message", || async {
+                    let a = arrivals.lock().unwrap();
+                    keys.iter()
+                        .all(|k| a.get(k).is_some_and(|v| v.len() == MESHES - 1))
+                        .then_some(())
+                })
+                .await
+            }
+        };
+
+        // Latency: one message at a time, from rotating publishers.
+        let mut sent = HashMap::new();
+        for i in 0..PROBES {
+            let key = format!("probe-{i}");
+            let t0 = Instant::now();
+            meshes[i % MESHES].publish(event(&key)).await.unwrap();
+            sent.insert(key, t0);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        wait_all(sent.keys().cloned().collect()).await;
+        let mut lat: Vec<f64> = {
+            let a = arrivals.lock().unwrap();
+            sent.iter()
+                .flat_map(|(k, t0)| a[k].iter().map(move |t| (*t - *t0).as_secs_f64() * 1000.0))
+                .collect()
+        };
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+
+        // Throughput: a burst from every mesh at once.
+        let t0 = Instant::now();
+        let keys: Vec<String> = (0..BURST).map(|i| format!("burst-{i}")).collect();
+        join_all(meshes.iter().enumerate().map(|(m, h)| {
+            let keys = keys.clone();
+            async move {
+                for k in keys.iter().skip(m).step_by(MESHES) {
+                    h.publish(event(k)).await.unwrap();
+                }
+            }
+        }))
+        .await;
+        wait_all(keys).await;
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "{:<30} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>12.0} {:>14.0}",
+            name,
+            pct(0.50),
+            pct(0.90),
+            pct(0.99),
+            lat[lat.len() - 1],
+            BURST as f64 / secs,
+            (BURST * (MESHES - 1)) as f64 / secs
+        );
+        let invalid: u64 = join_all(meshes.iter().map(|m| m.stats()))
+            .await
+            .into_iter()
+            .map(|s| s.unwrap().invalid_total())
+            .sum();
+        assert_eq!(invalid, 0);
+        for t in tasks {
+            t.abort();
+        }
+        join_all(meshes.iter().map(|m| m.shutdown())).await;
+    }
+}
