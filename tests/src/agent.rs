@@ -20,8 +20,8 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
-    /// Starts an agent named `name` against `cp` with a 3 s Lease, a 1 s restart backoff and
-    /// a 2 s usage interval, plus `extra` flags.
+    /// Starts an agent named `name` against `cp` with a 3 s Lease, a 1 s restart backoff, a
+    /// 2 s usage interval and its mesh on loopback, plus `extra` flags.
     pub fn start(cp: &ControlPlane, name: &str, extra: &[&str]) -> Self {
         let data_dir = PathBuf::from(format!("/tmp/ua-{}-{name}", std::process::id()));
         let log = cp.data_dir.join(format!("agent-{name}.log"));
@@ -32,6 +32,9 @@ impl AgentProc {
             "1s",
             "--usage-interval",
             "2s",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
         ]
         .iter()
         .map(|s| s.to_string())

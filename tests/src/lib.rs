@@ -258,9 +258,7 @@ impl ControlPlane {
 
     /// A new admin client (make one per tokio runtime: each test has its own).
     pub async fn client(&self) -> Result<kube::Client> {
-        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        Ok(kube::Client::try_from(config)?)
+        client_from(&self.kubeconfig).await
     }
 
     /// The pinned kubectl, pointed at this control plane.
@@ -309,6 +307,16 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A client from a kubeconfig file. The process's TLS provider is ring: with the workspace's
+/// dependencies unified (libp2p's QUIC brings aws-lc too), rustls would not pick one itself.
+pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// Applies every CRD in `crds/` with server-side apply and waits until each is Established.

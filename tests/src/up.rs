@@ -63,11 +63,7 @@ impl Up {
 
     /// A client with the admin kubeconfig.
     pub async fn client(&self) -> kube::Client {
-        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(config).unwrap()
+        crate::client_from(&self.kubeconfig).await.unwrap()
     }
 
     /// Ctrl-C, then waits for a clean exit.

@@ -39,6 +39,25 @@ async fn up_runs_the_system_and_ctrl_c_stops_it_keeping_the_data() {
         },
     )
     .await;
+    // The two agents found each other through their Node objects and formed a mesh.
+    eventually("the agents' mesh", Duration::from_secs(90), async || {
+        let list = nodes.list(&Default::default()).await.unwrap();
+        let peers: Vec<i32> = list
+            .items
+            .iter()
+            .map(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.observations.as_ref())
+                    .map_or(0, |o| o.connected_peers)
+            })
+            .collect();
+        (
+            (peers == [1, 1]).then_some(()),
+            format!("connected peers per node: {peers:?}"),
+        )
+    })
+    .await;
     let api: Api<Workload> = Api::namespaced(client.clone(), "default");
     let wl: Workload = serde_json::from_value(serde_json::json!({
         "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": "keep"},

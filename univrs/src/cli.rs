@@ -277,6 +277,17 @@ pub struct AgentArgs {
     /// REFERENCE run it without a registry (`univrs up` gives its demo image this way).
     #[arg(long = "image-layout", value_name = "REFERENCE=DIR", value_parser = parse_layout)]
     pub image_layouts: Vec<(String, PathBuf)>,
+    /// Where the mesh listens (repeatable multiaddress, e.g. /ip4/0.0.0.0/tcp/4001)
+    /// [default: every IPv4 interface, TCP and QUIC, free ports; published on the Node].
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// A mesh peer to start from (repeatable; /ip4/…/tcp/…/p2p/<peer id>). Other Nodes'
+    /// published addresses are used too.
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Do not look for mesh peers on the local links by mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
     /// A registry reached over plain HTTP, as HOST:PORT (repeatable); every other is HTTPS.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,

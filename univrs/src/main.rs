@@ -10,5 +10,8 @@ mod up;
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    // One TLS crypto provider for the whole process (kube, the registry client, the mesh and
+    // our listeners): ring. With more than one compiled in, rustls would not pick by itself.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     cmd::run(cli::Cli::parse())
 }

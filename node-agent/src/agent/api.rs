@@ -44,6 +44,8 @@ pub struct ApiState {
     pub started: Instant,
     /// Requests refused for a missing or wrong token.
     pub unauthorized: AtomicU64,
+    /// The mesh (peers, gossip).
+    pub mesh: crate::mesh::MeshHandle,
 }
 
 /// The API's routes.
@@ -52,6 +54,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/api/status", get(status))
+        .route("/api/peers", get(peers))
         .route("/api/credits", get(credits))
         .route("/api/credits/lines", get(credit_lines))
         .route("/api/reputation", get(reputation))
@@ -131,6 +134,43 @@ async fn status(
         "did": s.did,
         "uptimeSeconds": s.started.elapsed().as_secs(),
         "instances": instances,
+    })))
+}
+
+async fn peers(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    let unavailable =
+        |e: crate::mesh::MeshError| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let peers = s.mesh.peers().await.map_err(unavailable)?;
+    let stats = s.mesh.stats().await.map_err(unavailable)?;
+    let peers: Vec<_> = peers
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "peerId": p.peer_id.to_string(),
+                "addresses": p.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "latencyMs": p.latency.map(|l| l.as_secs_f64() * 1000.0),
+                "score": p.score,
+            })
+        })
+        .collect();
+    let invalid: serde_json::Map<String, serde_json::Value> = stats
+        .invalid
+        .iter()
+        .map(|(k, v)| (format!("{k:?}"), (*v).into()))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "peerId": stats.peer_id.to_string(),
+        "listen": stats.listen_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "connected": stats.connected_peers,
+        "medianLatencyMs": stats.median_latency.map(|l| l.as_secs_f64() * 1000.0),
+        "received": stats.received,
+        "published": stats.published,
+        "invalid": invalid,
+        "peers": peers,
     })))
 }
 
@@ -263,6 +303,7 @@ async fn events(
 
 async fn stream_reports(s: Arc<ApiState>, mut socket: WebSocket) {
     let mut rx = s.reports.subscribe();
+    let mut gossip = s.mesh.subscribe();
     // First the current state, then changes.
     for (id, r) in s.reports.snapshot() {
         let msg = serde_json::json!({"type": "instance", "instance": report_json(&id, &r)});
@@ -275,7 +316,24 @@ async fn stream_reports(s: Arc<ApiState>, mut socket: WebSocket) {
         }
     }
     loop {
-        match rx.recv().await {
+        let next = tokio::select! {
+            r = rx.recv() => r,
+            g = gossip.recv() => {
+                let Ok(m) = g else { continue };
+                let msg = serde_json::json!({
+                    "type": "gossip",
+                    "from": m.source.to_string(),
+                    "topic": m.topic.to_string(),
+                    "body": m.body,
+                    "sentAtMs": m.sent_at_ms,
+                });
+                if socket.send(Message::Text(msg.to_string().into())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        match next {
             Ok((id, report)) => {
                 let msg = match report {
                     Some(r) => {
@@ -333,6 +391,22 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> String {
         "# HELP univrs_agent_api_unauthorized_total API requests refused for a missing or wrong token.\n# TYPE univrs_agent_api_unauthorized_total counter\nunivrs_agent_api_unauthorized_total {}\n",
         s.unauthorized.load(Ordering::Relaxed)
     ));
+    if let Ok(st) = s.mesh.stats().await {
+        out.push_str(&format!(
+            "# HELP univrs_mesh_peers Connected mesh peers.\n# TYPE univrs_mesh_peers gauge\nunivrs_mesh_peers {}\n",
+            st.connected_peers
+        ));
+        out.push_str("# HELP univrs_mesh_invalid_messages_total Gossip messages rejected, by reason (their senders were penalized).\n# TYPE univrs_mesh_invalid_messages_total counter\n");
+        for (reason, n) in &st.invalid {
+            out.push_str(&format!(
+                "univrs_mesh_invalid_messages_total{{reason=\"{reason:?}\"}} {n}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP univrs_mesh_messages_received_total Gossip messages accepted.\n# TYPE univrs_mesh_messages_received_total counter\nunivrs_mesh_messages_received_total {}\n",
+            st.received
+        ));
+    }
     out.push_str(&format!(
         "# HELP univrs_agent_uptime_seconds Seconds since the agent started.\n# TYPE univrs_agent_uptime_seconds gauge\nunivrs_agent_uptime_seconds {}\n",
         s.started.elapsed().as_secs()

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod capacity;
 pub mod desired;
+pub mod gossip;
 mod instance;
 pub mod lease;
 pub mod node;
@@ -52,8 +53,12 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// Capacity overrides.
     pub capacity: capacity::CapacityOverrides,
-    /// Addresses peers reach this node at.
-    pub multiaddrs: Vec<String>,
+    /// Where the mesh listens (multiaddresses) [default: every IPv4 interface, TCP and QUIC].
+    pub listen: Vec<String>,
+    /// Mesh peers to start from (multiaddresses ending in /p2p/<peer id>).
+    pub bootstrap: Vec<String>,
+    /// Find peers on the local links by mDNS.
+    pub mdns: bool,
     /// The Lease duration (renewed every third of it).
     pub lease_duration: Duration,
     /// How often usage alone is written to Workload status.
@@ -180,6 +185,21 @@ pub async fn run(
         if tls.is_some() { "https" } else { "http" }
     );
 
+    let listen = gossip::parse_addrs("--listen", &cfg.listen).map_err(AgentError::Invalid)?;
+    let bootstrap =
+        gossip::parse_addrs("--bootstrap", &cfg.bootstrap).map_err(AgentError::Invalid)?;
+    let mesh = gossip::start(identity.clone(), listen, bootstrap, cfg.mdns)
+        .await
+        .map_err(|e| AgentError::Invalid(format!("starting the mesh: {e}")))?;
+    let multiaddrs: Vec<String> = mesh
+        .dial_addrs()
+        .await
+        .map_err(|e| AgentError::Invalid(format!("reading the mesh's addresses: {e}")))?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(addresses = ?multiaddrs, "mesh listening");
+
     let mut labels = node::machine_labels();
     labels.extend(cfg.labels.clone());
     let facts = node::NodeFacts {
@@ -187,7 +207,7 @@ pub async fn run(
         identity: identity.public(),
         capacity: capacity::detect(&cfg.capacity),
         labels,
-        multiaddrs: cfg.multiaddrs.clone(),
+        multiaddrs,
         annotations: BTreeMap::from([(API_ANNOTATION.to_string(), api_url.clone())]),
     };
     let nodes: Api<Node> = Api::all(client.clone());
@@ -205,7 +225,7 @@ pub async fn run(
         cfg.node_name.clone(),
         manager.clone(),
         uptime::UptimeTracker::open(data_dir.join("uptime.json")),
-        univrs_api::resources::node::NodeObservations::default,
+        Some(mesh.clone()),
         Duration::from_secs(15),
     ));
 
@@ -223,6 +243,7 @@ pub async fn run(
         token: cfg.api_token.clone(),
         started: std::time::Instant::now(),
         unauthorized: Default::default(),
+        mesh: mesh.clone(),
     });
     let app = api::router(api_state);
     let api_task = match tls {
@@ -282,6 +303,16 @@ pub async fn run(
     let mut supervisors: BTreeMap<String, watch::Sender<Option<DesiredInstance>>> = BTreeMap::new();
     adopt(&deps, &runtime, &mut supervisors, &store, &cfg.node_name).await;
     tracing::info!(instances = supervisors.len(), "agent running");
+    let peers_task = tokio::spawn(gossip::bootstrap_from_nodes(
+        client.clone(),
+        cfg.node_name.clone(),
+        mesh.clone(),
+    ));
+    let announce_task = tokio::spawn(gossip::announce(
+        cfg.node_name.clone(),
+        mesh.clone(),
+        reports.clone(),
+    ));
 
     let sync = async {
         loop {
@@ -297,9 +328,18 @@ pub async fn run(
         _ = shutdown => {}
     }
     tracing::info!("agent stopping; containers keep running and are re-adopted at the next start");
-    for t in [lease, observations, watch_task, status_task, api_task] {
+    for t in [
+        lease,
+        observations,
+        watch_task,
+        status_task,
+        api_task,
+        peers_task,
+        announce_task,
+    ] {
         t.abort();
     }
+    mesh.shutdown().await;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use univrs_api::resources::node::{Node, NodeObservations};
 
 use super::uptime::UptimeTracker;
+use crate::mesh::MeshHandle;
 
 /// Rounds what jitters (uptime to 1%, latency to 1 ms) so small changes do not cause writes.
 pub fn rounded(mut o: NodeObservations) -> NodeObservations {
@@ -21,14 +22,22 @@ pub async fn run(
     node: String,
     manager: String,
     mut uptime: UptimeTracker,
-    mesh: impl Fn() -> NodeObservations,
+    mesh: Option<MeshHandle>,
     every: Duration,
 ) {
     let api: Api<Node> = Api::all(client);
     let params = PatchParams::apply(&manager).force();
     let mut last: Option<NodeObservations> = None;
     loop {
-        let mut obs = mesh();
+        let mut obs = match &mesh {
+            Some(m) => m
+                .stats()
+                .await
+                .map(|s| crate::mesh::observations(&s))
+                .unwrap_or_default(),
+            None => NodeObservations::default(),
+        };
+        // The agent's own record survives restarts; the mesh's covers only this run.
         obs.uptime = uptime.tick();
         let obs = rounded(obs);
         if last.as_ref() != Some(&obs) {

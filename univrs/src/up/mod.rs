@@ -151,6 +151,12 @@ pub async fn run(opts: Options) -> Result<()> {
                     humantime::format_duration(opts.usage_interval).to_string(),
                     "--image-layout".into(),
                     format!("{}={}", demo_image::DEMO_REFERENCE, demo.display()),
+                    // One machine: the mesh stays on loopback; peers come from the Nodes.
+                    "--listen".into(),
+                    "/ip4/127.0.0.1/tcp/0".into(),
+                    "--listen".into(),
+                    "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+                    "--no-mdns".into(),
                     // Agents on one machine each get their own container subnet.
                     "--pod-cidr".into(),
                     format!("10.89.{}.0/24", 100 + i),
