@@ -56,6 +56,10 @@ pub struct Context {
     pub credit_lines: Store<CreditLine>,
     /// Every Vouch.
     pub vouches: Store<Vouch>,
+    /// The scheduler's node views and per-node allocations, kept by the watch feeds.
+    pub index: std::sync::Mutex<crate::index::NodeIndex>,
+    /// The controllers' queues, for reconcilers that learn of a change by their own write.
+    pub queues: crate::feeds::Queues,
     /// Settings.
     pub settings: Settings,
     /// Publishes Events.
@@ -100,6 +104,11 @@ where
 }
 
 impl Context {
+    /// The node index, locked. Hold it only for in-memory work: never across an await.
+    pub fn index(&self) -> std::sync::MutexGuard<'_, crate::index::NodeIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The Lease of `node`, from the cache (a keyed lookup, not a scan).
     pub fn lease_of(&self, node: &str) -> Option<std::sync::Arc<Lease>> {
         self.leases.get(

@@ -38,6 +38,10 @@ use univrs_api::{Account, Node};
 /// The field manager that owns the finalizer entry.
 const FINALIZER_MANAGER: &str = "univrs-controller-finalizer";
 
+/// How soon a node whose cached copy is older than the controller's own last write of it is
+/// looked at again (the watch normally delivers that write within milliseconds).
+const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
+
 /// How much Ready time counts as one successful outcome.
 const SERVICE_PERIOD: Duration = Duration::from_secs(3600);
 
@@ -149,23 +153,36 @@ fn next_gate(
 pub async fn reconcile_with_finalizer(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<Node> = Api::all(ctx.client.clone());
     let name = node.name_any();
+    if ctx
+        .index()
+        .node_is_newer_than(&name, node.metadata.resource_version.as_deref())
+    {
+        // The cache has not caught up with this controller's own last write: deciding from it
+        // would write (and announce) again what was just written.
+        return Ok(Action::requeue(CACHE_CATCH_UP));
+    }
     let has = node.finalizers().iter().any(|f| f == FINALIZER);
     if node.metadata.deletion_timestamp.is_some() {
         if has {
             ctx.synced().await;
             crate::revival::settle(&node, &ctx).await?;
-            set_finalizer(&api, &name, false).await?;
+            set_finalizer(&ctx, &api, &name, false).await?;
         }
         return Ok(Action::await_change());
     }
     if !has {
-        set_finalizer(&api, &name, true).await?;
+        set_finalizer(&ctx, &api, &name, true).await?;
     }
     reconcile(node, ctx).await
 }
 
 /// Adds (`on`) or drops the controller's finalizer with server-side apply.
-async fn set_finalizer(api: &Api<Node>, name: &str, on: bool) -> Result<(), kube::Error> {
+async fn set_finalizer(
+    ctx: &Context,
+    api: &Api<Node>,
+    name: &str,
+    on: bool,
+) -> Result<(), kube::Error> {
     let finalizers: &[&str] = if on { &[FINALIZER] } else { &[] };
     let body = serde_json::json!({
         "apiVersion": "univrs.io/v1alpha1", "kind": "Node",
@@ -176,10 +193,22 @@ async fn set_finalizer(api: &Api<Node>, name: &str, on: bool) -> Result<(), kube
         .patch(name, &params, &kube::api::Patch::Apply(&body))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(n) => {
+            written(ctx, &n);
+            Ok(())
+        }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Takes the answer to one of this controller's writes of a Node into the index at once (the
+/// watch brings the same version later, which then wakes nothing), and wakes whom it concerns.
+fn written(ctx: &Context, n: &Node) {
+    let (change, _) = ctx.index().upsert_node(n);
+    let mut wake = crate::feeds::Wake::default();
+    wake.node_change(ctx, n, change);
+    wake.send(&ctx.queues);
 }
 
 /// Reconciles one Node.
@@ -293,8 +322,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
     for c in [ready.clone(), isolated] {
         changed |= set_condition(&mut conditions, c.at_generation(generation), Time(now));
     }
-    let allocations = snapshot::allocations(&ctx.workloads.state(), None);
-    let (used, count) = allocations.get(&name).copied().unwrap_or_default();
+    let (used, count) = ctx.index().observed_on(&name);
     let allocated = serde_json::json!({
         "cpu": Quantity::from_millicores(used.cpu_millis),
         "memory": Quantity::from_bytes(used.memory_bytes),
@@ -333,7 +361,8 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         if let Some(role) = role {
             status["nexusRole"] = serde_json::to_value(role).unwrap_or_default();
         }
-        apply_status(&Api::<Node>::all(ctx.client.clone()), &name, None, status).await?;
+        let n = apply_status(&Api::<Node>::all(ctx.client.clone()), &name, None, status).await?;
+        written(&ctx, &n);
         let was_isolated = current
             .septal
             .as_ref()

@@ -3,8 +3,8 @@
 //! **Filter** (each failure counted by reason, as kube-scheduler does): the node is Ready, not
 //! cordoned, not isolated by its septal gate; the request fits its capacity minus what is already
 //! placed; its labels match the nodeSelector; its reputation is at least minReputation; its
-//! price is within the workload's maxPricePerHour; the owner has credit headroom for an hour at
-//! that price.
+//! price for an hour of the request (`quote::hourly`, at its utilization) is within the
+//! workload's maxPricePerHour; the owner has credit headroom for an hour at that price.
 //!
 //! **Score** (higher is better), after a hard preference for the nodes that hold the fewest
 //! instances of the same workload (replicas spread by default):
@@ -12,9 +12,15 @@
 //! share of CPU and memory left after placing, `credit` favours nodes that have earned less
 //! (a low balance), `nexus` favours hubs, and `price` favours cheaper nodes. Ties go to the node
 //! name, so the same snapshot always gives the same answer.
+//!
+//! The node views are long-lived (the `index` keeps them current from the watches): a view's
+//! `allocated` leaves out the workload being placed, whose instances are counted by `spread`,
+//! so placing never has to copy or change a view.
 
+use crate::quote;
 use std::collections::BTreeMap;
 use std::fmt;
+use univrs_api::resources::node::NodePricing;
 
 /// What the scheduler knows of a node.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,7 +37,7 @@ pub struct NodeView {
     pub isolated: bool,
     /// Capacity.
     pub capacity: Resources,
-    /// Requests of the instances already placed there.
+    /// Requests of the instances placed there, except those of the workload being placed.
     pub allocated: Resources,
     /// Reputation, 0 to 1.
     pub reputation: f64,
@@ -39,11 +45,8 @@ pub struct NodeView {
     pub nexus: bool,
     /// Its credit balance, milli-credits.
     pub credit_balance: i64,
-    /// Its price for the request being placed, milli-credits per hour.
-    pub price_per_hour: i64,
-    /// How much the workload's owner can still pay this node (credit-line headroom), or None
-    /// when the owner's namespace is not metered.
-    pub owner_headroom: Option<i64>,
+    /// Its rates (priced through `quote`).
+    pub pricing: NodePricing,
 }
 
 /// CPU, memory and GPUs.
@@ -88,6 +91,9 @@ pub struct Request {
     pub min_reputation: f64,
     /// Highest acceptable price per hour, if any.
     pub max_price_per_hour: Option<i64>,
+    /// How much the owner can still pay each node (credit-line headroom; a node not named has
+    /// none), or None when the owner's namespace is not metered.
+    pub owner_headroom: Option<BTreeMap<String, i64>>,
 }
 
 /// Why a node was filtered out.
@@ -153,47 +159,56 @@ impl fmt::Display for Unschedulable {
     }
 }
 
-/// The first filter a node fails, if any.
+/// The first filter a node fails, if any, as it stands (no instance of the request's workload
+/// on it).
 pub fn filter(node: &NodeView, req: &Request) -> Option<Reason> {
+    check(node, node.allocated, req).err()
+}
+
+/// Filters a node whose `allocated` counts everything placed there; Ok carries its price for
+/// an hour of the request.
+fn check(node: &NodeView, allocated: Resources, req: &Request) -> Result<i64, Reason> {
     if !node.ready {
-        return Some(Reason::NotReady);
+        return Err(Reason::NotReady);
     }
     if node.unschedulable {
-        return Some(Reason::Unschedulable);
+        return Err(Reason::Unschedulable);
     }
     if node.isolated {
-        return Some(Reason::Isolated);
+        return Err(Reason::Isolated);
     }
-    let free = node.capacity.minus(node.allocated);
+    let free = node.capacity.minus(allocated);
     if req.resources.cpu_millis > free.cpu_millis {
-        return Some(Reason::InsufficientCpu);
+        return Err(Reason::InsufficientCpu);
     }
     if req.resources.memory_bytes > free.memory_bytes {
-        return Some(Reason::InsufficientMemory);
+        return Err(Reason::InsufficientMemory);
     }
     if req.resources.gpus > free.gpus {
-        return Some(Reason::InsufficientGpu);
+        return Err(Reason::InsufficientGpu);
     }
     if !req
         .node_selector
         .iter()
         .all(|(k, v)| node.labels.get(k) == Some(v))
     {
-        return Some(Reason::NodeSelectorMismatch);
+        return Err(Reason::NodeSelectorMismatch);
     }
     if node.reputation < req.min_reputation {
-        return Some(Reason::ReputationTooLow);
+        return Err(Reason::ReputationTooLow);
     }
-    if req
-        .max_price_per_hour
-        .is_some_and(|max| node.price_per_hour > max)
+    // Rates too large to price an hour make the node as dear as can be.
+    let price =
+        quote::hourly(&node.pricing, node.capacity, allocated, req.resources).unwrap_or(i64::MAX);
+    if req.max_price_per_hour.is_some_and(|max| price > max) {
+        return Err(Reason::TooExpensive);
+    }
+    if let Some(headroom) = &req.owner_headroom
+        && price > headroom.get(&node.name).copied().unwrap_or(0)
     {
-        return Some(Reason::TooExpensive);
+        return Err(Reason::InsufficientCredit);
     }
-    if node.owner_headroom.is_some_and(|h| node.price_per_hour > h) {
-        return Some(Reason::InsufficientCredit);
-    }
-    None
+    Ok(price)
 }
 
 fn share_free(capacity: u64, allocated: u64, request: u64) -> f64 {
@@ -203,17 +218,18 @@ fn share_free(capacity: u64, allocated: u64, request: u64) -> f64 {
     capacity.saturating_sub(allocated.saturating_add(request)) as f64 / capacity as f64
 }
 
-/// The score of a node that passed the filters, in `[0, 1]`.
-pub fn score(node: &NodeView, req: &Request, max_price: i64) -> f64 {
+/// The score of a node that passed the filters, in `[0, 1]`, given what is allocated there,
+/// its price for the request and the highest price among the nodes that passed.
+fn score(node: &NodeView, allocated: Resources, price: i64, req: &Request, max_price: i64) -> f64 {
     let free =
         0.5 * share_free(
             node.capacity.cpu_millis,
-            node.allocated.cpu_millis,
+            allocated.cpu_millis,
             req.resources.cpu_millis,
         ) + 0.5
             * share_free(
                 node.capacity.memory_bytes,
-                node.allocated.memory_bytes,
+                allocated.memory_bytes,
                 req.resources.memory_bytes,
             );
     let rep = node.reputation.clamp(0.0, 1.0);
@@ -221,57 +237,75 @@ pub fn score(node: &NodeView, req: &Request, max_price: i64) -> f64 {
     let credit = 0.5 - (node.credit_balance as f64 / 2_000_000.0).clamp(-0.5, 0.5);
     let nexus = if node.nexus { 1.0 } else { 0.0 };
     let price = if max_price > 0 {
-        1.0 - node.price_per_hour.max(0) as f64 / max_price as f64
+        1.0 - price.max(0) as f64 / max_price as f64
     } else {
         1.0
     };
     0.35 * free + 0.25 * rep + 0.15 * credit + 0.10 * nexus + 0.15 * price
 }
 
+/// What `spread` instances of `per` add to a node's allocation.
+fn times(per: Resources, n: u32) -> Resources {
+    Resources {
+        cpu_millis: per.cpu_millis.saturating_mul(u64::from(n)),
+        memory_bytes: per.memory_bytes.saturating_mul(u64::from(n)),
+        gpus: per.gpus.saturating_mul(n),
+    }
+}
+
 /// Picks a node for one instance. `spread[i]` is how many instances of the same workload node
-/// `i` already holds; fewer wins before score.
+/// `i` already holds (each taking `req.resources` on top of the node's `allocated`, which
+/// leaves them out); fewer wins before score.
 pub fn place(nodes: &[NodeView], spread: &[u32], req: &Request) -> Result<usize, Unschedulable> {
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
-    let mut feasible: Vec<usize> = Vec::new();
+    // (node, instances of this workload there, what is allocated there, its price)
+    let mut feasible: Vec<(usize, u32, Resources, i64)> = Vec::new();
     let mut max_price = 0i64;
     for (i, n) in nodes.iter().enumerate() {
-        match filter(n, req) {
-            Some(r) => *reasons.entry(r).or_default() += 1,
-            None => {
-                max_price = max_price.max(n.price_per_hour);
-                feasible.push(i);
+        let own = spread.get(i).copied().unwrap_or(0);
+        let allocated = if own == 0 {
+            n.allocated
+        } else {
+            n.allocated.plus(times(req.resources, own))
+        };
+        match check(n, allocated, req) {
+            Err(r) => *reasons.entry(r).or_default() += 1,
+            Ok(price) => {
+                max_price = max_price.max(price);
+                feasible.push((i, own, allocated, price));
             }
         }
     }
-    let best = feasible.into_iter().max_by(|&a, &b| {
-        let sa = spread.get(a).copied().unwrap_or(0);
-        let sb = spread.get(b).copied().unwrap_or(0);
-        sb.cmp(&sa)
+    let best = feasible.iter().max_by(|a, b| {
+        let (na, nb) = (&nodes[a.0], &nodes[b.0]);
+        b.1.cmp(&a.1)
             .then_with(|| {
-                score(&nodes[a], req, max_price).total_cmp(&score(&nodes[b], req, max_price))
+                score(na, a.2, a.3, req, max_price).total_cmp(&score(nb, b.2, b.3, req, max_price))
             })
-            .then_with(|| nodes[b].name.cmp(&nodes[a].name))
+            .then_with(|| nb.name.cmp(&na.name))
     });
-    best.ok_or_else(|| {
-        let parts: Vec<String> = reasons
-            .iter()
-            .map(|(r, n)| format!("{n} {}", r.describe(req)))
-            .collect();
-        let message = if nodes.is_empty() {
-            "0/0 nodes are available: no nodes.univrs.io exist".to_string()
-        } else {
-            format!(
-                "0/{} nodes are available: {}",
-                nodes.len(),
-                parts.join(", ")
-            )
-        };
-        Unschedulable {
-            nodes: nodes.len(),
-            reasons,
-            message,
-        }
-    })
+    match best {
+        Some(b) => Ok(b.0),
+        None => Err(unschedulable(nodes.len(), reasons, req)),
+    }
+}
+
+/// Why nothing fits, in kube-scheduler's words.
+fn unschedulable(nodes: usize, reasons: BTreeMap<Reason, usize>, req: &Request) -> Unschedulable {
+    let parts: Vec<String> = reasons
+        .iter()
+        .map(|(r, n)| format!("{n} {}", r.describe(req)))
+        .collect();
+    let message = if nodes == 0 {
+        "0/0 nodes are available: no nodes.univrs.io exist".to_string()
+    } else {
+        format!("0/{nodes} nodes are available: {}", parts.join(", "))
+    };
+    Unschedulable {
+        nodes,
+        reasons,
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -296,8 +330,12 @@ mod tests {
             reputation: 0.5,
             nexus: false,
             credit_balance: 0,
-            owner_headroom: None,
-            price_per_hour: 1000,
+            pricing: NodePricing {
+                model: univrs_api::resources::node::PricingModel::Fixed,
+                cpu_core_hour: 1000,
+                memory_gib_hour: 250,
+                gpu_hour: 0,
+            },
         }
     }
 
@@ -377,12 +415,56 @@ mod tests {
         assert_eq!(filter(&n, &r), Some(Reason::NodeSelectorMismatch));
         n.labels.insert("gpu".into(), "true".into());
         assert_eq!(filter(&n, &r), None);
-        r.max_price_per_hour = Some(999);
+        let price = quote::hourly(&n.pricing, n.capacity, n.allocated, r.resources).unwrap();
+        r.max_price_per_hour = Some(price - 1);
         assert_eq!(filter(&n, &r), Some(Reason::TooExpensive));
-        r.max_price_per_hour = None;
-        let mut poor = n.clone();
-        poor.owner_headroom = Some(10);
-        assert_eq!(filter(&poor, &r), Some(Reason::InsufficientCredit));
+        r.max_price_per_hour = Some(price);
+        assert_eq!(filter(&n, &r), None);
+        r.owner_headroom = Some(BTreeMap::from([("a".to_string(), price - 1)]));
+        assert_eq!(filter(&n, &r), Some(Reason::InsufficientCredit));
+        r.owner_headroom = Some(BTreeMap::from([("b".to_string(), price)]));
+        assert_eq!(
+            filter(&n, &r),
+            Some(Reason::InsufficientCredit),
+            "no line to this node"
+        );
+        r.owner_headroom = Some(BTreeMap::from([("a".to_string(), price)]));
+        assert_eq!(filter(&n, &r), None);
+    }
+
+    #[test]
+    fn the_workloads_own_instances_count_through_spread() {
+        // 250m left for instances of 100m: two fit, a third does not.
+        let nodes = vec![node("a", 250, 8 * GI)];
+        let r = req(100, 0);
+        assert_eq!(place(&nodes, &[1], &r), Ok(0));
+        let err = place(&nodes, &[2], &r).unwrap_err();
+        assert_eq!(err.message, "0/1 nodes are available: 1 insufficient cpu");
+    }
+
+    #[test]
+    fn dynamic_prices_follow_utilization_and_steer_placement() {
+        let dynamic = NodePricing {
+            model: univrs_api::resources::node::PricingModel::Dynamic,
+            ..node("x", 1, 1).pricing
+        };
+        let mut nodes = vec![node("a", 4000, 8 * GI), node("b", 4000, 8 * GI)];
+        for n in &mut nodes {
+            n.pricing = dynamic.clone();
+        }
+        // a is half full: once placed it is 75% used (×1.563) against b's 25% (×1.063).
+        nodes[0].allocated = Resources {
+            cpu_millis: 2000,
+            memory_bytes: 0,
+            gpus: 0,
+        };
+        let r = Request {
+            max_price_per_hour: Some(1100),
+            ..req(1000, 0)
+        };
+        assert_eq!(filter(&nodes[0], &r), Some(Reason::TooExpensive));
+        assert_eq!(filter(&nodes[1], &r), None);
+        assert_eq!(nodes[place(&nodes, &[], &r).unwrap()].name, "b");
     }
 
     #[test]
