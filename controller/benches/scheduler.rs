@@ -72,7 +72,7 @@ fn main() {
         let fresh = cluster(n, 50_000);
         // The owner has a credit line to every node.
         let req = Request {
-            owner_headroom: Some(fresh.iter().map(|v| (v.name.clone(), 1_000_000)).collect()),
+            owner_headroom: Some(vec![1_000_000; n]),
             ..req.clone()
         };
         let mut nodes = fresh.clone();

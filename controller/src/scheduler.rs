@@ -91,9 +91,10 @@ pub struct Request {
     pub min_reputation: f64,
     /// Highest acceptable price per hour, if any.
     pub max_price_per_hour: Option<i64>,
-    /// How much the owner can still pay each node (credit-line headroom; a node not named has
-    /// none), or None when the owner's namespace is not metered.
-    pub owner_headroom: Option<BTreeMap<String, i64>>,
+    /// How much the owner can still pay each node (credit-line headroom), by the nodes'
+    /// positions in the slice being placed on, or None when the owner's namespace is not
+    /// metered. Positional, like `spread`, so no node is looked up by name while placing.
+    pub owner_headroom: Option<Vec<i64>>,
 }
 
 /// Why a node was filtered out.
@@ -122,6 +123,20 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in order (the order the filters run).
+    pub const ALL: [Reason; 10] = [
+        Self::NotReady,
+        Self::Unschedulable,
+        Self::Isolated,
+        Self::InsufficientCpu,
+        Self::InsufficientMemory,
+        Self::InsufficientGpu,
+        Self::NodeSelectorMismatch,
+        Self::ReputationTooLow,
+        Self::TooExpensive,
+        Self::InsufficientCredit,
+    ];
+
     /// How the reason reads in a message, given the request.
     fn describe(self, req: &Request) -> String {
         match self {
@@ -159,15 +174,15 @@ impl fmt::Display for Unschedulable {
     }
 }
 
-/// The first filter a node fails, if any, as it stands (no instance of the request's workload
-/// on it).
-pub fn filter(node: &NodeView, req: &Request) -> Option<Reason> {
-    check(node, node.allocated, req).err()
+/// The first filter node `i` of `nodes` fails, if any, as it stands (no instance of the
+/// request's workload on it).
+pub fn filter(nodes: &[NodeView], i: usize, req: &Request) -> Option<Reason> {
+    check(&nodes[i], i, nodes[i].allocated, req).err()
 }
 
-/// Filters a node whose `allocated` counts everything placed there; Ok carries its price for
-/// an hour of the request.
-fn check(node: &NodeView, allocated: Resources, req: &Request) -> Result<i64, Reason> {
+/// Filters node `i`, whose `allocated` counts everything placed there; Ok carries its price
+/// for an hour of the request.
+fn check(node: &NodeView, i: usize, allocated: Resources, req: &Request) -> Result<i64, Reason> {
     if !node.ready {
         return Err(Reason::NotReady);
     }
@@ -204,7 +219,7 @@ fn check(node: &NodeView, allocated: Resources, req: &Request) -> Result<i64, Re
         return Err(Reason::TooExpensive);
     }
     if let Some(headroom) = &req.owner_headroom
-        && price > headroom.get(&node.name).copied().unwrap_or(0)
+        && price > headroom.get(i).copied().unwrap_or(0)
     {
         return Err(Reason::InsufficientCredit);
     }
@@ -257,7 +272,8 @@ fn times(per: Resources, n: u32) -> Resources {
 /// `i` already holds (each taking `req.resources` on top of the node's `allocated`, which
 /// leaves them out); fewer wins before score.
 pub fn place(nodes: &[NodeView], spread: &[u32], req: &Request) -> Result<usize, Unschedulable> {
-    let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
+    // Counted in an array, not a map: most of thousands of nodes fail some filter.
+    let mut refused = [0usize; Reason::ALL.len()];
     // (node, instances of this workload there, what is allocated there, its price)
     let mut feasible: Vec<(usize, u32, Resources, i64)> = Vec::new();
     let mut max_price = 0i64;
@@ -268,25 +284,41 @@ pub fn place(nodes: &[NodeView], spread: &[u32], req: &Request) -> Result<usize,
         } else {
             n.allocated.plus(times(req.resources, own))
         };
-        match check(n, allocated, req) {
-            Err(r) => *reasons.entry(r).or_default() += 1,
+        match check(n, i, allocated, req) {
+            Err(r) => refused[r as usize] += 1,
             Ok(price) => {
                 max_price = max_price.max(price);
                 feasible.push((i, own, allocated, price));
             }
         }
     }
-    let best = feasible.iter().max_by(|a, b| {
-        let (na, nb) = (&nodes[a.0], &nodes[b.0]);
-        b.1.cmp(&a.1)
-            .then_with(|| {
-                score(na, a.2, a.3, req, max_price).total_cmp(&score(nb, b.2, b.3, req, max_price))
-            })
-            .then_with(|| nb.name.cmp(&na.name))
-    });
+    // Fewest instances of this workload, then the best score, then the name; each node
+    // scored once.
+    let mut best: Option<(usize, u32, f64)> = None;
+    for &(i, own, allocated, price) in &feasible {
+        let s = score(&nodes[i], allocated, price, req, max_price);
+        let better = best.is_none_or(|(b, b_own, b_score)| {
+            own.cmp(&b_own)
+                .reverse()
+                .then_with(|| s.total_cmp(&b_score))
+                .then_with(|| nodes[b].name.cmp(&nodes[i].name))
+                .is_gt()
+        });
+        if better {
+            best = Some((i, own, s));
+        }
+    }
     match best {
-        Some(b) => Ok(b.0),
-        None => Err(unschedulable(nodes.len(), reasons, req)),
+        Some((i, _, _)) => Ok(i),
+        None => {
+            let reasons = Reason::ALL
+                .iter()
+                .zip(refused)
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (*r, n))
+                .collect();
+            Err(unschedulable(nodes.len(), reasons, req))
+        }
     }
 }
 
@@ -393,43 +425,67 @@ mod tests {
     #[test]
     fn filters_cordon_isolation_readiness_selector_price_and_credit() {
         let mut n = node("a", 4000, 8 * GI);
-        assert_eq!(filter(&n, &req(5000, 0)), Some(Reason::InsufficientCpu));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &req(5000, 0)),
+            Some(Reason::InsufficientCpu)
+        );
         n.allocated = Resources {
             cpu_millis: 3950,
             memory_bytes: 0,
             gpus: 0,
         };
-        assert_eq!(filter(&n, &req(100, 0)), Some(Reason::InsufficientCpu));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &req(100, 0)),
+            Some(Reason::InsufficientCpu)
+        );
         n.allocated = Resources::default();
         n.unschedulable = true;
-        assert_eq!(filter(&n, &req(1, 1)), Some(Reason::Unschedulable));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &req(1, 1)),
+            Some(Reason::Unschedulable)
+        );
         n.unschedulable = false;
         n.isolated = true;
-        assert_eq!(filter(&n, &req(1, 1)), Some(Reason::Isolated));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &req(1, 1)),
+            Some(Reason::Isolated)
+        );
         n.isolated = false;
         n.ready = false;
-        assert_eq!(filter(&n, &req(1, 1)), Some(Reason::NotReady));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &req(1, 1)),
+            Some(Reason::NotReady)
+        );
         n.ready = true;
         let mut r = req(1, 1);
         r.node_selector.insert("gpu".into(), "true".into());
-        assert_eq!(filter(&n, &r), Some(Reason::NodeSelectorMismatch));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &r),
+            Some(Reason::NodeSelectorMismatch)
+        );
         n.labels.insert("gpu".into(), "true".into());
-        assert_eq!(filter(&n, &r), None);
+        assert_eq!(filter(std::slice::from_ref(&n), 0, &r), None);
         let price = quote::hourly(&n.pricing, n.capacity, n.allocated, r.resources).unwrap();
         r.max_price_per_hour = Some(price - 1);
-        assert_eq!(filter(&n, &r), Some(Reason::TooExpensive));
-        r.max_price_per_hour = Some(price);
-        assert_eq!(filter(&n, &r), None);
-        r.owner_headroom = Some(BTreeMap::from([("a".to_string(), price - 1)]));
-        assert_eq!(filter(&n, &r), Some(Reason::InsufficientCredit));
-        r.owner_headroom = Some(BTreeMap::from([("b".to_string(), price)]));
         assert_eq!(
-            filter(&n, &r),
+            filter(std::slice::from_ref(&n), 0, &r),
+            Some(Reason::TooExpensive)
+        );
+        r.max_price_per_hour = Some(price);
+        assert_eq!(filter(std::slice::from_ref(&n), 0, &r), None);
+        r.owner_headroom = Some(vec![price - 1]);
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &r),
+            Some(Reason::InsufficientCredit)
+        );
+        r.owner_headroom = Some(vec![]);
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &r),
             Some(Reason::InsufficientCredit),
             "no line to this node"
         );
-        r.owner_headroom = Some(BTreeMap::from([("a".to_string(), price)]));
-        assert_eq!(filter(&n, &r), None);
+        r.owner_headroom = Some(vec![price]);
+        assert_eq!(filter(std::slice::from_ref(&n), 0, &r), None);
     }
 
     #[test]
@@ -462,8 +518,8 @@ mod tests {
             max_price_per_hour: Some(1100),
             ..req(1000, 0)
         };
-        assert_eq!(filter(&nodes[0], &r), Some(Reason::TooExpensive));
-        assert_eq!(filter(&nodes[1], &r), None);
+        assert_eq!(filter(&nodes, 0, &r), Some(Reason::TooExpensive));
+        assert_eq!(filter(&nodes, 1, &r), None);
         assert_eq!(nodes[place(&nodes, &[], &r).unwrap()].name, "b");
     }
 

@@ -109,12 +109,12 @@ fn plan(
 ) -> Plan {
     let name = wl.name_any();
     let per_instance = snapshot::instance_request(&wl.spec);
-    let request = Request {
+    let mut request = Request {
         resources: per_instance,
         node_selector: wl.spec.node_selector.clone(),
         min_reputation: wl.spec.min_reputation.unwrap_or(0.0),
         max_price_per_hour: wl.spec.credit.as_ref().and_then(|c| c.max_price_per_hour),
-        owner_headroom: headroom,
+        owner_headroom: None,
     };
     let current: BTreeMap<String, Instance> = wl
         .status
@@ -179,6 +179,16 @@ fn plan(
                         spread[i] += 1;
                     }
                 }
+                // A node the owner has no line to gets 0.
+                request.owner_headroom = headroom.map(|h| {
+                    let mut by_position = vec![0; views.len()];
+                    for (node, room) in h {
+                        if let Some(&i) = position.get(&node) {
+                            by_position[i] = room;
+                        }
+                    }
+                    by_position
+                });
             }
             for inst_name in desired {
                 if let Some(inst) = keep.remove(&inst_name) {
