@@ -70,6 +70,8 @@ pub struct Context {
     pub ready: tokio::sync::watch::Receiver<bool>,
     /// The latest nexus election.
     pub election: std::sync::RwLock<univrs_api::enr::nexus::Election>,
+    /// Per node, since when a change of what is allocated there waits to be written.
+    pub allocation_pending: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Consecutive failures per object (`Kind/namespace/name`), for exponential backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -107,6 +109,15 @@ impl Context {
     /// The node index, locked. Hold it only for in-memory work: never across an await.
     pub fn index(&self) -> std::sync::MutexGuard<'_, crate::index::NodeIndex> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The nodes whose allocation report waits (see `node`), locked.
+    pub fn allocation_pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.allocation_pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The Lease of `node`, from the cache (a keyed lookup, not a scan).

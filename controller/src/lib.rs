@@ -160,6 +160,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), Context::reporter()),
         metrics,
         failures: Default::default(),
+        allocation_pending: Default::default(),
         election: Default::default(),
     });
     let writers = feeds::Writers {

@@ -42,6 +42,10 @@ const FINALIZER_MANAGER: &str = "univrs-controller-finalizer";
 /// looked at again (the watch normally delivers that write within milliseconds).
 const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
 
+/// How long a change of only what is allocated on a node waits before it is written, so the
+/// placements of a burst are reported together.
+const ALLOCATION_SETTLE: Duration = Duration::from_secs(5);
+
 /// How much Ready time counts as one successful outcome.
 const SERVICE_PERIOD: Duration = Duration::from_secs(3600);
 
@@ -339,14 +343,32 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
             || s.traffic != gate.traffic
             || (s.health_score - gate.health_score).abs() > 1e-9
     });
+    let allocation_changed = current.instances != Some(count as i32)
+        || serde_json::to_value(&current.allocated).ok() != Some(allocated.clone());
     changed |= current.observed_generation != generation
-        || current.instances != Some(count as i32)
-        || serde_json::to_value(&current.allocated).ok() != Some(allocated.clone())
         || current.service_record.as_ref() != Some(&record)
         || current.reputation != Some(rep)
         || current.nexus_role != role
         || current.credit_balance != Some(balance)
         || gate_changed;
+    // What is allocated is a report (placement reads the index): a change of it alone waits
+    // until it has settled, so a burst of placements on a node is one write, not one each.
+    let mut settle_in = None;
+    if changed || !allocation_changed {
+        ctx.allocation_pending().remove(&name);
+    } else {
+        let since = *ctx
+            .allocation_pending()
+            .entry(name.clone())
+            .or_insert_with(std::time::Instant::now);
+        match ALLOCATION_SETTLE.checked_sub(since.elapsed()) {
+            Some(left) if !left.is_zero() => settle_in = Some(left),
+            _ => {
+                ctx.allocation_pending().remove(&name);
+                changed = true;
+            }
+        }
+    }
     if changed {
         let mut status = serde_json::json!({
             "observedGeneration": generation,
@@ -416,6 +438,9 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         let since = gate.since.as_ref().map_or(ms(now), |t| ms(t.0));
         let left = (since + cfg.recovery_timeout_ms).saturating_sub(ms(now));
         requeue = requeue.min(Duration::from_millis(left + 500));
+    }
+    if let Some(left) = settle_in {
+        requeue = requeue.min(left);
     }
     Ok(Action::requeue(requeue.min(ctx.settings.resync)))
 }

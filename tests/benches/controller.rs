@@ -14,10 +14,12 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::serde::de::DeserializeOwned;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use univrs_api::identity::NodeIdentity;
 use univrs_api::{Node, Workload};
@@ -46,16 +48,17 @@ where
         .await;
 }
 
-/// Watches `api` until `want` objects pass `keep`.
-async fn watch_until<K>(api: Api<K>, mut keep: impl FnMut(&K) -> bool, want: usize)
+/// Watches `api` until `want` objects pass `keep`; returns when each first passed.
+async fn watch_until<K>(
+    api: Api<K>,
+    mut keep: impl FnMut(&K) -> bool,
+    want: usize,
+) -> HashMap<String, Instant>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + k8s_openapi::serde::de::DeserializeOwned,
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + DeserializeOwned,
     K: Send + 'static,
 {
-    let mut names = HashSet::new();
+    let mut passed: HashMap<String, Instant> = HashMap::new();
     let mut events = std::pin::pin!(
         watcher(api, watcher::Config::default())
             .default_backoff()
@@ -65,14 +68,23 @@ where
     while let Some(ev) = events.next().await {
         let Ok(obj) = ev else { continue };
         if keep(&obj) {
-            names.insert(obj.name_any());
+            passed.entry(obj.name_any()).or_insert_with(Instant::now);
         } else {
-            names.remove(&obj.name_any());
+            passed.remove(&obj.name_any());
         }
-        if names.len() >= want {
-            return;
+        if passed.len() >= want {
+            break;
         }
     }
+    passed
+}
+
+/// The `q` quantile of `xs` (sorted in place).
+fn quantile(xs: &mut [f64], q: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(((xs.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// CPU seconds (user + system) a process has used so far; 0 when it is gone.
@@ -224,7 +236,7 @@ fn main() {
     let pid = ctl.child.0.id();
     // Let the controller take in every node (each gets its first status) before timing.
     let settle = Instant::now();
-    rt.block_on(watch_until(
+    let _ = rt.block_on(watch_until(
         Api::<Node>::all(client.clone()),
         |n: &Node| {
             n.status
@@ -238,7 +250,8 @@ fn main() {
     let requests_settled = api_requests(&cp);
 
     let (cpu_api0, cpu_ctl0) = (cpu_seconds(apiserver), cpu_seconds(pid));
-    let (placed_in, creates_in) = rt.block_on(async {
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let (placed_in, creates_in, placed_at) = rt.block_on(async {
         let api: Api<Workload> = Api::namespaced(client.clone(), "bench");
         // Watch before the first create, so no placement goes unseen.
         let placed = tokio::spawn(watch_until(
@@ -253,23 +266,42 @@ fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let t = Instant::now();
         create_all(workloads_n, |i| {
-            let api = api.clone();
+            let (api, created) = (api.clone(), created.clone());
             async move {
+                let name = format!("w{i:05}");
                 let w: Workload = serde_json::from_value(serde_json::json!({
                     "apiVersion": "univrs.io/v1alpha1", "kind": "Workload",
-                    "metadata": {"name": format!("w{i:05}")},
+                    "metadata": {"name": name},
                     "spec": {"replicas": 1, "containers": [{"name": "c", "image": "demo/busybox:latest",
                         "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}}}]}
                 }))
                 .unwrap();
                 api.create(&PostParams::default(), &w).await.unwrap();
+                created.lock().unwrap().insert(name, Instant::now());
             }
         })
         .await;
         let creates_in = t.elapsed();
-        placed.await.unwrap();
-        (t.elapsed(), creates_in)
+        let placed_at = placed.await.unwrap();
+        (t.elapsed(), creates_in, placed_at)
     });
+    // From the create's answer to the placement's watch event, per workload.
+    let mut latency: Vec<f64> = {
+        let created = created.lock().unwrap();
+        placed_at
+            .iter()
+            .filter_map(|(n, at)| {
+                created
+                    .get(n)
+                    .map(|c| at.saturating_duration_since(*c).as_secs_f64())
+            })
+            .collect()
+    };
+    let (p50, p99, worst) = (
+        quantile(&mut latency, 0.5),
+        quantile(&mut latency, 0.99),
+        quantile(&mut latency, 1.0),
+    );
     let (cpu_api, cpu_ctl) = (
         cpu_seconds(apiserver) - cpu_api0,
         cpu_seconds(pid) - cpu_ctl0,
@@ -323,6 +355,10 @@ fn main() {
         workloads_n as f64 / placed_in.as_secs_f64()
     );
     println!("| placements counted by the controller | {placements} |");
+    println!(
+        "| create answered → placement seen: p50 / p99 / max | {:.2} / {:.2} / {:.2} s |",
+        p50, p99, worst
+    );
     println!(
         "| workloads seen at the end / nodes used / most instances on one node | {instances} / {} / {fullest} |",
         per_node.len()
