@@ -13,6 +13,7 @@ use crate::index::{NodeChange, WorkloadChange};
 use futures::StreamExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::serde::de::DeserializeOwned;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
@@ -228,7 +229,7 @@ impl Handler<Node> for Nodes {
     }
 
     fn deleted(&mut self, ctx: &Context, n: &Node, wake: &mut Wake) {
-        let change = ctx.index().remove_node(&n.name_any());
+        let change = ctx.index().remove_node(n);
         wake.node_change(ctx, n, change);
     }
 }
@@ -246,7 +247,7 @@ impl Handler<Workload> for Workloads {
     }
 
     fn deleted(&mut self, ctx: &Context, w: &Workload, wake: &mut Wake) {
-        let change = ctx.index().forget_workload(&ObjectRef::from_obj(w));
+        let change = ctx.index().forget_workload(w);
         wake.workload_change(ctx, &change);
     }
 }
@@ -255,15 +256,16 @@ struct Leases;
 
 impl Handler<Lease> for Leases {
     fn applied(&mut self, ctx: &Context, l: &Lease, wake: &mut Wake) {
-        if let Some(node) = node_of_lease(&l.name_any()) {
-            ctx.index().set_lease(node, Some(l));
+        if let Some(node) = node_of_lease(&l.name_any())
+            && ctx.index().set_lease(node, Some(l), Timestamp::now())
+        {
             wake.nodes.insert(ObjectRef::new(node));
         }
     }
 
     fn deleted(&mut self, ctx: &Context, l: &Lease, wake: &mut Wake) {
         if let Some(node) = node_of_lease(&l.name_any()) {
-            ctx.index().set_lease(node, None);
+            ctx.index().set_lease(node, None, Timestamp::now());
             wake.nodes.insert(ObjectRef::new(node));
         }
     }

@@ -21,6 +21,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use univrs_api::enr::pricing::Market;
 use univrs_api::resources::node::{NexusRole, SeptalState};
 use univrs_api::{Node, Workload};
@@ -138,6 +139,53 @@ pub struct NodeIndex {
     holders: HashMap<String, HashSet<WorkloadRef>>,
     /// Per node, the newest resourceVersion seen (watch or write).
     node_versions: HashMap<String, u64>,
+    /// Deleted nodes and workloads.
+    gone_nodes: Tombstones<String>,
+    gone_workloads: Tombstones<WorkloadRef>,
+}
+
+/// How long a deletion is remembered: far longer than any write can be in flight.
+const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The versions at which objects were deleted, so that the answer to a write that crossed the
+/// deletion cannot bring an object back; each is forgotten after [`TOMBSTONE_TTL`].
+struct Tombstones<K> {
+    at: HashMap<K, (Option<u64>, std::time::Instant)>,
+    /// The size at which old ones are next swept.
+    sweep_at: usize,
+}
+
+impl<K> Default for Tombstones<K> {
+    fn default() -> Self {
+        Self {
+            at: HashMap::new(),
+            sweep_at: 1024,
+        }
+    }
+}
+
+impl<K: Hash + Eq> Tombstones<K> {
+    fn bury(&mut self, key: K, deleted_at: Option<u64>) {
+        if self.at.len() >= self.sweep_at {
+            self.at.retain(|_, (_, t)| t.elapsed() < TOMBSTONE_TTL);
+            self.sweep_at = (self.at.len() * 2).max(1024);
+        }
+        self.at.insert(key, (deleted_at, std::time::Instant::now()));
+    }
+
+    /// Whether `v` of `key` predates its deletion (unknown versions are taken to).
+    fn buries(&self, key: &K, v: Option<u64>) -> bool {
+        match (self.at.get(key), v) {
+            (Some((Some(deleted), _)), Some(v)) => v <= *deleted,
+            (Some(_), _) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// A newer object of the same name exists: the deletion no longer matters.
+    fn exhume(&mut self, key: &K) {
+        self.at.remove(key);
+    }
 }
 
 fn version(rv: Option<&str>) -> Option<u64> {
@@ -224,7 +272,12 @@ impl NodeIndex {
     /// Returns what changed, and false when this version was seen already (or is older).
     pub fn upsert_node(&mut self, n: &Node) -> (NodeChange, bool) {
         let name = n.name_any();
-        if let Some(v) = version(n.metadata.resource_version.as_deref()) {
+        let v = version(n.metadata.resource_version.as_deref());
+        if self.gone_nodes.buries(&name, v) {
+            return (NodeChange::default(), false);
+        }
+        self.gone_nodes.exhume(&name);
+        if let Some(v) = v {
             let known = self.node_versions.entry(name).or_insert(0);
             if v <= *known {
                 return (NodeChange::default(), false);
@@ -278,10 +331,13 @@ impl NodeIndex {
         }
     }
 
-    /// Forgets a node.
-    pub fn remove_node(&mut self, name: &str) -> NodeChange {
-        self.node_versions.remove(name);
-        let Some(at) = self.position.remove(name) else {
+    /// Forgets a deleted node (`n` as last seen).
+    pub fn remove_node(&mut self, n: &Node) -> NodeChange {
+        let name = n.name_any();
+        let v = version(n.metadata.resource_version.as_deref());
+        let known = self.node_versions.remove(&name);
+        self.gone_nodes.bury(name.clone(), v.max(known));
+        let Some(at) = self.position.remove(&name) else {
             return NodeChange::default();
         };
         self.views.remove(at);
@@ -307,9 +363,15 @@ impl NodeIndex {
         }
     }
 
-    /// Records a node's Lease (None: it has none).
-    pub fn set_lease(&mut self, node: &str, lease: Option<&Lease>) {
+    /// Records a node's Lease (None: it has none). Returns whether the node's readiness may
+    /// have changed at `now`: a renewal of a Lease that was fresh and stays fresh changes
+    /// nothing (the Node reconciler looks again when it would lapse), so agents renewing every
+    /// few seconds do not each wake a reconcile.
+    pub fn set_lease(&mut self, node: &str, lease: Option<&Lease>, now: Timestamp) -> bool {
         let lapses = lease.and_then(snapshot::lapses_at);
+        let fresh = |t: Option<Timestamp>| t.is_some_and(|t| t > now);
+        let before = self.lapses.get(node).copied();
+        let changes = !(fresh(before) && fresh(lapses));
         match lapses {
             Some(t) => self.lapses.insert(node.to_string(), t),
             None => self.lapses.remove(node),
@@ -317,6 +379,7 @@ impl NodeIndex {
         if let Some(&i) = self.position.get(node) {
             self.view_lapses[i] = lapses;
         }
+        changes
     }
 
     /// Records a workload as observed. Returns what it changed on the nodes, and false when
@@ -324,6 +387,10 @@ impl NodeIndex {
     pub fn observe_workload(&mut self, w: &Workload) -> (WorkloadChange, bool) {
         let key = WorkloadRef::from_obj(w);
         let v = version(w.metadata.resource_version.as_deref());
+        if self.gone_workloads.buries(&key, v) {
+            return (WorkloadChange::default(), false);
+        }
+        self.gone_workloads.exhume(&key);
         if let (Some(known), Some(new)) = (self.workloads.get(&key).and_then(|t| t.version), v)
             && new <= known
         {
@@ -336,9 +403,13 @@ impl NodeIndex {
         (self.replace(key, Some(next)), true)
     }
 
-    /// Forgets a deleted workload.
-    pub fn forget_workload(&mut self, key: &WorkloadRef) -> WorkloadChange {
-        self.replace(key.clone(), None)
+    /// Forgets a deleted workload (`w` as last seen).
+    pub fn forget_workload(&mut self, w: &Workload) -> WorkloadChange {
+        let key = WorkloadRef::from_obj(w);
+        let v = version(w.metadata.resource_version.as_deref());
+        let known = self.workloads.get(&key).and_then(|t| t.version);
+        self.gone_workloads.bury(key.clone(), v.max(known));
+        self.replace(key, None)
     }
 
     /// The workloads it tracks.
@@ -460,6 +531,13 @@ impl NodeIndex {
     /// is observed, no longer assumed.
     pub fn confirm(&mut self, written: &Workload) -> WorkloadChange {
         let key = WorkloadRef::from_obj(written);
+        if self
+            .gone_workloads
+            .buries(&key, version(written.metadata.resource_version.as_deref()))
+        {
+            // Deleted while the write was answered.
+            return self.release(&key);
+        }
         let current = self.workloads.get(&key);
         let newer = match (
             current.and_then(|t| t.version),
@@ -588,19 +666,37 @@ mod tests {
         );
         assert_eq!(cpu(&index, "b"), 0);
         // A node that comes later picks up what is placed on it.
-        index.remove_node("c");
-        index.upsert_node(&node("c"));
+        let mut c = node("c");
+        c.metadata.resource_version = Some("3".into());
+        index.remove_node(&c);
+        assert_eq!(
+            index.upsert_node(&c),
+            (NodeChange::default(), false),
+            "deleted"
+        );
+        c.metadata.resource_version = Some("9".into());
+        assert!(index.upsert_node(&c).0.appeared_or_left, "created again");
         assert_eq!(cpu(&index, "c"), 250);
         assert_eq!(
             index.holders_of("c"),
             vec![WorkloadRef::new("w").within("ns")]
         );
-        let change = index.forget_workload(&WorkloadRef::new("w").within("ns"));
+        let change = index.forget_workload(&workload("w", 7, &["a", "c"]));
         assert!(change.freed && change.nodes == ["a", "c"]);
+        // The answer to a write that crossed the deletion does not bring it back.
+        assert_eq!(
+            index.confirm(&workload("w", 7, &["a", "c"])),
+            WorkloadChange::default()
+        );
         assert_eq!(
             (cpu(&index, "a"), index.observed_on("a")),
             (0, Default::default())
         );
+        assert!(
+            index.observe_workload(&workload("w", 8, &["a"])).1,
+            "created again"
+        );
+        assert_eq!(cpu(&index, "a"), 250);
     }
 
     #[test]
@@ -608,7 +704,8 @@ mod tests {
         let mut index = NodeIndex::new();
         for n in ["a", "b"] {
             index.upsert_node(&node(n));
-            index.set_lease(n, Some(&lease(n)));
+            assert!(index.set_lease(n, Some(&lease(n)), now()), "a first Lease");
+            assert!(!index.set_lease(n, Some(&lease(n)), now()), "a renewal");
         }
         let w = workload("w", 1, &[]);
         let key = WorkloadRef::from_obj(&w);
@@ -665,7 +762,7 @@ mod tests {
             .insert(crate::workload::DRAIN_ANNOTATION.into(), "true".into());
         let (c, _) = index.upsert_node(&drained);
         assert!(c.affects_instances && !c.may_make_room && !c.affects_vouches);
-        assert!(index.remove_node("a").appeared_or_left);
+        assert!(index.remove_node(&drained).appeared_or_left);
         assert!(index.is_empty());
     }
 }
