@@ -216,6 +216,7 @@ pub fn view_of(n: &Node) -> NodeView {
             .pricing
             .clone()
             .unwrap_or_else(snapshot::default_pricing),
+        price_memo: Default::default(),
     }
 }
 

@@ -18,6 +18,7 @@
 //! so placing never has to copy or change a view.
 
 use crate::quote;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use univrs_api::resources::node::NodePricing;
@@ -47,6 +48,35 @@ pub struct NodeView {
     pub credit_balance: i64,
     /// Its rates (priced through `quote`).
     pub pricing: NodePricing,
+    /// Its last price, reused while neither the request's shape nor its allocation changes.
+    pub price_memo: PriceMemo,
+}
+
+/// A node's last price: for which request and allocation, and what it was. A burst of
+/// decisions for requests of one shape (the usual burst) prices each node once instead of once
+/// per decision; a view whose rates change is a new view with an empty memo. It never changes
+/// a result, so it takes no part in comparing views.
+#[derive(Clone, Debug, Default)]
+pub struct PriceMemo(Cell<Option<(Resources, Resources, i64)>>);
+
+impl PriceMemo {
+    /// The price for `request` at `allocated`, computed by `price` unless memoized.
+    fn get(&self, request: Resources, allocated: Resources, price: impl FnOnce() -> i64) -> i64 {
+        match self.0.get() {
+            Some((r, a, p)) if r == request && a == allocated => p,
+            _ => {
+                let p = price();
+                self.0.set(Some((request, allocated, p)));
+                p
+            }
+        }
+    }
+}
+
+impl PartialEq for PriceMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// CPU, memory and GPUs.
@@ -213,8 +243,9 @@ fn check(node: &NodeView, i: usize, allocated: Resources, req: &Request) -> Resu
         return Err(Reason::ReputationTooLow);
     }
     // Rates too large to price an hour make the node as dear as can be.
-    let price =
-        quote::hourly(&node.pricing, node.capacity, allocated, req.resources).unwrap_or(i64::MAX);
+    let price = node.price_memo.get(req.resources, allocated, || {
+        quote::hourly(&node.pricing, node.capacity, allocated, req.resources).unwrap_or(i64::MAX)
+    });
     if req.max_price_per_hour.is_some_and(|max| price > max) {
         return Err(Reason::TooExpensive);
     }
@@ -368,6 +399,7 @@ mod tests {
                 memory_gib_hour: 250,
                 gpu_hour: 0,
             },
+            price_memo: PriceMemo::default(),
         }
     }
 

@@ -169,6 +169,7 @@ fn plan(
     let mut new_allowed = if frozen { out.moved.len() } else { usize::MAX };
     let to_place = desired.len() - keep.len();
     let key = ObjectRef::from_obj(wl);
+    let started = std::time::Instant::now();
     ctx.index()
         .assume(&key, per_instance, desired.len(), now, |views, position| {
             let mut spread = Vec::new();
@@ -226,6 +227,9 @@ fn plan(
                 .collect();
             ((), nodes)
         });
+    if to_place > 0 {
+        ctx.metrics.observe_plan(started.elapsed());
+    }
     out
 }
 

@@ -323,6 +323,16 @@ fn main() {
     let rss_loaded = rss_mib(pid);
     let rss_api = rss_mib(apiserver);
     let placements = metric(&ctl.metrics, "univrs_placements_total").unwrap_or(0.0);
+    let mean = |name: &str| {
+        let sum = metric(&ctl.metrics, &format!("{name}_sum")).unwrap_or(0.0);
+        sum / metric(&ctl.metrics, &format!("{name}_count"))
+            .unwrap_or(1.0)
+            .max(1.0)
+    };
+    let (decision, scheduling) = (
+        mean("univrs_plan_duration_seconds"),
+        mean("univrs_scheduling_duration_seconds"),
+    );
 
     // A backlog: the controller stops, as many Workloads again are created, and a fresh
     // controller takes the lead (once the old Lease lapses) and places them all.
@@ -390,6 +400,11 @@ fn main() {
         workloads_n as f64 / placed_in.as_secs_f64()
     );
     println!("| placements counted by the controller | {placements} |");
+    println!(
+        "| mean decision (under the node index) / mean reconcile that placed (with its write) | {:.0} µs / {:.1} ms |",
+        decision * 1e6,
+        scheduling * 1e3
+    );
     println!(
         "| create answered → placement seen: p50 / p99 / max | {:.2} / {:.2} / {:.2} s |",
         p50, p99, worst
