@@ -21,7 +21,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use std::collections::{HashMap, HashSet};
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use univrs_api::enr::pricing::Market;
 use univrs_api::resources::node::{NexusRole, SeptalState};
 use univrs_api::{Node, Workload};
@@ -53,8 +53,10 @@ impl Tracked {
 /// What about a node decides who must hear of its changes.
 #[derive(Clone, Debug, PartialEq)]
 struct Facts {
-    /// Spec, labels and everything placement filters on (a change may make room).
-    schedulable: (bool, bool, Resources, i64, u64),
+    /// Everything placement filters on: cordon, isolation, capacity, the spec's generation
+    /// (rates), reputation in thousandths, and the labels (hashed: they do not bump the
+    /// generation). A change may make room.
+    schedulable: (bool, bool, Resources, i64, u64, u64),
     /// The Ready condition the Node reconciler wrote.
     ready_condition: bool,
     /// Being deleted, drained or isolated: its instances may have to move.
@@ -73,6 +75,11 @@ impl Facts {
                 view.capacity,
                 n.metadata.generation.unwrap_or(0),
                 (view.reputation * 1000.0).round() as u64,
+                {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    view.labels.hash(&mut h);
+                    h.finish()
+                },
             ),
             ready_condition: status.is_some_and(|s| {
                 univrs_api::conditions::is_true(
@@ -755,6 +762,12 @@ mod tests {
         let mut cordoned = node("a");
         cordoned.spec.unschedulable = true;
         assert!(index.upsert_node(&cordoned).0.may_make_room);
+        cordoned
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("gpu".into(), "true".into());
+        assert!(index.upsert_node(&cordoned).0.may_make_room, "labels");
         let mut drained = cordoned.clone();
         drained
             .metadata
