@@ -3,7 +3,7 @@
 //! runs until every one is placed; then the controller's resident memory, the CPU time each
 //! process spent while placing, the requests the API server served per verb and resource (its
 //! own `apiserver_request_total`), and whether any node was given more than its capacity.
-//! Then a backlog: with the controller stopped, as many Workloads again are created, and a
+//! Then 30 s idle (writes then are churn), and a backlog: with the controller stopped, as many Workloads again are created, and a
 //! fresh controller is timed from taking the lead until it has placed them all.
 //!
 //! Run: `cargo bench -p univrs-tests --bench controller` (UNIVRS_BENCH_NODES and
@@ -319,6 +319,7 @@ fn main() {
         cpu_seconds(pid) - cpu_ctl0,
     );
     let requests_placed = api_requests(&cp);
+    let placed_sampled = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
     let rss_loaded = rss_mib(pid);
     let rss_api = rss_mib(apiserver);
@@ -333,6 +334,11 @@ fn main() {
         mean("univrs_plan_duration_seconds"),
         mean("univrs_scheduling_duration_seconds"),
     );
+
+    // Idle: nothing changes for 30 s (elections run, requeues fire): nothing should be written.
+    std::thread::sleep(Duration::from_secs(30));
+    let requests_idle = api_requests(&cp);
+    let idle = placed_sampled.elapsed();
 
     // A backlog: the controller stops, as many Workloads again are created, and a fresh
     // controller takes the lead (once the old Lease lapses) and places them all.
@@ -435,6 +441,12 @@ fn main() {
         &requests_settled,
         &requests_placed,
         placed_in,
+    );
+    print_requests(
+        "while idle after placing (30 s and more)",
+        &requests_placed,
+        &requests_idle,
+        idle,
     );
     print_requests(
         "while placing the backlog",
