@@ -351,10 +351,10 @@ fn main() {
     ));
     let ctl = start_controller_bin(&cp, &bin);
     while metric(&ctl.metrics, "univrs_leader") != Some(1.0) {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let requests_lead = api_requests(&cp);
     let lead = Instant::now();
+    let requests_lead = api_requests(&cp);
     let _ = rt.block_on(watch_until(
         Api::<Workload>::namespaced(client.clone(), "bench"),
         placed_with('r'),
