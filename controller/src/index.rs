@@ -8,7 +8,8 @@
 //! answered (kube-scheduler's assume cache). Assumed placements count against their nodes from
 //! the moment they are decided, so plans made concurrently never give the same room twice; a
 //! refused write releases them. Stale watch events (a resourceVersion older than the one
-//! recorded) are ignored. The Node status reports observed allocations only.
+//! recorded) are ignored, and so is a write answered after its object's deletion
+//! (`tombstones`). The Node status reports observed allocations only.
 //!
 //! Each update says what it changed, so the watch feeds can wake exactly the objects concerned.
 //! Pure: no I/O.
@@ -16,6 +17,7 @@
 use crate::quote;
 use crate::scheduler::{NodeView, Resources};
 use crate::snapshot;
+use crate::tombstones::Tombstones;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -149,50 +151,6 @@ pub struct NodeIndex {
     /// Deleted nodes and workloads.
     gone_nodes: Tombstones<String>,
     gone_workloads: Tombstones<WorkloadRef>,
-}
-
-/// How long a deletion is remembered: far longer than any write can be in flight.
-const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// The versions at which objects were deleted, so that the answer to a write that crossed the
-/// deletion cannot bring an object back; each is forgotten after [`TOMBSTONE_TTL`].
-struct Tombstones<K> {
-    at: HashMap<K, (Option<u64>, std::time::Instant)>,
-    /// The size at which old ones are next swept.
-    sweep_at: usize,
-}
-
-impl<K> Default for Tombstones<K> {
-    fn default() -> Self {
-        Self {
-            at: HashMap::new(),
-            sweep_at: 1024,
-        }
-    }
-}
-
-impl<K: Hash + Eq> Tombstones<K> {
-    fn bury(&mut self, key: K, deleted_at: Option<u64>) {
-        if self.at.len() >= self.sweep_at {
-            self.at.retain(|_, (_, t)| t.elapsed() < TOMBSTONE_TTL);
-            self.sweep_at = (self.at.len() * 2).max(1024);
-        }
-        self.at.insert(key, (deleted_at, std::time::Instant::now()));
-    }
-
-    /// Whether `v` of `key` predates its deletion (unknown versions are taken to).
-    fn buries(&self, key: &K, v: Option<u64>) -> bool {
-        match (self.at.get(key), v) {
-            (Some((Some(deleted), _)), Some(v)) => v <= *deleted,
-            (Some(_), _) => true,
-            (None, _) => false,
-        }
-    }
-
-    /// A newer object of the same name exists: the deletion no longer matters.
-    fn exhume(&mut self, key: &K) {
-        self.at.remove(key);
-    }
 }
 
 fn version(rv: Option<&str>) -> Option<u64> {

@@ -22,6 +22,7 @@ pub mod quote;
 pub mod revival;
 pub mod scheduler;
 pub mod snapshot;
+pub mod tombstones;
 pub mod vouch;
 pub mod workload;
 
