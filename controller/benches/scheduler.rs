@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Instant;
+use univrs_api::resources::node::{NodePricing, PricingModel};
 use univrs_controller::scheduler::{NodeView, Request, Resources, place};
 
 const GI: u64 = 1 << 30;
@@ -40,8 +41,15 @@ fn cluster(n: usize, placed: u64) -> Vec<NodeView> {
                 reputation: 0.3 + (i % 70) as f64 / 100.0,
                 nexus: i % 27 == 0,
                 credit_balance: (i as i64 % 2000 - 1000) * 100,
-                price_per_hour: 800 + (i as i64 % 400),
-                owner_headroom: Some(1_000_000),
+                // Dynamic rates (the default model), priced per decision at the node's
+                // utilization: 0.8 to 1.2 credits an hour for the request below.
+                pricing: NodePricing {
+                    model: PricingModel::Dynamic,
+                    cpu_core_hour: 3000 + (i as i64 % 400) * 4,
+                    memory_gib_hour: 250,
+                    gpu_hour: 10_000,
+                },
+                price_memo: Default::default(),
             }
         })
         .collect()
@@ -57,11 +65,17 @@ fn main() {
         node_selector: BTreeMap::from([("site".to_string(), "library".to_string())]),
         min_reputation: 0.5,
         max_price_per_hour: Some(1100),
+        owner_headroom: None,
     };
     println!("| nodes | placed instances | decisions/s (1 thread) | µs per decision |");
     println!("|---|---|---|---|");
     for n in [1_000usize, 5_000, 10_000] {
         let fresh = cluster(n, 50_000);
+        // The owner has a credit line to every node.
+        let req = Request {
+            owner_headroom: Some(vec![1_000_000; n]),
+            ..req.clone()
+        };
         let mut nodes = fresh.clone();
         let spread = vec![0u32; n];
         // Warm up, then measure for at least 2 s.

@@ -9,6 +9,7 @@
 //! reconcile finds an id with the same `…/<from>/` prefix on the credit line and moves the mark
 //! to its `<to>` (and counts its amount) instead of paying again.
 
+use crate::quote;
 use univrs_api::enr::pricing::{self, Market, PricingError};
 use univrs_api::resources::node::NodePricing;
 use univrs_api::resources::workload::{Instance, InstanceUsage};
@@ -107,7 +108,8 @@ pub fn charge(
 }
 
 /// The price of the usage between two marks: CPU and memory as one second of the averaged
-/// load, GPUs per second, each through the node's pricing model.
+/// load, GPUs per second, each through the node's pricing model in `market` (`quote`, the
+/// function the scheduler quotes with).
 pub fn price(
     from: &InstanceUsage,
     to: &InstanceUsage,
@@ -123,7 +125,7 @@ pub fn price(
         .saturating_sub(from.memory_mib_seconds)
         .max(0) as u64;
     let gpu = to.gpu_seconds.saturating_sub(from.gpu_seconds).max(0) as u64;
-    let compute = pricing::quote(
+    let compute = quote::price(
         &pricing::Usage {
             cpu_millis: cpu,
             memory_bytes: mem.checked_mul(1 << 20).ok_or(PricingError::Overflow)?,
@@ -133,7 +135,7 @@ pub fn price(
         rates,
         market,
     )?;
-    let gpus = pricing::quote(
+    let gpus = quote::price(
         &pricing::Usage {
             cpu_millis: 0,
             memory_bytes: 0,

@@ -56,6 +56,10 @@ pub struct Context {
     pub credit_lines: Store<CreditLine>,
     /// Every Vouch.
     pub vouches: Store<Vouch>,
+    /// The scheduler's node views and per-node allocations, kept by the watch feeds.
+    pub index: std::sync::Mutex<crate::index::NodeIndex>,
+    /// The controllers' queues, for reconcilers that learn of a change by their own write.
+    pub queues: crate::feeds::Queues,
     /// Settings.
     pub settings: Settings,
     /// Publishes Events.
@@ -66,6 +70,8 @@ pub struct Context {
     pub ready: tokio::sync::watch::Receiver<bool>,
     /// The latest nexus election.
     pub election: std::sync::RwLock<univrs_api::enr::nexus::Election>,
+    /// Per node, since when a change of what is allocated there waits to be written.
+    pub allocation_pending: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Consecutive failures per object (`Kind/namespace/name`), for exponential backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -100,6 +106,20 @@ where
 }
 
 impl Context {
+    /// The node index, locked. Hold it only for in-memory work: never across an await.
+    pub fn index(&self) -> std::sync::MutexGuard<'_, crate::index::NodeIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The nodes whose allocation report waits (see `node`), locked.
+    pub fn allocation_pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.allocation_pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The Lease of `node`, from the cache (a keyed lookup, not a scan).
     pub fn lease_of(&self, node: &str) -> Option<std::sync::Arc<Lease>> {
         self.leases.get(

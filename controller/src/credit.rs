@@ -197,7 +197,10 @@ async fn write_status(
 /// Whether an account's party exists.
 async fn account_exists(ctx: &Context, a: &Account) -> Result<bool, Error> {
     Ok(match a.kind {
-        AccountKind::Node => ctx.nodes.state().iter().any(|n| n.name_any() == a.name),
+        AccountKind::Node => ctx
+            .nodes
+            .get(&kube::runtime::reflector::ObjectRef::new(&a.name))
+            .is_some(),
         AccountKind::Namespace => Api::<Namespace>::all(ctx.client.clone())
             .get_opt(&a.name)
             .await?

@@ -67,6 +67,7 @@ pub struct Metrics {
     placements: AtomicU64,
     unschedulable: AtomicU64,
     scheduling: Histogram,
+    planning: Histogram,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,6 +100,11 @@ impl Metrics {
             self.unschedulable.fetch_add(1, Ordering::Relaxed);
         }
         self.scheduling.observe(took);
+    }
+
+    /// Records one placement decision: the time it held the node index.
+    pub fn observe_plan(&self, took: Duration) {
+        self.planning.observe(took);
     }
 
     /// The text exposition.
@@ -168,6 +174,14 @@ impl Metrics {
         );
         self.scheduling
             .render(&mut s, "univrs_scheduling_duration_seconds", "");
+        header(
+            &mut s,
+            "univrs_plan_duration_seconds",
+            "histogram",
+            "Time a placement decision holds the node index (the decision alone, no I/O).",
+        );
+        self.planning
+            .render(&mut s, "univrs_plan_duration_seconds", "");
         s
     }
 }
@@ -182,6 +196,7 @@ mod tests {
         m.started("Node");
         m.reconciled("Node", "ok", Duration::from_millis(3));
         m.observe_scheduling(Duration::from_micros(700), 2, true);
+        m.observe_plan(Duration::from_micros(300));
         let out = m.render();
         assert!(out.contains("univrs_reconciles_total{kind=\"Node\",outcome=\"ok\"} 1"));
         assert!(
@@ -195,5 +210,6 @@ mod tests {
         assert!(out.contains("univrs_placements_total 2"));
         assert!(out.contains("univrs_scheduling_duration_seconds_bucket{le=\"0.001\"} 1"));
         assert!(out.contains("univrs_scheduling_duration_seconds_count 1"));
+        assert!(out.contains("univrs_plan_duration_seconds_bucket{le=\"0.0005\"} 1"));
     }
 }

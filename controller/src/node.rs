@@ -38,6 +38,14 @@ use univrs_api::{Account, Node};
 /// The field manager that owns the finalizer entry.
 const FINALIZER_MANAGER: &str = "univrs-controller-finalizer";
 
+/// How soon a node whose cached copy is older than the controller's own last write of it is
+/// looked at again (the watch normally delivers that write within milliseconds).
+const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
+
+/// How long a change of only what is allocated on a node waits before it is written, so the
+/// placements of a burst are reported together.
+const ALLOCATION_SETTLE: Duration = Duration::from_secs(5);
+
 /// How much Ready time counts as one successful outcome.
 const SERVICE_PERIOD: Duration = Duration::from_secs(3600);
 
@@ -149,23 +157,36 @@ fn next_gate(
 pub async fn reconcile_with_finalizer(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<Node> = Api::all(ctx.client.clone());
     let name = node.name_any();
+    if ctx
+        .index()
+        .node_is_newer_than(&name, node.metadata.resource_version.as_deref())
+    {
+        // The cache has not caught up with this controller's own last write: deciding from it
+        // would write (and announce) again what was just written.
+        return Ok(Action::requeue(CACHE_CATCH_UP));
+    }
     let has = node.finalizers().iter().any(|f| f == FINALIZER);
     if node.metadata.deletion_timestamp.is_some() {
         if has {
             ctx.synced().await;
             crate::revival::settle(&node, &ctx).await?;
-            set_finalizer(&api, &name, false).await?;
+            set_finalizer(&ctx, &api, &name, false).await?;
         }
         return Ok(Action::await_change());
     }
     if !has {
-        set_finalizer(&api, &name, true).await?;
+        set_finalizer(&ctx, &api, &name, true).await?;
     }
     reconcile(node, ctx).await
 }
 
 /// Adds (`on`) or drops the controller's finalizer with server-side apply.
-async fn set_finalizer(api: &Api<Node>, name: &str, on: bool) -> Result<(), kube::Error> {
+async fn set_finalizer(
+    ctx: &Context,
+    api: &Api<Node>,
+    name: &str,
+    on: bool,
+) -> Result<(), kube::Error> {
     let finalizers: &[&str] = if on { &[FINALIZER] } else { &[] };
     let body = serde_json::json!({
         "apiVersion": "univrs.io/v1alpha1", "kind": "Node",
@@ -176,10 +197,22 @@ async fn set_finalizer(api: &Api<Node>, name: &str, on: bool) -> Result<(), kube
         .patch(name, &params, &kube::api::Patch::Apply(&body))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(n) => {
+            written(ctx, &n);
+            Ok(())
+        }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Takes the answer to one of this controller's writes of a Node into the index at once (the
+/// watch brings the same version later, which then wakes nothing), and wakes whom it concerns.
+fn written(ctx: &Context, n: &Node) {
+    let (change, _) = ctx.index().upsert_node(n);
+    let mut wake = crate::feeds::Wake::default();
+    wake.node_change(ctx, n, change);
+    wake.send(&ctx.queues);
 }
 
 /// Reconciles one Node.
@@ -293,8 +326,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
     for c in [ready.clone(), isolated] {
         changed |= set_condition(&mut conditions, c.at_generation(generation), Time(now));
     }
-    let allocations = snapshot::allocations(&ctx.workloads.state(), None);
-    let (used, count) = allocations.get(&name).copied().unwrap_or_default();
+    let (used, count) = ctx.index().observed_on(&name);
     let allocated = serde_json::json!({
         "cpu": Quantity::from_millicores(used.cpu_millis),
         "memory": Quantity::from_bytes(used.memory_bytes),
@@ -311,14 +343,32 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
             || s.traffic != gate.traffic
             || (s.health_score - gate.health_score).abs() > 1e-9
     });
+    let allocation_changed = current.instances != Some(count as i32)
+        || serde_json::to_value(&current.allocated).ok() != Some(allocated.clone());
     changed |= current.observed_generation != generation
-        || current.instances != Some(count as i32)
-        || serde_json::to_value(&current.allocated).ok() != Some(allocated.clone())
         || current.service_record.as_ref() != Some(&record)
         || current.reputation != Some(rep)
         || current.nexus_role != role
         || current.credit_balance != Some(balance)
         || gate_changed;
+    // What is allocated is a report (placement reads the index): a change of it alone waits
+    // until it has settled, so a burst of placements on a node is one write, not one each.
+    let mut settle_in = None;
+    if changed || !allocation_changed {
+        ctx.allocation_pending().remove(&name);
+    } else {
+        let since = *ctx
+            .allocation_pending()
+            .entry(name.clone())
+            .or_insert_with(std::time::Instant::now);
+        match ALLOCATION_SETTLE.checked_sub(since.elapsed()) {
+            Some(left) if !left.is_zero() => settle_in = Some(left),
+            _ => {
+                ctx.allocation_pending().remove(&name);
+                changed = true;
+            }
+        }
+    }
     if changed {
         let mut status = serde_json::json!({
             "observedGeneration": generation,
@@ -333,7 +383,8 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         if let Some(role) = role {
             status["nexusRole"] = serde_json::to_value(role).unwrap_or_default();
         }
-        apply_status(&Api::<Node>::all(ctx.client.clone()), &name, None, status).await?;
+        let n = apply_status(&Api::<Node>::all(ctx.client.clone()), &name, None, status).await?;
+        written(&ctx, &n);
         let was_isolated = current
             .septal
             .as_ref()
@@ -387,6 +438,9 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         let since = gate.since.as_ref().map_or(ms(now), |t| ms(t.0));
         let left = (since + cfg.recovery_timeout_ms).saturating_sub(ms(now));
         requeue = requeue.min(Duration::from_millis(left + 500));
+    }
+    if let Some(left) = settle_in {
+        requeue = requeue.min(left);
     }
     Ok(Action::requeue(requeue.min(ctx.settings.resync)))
 }

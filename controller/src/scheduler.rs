@@ -3,8 +3,8 @@
 //! **Filter** (each failure counted by reason, as kube-scheduler does): the node is Ready, not
 //! cordoned, not isolated by its septal gate; the request fits its capacity minus what is already
 //! placed; its labels match the nodeSelector; its reputation is at least minReputation; its
-//! price is within the workload's maxPricePerHour; the owner has credit headroom for an hour at
-//! that price.
+//! price for an hour of the request (`quote::hourly`, at its utilization) is within the
+//! workload's maxPricePerHour; the owner has credit headroom for an hour at that price.
 //!
 //! **Score** (higher is better), after a hard preference for the nodes that hold the fewest
 //! instances of the same workload (replicas spread by default):
@@ -12,9 +12,16 @@
 //! share of CPU and memory left after placing, `credit` favours nodes that have earned less
 //! (a low balance), `nexus` favours hubs, and `price` favours cheaper nodes. Ties go to the node
 //! name, so the same snapshot always gives the same answer.
+//!
+//! The node views are long-lived (the `index` keeps them current from the watches): a view's
+//! `allocated` leaves out the workload being placed, whose instances are counted by `spread`,
+//! so placing never has to copy or change a view.
 
+use crate::quote;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
+use univrs_api::resources::node::NodePricing;
 
 /// What the scheduler knows of a node.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,7 +38,7 @@ pub struct NodeView {
     pub isolated: bool,
     /// Capacity.
     pub capacity: Resources,
-    /// Requests of the instances already placed there.
+    /// Requests of the instances placed there, except those of the workload being placed.
     pub allocated: Resources,
     /// Reputation, 0 to 1.
     pub reputation: f64,
@@ -39,11 +46,37 @@ pub struct NodeView {
     pub nexus: bool,
     /// Its credit balance, milli-credits.
     pub credit_balance: i64,
-    /// Its price for the request being placed, milli-credits per hour.
-    pub price_per_hour: i64,
-    /// How much the workload's owner can still pay this node (credit-line headroom), or None
-    /// when the owner's namespace is not metered.
-    pub owner_headroom: Option<i64>,
+    /// Its rates (priced through `quote`).
+    pub pricing: NodePricing,
+    /// Its last price, reused while neither the request's shape nor its allocation changes.
+    pub price_memo: PriceMemo,
+}
+
+/// A node's last price: for which request and allocation, and what it was. A burst of
+/// decisions for requests of one shape (the usual burst) prices each node once instead of once
+/// per decision; a view whose rates change is a new view with an empty memo. It never changes
+/// a result, so it takes no part in comparing views.
+#[derive(Clone, Debug, Default)]
+pub struct PriceMemo(Cell<Option<(Resources, Resources, i64)>>);
+
+impl PriceMemo {
+    /// The price for `request` at `allocated`, computed by `price` unless memoized.
+    fn get(&self, request: Resources, allocated: Resources, price: impl FnOnce() -> i64) -> i64 {
+        match self.0.get() {
+            Some((r, a, p)) if r == request && a == allocated => p,
+            _ => {
+                let p = price();
+                self.0.set(Some((request, allocated, p)));
+                p
+            }
+        }
+    }
+}
+
+impl PartialEq for PriceMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// CPU, memory and GPUs.
@@ -88,6 +121,10 @@ pub struct Request {
     pub min_reputation: f64,
     /// Highest acceptable price per hour, if any.
     pub max_price_per_hour: Option<i64>,
+    /// How much the owner can still pay each node (credit-line headroom), by the nodes'
+    /// positions in the slice being placed on, or None when the owner's namespace is not
+    /// metered. Positional, like `spread`, so no node is looked up by name while placing.
+    pub owner_headroom: Option<Vec<i64>>,
 }
 
 /// Why a node was filtered out.
@@ -116,6 +153,20 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in order (the order the filters run).
+    pub const ALL: [Reason; 10] = [
+        Self::NotReady,
+        Self::Unschedulable,
+        Self::Isolated,
+        Self::InsufficientCpu,
+        Self::InsufficientMemory,
+        Self::InsufficientGpu,
+        Self::NodeSelectorMismatch,
+        Self::ReputationTooLow,
+        Self::TooExpensive,
+        Self::InsufficientCredit,
+    ];
+
     /// How the reason reads in a message, given the request.
     fn describe(self, req: &Request) -> String {
         match self {
@@ -153,47 +204,57 @@ impl fmt::Display for Unschedulable {
     }
 }
 
-/// The first filter a node fails, if any.
-pub fn filter(node: &NodeView, req: &Request) -> Option<Reason> {
+/// The first filter node `i` of `nodes` fails, if any, as it stands (no instance of the
+/// request's workload on it).
+pub fn filter(nodes: &[NodeView], i: usize, req: &Request) -> Option<Reason> {
+    check(&nodes[i], i, nodes[i].allocated, req).err()
+}
+
+/// Filters node `i`, whose `allocated` counts everything placed there; Ok carries its price
+/// for an hour of the request.
+fn check(node: &NodeView, i: usize, allocated: Resources, req: &Request) -> Result<i64, Reason> {
     if !node.ready {
-        return Some(Reason::NotReady);
+        return Err(Reason::NotReady);
     }
     if node.unschedulable {
-        return Some(Reason::Unschedulable);
+        return Err(Reason::Unschedulable);
     }
     if node.isolated {
-        return Some(Reason::Isolated);
+        return Err(Reason::Isolated);
     }
-    let free = node.capacity.minus(node.allocated);
+    let free = node.capacity.minus(allocated);
     if req.resources.cpu_millis > free.cpu_millis {
-        return Some(Reason::InsufficientCpu);
+        return Err(Reason::InsufficientCpu);
     }
     if req.resources.memory_bytes > free.memory_bytes {
-        return Some(Reason::InsufficientMemory);
+        return Err(Reason::InsufficientMemory);
     }
     if req.resources.gpus > free.gpus {
-        return Some(Reason::InsufficientGpu);
+        return Err(Reason::InsufficientGpu);
     }
     if !req
         .node_selector
         .iter()
         .all(|(k, v)| node.labels.get(k) == Some(v))
     {
-        return Some(Reason::NodeSelectorMismatch);
+        return Err(Reason::NodeSelectorMismatch);
     }
     if node.reputation < req.min_reputation {
-        return Some(Reason::ReputationTooLow);
+        return Err(Reason::ReputationTooLow);
     }
-    if req
-        .max_price_per_hour
-        .is_some_and(|max| node.price_per_hour > max)
+    // Rates too large to price an hour make the node as dear as can be.
+    let price = node.price_memo.get(req.resources, allocated, || {
+        quote::hourly(&node.pricing, node.capacity, allocated, req.resources).unwrap_or(i64::MAX)
+    });
+    if req.max_price_per_hour.is_some_and(|max| price > max) {
+        return Err(Reason::TooExpensive);
+    }
+    if let Some(headroom) = &req.owner_headroom
+        && price > headroom.get(i).copied().unwrap_or(0)
     {
-        return Some(Reason::TooExpensive);
+        return Err(Reason::InsufficientCredit);
     }
-    if node.owner_headroom.is_some_and(|h| node.price_per_hour > h) {
-        return Some(Reason::InsufficientCredit);
-    }
-    None
+    Ok(price)
 }
 
 fn share_free(capacity: u64, allocated: u64, request: u64) -> f64 {
@@ -203,17 +264,18 @@ fn share_free(capacity: u64, allocated: u64, request: u64) -> f64 {
     capacity.saturating_sub(allocated.saturating_add(request)) as f64 / capacity as f64
 }
 
-/// The score of a node that passed the filters, in `[0, 1]`.
-pub fn score(node: &NodeView, req: &Request, max_price: i64) -> f64 {
+/// The score of a node that passed the filters, in `[0, 1]`, given what is allocated there,
+/// its price for the request and the highest price among the nodes that passed.
+fn score(node: &NodeView, allocated: Resources, price: i64, req: &Request, max_price: i64) -> f64 {
     let free =
         0.5 * share_free(
             node.capacity.cpu_millis,
-            node.allocated.cpu_millis,
+            allocated.cpu_millis,
             req.resources.cpu_millis,
         ) + 0.5
             * share_free(
                 node.capacity.memory_bytes,
-                node.allocated.memory_bytes,
+                allocated.memory_bytes,
                 req.resources.memory_bytes,
             );
     let rep = node.reputation.clamp(0.0, 1.0);
@@ -221,57 +283,92 @@ pub fn score(node: &NodeView, req: &Request, max_price: i64) -> f64 {
     let credit = 0.5 - (node.credit_balance as f64 / 2_000_000.0).clamp(-0.5, 0.5);
     let nexus = if node.nexus { 1.0 } else { 0.0 };
     let price = if max_price > 0 {
-        1.0 - node.price_per_hour.max(0) as f64 / max_price as f64
+        1.0 - price.max(0) as f64 / max_price as f64
     } else {
         1.0
     };
     0.35 * free + 0.25 * rep + 0.15 * credit + 0.10 * nexus + 0.15 * price
 }
 
+/// What `spread` instances of `per` add to a node's allocation.
+fn times(per: Resources, n: u32) -> Resources {
+    Resources {
+        cpu_millis: per.cpu_millis.saturating_mul(u64::from(n)),
+        memory_bytes: per.memory_bytes.saturating_mul(u64::from(n)),
+        gpus: per.gpus.saturating_mul(n),
+    }
+}
+
 /// Picks a node for one instance. `spread[i]` is how many instances of the same workload node
-/// `i` already holds; fewer wins before score.
+/// `i` already holds (each taking `req.resources` on top of the node's `allocated`, which
+/// leaves them out); fewer wins before score.
 pub fn place(nodes: &[NodeView], spread: &[u32], req: &Request) -> Result<usize, Unschedulable> {
-    let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
-    let mut feasible: Vec<usize> = Vec::new();
+    // Counted in an array, not a map: most of thousands of nodes fail some filter.
+    let mut refused = [0usize; Reason::ALL.len()];
+    // (node, instances of this workload there, what is allocated there, its price)
+    let mut feasible: Vec<(usize, u32, Resources, i64)> = Vec::new();
     let mut max_price = 0i64;
     for (i, n) in nodes.iter().enumerate() {
-        match filter(n, req) {
-            Some(r) => *reasons.entry(r).or_default() += 1,
-            None => {
-                max_price = max_price.max(n.price_per_hour);
-                feasible.push(i);
+        let own = spread.get(i).copied().unwrap_or(0);
+        let allocated = if own == 0 {
+            n.allocated
+        } else {
+            n.allocated.plus(times(req.resources, own))
+        };
+        match check(n, i, allocated, req) {
+            Err(r) => refused[r as usize] += 1,
+            Ok(price) => {
+                max_price = max_price.max(price);
+                feasible.push((i, own, allocated, price));
             }
         }
     }
-    let best = feasible.into_iter().max_by(|&a, &b| {
-        let sa = spread.get(a).copied().unwrap_or(0);
-        let sb = spread.get(b).copied().unwrap_or(0);
-        sb.cmp(&sa)
-            .then_with(|| {
-                score(&nodes[a], req, max_price).total_cmp(&score(&nodes[b], req, max_price))
-            })
-            .then_with(|| nodes[b].name.cmp(&nodes[a].name))
-    });
-    best.ok_or_else(|| {
-        let parts: Vec<String> = reasons
-            .iter()
-            .map(|(r, n)| format!("{n} {}", r.describe(req)))
-            .collect();
-        let message = if nodes.is_empty() {
-            "0/0 nodes are available: no nodes.univrs.io exist".to_string()
-        } else {
-            format!(
-                "0/{} nodes are available: {}",
-                nodes.len(),
-                parts.join(", ")
-            )
-        };
-        Unschedulable {
-            nodes: nodes.len(),
-            reasons,
-            message,
+    // Fewest instances of this workload, then the best score, then the name; each node
+    // scored once.
+    let mut best: Option<(usize, u32, f64)> = None;
+    for &(i, own, allocated, price) in &feasible {
+        let s = score(&nodes[i], allocated, price, req, max_price);
+        let better = best.is_none_or(|(b, b_own, b_score)| {
+            own.cmp(&b_own)
+                .reverse()
+                .then_with(|| s.total_cmp(&b_score))
+                .then_with(|| nodes[b].name.cmp(&nodes[i].name))
+                .is_gt()
+        });
+        if better {
+            best = Some((i, own, s));
         }
-    })
+    }
+    match best {
+        Some((i, _, _)) => Ok(i),
+        None => {
+            let reasons = Reason::ALL
+                .iter()
+                .zip(refused)
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (*r, n))
+                .collect();
+            Err(unschedulable(nodes.len(), reasons, req))
+        }
+    }
+}
+
+/// Why nothing fits, in kube-scheduler's words.
+fn unschedulable(nodes: usize, reasons: BTreeMap<Reason, usize>, req: &Request) -> Unschedulable {
+    let parts: Vec<String> = reasons
+        .iter()
+        .map(|(r, n)| format!("{n} {}", r.describe(req)))
+        .collect();
+    let message = if nodes == 0 {
+        "0/0 nodes are available: no nodes.univrs.io exist".to_string()
+    } else {
+        format!("0/{nodes} nodes are available: {}", parts.join(", "))
+    };
+    Unschedulable {
+        nodes,
+        reasons,
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -296,8 +393,13 @@ mod tests {
             reputation: 0.5,
             nexus: false,
             credit_balance: 0,
-            owner_headroom: None,
-            price_per_hour: 1000,
+            pricing: NodePricing {
+                model: univrs_api::resources::node::PricingModel::Fixed,
+                cpu_core_hour: 1000,
+                memory_gib_hour: 250,
+                gpu_hour: 0,
+            },
+            price_memo: PriceMemo::default(),
         }
     }
 
@@ -355,34 +457,102 @@ mod tests {
     #[test]
     fn filters_cordon_isolation_readiness_selector_price_and_credit() {
         let mut n = node("a", 4000, 8 * GI);
-        assert_eq!(filter(&n, &req(5000, 0)), Some(Reason::InsufficientCpu));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &req(5000, 0)),
+            Some(Reason::InsufficientCpu)
+        );
         n.allocated = Resources {
             cpu_millis: 3950,
             memory_bytes: 0,
             gpus: 0,
         };
-        assert_eq!(filter(&n, &req(100, 0)), Some(Reason::InsufficientCpu));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &req(100, 0)),
+            Some(Reason::InsufficientCpu)
+        );
         n.allocated = Resources::default();
         n.unschedulable = true;
-        assert_eq!(filter(&n, &req(1, 1)), Some(Reason::Unschedulable));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &req(1, 1)),
+            Some(Reason::Unschedulable)
+        );
         n.unschedulable = false;
         n.isolated = true;
-        assert_eq!(filter(&n, &req(1, 1)), Some(Reason::Isolated));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &req(1, 1)),
+            Some(Reason::Isolated)
+        );
         n.isolated = false;
         n.ready = false;
-        assert_eq!(filter(&n, &req(1, 1)), Some(Reason::NotReady));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &req(1, 1)),
+            Some(Reason::NotReady)
+        );
         n.ready = true;
         let mut r = req(1, 1);
         r.node_selector.insert("gpu".into(), "true".into());
-        assert_eq!(filter(&n, &r), Some(Reason::NodeSelectorMismatch));
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &r),
+            Some(Reason::NodeSelectorMismatch)
+        );
         n.labels.insert("gpu".into(), "true".into());
-        assert_eq!(filter(&n, &r), None);
-        r.max_price_per_hour = Some(999);
-        assert_eq!(filter(&n, &r), Some(Reason::TooExpensive));
-        r.max_price_per_hour = None;
-        let mut poor = n.clone();
-        poor.owner_headroom = Some(10);
-        assert_eq!(filter(&poor, &r), Some(Reason::InsufficientCredit));
+        assert_eq!(filter(std::slice::from_ref(&n), 0, &r), None);
+        let price = quote::hourly(&n.pricing, n.capacity, n.allocated, r.resources).unwrap();
+        r.max_price_per_hour = Some(price - 1);
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &r),
+            Some(Reason::TooExpensive)
+        );
+        r.max_price_per_hour = Some(price);
+        assert_eq!(filter(std::slice::from_ref(&n), 0, &r), None);
+        r.owner_headroom = Some(vec![price - 1]);
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &r),
+            Some(Reason::InsufficientCredit)
+        );
+        r.owner_headroom = Some(vec![]);
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &r),
+            Some(Reason::InsufficientCredit),
+            "no line to this node"
+        );
+        r.owner_headroom = Some(vec![price]);
+        assert_eq!(filter(std::slice::from_ref(&n), 0, &r), None);
+    }
+
+    #[test]
+    fn the_workloads_own_instances_count_through_spread() {
+        // 250m left for instances of 100m: two fit, a third does not.
+        let nodes = vec![node("a", 250, 8 * GI)];
+        let r = req(100, 0);
+        assert_eq!(place(&nodes, &[1], &r), Ok(0));
+        let err = place(&nodes, &[2], &r).unwrap_err();
+        assert_eq!(err.message, "0/1 nodes are available: 1 insufficient cpu");
+    }
+
+    #[test]
+    fn dynamic_prices_follow_utilization_and_steer_placement() {
+        let dynamic = NodePricing {
+            model: univrs_api::resources::node::PricingModel::Dynamic,
+            ..node("x", 1, 1).pricing
+        };
+        let mut nodes = vec![node("a", 4000, 8 * GI), node("b", 4000, 8 * GI)];
+        for n in &mut nodes {
+            n.pricing = dynamic.clone();
+        }
+        // a is half full: once placed it is 75% used (×1.563) against b's 25% (×1.063).
+        nodes[0].allocated = Resources {
+            cpu_millis: 2000,
+            memory_bytes: 0,
+            gpus: 0,
+        };
+        let r = Request {
+            max_price_per_hour: Some(1100),
+            ..req(1000, 0)
+        };
+        assert_eq!(filter(&nodes, 0, &r), Some(Reason::TooExpensive));
+        assert_eq!(filter(&nodes, 1, &r), None);
+        assert_eq!(nodes[place(&nodes, &[], &r).unwrap()].name, "b");
     }
 
     #[test]

@@ -26,7 +26,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use univrs_api::conditions::{DesiredCondition, set_condition};
-use univrs_api::enr::pricing::Market;
 use univrs_api::resources::workload::{
     CONDITION_AVAILABLE, CONDITION_CREDIT_EXHAUSTED, CONDITION_PROGRESSING, CONDITION_SCHEDULED,
     Instance, InstanceUsage,
@@ -35,6 +34,9 @@ use univrs_api::{Account, Workload};
 
 /// Annotation on a Node asking the controller to move its instances elsewhere (drain).
 pub const DRAIN_ANNOTATION: &str = "univrs.io/drain";
+/// Condition: some reported usage cannot be priced at its node's rates (the price would
+/// overflow); it stays unbilled, and is billed once it can be priced.
+pub const CONDITION_PRICING_FAILED: &str = "PricingFailed";
 /// The label every instance of a workload carries, as the scale subresource's selector reports.
 pub const WORKLOAD_LABEL: &str = "univrs.io/workload";
 
@@ -42,6 +44,10 @@ pub const WORKLOAD_LABEL: &str = "univrs.io/workload";
 /// watch event of the newer version triggers the next plan anyway; retrying sooner only adds
 /// refused writes to an API server whose watch is already lagging (measured at 5,000 nodes).
 const STALE_RETRY: Duration = Duration::from_secs(5);
+
+/// How soon a workload whose cached copy is older than the controller's own last write of it
+/// is looked at again (the watch normally delivers that write within milliseconds).
+const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// How soon a workload that did not fit is tried again without any event.
 const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(30);
@@ -92,24 +98,24 @@ fn must_move(
 
 /// Where every instance goes. `headroom` is the owner's credit towards each node (None when
 /// unmetered); a `frozen` workload (credit exhausted) only replaces instances that must move.
+/// The placement is decided under the node index and assumed there (see `index`) until the
+/// caller confirms or releases it.
 fn plan(
     wl: &Workload,
     ctx: &Context,
-    headroom: Option<&BTreeMap<String, i64>>,
+    headroom: Option<BTreeMap<String, i64>>,
     frozen: bool,
     now: Timestamp,
 ) -> Plan {
-    let ns = wl.namespace().unwrap_or_default();
     let name = wl.name_any();
-    let nodes = ctx.nodes.state();
     let per_instance = snapshot::instance_request(&wl.spec);
-    let request = Request {
+    let mut request = Request {
         resources: per_instance,
         node_selector: wl.spec.node_selector.clone(),
         min_reputation: wl.spec.min_reputation.unwrap_or(0.0),
         max_price_per_hour: wl.spec.credit.as_ref().and_then(|c| c.max_price_per_hour),
+        owner_headroom: None,
     };
-    let mut allocated = snapshot::allocations(&ctx.workloads.state(), Some((&ns, &name)));
     let current: BTreeMap<String, Instance> = wl
         .status
         .as_ref()
@@ -155,58 +161,111 @@ fn plan(
                         + Duration::from_secs(1);
                     out.requeue = Some(out.requeue.map_or(left, |r| r.min(left)));
                 }
-                let e = allocated.entry(node).or_default();
-                e.0 = e.0.plus(per_instance);
                 keep.insert(inst_name.clone(), inst.clone());
             }
         }
     }
-    let lease_of = |n: &str| ctx.lease_of(n);
-    let mut views = snapshot::node_views(&nodes, &lease_of, &allocated, &request, headroom, now);
     // A frozen workload does not grow: it may only replace what had to move.
     let mut new_allowed = if frozen { out.moved.len() } else { usize::MAX };
-    let index: BTreeMap<String, usize> = views
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (v.name.clone(), i))
-        .collect();
-    let mut spread = vec![0u32; views.len()];
-    for inst in keep.values() {
-        if let Some(&i) = inst.node.as_ref().and_then(|n| index.get(n)) {
-            spread[i] += 1;
-        }
-    }
-    for inst_name in desired {
-        if let Some(inst) = keep.remove(&inst_name) {
-            out.instances.push(inst);
-            continue;
-        }
-        if new_allowed == 0 {
-            out.unschedulable.get_or_insert_with(|| {
-                "credit exhausted: no new instances until the owner has credit".into()
-            });
-            continue;
-        }
-        match scheduler::place(&views, &spread, &request) {
-            Ok(i) => {
-                new_allowed -= 1;
-                spread[i] += 1;
-                views[i].allocated = views[i].allocated.plus(per_instance);
-                let node = views[i].name.clone();
-                out.placed.push((inst_name.clone(), node.clone()));
-                out.instances.push(Instance {
-                    name: inst_name,
-                    node: Some(node),
-                    placed_at: Some(Time(now)),
-                    ..Default::default()
+    let to_place = desired.len() - keep.len();
+    let key = ObjectRef::from_obj(wl);
+    let started = std::time::Instant::now();
+    ctx.index()
+        .assume(&key, per_instance, desired.len(), now, |views, position| {
+            let mut spread = Vec::new();
+            if to_place > 0 {
+                spread = vec![0u32; views.len()];
+                for inst in keep.values() {
+                    if let Some(&i) = inst.node.as_ref().and_then(|n| position.get(n)) {
+                        spread[i] += 1;
+                    }
+                }
+                // A node the owner has no line to gets 0.
+                request.owner_headroom = headroom.map(|h| {
+                    let mut by_position = vec![0; views.len()];
+                    for (node, room) in h {
+                        if let Some(&i) = position.get(&node) {
+                            by_position[i] = room;
+                        }
+                    }
+                    by_position
                 });
             }
-            Err(e) => {
-                out.unschedulable.get_or_insert(e.message);
+            for inst_name in desired {
+                if let Some(inst) = keep.remove(&inst_name) {
+                    out.instances.push(inst);
+                    continue;
+                }
+                if new_allowed == 0 {
+                    out.unschedulable.get_or_insert_with(|| {
+                        "credit exhausted: no new instances until the owner has credit".into()
+                    });
+                    continue;
+                }
+                match scheduler::place(views, &spread, &request) {
+                    Ok(i) => {
+                        new_allowed -= 1;
+                        spread[i] += 1;
+                        let node = views[i].name.clone();
+                        out.placed.push((inst_name.clone(), node.clone()));
+                        out.instances.push(Instance {
+                            name: inst_name,
+                            node: Some(node),
+                            placed_at: Some(Time(now)),
+                            ..Default::default()
+                        });
+                    }
+                    Err(e) => {
+                        out.unschedulable.get_or_insert(e.message);
+                    }
+                }
             }
-        }
+            let nodes = out
+                .instances
+                .iter()
+                .filter_map(|i| i.node.clone())
+                .collect();
+            ((), nodes)
+        });
+    if to_place > 0 {
+        ctx.metrics.observe_plan(started.elapsed());
     }
     out
+}
+
+/// A placement assumed in the node index: released when dropped unless the write that
+/// carries it was answered, so a failed, refused or abandoned (timed-out) reconcile never
+/// leaves room held.
+struct Assumed<'a> {
+    ctx: &'a Context,
+    key: ObjectRef<Workload>,
+    settled: bool,
+}
+
+impl Assumed<'_> {
+    /// The write was answered with `written`.
+    fn confirm(mut self, written: &Workload) {
+        self.settled = true;
+        let change = self.ctx.index().confirm(written);
+        wake(self.ctx, &change);
+    }
+}
+
+impl Drop for Assumed<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let change = self.ctx.index().release(&self.key);
+            wake(self.ctx, &change);
+        }
+    }
+}
+
+/// Wakes the nodes (and waiting workloads) a change of this controller's own making concerns:
+/// the watch will bring the same version back, which then wakes nothing.
+fn wake(ctx: &Context, change: &crate::index::WorkloadChange) {
+    let mut w = crate::feeds::Wake::default();
+    w.workload_change(ctx, change);
+    w.send(&ctx.queues);
 }
 
 /// What billing did in one reconcile.
@@ -222,6 +281,8 @@ struct Billing {
     paid: Vec<(String, String, i64)>,
     /// Why the workload may not grow: (reason, message).
     exhausted: Option<(&'static str, String)>,
+    /// Usage that could not be priced (it stays unbilled, its mark where it was).
+    unpriced: Vec<String>,
 }
 
 /// Pays for the usage agents reported beyond each instance's billed mark (see `billing`).
@@ -249,15 +310,15 @@ async fn bill(wl: &Workload, ctx: &Context, metered: bool) -> Result<Billing, Er
             .pricing
             .clone()
             .unwrap_or_else(snapshot::default_pricing);
-        let market = Market {
-            utilization: 0.0,
-            entropy_multiplier: 1.0,
-        };
+        // The market the scheduler quoted in (`quote`), as it stands now.
+        let market = ctx.index().market_of(&node);
         let charge = match billing::charge(&uid, inst, &rates, &market) {
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(instance = %inst.name, error = %e, "usage cannot be priced");
+                out.unpriced
+                    .push(format!("{}'s usage on {}: {e}", inst.name, node.name_any()));
                 continue;
             }
         };
@@ -392,6 +453,30 @@ fn status_patch(wl: &Workload, plan: &Plan, bills: &Billing, now: Timestamp) -> 
     for c in [scheduled, available, progressing, credit] {
         set_condition(&mut conditions, c.at_generation(generation), Time(now));
     }
+    // Only on workloads that ever had usage it could not price, so the others do not churn.
+    let had_unpriced =
+        univrs_api::conditions::find(&conditions, CONDITION_PRICING_FAILED).is_some();
+    if !bills.unpriced.is_empty() || had_unpriced {
+        let c = if bills.unpriced.is_empty() {
+            DesiredCondition::new(
+                CONDITION_PRICING_FAILED,
+                false,
+                "UsagePriced",
+                "all reported usage could be priced",
+            )
+        } else {
+            DesiredCondition::new(
+                CONDITION_PRICING_FAILED,
+                true,
+                "UsageNotPriced",
+                format!(
+                    "{}; it stays unbilled until the node's rates can price it",
+                    bills.unpriced.join("; ")
+                ),
+            )
+        };
+        set_condition(&mut conditions, c.at_generation(generation), Time(now));
+    }
     let instances: Vec<serde_json::Value> = plan
         .instances
         .iter()
@@ -451,19 +536,35 @@ fn unchanged(wl: &Workload, s: &serde_json::Value) -> bool {
 pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.synced().await;
     let started = std::time::Instant::now();
+    let key = ObjectRef::from_obj(wl.as_ref());
+    if ctx
+        .index()
+        .is_newer_than(&key, wl.metadata.resource_version.as_deref())
+    {
+        // The cache has not caught up with this controller's own last write: a plan made
+        // from it would only be refused (409). The watch is a moment behind.
+        return Ok(Action::requeue(CACHE_CATCH_UP));
+    }
     let now = Timestamp::now();
     let ns = wl.namespace().ok_or(Error::MissingNamespace)?;
     let owner = Account::namespace(&ns);
     let headroom = snapshot::owner_headroom(&ctx.credit_lines.state(), &owner);
     let bills = bill(&wl, &ctx, headroom.is_some()).await?;
-    let plan = plan(&wl, &ctx, headroom.as_ref(), bills.exhausted.is_some(), now);
+    let plan = plan(&wl, &ctx, headroom, bills.exhausted.is_some(), now);
+    let assumed = Assumed {
+        ctx: &ctx,
+        key,
+        settled: false,
+    };
     let status = status_patch(&wl, &plan, &bills, now);
-    if !unchanged(&wl, &status) {
+    if unchanged(&wl, &status) {
+        drop(assumed);
+    } else {
         let api: Api<Workload> = Api::namespaced(ctx.client.clone(), &ns);
         // Conditional on the version planned from: a plan made from a stale cache must not
         // overwrite a newer placement (it would move an instance for nothing).
         match apply_status(&api, &wl.name_any(), wl.resource_version(), status).await {
-            Ok(_) => {}
+            Ok(written) => assumed.confirm(&written),
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 return Ok(Action::requeue(STALE_RETRY));
             }
@@ -515,6 +616,19 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
                 EventType::Warning,
                 "CreditExhausted",
                 format!("{why}; the workload stops growing"),
+            )
+            .await;
+        }
+        let was_unpriced = wl.status.as_ref().is_some_and(|s| {
+            univrs_api::conditions::is_true(&s.conditions, CONDITION_PRICING_FAILED)
+        });
+        if !bills.unpriced.is_empty() && !was_unpriced {
+            publish(
+                &ctx,
+                &reference,
+                EventType::Warning,
+                "PricingFailed",
+                format!("{}: left unbilled", bills.unpriced.join("; ")),
             )
             .await;
         }

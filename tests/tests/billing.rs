@@ -1,7 +1,7 @@
 //! Usage becomes payment: the controller pays a node for the usage its agent reports, exactly
 //! once (also when an earlier attempt was applied but not recorded), reports CreditExhausted
 //! when the owner's line cannot carry a charge, stops the workload growing, and resumes once
-//! the line has room. Node creditBalance follows the lines, and balances sum to zero.
+//! the line has room; usage it cannot price is reported (PricingFailed), not lost or paid. Node creditBalance follows the lines, and balances sum to zero.
 //!
 //! The test plays the agent: it renews the node's Lease and reports cumulative usage in the
 //! Workload's status with the agent's own field manager.
@@ -30,12 +30,17 @@ const LINE: &str = "alpha-shop";
 
 /// Reports `cpu` millicore-seconds used by `meter-0` on alpha, as alpha's agent would.
 async fn report_usage(api: &Api<Workload>, placed_at: &Time, cpu: i64) {
+    report_usage_with_memory(api, placed_at, cpu, 0).await
+}
+
+/// Reports `cpu` millicore-seconds and `mem` MiB-seconds used by `meter-0` on alpha.
+async fn report_usage_with_memory(api: &Api<Workload>, placed_at: &Time, cpu: i64, mem: i64) {
     let body = serde_json::json!({
         "apiVersion": "univrs.io/v1alpha1", "kind": "Workload",
         "metadata": {"name": "meter"},
         "status": {"instances": [{"name": "meter-0", "usage": {
             "node": "alpha", "placedAt": placed_at,
-            "cpuMillicoreSeconds": cpu, "memoryMibSeconds": 0, "gpuSeconds": 0}}]}
+            "cpuMillicoreSeconds": cpu, "memoryMibSeconds": mem, "gpuSeconds": 0}}]}
     });
     api.patch_status(
         "meter",
@@ -245,6 +250,44 @@ async fn usage_is_paid_once_and_exhaustion_stops_growth() {
         (ok.then_some(()), state(&w, &l))
     })
     .await;
+
+    // Usage too large to price (the price would overflow) is left unbilled and said so, with a
+    // condition and a Warning Event; once the report can be priced again the condition clears.
+    report_usage_with_memory(&wl_api, &placed_at, 1_600_000, 1 << 60).await;
+    eventually("PricingFailed", Duration::from_secs(30), async || {
+        let w = wl_api.get("meter").await.unwrap();
+        let s = w.status.clone().unwrap_or_default();
+        let ok = s.conditions.iter().any(|c| {
+            c.type_ == "PricingFailed" && c.status == "True" && c.message.contains("overflow")
+        });
+        (ok.then_some(()), format!("{:?}", s.conditions))
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    let warned = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("PricingFailed"));
+    assert!(warned, "a Warning Event says why usage is unbilled");
+    report_usage_with_memory(&wl_api, &placed_at, 1_600_000, 0).await;
+    eventually("pricing again", Duration::from_secs(30), async || {
+        let w = wl_api.get("meter").await.unwrap();
+        let s = w.status.clone().unwrap_or_default();
+        let ok = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "PricingFailed" && c.status == "False");
+        (ok.then_some(()), format!("{:?}", s.conditions))
+    })
+    .await;
+    assert_eq!(
+        lines.get(LINE).await.unwrap().status.map(|s| s.balance),
+        Some(1_600),
+        "nothing paid for what could not be priced"
+    );
 
     // Mutual credit is zero-sum: every account's balance over all lines adds up to 0, and the
     // node's status shows its side.

@@ -1,0 +1,740 @@
+//! The scheduler's node index: one [`NodeView`] per node, kept current by the watch streams
+//! (Nodes, node Leases, Workloads) apart from the reflector caches, so a placement reads
+//! ready-made views instead of rebuilding thousands of them from the caches each time.
+//!
+//! What is allocated on each node is tracked incrementally, per workload: each workload's
+//! placed instances as last *observed* (a watch event, or the response to the controller's own
+//! write), and the placement a reconcile has *assumed* since deciding it, until its write is
+//! answered (kube-scheduler's assume cache). Assumed placements count against their nodes from
+//! the moment they are decided, so plans made concurrently never give the same room twice; a
+//! refused write releases them. Stale watch events (a resourceVersion older than the one
+//! recorded) are ignored, and so is a write answered after its object's deletion
+//! (`tombstones`). The Node status reports observed allocations only.
+//!
+//! Each update says what it changed, so the watch feeds can wake exactly the objects concerned.
+//! Pure: no I/O.
+
+use crate::quote;
+use crate::scheduler::{NodeView, Resources};
+use crate::snapshot;
+use crate::tombstones::Tombstones;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use univrs_api::enr::pricing::Market;
+use univrs_api::resources::node::{NexusRole, SeptalState};
+use univrs_api::{Node, Workload};
+
+/// A workload's key.
+pub type WorkloadRef = ObjectRef<Workload>;
+
+/// What a workload holds, as last observed and as assumed since.
+#[derive(Clone, Debug, Default)]
+struct Tracked {
+    /// The resourceVersion observed (None when it does not parse as a number).
+    version: Option<u64>,
+    /// What one instance reserves.
+    per_instance: Resources,
+    /// Desired instances.
+    replicas: usize,
+    /// The node of each placed instance, as observed.
+    observed: Vec<String>,
+    /// The node of each instance as decided by a reconcile whose write is not answered yet.
+    assumed: Option<Vec<String>>,
+}
+
+impl Tracked {
+    fn effective(&self) -> &[String] {
+        self.assumed.as_deref().unwrap_or(&self.observed)
+    }
+}
+
+/// What about a node decides who must hear of its changes.
+#[derive(Clone, Debug, PartialEq)]
+struct Facts {
+    /// Everything placement filters on: cordon, isolation, capacity, the spec's generation
+    /// (rates), reputation in thousandths, and the labels (hashed: they do not bump the
+    /// generation). A change may make room.
+    schedulable: (bool, bool, Resources, i64, u64, u64),
+    /// The Ready condition the Node reconciler wrote.
+    ready_condition: bool,
+    /// Being deleted, drained or isolated: its instances may have to move.
+    must_empty: (bool, bool, bool),
+    /// What its vouches are judged by: its DID and service record.
+    vouching: (String, u64),
+}
+
+impl Facts {
+    fn of(n: &Node, view: &NodeView) -> Self {
+        let status = n.status.as_ref();
+        Self {
+            schedulable: (
+                view.unschedulable,
+                view.isolated,
+                view.capacity,
+                n.metadata.generation.unwrap_or(0),
+                (view.reputation * 1000.0).round() as u64,
+                {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    view.labels.hash(&mut h);
+                    h.finish()
+                },
+            ),
+            ready_condition: status.is_some_and(|s| {
+                univrs_api::conditions::is_true(
+                    &s.conditions,
+                    univrs_api::resources::node::CONDITION_READY,
+                )
+            }),
+            must_empty: (
+                n.metadata.deletion_timestamp.is_some(),
+                n.annotations()
+                    .get(crate::workload::DRAIN_ANNOTATION)
+                    .is_some_and(|v| v == "true"),
+                view.isolated,
+            ),
+            vouching: (
+                n.spec.did.clone(),
+                (crate::node::service_base(n) * 10_000.0).round() as u64,
+            ),
+        }
+    }
+}
+
+/// Who must hear of a node's change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeChange {
+    /// It may now take instances it could not before: wake the waiting workloads.
+    pub may_make_room: bool,
+    /// Its instances may have to move: wake the workloads placed there.
+    pub affects_instances: bool,
+    /// Its DID or service record changed, or it came or went: re-judge its vouches.
+    pub affects_vouches: bool,
+    /// It came or went: credit lines naming it change their verdict.
+    pub appeared_or_left: bool,
+}
+
+/// What a workload's change did to the nodes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadChange {
+    /// Nodes whose observed allocation changed (their status reports it).
+    pub nodes: Vec<String>,
+    /// Some node has more room than before: wake the waiting workloads.
+    pub freed: bool,
+}
+
+/// The node index.
+#[derive(Default)]
+pub struct NodeIndex {
+    /// Sorted by name.
+    views: Vec<NodeView>,
+    /// Each view's facts, in the same order.
+    facts: Vec<Facts>,
+    /// When each view's Lease lapses, in the same order (a copy of `lapses`, read per plan).
+    view_lapses: Vec<Option<Timestamp>>,
+    /// Name → position in `views`.
+    position: HashMap<String, usize>,
+    /// When each node's Lease lapses (also for nodes not seen yet).
+    lapses: HashMap<String, Timestamp>,
+    workloads: HashMap<WorkloadRef, Tracked>,
+    /// Per node, what scheduling counts: assumed placements where there are, else observed.
+    effective: HashMap<String, Resources>,
+    /// Per node, observed placements: resources and instance count.
+    observed: HashMap<String, (Resources, u32)>,
+    /// Per node, the workloads with an instance there (effective or observed).
+    holders: HashMap<String, HashSet<WorkloadRef>>,
+    /// Per node, the newest resourceVersion seen (watch or write).
+    node_versions: HashMap<String, u64>,
+    /// Deleted nodes and workloads.
+    gone_nodes: Tombstones<String>,
+    gone_workloads: Tombstones<WorkloadRef>,
+}
+
+fn version(rv: Option<&str>) -> Option<u64> {
+    rv.and_then(|v| v.parse().ok())
+}
+
+/// The scheduler's view of a node, without allocations or readiness (the index sets those).
+pub fn view_of(n: &Node) -> NodeView {
+    let status = n.status.as_ref();
+    NodeView {
+        name: n.name_any(),
+        labels: n.labels().clone(),
+        ready: false,
+        // A node being deleted takes nothing new, like a cordoned one.
+        unschedulable: n.spec.unschedulable || n.metadata.deletion_timestamp.is_some(),
+        isolated: status
+            .and_then(|s| s.septal.as_ref())
+            .is_some_and(|s| s.state == SeptalState::Isolated),
+        capacity: capacity_of(n),
+        allocated: Resources::default(),
+        reputation: status.and_then(|s| s.reputation).unwrap_or(0.5),
+        nexus: status
+            .and_then(|s| s.nexus_role)
+            .is_some_and(|r| r != NexusRole::Leaf),
+        credit_balance: status.and_then(|s| s.credit_balance).unwrap_or(0),
+        pricing: n
+            .spec
+            .pricing
+            .clone()
+            .unwrap_or_else(snapshot::default_pricing),
+        price_memo: Default::default(),
+    }
+}
+
+/// A node's capacity.
+pub fn capacity_of(n: &Node) -> Resources {
+    Resources {
+        cpu_millis: n.spec.capacity.cpu_millis().unwrap_or(0),
+        memory_bytes: n.spec.capacity.memory_bytes().unwrap_or(0),
+        gpus: n.spec.capacity.gpu.max(0) as u32,
+    }
+}
+
+/// A workload's record as observed, nothing assumed.
+fn tracked_of(w: &Workload) -> Tracked {
+    Tracked {
+        version: version(w.metadata.resource_version.as_deref()),
+        per_instance: snapshot::instance_request(&w.spec),
+        replicas: w.spec.replicas.max(0) as usize,
+        observed: w
+            .status
+            .iter()
+            .flat_map(|s| &s.instances)
+            .filter_map(|i| i.node.clone())
+            .collect(),
+        assumed: None,
+    }
+}
+
+fn add(map: &mut HashMap<String, Resources>, node: &str, r: Resources, plus: bool) {
+    let e = map.entry(node.to_string()).or_default();
+    *e = if plus { e.plus(r) } else { e.minus(r) };
+    if *e == Resources::default() {
+        map.remove(node);
+    }
+}
+
+impl NodeIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many nodes it knows.
+    pub fn len(&self) -> usize {
+        self.views.len()
+    }
+
+    /// Whether it knows no node.
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+
+    /// Adds or updates a node (a watch event, or the answer to the controller's own write).
+    /// Returns what changed, and false when this version was seen already (or is older).
+    pub fn upsert_node(&mut self, n: &Node) -> (NodeChange, bool) {
+        let name = n.name_any();
+        let v = version(n.metadata.resource_version.as_deref());
+        if self.gone_nodes.buries(&name, v) {
+            return (NodeChange::default(), false);
+        }
+        self.gone_nodes.exhume(&name);
+        if let Some(v) = v {
+            let known = self.node_versions.entry(name).or_insert(0);
+            if v <= *known {
+                return (NodeChange::default(), false);
+            }
+            *known = v;
+        }
+        (self.upsert_view(n), true)
+    }
+
+    /// Whether the index has seen a newer version of the node than `rv` (the cache lags
+    /// behind a write the controller made).
+    pub fn node_is_newer_than(&self, name: &str, rv: Option<&str>) -> bool {
+        match (self.node_versions.get(name), version(rv)) {
+            (Some(known), Some(seen)) => *known > seen,
+            _ => false,
+        }
+    }
+
+    fn upsert_view(&mut self, n: &Node) -> NodeChange {
+        let mut view = view_of(n);
+        let facts = Facts::of(n, &view);
+        view.allocated = self.effective.get(&view.name).copied().unwrap_or_default();
+        match self.position.get(&view.name).copied() {
+            Some(i) => {
+                let before = std::mem::replace(&mut self.facts[i], facts.clone());
+                view.ready = self.views[i].ready;
+                self.views[i] = view;
+                NodeChange {
+                    may_make_room: before.schedulable != facts.schedulable
+                        || (facts.ready_condition && !before.ready_condition),
+                    affects_instances: before.must_empty != facts.must_empty
+                        || before.ready_condition != facts.ready_condition,
+                    affects_vouches: before.vouching != facts.vouching,
+                    appeared_or_left: false,
+                }
+            }
+            None => {
+                let at = self.views.partition_point(|v| v.name < view.name);
+                self.view_lapses
+                    .insert(at, self.lapses.get(&view.name).copied());
+                self.views.insert(at, view);
+                self.facts.insert(at, facts);
+                self.reposition(at);
+                NodeChange {
+                    may_make_room: true,
+                    affects_instances: true,
+                    affects_vouches: true,
+                    appeared_or_left: true,
+                }
+            }
+        }
+    }
+
+    /// Forgets a deleted node (`n` as last seen).
+    pub fn remove_node(&mut self, n: &Node) -> NodeChange {
+        let name = n.name_any();
+        let v = version(n.metadata.resource_version.as_deref());
+        let known = self.node_versions.remove(&name);
+        self.gone_nodes.bury(name.clone(), v.max(known));
+        let Some(at) = self.position.remove(&name) else {
+            return NodeChange::default();
+        };
+        self.views.remove(at);
+        self.facts.remove(at);
+        self.view_lapses.remove(at);
+        self.reposition(at);
+        NodeChange {
+            may_make_room: false,
+            affects_instances: true,
+            affects_vouches: true,
+            appeared_or_left: true,
+        }
+    }
+
+    /// The nodes it knows, by name.
+    pub fn node_names(&self) -> impl Iterator<Item = &str> {
+        self.views.iter().map(|v| v.name.as_str())
+    }
+
+    fn reposition(&mut self, from: usize) {
+        for (i, v) in self.views.iter().enumerate().skip(from) {
+            self.position.insert(v.name.clone(), i);
+        }
+    }
+
+    /// Records a node's Lease (None: it has none). Returns whether the node's readiness may
+    /// have changed at `now`: a renewal of a Lease that was fresh and stays fresh changes
+    /// nothing (the Node reconciler looks again when it would lapse), so agents renewing every
+    /// few seconds do not each wake a reconcile.
+    pub fn set_lease(&mut self, node: &str, lease: Option<&Lease>, now: Timestamp) -> bool {
+        let lapses = lease.and_then(snapshot::lapses_at);
+        let fresh = |t: Option<Timestamp>| t.is_some_and(|t| t > now);
+        let before = self.lapses.get(node).copied();
+        let changes = !(fresh(before) && fresh(lapses));
+        match lapses {
+            Some(t) => self.lapses.insert(node.to_string(), t),
+            None => self.lapses.remove(node),
+        };
+        if let Some(&i) = self.position.get(node) {
+            self.view_lapses[i] = lapses;
+        }
+        changes
+    }
+
+    /// Records a workload as observed. Returns what it changed on the nodes, and false when
+    /// this version was seen already (the answer to the controller's own write) or is older.
+    pub fn observe_workload(&mut self, w: &Workload) -> (WorkloadChange, bool) {
+        let key = WorkloadRef::from_obj(w);
+        let v = version(w.metadata.resource_version.as_deref());
+        if self.gone_workloads.buries(&key, v) {
+            return (WorkloadChange::default(), false);
+        }
+        self.gone_workloads.exhume(&key);
+        if let (Some(known), Some(new)) = (self.workloads.get(&key).and_then(|t| t.version), v)
+            && new <= known
+        {
+            return (WorkloadChange::default(), false);
+        }
+        let next = Tracked {
+            assumed: self.workloads.get(&key).and_then(|t| t.assumed.clone()),
+            ..tracked_of(w)
+        };
+        (self.replace(key, Some(next)), true)
+    }
+
+    /// Forgets a deleted workload (`w` as last seen).
+    pub fn forget_workload(&mut self, w: &Workload) -> WorkloadChange {
+        let key = WorkloadRef::from_obj(w);
+        let v = version(w.metadata.resource_version.as_deref());
+        let known = self.workloads.get(&key).and_then(|t| t.version);
+        self.gone_workloads.bury(key.clone(), v.max(known));
+        self.replace(key, None)
+    }
+
+    /// The workloads it tracks.
+    pub fn workload_refs(&self) -> Vec<WorkloadRef> {
+        self.workloads.keys().cloned().collect()
+    }
+
+    /// Whether the index holds a newer version of the workload than `rv` (the cache lags
+    /// behind a write the controller made).
+    pub fn is_newer_than(&self, key: &WorkloadRef, rv: Option<&str>) -> bool {
+        match (self.workloads.get(key).and_then(|t| t.version), version(rv)) {
+            (Some(known), Some(seen)) => known > seen,
+            _ => false,
+        }
+    }
+
+    /// Swaps a workload's record for `next`, keeping every per-node total in step.
+    fn replace(&mut self, key: WorkloadRef, next: Option<Tracked>) -> WorkloadChange {
+        let before = self.workloads.remove(&key);
+        let mut change = WorkloadChange::default();
+        let mut touched_observed: HashSet<String> = HashSet::new();
+        let mut touched_effective: HashSet<String> = HashSet::new();
+        if let Some(b) = &before {
+            for n in b.effective() {
+                add(&mut self.effective, n, b.per_instance, false);
+                touched_effective.insert(n.clone());
+            }
+            for n in &b.observed {
+                let e = self.observed.entry(n.clone()).or_default();
+                e.0 = e.0.minus(b.per_instance);
+                e.1 = e.1.saturating_sub(1);
+                touched_observed.insert(n.clone());
+            }
+            for n in b.effective().iter().chain(&b.observed) {
+                if let Some(h) = self.holders.get_mut(n) {
+                    h.remove(&key);
+                    if h.is_empty() {
+                        self.holders.remove(n);
+                    }
+                }
+            }
+        }
+        if let Some(t) = &next {
+            for n in t.effective() {
+                add(&mut self.effective, n, t.per_instance, true);
+                touched_effective.insert(n.clone());
+            }
+            for n in &t.observed {
+                let e = self.observed.entry(n.clone()).or_default();
+                e.0 = e.0.plus(t.per_instance);
+                e.1 += 1;
+                touched_observed.insert(n.clone());
+            }
+            for n in t.effective().iter().chain(&t.observed) {
+                self.holders
+                    .entry(n.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        for n in touched_effective {
+            let now = self.effective.get(&n).copied().unwrap_or_default();
+            if let Some(&i) = self.position.get(&n) {
+                let was = self.views[i].allocated;
+                change.freed |= now.cpu_millis < was.cpu_millis
+                    || now.memory_bytes < was.memory_bytes
+                    || now.gpus < was.gpus;
+                self.views[i].allocated = now;
+            }
+        }
+        let observed_of = |w: &Option<Tracked>, n: &str| {
+            w.as_ref()
+                .map_or(0, |t| t.observed.iter().filter(|o| *o == n).count())
+        };
+        for n in touched_observed {
+            if self.observed.get(&n).is_some_and(|o| o.1 == 0) {
+                self.observed.remove(&n);
+            }
+            let same_request =
+                before.as_ref().map(|b| b.per_instance) == next.as_ref().map(|t| t.per_instance);
+            if !same_request || observed_of(&before, &n) != observed_of(&next, &n) {
+                change.nodes.push(n);
+            }
+        }
+        change.nodes.sort();
+        if let Some(t) = next {
+            self.workloads.insert(key, t);
+        }
+        change
+    }
+
+    /// Plans `key`'s placement under the index: `decide` gets the views (each `ready` as of
+    /// `now`, each `allocated` without this workload's own instances) with their positions by
+    /// name, and returns a result and the node of every instance the workload keeps or gets;
+    /// that placement is assumed from then on, until [`Self::confirm`] or [`Self::release`].
+    pub fn assume<T>(
+        &mut self,
+        key: &WorkloadRef,
+        per_instance: Resources,
+        replicas: usize,
+        now: Timestamp,
+        decide: impl FnOnce(&[NodeView], &HashMap<String, usize>) -> (T, Vec<String>),
+    ) -> T {
+        let mut tracked = self.workloads.get(key).cloned().unwrap_or_default();
+        // Take the workload's own instances out, so the views show the room they hold.
+        self.replace(key.clone(), None);
+        for (v, lapses) in self.views.iter_mut().zip(&self.view_lapses) {
+            v.ready = lapses.is_some_and(|t| t > now);
+        }
+        let (out, nodes) = decide(&self.views, &self.position);
+        tracked.per_instance = per_instance;
+        tracked.replicas = replicas;
+        tracked.assumed = Some(nodes);
+        self.replace(key.clone(), Some(tracked));
+        out
+    }
+
+    /// The controller's write of the workload was answered with `written`: what it holds now
+    /// is observed, no longer assumed.
+    pub fn confirm(&mut self, written: &Workload) -> WorkloadChange {
+        let key = WorkloadRef::from_obj(written);
+        if self
+            .gone_workloads
+            .buries(&key, version(written.metadata.resource_version.as_deref()))
+        {
+            // Deleted while the write was answered.
+            return self.release(&key);
+        }
+        let current = self.workloads.get(&key);
+        let newer = match (
+            current.and_then(|t| t.version),
+            version(written.metadata.resource_version.as_deref()),
+        ) {
+            (Some(known), Some(new)) => new > known,
+            _ => true,
+        };
+        // One swap, so the room the assumption held is never seen freed in between.
+        let next = match current {
+            Some(t) if !newer => Tracked {
+                assumed: None,
+                ..t.clone()
+            },
+            _ => tracked_of(written),
+        };
+        self.replace(key, Some(next))
+    }
+
+    /// The workload's plan was not written (refused, failed or not needed): drop what was
+    /// assumed.
+    pub fn release(&mut self, key: &WorkloadRef) -> WorkloadChange {
+        match self.workloads.get(key) {
+            Some(t) if t.assumed.is_some() => {
+                let mut t = t.clone();
+                t.assumed = None;
+                self.replace(key.clone(), Some(t))
+            }
+            _ => WorkloadChange::default(),
+        }
+    }
+
+    /// What is placed on a node as observed: resources and instance count.
+    pub fn observed_on(&self, node: &str) -> (Resources, u32) {
+        self.observed.get(node).copied().unwrap_or_default()
+    }
+
+    /// The market a node prices in, from its capacity and what is observed placed there.
+    pub fn market_of(&self, node: &Node) -> Market {
+        quote::market(capacity_of(node), self.observed_on(&node.name_any()).0)
+    }
+
+    /// The workloads with an instance on `node`.
+    pub fn holders_of(&self, node: &str) -> Vec<WorkloadRef> {
+        self.holders
+            .get(node)
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The workloads with fewer instances placed than replicas.
+    pub fn waiting(&self) -> Vec<WorkloadRef> {
+        self.workloads
+            .iter()
+            .filter(|(_, t)| t.effective().len() < t.replicas)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "univrs.io/v1alpha1", "kind": "Node",
+            "metadata": {"name": name, "generation": 1},
+            "spec": {"peerId": "p", "did": "d", "capacity": {"cpu": "1", "memory": "1Gi"}}
+        }))
+        .unwrap()
+    }
+
+    fn workload(name: &str, rv: u64, nodes: &[&str]) -> Workload {
+        let instances: Vec<serde_json::Value> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| serde_json::json!({"name": format!("{name}-{i}"), "node": n}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "univrs.io/v1alpha1", "kind": "Workload",
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv.to_string()},
+            "spec": {"replicas": 2, "containers": [{"name": "c", "image": "i",
+                "resources": {"requests": {"cpu": "250m", "memory": "1Mi"}}}]},
+            "status": {"instances": instances}
+        }))
+        .unwrap()
+    }
+
+    fn cpu(index: &NodeIndex, node: &str) -> u64 {
+        index.views[index.position[node]].allocated.cpu_millis
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_700_000_000).unwrap()
+    }
+
+    fn lease(node: &str) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("univrs-node-{node}")},
+            "spec": {"renewTime": "2023-11-14T22:13:15.000000Z", "leaseDurationSeconds": 10}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn keeps_views_sorted_and_allocations_incremental() {
+        let mut index = NodeIndex::new();
+        for n in ["c", "a", "b"] {
+            assert!(index.upsert_node(&node(n)).0.appeared_or_left);
+        }
+        assert_eq!(index.node_names().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let (change, news) = index.observe_workload(&workload("w", 5, &["a", "b"]));
+        assert!(news);
+        assert_eq!(change.nodes, ["a", "b"]);
+        assert_eq!((cpu(&index, "a"), cpu(&index, "b")), (250, 250));
+        assert_eq!(index.observed_on("a").1, 1);
+        // Moving one instance frees its node and tells both nodes.
+        let (change, _) = index.observe_workload(&workload("w", 6, &["a", "c"]));
+        assert_eq!(change.nodes, ["b", "c"]);
+        assert!(change.freed);
+        // A stale event changes nothing.
+        assert_eq!(
+            index.observe_workload(&workload("w", 4, &["b", "b"])),
+            (WorkloadChange::default(), false)
+        );
+        assert_eq!(cpu(&index, "b"), 0);
+        // A node that comes later picks up what is placed on it.
+        let mut c = node("c");
+        c.metadata.resource_version = Some("3".into());
+        index.remove_node(&c);
+        assert_eq!(
+            index.upsert_node(&c),
+            (NodeChange::default(), false),
+            "deleted"
+        );
+        c.metadata.resource_version = Some("9".into());
+        assert!(index.upsert_node(&c).0.appeared_or_left, "created again");
+        assert_eq!(cpu(&index, "c"), 250);
+        assert_eq!(
+            index.holders_of("c"),
+            vec![WorkloadRef::new("w").within("ns")]
+        );
+        let change = index.forget_workload(&workload("w", 7, &["a", "c"]));
+        assert!(change.freed && change.nodes == ["a", "c"]);
+        // The answer to a write that crossed the deletion does not bring it back.
+        assert_eq!(
+            index.confirm(&workload("w", 7, &["a", "c"])),
+            WorkloadChange::default()
+        );
+        assert_eq!(
+            (cpu(&index, "a"), index.observed_on("a")),
+            (0, Default::default())
+        );
+        assert!(
+            index.observe_workload(&workload("w", 8, &["a"])).1,
+            "created again"
+        );
+        assert_eq!(cpu(&index, "a"), 250);
+    }
+
+    #[test]
+    fn assumed_placements_count_until_confirmed_or_released() {
+        let mut index = NodeIndex::new();
+        for n in ["a", "b"] {
+            index.upsert_node(&node(n));
+            assert!(index.set_lease(n, Some(&lease(n)), now()), "a first Lease");
+            assert!(!index.set_lease(n, Some(&lease(n)), now()), "a renewal");
+        }
+        let w = workload("w", 1, &[]);
+        let key = WorkloadRef::from_obj(&w);
+        index.observe_workload(&w);
+        assert_eq!(index.waiting(), vec![key.clone()]);
+        let per = snapshot::instance_request(&w.spec);
+        let ready = index.assume(&key, per, 2, now(), |views, _| {
+            let ready = views
+                .iter()
+                .all(|v| v.ready && v.allocated == Resources::default());
+            (ready, vec!["a".to_string(), "a".to_string()])
+        });
+        assert!(ready, "fresh Leases, nothing placed yet");
+        // Another plan sees the assumed room taken, and the node status does not.
+        assert_eq!(cpu(&index, "a"), 500);
+        assert_eq!(index.observed_on("a").1, 0);
+        assert!(index.waiting().is_empty());
+        // Re-planning the same workload sees its own instances out of the way.
+        index.assume(&key, per, 2, now(), |views, position| {
+            assert_eq!(views[position["a"]].allocated, Resources::default());
+            ((), vec!["a".to_string(), "b".to_string()])
+        });
+        assert_eq!((cpu(&index, "a"), cpu(&index, "b")), (250, 250));
+        index.release(&key);
+        assert_eq!((cpu(&index, "a"), cpu(&index, "b")), (0, 0));
+        index.assume(&key, per, 2, now(), |_, _| {
+            ((), vec!["b".to_string(), "b".to_string()])
+        });
+        let change = index.confirm(&workload("w", 2, &["b", "b"]));
+        assert_eq!(change.nodes, ["b"]);
+        assert_eq!((cpu(&index, "b"), index.observed_on("b").1), (500, 2));
+        assert!(index.is_newer_than(&key, Some("1")));
+        // The watch then brings the same version: nothing changes.
+        assert_eq!(
+            index.observe_workload(&workload("w", 2, &["b", "b"])),
+            (WorkloadChange::default(), false),
+            "the answer to its own write wakes nothing"
+        );
+    }
+
+    #[test]
+    fn node_changes_say_who_must_hear_of_them() {
+        let mut index = NodeIndex::new();
+        index.upsert_node(&node("a"));
+        assert_eq!(index.upsert_node(&node("a")), (NodeChange::default(), true));
+        let mut cordoned = node("a");
+        cordoned.spec.unschedulable = true;
+        assert!(index.upsert_node(&cordoned).0.may_make_room);
+        cordoned
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("gpu".into(), "true".into());
+        assert!(index.upsert_node(&cordoned).0.may_make_room, "labels");
+        let mut drained = cordoned.clone();
+        drained
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(crate::workload::DRAIN_ANNOTATION.into(), "true".into());
+        let (c, _) = index.upsert_node(&drained);
+        assert!(c.affects_instances && !c.may_make_room && !c.affects_vouches);
+        assert!(index.remove_node(&drained).appeared_or_left);
+        assert!(index.is_empty());
+    }
+}
