@@ -538,3 +538,68 @@ async fn runs_serves_restarts_readopts_and_cleans_up_real_containers() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_from_a_registry_and_answers_on_its_host_port() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    let ns = "agent-pull";
+    for n in [ns, LEASE_NS] {
+        ensure_namespace(&client, n).await;
+    }
+    // A real registry on loopback with the busybox image the harness builds with umoci.
+    let registry = univrs_tests::registry::Registry::start();
+    let image = registry.push_busybox("demo/portal:1.0");
+    let host = registry.host().to_string();
+    let agent = AgentProc::start(
+        cp,
+        "pull-a",
+        &["--label", "test=pull-a", "--insecure-registry", &host],
+    );
+    let _controller = start_controller(cp);
+    let port = univrs_tests::free_port();
+    let api: Api<Workload> = Api::namespaced(client.clone(), ns);
+    let wl: Workload = serde_json::from_value(serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": "portal"},
+        "spec": {"replicas": 1, "nodeSelector": {"test": "pull-a"}, "containers": [{"name": "web",
+            "image": image,
+            "command": ["sh", "-c", "mkdir -p /www && echo portal on $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"],
+            "ports": [{"containerPort": 8080, "hostPort": port}],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &wl).await.unwrap();
+    eventually(
+        "the pulled image running and ready",
+        Duration::from_secs(120),
+        async || {
+            let w = api.get("portal").await.unwrap();
+            let i = instance_of(&w, "portal-0");
+            (
+                i.clone().filter(|i| i.ready == Some(true)),
+                format!("{i:?}"),
+            )
+        },
+    )
+    .await;
+    // The host port answers on loopback, forwarded by CNI's portmap into the container.
+    let (code, page) = curl(&[&format!("http://127.0.0.1:{port}/")]);
+    assert_eq!(code, "200", "{page}");
+    assert!(page.contains("portal on portal-0"), "{page}");
+    let pid = agent.child.as_ref().unwrap().0.id();
+    eprintln!(
+        "agent RSS with one instance: {:.1} MiB",
+        univrs_tests::rss_mib(pid)
+    );
+
+    api.delete("portal", &Default::default()).await.unwrap();
+    eventually(
+        "the host port closed after delete",
+        Duration::from_secs(60),
+        async || {
+            let (code, _) = curl(&["--max-time", "2", &format!("http://127.0.0.1:{port}/")]);
+            ((code == "000").then_some(()), code)
+        },
+    )
+    .await;
+}

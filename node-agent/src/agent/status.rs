@@ -72,11 +72,13 @@ impl StatusWriter {
                 .or_default()
                 .push(r);
         }
-        // Workloads where this agent still owns status fields but runs nothing any more.
+        // Workloads where this agent still owns status fields but none of whose instances the
+        // controller places here any more. (Not merely "no report yet": a restarted agent's
+        // supervisors report a moment after it starts, and its fields must not blink out.)
         let mut release: BTreeSet<(String, String)> = BTreeSet::new();
         for wl in self.store.state() {
             let key = (wl.namespace().unwrap_or_default(), wl.name_any());
-            if !by_workload.contains_key(&key) && self.owns_status(&wl) {
+            if !by_workload.contains_key(&key) && !self.placed_here(&wl) && self.owns_status(&wl) {
                 release.insert(key);
             }
         }
@@ -116,7 +118,7 @@ impl StatusWriter {
                 usage_only &= same_state;
             }
             if ours.is_empty() {
-                if self.owns_status(&wl) {
+                if !self.placed_here(&wl) && self.owns_status(&wl) {
                     release.insert(key);
                 }
                 continue;
@@ -152,6 +154,14 @@ impl StatusWriter {
             self.apply(&key, rv, serde_json::json!({})).await;
             self.last_usage_write.remove(&key);
         }
+    }
+
+    /// Whether the controller places any instance of `wl` on this node.
+    fn placed_here(&self, wl: &Workload) -> bool {
+        wl.status
+            .iter()
+            .flat_map(|s| s.instances.iter())
+            .any(|i| i.node.as_deref() == Some(self.node.as_str()))
     }
 
     /// Whether this agent's field manager owns anything in `wl`'s status.
