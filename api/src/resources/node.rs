@@ -84,11 +84,11 @@ pub const DID_KEY_PATTERN: &str = r"^did:key:z6Mk[1-9A-HJ-NP-Za-km-z]{44}$";
         description = "Circuit breaker state"
     ),
     printcolumn(
-        name = "Schedulable",
+        name = "Cordoned",
         type_ = "boolean",
         json_path = ".spec.unschedulable",
         priority = 1,
-        description = "Cordoned when true"
+        description = "True when cordoned (spec.unschedulable): nothing new is placed there"
     ),
     printcolumn(
         name = "PeerID",
