@@ -131,8 +131,8 @@ fn topic_params() -> TopicScoreParams {
         // must not be pruned for delivering nothing.
         mesh_message_deliveries_weight: 0.0,
         mesh_failure_penalty_weight: 0.0,
-        // P4: -10 × count²: one invalid message crosses the gossip threshold (-10), three the
-        // graylist threshold (-80); it takes about an hour to be forgiven.
+        // P4: -10 × count²: one invalid message takes a new peer to the gossip threshold
+        // (-10), three past the graylist threshold (-80); it is forgiven over about an hour.
         invalid_message_deliveries_weight: -10.0,
         invalid_message_deliveries_decay: score_parameter_decay(Duration::from_secs(3600)),
         ..TopicScoreParams::default()

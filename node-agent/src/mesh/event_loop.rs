@@ -24,6 +24,11 @@ use univrs_api::identity::NodeIdentity;
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a dial plus the Noise/TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest pause between two Kademlia walks. Walks are the costliest thing an idle mesh
+/// does (every peer answers with its closest peers), so the pause doubles from the discovery
+/// interval up to this, and drops back when the node loses every connection. (Kademlia also
+/// walks by itself, throttled, whenever its routing table gains a peer.)
+const MAX_WALK_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// How often the bandwidth meter samples the byte counters.
 const METER_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -59,6 +64,10 @@ pub(crate) struct EventLoop {
     limits: Limits,
     started: Instant,
     bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// The latest Kademlia walk and when it started.
+    walk: Option<(kad::QueryId, Instant)>,
+    /// The pause before the next walk.
+    walk_every: Duration,
     /// Listeners that have not bound an address yet, with the address asked for.
     pending_listeners: HashMap<ListenerId, Multiaddr>,
     listen_addrs: Vec<Multiaddr>,
@@ -127,6 +136,8 @@ impl EventLoop {
             limits,
             started: Instant::now(),
             bootstrap: Vec::new(),
+            walk: None,
+            walk_every: config.discovery_interval,
             pending_listeners: HashMap::new(),
             listen_addrs: Vec::new(),
             connections: HashMap::new(),
@@ -297,6 +308,9 @@ impl EventLoop {
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                         self.latency.remove(&peer_id);
+                        if self.connections.is_empty() {
+                            self.walk_soon();
+                        }
                     }
                 }
             }
@@ -361,6 +375,7 @@ impl EventLoop {
         } = event
             && is_new_peer
         {
+            // Kademlia itself walks again (throttled) when its table gains a peer.
             self.dial_if_wanted(peer);
         }
     }
@@ -431,7 +446,8 @@ impl EventLoop {
         }
     }
 
-    /// The periodic walk: redial lost bootstrap peers and known peers, and ask the DHT for more.
+    /// The periodic walk: redial lost bootstrap peers and known peers, and ask the DHT for more
+    /// while short of peers (and now and then when not, to keep the routing table fresh).
     fn discover(&mut self) {
         for (peer, addr) in self.bootstrap.clone() {
             if !self.swarm.is_connected(&peer) {
@@ -444,18 +460,36 @@ impl EventLoop {
                 }
             }
         }
-        let known: HashSet<PeerId> = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
-            .collect();
-        for peer in known {
-            self.dial_if_wanted(peer);
+        let short = self.connections.len() < self.config.target_peers;
+        if short {
+            let known: HashSet<PeerId> = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .kbuckets()
+                .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                .collect();
+            for peer in known {
+                self.dial_if_wanted(peer);
+            }
         }
-        // Fails only while the routing table is empty; the next tick tries again.
-        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let walking = self.walk.is_some_and(|(id, _)| kad.query(&id).is_some());
+        let due = self
+            .walk
+            .is_none_or(|(_, at)| at.elapsed() >= self.walk_every);
+        if !walking && due {
+            // Fails only while the routing table is empty; the next tick tries again.
+            if let Ok(id) = kad.bootstrap() {
+                self.walk = Some((id, Instant::now()));
+                self.walk_every = (self.walk_every * 2).min(MAX_WALK_INTERVAL);
+            }
+        }
+    }
+
+    /// Walks again at the next discovery tick (and backs off from there).
+    fn walk_soon(&mut self) {
+        self.walk_every = self.config.discovery_interval;
     }
 
     fn sample_bandwidth(&mut self) {

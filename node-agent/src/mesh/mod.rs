@@ -307,3 +307,22 @@ fn keypair_of(identity: &NodeIdentity) -> libp2p::identity::Keypair {
     libp2p::identity::Keypair::ed25519_from_bytes(&mut *seed)
         .expect("32 bytes are always a valid Ed25519 seed")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_swarm_key_is_the_node_key_under_all_its_names() {
+        let id = NodeIdentity::from_secret_bytes([7; 32]);
+        let swarm_peer = keypair_of(&id).public().to_peer_id();
+        assert_eq!(swarm_peer.to_base58(), id.public().peer_id());
+        assert_eq!(peer_id_of(&id.public()), swarm_peer);
+        assert_eq!(identity_of(&swarm_peer), Some(id.public()));
+        // A PeerId that is not an Ed25519 identity has no NodeIdentity behind it.
+        let sha_peer =
+            PeerId::from_multihash(libp2p::multihash::Multihash::wrap(0x12, &[0; 32]).unwrap())
+                .unwrap();
+        assert_eq!(identity_of(&sha_peer), None);
+    }
+}
