@@ -15,14 +15,14 @@
 //! Pure: no I/O.
 
 use crate::quote;
-use crate::scheduler::{NodeView, Resources};
+use crate::scheduler::{HostPort, NodeView, Resources};
 use crate::snapshot;
 use crate::tombstones::Tombstones;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use univrs_api::enr::pricing::Market;
 use univrs_api::resources::node::{NexusRole, SeptalState};
@@ -38,6 +38,8 @@ struct Tracked {
     version: Option<u64>,
     /// What one instance reserves.
     per_instance: Resources,
+    /// The host ports each instance publishes.
+    host_ports: Vec<HostPort>,
     /// Desired instances.
     replicas: usize,
     /// The node of each placed instance, as observed.
@@ -142,6 +144,9 @@ pub struct NodeIndex {
     workloads: HashMap<WorkloadRef, Tracked>,
     /// Per node, what scheduling counts: assumed placements where there are, else observed.
     effective: HashMap<String, Resources>,
+    /// Per node, the host ports taken by the same placements, with how many instances hold
+    /// each (an observed double booking must not free the port when one of them leaves).
+    ports: HashMap<String, BTreeMap<HostPort, u32>>,
     /// Per node, observed placements: resources and instance count.
     observed: HashMap<String, (Resources, u32)>,
     /// Per node, the workloads with an instance there (effective or observed).
@@ -171,6 +176,7 @@ pub fn view_of(n: &Node) -> NodeView {
             .is_some_and(|s| s.state == SeptalState::Isolated),
         capacity: capacity_of(n),
         allocated: Resources::default(),
+        host_ports: Vec::new(),
         reputation: status.and_then(|s| s.reputation).unwrap_or(0.5),
         nexus: status
             .and_then(|s| s.nexus_role)
@@ -199,6 +205,7 @@ fn tracked_of(w: &Workload) -> Tracked {
     Tracked {
         version: version(w.metadata.resource_version.as_deref()),
         per_instance: snapshot::instance_request(&w.spec),
+        host_ports: snapshot::host_ports(&w.spec),
         replicas: w.spec.replicas.max(0) as usize,
         observed: w
             .status
@@ -216,6 +223,36 @@ fn add(map: &mut HashMap<String, Resources>, node: &str, r: Resources, plus: boo
     if *e == Resources::default() {
         map.remove(node);
     }
+}
+
+/// Counts `ports` in or out of a node's host ports.
+fn add_ports(
+    map: &mut HashMap<String, BTreeMap<HostPort, u32>>,
+    node: &str,
+    ports: &[HostPort],
+    plus: bool,
+) {
+    if ports.is_empty() {
+        return;
+    }
+    let held = map.entry(node.to_string()).or_default();
+    for p in ports {
+        let n = held.entry(*p).or_default();
+        *n = if plus { *n + 1 } else { n.saturating_sub(1) };
+        if *n == 0 {
+            held.remove(p);
+        }
+    }
+    if held.is_empty() {
+        map.remove(node);
+    }
+}
+
+/// The host ports taken on a node, as a view lists them.
+fn ports_on(map: &HashMap<String, BTreeMap<HostPort, u32>>, node: &str) -> Vec<HostPort> {
+    map.get(node)
+        .map(|h| h.keys().copied().collect())
+        .unwrap_or_default()
 }
 
 impl NodeIndex {
@@ -266,6 +303,7 @@ impl NodeIndex {
         let mut view = view_of(n);
         let facts = Facts::of(n, &view);
         view.allocated = self.effective.get(&view.name).copied().unwrap_or_default();
+        view.host_ports = ports_on(&self.ports, &view.name);
         match self.position.get(&view.name).copied() {
             Some(i) => {
                 let before = std::mem::replace(&mut self.facts[i], facts.clone());
@@ -401,6 +439,7 @@ impl NodeIndex {
         if let Some(b) = &before {
             for n in b.effective() {
                 add(&mut self.effective, n, b.per_instance, false);
+                add_ports(&mut self.ports, n, &b.host_ports, false);
                 touched_effective.insert(n.clone());
             }
             for n in &b.observed {
@@ -421,6 +460,7 @@ impl NodeIndex {
         if let Some(t) = &next {
             for n in t.effective() {
                 add(&mut self.effective, n, t.per_instance, true);
+                add_ports(&mut self.ports, n, &t.host_ports, true);
                 touched_effective.insert(n.clone());
             }
             for n in &t.observed {
@@ -440,10 +480,17 @@ impl NodeIndex {
             let now = self.effective.get(&n).copied().unwrap_or_default();
             if let Some(&i) = self.position.get(&n) {
                 let was = self.views[i].allocated;
+                let ports = ports_on(&self.ports, &n);
+                let view = &mut self.views[i];
                 change.freed |= now.cpu_millis < was.cpu_millis
                     || now.memory_bytes < was.memory_bytes
-                    || now.gpus < was.gpus;
-                self.views[i].allocated = now;
+                    || now.gpus < was.gpus
+                    || view
+                        .host_ports
+                        .iter()
+                        .any(|p| ports.binary_search(p).is_err());
+                view.allocated = now;
+                view.host_ports = ports;
             }
         }
         let observed_of = |w: &Option<Tracked>, n: &str| {
@@ -468,29 +515,42 @@ impl NodeIndex {
     }
 
     /// Plans `key`'s placement under the index: `decide` gets the views (each `ready` as of
-    /// `now`, each `allocated` without this workload's own instances) with their positions by
-    /// name, and returns a result and the node of every instance the workload keeps or gets;
-    /// that placement is assumed from then on, until [`Self::confirm`] or [`Self::release`].
+    /// `now`, each `allocated` and `host_ports` without this workload's own instances) with
+    /// their positions by name, and returns a result and the node of every instance the
+    /// workload keeps or gets; that placement (each instance reserving `per_instance` and
+    /// `host_ports`) is assumed from then on, until [`Self::confirm`] or [`Self::release`].
+    /// Also says whether the plan leaves some node with more room than before (a scale-down,
+    /// a move, a smaller request), so the caller wakes the waiting workloads: the confirmation
+    /// compares with what was assumed and would not tell.
     pub fn assume<T>(
         &mut self,
         key: &WorkloadRef,
         per_instance: Resources,
+        host_ports: Vec<HostPort>,
         replicas: usize,
         now: Timestamp,
         decide: impl FnOnce(&[NodeView], &HashMap<String, usize>) -> (T, Vec<String>),
-    ) -> T {
+    ) -> (T, bool) {
         let mut tracked = self.workloads.get(key).cloned().unwrap_or_default();
+        let held_before = tracked.effective().to_vec();
         // Take the workload's own instances out, so the views show the room they hold.
         self.replace(key.clone(), None);
         for (v, lapses) in self.views.iter_mut().zip(&self.view_lapses) {
             v.ready = lapses.is_some_and(|t| t > now);
         }
         let (out, nodes) = decide(&self.views, &self.position);
+        let count = |ns: &[String], n: &String| ns.iter().filter(|m| *m == n).count();
+        let freed = (!held_before.is_empty()
+            && (tracked.per_instance != per_instance || tracked.host_ports != host_ports))
+            || held_before
+                .iter()
+                .any(|n| count(&nodes, n) < count(&held_before, n));
         tracked.per_instance = per_instance;
+        tracked.host_ports = host_ports;
         tracked.replicas = replicas;
         tracked.assumed = Some(nodes);
         self.replace(key.clone(), Some(tracked));
-        out
+        (out, freed)
     }
 
     /// The controller's write of the workload was answered with `written`: what it holds now
@@ -666,6 +726,49 @@ mod tests {
     }
 
     #[test]
+    fn host_ports_are_held_by_placements_and_freed_when_they_leave() {
+        let mut index = NodeIndex::new();
+        for n in ["a", "b"] {
+            index.upsert_node(&node(n));
+        }
+        let web = |rv, nodes: &[&str]| {
+            let mut w = serde_json::to_value(workload("web", rv, nodes)).unwrap();
+            w["spec"]["containers"][0]["ports"] =
+                serde_json::json!([{"containerPort": 80, "hostPort": 8080}]);
+            serde_json::from_value::<Workload>(w).unwrap()
+        };
+        let w = web(1, &["a", "b"]);
+        index.observe_workload(&w);
+        let http = HostPort {
+            port: 8080,
+            udp: false,
+        };
+        let ports = |index: &NodeIndex, n: &str| index.views[index.position[n]].host_ports.clone();
+        assert_eq!(
+            (ports(&index, "a"), ports(&index, "b")),
+            (vec![http], vec![http])
+        );
+        // Planning the workload itself shows its own ports out of the way.
+        let key = WorkloadRef::from_obj(&w);
+        let per = snapshot::instance_request(&w.spec);
+        let ((), freed) = index.assume(&key, per, vec![http], 2, now(), |views, _| {
+            assert!(views.iter().all(|v| v.host_ports.is_empty()));
+            ((), vec!["a".to_string()])
+        });
+        // Leaving b frees its port, which wakes the waiting workloads.
+        assert!(freed);
+        assert_eq!(
+            (ports(&index, "a"), ports(&index, "b")),
+            (vec![http], vec![])
+        );
+        index.confirm(&web(2, &["a"]));
+        assert_eq!(
+            (ports(&index, "a"), ports(&index, "b")),
+            (vec![http], vec![])
+        );
+    }
+
+    #[test]
     fn assumed_placements_count_until_confirmed_or_released() {
         let mut index = NodeIndex::new();
         for n in ["a", "b"] {
@@ -678,26 +781,27 @@ mod tests {
         index.observe_workload(&w);
         assert_eq!(index.waiting(), vec![key.clone()]);
         let per = snapshot::instance_request(&w.spec);
-        let ready = index.assume(&key, per, 2, now(), |views, _| {
+        let (ready, freed) = index.assume(&key, per, Vec::new(), 2, now(), |views, _| {
             let ready = views
                 .iter()
                 .all(|v| v.ready && v.allocated == Resources::default());
             (ready, vec!["a".to_string(), "a".to_string()])
         });
         assert!(ready, "fresh Leases, nothing placed yet");
+        assert!(!freed);
         // Another plan sees the assumed room taken, and the node status does not.
         assert_eq!(cpu(&index, "a"), 500);
         assert_eq!(index.observed_on("a").1, 0);
         assert!(index.waiting().is_empty());
         // Re-planning the same workload sees its own instances out of the way.
-        index.assume(&key, per, 2, now(), |views, position| {
+        index.assume(&key, per, Vec::new(), 2, now(), |views, position| {
             assert_eq!(views[position["a"]].allocated, Resources::default());
             ((), vec!["a".to_string(), "b".to_string()])
         });
         assert_eq!((cpu(&index, "a"), cpu(&index, "b")), (250, 250));
         index.release(&key);
         assert_eq!((cpu(&index, "a"), cpu(&index, "b")), (0, 0));
-        index.assume(&key, per, 2, now(), |_, _| {
+        index.assume(&key, per, Vec::new(), 2, now(), |_, _| {
             ((), vec!["b".to_string(), "b".to_string()])
         });
         let change = index.confirm(&workload("w", 2, &["b", "b"]));

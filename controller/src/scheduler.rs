@@ -2,7 +2,9 @@
 //!
 //! **Filter** (each failure counted by reason, as kube-scheduler does): the node is Ready, not
 //! cordoned, not isolated by its septal gate; the request fits its capacity minus what is already
-//! placed; its labels match the nodeSelector; its reputation is at least minReputation; its
+//! placed; none of the request's host ports is taken there (by another workload, or by an
+//! instance of the same workload: like kube-scheduler's NodePorts filter, a hostPort makes
+//! replicas one per node); its labels match the nodeSelector; its reputation is at least minReputation; its
 //! price for an hour of the request (`quote::hourly`, at its utilization) is within the
 //! workload's maxPricePerHour; the owner has credit headroom for an hour at that price.
 //!
@@ -40,6 +42,8 @@ pub struct NodeView {
     pub capacity: Resources,
     /// Requests of the instances placed there, except those of the workload being placed.
     pub allocated: Resources,
+    /// Host ports taken there (sorted, unique), except by the workload being placed.
+    pub host_ports: Vec<HostPort>,
     /// Reputation, 0 to 1.
     pub reputation: f64,
     /// Whether it is a nexus hub.
@@ -79,6 +83,21 @@ impl PartialEq for PriceMemo {
     }
 }
 
+/// A port published on a node's addresses (a container port's `hostPort`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostPort {
+    /// The port number.
+    pub port: u16,
+    /// UDP rather than TCP.
+    pub udp: bool,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, if self.udp { "UDP" } else { "TCP" })
+    }
+}
+
 /// CPU, memory and GPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Resources {
@@ -115,6 +134,8 @@ impl Resources {
 pub struct Request {
     /// Resources per instance.
     pub resources: Resources,
+    /// Host ports each instance publishes (sorted, unique).
+    pub host_ports: Vec<HostPort>,
     /// Required node labels.
     pub node_selector: BTreeMap<String, String>,
     /// Minimum node reputation.
@@ -142,6 +163,8 @@ pub enum Reason {
     InsufficientMemory,
     /// Not enough GPUs left.
     InsufficientGpu,
+    /// A requested host port is taken.
+    HostPortInUse,
     /// Labels do not match the nodeSelector.
     NodeSelectorMismatch,
     /// Reputation below minReputation.
@@ -154,13 +177,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in order (the order the filters run).
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Self::NotReady,
         Self::Unschedulable,
         Self::Isolated,
         Self::InsufficientCpu,
         Self::InsufficientMemory,
         Self::InsufficientGpu,
+        Self::HostPortInUse,
         Self::NodeSelectorMismatch,
         Self::ReputationTooLow,
         Self::TooExpensive,
@@ -176,6 +200,14 @@ impl Reason {
             Self::InsufficientCpu => "insufficient cpu".into(),
             Self::InsufficientMemory => "insufficient memory".into(),
             Self::InsufficientGpu => "insufficient gpu".into(),
+            Self::HostPortInUse => format!(
+                "didn't have free host ports ({})",
+                req.host_ports
+                    .iter()
+                    .map(HostPort::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Self::NodeSelectorMismatch => "didn't match the nodeSelector".into(),
             Self::ReputationTooLow => format!("reputation below {:.2}", req.min_reputation),
             Self::TooExpensive => format!(
@@ -207,12 +239,18 @@ impl fmt::Display for Unschedulable {
 /// The first filter node `i` of `nodes` fails, if any, as it stands (no instance of the
 /// request's workload on it).
 pub fn filter(nodes: &[NodeView], i: usize, req: &Request) -> Option<Reason> {
-    check(&nodes[i], i, nodes[i].allocated, req).err()
+    check(&nodes[i], i, 0, nodes[i].allocated, req).err()
 }
 
-/// Filters node `i`, whose `allocated` counts everything placed there; Ok carries its price
-/// for an hour of the request.
-fn check(node: &NodeView, i: usize, allocated: Resources, req: &Request) -> Result<i64, Reason> {
+/// Filters node `i`, which holds `own` instances of the request's workload and whose
+/// `allocated` counts everything placed there; Ok carries its price for an hour of the request.
+fn check(
+    node: &NodeView,
+    i: usize,
+    own: u32,
+    allocated: Resources,
+    req: &Request,
+) -> Result<i64, Reason> {
     if !node.ready {
         return Err(Reason::NotReady);
     }
@@ -231,6 +269,15 @@ fn check(node: &NodeView, i: usize, allocated: Resources, req: &Request) -> Resu
     }
     if req.resources.gpus > free.gpus {
         return Err(Reason::InsufficientGpu);
+    }
+    if !req.host_ports.is_empty()
+        && (own > 0
+            || req
+                .host_ports
+                .iter()
+                .any(|p| node.host_ports.binary_search(p).is_ok()))
+    {
+        return Err(Reason::HostPortInUse);
     }
     if !req
         .node_selector
@@ -315,7 +362,7 @@ pub fn place(nodes: &[NodeView], spread: &[u32], req: &Request) -> Result<usize,
         } else {
             n.allocated.plus(times(req.resources, own))
         };
-        match check(n, i, allocated, req) {
+        match check(n, i, own, allocated, req) {
             Err(r) => refused[r as usize] += 1,
             Ok(price) => {
                 max_price = max_price.max(price);
@@ -390,6 +437,7 @@ mod tests {
                 gpus: 0,
             },
             allocated: Resources::default(),
+            host_ports: Vec::new(),
             reputation: 0.5,
             nexus: false,
             credit_balance: 0,
@@ -528,6 +576,35 @@ mod tests {
         assert_eq!(place(&nodes, &[1], &r), Ok(0));
         let err = place(&nodes, &[2], &r).unwrap_err();
         assert_eq!(err.message, "0/1 nodes are available: 1 insufficient cpu");
+    }
+
+    #[test]
+    fn host_ports_are_one_per_node() {
+        let port = |port, udp| HostPort { port, udp };
+        let mut nodes = vec![
+            node("a", 4000, 8 * GI),
+            node("b", 4000, 8 * GI),
+            node("c", 4000, 8 * GI),
+        ];
+        // Another workload holds 8080/TCP on a; 8080/UDP on b is another port.
+        nodes[0].host_ports = vec![port(8080, false)];
+        nodes[1].host_ports = vec![port(53, true), port(8080, true)];
+        let r = Request {
+            host_ports: vec![port(8080, false)],
+            ..req(100, GI)
+        };
+        assert_eq!(filter(&nodes, 0, &r), Some(Reason::HostPortInUse));
+        assert_eq!(filter(&nodes, 1, &r), None);
+        // The workload's own replica on b holds the port too: only c is left, then nothing,
+        // however much room there is.
+        assert_eq!(place(&nodes, &[0, 1, 0], &r), Ok(2));
+        let err = place(&nodes, &[0, 1, 1], &r).unwrap_err();
+        assert_eq!(
+            err.message,
+            "0/3 nodes are available: 3 didn't have free host ports (8080/TCP)"
+        );
+        // Without host ports, replicas share nodes as room allows.
+        assert_eq!(place(&nodes, &[0, 1, 1], &req(100, GI)), Ok(0));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What the reconcilers derive from cached objects: node readiness from Leases, what an
 //! instance reserves, and the owner's credit position. Pure given its inputs.
 
-use crate::scheduler::Resources;
+use crate::scheduler::{HostPort, Resources};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
@@ -47,6 +47,25 @@ pub fn liveness(lease: Option<&Lease>, now: Timestamp) -> Liveness {
         Some(until) if until > now => Liveness::Fresh { until },
         Some(since) => Liveness::Lapsed { since },
     }
+}
+
+/// The host ports one instance of a workload publishes, sorted and unique (the schema allows
+/// each port/protocol pair once per workload).
+pub fn host_ports(spec: &WorkloadSpec) -> Vec<HostPort> {
+    let mut ports: Vec<HostPort> = spec
+        .containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter_map(|p| {
+            Some(HostPort {
+                port: u16::try_from(p.host_port?).ok()?,
+                udp: p.protocol == univrs_api::resources::workload::Protocol::UDP,
+            })
+        })
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports
 }
 
 /// Resources one instance of a workload reserves: per container, its requests (or its limits

@@ -109,8 +109,10 @@ fn plan(
 ) -> Plan {
     let name = wl.name_any();
     let per_instance = snapshot::instance_request(&wl.spec);
+    let host_ports = snapshot::host_ports(&wl.spec);
     let mut request = Request {
         resources: per_instance,
+        host_ports: host_ports.clone(),
         node_selector: wl.spec.node_selector.clone(),
         min_reputation: wl.spec.min_reputation.unwrap_or(0.0),
         max_price_per_hour: wl.spec.credit.as_ref().and_then(|c| c.max_price_per_hour),
@@ -170,8 +172,13 @@ fn plan(
     let to_place = desired.len() - keep.len();
     let key = ObjectRef::from_obj(wl);
     let started = std::time::Instant::now();
-    ctx.index()
-        .assume(&key, per_instance, desired.len(), now, |views, position| {
+    let ((), freed) = ctx.index().assume(
+        &key,
+        per_instance,
+        host_ports,
+        desired.len(),
+        now,
+        |views, position| {
             let mut spread = Vec::new();
             if to_place > 0 {
                 spread = vec![0u32; views.len()];
@@ -226,7 +233,17 @@ fn plan(
                 .filter_map(|i| i.node.clone())
                 .collect();
             ((), nodes)
-        });
+        },
+    );
+    if freed {
+        wake(
+            ctx,
+            &crate::index::WorkloadChange {
+                nodes: Vec::new(),
+                freed: true,
+            },
+        );
+    }
     if to_place > 0 {
         ctx.metrics.observe_plan(started.elapsed());
     }

@@ -372,6 +372,15 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+/// Runs curl quietly with `args`; returns (HTTP status code, body).
+pub fn curl(args: &[&str]) -> (String, String) {
+    let (_, text, _) = run(Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args));
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
 /// A child process that is killed when dropped, and also when the test binary dies (it is
 /// spawned with a parent-death signal from the long-lived spawner thread).
 pub struct Guarded(pub Child);

@@ -90,6 +90,25 @@ impl Up {
     }
 }
 
+impl Drop for Up {
+    /// A test that failed half-way still stops `univrs up` with Ctrl-C, so it removes its
+    /// agents' containers, mounts and networks instead of leaving them to the next run (whose
+    /// agents reuse the same bridge names and subnets).
+    fn drop(&mut self) {
+        if !matches!(self.proc.0.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.proc.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline && matches!(self.proc.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// Processes whose command line mentions `dir`.
 pub fn processes_using(dir: &Path) -> Vec<String> {
     let needle = dir.display().to_string();

@@ -5,9 +5,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
 use univrs_api::{Node, Workload};
-use univrs_tests::ControlPlane;
 use univrs_tests::agent::AgentProc;
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_controller};
+use univrs_tests::{ControlPlane, curl};
 
 const NS: &str = "agent-e2e";
 
@@ -148,17 +148,6 @@ async fn registers_renews_and_refuses_a_taken_name() {
 }
 
 /// `curl` a URL: (HTTP status, body).
-fn curl(args: &[&str]) -> (String, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("running curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_string(), body.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_off_loopback_needs_tls_and_a_token() {
     let cp = ControlPlane::shared();
@@ -411,6 +400,20 @@ async fn runs_serves_restarts_readopts_and_cleans_up_real_containers() {
         .cloned()
         .expect("web-0 in the agent's status");
     let ip = inst["ip"].as_str().expect("an address").to_string();
+    // The Workload's status gives the same address (the agent writes it).
+    eventually(
+        "web-0's address in its status",
+        Duration::from_secs(30),
+        async || {
+            let w = api.get("web").await.unwrap();
+            let got = instance_of(&w, "web-0").and_then(|i| i.ip.clone());
+            (
+                (got.as_deref() == Some(ip.as_str())).then_some(()),
+                format!("{got:?}"),
+            )
+        },
+    )
+    .await;
     let (code, page) = curl(&[&format!("http://{ip}:8080/")]);
     assert_eq!(code, "200", "{page}");
     assert!(page.contains("served by web-0"), "{page}");

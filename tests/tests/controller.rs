@@ -33,6 +33,34 @@ fn workload(name: &str, replicas: i32, selector: Option<(&str, &str)>) -> Worklo
     .unwrap()
 }
 
+/// A workload whose container publishes hostPort 8080.
+fn with_host_port(name: &str, replicas: i32) -> Workload {
+    let mut w = serde_json::to_value(workload(name, replicas, None)).unwrap();
+    w["spec"]["containers"][0]["ports"] =
+        serde_json::json!([{"containerPort": 8080, "hostPort": 8080}]);
+    serde_json::from_value(w).unwrap()
+}
+
+/// The message of a workload's Scheduled condition once it is False.
+async fn unschedulable_message(api: &Api<Workload>, name: &str) -> String {
+    eventually(
+        &format!("Scheduled=False on {name}"),
+        Duration::from_secs(30),
+        async || {
+            let w = api.get(name).await.unwrap();
+            let c = w
+                .status
+                .as_ref()
+                .and_then(|s| univrs_api::conditions::find(&s.conditions, "Scheduled").cloned());
+            (
+                c.clone().filter(|c| c.status == "False").map(|c| c.message),
+                format!("{c:?}"),
+            )
+        },
+    )
+    .await
+}
+
 fn placements(w: &Workload) -> BTreeMap<String, String> {
     w.status
         .as_ref()
@@ -161,22 +189,7 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
         )
         .await
         .unwrap();
-    let msg = eventually(
-        "Scheduled=False on gpu-job",
-        Duration::from_secs(30),
-        async || {
-            let w = wl_api.get("gpu-job").await.unwrap();
-            let c = w
-                .status
-                .as_ref()
-                .and_then(|s| univrs_api::conditions::find(&s.conditions, "Scheduled").cloned());
-            (
-                c.clone().filter(|c| c.status == "False").map(|c| c.message),
-                format!("{c:?}"),
-            )
-        },
-    )
-    .await;
+    let msg = unschedulable_message(&wl_api, "gpu-job").await;
     assert_eq!(
         msg,
         "0/3 nodes are available: 1 not ready, 2 didn't match the nodeSelector"
@@ -197,6 +210,54 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
         describe.contains("didn't match the nodeSelector"),
         "{describe}"
     );
+
+    // A hostPort is one per node: three replicas on the two Ready nodes place two.
+    wl_api
+        .create(&PostParams::default(), &with_host_port("web", 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        unschedulable_message(&wl_api, "web").await,
+        "0/3 nodes are available: 1 not ready, 2 didn't have free host ports (8080/TCP)"
+    );
+    let web = placements(&wl_api.get("web").await.unwrap());
+    let web_nodes: BTreeSet<&String> = web.values().collect();
+    assert_eq!((web.len(), web_nodes.len()), (2, 2), "{web:?}");
+    // Another workload wanting the same port waits, and is placed once web gives one up.
+    wl_api
+        .create(&PostParams::default(), &with_host_port("web2", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        unschedulable_message(&wl_api, "web2").await,
+        "0/3 nodes are available: 1 not ready, 2 didn't have free host ports (8080/TCP)"
+    );
+    wl_api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .unwrap();
+    let (web, web2) = eventually(
+        "web2 placed where web left",
+        Duration::from_secs(30),
+        async || {
+            let web = placements(&wl_api.get("web").await.unwrap());
+            let web2 = placements(&wl_api.get("web2").await.unwrap());
+            let ok = web.len() == 1 && web2.len() == 1;
+            (
+                ok.then(|| (web.clone(), web2.clone())),
+                format!("{web:?} {web2:?}"),
+            )
+        },
+    )
+    .await;
+    assert_ne!(web.values().next(), web2.values().next());
+    for name in ["web", "web2"] {
+        wl_api.delete(name, &Default::default()).await.unwrap();
+    }
 
     // A forged vouch (signed by a stranger, claiming alpha's DID) is refused with a reason; a
     // genuine one verifies.

@@ -1,9 +1,9 @@
 //! The community-cloud scenario end to end, the way users meet the system: `univrs up` with
 //! three agents, the example portal applied with kubectl, three real containers spread over the
-//! nodes, credit moving along lines while they run, a signed vouch verified (counting nothing
-//! yet: its voucher is new),
-//! a node that stops answering and its replica coming back elsewhere, a scale to five through
-//! the MCP server, and a delete that leaves nothing running.
+//! nodes each serving its page on the address its status gives, credit moving along lines while
+//! they run, a signed vouch verified (counting nothing yet: its voucher is new), a node that
+//! stops answering (its agent frozen) and its replica coming back elsewhere, a scale to five
+//! through the MCP server, and a delete that leaves nothing running.
 
 use kube::api::{Api, Patch, PatchParams};
 use std::collections::BTreeSet;
@@ -14,7 +14,7 @@ use univrs_api::resources::creditline::CreditLine;
 use univrs_api::{Node, Workload};
 use univrs_tests::cluster::eventually;
 use univrs_tests::up::Up;
-use univrs_tests::{free_port, repo_root, run, univrs_bin, upstream_bin_dir};
+use univrs_tests::{curl, free_port, repo_root, run, univrs_bin, upstream_bin_dir};
 
 const NS: &str = "community-center";
 const PORTAL: &str = "community-portal";
@@ -25,7 +25,8 @@ fn kubectl(kubeconfig: &Path) -> Command {
     c
 }
 
-/// Ready instances of the portal: (instance, node).
+/// Ready instances of the portal: (instance, node), each checked to serve its own page on the
+/// address its status gives.
 fn ready_instances(w: &Workload) -> Vec<(String, String)> {
     w.status
         .iter()
@@ -36,8 +37,29 @@ fn ready_instances(w: &Workload) -> Vec<(String, String)> {
                     .as_ref()
                     .is_some_and(|u| u.is_for(i.node.as_ref(), i.placed_at.as_ref()))
         })
+        .filter(|i| {
+            i.ip.as_ref().is_some_and(|ip| {
+                let (code, page) = curl(&["-m", "5", &format!("http://{ip}:8080/")]);
+                code == "200" && page.contains(&format!("served by {}", i.name))
+            })
+        })
         .filter_map(|i| i.node.clone().map(|n| (i.name.clone(), n)))
         .collect()
+}
+
+/// Every instance as its status says, for failure messages.
+fn instances(w: &Workload) -> String {
+    w.status
+        .iter()
+        .flat_map(|s| s.instances.iter())
+        .map(|i| {
+            format!(
+                "{} on {:?}: {:?} ready={:?} ip={:?} {:?}",
+                i.name, i.node, i.phase, i.ready, i.ip, i.message
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The pid of the `univrs agent` process of `node` under `dir`.
@@ -62,9 +84,6 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "blocked: the scheduler does not yet treat hostPort as a per-node resource, so the \
-            replica moved off a stopped node lands next to another portal replica and its \
-            hostPort 8080 is refused by that node's agent (PortInUse); run with --ignored"]
 async fn the_community_cloud_scenario() {
     let dir = PathBuf::from(format!("/tmp/us-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -96,7 +115,7 @@ async fn the_community_cloud_scenario() {
             let nodes: BTreeSet<&String> = r.iter().map(|(_, n)| n).collect();
             (
                 (r.len() == 3 && nodes.len() == 3).then(|| r.clone()),
-                format!("{r:?}"),
+                format!("{r:?} of {}", instances(&w)),
             )
         },
     )
@@ -132,14 +151,17 @@ async fn the_community_cloud_scenario() {
     assert!(ok);
     eprintln!("{table}");
 
-    // node-1 vouches for node-0 (signed with node-1's key): node-0's reputation rises.
-    let before = nodes
-        .get("node-0")
-        .await
-        .unwrap()
-        .status
-        .and_then(|s| s.reputation)
-        .unwrap_or(0.0);
+    // node-1 vouches for node-0, signed with node-1's key.
+    let reputation = async || {
+        nodes
+            .get("node-0")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.reputation)
+            .unwrap_or(0.0)
+    };
+    let before = reputation().await;
     let (ok, vouch, err) = run(Command::new(univrs_bin())
         .arg("vouch")
         .arg("--identity")
@@ -171,14 +193,7 @@ async fn the_community_cloud_scenario() {
     assert_eq!(status.subject_node.as_deref(), Some("node-0"));
     assert_eq!(status.voucher_node.as_deref(), Some("node-1"));
     assert_eq!(status.effective_weight, 0.0);
-    let after = nodes
-        .get("node-0")
-        .await
-        .unwrap()
-        .status
-        .and_then(|s| s.reputation)
-        .unwrap_or(0.0);
-    assert_eq!(after, before);
+    assert_eq!(reputation().await, before);
 
     // A machine stops answering (its agent frozen): its replica comes back elsewhere.
     let (lost_inst, lost_node) = placed[0].clone();
@@ -191,7 +206,10 @@ async fn the_community_cloud_scenario() {
             let w = wl.get(PORTAL).await.unwrap();
             let r = ready_instances(&w);
             let moved = r.iter().any(|(i, n)| *i == lost_inst && *n != lost_node);
-            ((moved && r.len() == 3).then_some(()), format!("{r:?}"))
+            (
+                (moved && r.len() == 3).then_some(()),
+                format!("{r:?} of {}", instances(&w)),
+            )
         },
     )
     .await;
@@ -209,8 +227,12 @@ async fn the_community_cloud_scenario() {
         "5 portal replicas ready",
         Duration::from_secs(180),
         async || {
-            let r = ready_instances(&wl.get(PORTAL).await.unwrap());
-            ((r.len() == 5).then_some(()), format!("{r:?}"))
+            let w = wl.get(PORTAL).await.unwrap();
+            let r = ready_instances(&w);
+            (
+                (r.len() == 5).then_some(()),
+                format!("{r:?} of {}", instances(&w)),
+            )
         },
     )
     .await;

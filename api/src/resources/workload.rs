@@ -433,6 +433,10 @@ pub struct Instance {
     /// When its containers last started (written by the node's agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// Its address on its node's container network, where its ports answer (written by the
+    /// node's agent; like a Pod's podIP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
     /// Why it is in its phase, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -112,6 +112,7 @@ impl StatusWriter {
                         && c.restarts == Some(r.restarts)
                         && c.started_at == r.started_at
                         && c.message == r.message
+                        && c.ip == r.ip
                 });
                 let same_usage = cur.is_some_and(|c| c.usage.as_ref() == Some(&r.usage));
                 changed |= !same_state || !same_usage;
@@ -222,6 +223,9 @@ fn entry(r: &InstanceReport) -> serde_json::Value {
     }
     if let Some(m) = &r.message {
         v["message"] = m.clone().into();
+    }
+    if let Some(ip) = &r.ip {
+        v["ip"] = ip.clone().into();
     }
     v
 }
