@@ -1,7 +1,7 @@
 //! Node agents as real processes (`univrs agent`) for end-to-end tests.
 
 use crate::{ControlPlane, Guarded, univrs_bin};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// A running `univrs agent`, killed and reset (containers, root filesystems, networks and
@@ -23,8 +23,14 @@ impl AgentProc {
     /// Starts an agent named `name` against `cp` with a 3 s Lease, a 1 s restart backoff, a
     /// 2 s usage interval and its mesh on loopback, plus `extra` flags.
     pub fn start(cp: &ControlPlane, name: &str, extra: &[&str]) -> Self {
+        Self::start_with(&cp.kubeconfig, &cp.data_dir, name, extra)
+    }
+
+    /// As [`AgentProc::start`], with the credentials of `kubeconfig` (e.g. a ServiceAccount's
+    /// token) and its log in `log_dir`.
+    pub fn start_with(kubeconfig: &Path, log_dir: &Path, name: &str, extra: &[&str]) -> Self {
         let data_dir = PathBuf::from(format!("/tmp/ua-{}-{name}", std::process::id()));
-        let log = cp.data_dir.join(format!("agent-{name}.log"));
+        let log = log_dir.join(format!("agent-{name}.log"));
         let mut args: Vec<String> = [
             "--lease-duration",
             "3s",
@@ -46,7 +52,7 @@ impl AgentProc {
             log,
             child: None,
             args,
-            kubeconfig: cp.kubeconfig.clone(),
+            kubeconfig: kubeconfig.to_path_buf(),
         };
         a.restart();
         a

@@ -954,7 +954,8 @@ fn start_controller(kubeconfig: &Path, log: PathBuf) -> Controller {
 
 /// The real controller on its ServiceAccount's token leads, places a Workload, verifies a Vouch,
 /// readies a CreditLine, settles a deleted Node through its finalizer and publishes Events; the
-/// agents' part (Node objects, their status, Lease renewals) is played with the agent's token.
+/// agents' part (Node objects, their status, Lease renewals) is played with the agent's token,
+/// and a real `univrs agent` on the agent's token registers, turns Ready and runs a container.
 /// Nothing is refused along the way.
 async fn controller_and_agent_work_on_their_tokens_alone(c: &Cluster) {
     let admin = client_from(&c.kubeconfig).await;
@@ -1132,6 +1133,58 @@ async fn controller_and_agent_work_on_their_tokens_alone(c: &Cluster) {
         },
     )
     .await;
+
+    // A real agent on the agent's token: registers, renews its Lease, runs what is placed on
+    // it and reports it.
+    let kiosk = univrs_tests::agent::AgentProc::start_with(
+        &service_account_kubeconfig(c, "univrs-agent"),
+        &c.data_dir,
+        "kiosk",
+        &["--cpu", "1", "--memory", "1Gi", "--label", "org=kiosk"],
+    );
+    let web: Workload = serde_json::from_value(serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Workload",
+        "metadata": {"name": "kiosk-web", "namespace": "rbac"},
+        "spec": {"replicas": 1, "nodeSelector": {"org": "kiosk"}, "containers": [{"name": "app",
+            "image": "univrs.local/demo:latest",
+            "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+            "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}}}]}
+    }))
+    .unwrap();
+    workloads
+        .create(&PostParams::default(), &web)
+        .await
+        .unwrap();
+    eventually(
+        "kiosk-web Running and Ready on the kiosk",
+        Duration::from_secs(120),
+        async || {
+            let w = workloads.get("kiosk-web").await.unwrap();
+            let i = w.status.as_ref().and_then(|s| s.instances.first().cloned());
+            let ok = i.as_ref().is_some_and(|i| {
+                i.node.as_deref() == Some("kiosk")
+                    && i.ready == Some(true)
+                    && i.phase == Some(univrs_api::resources::workload::InstancePhase::Running)
+            });
+            (ok.then_some(()), format!("{i:?}"))
+        },
+    )
+    .await;
+    workloads
+        .delete("kiosk-web", &Default::default())
+        .await
+        .unwrap();
+    let agent_log = kiosk.log_text();
+    let refused: Vec<&str> = agent_log
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("forbidden") || l.contains("code: 403"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the agent was refused with its ServiceAccount's permissions:\n{}",
+        refused.join("\n")
+    );
+    drop(kiosk);
 
     let log = std::fs::read_to_string(&ctl.log).unwrap();
     assert!(log.contains("leading: starting reconcilers"), "{log}");
