@@ -260,6 +260,40 @@ async fn the_community_cloud_scenario() {
         (left.is_empty().then_some(()), format!("{left:?}"))
     })
     .await;
+    // All along, the controller and the agents ran on their ServiceAccounts' tokens under the
+    // chart's RBAC, and nothing they did was refused.
+    for account in ["univrs-controller", "univrs-agent"] {
+        let kc = dir
+            .join("credentials")
+            .join(format!("{account}.kubeconfig"));
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kc).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "{}", kc.display());
+    }
+    for entry in std::fs::read_dir(dir.join("logs")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("controller") || name.starts_with("agent") {
+            let log = std::fs::read_to_string(entry.path()).unwrap();
+            let refused: Vec<&str> = log
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().contains("forbidden") || l.contains("code: 403"))
+                .collect();
+            assert!(refused.is_empty(), "{name}:\n{}", refused.join("\n"));
+        }
+    }
+    let (_, cmdlines, _) = run(Command::new("ps").args(["-eo", "args"]));
+    let components: Vec<&str> = cmdlines
+        .lines()
+        .filter(|l| l.contains(" agent ") || l.contains(" controller "))
+        .filter(|l| l.contains(&dir.display().to_string()))
+        .collect();
+    assert!(
+        components.len() == 4
+            && components
+                .iter()
+                .all(|l| l.contains("/credentials/univrs-")),
+        "{components:#?}"
+    );
     up.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }

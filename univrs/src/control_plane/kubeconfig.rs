@@ -11,17 +11,42 @@ pub fn write(path: &Path, server: &str, ca: &Path, client: &CertFiles, user: &st
         let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
         Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
     };
+    let credentials = serde_json::json!({
+        "client-certificate-data": b64(&client.cert)?,
+        "client-key-data": b64(&client.key)?,
+    });
+    write_config(path, server, &b64(ca)?, user, credentials)
+}
+
+/// Writes a kubeconfig (mode 0600) that reaches `server` (whose CA is `ca_data`, base64) with
+/// the bearer token kept in `token_file`, which clients re-read, so the token can be renewed
+/// under running processes.
+pub fn write_with_token_file(
+    path: &Path,
+    server: &str,
+    ca_data: &str,
+    token_file: &Path,
+    user: &str,
+) -> Result<()> {
+    let credentials = serde_json::json!({ "tokenFile": token_file });
+    write_config(path, server, ca_data, user, credentials)
+}
+
+fn write_config(
+    path: &Path,
+    server: &str,
+    ca_data: &str,
+    user: &str,
+    credentials: serde_json::Value,
+) -> Result<()> {
     let config = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "univrs", "cluster": {
             "server": server,
-            "certificate-authority-data": b64(ca)?,
+            "certificate-authority-data": ca_data,
         }}],
-        "users": [{"name": user, "user": {
-            "client-certificate-data": b64(&client.cert)?,
-            "client-key-data": b64(&client.key)?,
-        }}],
+        "users": [{"name": user, "user": credentials}],
         "contexts": [{"name": "univrs", "context": {"cluster": "univrs", "user": user}}],
         "current-context": "univrs",
         "preferences": {},

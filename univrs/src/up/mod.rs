@@ -10,6 +10,7 @@
 //! is placed on them.
 
 mod children;
+mod credentials;
 
 use crate::control_plane::{self, Progress, process};
 use anyhow::{Context, Result};
@@ -97,6 +98,34 @@ pub async fn run(opts: Options) -> Result<()> {
     ensure_namespace(&client, SYSTEM_NAMESPACE).await?;
     progress.done("CRDs established");
 
+    // On its own control plane, `up` runs its components with their ServiceAccounts' rights;
+    // a cluster given with --kubeconfig keeps its own RBAC (e.g. from the Helm chart), so the
+    // components use the credentials given.
+    let (controller_kubeconfig, agent_kubeconfig, _renewal) = if opts.kubeconfig.is_none() {
+        progress.begin("ServiceAccounts and RBAC of the Helm chart");
+        let n = credentials::apply_rbac(&client, MANAGER).await?;
+        let creds = credentials::issue(
+            &client,
+            &kubeconfig,
+            SYSTEM_NAMESPACE,
+            &["univrs-controller", "univrs-agent"],
+            &opts.data_dir.join("credentials"),
+        )
+        .await?;
+        let (controller, agent) = (creds[0].kubeconfig.clone(), creds[1].kubeconfig.clone());
+        let renewal = AbortOnDrop(tokio::spawn(credentials::renew_forever(
+            client.clone(),
+            SYSTEM_NAMESPACE.to_string(),
+            creds,
+        )));
+        progress.done(&format!(
+            "controller and agents on their ServiceAccounts' tokens ({n} RBAC objects)"
+        ));
+        (controller, agent, Some(renewal))
+    } else {
+        (kubeconfig.clone(), kubeconfig.clone(), None)
+    };
+
     progress.begin("controller");
     let metrics_port = process::free_port()?;
     children.spawn(Child::restartable(
@@ -104,7 +133,7 @@ pub async fn run(opts: Options) -> Result<()> {
         vec![
             "controller".into(),
             "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
+            controller_kubeconfig.display().to_string(),
             "--metrics-addr".into(),
             format!("127.0.0.1:{metrics_port}"),
             "--node-grace-period".into(),
@@ -134,7 +163,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 vec![
                     "agent".into(),
                     "--kubeconfig".into(),
-                    kubeconfig.display().to_string(),
+                    agent_kubeconfig.display().to_string(),
                     "--data-dir".into(),
                     dir.display().to_string(),
                     "--node-name".into(),
@@ -233,6 +262,15 @@ async fn wait_for_file(path: &Path, children: &mut Children, timeout: Duration) 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Applies every CRD (server-side, so an upgrade updates them) and waits until Established.
