@@ -10,6 +10,7 @@
 
 pub mod billing;
 pub mod context;
+pub mod crds;
 pub mod credit;
 pub mod error;
 pub mod feeds;

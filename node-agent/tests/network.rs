@@ -26,7 +26,7 @@ use univrs_node_agent::network::{
     Attachment, Cni, CniConfig, Ipv4Cidr, NetworkError, PortMapping, netns, subnet,
 };
 use univrs_node_agent::runtime::{ContainerConfig, RuntimeClient};
-use univrs_tests::{free_port, univrs_bin};
+use univrs_tests::{busybox_rootfs, free_port, univrs_bin};
 
 const DIR_PREFIX: &str = "univrs-net-";
 
@@ -63,27 +63,6 @@ fn free_subnet() -> Ipv4Cidr {
         }
     }
     panic!("no free /24 left in 10.213.0.0/16");
-}
-
-/// A minimal root filesystem: busybox, the applets the tests use, and a page for httpd.
-fn make_rootfs(dir: &Path, page: &str) -> PathBuf {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.exists(),
-        "these tests need Debian's busybox-static (apt-get install -y busybox-static)"
-    );
-    let root = dir.join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "www"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "echo", "sleep", "cat", "ls", "ip", "ping", "httpd", "wget", "grep",
-    ] {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(root.join("www/index.html"), page).unwrap();
-    root
 }
 
 /// Is `pid` a live process?
@@ -163,7 +142,8 @@ impl TestNet {
         let agent = format!("tn{suffix}");
         let subnet = free_subnet();
         std::fs::write(dir.join("subnet"), subnet.to_string()).unwrap();
-        let rootfs = make_rootfs(&dir, page);
+        let rootfs = busybox_rootfs(&dir);
+        std::fs::write(rootfs.join("www/index.html"), page).unwrap();
         let rt = RuntimeClient::new(univrs_bin(), dir.join("state"), &agent).unwrap();
         let mut config = CniConfig::new(&agent, dir.join("net"));
         config.subnet = Some(subnet);

@@ -9,7 +9,6 @@
 //! The create+start benchmark: `cargo test -p univrs-node-agent --test runtime -- --ignored
 //! --nocapture bench_create_start`.
 
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +19,7 @@ use univrs_node_agent::runtime::cgroup::{self, CgroupVersion};
 use univrs_node_agent::runtime::{
     ContainerConfig, ContainerState, RuntimeClient, RuntimeError, ShimHandle,
 };
-use univrs_tests::univrs_bin;
+use univrs_tests::{busybox_rootfs, univrs_bin};
 
 /// Container starts hold it shared; removing the shared `/univrs` cgroup parent holds it
 /// exclusively, so a parent is never removed under a container being created.
@@ -29,32 +28,6 @@ static CGROUP_PARENTS: RwLock<()> = RwLock::new(());
 const STATE_PREFIX: &str = "univrs-rt-";
 
 /// The repository root.
-/// Debian's statically linked busybox.
-fn busybox() -> PathBuf {
-    let p = PathBuf::from("/bin/busybox");
-    assert!(
-        p.exists(),
-        "these tests need Debian's busybox-static (apt-get install -y busybox-static)"
-    );
-    p
-}
-
-/// A minimal root filesystem: busybox and links to the applets the tests use.
-fn make_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(busybox(), root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "echo", "sleep", "cat", "hostname", "readlink", "ls", "env", "wget", "true", "false",
-        "grep", "ip", "unshare", "head",
-    ] {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    root
-}
-
 /// Is `pid` a live process?
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -132,7 +105,7 @@ impl TestRuntime {
         );
         let dir = std::env::temp_dir().join(format!("{STATE_PREFIX}{suffix}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let rootfs = make_rootfs(&dir);
+        let rootfs = busybox_rootfs(&dir);
         let client =
             RuntimeClient::new(univrs_bin(), dir.join("state"), &format!("t{suffix}")).unwrap();
         Self {

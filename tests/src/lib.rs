@@ -19,13 +19,13 @@ pub mod up;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams};
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -321,43 +321,37 @@ pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
 
 /// Applies every CRD in `crds/` with server-side apply and waits until each is Established.
 pub async fn install_crds(client: &kube::Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let dir = repo_root().join("crds");
-    let mut names = Vec::new();
+    let mut crds = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path)?)
             .with_context(|| format!("parsing {}", path.display()))?;
-        let name = crd.metadata.name.clone().context("CRD without a name")?;
-        api.patch(
-            &name,
-            &PatchParams::apply("univrs-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("applying {}", path.display()))?;
-        names.push(name);
+        crds.push(crd);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for name in names {
-        loop {
-            let crd = api.get(&name).await?;
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("CRD {name} not Established after 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    Ok(univrs_controller::crds::install(client, "univrs-tests", crds).await?)
+}
+
+/// A minimal root filesystem in `dir/rootfs` for container tests: Debian's static busybox,
+/// links to the applets the tests use, and an empty `www/` for httpd's pages.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "these tests need Debian's busybox-static (apt-get install -y busybox-static)"
+    );
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "www"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    Ok(())
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "sleep", "cat", "hostname", "readlink", "ls", "env", "wget", "true", "false",
+        "grep", "ip", "unshare", "head", "ping", "httpd",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    root
 }
 
 /// Runs a command and returns (success, stdout, stderr).

@@ -292,7 +292,7 @@ impl Supervisor {
                         .as_ref()
                         .map(|p| ProbeState::new(p, Instant::now()));
                 }
-                self.sample(rec, c, &cid, spec).await;
+                self.sample(rec, c, &cid).await;
                 self.probe(rec, c, &cid, pid, spec).await;
             }
             Ok(ContainerState::Exited(exit)) => {
@@ -317,13 +317,7 @@ impl Supervisor {
     }
 
     /// Samples CPU and memory of a running container into the record.
-    async fn sample(
-        &mut self,
-        rec: &mut InstanceRecord,
-        c: &Container,
-        cid: &str,
-        spec: &WorkloadSpec,
-    ) {
+    async fn sample(&mut self, rec: &mut InstanceRecord, c: &Container, cid: &str) {
         let rt = self.deps.runtime.clone();
         let id = cid.to_string();
         let Ok(usage) = blocking(move || rt.usage(&id)).await else {
@@ -347,7 +341,6 @@ impl Supervisor {
             // Cumulative within one run; a new run starts from zero again.
             entry.cpu_usec_run = entry.cpu_usec_run.max(usage.cpu_usec);
         }
-        let _ = spec;
     }
 
     async fn probe(

@@ -448,18 +448,7 @@ fn sync_supervisors(
         if supervisors.contains_key(&id) {
             continue;
         }
-        let rec = InstanceRecord {
-            id: d.id.clone(),
-            namespace: d.namespace.clone(),
-            workload: d.workload.clone(),
-            uid: d.uid.clone(),
-            instance: d.instance.clone(),
-            placed_at: d.placed_at.clone(),
-            containers: BTreeMap::new(),
-            memory_mib_seconds: 0.0,
-            gpu_seconds: 0.0,
-            ip: None,
-        };
+        let rec = InstanceRecord::from(&d);
         // Saved before anything is created, so a crash right after leaves nothing unclaimed.
         if let Err(e) = deps.records.save(&rec) {
             tracing::warn!(instance = %rec.id, "saving the instance record: {e}");

@@ -39,6 +39,24 @@ pub struct InstanceRecord {
     pub ip: Option<String>,
 }
 
+impl From<&super::desired::DesiredInstance> for InstanceRecord {
+    /// The record of an instance about to start: its identity, nothing run or metered yet.
+    fn from(d: &super::desired::DesiredInstance) -> Self {
+        Self {
+            id: d.id.clone(),
+            namespace: d.namespace.clone(),
+            workload: d.workload.clone(),
+            uid: d.uid.clone(),
+            instance: d.instance.clone(),
+            placed_at: d.placed_at.clone(),
+            containers: BTreeMap::new(),
+            memory_mib_seconds: 0.0,
+            gpu_seconds: 0.0,
+            ip: None,
+        }
+    }
+}
+
 /// One container of an instance.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

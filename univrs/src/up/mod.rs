@@ -16,7 +16,6 @@ use crate::control_plane::{self, Progress, process};
 use anyhow::{Context, Result};
 use children::{Child, Children};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -94,7 +93,7 @@ pub async fn run(opts: Options) -> Result<()> {
     progress.done("API server ready");
 
     progress.begin("CRDs and the univrs-system namespace");
-    install_crds(&client).await?;
+    univrs_controller::crds::install(&client, MANAGER, univrs_api::crds::all()).await?;
     ensure_namespace(&client, SYSTEM_NAMESPACE).await?;
     progress.done("CRDs established");
 
@@ -271,41 +270,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Applies every CRD (server-side, so an upgrade updates them) and waits until Established.
-async fn install_crds(client: &kube::Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let params = PatchParams::apply(MANAGER).force();
-    let mut names = Vec::new();
-    for crd in univrs_api::crds::all() {
-        let name = crd.metadata.name.clone().context("a CRD without a name")?;
-        api.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .with_context(|| format!("applying CRD {name}"))?;
-        names.push(name);
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for name in names {
-        loop {
-            let crd = api.get(&name).await?;
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "CRD {name} not Established after 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
 }
 
 async fn ensure_namespace(client: &kube::Client, name: &str) -> Result<()> {
