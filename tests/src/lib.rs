@@ -354,6 +354,24 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     root
 }
 
+/// Fails the test if `log` (of `who`) shows a request the API server refused: a 403, or an
+/// Event that could not be published.
+pub fn assert_never_refused(who: &str, log: &str) {
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.to_ascii_lowercase().contains("forbidden")
+                || l.contains("code: 403")
+                || l.contains("could not publish an Event")
+        })
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{who} was refused with its ServiceAccount's permissions:\n{}",
+        refused.join("\n")
+    );
+}
+
 /// Runs a command and returns (success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
     let out = cmd
