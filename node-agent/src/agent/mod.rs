@@ -12,8 +12,10 @@
 
 pub mod api;
 pub mod capacity;
+pub mod cluster;
 pub mod desired;
 pub mod gossip;
+pub mod heard;
 mod instance;
 pub mod lease;
 pub mod node;
@@ -85,6 +87,8 @@ pub struct AgentConfig {
     pub api_token: Option<String>,
     /// The API's TLS certificate and key (PEM files).
     pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// How often the vouches signed by this node's key are announced again on the mesh.
+    pub vouch_interval: Duration,
 }
 
 /// The Node annotation holding the URL of the agent's API.
@@ -188,9 +192,17 @@ pub async fn run(
     let listen = gossip::parse_addrs("--listen", &cfg.listen).map_err(AgentError::Invalid)?;
     let bootstrap =
         gossip::parse_addrs("--bootstrap", &cfg.bootstrap).map_err(AgentError::Invalid)?;
-    let mesh = gossip::start(identity.clone(), listen, bootstrap, cfg.mdns)
-        .await
-        .map_err(|e| AgentError::Invalid(format!("starting the mesh: {e}")))?;
+    // The cluster view checks what peers claim, so it exists before the mesh does.
+    let (cluster, cluster_tasks) = cluster::ClusterView::start(client.clone());
+    let mesh = gossip::start(
+        identity.clone(),
+        listen,
+        bootstrap,
+        cfg.mdns,
+        Arc::new(cluster.clone()),
+    )
+    .await
+    .map_err(|e| AgentError::Invalid(format!("starting the mesh: {e}")))?;
     let multiaddrs: Vec<String> = mesh
         .dial_addrs()
         .await
@@ -233,6 +245,8 @@ pub async fn run(
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
     let sandbox = Arc::new(build_sandbox(&cfg, &data_dir)?);
     let reports = Reports::default();
+    let heard = heard::Heard::default();
+    let heard_task = tokio::spawn(heard::listen(mesh.clone(), heard.clone()));
     let api_state = Arc::new(api::ApiState {
         node: cfg.node_name.clone(),
         peer_id: facts.identity.peer_id(),
@@ -244,6 +258,10 @@ pub async fn run(
         started: std::time::Instant::now(),
         unauthorized: Default::default(),
         mesh: mesh.clone(),
+        identity: identity.clone(),
+        tls: tls.is_some(),
+        heard,
+        cluster: cluster.clone(),
     });
     let app = api::router(api_state);
     let api_task = match tls {
@@ -313,6 +331,12 @@ pub async fn run(
         mesh.clone(),
         reports.clone(),
     ));
+    let vouches_task = tokio::spawn(gossip::announce_vouches(
+        identity.public().did(),
+        mesh.clone(),
+        cluster,
+        cfg.vouch_interval,
+    ));
 
     let sync = async {
         loop {
@@ -336,7 +360,12 @@ pub async fn run(
         api_task,
         peers_task,
         announce_task,
-    ] {
+        vouches_task,
+        heard_task,
+    ]
+    .into_iter()
+    .chain(cluster_tasks)
+    {
         t.abort();
     }
     mesh.shutdown().await;
