@@ -323,8 +323,14 @@ async fn vouches_and_transfers_travel_and_impossible_claims_are_dropped() {
     let unknown_voucher =
         VouchSpec::signed(&stranger, &b_id, 1.0, "trust me", expires.clone()).unwrap();
     // A vouch really signed by A's key, for the stranger: the subject is no Node.
-    let unknown_subject =
-        VouchSpec::signed(&key_a, &stranger.public(), 1.0, "a stolen key", expires).unwrap();
+    let unknown_subject = VouchSpec::signed(
+        &key_a,
+        &stranger.public(),
+        1.0,
+        "a stolen key",
+        expires.clone(),
+    )
+    .unwrap();
     // A transfer from A's account signed by the stranger's key.
     let not_owner = SignedTransfer::sign(
         &stranger,
@@ -335,11 +341,7 @@ async fn vouches_and_transfers_travel_and_impossible_claims_are_dropped() {
             amount: 1_000_000,
         },
     );
-    for body in [
-        GossipBody::from(unknown_voucher),
-        unknown_subject.into(),
-        not_owner.into(),
-    ] {
+    let publish = async |body: GossipBody| {
         eventually("the stranger publishes", WAIT, async || {
             match rogue.publish(body.clone()).await {
                 Ok(()) => (Some(()), String::new()),
@@ -347,7 +349,35 @@ async fn vouches_and_transfers_travel_and_impossible_claims_are_dropped() {
                 Err(e) => panic!("publishing: {e}"),
             }
         })
-        .await;
+        .await
+    };
+
+    // First something possible: anyone may relay a vouch, and this one, signed by A's key for
+    // B, is heard although no Vouch object holds it.
+    let unlisted =
+        VouchSpec::signed(&key_a, &b_id, 0.4, "said only on the mesh", expires.clone()).unwrap();
+    publish(unlisted.into()).await;
+    let h = eventually("B hears the relayed vouch", WAIT, async || {
+        let h = heard_about(&api_b, "gsp-b");
+        let found = h.iter().find(|v| v["weight"] == 0.4).cloned();
+        (found, format!("{h:?}"))
+    })
+    .await;
+    assert_eq!(
+        (&h["inApi"], &h["vouchObject"], &h["source"]),
+        (
+            &false.into(),
+            &serde_json::Value::Null,
+            &rogue.peer_id().to_string().into()
+        )
+    );
+
+    for body in [
+        GossipBody::from(unknown_voucher),
+        unknown_subject.into(),
+        not_owner.into(),
+    ] {
+        publish(body).await;
     }
 
     // Dropped and counted by both agents, by reason.
@@ -386,8 +416,9 @@ async fn vouches_and_transfers_travel_and_impossible_claims_are_dropped() {
         );
         assert!(!transfers_heard(api).iter().any(|t| t["id"] == "gsp-steal"),);
         let (_, metrics) = api.get("/metrics");
+        // The other agent's vouch and the relayed one.
         assert!(
-            metrics.contains("univrs_agent_vouches_heard 1"),
+            metrics.contains("univrs_agent_vouches_heard 2"),
             "{metrics}"
         );
     }

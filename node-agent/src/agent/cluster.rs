@@ -256,6 +256,47 @@ mod tests {
         SignedTransfer::sign(&id(payer), t).into()
     }
 
+    #[tokio::test]
+    async fn the_cache_has_a_grace_to_show_what_makes_a_claim_possible() {
+        let (nodes, mut node_writer) = reflector::store::<Node>();
+        let (vouches, _vouch_writer) = reflector::store::<Vouch>();
+        let (node_tx, node_changes) = watch::channel(0u64);
+        let (_vouch_tx, vouch_changes) = watch::channel(0u64);
+        let view = ClusterView {
+            nodes,
+            vouches,
+            node_changes,
+            vouch_changes,
+        };
+        let node = |name: &str, n: u8| univrs_tests::cluster::node_object(name, &[], &id(n));
+        // Before the Nodes are listed nothing can be judged.
+        assert_eq!(view.judge(&vouch(1, 2)).await, ClaimVerdict::Unknown);
+        for e in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(node("a", 1)),
+            watcher::Event::InitDone,
+        ] {
+            node_writer.apply_watcher_event(&e);
+        }
+        node_tx.send_modify(|n| *n += 1);
+        // b registers while a vouch for it is being judged.
+        let judging = {
+            let view = view.clone();
+            tokio::spawn(async move { view.judge(&vouch(1, 2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        node_writer.apply_watcher_event(&watcher::Event::Apply(node("b", 2)));
+        node_tx.send_modify(|n| *n += 1);
+        assert_eq!(judging.await.unwrap(), ClaimVerdict::Possible);
+        // What the cache never shows stays impossible.
+        assert_eq!(
+            view.judge(&vouch(1, 3)).await,
+            ClaimVerdict::Impossible(InvalidReason::UnknownSubject)
+        );
+        assert_eq!(view.node_with_did(&id(2).public().did()), Some("b".into()));
+        assert_eq!(view.did_of("a"), Some(id(1).public().did()));
+    }
+
     #[test]
     fn vouches_need_a_member_voucher_and_subject() {
         assert_eq!(check(vouch(1, 2)), Ok(()));
