@@ -126,6 +126,18 @@ pub struct ControlPlane {
     child: Mutex<Option<Child>>,
 }
 
+/// `curl` a URL with extra arguments: (HTTP status, body); status `000` when nothing answered.
+pub fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released, for a process started next).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -5,9 +5,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
 use univrs_api::{Node, Workload};
-use univrs_tests::ControlPlane;
 use univrs_tests::agent::AgentProc;
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_controller};
+use univrs_tests::{ControlPlane, curl};
 
 const NS: &str = "agent-e2e";
 
@@ -145,18 +145,6 @@ async fn registers_renews_and_refuses_a_taken_name() {
         "{err}"
     );
     drop(agent);
-}
-
-/// `curl` a URL: (HTTP status, body).
-fn curl(args: &[&str]) -> (String, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("running curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_string(), body.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,24 +12,12 @@ use univrs_api::ledger::Transfer;
 use univrs_api::resources::vouch::{Vouch, VouchSpec};
 use univrs_api::{Node, gossip::GossipBody};
 use univrs_node_agent::mesh::{Mesh, MeshConfig, MeshError, Multiaddr};
-use univrs_tests::ControlPlane;
 use univrs_tests::agent::AgentProc;
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually};
+use univrs_tests::{ControlPlane, curl};
 
 const WAIT: Duration = Duration::from_secs(90);
 const TOKEN: &str = "gossip-token-0123456789abcdef";
-
-/// `curl` a URL: (HTTP status, body).
-fn curl(args: &[&str]) -> (String, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("running curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_string(), body.to_string())
-}
 
 /// An agent's API: its URL and the curl flags it needs (CA, token).
 struct AgentApi {

@@ -41,9 +41,9 @@ pub struct ClusterView {
     vouch_changes: watch::Receiver<u64>,
 }
 
-/// Watches every object of `api` into a store, counting the changes; the task runs until
-/// aborted.
-fn watch_into<K>(
+/// Watches every object of `api` into a store, counting the changes (a receiver wakes on
+/// each); the task runs until aborted.
+pub fn watch_all<K>(
     api: Api<K>,
     what: &'static str,
 ) -> (Store<K>, watch::Receiver<u64>, JoinHandle<()>)
@@ -76,8 +76,8 @@ where
 impl ClusterView {
     /// Starts watching Nodes and Vouches; the tasks run until aborted.
     pub fn start(client: kube::Client) -> (Self, Vec<JoinHandle<()>>) {
-        let (nodes, node_changes, t1) = watch_into(Api::<Node>::all(client.clone()), "Nodes");
-        let (vouches, vouch_changes, t2) = watch_into(Api::<Vouch>::all(client), "Vouches");
+        let (nodes, node_changes, t1) = watch_all(Api::<Node>::all(client.clone()), "Nodes");
+        let (vouches, vouch_changes, t2) = watch_all(Api::<Vouch>::all(client), "Vouches");
         (
             Self {
                 nodes,

@@ -28,10 +28,9 @@ pub mod status;
 pub mod uptime;
 
 use crate::runtime::RuntimeClient;
-use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::reflector;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -292,21 +291,8 @@ pub async fn run(
 
     // Every Workload, cached; the agent acts only once the cache has listed them all, so a
     // restart never mistakes an empty cache for "nothing should run here".
-    let workloads: Api<Workload> = Api::all(client.clone());
-    let (store, writer) = reflector::store();
-    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let watch_task = tokio::spawn(async move {
-        let stream = reflector(writer, watcher(workloads, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                tracing::warn!("watching Workloads: {e}");
-            }
-            let _ = wake_tx.try_send(());
-        }
-    });
+    let (store, mut wake, watch_task) =
+        cluster::watch_all(Api::<Workload>::all(client.clone()), "Workloads");
     let _ = store.wait_until_ready().await;
 
     let writer = status::StatusWriter::new(
@@ -342,7 +328,8 @@ pub async fn run(
         loop {
             sync_supervisors(&deps, &mut supervisors, &store, &cfg.node_name);
             tokio::select! {
-                _ = wake_rx.recv() => {}
+                // Fails only once the watch task is gone, when the agent stops.
+                _ = wake.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
         }
