@@ -18,8 +18,8 @@ use univrs_api::ledger::Transfer;
 use univrs_api::resources::vouch::VouchSpec;
 use univrs_node_agent::mesh::validate::{self, IgnoreReason, InvalidReason};
 use univrs_node_agent::mesh::{
-    GossipBody, InboundMessage, Mesh, MeshConfig, MeshError, MeshHandle, Multiaddr, PeerId, Topic,
-    observations,
+    ClaimCheck, ClaimVerdict, GossipBody, InboundMessage, Mesh, MeshConfig, MeshError, MeshHandle,
+    Multiaddr, PeerId, Topic, observations,
 };
 
 const TCP: &str = "/ip4/127.0.0.1/tcp/0";
@@ -536,6 +536,117 @@ async fn forged_and_impossible_messages_reach_nobody_and_cost_their_sender() {
         let other = if h.peer_id() == a.peer_id() { &b } else { &a };
         assert!(score_of(h, other.peer_id()).await >= 0.0);
     }
+}
+
+/// A claim check that knows the members: a vouch needs a member voucher and subject, and is
+/// answered a moment later (as a check against an API server is); a vouch whose reason is
+/// "stall" is never answered. Other topics need no check.
+#[derive(Debug)]
+struct Members(Vec<String>);
+
+impl ClaimCheck for Members {
+    fn check(
+        &self,
+        m: &InboundMessage,
+    ) -> Option<futures::future::BoxFuture<'static, ClaimVerdict>> {
+        let GossipBody::VouchAttestation(v) = &m.body else {
+            return None;
+        };
+        if v.reason == "stall" {
+            return Some(Box::pin(futures::future::pending()));
+        }
+        let member = |did: &str| self.0.iter().any(|m| m == did);
+        let verdict = if !member(&v.voucher) {
+            ClaimVerdict::Impossible(InvalidReason::UnknownVoucher)
+        } else if !member(&v.subject) {
+            ClaimVerdict::Impossible(InvalidReason::UnknownSubject)
+        } else {
+            ClaimVerdict::Possible
+        };
+        Some(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            verdict
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_checked_before_delivery_and_impossible_ones_cost_their_sender() {
+    init_logs();
+    let (x, y, stranger) = (
+        NodeIdentity::generate(),
+        NodeIdentity::generate(),
+        NodeIdentity::generate(),
+    );
+    let members = std::sync::Arc::new(Members(vec![x.public().did(), y.public().did()]));
+    let with_claims = |bootstrap: Vec<Multiaddr>| {
+        let mut c = config(&addrs(&[TCP]));
+        c.bootstrap = bootstrap;
+        c.claims = Some(members.clone());
+        c.claim_timeout = Duration::from_secs(1);
+        c
+    };
+    let a = Mesh::spawn(with_claims(vec![])).await.unwrap();
+    let b = Mesh::spawn(with_claims(a.dial_addrs().await.unwrap()))
+        .await
+        .unwrap();
+    fully_connected(&[&a, &b]).await;
+    let (mut rx_a, mut rx_b) = (a.subscribe(), b.subscribe());
+    // The rogue talks to a only: b hears what it says only if a forwards it.
+    let rogue = Rogue::connect(&[&a]).await;
+    let expires = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(now_ms() / 1000 + 3600).unwrap(),
+    );
+    let vouch = |by: &NodeIdentity, of: &NodeIdentity, why: &str| -> GossipBody {
+        VouchSpec::signed(by, &of.public(), 0.5, why, expires.clone())
+            .unwrap()
+            .into()
+    };
+
+    // A possible claim, relayed by the rogue (anyone may relay a vouch): delivered on a after
+    // the check, and forwarded to b.
+    let good = vouch(&x, &y, "ok");
+    rogue.send_honest(good.clone()).await;
+    assert_eq!(heard(&mut rx_a, &good).await.source, rogue.peer_id);
+    assert_eq!(heard(&mut rx_b, &good).await.source, rogue.peer_id);
+    let before = score_of(&a, rogue.peer_id).await;
+
+    // Signed correctly, but the cluster knows neither the voucher of one nor the subject of
+    // the other; and one whose check never answers.
+    rogue.send_honest(vouch(&stranger, &y, "ok")).await;
+    rogue.send_honest(vouch(&x, &stranger, "ok")).await;
+    rogue.send_honest(vouch(&x, &y, "stall")).await;
+    let invalid = BTreeMap::from([
+        (InvalidReason::UnknownVoucher, 1),
+        (InvalidReason::UnknownSubject, 1),
+    ]);
+    wait_counts(&a, "invalid", |s| s.invalid.clone(), &invalid).await;
+    let ignored = BTreeMap::from([(IgnoreReason::ClaimUnchecked, 1)]);
+    wait_counts(&a, "ignored", |s| s.ignored.clone(), &ignored).await;
+
+    // A message without claims to check goes straight through; nothing held was delivered
+    // on a, and nothing a dropped reached b.
+    let marker = event("marker");
+    rogue.send_honest(marker.clone()).await;
+    for rx in [&mut rx_a, &mut rx_b] {
+        let bodies: Vec<_> = received_until(rx, &marker)
+            .await
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(bodies, std::slice::from_ref(&marker));
+    }
+    let sa = a.stats().await.unwrap();
+    assert_eq!((sa.invalid, sa.ignored), (invalid, ignored));
+    let sb = b.stats().await.unwrap();
+    assert!(sb.invalid.is_empty() && sb.ignored.is_empty(), "{sb:?}");
+    // The impossible claims cost the rogue; the stalled one did not count against it.
+    let after = score_of(&a, rogue.peer_id).await;
+    assert!(
+        after < 0.0 && after < before,
+        "score of the rogue went from {before} to {after}"
+    );
+    assert!(score_of(&a, b.peer_id()).await >= 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -384,7 +384,7 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
-/// Runs curl quietly with `args`; returns (HTTP status code, body).
+/// Runs curl quietly with `args`: (HTTP status, body); status `000` when nothing answered.
 pub fn curl(args: &[&str]) -> (String, String) {
     let (_, text, _) = run(Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}"])

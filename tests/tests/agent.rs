@@ -147,7 +147,6 @@ async fn registers_renews_and_refuses_a_taken_name() {
     drop(agent);
 }
 
-/// `curl` a URL: (HTTP status, body).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_off_loopback_needs_tls_and_a_token() {
     let cp = ControlPlane::shared();

@@ -809,6 +809,8 @@ async fn each_service_account_can_do_its_job_and_no_more() {
             &["patch", "workloads.univrs.io", "--subresource=status", a],
             &["list", "creditlines.univrs.io"],
             &["list", "vouches.univrs.io"],
+            &["watch", "vouches.univrs.io"],
+            &["watch", "nodes.univrs.io"],
             &["create", "leases", sys[0], sys[1]],
             &["update", "leases", sys[0], sys[1]],
             &["patch", "leases", sys[0], sys[1]],

@@ -288,6 +288,10 @@ pub struct AgentArgs {
     /// Do not look for mesh peers on the local links by mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+    /// How often the vouches signed by this node's key are announced again on the mesh, so
+    /// peers that joined later hear them (new ones are announced at once).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub vouch_interval: std::time::Duration,
     /// A registry reached over plain HTTP, as HOST:PORT (repeatable); every other is HTTPS.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,

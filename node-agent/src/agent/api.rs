@@ -1,25 +1,34 @@
 //! The agent's local HTTP API: health, metrics, its instances, credit, reputation, container
-//! logs and a WebSocket stream of instance changes.
+//! logs, a WebSocket stream of instance changes, and one endpoint that acts: publishing a
+//! signed credit transfer from this node over the mesh.
 //!
-//! Nothing here changes state, but logs and credit are nobody else's business: by default the
-//! API listens on loopback only. On any other address it requires TLS and a bearer token
-//! (`--api-tls-cert/--api-tls-key`, `--api-token-file`); with a token file, every `/api/…`
-//! request needs the token wherever it listens. `/healthz` and `/metrics` stay open.
+//! Logs and credit are nobody else's business: by default the API listens on loopback only.
+//! On any other address it requires TLS and a bearer token (`--api-tls-cert/--api-tls-key`,
+//! `--api-token-file`); with a token file, every `/api/…` request needs the token wherever it
+//! listens. `/healthz` and `/metrics` stay open. An endpoint that changes state (signs with
+//! the node's key) is served only when the agent has both TLS and a token, even on loopback:
+//! any local process can reach loopback.
 
+use super::cluster::ClusterView;
+use super::heard::Heard;
 use super::report::{InstanceReport, Reports};
 use crate::runtime::RuntimeClient;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use univrs_api::account::Account;
+use univrs_api::gossip::{GossipBody, SignedTransfer};
+use univrs_api::identity::NodeIdentity;
+use univrs_api::ledger::Transfer;
 use univrs_api::resources::creditline::CreditLine;
 use univrs_api::resources::node::Node;
 use univrs_api::resources::vouch::Vouch;
@@ -46,6 +55,14 @@ pub struct ApiState {
     pub unauthorized: AtomicU64,
     /// The mesh (peers, gossip).
     pub mesh: crate::mesh::MeshHandle,
+    /// The node's key, which signs the transfers it publishes.
+    pub identity: NodeIdentity,
+    /// Whether the API is served over TLS.
+    pub tls: bool,
+    /// Vouches and transfers heard over gossip.
+    pub heard: Heard,
+    /// The cached Nodes and Vouches.
+    pub cluster: ClusterView,
 }
 
 /// The API's routes.
@@ -57,6 +74,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/peers", get(peers))
         .route("/api/credits", get(credits))
         .route("/api/credits/lines", get(credit_lines))
+        .route("/api/credits/transfers", post(post_transfer))
         .route("/api/reputation", get(reputation))
         .route("/api/containers/{id}/logs", get(logs))
         .route("/api/events", get(events))
@@ -192,10 +210,131 @@ async fn credits(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&s, &headers)?;
     let node = get_node(&s).await?;
+    let heard: Vec<_> = s
+        .heard
+        .transfers()
+        .iter()
+        .map(|h| {
+            let t = &h.transfer.transfer;
+            serde_json::json!({
+                "id": t.id,
+                "from": t.from,
+                "to": t.to,
+                "amount": t.amount,
+                "payer": h.transfer.payer,
+                "source": h.source,
+                "heardAt": h.heard_at.to_string(),
+            })
+        })
+        .collect();
     Ok(Json(serde_json::json!({
         "account": String::from(Account::node(&s.node)),
+        // The controller's ledger (CreditLine status): the truth.
         "balance": node.status.and_then(|st| st.credit_balance).unwrap_or(0),
+        // Signed by their payers and checked against the cluster, but applied to no line.
+        "transfersHeard": heard,
     })))
+}
+
+/// The body of `POST /api/credits/transfers`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferRequest {
+    /// The account paid: `node/<name>` or `namespace/<name>`.
+    to: String,
+    /// Milli-credits, > 0.
+    amount: i64,
+    /// The transfer id [default: made from the node name and the time].
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// The longest transfer id accepted.
+const MAX_TRANSFER_ID: usize = 253;
+
+/// Signs a transfer from this node's account with its key and publishes it on
+/// credit/transaction. Served only over TLS with a token.
+async fn post_transfer(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    if !(s.tls && s.token.is_some()) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "POST /api/credits/transfers signs with the node's key, so it is served only over TLS with a token: start the agent with --api-tls-cert, --api-tls-key and --api-token-file".into(),
+        ));
+    }
+    authorize(&s, &headers)?;
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let req: TransferRequest = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "the body must be JSON {{\"to\": \"node/<name>\", \"amount\": <milli-credits>, \"id\": optional}}: {e}"
+        ))
+    })?;
+    let to: Account = req.to.parse().map_err(|e| bad(format!("to: {e}")))?;
+    let from = Account::node(&s.node);
+    if req.amount <= 0 {
+        return Err(bad(format!(
+            "amount: must be a positive number of milli-credits, got {}",
+            req.amount
+        )));
+    }
+    if to == from {
+        return Err(bad(format!("to: {to} is this node's own account")));
+    }
+    let id = match req.id {
+        Some(id) if id.is_empty() || id.len() > MAX_TRANSFER_ID => {
+            return Err(bad(format!(
+                "id: must be 1 to {MAX_TRANSFER_ID} characters, got {}",
+                id.len()
+            )));
+        }
+        Some(id) => id,
+        None => format!("{}-{}", s.node, Timestamp::now().as_nanosecond()),
+    };
+    let signed = SignedTransfer::sign(
+        &s.identity,
+        Transfer {
+            id,
+            from,
+            to,
+            amount: req.amount,
+        },
+    );
+    let body = GossipBody::CreditTransaction(signed.clone());
+    // Peers check the payer against the Node the account names; if our own cache does not
+    // show that yet, they would reject it and penalize this node.
+    if let Err(reason) = s.cluster.check_now(&body) {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the cluster does not show Node {} with this agent's DID yet ({reason:?}); try again shortly",
+                s.node
+            ),
+        ));
+    }
+    s.mesh.publish(body).await.map_err(|e| match e {
+        crate::mesh::MeshError::NoPeers { .. } => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{e}; try again once /api/peers shows connected peers"),
+        ),
+        e => ApiError(StatusCode::BAD_GATEWAY, e.to_string()),
+    })?;
+    let t = &signed.transfer;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "id": t.id,
+            "from": t.from,
+            "to": t.to,
+            "amount": t.amount,
+            "payer": signed.payer,
+            "signature": signed.signature,
+            "published": univrs_api::gossip::Topic::CreditTransaction.as_str(),
+            "note": "published to peers over gossip; balances change only through the CreditLines' ledger",
+        })),
+    ))
 }
 
 async fn credit_lines(
@@ -260,7 +399,44 @@ async fn reputation(
         "serviceRecord": st.service_record,
         "septal": st.septal,
         "vouches": about_me,
+        "heard": heard_vouches(&s),
     })))
+}
+
+/// The vouches heard over gossip, grouped by subject, each with the Vouch object that holds
+/// the same signed spec, if the API has one.
+fn heard_vouches(s: &ApiState) -> Vec<serde_json::Value> {
+    let mut by_subject: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+        Default::default();
+    for h in s.heard.vouches(Timestamp::now()) {
+        let object = s.cluster.vouch_object(&h.spec);
+        by_subject
+            .entry(h.spec.subject.clone())
+            .or_default()
+            .push(serde_json::json!({
+                "voucher": h.spec.voucher,
+                "voucherNode": s.cluster.node_with_did(&h.spec.voucher),
+                "weight": h.spec.weight,
+                "reason": h.spec.reason,
+                "expiresAt": h.spec.expires_at,
+                "source": h.source,
+                "firstHeard": h.first_heard.to_string(),
+                "lastHeard": h.last_heard.to_string(),
+                "times": h.times,
+                "inApi": object.is_some(),
+                "vouchObject": object,
+            }));
+    }
+    by_subject
+        .into_iter()
+        .map(|(subject, vouches)| {
+            serde_json::json!({
+                "subject": s.cluster.node_with_did(&subject),
+                "subjectDid": subject,
+                "vouches": vouches,
+            })
+        })
+        .collect()
 }
 
 #[derive(serde::Deserialize)]
@@ -402,11 +578,25 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> String {
                 "univrs_mesh_invalid_messages_total{{reason=\"{reason:?}\"}} {n}\n"
             ));
         }
+        out.push_str("# HELP univrs_mesh_ignored_messages_total Gossip messages dropped without penalty, by reason.\n# TYPE univrs_mesh_ignored_messages_total counter\n");
+        for (reason, n) in &st.ignored {
+            out.push_str(&format!(
+                "univrs_mesh_ignored_messages_total{{reason=\"{reason:?}\"}} {n}\n"
+            ));
+        }
         out.push_str(&format!(
             "# HELP univrs_mesh_messages_received_total Gossip messages accepted.\n# TYPE univrs_mesh_messages_received_total counter\nunivrs_mesh_messages_received_total {}\n",
             st.received
         ));
     }
+    out.push_str(&format!(
+        "# HELP univrs_agent_vouches_heard Unexpired vouches heard over gossip (a bounded peer-side view).\n# TYPE univrs_agent_vouches_heard gauge\nunivrs_agent_vouches_heard {}\n",
+        s.heard.vouches(Timestamp::now()).len()
+    ));
+    out.push_str(&format!(
+        "# HELP univrs_agent_transfers_heard Credit transfers heard over gossip (a bounded peer-side view).\n# TYPE univrs_agent_transfers_heard gauge\nunivrs_agent_transfers_heard {}\n",
+        s.heard.transfers().len()
+    ));
     out.push_str(&format!(
         "# HELP univrs_agent_uptime_seconds Seconds since the agent started.\n# TYPE univrs_agent_uptime_seconds gauge\nunivrs_agent_uptime_seconds {}\n",
         s.started.elapsed().as_secs()

@@ -1,16 +1,26 @@
 //! The agent's part in the mesh: it starts the swarm, finds peers from the other Node
-//! objects' addresses (the API server is the directory; mDNS and Kademlia find the rest), and
-//! announces what happens to its instances on the workload/status topic. What peers see of
-//! each other (peers, latency, invalid messages) becomes Node observations (see `observe`).
+//! objects' addresses (the API server is the directory; mDNS and Kademlia find the rest),
+//! announces what happens to its instances on the workload/status topic and the vouches its
+//! own key signed on vouch/attestation. What peers claim is checked against the cluster
+//! (`cluster`); what they see of each other (peers, latency, invalid messages) becomes Node
+//! observations (see `observe`).
 
+use super::cluster::ClusterView;
 use super::report::Reports;
-use crate::mesh::{Mesh, MeshConfig, MeshError, MeshHandle, Multiaddr};
+use crate::mesh::{ClaimCheck, Mesh, MeshConfig, MeshError, MeshHandle, Multiaddr};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
-use univrs_api::gossip::{ClusterEvent, WorkloadStatusReport};
+use univrs_api::gossip::{ClusterEvent, GossipBody, WorkloadStatusReport};
 use univrs_api::identity::NodeIdentity;
 use univrs_api::resources::node::Node;
+use univrs_api::resources::vouch::VouchSpec;
+
+/// How soon a vouch that found no subscribed peer is tried again.
+const VOUCH_RETRY: Duration = Duration::from_secs(5);
 
 /// Parses multiaddresses from flags, saying which one is wrong.
 pub fn parse_addrs(flag: &str, addrs: &[String]) -> Result<Vec<Multiaddr>, String> {
@@ -24,12 +34,13 @@ pub fn parse_addrs(flag: &str, addrs: &[String]) -> Result<Vec<Multiaddr>, Strin
 }
 
 /// Starts the mesh: `listen` (default: every IPv4 interface, TCP and QUIC, free ports),
-/// `bootstrap` peers, mDNS unless disabled.
+/// `bootstrap` peers, mDNS unless disabled, claims checked by `claims`.
 pub async fn start(
     identity: NodeIdentity,
     listen: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     mdns: bool,
+    claims: Arc<dyn ClaimCheck>,
 ) -> Result<MeshHandle, MeshError> {
     let mut config = MeshConfig::new(identity);
     if !listen.is_empty() {
@@ -37,7 +48,67 @@ pub async fn start(
     }
     config.bootstrap = bootstrap;
     config.mdns = mdns;
+    config.claims = Some(claims);
     Mesh::spawn(config).await
+}
+
+/// The vouches this node may announce: Vouch objects signed by its key (`did`) that verify now
+/// and whose voucher and subject the cluster knows (peers reject anything else, and would
+/// penalize us for it).
+pub fn own_vouches(view: &ClusterView, did: &str, now: &Time) -> Vec<VouchSpec> {
+    view.vouches()
+        .iter()
+        .map(|v| &v.spec)
+        .filter(|spec| spec.voucher == did && spec.verify(now).is_ok())
+        .filter(|spec| {
+            view.check_now(&GossipBody::VouchAttestation((*spec).clone()))
+                .is_ok()
+        })
+        .cloned()
+        .collect()
+}
+
+/// Publishes on vouch/attestation every vouch of [`own_vouches`]: each new one as soon as the
+/// Vouch cache shows it (retried every few seconds while no peer subscribes), and all of them
+/// again every `interval`, so peers that join later hear them too.
+pub async fn announce_vouches(
+    did: String,
+    mesh: MeshHandle,
+    view: ClusterView,
+    interval: Duration,
+) {
+    view.ready().await;
+    let mut changes = view.vouch_changes();
+    // Signatures published since the last round.
+    let mut announced: BTreeSet<String> = BTreeSet::new();
+    let mut round = tokio::time::interval(interval);
+    round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = round.tick() => announced.clear(),
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(VOUCH_RETRY) => {}
+        }
+        let now = Time(Timestamp::now());
+        for spec in own_vouches(&view, &did, &now) {
+            if announced.contains(&spec.signature) {
+                continue;
+            }
+            let signature = spec.signature.clone();
+            match mesh.publish(spec).await {
+                Ok(()) => {
+                    tracing::debug!(%signature, "announced a vouch");
+                    announced.insert(signature);
+                }
+                Err(MeshError::NoPeers { .. }) => {}
+                Err(e) => tracing::warn!("announcing a vouch: {e}"),
+            }
+        }
+    }
 }
 
 /// Every 15 s, adds the other Nodes' published addresses as bootstrap peers (once each).

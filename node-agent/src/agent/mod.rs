@@ -12,8 +12,10 @@
 
 pub mod api;
 pub mod capacity;
+pub mod cluster;
 pub mod desired;
 pub mod gossip;
+pub mod heard;
 mod instance;
 pub mod lease;
 pub mod node;
@@ -26,10 +28,9 @@ pub mod status;
 pub mod uptime;
 
 use crate::runtime::RuntimeClient;
-use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::reflector;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,6 +86,8 @@ pub struct AgentConfig {
     pub api_token: Option<String>,
     /// The API's TLS certificate and key (PEM files).
     pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// How often the vouches signed by this node's key are announced again on the mesh.
+    pub vouch_interval: Duration,
 }
 
 /// The Node annotation holding the URL of the agent's API.
@@ -188,9 +191,17 @@ pub async fn run(
     let listen = gossip::parse_addrs("--listen", &cfg.listen).map_err(AgentError::Invalid)?;
     let bootstrap =
         gossip::parse_addrs("--bootstrap", &cfg.bootstrap).map_err(AgentError::Invalid)?;
-    let mesh = gossip::start(identity.clone(), listen, bootstrap, cfg.mdns)
-        .await
-        .map_err(|e| AgentError::Invalid(format!("starting the mesh: {e}")))?;
+    // The cluster view checks what peers claim, so it exists before the mesh does.
+    let (cluster, cluster_tasks) = cluster::ClusterView::start(client.clone());
+    let mesh = gossip::start(
+        identity.clone(),
+        listen,
+        bootstrap,
+        cfg.mdns,
+        Arc::new(cluster.clone()),
+    )
+    .await
+    .map_err(|e| AgentError::Invalid(format!("starting the mesh: {e}")))?;
     let multiaddrs: Vec<String> = mesh
         .dial_addrs()
         .await
@@ -233,6 +244,8 @@ pub async fn run(
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
     let sandbox = Arc::new(build_sandbox(&cfg, &data_dir)?);
     let reports = Reports::default();
+    let heard = heard::Heard::default();
+    let heard_task = tokio::spawn(heard::listen(mesh.clone(), heard.clone()));
     let api_state = Arc::new(api::ApiState {
         node: cfg.node_name.clone(),
         peer_id: facts.identity.peer_id(),
@@ -244,6 +257,10 @@ pub async fn run(
         started: std::time::Instant::now(),
         unauthorized: Default::default(),
         mesh: mesh.clone(),
+        identity: identity.clone(),
+        tls: tls.is_some(),
+        heard,
+        cluster: cluster.clone(),
     });
     let app = api::router(api_state);
     let api_task = match tls {
@@ -274,21 +291,8 @@ pub async fn run(
 
     // Every Workload, cached; the agent acts only once the cache has listed them all, so a
     // restart never mistakes an empty cache for "nothing should run here".
-    let workloads: Api<Workload> = Api::all(client.clone());
-    let (store, writer) = reflector::store();
-    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let watch_task = tokio::spawn(async move {
-        let stream = reflector(writer, watcher(workloads, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                tracing::warn!("watching Workloads: {e}");
-            }
-            let _ = wake_tx.try_send(());
-        }
-    });
+    let (store, mut wake, watch_task) =
+        cluster::watch_all(Api::<Workload>::all(client.clone()), "Workloads");
     let _ = store.wait_until_ready().await;
 
     let writer = status::StatusWriter::new(
@@ -313,12 +317,19 @@ pub async fn run(
         mesh.clone(),
         reports.clone(),
     ));
+    let vouches_task = tokio::spawn(gossip::announce_vouches(
+        identity.public().did(),
+        mesh.clone(),
+        cluster,
+        cfg.vouch_interval,
+    ));
 
     let sync = async {
         loop {
             sync_supervisors(&deps, &mut supervisors, &store, &cfg.node_name);
             tokio::select! {
-                _ = wake_rx.recv() => {}
+                // Fails only once the watch task is gone, when the agent stops.
+                _ = wake.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
         }
@@ -336,7 +347,12 @@ pub async fn run(
         api_task,
         peers_task,
         announce_task,
-    ] {
+        vouches_task,
+        heard_task,
+    ]
+    .into_iter()
+    .chain(cluster_tasks)
+    {
         t.abort();
     }
     mesh.shutdown().await;

@@ -45,6 +45,10 @@ impl MeshBehaviour {
             // A replay inside the window is a duplicate; outside it, the validator's
             // replay-window check ignores it.
             .duplicate_cache_time(config.replay_window + config.max_clock_skew)
+            // A message waiting for its claim check stays in the message cache, which forgets
+            // it after `history_length` heartbeats; after that a late verdict could neither
+            // forward it nor penalize its sender.
+            .history_length(history_length(config))
             .build()
             .map_err(|e| build_err("gossipsub config")(e.to_string()))?;
         let mut gossipsub =
@@ -94,6 +98,14 @@ impl MeshBehaviour {
             mdns: mdns.into(),
         })
     }
+}
+
+/// Heartbeats the message cache keeps a message: the default 5, or enough to outlast a claim
+/// check plus two heartbeats of slack.
+fn history_length(config: &MeshConfig) -> usize {
+    let heartbeat = config.heartbeat.as_secs_f64().max(0.001);
+    let needed = (config.claim_timeout.as_secs_f64() / heartbeat).ceil() as usize + 2;
+    needed.max(5)
 }
 
 /// Peer scoring: an invalid message costs its sender dearly (three graylist it), quiet topics

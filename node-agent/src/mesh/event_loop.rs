@@ -6,10 +6,11 @@ use super::stats::{MeshStats, PeerInfo, RateMeter, median};
 use super::transport::{self, ByteCounters};
 use super::validate::{self, IgnoreReason, InvalidReason, Limits, Verdict};
 use super::{
-    GossipBody, InboundMessage, MeshConfig, MeshError, Multiaddr, PeerId, Topic, keypair_of,
+    ClaimVerdict, GossipBody, InboundMessage, MeshConfig, MeshError, Multiaddr, PeerId, Topic,
+    keypair_of,
 };
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, PublishError};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
@@ -31,6 +32,18 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_WALK_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// How often the bandwidth meter samples the byte counters.
 const METER_INTERVAL: Duration = Duration::from_secs(5);
+/// How many messages may wait for their claim check; beyond that new ones are dropped without
+/// penalty, so a flood cannot make the node hold unbounded work.
+const MAX_PENDING_CLAIMS: usize = 1024;
+
+/// A claim check's verdict on a message gossipsub holds.
+#[derive(Debug)]
+pub(crate) struct ClaimChecked {
+    message_id: MessageId,
+    propagation_source: PeerId,
+    message: InboundMessage,
+    verdict: ClaimVerdict,
+}
 
 /// What a handle asks of the event loop.
 #[derive(Debug)]
@@ -76,6 +89,11 @@ pub(crate) struct EventLoop {
     ping_failures: HashMap<ConnectionId, u32>,
     invalid: BTreeMap<InvalidReason, u64>,
     ignored: BTreeMap<IgnoreReason, u64>,
+    /// Messages held by gossipsub while their claims are checked.
+    pending_claims: usize,
+    /// Where claim checks send their verdicts (the loop holds both ends, so it never closes).
+    claim_results: mpsc::Sender<ClaimChecked>,
+    claim_verdicts: mpsc::Receiver<ClaimChecked>,
     received: u64,
     published: u64,
     bytes: ByteCounters,
@@ -128,6 +146,7 @@ impl EventLoop {
             max_clock_skew: config.max_clock_skew,
             replay_window: config.replay_window,
         };
+        let (claim_results, claim_verdicts) = mpsc::channel(MAX_PENDING_CLAIMS);
         let mut this = Self {
             swarm,
             commands,
@@ -145,6 +164,9 @@ impl EventLoop {
             ping_failures: HashMap::new(),
             invalid: BTreeMap::new(),
             ignored: BTreeMap::new(),
+            pending_claims: 0,
+            claim_results,
+            claim_verdicts,
             received: 0,
             published: 0,
             bytes,
@@ -218,6 +240,7 @@ impl EventLoop {
                     // Every handle is gone: nobody can use the mesh any more.
                     None => break None,
                 },
+                Some(done) = self.claim_verdicts.recv() => self.on_claim_checked(done),
                 _ = discovery.tick() => self.discover(),
                 _ = meter.tick() => self.sample_bandwidth(),
             }
@@ -341,32 +364,89 @@ impl EventLoop {
         let acceptance = match verdict {
             Verdict::Accept(accepted) => {
                 let accepted = *accepted;
-                self.received += 1;
-                // A send error only means nobody subscribes right now.
-                let _ = self.inbound.send(InboundMessage {
+                let inbound = InboundMessage {
                     source: message.source.unwrap_or(propagation_source),
                     signer: accepted.signer,
                     topic: accepted.topic,
                     body: accepted.message.body,
                     sent_at_ms: accepted.message.sent_at_ms,
                     received_at: now,
-                });
-                MessageAcceptance::Accept
+                };
+                let check = self.config.claims.as_ref().and_then(|c| c.check(&inbound));
+                match check {
+                    None => self.deliver(inbound),
+                    Some(_) if self.pending_claims >= MAX_PENDING_CLAIMS => {
+                        self.drop_ignored(IgnoreReason::ClaimBacklog)
+                    }
+                    Some(check) => {
+                        // Gossipsub holds the message until the verdict comes back through
+                        // `claim_results` (see `on_claim_checked`).
+                        self.pending_claims += 1;
+                        let results = self.claim_results.clone();
+                        let timeout = self.config.claim_timeout;
+                        tokio::spawn(async move {
+                            let verdict = tokio::time::timeout(timeout, check)
+                                .await
+                                .unwrap_or(ClaimVerdict::Unknown);
+                            // Fails only when the loop has stopped.
+                            let _ = results
+                                .send(ClaimChecked {
+                                    message_id,
+                                    propagation_source,
+                                    message: inbound,
+                                    verdict,
+                                })
+                                .await;
+                        });
+                        return;
+                    }
+                }
             }
-            Verdict::Ignore(reason) => {
-                *self.ignored.entry(reason).or_default() += 1;
-                MessageAcceptance::Ignore
-            }
-            Verdict::Reject(reason) => {
-                tracing::warn!(from = %propagation_source, ?reason, "rejected gossip message");
-                *self.invalid.entry(reason).or_default() += 1;
-                MessageAcceptance::Reject
-            }
+            Verdict::Ignore(reason) => self.drop_ignored(reason),
+            Verdict::Reject(reason) => self.drop_invalid(reason, &propagation_source),
         };
         self.swarm
             .behaviour_mut()
             .gossipsub
             .report_message_validation_result(&message_id, &propagation_source, acceptance);
+    }
+
+    /// The verdict of a claim check: the held message is delivered and forwarded, dropped, or
+    /// dropped with its sender (and every peer that sent it too) penalized.
+    fn on_claim_checked(&mut self, done: ClaimChecked) {
+        self.pending_claims = self.pending_claims.saturating_sub(1);
+        let acceptance = match done.verdict {
+            ClaimVerdict::Possible => self.deliver(done.message),
+            ClaimVerdict::Unknown => self.drop_ignored(IgnoreReason::ClaimUnchecked),
+            ClaimVerdict::Impossible(reason) => self.drop_invalid(reason, &done.propagation_source),
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(
+                &done.message_id,
+                &done.propagation_source,
+                acceptance,
+            );
+    }
+
+    /// Hands an accepted message to the subscribers.
+    fn deliver(&mut self, message: InboundMessage) -> MessageAcceptance {
+        self.received += 1;
+        // A send error only means nobody subscribes right now.
+        let _ = self.inbound.send(message);
+        MessageAcceptance::Accept
+    }
+
+    fn drop_ignored(&mut self, reason: IgnoreReason) -> MessageAcceptance {
+        *self.ignored.entry(reason).or_default() += 1;
+        MessageAcceptance::Ignore
+    }
+
+    fn drop_invalid(&mut self, reason: InvalidReason, from: &PeerId) -> MessageAcceptance {
+        tracing::warn!(%from, ?reason, "rejected gossip message");
+        *self.invalid.entry(reason).or_default() += 1;
+        MessageAcceptance::Reject
     }
 
     fn on_kad(&mut self, event: kad::Event) {

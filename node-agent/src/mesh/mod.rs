@@ -12,7 +12,10 @@
 //! - Gossip: gossipsub on the four [`Topic`]s, signed by libp2p with the node key
 //!   (`ValidationMode::Strict`), every message validated by [`validate`] before it is
 //!   forwarded or delivered; rejected messages lower the sender's peer score, which graylists
-//!   a peer that keeps sending them.
+//!   a peer that keeps sending them. What a message claims about the world outside the mesh
+//!   (is the voucher a member? does the payer own the account?) is checked by the
+//!   [`ClaimCheck`] the owner gives ([`MeshConfig::claims`]), asynchronously, before the
+//!   message is delivered or forwarded (see `claims`).
 //!
 //! ## Architecture
 //! One task owns the `Swarm` and runs an event loop that only dispatches (see `event_loop`);
@@ -35,11 +38,13 @@
 //! ```
 
 mod behaviour;
+pub mod claims;
 mod event_loop;
 mod stats;
 mod transport;
 pub mod validate;
 
+pub use claims::{ClaimCheck, ClaimVerdict};
 pub use libp2p::{Multiaddr, PeerId};
 pub use stats::{MeshStats, PeerInfo, observations};
 pub use univrs_api::gossip::{GossipBody, Topic};
@@ -47,6 +52,7 @@ pub use validate::{IgnoreReason, InvalidReason};
 
 use event_loop::{Command, EventLoop};
 use libp2p::multiaddr::Protocol;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use univrs_api::identity::{NodeIdentity, PublicIdentity};
@@ -86,6 +92,12 @@ pub struct MeshConfig {
     pub replay_window: Duration,
     /// How long a connection with nothing to do stays open.
     pub idle_connection_timeout: Duration,
+    /// Checks what messages claim against a source of truth outside the mesh (the cluster);
+    /// `None` delivers every message that passes the mesh's own validation.
+    pub claims: Option<Arc<dyn ClaimCheck>>,
+    /// How long a claim check may take before the message is dropped without penalty
+    /// (gossipsub keeps unvalidated messages for as many heartbeats as this needs).
+    pub claim_timeout: Duration,
 }
 
 impl MeshConfig {
@@ -111,6 +123,8 @@ impl MeshConfig {
             max_clock_skew: Duration::from_secs(5 * 60),
             replay_window: Duration::from_secs(10 * 60),
             idle_connection_timeout: Duration::from_secs(10 * 60),
+            claims: None,
+            claim_timeout: Duration::from_secs(4),
         }
     }
 }

@@ -5,7 +5,9 @@
 //!   never sends: bytes that are not our envelope, a bad or misplaced signature, an envelope
 //!   signed by someone other than the gossipsub author, a body on the wrong topic, a date
 //!   beyond the allowed clock skew, a transfer of a non-positive amount or to oneself, a vouch
-//!   for oneself or with an impossible weight.
+//!   for oneself or with an impossible weight. A [`ClaimCheck`](super::ClaimCheck) given to the
+//!   mesh adds the checks against the cluster (a voucher, subject or payer no Node has) after
+//!   these, asynchronously; its impossible claims are rejected the same way.
 //! - **Ignore** (dropped, no penalty; see [`IgnoreReason`]) for what an honest node may relay
 //!   late: a message older than the replay window, a vouch that has expired. Exact duplicates
 //!   never get here: gossipsub drops them by message id (the SHA-256 of the data), and its
@@ -48,6 +50,13 @@ pub enum InvalidReason {
     SelfVouch,
     /// A vouch whose weight is outside [0, 1].
     VouchWeightOutOfRange,
+    /// A vouch whose voucher is no Node's identity (checked against the cluster).
+    UnknownVoucher,
+    /// A vouch whose subject is no Node's identity (checked against the cluster).
+    UnknownSubject,
+    /// A transfer whose payer is not the identity of the Node named by its `from` account
+    /// (checked against the cluster).
+    PayerNotOwner,
 }
 
 /// Why a message was dropped without penalty.
@@ -57,6 +66,11 @@ pub enum IgnoreReason {
     Stale,
     /// A vouch past its expiry.
     ExpiredVouch,
+    /// Its claim could not be checked against the cluster in time (the API server is slow or
+    /// unreachable): not the sender's fault.
+    ClaimUnchecked,
+    /// Too many claim checks were already waiting; dropped to bound the work a flood causes.
+    ClaimBacklog,
 }
 
 /// A message that passed every check.

@@ -50,6 +50,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             .transpose()?,
         api_token: args.api_token_file.as_deref().map(read_token).transpose()?,
         api_tls: args.api_tls_cert.zip(args.api_tls_key),
+        vouch_interval: args.vouch_interval,
     };
     tokio::runtime::Runtime::new()?.block_on(async move {
         let client = client(args.kubeconfig).await?;
