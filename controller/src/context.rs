@@ -3,6 +3,7 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
+use std::collections::BTreeSet;
 use std::time::Duration;
 use univrs_api::{CreditLine, Node, Vouch, Workload};
 
@@ -30,6 +31,8 @@ pub struct Settings {
     pub resync: Duration,
     /// How often the nexus hubs are elected.
     pub nexus_interval: Duration,
+    /// DIDs whose vouches count with a perfect standing (the community's founding machines).
+    pub trust_anchors: BTreeSet<String>,
 }
 
 impl Default for Settings {
@@ -38,6 +41,7 @@ impl Default for Settings {
             node_grace_period: Duration::from_secs(40),
             resync: Duration::from_secs(300),
             nexus_interval: Duration::from_secs(30),
+            trust_anchors: BTreeSet::new(),
         }
     }
 }

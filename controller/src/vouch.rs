@@ -1,5 +1,7 @@
 //! The Vouch reconciler: checks the signature against the voucher's key and the expiry, resolves
-//! voucher and subject to nodes, and weighs the vouch by the voucher's own service record.
+//! voucher and subject to nodes, and weighs the vouch by the voucher's standing: its own service
+//! record, or a perfect one for a trust anchor (`--trust-anchor`, the community's founding
+//! machines), without which nobody could ever vouch first.
 //!
 //! A forged, malformed or expired vouch is marked unverified with the reason, gets an effective
 //! weight of 0 and a Warning Event; it never affects reputation.
@@ -12,6 +14,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use univrs_api::Vouch;
 use univrs_api::conditions::{DesiredCondition, set_condition};
@@ -35,7 +38,7 @@ pub struct Verdict {
     pub subject_node: Option<String>,
 }
 
-/// Judges a vouch given the nodes (name, DID, service reputation) and the time. Pure.
+/// Judges a vouch given the nodes (name, DID, standing as a voucher) and the time. Pure.
 pub fn judge(vouch: &Vouch, nodes: &[(String, String, f64)], now: &Time) -> Verdict {
     let find = |did: &str| nodes.iter().find(|(_, d, _)| d == did);
     let voucher = find(&vouch.spec.voucher);
@@ -70,7 +73,7 @@ pub fn judge(vouch: &Vouch, nodes: &[(String, String, f64)], now: &Time) -> Verd
                     verified: true,
                     reason: "Verified".into(),
                     message: format!(
-                        "signed by the voucher's key; counts {effective:.3} (vouchers count once their own record exceeds {:.2})",
+                        "signed by the voucher's key; counts {effective:.3} (the voucher's standing is {rep:.2}: its service record, or 1 for a trust anchor; vouchers count once it exceeds {:.2})",
                         cfg.voucher_threshold
                     ),
                     effective_weight: effective,
@@ -79,6 +82,16 @@ pub fn judge(vouch: &Vouch, nodes: &[(String, String, f64)], now: &Time) -> Verd
                 }
             }
         },
+    }
+}
+
+/// A node's standing as a voucher: 1 for a trust anchor, else its service record (never its
+/// boosted score: vouches do not chain).
+pub fn standing(node: &univrs_api::Node, anchors: &BTreeSet<String>) -> f64 {
+    if anchors.contains(&node.spec.did) {
+        1.0
+    } else {
+        crate::node::service_base(node)
     }
 }
 
@@ -94,8 +107,7 @@ pub async fn reconcile(vouch: Arc<Vouch>, ctx: Arc<Context>) -> Result<Action, E
             (
                 n.name_any(),
                 n.spec.did.clone(),
-                // The voucher's service record, never its boosted score: vouches do not chain.
-                crate::node::service_base(n),
+                standing(n, &ctx.settings.trust_anchors),
             )
         })
         .collect();
@@ -220,5 +232,41 @@ mod tests {
         );
         let v = judge(&fresh, &nodes, &at(10));
         assert!(v.verified && v.effective_weight == 0.0);
+    }
+
+    #[test]
+    fn a_trust_anchor_vouches_with_full_standing() {
+        let (anchor, newcomer) = (NodeIdentity::generate(), NodeIdentity::generate());
+        let node = |name: &str, id: &NodeIdentity| -> univrs_api::Node {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "univrs.io/v1alpha1", "kind": "Node", "metadata": {"name": name},
+                "spec": {"peerId": id.public().peer_id(), "did": id.public().did(),
+                    "capacity": {"cpu": "1", "memory": "1Gi"}}
+            }))
+            .unwrap()
+        };
+        let (a, n) = (node("center", &anchor), node("school", &newcomer));
+        let anchors: BTreeSet<String> = [anchor.public().did()].into();
+        // Both are fresh (no service record: the prior); only the anchor stands at 1.
+        assert_eq!(standing(&a, &anchors), 1.0);
+        assert_eq!(standing(&n, &anchors), 0.5);
+        assert_eq!(standing(&a, &BTreeSet::new()), 0.5);
+        let nodes = vec![
+            ("center".to_string(), anchor.public().did(), standing(&a, &anchors)),
+            ("school".to_string(), newcomer.public().did(), standing(&n, &anchors)),
+        ];
+        let by_anchor = Vouch::new(
+            "a",
+            VouchSpec::signed(&anchor, &newcomer.public(), 0.8, "ok", at(1000)).unwrap(),
+        );
+        let v = judge(&by_anchor, &nodes, &at(10));
+        assert!(v.verified);
+        assert!((v.effective_weight - 0.8).abs() < 1e-9, "{v:?}");
+        assert!(v.message.contains("standing is 1.00"), "{}", v.message);
+        let by_newcomer = Vouch::new(
+            "n",
+            VouchSpec::signed(&newcomer, &anchor.public(), 0.8, "ok", at(1000)).unwrap(),
+        );
+        assert_eq!(judge(&by_newcomer, &nodes, &at(10)).effective_weight, 0.0);
     }
 }

@@ -28,7 +28,7 @@ use univrs_api::{Node, Workload};
 use univrs_tests::cluster::{
     LEASE_NS, ensure_namespace, metric, node_object, start_controller_bin,
 };
-use univrs_tests::{ControlPlane, build_univrs, children_of, rss_mib};
+use univrs_tests::{ControlPlane, build_univrs, children_of, quantile, rss_mib};
 
 fn count(var: &str, default: usize) -> usize {
     std::env::var(var)
@@ -79,14 +79,6 @@ where
         }
     }
     passed
-}
-
-/// The `q` quantile of `xs` (sorted in place).
-fn quantile(xs: &mut [f64], q: f64) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs.get(((xs.len() as f64 - 1.0) * q).round() as usize)
-        .copied()
-        .unwrap_or(0.0)
 }
 
 /// Creates single-replica Workloads `<prefix>00000`… in `bench`, 32 at a time, recording when

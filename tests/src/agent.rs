@@ -17,6 +17,7 @@ pub struct AgentProc {
     pub child: Option<Guarded>,
     args: Vec<String>,
     kubeconfig: PathBuf,
+    bin: PathBuf,
 }
 
 impl AgentProc {
@@ -29,6 +30,18 @@ impl AgentProc {
     /// As [`AgentProc::start`], with the credentials of `kubeconfig` (e.g. a ServiceAccount's
     /// token) and its log in `log_dir`.
     pub fn start_with(kubeconfig: &Path, log_dir: &Path, name: &str, extra: &[&str]) -> Self {
+        Self::start_bin(univrs_bin(), kubeconfig, log_dir, name, extra)
+    }
+
+    /// As [`AgentProc::start_with`], running the `univrs` binary `bin` (a benchmark's optimized
+    /// build).
+    pub fn start_bin(
+        bin: &Path,
+        kubeconfig: &Path,
+        log_dir: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Self {
         let data_dir = PathBuf::from(format!("/tmp/ua-{}-{name}", std::process::id()));
         let log = log_dir.join(format!("agent-{name}.log"));
         let mut args: Vec<String> = [
@@ -53,6 +66,7 @@ impl AgentProc {
             child: None,
             args,
             kubeconfig: kubeconfig.to_path_buf(),
+            bin: bin.to_path_buf(),
         };
         a.restart();
         a
@@ -65,7 +79,7 @@ impl AgentProc {
             .append(true)
             .open(&self.log)
             .expect("opening the agent log");
-        let mut cmd = Command::new(univrs_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("agent")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -102,7 +116,7 @@ impl Drop for AgentProc {
             }
         }
         self.child.take();
-        let out = Command::new(univrs_bin())
+        let out = Command::new(&self.bin)
             .arg("reset")
             .arg("--data-dir")
             .arg(&self.data_dir)

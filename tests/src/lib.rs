@@ -98,6 +98,14 @@ pub fn rss_mib(pid: u32) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// The `q` quantile of `xs` (sorted in place; 0 when empty), for benchmarks.
+pub fn quantile(xs: &mut [f64], q: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(((xs.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
 /// The directory of the pinned upstream binaries (kubectl, kube-apiserver, …), built on first use.
 pub fn upstream_bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

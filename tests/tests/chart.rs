@@ -335,6 +335,7 @@ fn the_schema_refuses_bad_values_naming_the_value() {
             "/controller/nodeGracePeriod",
         ),
         ("controller.replics=3", "'replics' not allowed"),
+        ("controller.trustAnchors[0]=node-0", "/controller/trustAnchors/0"),
         ("agent.listen[0]=tcp:4001", "/agent/listen/0"),
         ("agent.api.addr=localhost", "/agent/api/addr"),
         ("agent.dataDir=relative/dir", "/agent/dataDir"),
@@ -586,6 +587,9 @@ fn install_upgrade_and_uninstall_keep_the_crds_users_objects_and_the_mcp_secrets
     // Upgrade: new values reach the objects, the CRDs are updated (a label added) but are the
     // same objects, and the MCP's token and certificate do not change under its clients.
     let chart = chart();
+    let anchor = univrs_api::identity::NodeIdentity::generate()
+        .public()
+        .did();
     helm_ok(c.helm().args([
         "upgrade",
         RELEASE,
@@ -594,6 +598,8 @@ fn install_upgrade_and_uninstall_keep_the_crds_users_objects_and_the_mcp_secrets
         "univrs-system",
         "--set",
         "controller.nodeGracePeriod=90s",
+        "--set",
+        format!("controller.trustAnchors[0]={anchor}").as_str(),
         "--set",
         "commonLabels.univrs\\.io/upgraded=yes",
     ]));
@@ -618,6 +624,7 @@ fn install_upgrade_and_uninstall_keep_the_crds_users_objects_and_the_mcp_secrets
         "{.spec.template.spec.containers[0].args}",
     );
     assert!(args.contains("--node-grace-period=90s"), "{args}");
+    assert!(args.contains(&format!("--trust-anchor={anchor}")), "{args}");
     assert_eq!(
         c.jsonpath(&["uwl", "portal", "-n", "users"], "{.spec.replicas}"),
         "2"

@@ -1,9 +1,12 @@
 //! The community-cloud scenario end to end, the way users meet the system: `univrs up` with
 //! three agents, the example portal applied with kubectl, three real containers spread over the
 //! nodes each serving its page on the address its status gives, credit moving along lines while
-//! they run, a signed vouch verified (counting nothing yet: its voucher is new), a node that
-//! stops answering (its agent frozen) and its replica coming back elsewhere, a scale to five
-//! through the MCP server, and a delete that leaves nothing running.
+//! they run, a signed vouch verified (counting nothing: its voucher is new) and one by the trust
+//! anchor (node-0) raising its subject's reputation, a node that
+//! stops answering (its agent frozen) and its replica coming back elsewhere, that agent killed
+//! and restarted removing its stale copy, a scale to five through the MCP server, and a delete
+//! that leaves nothing running, all with the controller and agents on their ServiceAccounts'
+//! tokens.
 
 use kube::api::{Api, Patch, PatchParams};
 use std::collections::BTreeSet;
@@ -11,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use univrs_api::resources::creditline::CreditLine;
+use univrs_api::resources::vouch::{Vouch, VouchStatus};
 use univrs_api::{Node, Workload};
 use univrs_tests::cluster::eventually;
 use univrs_tests::up::Up;
@@ -62,6 +66,17 @@ fn instances(w: &Workload) -> String {
         .join("; ")
 }
 
+/// The runtime's containers of `node`'s agent under `dir`.
+fn containers_on(dir: &Path, node: &str) -> Vec<String> {
+    std::fs::read_dir(dir.join("agents").join(node).join("runtime/containers"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The pid of the `univrs agent` process of `node` under `dir`.
 fn agent_pid(dir: &Path, node: &str) -> i32 {
     let needle = format!("--node-name {node} ");
@@ -81,6 +96,56 @@ fn agent_pid(dir: &Path, node: &str) -> i32 {
 
 fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+/// The reputation in `node`'s status (0 when none yet).
+async fn reputation(nodes: &Api<Node>, node: &str) -> f64 {
+    nodes
+        .get(node)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.reputation)
+        .unwrap_or(0.0)
+}
+
+/// `voucher` vouches for `subject` (signed by `univrs vouch` with the voucher's key, applied
+/// with kubectl); returns the Vouch's status once the controller verified it.
+async fn vouch(
+    dir: &Path,
+    kc: &Path,
+    client: &kube::Client,
+    voucher: &str,
+    subject: &str,
+) -> VouchStatus {
+    let (ok, manifest, err) = run(Command::new(univrs_bin())
+        .arg("vouch")
+        .arg("--identity")
+        .arg(dir.join("agents").join(voucher).join("identity.key"))
+        .args(["--subject", subject, "--weight", "0.9", "--reason"])
+        .arg(format!("{voucher} saw {subject} host the portal well"))
+        .arg("--kubeconfig")
+        .arg(kc));
+    assert!(ok, "{err}");
+    let v: Vouch = serde_yaml::from_str(&manifest).unwrap();
+    let file = dir.join(format!("vouch-{voucher}-{subject}.yaml"));
+    std::fs::write(&file, &manifest).unwrap();
+    let (ok, out, err) = run(kubectl(kc).arg("apply").arg("-f").arg(&file));
+    assert!(ok, "{out}{err}");
+    let vouches: Api<Vouch> = Api::all(client.clone());
+    let name = v.metadata.name.clone().unwrap();
+    let status = eventually(
+        &format!("{voucher}'s vouch for {subject} verified"),
+        Duration::from_secs(90),
+        async || {
+            let st = vouches.get(&name).await.unwrap().status;
+            (st.clone().filter(|s| s.verified), format!("{st:?}"))
+        },
+    )
+    .await;
+    assert_eq!(status.subject_node.as_deref(), Some(subject));
+    assert_eq!(status.voucher_node.as_deref(), Some(voucher));
+    status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,49 +216,24 @@ async fn the_community_cloud_scenario() {
     assert!(ok);
     eprintln!("{table}");
 
-    // node-1 vouches for node-0, signed with node-1's key.
-    let reputation = async || {
-        nodes
-            .get("node-0")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.reputation)
-            .unwrap_or(0.0)
-    };
-    let before = reputation().await;
-    let (ok, vouch, err) = run(Command::new(univrs_bin())
-        .arg("vouch")
-        .arg("--identity")
-        .arg(dir.join("agents/node-1/identity.key"))
-        .args([
-            "--subject",
-            "node-0",
-            "--weight",
-            "0.9",
-            "--reason",
-            "hosts the portal well",
-        ])
-        .arg("--kubeconfig")
-        .arg(&kc));
-    assert!(ok, "{err}");
-    let vouch_file = dir.join("vouch.yaml");
-    std::fs::write(&vouch_file, vouch).unwrap();
-    let (ok, out, err) = run(kubectl(&kc).arg("apply").arg("-f").arg(&vouch_file));
-    assert!(ok, "{out}{err}");
-    // Verified, but a voucher counts only once its own service record exceeds 0.60 (a fresh
-    // node's is 0.5), so fresh machines cannot lift each other: node-0's reputation stays.
-    let vouches: Api<univrs_api::Vouch> = Api::all(client.clone());
-    let status = eventually("the vouch verified", Duration::from_secs(90), async || {
-        let v = vouches.list(&Default::default()).await.unwrap().items;
-        let st = v.first().and_then(|v| v.status.clone());
-        (st.clone().filter(|s| s.verified), format!("{st:?}"))
+    // node-1 vouches for node-0, signed with node-1's key: verified, but a voucher counts only
+    // once its own service record exceeds 0.60 (a fresh node's is 0.5), so fresh machines cannot
+    // lift each other: node-0's reputation stays.
+    let before = reputation(&nodes, "node-0").await;
+    let fresh = vouch(&dir, &kc, &client, "node-1", "node-0").await;
+    assert_eq!(fresh.effective_weight, 0.0, "{fresh:?}");
+    assert_eq!(reputation(&nodes, "node-0").await, before);
+    // node-0, the machine `univrs up` runs on, is the community's trust anchor: its vouch for
+    // node-1 counts in full, and node-1's reputation rises.
+    let before = reputation(&nodes, "node-1").await;
+    let anchored = vouch(&dir, &kc, &client, "node-0", "node-1").await;
+    assert!(anchored.effective_weight > 0.5, "{anchored:?}");
+    let after = eventually("node-1's reputation rising", Duration::from_secs(60), async || {
+        let r = reputation(&nodes, "node-1").await;
+        ((r > before).then_some(r), format!("{before} → {r}"))
     })
     .await;
-    assert_eq!(status.subject_node.as_deref(), Some("node-0"));
-    assert_eq!(status.voucher_node.as_deref(), Some("node-1"));
-    assert_eq!(status.effective_weight, 0.0);
-    assert_eq!(reputation().await, before);
+    eprintln!("node-1's reputation {before} → {after} after the anchor's vouch");
 
     // A machine stops answering (its agent frozen): its replica comes back elsewhere.
     let (lost_inst, lost_node) = placed[0].clone();
@@ -213,7 +253,30 @@ async fn the_community_cloud_scenario() {
         },
     )
     .await;
-    signal(pid, nix::sys::signal::Signal::SIGCONT);
+    // The machine's agent is then killed (-9) where it hung; `univrs up` starts it again, and
+    // it removes its copy of the replica that moved away (no duplicate) and turns Ready.
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    eventually(
+        "the lost node back, without the moved replica",
+        Duration::from_secs(120),
+        async || {
+            let stale: Vec<String> = containers_on(&dir, &lost_node)
+                .into_iter()
+                .filter(|c| c.starts_with(&format!("{lost_inst}-")))
+                .collect();
+            let ready = nodes
+                .get(&lost_node)
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| univrs_api::conditions::is_true(&s.conditions, "Ready"));
+            (
+                (stale.is_empty() && ready).then_some(()),
+                format!("ready {ready}, stale containers {stale:?}"),
+            )
+        },
+    )
+    .await;
 
     // An AI agent scales the portal to five through the MCP server.
     let py = repo_root().join(".tools/venv/bin/python");
@@ -247,15 +310,7 @@ async fn the_community_cloud_scenario() {
     eventually("no container left", Duration::from_secs(120), async || {
         let left: Vec<String> = ["node-0", "node-1", "node-2"]
             .iter()
-            .flat_map(|n| {
-                std::fs::read_dir(dir.join("agents").join(n).join("runtime/containers"))
-                    .map(|d| {
-                        d.flatten()
-                            .map(|e| e.file_name().to_string_lossy().to_string())
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default()
-            })
+            .flat_map(|n| containers_on(&dir, n))
             .collect();
         (left.is_empty().then_some(()), format!("{left:?}"))
     })

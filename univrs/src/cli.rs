@@ -86,6 +86,11 @@ pub enum Command {
         /// How long a node may be NotReady before its instances move elsewhere.
         #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
         node_grace_period: std::time::Duration,
+        /// The DID (`did:key:z6Mk…`) of a trust anchor, repeatable: a founding machine of the
+        /// community whose vouches count as if its own service record were perfect, so the first
+        /// vouches can lift reputation before anyone has a record.
+        #[arg(long = "trust-anchor", value_name = "DID", value_parser = parse_did)]
+        trust_anchors: Vec<String>,
         /// Log as JSON lines instead of text (the level comes from RUST_LOG).
         #[arg(long)]
         log_json: bool,
@@ -341,4 +346,10 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         return Err(format!("label {s:?} has an empty key"));
     }
     Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_did(s: &str) -> Result<String, String> {
+    univrs_api::identity::PublicIdentity::from_did(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{s:?} is not a did:key of an Ed25519 key ({e}); `univrs identity show` prints a node's DID"))
 }

@@ -40,6 +40,7 @@ pub fn run(
     kubeconfig: Option<PathBuf>,
     metrics_addr: SocketAddr,
     grace: Duration,
+    trust_anchors: std::collections::BTreeSet<String>,
     log_json: bool,
 ) -> anyhow::Result<()> {
     init_tracing(log_json);
@@ -55,9 +56,10 @@ pub fn run(
             _ = shutdown_signal() => return Ok(()),
         };
         leading.store(true, std::sync::atomic::Ordering::SeqCst);
-        tracing::info!(identity = %elector.identity, "leading: starting reconcilers");
+        tracing::info!(identity = %elector.identity, anchors = trust_anchors.len(), "leading: starting reconcilers");
         let settings = Settings {
             node_grace_period: grace,
+            trust_anchors,
             ..Settings::default()
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

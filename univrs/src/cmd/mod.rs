@@ -81,7 +81,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             kubeconfig,
             metrics_addr,
             node_grace_period,
+            trust_anchors,
             log_json,
-        } => controller::run(kubeconfig, metrics_addr, node_grace_period, log_json),
+        } => controller::run(
+            kubeconfig,
+            metrics_addr,
+            node_grace_period,
+            trust_anchors.into_iter().collect(),
+            log_json,
+        ),
     }
 }

@@ -125,6 +125,14 @@ pub async fn run(opts: Options) -> Result<()> {
         (kubeconfig.clone(), kubeconfig.clone(), None)
     };
 
+    // This machine's first agent, node-0, is the community's founding member (the seed's
+    // bootstrap node): its key is made here, before the agent starts, so the controller can
+    // count it a trust anchor and the first vouches can lift anyone's reputation.
+    let anchor_key = opts.data_dir.join("agents/node-0/identity.key");
+    let anchor = univrs_node_agent::keyfile::load_or_generate(&anchor_key)
+        .with_context(|| format!("node-0's identity {}", anchor_key.display()))?
+        .public()
+        .did();
     progress.begin("controller");
     let metrics_port = process::free_port()?;
     children.spawn(Child::restartable(
@@ -137,9 +145,13 @@ pub async fn run(opts: Options) -> Result<()> {
             format!("127.0.0.1:{metrics_port}"),
             "--node-grace-period".into(),
             humantime::format_duration(opts.node_grace_period).to_string(),
+            "--trust-anchor".into(),
+            anchor,
         ],
     ))?;
-    progress.done(&format!("controller (metrics on 127.0.0.1:{metrics_port})"));
+    progress.done(&format!(
+        "controller (metrics on 127.0.0.1:{metrics_port}; node-0 is the trust anchor)"
+    ));
 
     progress.begin("demo image");
     let demo = demo_image::build(&opts.data_dir.join("demo-image"))?;
