@@ -429,16 +429,15 @@ async fn gossip(
     transfers: usize,
 ) -> (Vec<f64>, usize, usize, Vec<f64>) {
     let bootstrap = first.1.spec.multiaddrs[0].clone();
-    let mut agents = vec![first];
+    let mut urls = vec![api_url(&first.1).unwrap()];
+    let mut agents = vec![first.0];
     for i in 1..n_agents {
         let name = format!("ub-{i:02}");
-        let a = start_agent(bin, cp, &name, i, creds, Some(&bootstrap));
-        agents.push((a, Node::default()));
+        agents.push(start_agent(bin, cp, &name, i, creds, Some(&bootstrap)));
     }
-    for entry in agents.iter_mut().skip(1) {
-        entry.1 = ready_node(nodes, &entry.0.name).await;
+    for a in agents.iter().skip(1) {
+        urls.push(api_url(&ready_node(nodes, &a.name).await).unwrap());
     }
-    let urls: Vec<String> = agents.iter().map(|(_, n)| api_url(n).unwrap()).collect();
     // Every agent has a few peers: gossipsub's mesh forms over them.
     let want = 4.min(n_agents - 1) as u64;
     for u in &urls {
@@ -451,12 +450,12 @@ async fn gossip(
     }
     // Let the gossipsub meshes settle (heartbeats graft peers).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss: Vec<f64> = agents.iter().map(|(a, _)| rss_mib(pid_of(a))).collect();
+    let rss: Vec<f64> = agents.iter().map(|a| rss_mib(pid_of(a))).collect();
 
     let mut sent: BTreeMap<String, (usize, i128)> = BTreeMap::new();
     for k in 0..transfers {
         let from = k % n_agents;
-        let to = &agents[(from + 1) % n_agents].0.name;
+        let to = &agents[(from + 1) % n_agents].name;
         let body = format!(r#"{{"to": "node/{to}", "amount": {}}}"#, k + 1);
         let (code, out) = creds.curl(
             &format!("{}/api/credits/transfers", urls[from]),
