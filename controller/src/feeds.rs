@@ -218,18 +218,33 @@ where
 
 struct Nodes;
 
+impl Nodes {
+    /// The nodes `n`'s agent reports on: their peer views include its reports.
+    fn reported(n: &Node, wake: &mut Wake) {
+        let reports = n.status.as_ref().and_then(|s| s.observations.as_ref());
+        wake.nodes.extend(
+            reports
+                .iter()
+                .flat_map(|o| o.peers.iter())
+                .map(|p| ObjectRef::new(&p.node)),
+        );
+    }
+}
+
 impl Handler<Node> for Nodes {
     fn applied(&mut self, ctx: &Context, n: &Node, wake: &mut Wake) {
         let (change, news) = ctx.index().upsert_node(n);
         // The version the controller itself wrote wakes nothing new.
         if news {
             wake.nodes.insert(ObjectRef::from_obj(n));
+            Self::reported(n, wake);
         }
         wake.node_change(ctx, n, change);
     }
 
     fn deleted(&mut self, ctx: &Context, n: &Node, wake: &mut Wake) {
         let change = ctx.index().remove_node(n);
+        Self::reported(n, wake);
         wake.node_change(ctx, n, change);
     }
 }

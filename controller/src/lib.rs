@@ -19,6 +19,7 @@ pub mod leader;
 pub mod metrics;
 pub mod nexus;
 pub mod node;
+pub mod peers;
 pub mod quote;
 pub mod revival;
 pub mod scheduler;

@@ -4,7 +4,8 @@
 //!
 //! - **Reputation** = the service record (an average of outcomes that decays toward 0.5, kept in
 //!   `status.serviceRecord`) boosted by verified vouches. Outcomes: a Lease that lapses is a
-//!   failure; every hour of Ready service is a success.
+//!   failure; so is new invalid gossip from the node that its peers corroborate (`peers`,
+//!   gathered into `status.peerView`); every hour of Ready service is a success.
 //! - **Septal gate**: each lapse is a failure; five without an hour of clean service between
 //!   them (a flapping node) isolate it, as does a health score of 0.7 (silence, low
 //!   reputation). After 60 s it recovers a quarter of its traffic per Ready reconcile.
@@ -248,9 +249,39 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
     let was_ready = univrs_api::conditions::is_true(&current.conditions, CONDITION_READY);
     let now_ready = ready.status == univrs_api::conditions::TRUE;
 
+    // What the other Ready nodes' agents report about this one.
+    let all = ctx.nodes.state();
+    let others: Vec<&univrs_api::resources::node::NodeStatus> = all
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(name.as_str()))
+        .filter_map(|n| n.status.as_ref())
+        .filter(|s| univrs_api::conditions::is_true(&s.conditions, CONDITION_READY))
+        .collect();
+    let peer_view =
+        crate::peers::view_of(&name, others.iter().filter_map(|s| s.observations.as_ref()));
+    let invalid_gossip = peer_view.as_ref().is_some_and(|v| {
+        crate::peers::new_invalid_gossip(current.peer_view.as_ref(), v, others.len())
+    });
+
     // Reputation: the service record, plus what verified vouches for this node add.
-    let (record, served) = next_record(current.service_record.as_ref(), was_ready, now_ready, now);
+    let (mut record, served) =
+        next_record(current.service_record.as_ref(), was_ready, now_ready, now);
     let cfg = reputation::Config::default();
+    if invalid_gossip {
+        let failed = reputation::observe(
+            reputation::Record {
+                base: record.base,
+                updated_ms: ms(record.updated_at.0),
+            },
+            0.0,
+            ms(now),
+            &cfg,
+        );
+        record = ServiceRecord {
+            base: round(failed.base, 4),
+            updated_at: Time(now),
+        };
+    }
     let contributions: Vec<f64> = ctx
         .vouches
         .state()
@@ -350,6 +381,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         || current.reputation != Some(rep)
         || current.nexus_role != role
         || current.credit_balance != Some(balance)
+        || current.peer_view != peer_view
         || gate_changed;
     // What is allocated is a report (placement reads the index): a change of it alone waits
     // until it has settled, so a burst of placements on a node is one write, not one each.
@@ -383,8 +415,26 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         if let Some(role) = role {
             status["nexusRole"] = serde_json::to_value(role).unwrap_or_default();
         }
+        if let Some(view) = &peer_view {
+            status["peerView"] = serde_json::to_value(view).unwrap_or_default();
+        }
         let n = apply_status(&Api::<Node>::all(ctx.client.clone()), &name, None, status).await?;
         written(&ctx, &n);
+        if invalid_gossip && let Some(view) = &peer_view {
+            let new = view.invalid_messages
+                - current.peer_view.as_ref().map_or(0, |v| v.invalid_messages);
+            crate::workload::publish(
+                &ctx,
+                &node.object_ref(&()),
+                EventType::Warning,
+                "InvalidGossip",
+                format!(
+                    "{} of {} peers dropped {new} more invalid gossip message(s) from this node (bad signature or impossible claim); its service record counts a failure",
+                    view.reporters_of_invalid, view.reporters
+                ),
+            )
+            .await;
+        }
         let was_isolated = current
             .septal
             .as_ref()

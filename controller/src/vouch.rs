@@ -252,8 +252,16 @@ mod tests {
         assert_eq!(standing(&n, &anchors), 0.5);
         assert_eq!(standing(&a, &BTreeSet::new()), 0.5);
         let nodes = vec![
-            ("center".to_string(), anchor.public().did(), standing(&a, &anchors)),
-            ("school".to_string(), newcomer.public().did(), standing(&n, &anchors)),
+            (
+                "center".to_string(),
+                anchor.public().did(),
+                standing(&a, &anchors),
+            ),
+            (
+                "school".to_string(),
+                newcomer.public().did(),
+                standing(&n, &anchors),
+            ),
         ];
         let by_anchor = Vouch::new(
             "a",

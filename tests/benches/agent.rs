@@ -153,9 +153,7 @@ fn raw_youki(youki: &Path, demo: &DemoImage, dir: &Path, runs: usize) -> Vec<f64
         let rootfs = demo.store.prepare_rootfs(&demo.image, &id).unwrap();
         let bundle = dir.join(&id);
         std::fs::create_dir_all(&bundle).unwrap();
-        let (ok, _, err) = run(Command::new(youki)
-            .args(["spec", "--bundle"])
-            .arg(&bundle));
+        let (ok, _, err) = run(Command::new(youki).args(["spec", "--bundle"]).arg(&bundle));
         assert!(ok, "youki spec: {err}");
         let cfg_path = bundle.join("config.json");
         let mut cfg: serde_json::Value =
@@ -190,11 +188,17 @@ fn raw_youki(youki: &Path, demo: &DemoImage, dir: &Path, runs: usize) -> Vec<f64
             .unwrap();
         let started = youki_cmd(&["start", &id]).status().unwrap();
         times.push(ms(t.elapsed()));
-        assert!(created.success() && started.success(), "youki create/start of {id}");
+        assert!(
+            created.success() && started.success(),
+            "youki create/start of {id}"
+        );
         let _ = youki_cmd(&["kill", &id, "KILL"]).status();
         // The container must have stopped before a forced delete can remove its cgroup.
         for _ in 0..100 {
-            if youki_cmd(&["delete", &id]).status().is_ok_and(|s| s.success()) {
+            if youki_cmd(&["delete", &id])
+                .status()
+                .is_ok_and(|s| s.success())
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -1,8 +1,12 @@
 //! Node agents as real processes (`univrs agent`) for end-to-end tests.
 
-use crate::{ControlPlane, Guarded, univrs_bin};
+use crate::cluster::eventually;
+use crate::{ControlPlane, Guarded, curl, univrs_bin};
+use kube::api::Api;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
+use univrs_api::Node;
 
 /// A running `univrs agent`, killed and reset (containers, root filesystems, networks and
 /// cgroups removed) when dropped.
@@ -135,4 +139,92 @@ impl Drop for AgentProc {
             Err(e) => eprintln!("running univrs reset: {e}"),
         }
     }
+}
+
+/// An agent's local API: its URL and the curl flags it needs (CA, token).
+pub struct AgentApi {
+    /// The URL the Node publishes (`univrs.io/agent-api`).
+    pub url: String,
+    /// curl flags: `--cacert F`, `-H "Authorization: Bearer …"`.
+    pub flags: Vec<String>,
+}
+
+impl AgentApi {
+    /// The plain API of `node` (no TLS, no token).
+    pub fn of(node: &Node) -> Self {
+        Self {
+            url: api_url(node),
+            flags: Vec::new(),
+        }
+    }
+
+    /// GET: (HTTP status, body).
+    pub fn get(&self, path: &str) -> (String, String) {
+        let url = format!("{}{path}", self.url);
+        let mut args: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        args.push(&url);
+        curl(&args)
+    }
+
+    /// GET that must answer 200 with JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = self.get(path);
+        assert_eq!(code, "200", "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// POSTs the JSON `body`, with the token when `token` (the CA always).
+    pub fn post(&self, path: &str, body: &str, token: bool) -> (String, String) {
+        let url = format!("{}{path}", self.url);
+        let mut args: Vec<&str> = self
+            .flags
+            .iter()
+            .map(String::as_str)
+            .filter(|f| token || (!f.starts_with("Authorization") && *f != "-H"))
+            .collect();
+        args.extend([
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+        ]);
+        args.push(&url);
+        curl(&args)
+    }
+
+    /// The value of a counter labelled with `reason` in /metrics (0 when absent).
+    pub fn counter(&self, name: &str, reason: &str) -> u64 {
+        let (_, metrics) = self.get("/metrics");
+        let prefix = format!("{name}{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Waits (90 s at most) for the Node `name` to publish its mesh addresses, and returns it.
+pub async fn node_of(nodes: &Api<Node>, name: &str) -> Node {
+    eventually(
+        &format!("Node {name} with mesh addresses"),
+        Duration::from_secs(90),
+        async || match nodes.get_opt(name).await {
+            Ok(Some(n)) if !n.spec.multiaddrs.is_empty() => (Some(n), String::new()),
+            other => (None, format!("{other:?}")),
+        },
+    )
+    .await
+}
+
+/// The URL of the agent API a Node publishes in `univrs.io/agent-api`.
+pub fn api_url(node: &Node) -> String {
+    node.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("univrs.io/agent-api"))
+        .cloned()
+        .expect("the API annotation")
 }

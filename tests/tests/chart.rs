@@ -335,7 +335,10 @@ fn the_schema_refuses_bad_values_naming_the_value() {
             "/controller/nodeGracePeriod",
         ),
         ("controller.replics=3", "'replics' not allowed"),
-        ("controller.trustAnchors[0]=node-0", "/controller/trustAnchors/0"),
+        (
+            "controller.trustAnchors[0]=node-0",
+            "/controller/trustAnchors/0",
+        ),
         ("agent.listen[0]=tcp:4001", "/agent/listen/0"),
         ("agent.api.addr=localhost", "/agent/api/addr"),
         ("agent.dataDir=relative/dir", "/agent/dataDir"),

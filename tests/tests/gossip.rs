@@ -12,86 +12,12 @@ use univrs_api::ledger::Transfer;
 use univrs_api::resources::vouch::{Vouch, VouchSpec};
 use univrs_api::{Node, gossip::GossipBody};
 use univrs_node_agent::mesh::{Mesh, MeshConfig, MeshError, Multiaddr};
-use univrs_tests::agent::AgentProc;
+use univrs_tests::ControlPlane;
+use univrs_tests::agent::{AgentApi, AgentProc, api_url, node_of};
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually};
-use univrs_tests::{ControlPlane, curl};
 
 const WAIT: Duration = Duration::from_secs(90);
 const TOKEN: &str = "gossip-token-0123456789abcdef";
-
-/// An agent's API: its URL and the curl flags it needs (CA, token).
-struct AgentApi {
-    url: String,
-    flags: Vec<String>,
-}
-
-impl AgentApi {
-    fn get(&self, path: &str) -> (String, String) {
-        let url = format!("{}{path}", self.url);
-        let mut args: Vec<&str> = self.flags.iter().map(String::as_str).collect();
-        args.push(&url);
-        curl(&args)
-    }
-
-    fn get_json(&self, path: &str) -> serde_json::Value {
-        let (code, body) = self.get(path);
-        assert_eq!(code, "200", "GET {path}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-    }
-
-    /// POSTs `body` with these extra flags (on top of the CA, without the token).
-    fn post(&self, path: &str, body: &str, token: bool) -> (String, String) {
-        let url = format!("{}{path}", self.url);
-        let mut args: Vec<&str> = self
-            .flags
-            .iter()
-            .map(String::as_str)
-            .filter(|f| token || (!f.starts_with("Authorization") && *f != "-H"))
-            .collect();
-        args.extend([
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            body,
-        ]);
-        args.push(&url);
-        curl(&args)
-    }
-
-    /// The value of a labelled counter in /metrics (0 when absent).
-    fn counter(&self, name: &str, reason: &str) -> u64 {
-        let (_, metrics) = self.get("/metrics");
-        let prefix = format!("{name}{{reason=\"{reason}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-async fn node_of(nodes: &Api<Node>, name: &str) -> Node {
-    eventually(
-        &format!("Node {name} with mesh addresses"),
-        WAIT,
-        async || match nodes.get_opt(name).await {
-            Ok(Some(n)) if !n.spec.multiaddrs.is_empty() => (Some(n), String::new()),
-            other => (None, format!("{other:?}")),
-        },
-    )
-    .await
-}
-
-fn api_url(node: &Node) -> String {
-    node.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get("univrs.io/agent-api"))
-        .cloned()
-        .expect("the API annotation")
-}
 
 /// Signs a Vouch with the key in `key_file` for `subject` through `univrs vouch`, and creates it.
 async fn vouch_with_cli(cp: &ControlPlane, client: &kube::Client, key_file: &Path, subject: &str) {

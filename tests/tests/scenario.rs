@@ -228,10 +228,14 @@ async fn the_community_cloud_scenario() {
     let before = reputation(&nodes, "node-1").await;
     let anchored = vouch(&dir, &kc, &client, "node-0", "node-1").await;
     assert!(anchored.effective_weight > 0.5, "{anchored:?}");
-    let after = eventually("node-1's reputation rising", Duration::from_secs(60), async || {
-        let r = reputation(&nodes, "node-1").await;
-        ((r > before).then_some(r), format!("{before} → {r}"))
-    })
+    let after = eventually(
+        "node-1's reputation rising",
+        Duration::from_secs(60),
+        async || {
+            let r = reputation(&nodes, "node-1").await;
+            ((r > before).then_some(r), format!("{before} → {r}"))
+        },
+    )
     .await;
     eprintln!("node-1's reputation {before} → {after} after the anchor's vouch");
 

@@ -2,11 +2,12 @@
 //!
 //! The agent on the machine creates the object and owns its spec. Writers of status, each with
 //! its own server-side-apply field manager:
-//! - the node's agent (`univrs-agent/<node>`): `observations` (what it and its peers see:
-//!   connected peers, uptime, bandwidth, latency) and the `Reachable` condition;
+//! - the node's agent (`univrs-agent/<node>`): `observations` (what it sees over the mesh:
+//!   connected peers, uptime, bandwidth, latency, invalid gossip, and a report on each peer
+//!   Node) and the `Reachable` condition;
 //! - the controller (`univrs-controller`): `observedGeneration`, `reputation`, `allocated`,
-//!   `instances`, `nexusRole`, `creditBalance`, `septal` and the `Ready` and `Isolated`
-//!   conditions.
+//!   `instances`, `nexusRole`, `creditBalance`, `septal`, `peerView` (what the other Nodes'
+//!   agents report about this one) and the `Ready` and `Isolated` conditions.
 //!
 //! Heartbeats are not status: the agent renews the Lease `univrs-node-<name>` in the
 //! `univrs-system` namespace, as kubelets do, and the controller derives `Ready` from it.
@@ -223,7 +224,11 @@ pub struct NodeStatus {
     /// The septal gate: the node's circuit breaker (controller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub septal: Option<SeptalStatus>,
-    /// What the agent and its peers observe (agent).
+    /// What the other Nodes' agents report about this node over the mesh (controller, from
+    /// their `observations.peers`); invalid gossip they report counts against its record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_view: Option<PeerView>,
+    /// What the agent observes over the mesh (agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observations: Option<NodeObservations>,
     /// Ready (controller), Reachable (agent) and Isolated (controller).
@@ -301,8 +306,9 @@ pub enum SeptalState {
     Recovering,
 }
 
-/// What a node's agent and its peers observe; input to reputation and the nexus election.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+/// What a node's agent observes over the mesh; input to the nexus election, and (its reports
+/// on peers, gathered by the controller into their `peerView`) to their reputation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeObservations {
     /// Peers currently connected over the mesh.
@@ -325,6 +331,47 @@ pub struct NodeObservations {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub invalid_messages: i64,
+    /// Each other Node this agent is connected to or has dropped invalid gossip from, by name
+    /// (at most 256, the worst first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["node".into()]))]
+    pub peers: Vec<PeerReport>,
+}
+
+/// What one agent sees of one other Node over the mesh.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerReport {
+    /// The other Node's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub node: String,
+    /// Whether this agent is connected to it now.
+    #[serde(default)]
+    pub connected: bool,
+    /// Gossip messages from it that this agent dropped (bad signature, impossible claim)
+    /// since this agent started.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub invalid_messages: i64,
+}
+
+/// What the other Nodes' agents report about a node (written by the controller).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerView {
+    /// Ready Nodes whose agents report on this one.
+    #[schemars(range(min = 0))]
+    pub reporters: i32,
+    /// How many of them are connected to it.
+    #[schemars(range(min = 0))]
+    pub connected_by: i32,
+    /// Invalid gossip messages from it that they dropped, in all.
+    #[schemars(range(min = 0))]
+    pub invalid_messages: i64,
+    /// How many of them dropped any.
+    #[schemars(range(min = 0))]
+    pub reporters_of_invalid: i32,
 }
 
 impl NodeCapacity {

@@ -96,6 +96,13 @@ impl ClusterView {
             .and_then(|n| n.metadata.name.clone())
     }
 
+    /// The name of the Node whose PeerId is `peer_id`, if any.
+    pub fn node_with_peer_id(&self, peer_id: &str) -> Option<String> {
+        self.nodes
+            .find(|n| n.spec.peer_id == peer_id)
+            .and_then(|n| n.metadata.name.clone())
+    }
+
     /// The DID of the Node named `name`, if it exists.
     pub fn did_of(&self, name: &str) -> Option<String> {
         self.nodes

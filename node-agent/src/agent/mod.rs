@@ -237,6 +237,7 @@ pub async fn run(
         manager.clone(),
         uptime::UptimeTracker::open(data_dir.join("uptime.json")),
         Some(mesh.clone()),
+        cluster.clone(),
         Duration::from_secs(15),
     ));
 

@@ -1,11 +1,14 @@
 //! The node's own observations in its Node status (`status.observations`, this agent's field
-//! manager): uptime over the last day and what the mesh sees. Written only when a value
-//! changes after rounding, never for a timestamp alone.
+//! manager): uptime over the last day, what the mesh sees, and a report on each peer that is a
+//! Node (connected, invalid gossip dropped from it), which the controller gathers into that
+//! Node's `peerView`. Written only when a value changes after rounding, never for a timestamp
+//! alone.
 
 use kube::api::{Api, Patch, PatchParams};
 use std::time::Duration;
 use univrs_api::resources::node::{Node, NodeObservations};
 
+use super::cluster::ClusterView;
 use super::uptime::UptimeTracker;
 use crate::mesh::MeshHandle;
 
@@ -23,20 +26,28 @@ pub async fn run(
     manager: String,
     mut uptime: UptimeTracker,
     mesh: Option<MeshHandle>,
+    cluster: ClusterView,
     every: Duration,
 ) {
     let api: Api<Node> = Api::all(client);
     let params = PatchParams::apply(&manager).force();
     let mut last: Option<NodeObservations> = None;
     loop {
-        let mut obs = match &mesh {
-            Some(m) => m
-                .stats()
-                .await
-                .map(|s| crate::mesh::observations(&s))
-                .unwrap_or_default(),
-            None => NodeObservations::default(),
+        let stats = match &mesh {
+            Some(m) => m.stats().await.ok(),
+            None => None,
         };
+        let mut obs = stats
+            .as_ref()
+            .map(crate::mesh::observations)
+            .unwrap_or_default();
+        if let Some(s) = &stats {
+            obs.peers = crate::mesh::peer_reports(s, |p| {
+                cluster
+                    .node_with_peer_id(&p.to_string())
+                    .filter(|n| *n != node)
+            });
+        }
         // The agent's own record survives restarts; the mesh's covers only this run.
         obs.uptime = uptime.tick();
         let obs = rounded(obs);

@@ -88,6 +88,7 @@ pub(crate) struct EventLoop {
     latency: HashMap<PeerId, Duration>,
     ping_failures: HashMap<ConnectionId, u32>,
     invalid: BTreeMap<InvalidReason, u64>,
+    invalid_from: BTreeMap<PeerId, u64>,
     ignored: BTreeMap<IgnoreReason, u64>,
     /// Messages held by gossipsub while their claims are checked.
     pending_claims: usize,
@@ -163,6 +164,7 @@ impl EventLoop {
             latency: HashMap::new(),
             ping_failures: HashMap::new(),
             invalid: BTreeMap::new(),
+            invalid_from: BTreeMap::new(),
             ignored: BTreeMap::new(),
             pending_claims: 0,
             claim_results,
@@ -446,6 +448,11 @@ impl EventLoop {
     fn drop_invalid(&mut self, reason: InvalidReason, from: &PeerId) -> MessageAcceptance {
         tracing::warn!(%from, ?reason, "rejected gossip message");
         *self.invalid.entry(reason).or_default() += 1;
+        if self.invalid_from.len() < super::stats::MAX_INVALID_PEERS
+            || self.invalid_from.contains_key(from)
+        {
+            *self.invalid_from.entry(*from).or_default() += 1;
+        }
         MessageAcceptance::Reject
     }
 
@@ -631,6 +638,8 @@ impl EventLoop {
             connected_peers: self.connections.len(),
             median_latency: median(self.latency.values().copied().collect()),
             invalid: self.invalid.clone(),
+            invalid_from: self.invalid_from.clone(),
+            connected: self.connections.keys().copied().collect(),
             ignored: self.ignored.clone(),
             received: self.received,
             published: self.published,

@@ -46,7 +46,7 @@ pub mod validate;
 
 pub use claims::{ClaimCheck, ClaimVerdict};
 pub use libp2p::{Multiaddr, PeerId};
-pub use stats::{MeshStats, PeerInfo, observations};
+pub use stats::{MeshStats, PeerInfo, observations, peer_reports};
 pub use univrs_api::gossip::{GossipBody, Topic};
 pub use validate::{IgnoreReason, InvalidReason};
 

@@ -4,7 +4,7 @@ use super::validate::{IgnoreReason, InvalidReason};
 use super::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
-use univrs_api::resources::node::NodeObservations;
+use univrs_api::resources::node::{NodeObservations, PeerReport};
 
 /// The period `NodeObservations.uptime` is a fraction of.
 const UPTIME_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
@@ -24,6 +24,10 @@ pub struct PeerInfo {
     pub score: Option<f64>,
 }
 
+/// The most peers whose rejected messages are counted one by one (a flood of fresh identities
+/// cannot grow the table without bound; the totals by reason still count them all).
+pub const MAX_INVALID_PEERS: usize = 1024;
+
 /// Counters and gauges of a running mesh.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeshStats {
@@ -35,6 +39,10 @@ pub struct MeshStats {
     pub median_latency: Option<Duration>,
     /// Messages rejected, by reason (their senders were penalized).
     pub invalid: BTreeMap<InvalidReason, u64>,
+    /// Messages rejected, by the peer they came from (at most [`MAX_INVALID_PEERS`] peers).
+    pub invalid_from: BTreeMap<PeerId, u64>,
+    /// The peers with at least one open connection.
+    pub connected: Vec<PeerId>,
     /// Messages dropped without penalty, by reason.
     pub ignored: BTreeMap<IgnoreReason, u64>,
     /// Messages accepted from peers.
@@ -70,7 +78,42 @@ pub fn observations(stats: &MeshStats) -> NodeObservations {
         bandwidth_bps: i64::try_from(stats.bandwidth_bps).unwrap_or(i64::MAX),
         median_latency_ms: stats.median_latency.map(|d| d.as_secs_f64() * 1000.0),
         invalid_messages: i64::try_from(stats.invalid_total()).unwrap_or(i64::MAX),
+        peers: Vec::new(),
     }
+}
+
+/// The most peer reports in a Node's observations.
+pub const MAX_PEER_REPORTS: usize = 256;
+
+/// This agent's reports on the peers that are Nodes (`name_of` maps a PeerId to its Node's
+/// name): every connected one and every one it dropped invalid gossip from, the most invalid
+/// first, then by name, at most [`MAX_PEER_REPORTS`].
+pub fn peer_reports(
+    stats: &MeshStats,
+    name_of: impl Fn(&PeerId) -> Option<String>,
+) -> Vec<PeerReport> {
+    let mut by_node: BTreeMap<String, PeerReport> = BTreeMap::new();
+    let peers = stats
+        .connected
+        .iter()
+        .map(|p| (p, true, 0))
+        .chain(stats.invalid_from.iter().map(|(p, n)| (p, false, *n)));
+    for (peer, connected, invalid) in peers {
+        let Some(node) = name_of(peer) else { continue };
+        let r = by_node.entry(node.clone()).or_insert_with(|| PeerReport {
+            node,
+            ..Default::default()
+        });
+        r.connected |= connected;
+        r.invalid_messages = r
+            .invalid_messages
+            .saturating_add(i64::try_from(invalid).unwrap_or(i64::MAX));
+    }
+    let mut reports: Vec<PeerReport> = by_node.into_values().collect();
+    // Stable: by name already; the worst first.
+    reports.sort_by_key(|r| std::cmp::Reverse(r.invalid_messages));
+    reports.truncate(MAX_PEER_REPORTS);
+    reports
 }
 
 /// The median of some durations (the mean of the middle two for an even count).
@@ -130,6 +173,8 @@ mod tests {
                 (InvalidReason::BadSignature, 2),
                 (InvalidReason::Malformed, 1),
             ]),
+            invalid_from: BTreeMap::new(),
+            connected: vec![],
             ignored: BTreeMap::new(),
             received: 10,
             published: 4,
@@ -139,6 +184,30 @@ mod tests {
             bytes_out: 0,
             bandwidth_bps: 8000,
         }
+    }
+
+    #[test]
+    fn peer_reports_name_nodes_and_put_the_worst_first() {
+        let (a, b, c, stranger) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let mut s = stats();
+        s.connected = vec![a, b, stranger];
+        s.invalid_from = BTreeMap::from([(c, 4), (b, 1), (stranger, 9)]);
+        let names = BTreeMap::from([(a, "alpha"), (b, "beta"), (c, "gamma")]);
+        let reports = peer_reports(&s, |p| names.get(p).map(|n| n.to_string()));
+        let got: Vec<(&str, bool, i64)> = reports
+            .iter()
+            .map(|r| (r.node.as_str(), r.connected, r.invalid_messages))
+            .collect();
+        // The stranger is no Node: nothing to report it against.
+        assert_eq!(
+            got,
+            vec![("gamma", false, 4), ("beta", true, 1), ("alpha", true, 0)]
+        );
     }
 
     #[test]
