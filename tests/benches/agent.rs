@@ -34,9 +34,9 @@ use univrs_api::resources::workload::InstancePhase;
 use univrs_api::{Node, Workload};
 use univrs_node_agent::image::ImageStore;
 use univrs_node_agent::runtime::{ContainerConfig, RuntimeClient};
-use univrs_tests::agent::AgentProc;
+use univrs_tests::agent::{AgentApi, AgentProc, api_url};
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_controller_bin};
-use univrs_tests::{ControlPlane, build_univrs, curl, quantile, repo_root, rss_mib, run};
+use univrs_tests::{ControlPlane, build_univrs, quantile, repo_root, rss_mib, run};
 
 const NS: &str = "bench-agent";
 const TOKEN: &str = "bench-agent-token-0123456789abcdef";
@@ -356,25 +356,18 @@ impl ApiCreds {
         .collect()
     }
 
-    /// curl against an agent's API: (status, body).
-    fn curl(&self, url: &str, extra: &[&str]) -> (String, String) {
-        let auth = format!("Authorization: Bearer {TOKEN}");
-        let mut args = vec!["--cacert", self.cert.to_str().unwrap(), "-H", &auth];
-        args.extend(extra);
-        args.push(url);
-        curl(&args)
+    /// The TLS API of the agent of `node`, with the CA and the token.
+    fn api(&self, node: &Node) -> AgentApi {
+        AgentApi {
+            url: api_url(node),
+            flags: vec![
+                "--cacert".into(),
+                self.cert.display().to_string(),
+                "-H".into(),
+                format!("Authorization: Bearer {TOKEN}"),
+            ],
+        }
     }
-
-    fn get_json(&self, url: &str) -> serde_json::Value {
-        let (code, body) = self.curl(url, &[]);
-        assert_eq!(code, "200", "GET {url}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-}
-
-/// The agent API URL a Node publishes.
-fn api_url(node: &Node) -> Option<String> {
-    node.annotations().get("univrs.io/agent-api").cloned()
 }
 
 /// Starts an agent for the benchmark: its own pod CIDR (so twenty never collide), the label
@@ -406,7 +399,7 @@ async fn ready_node(nodes: &Api<Node>, name: &str) -> Node {
     eventually(&format!("Node {name} Ready"), WAIT, async || {
         let n = nodes.get_opt(name).await.ok().flatten();
         let ok = n.as_ref().is_some_and(|n| {
-            api_url(n).is_some()
+            n.annotations().contains_key("univrs.io/agent-api")
                 && !n.spec.multiaddrs.is_empty()
                 && n.status
                     .as_ref()
@@ -433,20 +426,20 @@ async fn gossip(
     transfers: usize,
 ) -> (Vec<f64>, usize, usize, Vec<f64>) {
     let bootstrap = first.1.spec.multiaddrs[0].clone();
-    let mut urls = vec![api_url(&first.1).unwrap()];
+    let mut apis = vec![creds.api(&first.1)];
     let mut agents = vec![first.0];
     for i in 1..n_agents {
         let name = format!("ub-{i:02}");
         agents.push(start_agent(bin, cp, &name, i, creds, Some(&bootstrap)));
     }
     for a in agents.iter().skip(1) {
-        urls.push(api_url(&ready_node(nodes, &a.name).await).unwrap());
+        apis.push(creds.api(&ready_node(nodes, &a.name).await));
     }
     // Every agent has a few peers: gossipsub's mesh forms over them.
     let want = 4.min(n_agents - 1) as u64;
-    for u in &urls {
-        eventually(&format!("{u} has {want} peers"), WAIT, async || {
-            let p = creds.get_json(&format!("{u}/api/peers"));
+    for api in &apis {
+        eventually(&format!("{} has {want} peers", api.url), WAIT, async || {
+            let p = api.get_json("/api/peers");
             let c = p["connected"].as_u64().unwrap_or(0);
             ((c >= want).then_some(()), format!("{c} connected"))
         })
@@ -461,17 +454,7 @@ async fn gossip(
         let from = k % n_agents;
         let to = &agents[(from + 1) % n_agents].name;
         let body = format!(r#"{{"to": "node/{to}", "amount": {}}}"#, k + 1);
-        let (code, out) = creds.curl(
-            &format!("{}/api/credits/transfers", urls[from]),
-            &[
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                &body,
-            ],
-        );
+        let (code, out) = apis[from].post("/api/credits/transfers", &body, true);
         assert_eq!(code, "202", "POST transfer from agent {from}: {out}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let id = v["id"].as_str().unwrap().to_string();
@@ -481,8 +464,8 @@ async fn gossip(
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut lat = Vec::new();
-    for (i, u) in urls.iter().enumerate() {
-        let credits = creds.get_json(&format!("{u}/api/credits"));
+    for (i, api) in apis.iter().enumerate() {
+        let credits = api.get_json("/api/credits");
         for t in credits["transfersHeard"].as_array().unwrap() {
             let Some((from, at)) = t["id"].as_str().and_then(|id| sent.get(id)) else {
                 continue;
