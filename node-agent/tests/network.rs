@@ -275,8 +275,8 @@ fn traces_of(cni: &Cni, attachment: &Attachment) -> Traces {
     let veth = attachment.host_veth.as_deref().expect("a host veth");
     assert!(link_exists(veth), "{id}: {veth} exists");
     let chains = chains_of(cni, id);
-    // The masquerade chain always, and portmap's chain with host ports.
-    let expected = 1 + usize::from(!attachment.ports.is_empty());
+    // Portmap's chain with host ports (the agent masquerades the whole subnet itself).
+    let expected = usize::from(!attachment.ports.is_empty());
     assert_eq!(chains.len(), expected, "{id}: chains {chains:?}");
     assert_eq!(leases_of(cni, id).len(), 1, "{id}: one lease");
     Traces {
@@ -406,6 +406,19 @@ fn a_container_gets_an_address_from_the_agent_subnet_and_reaches_its_gateway() {
     assert!(a.mac.is_some());
     assert!(link_exists(net.cni.bridge()), "the agent's bridge exists");
     let traces = traces_of(&net.cni, &a);
+    // The agent masquerades its subnet: one jump from POSTROUTING to its own chain.
+    let tag = format!("univrs masquerade {}", net.cni.network_name());
+    let jumps = |save: &str| {
+        save.lines()
+            .filter(|l| l.starts_with("-A POSTROUTING") && l.contains(&tag))
+            .count()
+    };
+    let save = iptables_save();
+    assert_eq!(jumps(&save), 1, "{save}");
+    assert!(
+        save.contains(&format!("-s {subnet}")) && save.contains("-j MASQUERADE"),
+        "{save}"
+    );
 
     let gw = subnet.gateway().to_string();
     net.start(
@@ -439,6 +452,15 @@ fn a_container_gets_an_address_from_the_agent_subnet_and_reaches_its_gateway() {
     assert_gone(&net.cni, &traces);
     // Again: nothing to do.
     net.cni.teardown("pinger").unwrap();
+    // The agent leaving takes its masquerading along (and may do so twice).
+    net.cni.remove_bridge().unwrap();
+    net.cni.remove_bridge().unwrap();
+    let save = iptables_save();
+    assert_eq!(jumps(&save), 0, "{save}");
+    assert!(
+        !save.contains(&format!("UNIVRS-MASQ-{}", &net.cni.network_name()[7..]).to_uppercase()),
+        "{save}"
+    );
 }
 
 #[test]
@@ -671,8 +693,9 @@ fn teardown_after_a_crash_during_setup_cleans_up() {
     assert!(netns::is_mounted(&a.netns));
     // The bridge plugin finished before the crash, but its result was never recorded.
     assert_eq!(leases_of(&net.cni, "crashed").len(), 1);
+    // No chain of its own: no host ports, and the agent masquerades the subnet as a whole.
     let masq = chains_of(&net.cni, "crashed");
-    assert_eq!(masq.len(), 1, "the bridge's masquerade chain: {masq:?}");
+    assert!(masq.is_empty(), "{masq:?}");
     assert!(matches!(
         net.cni.check("crashed"),
         Err(NetworkError::Incomplete(_))
@@ -783,6 +806,10 @@ fn a_missing_plugin_is_a_clear_error() {
     );
     assert!(cni.list().unwrap().is_empty());
     assert!(!cni.netns_path("lonely").exists());
+    // The agent's own rules (made before the first setup) go when it leaves.
+    cni.remove_bridge().unwrap();
+    let tag = format!("univrs masquerade {}", cni.network_name());
+    assert!(!iptables_save().contains(&tag));
 }
 
 #[test]

@@ -313,6 +313,21 @@ async fn placed_to_running(
     (running, ready, created_to_running)
 }
 
+/// (anonymous, file-backed) resident memory of `pid` in MiB, from smaps_rollup: the heap and
+/// stacks apart from the pages of the binary itself.
+fn rss_parts(pid: u32) -> (f64, f64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let kib = |field: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (rss, anon) = (kib("Rss:"), kib("Anonymous:"));
+    (anon / 1024.0, (rss - anon) / 1024.0)
+}
+
 fn pid_of(agent: &AgentProc) -> u32 {
     agent.child.as_ref().expect("the agent runs").0.id()
 }
@@ -514,6 +529,7 @@ fn main() {
         let node = ready_node(&nodes, "ub-00").await;
         tokio::time::sleep(Duration::from_secs(20)).await;
         let idle_rss = rss_mib(pid_of(&agent));
+        let (idle_anon, idle_file) = rss_parts(pid_of(&agent));
         let (running, ready, created) = placed_to_running(&client, "ub-00", &agent, runs).await;
         tokio::time::sleep(Duration::from_secs(10)).await;
         let warm_rss = rss_mib(pid_of(&agent));
@@ -551,7 +567,9 @@ fn main() {
         println!();
         println!("| measure | value |");
         println!("|---|---|");
-        println!("| idle agent RSS, no instance | {idle_rss:.1} MiB |");
+        println!(
+            "| idle agent RSS, no instance | {idle_rss:.1} MiB ({idle_anon:.1} anonymous, {idle_file:.1} the binary's pages) |"
+        );
         println!("| agent RSS after {runs} runs, idle again | {warm_rss:.1} MiB |");
         println!(
             "| RSS of {n_agents} idle agents in a mesh (median / max) | {:.1} / {:.1} MiB |",

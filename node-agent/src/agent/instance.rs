@@ -139,7 +139,9 @@ fn time_from_ms(ms: u64) -> Option<Time> {
 }
 
 impl Supervisor {
-    async fn event(&self, type_: EventType, reason: &str, note: String) {
+    /// Publishes an Event about the Workload in the background: an API round trip must not
+    /// stand between starting a container and reporting it.
+    fn event(&self, type_: EventType, reason: &str, note: String) {
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -147,9 +149,12 @@ impl Supervisor {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(e) = self.deps.recorder.publish(&ev, &self.reference).await {
-            tracing::debug!(error = %e, reason, "could not publish an Event");
-        }
+        let (recorder, reference) = (self.deps.recorder.clone(), self.reference.clone());
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                tracing::debug!(error = %e, reason = %ev.reason, "could not publish an Event");
+            }
+        });
     }
 
     fn save(&mut self, rec: &InstanceRecord) {
@@ -186,7 +191,7 @@ impl Supervisor {
                 Err(e) => {
                     let msg = format!("setting up the network: {e}");
                     self.report(rec, spec, Some(msg.clone()), false);
-                    self.event(EventType::Warning, "FailedNetwork", msg).await;
+                    self.event(EventType::Warning, "FailedNetwork", msg);
                     return;
                 }
             }
@@ -251,8 +256,7 @@ impl Supervisor {
                     "container {} of {}: its spec changed; recreating it",
                     c.name, rec.instance
                 ),
-            )
-            .await;
+            );
             self.remove_container(&old, grace(spec)).await;
             dirty = true;
         }
@@ -384,8 +388,7 @@ impl Supervisor {
                         "liveness probe of {} in {} failed: {why}; restarting it",
                         c.name, rec.instance
                     ),
-                )
-                .await;
+                );
             }
         }
     }
@@ -417,8 +420,7 @@ impl Supervisor {
                                 c.name,
                                 rec.instance
                             ),
-                        )
-                        .await;
+                        );
                         self.runs.entry(c.name.clone()).or_default().image = Some(i.clone());
                         i
                     }
@@ -485,8 +487,7 @@ impl Supervisor {
                         "container {} of {} on {}",
                         c.name, rec.instance, self.deps.node
                     ),
-                )
-                .await;
+                );
                 true
             }
             Err(e) => {
@@ -511,8 +512,7 @@ impl Supervisor {
             EventType::Warning,
             reason,
             format!("{msg} (in {})", rec.instance),
-        )
-        .await;
+        );
     }
 
     /// The next restart delay of container `name` (and counts the crash).
@@ -569,8 +569,7 @@ impl Supervisor {
                     "container {} of {} {what}; not restarted (restartPolicy {:?})",
                     c.name, rec.instance, spec.restart_policy
                 ),
-            )
-            .await;
+            );
             return;
         }
         entry.restarts += 1;
@@ -592,8 +591,7 @@ impl Supervisor {
                 rec.instance,
                 delay.as_secs()
             ),
-        )
-        .await;
+        );
     }
 
     /// Removes an exited container's runtime state and root filesystem.
@@ -641,8 +639,7 @@ impl Supervisor {
                     self.deps.node,
                     g.as_secs()
                 ),
-            )
-            .await;
+            );
         }
         let stops = rec
             .containers

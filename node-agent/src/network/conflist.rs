@@ -11,34 +11,42 @@ use std::path::Path;
 /// The CNI specification version the agent speaks (Debian's plugins 1.1 support it).
 pub const CNI_VERSION: &str = "1.0.0";
 
-/// The container's network: a veth pair on the agent's bridge (the bridge is the gateway
-/// and masquerades traffic leaving the subnet; hairpin mode lets a container reach its own
-/// host ports), an address from host-local IPAM (its leases in `ipam_dir`, so agents never
-/// share one), then portmap for host ports.
-pub fn main_list(network: &str, bridge: &str, subnet: &Ipv4Cidr, ipam_dir: &Path) -> Value {
+/// The container's network: a veth pair on the agent's bridge (the bridge is the gateway;
+/// hairpin mode lets a container reach its own host ports; the agent masquerades the whole
+/// subnet itself, see `iptables`), an address from host-local IPAM (its leases in `ipam_dir`,
+/// so agents never share one), then, when there are host ports (`with_ports`), portmap: run
+/// without mappings it does nothing but cost a process.
+pub fn main_list(
+    network: &str,
+    bridge: &str,
+    subnet: &Ipv4Cidr,
+    ipam_dir: &Path,
+    with_ports: bool,
+) -> Value {
+    let mut plugins = vec![json!({
+        "type": "bridge",
+        "bridge": bridge,
+        "isGateway": true,
+        "ipMasq": false,
+        "hairpinMode": true,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": subnet.to_string(), "gateway": subnet.gateway().to_string()}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": ipam_dir,
+        }
+    })];
+    if with_ports {
+        plugins.push(json!({
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "snat": true,
+        }));
+    }
     json!({
         "cniVersion": CNI_VERSION,
         "name": network,
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": true,
-                "ipMasq": true,
-                "hairpinMode": true,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": subnet.to_string(), "gateway": subnet.gateway().to_string()}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": ipam_dir,
-                }
-            },
-            {
-                "type": "portmap",
-                "capabilities": {"portMappings": true},
-                "snat": true,
-            }
-        ]
+        "plugins": plugins,
     })
 }
 
@@ -93,6 +101,7 @@ mod tests {
             "univrs-x",
             &"10.89.3.0/24".parse().unwrap(),
             Path::new("/s/ipam"),
+            true,
         );
         let ports = [PortMapping::tcp(8080, 80)];
         let bridge = plugin_config(&list, &plugins(&list)[0], &ports, None);

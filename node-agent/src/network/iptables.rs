@@ -1,4 +1,13 @@
-//! The last step of a teardown: removing iptables rules the plugins could not.
+//! The agent's own nat rules: one masquerade chain per network, and the last step of a
+//! teardown, removing rules the plugins could not.
+//!
+//! **Masquerading** is the agent's, once per network, not the bridge plugin's per container
+//! (`ipMasq`): the plugin's way costs a chain and several iptables calls on every ADD and DEL
+//! (about 20 ms and 35 ms here, most of a container's network setup). The chain
+//! `UNIVRS-MASQ-<h>` accepts traffic to the subnet itself and to multicast and masquerades the
+//! rest; one POSTROUTING rule sends the subnet's traffic there. Attachments recorded with the
+//! plugin's masquerading (before this) keep their configuration, so their DEL still removes
+//! their chains.
 //!
 //! The bridge plugin finds the masquerade rules to delete from the addresses on the
 //! container's interface, so when that interface is already gone (someone deleted the veth,
@@ -11,6 +20,94 @@
 use super::NetworkError;
 use std::io::Write;
 use std::process::{Command, Stdio};
+
+/// The masquerade chain of `network` (`univrs-<h>`): at most 28 characters, as iptables wants.
+pub fn masquerade_chain(network: &str) -> String {
+    let h = network.strip_prefix("univrs-").unwrap_or(network);
+    format!("UNIVRS-MASQ-{}", &h[..h.len().min(16)]).to_uppercase()
+}
+
+/// The POSTROUTING rule sending `subnet`'s traffic to the masquerade chain, as `iptables-save`
+/// prints it.
+fn masquerade_jump(network: &str, subnet: &str) -> String {
+    format!(
+        "-A POSTROUTING -s {subnet} -m comment --comment \"univrs masquerade {network}\" -j {}",
+        masquerade_chain(network)
+    )
+}
+
+/// The jumps to `network`'s masquerade chain in `save` (`iptables-save -t nat`), for any
+/// subnet: an agent restarted with another subnet leaves the old one behind.
+fn jumps<'a>(save: &'a str, network: &str) -> Vec<&'a str> {
+    let target = format!(" -j {}", masquerade_chain(network));
+    save.lines()
+        .filter(|l| l.starts_with("-A POSTROUTING ") && l.ends_with(&target))
+        .collect()
+}
+
+/// The `iptables-restore --noflush` input making `network`'s masquerading for `subnet` exactly,
+/// given what `save` shows: the chain (re)filled, jumps for other subnets deleted, the jump for
+/// this one added unless it is there.
+fn masquerade_script(save: &str, network: &str, subnet: &str) -> String {
+    let chain = masquerade_chain(network);
+    let want = masquerade_jump(network, subnet);
+    // A chain declared in a --noflush script is flushed first.
+    let mut script = format!(
+        "*nat\n:{chain} - [0:0]\n-A {chain} -d {subnet} -j ACCEPT\n-A {chain} -d 224.0.0.0/4 -j ACCEPT\n-A {chain} -j MASQUERADE\n"
+    );
+    let present = jumps(save, network);
+    for stale in present.iter().filter(|j| **j != want) {
+        script.push_str(&format!("-D {}\n", &stale[3..]));
+    }
+    if !present.contains(&want.as_str()) {
+        script.push_str(&want);
+        script.push('\n');
+    }
+    script.push_str("COMMIT\n");
+    script
+}
+
+/// The input removing `network`'s masquerading (every jump, then the chain); `None` if there
+/// is none.
+fn unmasquerade_script(save: &str, network: &str) -> Option<String> {
+    let chain = masquerade_chain(network);
+    let has_chain = save.lines().any(|l| l.starts_with(&format!(":{chain} ")));
+    let present = jumps(save, network);
+    if !has_chain && present.is_empty() {
+        return None;
+    }
+    let mut script = String::from("*nat\n");
+    for j in present {
+        script.push_str(&format!("-D {}\n", &j[3..]));
+    }
+    if has_chain {
+        script.push_str(&format!("-F {chain}\n-X {chain}\n"));
+    }
+    script.push_str("COMMIT\n");
+    Some(script)
+}
+
+/// Makes `network`'s masquerading for `subnet` (idempotent; replaces a jump for another subnet).
+pub fn ensure_masquerade(network: &str, subnet: &str) -> Result<(), NetworkError> {
+    let save = run(Command::new("iptables-save").args(["-t", "nat"]), None)?;
+    run(
+        Command::new("iptables-restore").args(["-w", "--noflush"]),
+        Some(&masquerade_script(&save, network, subnet)),
+    )?;
+    Ok(())
+}
+
+/// Removes `network`'s masquerading, whatever subnet it was made for (none is fine).
+pub fn remove_masquerade(network: &str) -> Result<(), NetworkError> {
+    let save = run(Command::new("iptables-save").args(["-t", "nat"]), None)?;
+    if let Some(script) = unmasquerade_script(&save, network) {
+        run(
+            Command::new("iptables-restore").args(["-w", "--noflush"]),
+            Some(&script),
+        )?;
+    }
+    Ok(())
+}
 
 /// How `iptables-save` prints the end of the comment on container `id`'s rules.
 fn comment_tail(network: &str, id: &str) -> String {
@@ -104,6 +201,43 @@ pub fn remove_leftovers(network: &str, id: &str) -> Result<bool, NetworkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masquerading_is_made_exactly_once_and_removed_whatever_the_subnet() {
+        let net = "univrs-1a2b3c4d";
+        let fresh = masquerade_script("*nat\nCOMMIT\n", net, "10.89.1.0/24");
+        let jump = r#"-A POSTROUTING -s 10.89.1.0/24 -m comment --comment "univrs masquerade univrs-1a2b3c4d" -j UNIVRS-MASQ-1A2B3C4D"#;
+        assert!(fresh.contains(":UNIVRS-MASQ-1A2B3C4D - [0:0]"), "{fresh}");
+        assert!(
+            fresh.contains("-A UNIVRS-MASQ-1A2B3C4D -j MASQUERADE"),
+            "{fresh}"
+        );
+        assert!(fresh.contains(jump), "{fresh}");
+        // Made already: the chain is refilled, the jump not added twice.
+        let made = format!(":UNIVRS-MASQ-1A2B3C4D - [0:0]\n{jump}\n");
+        let again = masquerade_script(&made, net, "10.89.1.0/24");
+        assert!(!again.contains("-A POSTROUTING"), "{again}");
+        // Another subnet now: the old jump goes, the new one comes.
+        let moved = masquerade_script(&made, net, "10.89.2.0/24");
+        assert!(moved.contains(&format!("-D {}", &jump[3..])), "{moved}");
+        assert!(moved.contains("-A POSTROUTING -s 10.89.2.0/24"), "{moved}");
+        // Removal takes every jump and the chain; another network's are not touched.
+        let other = r#"-A POSTROUTING -s 10.89.9.0/24 -m comment --comment "univrs masquerade univrs-99999999" -j UNIVRS-MASQ-99999999"#;
+        let save = format!("{made}{other}\n");
+        let gone = unmasquerade_script(&save, net).unwrap();
+        assert!(gone.contains(&format!("-D {}", &jump[3..])), "{gone}");
+        assert!(gone.contains("-X UNIVRS-MASQ-1A2B3C4D"), "{gone}");
+        assert!(!gone.contains("99999999"), "{gone}");
+        assert_eq!(unmasquerade_script(other, net), None);
+    }
+
+    #[test]
+    fn masquerade_chains_fit_iptables_and_differ_per_network() {
+        let a = masquerade_chain("univrs-1a2b3c4d");
+        assert_eq!(a, "UNIVRS-MASQ-1A2B3C4D");
+        assert_ne!(a, masquerade_chain("univrs-1a2b3c4e"));
+        assert!(masquerade_chain("a-very-long-custom-network-name-indeed").len() <= 28);
+    }
 
     #[test]
     fn deletes_the_entry_rules_and_the_chains_of_one_container() {

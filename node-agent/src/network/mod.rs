@@ -7,8 +7,12 @@
 //! runtime does:
 //!
 //! - the `loopback` plugin for `lo`;
-//! - the list `bridge` (veth pair, host-local IPAM, the bridge as gateway, masquerading) +
-//!   `portmap` (host ports, from `runtimeConfig.portMappings`) for `eth0`.
+//! - the list `bridge` (veth pair, host-local IPAM, the bridge as gateway) + `portmap` (host
+//!   ports, from `runtimeConfig.portMappings`; only when there are any) for `eth0`.
+//!
+//! Masquerading is the agent's own, one chain per network made before the first setup
+//! (`iptables`), not the bridge plugin's chain per container: that took most of the time of
+//! each ADD and DEL.
 //!
 //! The agent gives the namespace to the container (`ContainerConfig::netns`), and after
 //! deleting the container calls [`Cni::teardown`]: DEL of both lists in reverse order, with
@@ -171,6 +175,8 @@ struct Inner {
     idle: Condvar,
     /// Held while host ports are checked and claimed.
     ports: Mutex<()>,
+    /// Whether this process has made the network's masquerade rules.
+    masquerading: Mutex<bool>,
 }
 
 /// Holds a container id in [`Inner::busy`] until dropped.
@@ -244,6 +250,7 @@ impl Cni {
                 busy: Mutex::new(HashSet::new()),
                 idle: Condvar::new(),
                 ports: Mutex::new(()),
+                masquerading: Mutex::new(false),
             }),
         };
         for dir in [
@@ -331,6 +338,7 @@ impl Cni {
     /// fails too, the attachment stays recorded and [`Cni::teardown`] finishes it).
     pub fn setup(&self, id: &str, ports: &[PortMapping]) -> Result<Attachment, NetworkError> {
         attachment::validate_ports(ports)?;
+        self.ensure_masquerade()?;
         let _busy = self.claim(id)?;
         let path = self.record_path(id);
         let mut record = {
@@ -356,6 +364,7 @@ impl Cni {
                             &self.inner.bridge,
                             &self.inner.subnet,
                             &self.ipam_dir(),
+                            !ports.is_empty(),
                         ),
                         result: None,
                     },
@@ -417,6 +426,17 @@ impl Cni {
         }
         record.complete = true;
         record.save(path)
+    }
+
+    /// Makes the network's masquerade rules once per process (again after a restart: iptables
+    /// may have been flushed meanwhile, and making them is idempotent).
+    fn ensure_masquerade(&self) -> Result<(), NetworkError> {
+        let mut done = lock(&self.inner.masquerading);
+        if !*done {
+            iptables::ensure_masquerade(&self.inner.network, &self.inner.subnet.to_string())?;
+            *done = true;
+        }
+        Ok(())
     }
 
     /// Host ports another attachment of this agent already has.
@@ -613,6 +633,8 @@ impl Cni {
                 )));
             }
         }
+        iptables::remove_masquerade(&self.inner.network)?;
+        *lock(&self.inner.masquerading) = false;
         let leases = self.ipam_dir().join(&self.inner.network);
         match std::fs::remove_dir_all(&leases) {
             Ok(()) => Ok(()),
