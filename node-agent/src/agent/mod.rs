@@ -300,6 +300,7 @@ pub async fn run(
         client.clone(),
         &cfg.node_name,
         store.clone(),
+        wake.clone(),
         reports.clone(),
         cfg.usage_interval,
     );

@@ -30,6 +30,10 @@ pub struct StatusWriter {
     reports: Reports,
     usage_interval: Duration,
     last_usage_write: BTreeMap<(String, String), Instant>,
+    /// Changes of the Workload cache.
+    store_changes: tokio::sync::watch::Receiver<u64>,
+    /// A write of the last round was refused (409): retry as soon as the cache changes.
+    conflicted: bool,
 }
 
 impl StatusWriter {
@@ -38,6 +42,7 @@ impl StatusWriter {
         client: kube::Client,
         node: &str,
         store: Store<Workload>,
+        store_changes: tokio::sync::watch::Receiver<u64>,
         reports: Reports,
         usage_interval: Duration,
     ) -> Self {
@@ -49,14 +54,25 @@ impl StatusWriter {
             reports,
             usage_interval,
             last_usage_write: BTreeMap::new(),
+            store_changes,
+            conflicted: false,
         }
     }
 
-    /// Writes whenever a report changes, and looks again every second (usage, retries).
+    /// Writes whenever a report changes, and looks again every second (usage, retries). After
+    /// a refused write (the Workload changed meanwhile, e.g. the controller's own status write)
+    /// it also looks again as soon as the cache has the new version, instead of a second later.
     pub async fn run(mut self) {
         loop {
+            let retry = self.conflicted;
             tokio::select! {
                 _ = self.reports.changed() => {}
+                r = self.store_changes.changed(), if retry => {
+                    if r.is_err() {
+                        // The cache is gone: the agent is stopping.
+                        return;
+                    }
+                }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             self.round().await;
@@ -64,6 +80,8 @@ impl StatusWriter {
     }
 
     async fn round(&mut self) {
+        self.store_changes.borrow_and_update();
+        self.conflicted = false;
         let reports = self.reports.snapshot();
         let mut by_workload: BTreeMap<(String, String), Vec<&InstanceReport>> = BTreeMap::new();
         for r in reports.values() {
@@ -178,7 +196,7 @@ impl StatusWriter {
 
     /// Applies this agent's part of the status; returns whether it was written.
     async fn apply(
-        &self,
+        &mut self,
         (ns, name): &(String, String),
         resource_version: Option<String>,
         status: serde_json::Value,
@@ -199,6 +217,7 @@ impl StatusWriter {
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
                 // Changed or gone meanwhile: the next round sees the new version.
                 tracing::debug!(workload = %format!("{ns}/{name}"), "status write skipped: {}", e.message);
+                self.conflicted |= e.code == 409;
                 false
             }
             Err(e) => {
