@@ -22,7 +22,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 /// The masquerade chain of `network` (`univrs-<h>`): at most 28 characters, as iptables wants.
-pub fn masquerade_chain(network: &str) -> String {
+fn masquerade_chain(network: &str) -> String {
     let h = network.strip_prefix("univrs-").unwrap_or(network);
     format!("UNIVRS-MASQ-{}", &h[..h.len().min(16)]).to_uppercase()
 }
@@ -87,26 +87,31 @@ fn unmasquerade_script(save: &str, network: &str) -> Option<String> {
     Some(script)
 }
 
-/// Makes `network`'s masquerading for `subnet` (idempotent; replaces a jump for another subnet).
-pub fn ensure_masquerade(network: &str, subnet: &str) -> Result<(), NetworkError> {
-    let save = run(Command::new("iptables-save").args(["-t", "nat"]), None)?;
+/// The nat table as `iptables-save` prints it.
+fn save_nat() -> Result<String, NetworkError> {
+    run(Command::new("iptables-save").args(["-t", "nat"]), None)
+}
+
+/// Applies an `iptables-restore --noflush` script (atomically, waiting for the xtables lock).
+fn restore_nat(script: &str) -> Result<(), NetworkError> {
     run(
         Command::new("iptables-restore").args(["-w", "--noflush"]),
-        Some(&masquerade_script(&save, network, subnet)),
-    )?;
-    Ok(())
+        Some(script),
+    )
+    .map(drop)
+}
+
+/// Makes `network`'s masquerading for `subnet` (idempotent; replaces a jump for another subnet).
+pub fn ensure_masquerade(network: &str, subnet: &str) -> Result<(), NetworkError> {
+    restore_nat(&masquerade_script(&save_nat()?, network, subnet))
 }
 
 /// Removes `network`'s masquerading, whatever subnet it was made for (none is fine).
 pub fn remove_masquerade(network: &str) -> Result<(), NetworkError> {
-    let save = run(Command::new("iptables-save").args(["-t", "nat"]), None)?;
-    if let Some(script) = unmasquerade_script(&save, network) {
-        run(
-            Command::new("iptables-restore").args(["-w", "--noflush"]),
-            Some(&script),
-        )?;
+    match unmasquerade_script(&save_nat()?, network) {
+        Some(script) => restore_nat(&script),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// How `iptables-save` prints the end of the comment on container `id`'s rules.
@@ -186,15 +191,11 @@ fn run(cmd: &mut Command, input: Option<&str>) -> Result<String, NetworkError> {
 /// Removes the nat rules and chains still tagged for container `id` of `network`; returns
 /// whether there were any (usually not: the plugins removed them).
 pub fn remove_leftovers(network: &str, id: &str) -> Result<bool, NetworkError> {
-    let save = run(Command::new("iptables-save").args(["-t", "nat"]), None)?;
-    let Some(script) = leftover_script(&save, network, id) else {
+    let Some(script) = leftover_script(&save_nat()?, network, id) else {
         return Ok(false);
     };
     tracing::info!(id, network, "removing iptables rules the CNI plugins left");
-    run(
-        Command::new("iptables-restore").arg("--noflush"),
-        Some(&script),
-    )?;
+    restore_nat(&script)?;
     Ok(true)
 }
 
