@@ -23,3 +23,6 @@ pub use resources::{creditline::CreditLine, node::Node, vouch::Vouch, workload::
 pub const GROUP: &str = "univrs.io";
 /// The served and stored version of every Univrs resource.
 pub const VERSION: &str = "v1alpha1";
+/// The namespace of Univrs's own objects: the node and controller Leases, and the revival
+/// pool's account. `univrs up` and the Helm chart create it.
+pub const SYSTEM_NAMESPACE: &str = "univrs-system";

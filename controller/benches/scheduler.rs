@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 use univrs_api::resources::node::{NodePricing, PricingModel};
-use univrs_controller::scheduler::{NodeView, Request, Resources, place};
+use univrs_controller::core::resources::Resources;
+use univrs_controller::core::scheduler::{NodeView, Request, place};
 
 const GI: u64 = 1 << 30;
 

@@ -4,12 +4,12 @@
 //! duration (10 s), with optimistic concurrency (resourceVersion), so two candidates can never
 //! both win. A leader that fails to renew before its Lease would lapse stops leading.
 
-use crate::context::LEASE_NAMESPACE;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ObjectMeta, PostParams};
 use std::time::Duration;
+use univrs_api::resources::node::LEASE_NAMESPACE;
 
 /// The Lease the controllers compete for.
 pub const LEASE_NAME: &str = "univrs-controller";
@@ -94,12 +94,29 @@ impl Elector {
     }
 
     /// Waits until this candidate leads.
+    ///
+    /// A missing Lease namespace is said once, with the fix, then retried quietly until it
+    /// exists: it is the one failure an operator must act on, and repeating it every 2 s
+    /// buries everything else in the log.
     pub async fn acquire(&self, client: &kube::Client) -> Api<Lease> {
         let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+        let mut told_missing_namespace = false;
         loop {
             match self.try_acquire(&api).await {
                 Ok(true) => return api,
                 Ok(false) => {}
+                Err(e) if namespace_missing(&e) => {
+                    if told_missing_namespace {
+                        tracing::debug!(error = %e, "leader election: namespace {LEASE_NAMESPACE} still missing");
+                    } else {
+                        tracing::warn!(
+                            "leader election: namespace {LEASE_NAMESPACE} not found: create it with \
+                             `kubectl create namespace {LEASE_NAMESPACE}` (`univrs up` and the Helm \
+                             chart do this); retrying until it exists"
+                        );
+                        told_missing_namespace = true;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "leader election: could not read or write the Lease")
                 }
@@ -126,6 +143,12 @@ impl Elector {
             }
         }
     }
+}
+
+/// Whether the API server refused a Lease request because the namespace does not exist
+/// (`namespaces "univrs-system" not found`; a missing Lease itself reads as none).
+fn namespace_missing(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(a) if a.code == 404 && a.message.starts_with("namespaces "))
 }
 
 impl Default for Elector {

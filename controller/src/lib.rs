@@ -1,39 +1,36 @@
 //! Univrs controller: reconciles Workloads, Nodes, CreditLines and Vouches against any
 //! conformant API server.
 //!
-//! `scheduler`, `quote`, `index`, `snapshot` and `billing` are the pure core (no I/O);
-//! `feeds` watches each kind once and keeps the reflector caches and the node index, and wakes
-//! the reconcilers (`workload`, `node`, `credit`, `vouch`) for exactly the objects a change
-//! concerns; `nexus` runs the periodic election and wakes the nodes whose role changed;
-//! `leader` makes sure only one controller writes. Writes are server-side apply with the field manager `univrs-controller`,
-//! and only when something other than a timestamp changes.
+//! Three wings, each importing only the ones below it:
+//! - [`core`]: the pure decisions (placement, pricing, billing, each reconciler's plan step),
+//!   functions of plain values with no I/O;
+//! - [`state`]: what the reconcilers read and how they hear of changes (the context, the watch
+//!   feeds, the reflector caches, the node index, the queues, Event publishing); imports `core`;
+//! - [`reconcile`]: one reconciler per resource, each reading `state`, planning with `core`,
+//!   writing with server-side apply (field manager `univrs-controller`) only when something
+//!   other than a timestamp changes, and announcing; imports `state` and `core`.
+//!
+//! Beside them: [`leader`] (only one controller writes), [`metrics`], [`error`] and [`crds`]
+//! (installing the CRDs, for `univrs up` and the tests). This file wires the wings together:
+//! the feeds wake the reconcilers for exactly the objects a change concerns, and the nexus
+//! election wakes the nodes whose role changed.
 
-pub mod billing;
-pub mod context;
+pub mod core;
 pub mod crds;
-pub mod credit;
 pub mod error;
-pub mod feeds;
-pub mod index;
 pub mod leader;
 pub mod metrics;
-pub mod nexus;
-pub mod node;
-pub mod peers;
-pub mod quote;
-pub mod revival;
-pub mod scheduler;
-pub mod snapshot;
-pub mod tombstones;
-pub mod vouch;
-pub mod workload;
+pub mod reconcile;
+pub mod state;
 
-use context::{Context, Settings};
 use futures::StreamExt;
 use kube::Resource;
 use kube::runtime::controller::{self, Action, applier};
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef};
+use reconcile::{credit, nexus, node, vouch, workload};
+use state::context::{Context, Settings};
+use state::{feeds, queues};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,7 +144,7 @@ pub async fn run(
     let (leases, leases_w) = reflector::store();
     let (credit_lines, credit_lines_w) = reflector::store();
     let (vouches, vouches_w) = reflector::store();
-    let (queues, rx) = feeds::queues();
+    let (queues, rx) = queues::new();
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(Context {
         ready: ready_rx,

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use univrs_api::identity::NodeIdentity;
+use univrs_api::resources::node::lease_name;
 use univrs_api::{Node, Workload};
 use univrs_tests::cluster::{
     LEASE_NS, ensure_namespace, metric, node_object, start_controller_bin,
@@ -242,7 +243,7 @@ fn main() {
                 // Valid for an hour: the benchmark does not renew.
                 let lease = Lease {
                     metadata: ObjectMeta {
-                        name: Some(format!("univrs-node-n{i:05}")),
+                        name: Some(lease_name(&format!("n{i:05}"))),
                         ..Default::default()
                     },
                     spec: Some(LeaseSpec {

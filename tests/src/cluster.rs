@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use univrs_api::Node;
 use univrs_api::identity::NodeIdentity;
+use univrs_api::resources::node::lease_name;
 
 /// Where agents keep their Leases.
-pub const LEASE_NS: &str = "univrs-system";
+pub const LEASE_NS: &str = univrs_api::resources::node::LEASE_NAMESPACE;
 
 /// A controller process, killed when dropped or when the test binary dies.
 pub struct ControllerProc {
@@ -136,7 +137,7 @@ pub fn renew_leases(client: kube::Client, alive: Arc<BTreeMap<String, AtomicBool
                 }
                 let lease = Lease {
                     metadata: ObjectMeta {
-                        name: Some(format!("univrs-node-{node}")),
+                        name: Some(lease_name(node)),
                         ..Default::default()
                     },
                     spec: Some(LeaseSpec {
@@ -148,7 +149,7 @@ pub fn renew_leases(client: kube::Client, alive: Arc<BTreeMap<String, AtomicBool
                 };
                 if let Err(e) = api
                     .patch(
-                        &format!("univrs-node-{node}"),
+                        &lease_name(node),
                         &PatchParams::apply("test-agent").force(),
                         &Patch::Apply(&lease),
                     )

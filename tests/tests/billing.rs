@@ -14,12 +14,13 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use univrs_api::conditions::is_true;
 use univrs_api::enr::pricing::Market;
+use univrs_api::enr::revival::POOL_NAMESPACE;
 use univrs_api::identity::NodeIdentity;
 use univrs_api::ledger::Transfer;
 use univrs_api::resources::workload::Instance;
 use univrs_api::{Account, CreditLine, Node, Workload};
-use univrs_controller::billing;
-use univrs_controller::credit::apply_transfer;
+use univrs_controller::core::billing;
+use univrs_controller::reconcile::credit::apply_transfer;
 use univrs_tests::ControlPlane;
 use univrs_tests::cluster::{
     LEASE_NS, ensure_namespace, eventually, node_object, renew_leases, start_controller,
@@ -392,7 +393,7 @@ async fn usage_is_paid_once_and_exhaustion_stops_growth() {
         0
     );
     assert_eq!(
-        accounts.get(&Account::namespace("univrs-system")),
+        accounts.get(&Account::namespace(POOL_NAMESPACE)),
         Some(&496)
     );
     assert_eq!(accounts.values().sum::<i128>(), 0);

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use univrs_api::identity::NodeIdentity;
+use univrs_api::resources::node::CREDIT_SETTLEMENT_FINALIZER;
 use univrs_api::resources::vouch::VouchSpec;
 use univrs_api::{CreditLine, Node, Vouch, Workload};
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, metric, renew_leases};
@@ -1127,7 +1128,7 @@ async fn controller_and_agent_work_on_their_tokens_alone(c: &Cluster) {
                 .finalizers
                 .iter()
                 .flatten()
-                .any(|f| f == "univrs.io/credit-settlement");
+                .any(|f| f == CREDIT_SETTLEMENT_FINALIZER);
             (ok.then_some(()), format!("{:?}", n.metadata.finalizers))
         },
     )

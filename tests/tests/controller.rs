@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use univrs_api::identity::NodeIdentity;
+use univrs_api::resources::node::DRAIN_ANNOTATION;
 use univrs_api::{Node, Workload};
 use univrs_tests::cluster::{
     LEASE_NS, ensure_namespace, eventually, metric, node_object, renew_leases, start_controller,
@@ -411,7 +412,7 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
             "alpha",
             &PatchParams::default(),
             &Patch::Merge(
-                serde_json::json!({"metadata": {"annotations": {"univrs.io/drain": "true"}}}),
+                serde_json::json!({"metadata": {"annotations": {DRAIN_ANNOTATION: "true"}}}),
             ),
         )
         .await
@@ -460,7 +461,7 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
     // The new leader keeps working and duplicates nothing.
     alive["alpha"].store(true, Ordering::SeqCst);
     nodes_api
-        .patch("alpha", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"unschedulable": false}, "metadata": {"annotations": {"univrs.io/drain": null}}})))
+        .patch("alpha", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"unschedulable": false}, "metadata": {"annotations": {DRAIN_ANNOTATION: null}}})))
         .await
         .unwrap();
     wl_api

@@ -4,9 +4,10 @@
 use kube::api::{Api, PostParams};
 use std::time::{Duration, Instant};
 use univrs_api::identity::NodeIdentity;
+use univrs_api::resources::node::LEASE_NAMESPACE;
 use univrs_api::ledger::{Applied, Ledger, Line, Transfer};
 use univrs_api::{Account, CreditLine, Node};
-use univrs_controller::credit::{TransferError, apply_transfer};
+use univrs_controller::reconcile::credit::{TransferError, apply_transfer};
 use univrs_tests::cluster::{ensure_namespace, node_object};
 use univrs_tests::{ControlPlane, Guarded, run, univrs_bin};
 
@@ -14,7 +15,8 @@ use univrs_tests::{ControlPlane, Guarded, run, univrs_bin};
 async fn concurrent_transfers_apply_exactly_once_within_the_limit() {
     let cp = ControlPlane::shared();
     let client = cp.client().await.unwrap();
-    for name in ["portal", "univrs-system"] {
+    // The controller's leader Lease lives in LEASE_NAMESPACE.
+    for name in ["portal", LEASE_NAMESPACE] {
         ensure_namespace(&client, name).await;
     }
     Api::<Node>::all(client.clone())

@@ -15,6 +15,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use univrs_api::identity::NodeIdentity;
+use univrs_api::resources::node::DRAIN_ANNOTATION;
 use univrs_api::{CreditLine, Node, Vouch, Workload};
 use univrs_tests::cluster::{ensure_namespace, node_object};
 use univrs_tests::{ControlPlane, Guarded, repo_root, univrs_bin};
@@ -170,11 +171,11 @@ async fn an_agent_deploys_scales_inspects_and_manages_the_cluster_over_stdio() {
     assert!(managers.iter().any(|m| m == "univrs-mcp"), "{managers:?}");
     assert!(workloads.get_opt("mcp-gone").await.unwrap().is_none());
     let a = nodes.get(library).await.unwrap();
-    assert!(!a.spec.unschedulable && !a.annotations().contains_key("univrs.io/drain"));
+    assert!(!a.spec.unschedulable && !a.annotations().contains_key(DRAIN_ANNOTATION));
     let b = nodes.get(school).await.unwrap();
     assert!(b.spec.unschedulable);
     assert_eq!(
-        b.annotations().get("univrs.io/drain").map(String::as_str),
+        b.annotations().get(DRAIN_ANNOTATION).map(String::as_str),
         Some("true")
     );
     let vouch_name = out

@@ -11,6 +11,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// The namespace whose account (`namespace/univrs-system`) is the revival pool.
+pub const POOL_NAMESPACE: &str = crate::SYSTEM_NAMESPACE;
+
 /// Where revival credit goes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -25,6 +25,28 @@ pub const CONDITION_REACHABLE: &str = "Reachable";
 /// Condition type: the septal gate has cut the node off (True means isolated).
 pub const CONDITION_ISOLATED: &str = "Isolated";
 
+/// Annotation asking the controller to move the node's instances elsewhere (`"true"`: drain).
+pub const DRAIN_ANNOTATION: &str = "univrs.io/drain";
+/// Finalizer that holds a deleted Node until its credit is settled through the revival pool.
+pub const CREDIT_SETTLEMENT_FINALIZER: &str = "univrs.io/credit-settlement";
+/// Annotation recording a departed node's settlement plan before any credit moves, so an
+/// interrupted settlement resumes the same plan.
+pub const REVIVAL_PLAN_ANNOTATION: &str = "univrs.io/revival-plan";
+/// Where the agents keep their node Leases (and the controllers their leader Lease).
+pub const LEASE_NAMESPACE: &str = crate::SYSTEM_NAMESPACE;
+/// What every node Lease's name starts with.
+const LEASE_PREFIX: &str = "univrs-node-";
+
+/// The Lease of a node: `univrs-node-<name>` in [`LEASE_NAMESPACE`].
+pub fn lease_name(node: &str) -> String {
+    format!("{LEASE_PREFIX}{node}")
+}
+
+/// The node a Lease belongs to, if it is a node Lease.
+pub fn node_of_lease(lease: &str) -> Option<&str> {
+    lease.strip_prefix(LEASE_PREFIX)
+}
+
 /// The schema pattern of a libp2p Ed25519 PeerId.
 pub const PEER_ID_PATTERN: &str = r"^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$";
 /// The schema pattern of an Ed25519 did:key.

@@ -22,6 +22,12 @@ pub const CONDITION_AVAILABLE: &str = "Available";
 pub const CONDITION_PROGRESSING: &str = "Progressing";
 /// Condition type: the owner's credit headroom or budget ran out, so the workload stops growing.
 pub const CONDITION_CREDIT_EXHAUSTED: &str = "CreditExhausted";
+/// Condition type: some reported usage cannot be priced at its node's rates (the price would
+/// overflow); it stays unbilled, and is billed once it can be priced.
+pub const CONDITION_PRICING_FAILED: &str = "PricingFailed";
+/// The label every instance of a workload carries (`univrs.io/workload=<name>`), as
+/// `status.selector` reports it for the scale subresource.
+pub const WORKLOAD_LABEL: &str = "univrs.io/workload";
 
 /// A set of containers run as `replicas` instances on nodes of the community cloud.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use univrs_controller::{context::Settings, leader::Elector, metrics::Metrics};
+use univrs_controller::{leader::Elector, metrics::Metrics, state::context::Settings};
 
 /// A kube client from a kubeconfig file, or the usual inference (in-cluster, ~/.kube/config).
 pub async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {

@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use univrs_api::resources::node::{CONDITION_ISOLATED, CONDITION_READY};
 use univrs_api::{Node, Workload};
-use univrs_controller::workload::DRAIN_ANNOTATION;
+use univrs_api::resources::node::DRAIN_ANNOTATION;
 
 /// Where to look when a node is not found.
 const NODES_HINT: &str = "cluster_nodes lists the nodes";

@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use univrs_api::SYSTEM_NAMESPACE;
 use univrs_node_agent::demo_image;
 
 /// How to run everything.
@@ -45,8 +46,6 @@ pub struct Options {
 /// The field manager `up` applies CRDs and namespaces with.
 const MANAGER: &str = "univrs-up";
 
-/// The namespace of node Leases and the revival pool.
-const SYSTEM_NAMESPACE: &str = "univrs-system";
 
 /// Runs everything until SIGINT/SIGTERM.
 pub async fn run(opts: Options) -> Result<()> {

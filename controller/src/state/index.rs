@@ -14,10 +14,12 @@
 //! Each update says what it changed, so the watch feeds can wake exactly the objects concerned.
 //! Pure: no I/O.
 
-use crate::quote;
-use crate::scheduler::{HostPort, NodeView, Resources};
-use crate::snapshot;
-use crate::tombstones::Tombstones;
+use crate::core::plan::node::service_base;
+use crate::core::quote;
+use crate::core::resources::{HostPort, Resources};
+use crate::core::scheduler::NodeView;
+use crate::core::snapshot;
+use crate::state::tombstones::Tombstones;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -25,7 +27,7 @@ use kube::runtime::reflector::ObjectRef;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use univrs_api::enr::pricing::Market;
-use univrs_api::resources::node::{NexusRole, SeptalState};
+use univrs_api::resources::node::{DRAIN_ANNOTATION, NexusRole, SeptalState};
 use univrs_api::{Node, Workload};
 
 /// A workload's key.
@@ -94,13 +96,13 @@ impl Facts {
             must_empty: (
                 n.metadata.deletion_timestamp.is_some(),
                 n.annotations()
-                    .get(crate::workload::DRAIN_ANNOTATION)
+                    .get(DRAIN_ANNOTATION)
                     .is_some_and(|v| v == "true"),
                 view.isolated,
             ),
             vouching: (
                 n.spec.did.clone(),
-                (crate::node::service_base(n) * 10_000.0).round() as u64,
+                (service_base(n) * 10_000.0).round() as u64,
             ),
         }
     }
@@ -835,7 +837,7 @@ mod tests {
             .metadata
             .annotations
             .get_or_insert_default()
-            .insert(crate::workload::DRAIN_ANNOTATION.into(), "true".into());
+            .insert(DRAIN_ANNOTATION.into(), "true".into());
         let (c, _) = index.upsert_node(&drained);
         assert!(c.affects_instances && !c.may_make_room && !c.affects_vouches);
         assert!(index.remove_node(&drained).appeared_or_left);

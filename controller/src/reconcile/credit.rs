@@ -1,5 +1,6 @@
-//! CreditLines: their Ready condition and utilization, and applying transfers to them exactly
-//! once under concurrency.
+//! The CreditLine reconciler (Ready and utilization, planned by `core::plan::credit`), and
+//! applying transfers to lines exactly once under concurrency (`pay`, for the Workload
+//! reconciler's billing; `apply_transfer`, for it and the revival pool).
 //!
 //! Both writers here (the reconcile and a transfer) write the *whole* status with server-side
 //! apply under one field manager, carrying the resourceVersion they read; so neither can drop
@@ -11,22 +12,20 @@
 //! and the transfer is retried on fresh state, so two writers can never both apply on the same
 //! balance, and an id is applied at most once.
 
-use crate::billing::Charge;
-use crate::context::{Context, apply_status};
+use crate::core::billing::{self, Charge};
+use crate::core::plan::credit::{self, Refusal};
 use crate::error::Error;
+use crate::reconcile::apply::apply_status;
+use crate::state::context::Context;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use std::sync::Arc;
 use univrs_api::account::AccountKind;
-use univrs_api::conditions::{DesiredCondition, set_condition};
-use univrs_api::ledger::{Applied, Ledger, LedgerError, Line, Transfer};
-use univrs_api::resources::creditline::{
-    CONDITION_READY, CreditLineStatus, RECENT_TRANSFERS, TransferRecord,
-};
+use univrs_api::ledger::{Applied, LedgerError, Transfer};
+use univrs_api::resources::creditline::CreditLineStatus;
 use univrs_api::resources::workload::InstanceUsage;
 use univrs_api::{Account, CreditLine};
 
@@ -44,15 +43,13 @@ pub enum TransferError {
     WrongLine(String, Account, Account),
 }
 
-/// `42%`-style utilization of a line.
-pub fn utilization(balance: i64, limit: i64) -> String {
-    if limit <= 0 {
-        return "0%".into();
+impl From<Refusal> for TransferError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Ledger(e) => Self::Refused(e),
+            Refusal::WrongLine(line, from, to) => Self::WrongLine(line, from, to),
+        }
     }
-    format!(
-        "{}%",
-        (i128::from(balance) * 100 / i128::from(limit)).clamp(0, 100)
-    )
 }
 
 /// Applies `t` to the CreditLine `line` at most once, retrying on write conflicts.
@@ -64,51 +61,9 @@ pub async fn apply_transfer(
     let api: Api<CreditLine> = Api::all(client.clone());
     loop {
         let cl = api.get(line).await?;
-        let joins = (cl.spec.creditor == t.from && cl.spec.debtor == t.to)
-            || (cl.spec.creditor == t.to && cl.spec.debtor == t.from);
-        if !joins {
-            return Err(TransferError::WrongLine(
-                line.into(),
-                t.from.clone(),
-                t.to.clone(),
-            ));
-        }
-        let status = cl.status.clone().unwrap_or_default();
-        let mut ledger = Ledger::new();
-        ledger.upsert_line(
-            line,
-            Line {
-                creditor: cl.spec.creditor.clone(),
-                debtor: cl.spec.debtor.clone(),
-                limit: cl.spec.limit,
-                balance: status.balance,
-            },
-        )?;
-        for id in &status.recent_transfer_ids {
-            ledger.remember(id.clone());
-        }
-        let applied = ledger.apply(t)?;
-        if applied == Applied::Duplicate {
+        let (applied, next) = credit::transfer(line, &cl, t, Timestamp::now())?;
+        let Some(next) = next else {
             return Ok(applied);
-        }
-        let balance = ledger.line(line).map_or(status.balance, |l| l.balance);
-        let mut recent = status.recent_transfer_ids.clone();
-        recent.push(t.id.clone());
-        let excess = recent.len().saturating_sub(RECENT_TRANSFERS);
-        recent.drain(..excess);
-        let record = TransferRecord {
-            id: t.id.clone(),
-            from: t.from.clone(),
-            to: t.to.clone(),
-            amount: t.amount,
-            at: Time(Timestamp::now()),
-        };
-        let next = CreditLineStatus {
-            balance,
-            utilization: Some(utilization(balance, cl.spec.limit)),
-            last_transfer: Some(record),
-            recent_transfer_ids: recent,
-            ..status
         };
         match write_status(&api, &cl, next).await {
             Ok(_) => return Ok(applied),
@@ -162,7 +117,7 @@ pub async fn pay(
         };
         let earlier = cl.status.iter().flat_map(|s| &s.recent_transfer_ids);
         for id in earlier {
-            if let Some(done) = crate::billing::mark_from_id(id, &charge.id_prefix, &charge.from) {
+            if let Some(done) = billing::mark_from_id(id, &charge.id_prefix, &charge.from) {
                 return Ok(done);
             }
         }
@@ -208,48 +163,17 @@ async fn account_exists(ctx: &Context, a: &Account) -> Result<bool, Error> {
     })
 }
 
-/// Reconciles one CreditLine: Ready when both accounts exist; utilization kept current.
+/// Reconciles one CreditLine: read (do both accounts exist?), plan, write.
 pub async fn reconcile(cl: Arc<CreditLine>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.synced().await;
-    let now = Time(Timestamp::now());
+    let now = Timestamp::now();
     let mut missing = Vec::new();
     for a in [&cl.spec.creditor, &cl.spec.debtor] {
         if !account_exists(&ctx, a).await? {
             missing.push(a.to_string());
         }
     }
-    let status = cl.status.clone().unwrap_or_default();
-    let ready = if missing.is_empty() {
-        DesiredCondition::new(
-            CONDITION_READY,
-            true,
-            "AccountsExist",
-            format!(
-                "{} extends up to {} milli-credits to {}",
-                cl.spec.creditor, cl.spec.limit, cl.spec.debtor
-            ),
-        )
-    } else {
-        DesiredCondition::new(
-            CONDITION_READY,
-            false,
-            "UnknownAccount",
-            format!("no such account: {}", missing.join(", ")),
-        )
-    };
-    let mut conditions = status.conditions.clone();
-    let generation = cl.metadata.generation;
-    let mut changed = set_condition(&mut conditions, ready.at_generation(generation), now);
-    let util = utilization(status.balance, cl.spec.limit);
-    changed |= status.utilization.as_deref() != Some(util.as_str())
-        || status.observed_generation != generation;
-    if changed {
-        let next = CreditLineStatus {
-            observed_generation: generation,
-            utilization: Some(util),
-            conditions,
-            ..status
-        };
+    if let Some(next) = credit::status(&cl, &missing, now) {
         let api: Api<CreditLine> = Api::all(ctx.client.clone());
         match write_status(&api, &cl, next).await {
             Ok(_) => {}

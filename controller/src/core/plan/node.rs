@@ -1,6 +1,7 @@
-//! The Node reconciler: Ready from the agent's Lease, what is allocated there, reputation, the
+//! The Node status plan: Ready from the agent's Lease, what is allocated there, reputation, the
 //! septal gate, the nexus role and the credit balance, and whether the node's names really are
-//! one key.
+//! one key. The controller's part of `status` (see `univrs_api::resources::node` for the other
+//! writer) is decided here; `reconcile::node` reads its inputs and writes the result.
 //!
 //! - **Reputation** = the service record (an average of outcomes that decays toward 0.5, kept in
 //!   `status.serviceRecord`) boosted by verified vouches. Outcomes: a Lease that lapses is a
@@ -9,43 +10,29 @@
 //! - **Septal gate**: each lapse is a failure; five without an hour of clean service between
 //!   them (a flapping node) isolate it, as does a health score of 0.7 (silence, low
 //!   reputation). After 60 s it recovers a quarter of its traffic per Ready reconcile.
-//! - **Nexus role** comes from the periodic election (`nexus`).
+//! - **Nexus role** comes from the periodic election (`reconcile::nexus`).
 //! - **Credit balance** sums the node's credit lines: owed to it minus owed by it.
 //!
-//! A write happens only when something other than a timestamp changes; figures are rounded
+//! A write is worth it only when something other than a timestamp changes; figures are rounded
 //! (reputation to 0.001, health to 0.01) so slow decay does not churn the store.
 
-use crate::context::{Context, apply_status, lease_name};
-use crate::error::Error;
-use crate::revival::FINALIZER;
-use crate::snapshot::{self, Liveness};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use crate::core::notice::Notice;
+use crate::core::peers;
+use crate::core::resources::Resources;
+use crate::core::snapshot::Liveness;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Api;
-use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
-use std::sync::Arc;
+use kube::ResourceExt;
 use std::time::Duration;
+use univrs_api::Node;
 use univrs_api::conditions::{DesiredCondition, set_condition};
 use univrs_api::enr::{reputation, septal};
 use univrs_api::identity::PublicIdentity;
 use univrs_api::quantity::Quantity;
 use univrs_api::resources::node::{
-    CONDITION_ISOLATED, CONDITION_READY, SeptalState, SeptalStatus, ServiceRecord,
+    CONDITION_ISOLATED, CONDITION_READY, LEASE_NAMESPACE, NexusRole, NodeStatus, PeerView,
+    SeptalState, SeptalStatus, ServiceRecord, lease_name,
 };
-use univrs_api::{Account, Node};
-
-/// The field manager that owns the finalizer entry.
-const FINALIZER_MANAGER: &str = "univrs-controller-finalizer";
-
-/// How soon a node whose cached copy is older than the controller's own last write of it is
-/// looked at again (the watch normally delivers that write within milliseconds).
-const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
-
-/// How long a change of only what is allocated on a node waits before it is written, so the
-/// placements of a burst are reported together.
-const ALLOCATION_SETTLE: Duration = Duration::from_secs(5);
 
 /// How much Ready time counts as one successful outcome.
 const SERVICE_PERIOD: Duration = Duration::from_secs(3600);
@@ -61,10 +48,12 @@ fn identity_consistent(node: &Node) -> Result<(), String> {
     }
 }
 
+/// A time in milliseconds since the epoch, as the `enr` functions count it.
 fn ms(t: Timestamp) -> u64 {
     t.as_millisecond().max(0) as u64
 }
 
+/// `x` rounded to `places` decimals.
 fn round(x: f64, places: i32) -> f64 {
     let f = 10f64.powi(places);
     (x * f).round() / f
@@ -149,81 +138,78 @@ fn next_gate(
     }
 }
 
-/// Reconciles one Node under the credit-settlement finalizer: a deleted Node's credit goes
-/// through the revival pool before the object goes.
-///
-/// The finalizer is added and removed with server-side apply (it is a set: applying it twice is
-/// harmless), not with a JSON patch that tests the cached list: under load the cache lags the
-/// server, such tests fail, and their retries only add load.
-pub async fn reconcile_with_finalizer(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api: Api<Node> = Api::all(ctx.client.clone());
-    let name = node.name_any();
-    if ctx
-        .index()
-        .node_is_newer_than(&name, node.metadata.resource_version.as_deref())
-    {
-        // The cache has not caught up with this controller's own last write: deciding from it
-        // would write (and announce) again what was just written.
-        return Ok(Action::requeue(CACHE_CATCH_UP));
-    }
-    let has = node.finalizers().iter().any(|f| f == FINALIZER);
-    if node.metadata.deletion_timestamp.is_some() {
-        if has {
-            ctx.synced().await;
-            crate::revival::settle(&node, &ctx).await?;
-            set_finalizer(&ctx, &api, &name, false).await?;
+/// What the Node reconciler read for one node.
+pub struct Observed<'a> {
+    /// The node.
+    pub node: &'a Node,
+    /// Its Lease's liveness at `now`.
+    pub live: Liveness,
+    /// The status of every other Ready node (their agents report on this one).
+    pub others: &'a [&'a NodeStatus],
+    /// The effective weights of the verified vouches for this node.
+    pub vouches: &'a [f64],
+    /// What is observed placed there: resources and instance count.
+    pub placed: (Resources, u32),
+    /// Its role in the latest nexus election, if it took part.
+    pub elected: Option<NexusRole>,
+    /// Its credit balance over all its lines.
+    pub balance: i64,
+    /// The time of the reconcile.
+    pub now: Timestamp,
+}
+
+/// The controller's part of a Node's status, and what follows from it.
+pub struct Plan {
+    generation: Option<i64>,
+    allocated: serde_json::Value,
+    count: u32,
+    reputation: f64,
+    record: ServiceRecord,
+    balance: i64,
+    gate: SeptalStatus,
+    conditions: Vec<Condition>,
+    role: Option<NexusRole>,
+    peer_view: Option<PeerView>,
+    /// Something other than what is allocated changed: write now.
+    pub changed: bool,
+    /// What is allocated there changed (a report: it may wait to settle).
+    pub allocation_changed: bool,
+    /// What to announce once written.
+    pub notices: Vec<Notice>,
+    /// When to look again: just after the Lease would lapse (so Ready turns False on time),
+    /// when an isolated gate may start recovering, and at the latest after `resync`.
+    pub requeue: Duration,
+}
+
+impl Plan {
+    /// The status to apply.
+    pub fn status(&self) -> serde_json::Value {
+        let mut status = serde_json::json!({
+            "observedGeneration": self.generation,
+            "allocated": self.allocated,
+            "instances": self.count,
+            "reputation": self.reputation,
+            "serviceRecord": self.record,
+            "creditBalance": self.balance,
+            "septal": self.gate,
+            "conditions": self.conditions,
+        });
+        if let Some(role) = self.role {
+            status["nexusRole"] = serde_json::to_value(role).unwrap_or_default();
         }
-        return Ok(Action::await_change());
-    }
-    if !has {
-        set_finalizer(&ctx, &api, &name, true).await?;
-    }
-    reconcile(node, ctx).await
-}
-
-/// Adds (`on`) or drops the controller's finalizer with server-side apply.
-async fn set_finalizer(
-    ctx: &Context,
-    api: &Api<Node>,
-    name: &str,
-    on: bool,
-) -> Result<(), kube::Error> {
-    let finalizers: &[&str] = if on { &[FINALIZER] } else { &[] };
-    let body = serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1", "kind": "Node",
-        "metadata": {"name": name, "finalizers": finalizers},
-    });
-    let params = kube::api::PatchParams::apply(FINALIZER_MANAGER).force();
-    match api
-        .patch(name, &params, &kube::api::Patch::Apply(&body))
-        .await
-    {
-        Ok(n) => {
-            written(ctx, &n);
-            Ok(())
+        if let Some(view) = &self.peer_view {
+            status["peerView"] = serde_json::to_value(view).unwrap_or_default();
         }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
+        status
     }
 }
 
-/// Takes the answer to one of this controller's writes of a Node into the index at once (the
-/// watch brings the same version later, which then wakes nothing), and wakes whom it concerns.
-fn written(ctx: &Context, n: &Node) {
-    let (change, _) = ctx.index().upsert_node(n);
-    let mut wake = crate::feeds::Wake::default();
-    wake.node_change(ctx, n, change);
-    wake.send(&ctx.queues);
-}
-
-/// Reconciles one Node.
-pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.synced().await;
-    let now = Timestamp::now();
+/// Plans a Node's status from what the reconciler read; `resync` bounds the requeue.
+pub fn plan(o: &Observed<'_>, resync: Duration) -> Plan {
+    let now = o.now;
+    let node = o.node;
     let name = node.name_any();
-    let lease = ctx.lease_of(&name);
-    let live = snapshot::liveness(lease.as_deref(), now);
-    let ready = match (&live, identity_consistent(&node)) {
+    let ready = match (&o.live, identity_consistent(node)) {
         (_, Err(why)) => DesiredCondition::new(CONDITION_READY, false, "IdentityMismatch", why),
         (Liveness::Fresh { .. }, Ok(())) => DesiredCondition::new(
             CONDITION_READY,
@@ -241,7 +227,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
             CONDITION_READY,
             false,
             "NoLease",
-            format!("no Lease univrs-system/{}", lease_name(&name)),
+            format!("no Lease {LEASE_NAMESPACE}/{}", lease_name(&name)),
         ),
     };
     let generation = node.metadata.generation;
@@ -250,17 +236,9 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
     let now_ready = ready.status == univrs_api::conditions::TRUE;
 
     // What the other Ready nodes' agents report about this one.
-    let all = ctx.nodes.state();
-    let others: Vec<&univrs_api::resources::node::NodeStatus> = all
-        .iter()
-        .filter(|n| n.metadata.name.as_deref() != Some(name.as_str()))
-        .filter_map(|n| n.status.as_ref())
-        .filter(|s| univrs_api::conditions::is_true(&s.conditions, CONDITION_READY))
-        .collect();
-    let peer_view =
-        crate::peers::view_of(&name, others.iter().filter_map(|s| s.observations.as_ref()));
+    let peer_view = peers::view_of(&name, o.others.iter().filter_map(|s| s.observations.as_ref()));
     let invalid_gossip = peer_view.as_ref().is_some_and(|v| {
-        crate::peers::new_invalid_gossip(current.peer_view.as_ref(), v, others.len())
+        peers::new_invalid_gossip(current.peer_view.as_ref(), v, o.others.len())
     });
 
     // Reputation: the service record, plus what verified vouches for this node add.
@@ -282,14 +260,6 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
             updated_at: Time(now),
         };
     }
-    let contributions: Vec<f64> = ctx
-        .vouches
-        .state()
-        .iter()
-        .filter_map(|v| v.status.as_ref())
-        .filter(|s| s.verified && s.subject_node.as_deref() == Some(name.as_str()))
-        .map(|s| s.effective_weight)
-        .collect();
     let decayed = reputation::decay(
         reputation::Record {
             base: record.base,
@@ -299,7 +269,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         &cfg,
     );
     let rep = round(
-        reputation::effective(decayed.base, reputation::vouch_boost(&contributions, &cfg)),
+        reputation::effective(decayed.base, reputation::vouch_boost(o.vouches, &cfg)),
         3,
     );
 
@@ -311,7 +281,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
     if served {
         events.push(septal::Event::Success);
     }
-    let silent_ms = match live {
+    let silent_ms = match o.live {
         Liveness::Lapsed { since } => ms(now).saturating_sub(ms(since)),
         Liveness::Missing => 0,
         Liveness::Fresh { .. } => 0,
@@ -357,17 +327,14 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
     for c in [ready.clone(), isolated] {
         changed |= set_condition(&mut conditions, c.at_generation(generation), Time(now));
     }
-    let (used, count) = ctx.index().observed_on(&name);
+    let (used, count) = o.placed;
     let allocated = serde_json::json!({
         "cpu": Quantity::from_millicores(used.cpu_millis),
         "memory": Quantity::from_bytes(used.memory_bytes),
         "gpu": used.gpus,
     });
-    let role = crate::nexus::role_of(&ctx, &name).or(current.nexus_role);
-    let account = Account::node(&name);
-    let balance = snapshot::ledger_of(&ctx.credit_lines.state(), Some(&account))
-        .balance(&account)
-        .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+    let role = o.elected.or(current.nexus_role);
+    let balance = o.balance;
     let gate_changed = current.septal.as_ref().is_none_or(|s| {
         s.state != gate.state
             || s.failures != gate.failures
@@ -383,105 +350,53 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         || current.credit_balance != Some(balance)
         || current.peer_view != peer_view
         || gate_changed;
-    // What is allocated is a report (placement reads the index): a change of it alone waits
-    // until it has settled, so a burst of placements on a node is one write, not one each.
-    let mut settle_in = None;
-    if changed || !allocation_changed {
-        ctx.allocation_pending().remove(&name);
-    } else {
-        let since = *ctx
-            .allocation_pending()
-            .entry(name.clone())
-            .or_insert_with(std::time::Instant::now);
-        match ALLOCATION_SETTLE.checked_sub(since.elapsed()) {
-            Some(left) if !left.is_zero() => settle_in = Some(left),
-            _ => {
-                ctx.allocation_pending().remove(&name);
-                changed = true;
-            }
-        }
+
+    let mut notices = Vec::new();
+    if invalid_gossip && let Some(view) = &peer_view {
+        let new =
+            view.invalid_messages - current.peer_view.as_ref().map_or(0, |v| v.invalid_messages);
+        notices.push(Notice::warning(
+            "InvalidGossip",
+            format!(
+                "{} of {} peers dropped {new} more invalid gossip message(s) from this node (bad signature or impossible claim); its service record counts a failure",
+                view.reporters_of_invalid, view.reporters
+            ),
+        ));
     }
-    if changed {
-        let mut status = serde_json::json!({
-            "observedGeneration": generation,
-            "allocated": allocated,
-            "instances": count,
-            "reputation": rep,
-            "serviceRecord": record,
-            "creditBalance": balance,
-            "septal": gate,
-            "conditions": conditions,
-        });
-        if let Some(role) = role {
-            status["nexusRole"] = serde_json::to_value(role).unwrap_or_default();
-        }
-        if let Some(view) = &peer_view {
-            status["peerView"] = serde_json::to_value(view).unwrap_or_default();
-        }
-        let n = apply_status(&Api::<Node>::all(ctx.client.clone()), &name, None, status).await?;
-        written(&ctx, &n);
-        if invalid_gossip && let Some(view) = &peer_view {
-            let new = view.invalid_messages
-                - current.peer_view.as_ref().map_or(0, |v| v.invalid_messages);
-            crate::workload::publish(
-                &ctx,
-                &node.object_ref(&()),
-                EventType::Warning,
-                "InvalidGossip",
+    let was_isolated = current
+        .septal
+        .as_ref()
+        .is_some_and(|s| s.state == SeptalState::Isolated);
+    if (gate.state == SeptalState::Isolated) != was_isolated {
+        notices.push(if was_isolated {
+            Notice::normal(
+                "SeptalRecovering",
+                "the septal gate starts letting traffic through again",
+            )
+        } else {
+            Notice::warning(
+                "SeptalIsolated",
                 format!(
-                    "{} of {} peers dropped {new} more invalid gossip message(s) from this node (bad signature or impossible claim); its service record counts a failure",
-                    view.reporters_of_invalid, view.reporters
+                    "the septal gate isolates this node ({} failures, health {:.2})",
+                    current.septal.as_ref().map_or(0, |s| s.failures) + 1,
+                    gate.health_score
                 ),
             )
-            .await;
-        }
-        let was_isolated = current
-            .septal
-            .as_ref()
-            .is_some_and(|s| s.state == SeptalState::Isolated);
-        if (gate.state == SeptalState::Isolated) != was_isolated {
-            let (type_, reason, note) = if was_isolated {
-                (
-                    EventType::Normal,
-                    "SeptalRecovering",
-                    "the septal gate starts letting traffic through again".to_string(),
-                )
-            } else {
-                (
-                    EventType::Warning,
-                    "SeptalIsolated",
-                    format!(
-                        "the septal gate isolates this node ({} failures, health {:.2})",
-                        current.septal.as_ref().map_or(0, |s| s.failures) + 1,
-                        gate.health_score
-                    ),
-                )
-            };
-            crate::workload::publish(&ctx, &node.object_ref(&()), type_, reason, note).await;
-        }
-        if now_ready != was_ready {
-            let (type_, reason) = if now_ready {
-                (EventType::Normal, "NodeReady")
-            } else {
-                (EventType::Warning, "NodeNotReady")
-            };
-            crate::workload::publish(
-                &ctx,
-                &node.object_ref(&()),
-                type_,
-                reason,
-                ready.message.clone(),
-            )
-            .await;
-        }
+        });
     }
-    // Look again just after the Lease would lapse, so Ready turns False on time, and when an
-    // isolated gate may start recovering.
-    let mut requeue = match live {
+    if now_ready != was_ready {
+        notices.push(if now_ready {
+            Notice::normal("NodeReady", ready.message.clone())
+        } else {
+            Notice::warning("NodeNotReady", ready.message.clone())
+        });
+    }
+
+    let mut requeue = match o.live {
         Liveness::Fresh { until } => {
             until.duration_since(now).unsigned_abs() + Duration::from_millis(500)
         }
-        _ => ctx.settings.resync,
+        _ => resync,
     };
     if gate.state == SeptalState::Isolated {
         let cfg = septal::Config::default();
@@ -489,10 +404,22 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         let left = (since + cfg.recovery_timeout_ms).saturating_sub(ms(now));
         requeue = requeue.min(Duration::from_millis(left + 500));
     }
-    if let Some(left) = settle_in {
-        requeue = requeue.min(left);
+    Plan {
+        generation,
+        allocated,
+        count,
+        reputation: rep,
+        record,
+        balance,
+        gate,
+        conditions,
+        role,
+        peer_view,
+        changed,
+        allocation_changed,
+        notices,
+        requeue: requeue.min(resync),
     }
-    Ok(Action::requeue(requeue.min(ctx.settings.resync)))
 }
 
 #[cfg(test)]

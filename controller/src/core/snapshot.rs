@@ -1,7 +1,7 @@
 //! What the reconcilers derive from cached objects: node readiness from Leases, what an
 //! instance reserves, and the owner's credit position. Pure given its inputs.
 
-use crate::scheduler::{HostPort, Resources};
+use crate::core::resources::{HostPort, Resources};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;

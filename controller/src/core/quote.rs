@@ -2,7 +2,7 @@
 //! scheduler (an hour of a request, to filter and score) and billing (metered usage), so a
 //! workload is billed at the price it was placed for. Pure.
 
-use crate::scheduler::Resources;
+use crate::core::resources::Resources;
 use univrs_api::enr::pricing::{self, Market, PricingError, Usage};
 use univrs_api::resources::node::NodePricing;
 

@@ -9,7 +9,7 @@
 //! reconcile finds an id with the same `…/<from>/` prefix on the credit line and moves the mark
 //! to its `<to>` (and counts its amount) instead of paying again.
 
-use crate::quote;
+use crate::core::quote;
 use univrs_api::enr::pricing::{self, Market, PricingError};
 use univrs_api::resources::node::NodePricing;
 use univrs_api::resources::workload::{Instance, InstanceUsage};

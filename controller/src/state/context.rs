@@ -1,26 +1,18 @@
-//! Shared state of the reconcilers: the client, reflector caches, settings and the event recorder.
+//! What every reconcile gets: the client, the reflector caches, the node index, the queues,
+//! the settings, the Event recorder and the metrics.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use std::collections::BTreeSet;
 use std::time::Duration;
+use crate::state::index::NodeIndex;
+use crate::state::queues::Queues;
+use univrs_api::resources::node::{LEASE_NAMESPACE, lease_name};
 use univrs_api::{CreditLine, Node, Vouch, Workload};
 
-/// The field manager of every controller write.
+/// The field manager of every controller write, and the reporter of its Events.
 pub const FIELD_MANAGER: &str = "univrs-controller";
-/// Where agents keep their Leases.
-pub const LEASE_NAMESPACE: &str = "univrs-system";
-
-/// The Lease of a node: `univrs-node-<name>`.
-pub fn lease_name(node: &str) -> String {
-    format!("univrs-node-{node}")
-}
-
-/// The node a Lease belongs to, if it is a node Lease.
-pub fn node_of_lease(lease: &str) -> Option<&str> {
-    lease.strip_prefix("univrs-node-")
-}
 
 /// Controller settings.
 #[derive(Clone, Debug)]
@@ -61,9 +53,9 @@ pub struct Context {
     /// Every Vouch.
     pub vouches: Store<Vouch>,
     /// The scheduler's node views and per-node allocations, kept by the watch feeds.
-    pub index: std::sync::Mutex<crate::index::NodeIndex>,
+    pub index: std::sync::Mutex<NodeIndex>,
     /// The controllers' queues, for reconcilers that learn of a change by their own write.
-    pub queues: crate::feeds::Queues,
+    pub queues: Queues,
     /// Settings.
     pub settings: Settings,
     /// Publishes Events.
@@ -80,42 +72,13 @@ pub struct Context {
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
-/// Writes `status` with server-side apply as the controller. With `resource_version`, the write
-/// only succeeds if the object is still at that version (409 otherwise).
-pub async fn apply_status<K>(
-    api: &kube::Api<K>,
-    name: &str,
-    resource_version: Option<String>,
-    status: serde_json::Value,
-) -> Result<K, kube::Error>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + k8s_openapi::serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let mut body = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": {"name": name},
-        "status": status,
-    });
-    // Only when given: a null resourceVersion reads as 0 and is refused.
-    if let Some(rv) = resource_version {
-        body["metadata"]["resourceVersion"] = rv.into();
-    }
-    let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(name, &params, &kube::api::Patch::Apply(&body))
-        .await
-}
-
 impl Context {
     /// The node index, locked. Hold it only for in-memory work: never across an await.
-    pub fn index(&self) -> std::sync::MutexGuard<'_, crate::index::NodeIndex> {
+    pub fn index(&self) -> std::sync::MutexGuard<'_, NodeIndex> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The nodes whose allocation report waits (see `node`), locked.
+    /// The nodes whose allocation report waits (see `reconcile::node`), locked.
     pub fn allocation_pending(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {

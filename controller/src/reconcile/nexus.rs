@@ -4,8 +4,9 @@
 //! fed into the controller's queue, not a write from here). Nodes whose role stayed are not
 //! woken: waking all 5,000 every 30 s only to find nothing to write was a burst of work.
 
-use crate::context::Context;
-use crate::snapshot::{self, Liveness};
+use crate::core::plan::nexus::{candidate, changed_roles};
+use crate::core::snapshot;
+use crate::state::context::Context;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -13,29 +14,16 @@ use kube::runtime::reflector::ObjectRef;
 use std::sync::Arc;
 use univrs_api::Node;
 use univrs_api::enr::nexus::{self, Candidate, Election};
+use univrs_api::resources::node::NexusRole;
 
 /// The candidates as the caches see them at `now`.
 pub fn candidates(ctx: &Context, now: Timestamp) -> Vec<Candidate> {
     let nodes = ctx.nodes.state();
-    let others = nodes.len().saturating_sub(1).max(1) as f64;
     nodes
         .iter()
         .map(|n| {
-            let name = n.name_any();
-            let lease = ctx.lease_of(&name);
-            let status = n.status.clone().unwrap_or_default();
-            let obs = status.observations.unwrap_or_default();
-            Candidate {
-                ready: matches!(
-                    snapshot::liveness(lease.as_deref(), now),
-                    Liveness::Fresh { .. }
-                ),
-                uptime: obs.uptime,
-                bandwidth_bps: obs.bandwidth_bps.max(0) as u64,
-                reputation: status.reputation.unwrap_or(0.5),
-                connectivity: (f64::from(obs.connected_peers.max(0)) / others).min(1.0),
-                name,
-            }
+            let lease = ctx.lease_of(&n.name_any());
+            candidate(n, snapshot::liveness(lease.as_deref(), now), nodes.len())
         })
         .collect()
 }
@@ -44,12 +32,7 @@ pub fn candidates(ctx: &Context, now: Timestamp) -> Vec<Candidate> {
 pub fn elect_once(ctx: &Context, now: Timestamp) -> Vec<String> {
     let result = nexus::elect(&candidates(ctx, now), &nexus::Config::default());
     let mut current = ctx.election.write().unwrap_or_else(|e| e.into_inner());
-    let changed: Vec<String> = result
-        .roles
-        .iter()
-        .filter(|(n, r)| current.roles.get(*n) != Some(r))
-        .map(|(n, _)| n.clone())
-        .collect();
+    let changed = changed_roles(&current, &result);
     *current = result;
     changed
 }
@@ -68,7 +51,7 @@ pub async fn run_elections(ctx: Arc<Context>, wake_nodes: UnboundedSender<Object
 }
 
 /// The role a node holds after the latest election, if it took part.
-pub fn role_of(ctx: &Context, node: &str) -> Option<univrs_api::resources::node::NexusRole> {
+pub fn role_of(ctx: &Context, node: &str) -> Option<NexusRole> {
     let e: &Election = &ctx.election.read().unwrap_or_else(|e| e.into_inner());
     e.roles.get(node).copied()
 }

@@ -8,10 +8,10 @@
 //! During a (re)list the wake-ups are collected and sent once the list is complete, so a list
 //! of thousands of nodes wakes each waiting workload once, not once per node.
 
-use crate::context::{Context, node_of_lease};
-use crate::index::{NodeChange, WorkloadChange};
+use crate::state::context::Context;
+use crate::state::queues::Queues;
+use crate::state::wake::Wake;
 use futures::StreamExt;
-use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::serde::de::DeserializeOwned;
@@ -21,131 +21,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use std::collections::HashSet;
 use std::fmt::Debug;
-use std::hash::Hash;
 use std::sync::Arc;
 use univrs_api::account::AccountKind;
+use univrs_api::resources::node::{LEASE_NAMESPACE, node_of_lease};
 use univrs_api::{CreditLine, Node, Vouch, Workload};
 
 /// kubectl's copy of the last applied manifest: large, and never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// Where wake-ups go: one queue per controller.
-#[derive(Clone)]
-pub struct Queues {
-    /// The Workload controller's.
-    pub workloads: UnboundedSender<ObjectRef<Workload>>,
-    /// The Node controller's.
-    pub nodes: UnboundedSender<ObjectRef<Node>>,
-    /// The Vouch controller's.
-    pub vouches: UnboundedSender<ObjectRef<Vouch>>,
-    /// The CreditLine controller's.
-    pub credit_lines: UnboundedSender<ObjectRef<CreditLine>>,
-}
-
-/// The receiving ends of [`Queues`], one per controller.
-pub struct Receivers {
-    /// The Workload controller's.
-    pub workloads: UnboundedReceiver<ObjectRef<Workload>>,
-    /// The Node controller's.
-    pub nodes: UnboundedReceiver<ObjectRef<Node>>,
-    /// The Vouch controller's.
-    pub vouches: UnboundedReceiver<ObjectRef<Vouch>>,
-    /// The CreditLine controller's.
-    pub credit_lines: UnboundedReceiver<ObjectRef<CreditLine>>,
-}
-
-/// A fresh set of queues.
-pub fn queues() -> (Queues, Receivers) {
-    let (w, wr) = unbounded();
-    let (n, nr) = unbounded();
-    let (v, vr) = unbounded();
-    let (c, cr) = unbounded();
-    (
-        Queues {
-            workloads: w,
-            nodes: n,
-            vouches: v,
-            credit_lines: c,
-        },
-        Receivers {
-            workloads: wr,
-            nodes: nr,
-            vouches: vr,
-            credit_lines: cr,
-        },
-    )
-}
-
-/// Objects to wake, by controller (a set, so each is woken once).
-#[derive(Default)]
-pub struct Wake {
-    workloads: HashSet<ObjectRef<Workload>>,
-    nodes: HashSet<ObjectRef<Node>>,
-    vouches: HashSet<ObjectRef<Vouch>>,
-    credit_lines: HashSet<ObjectRef<CreditLine>>,
-}
-
-impl Wake {
-    /// Sends everything collected. A closed queue means its controller has stopped.
-    pub fn send(&mut self, q: &Queues) {
-        fn drain<K: Resource>(set: &mut HashSet<ObjectRef<K>>, tx: &UnboundedSender<ObjectRef<K>>)
-        where
-            K::DynamicType: Hash + Eq,
-        {
-            for r in set.drain() {
-                let _ = tx.unbounded_send(r);
-            }
-        }
-        drain(&mut self.workloads, &q.workloads);
-        drain(&mut self.nodes, &q.nodes);
-        drain(&mut self.vouches, &q.vouches);
-        drain(&mut self.credit_lines, &q.credit_lines);
-    }
-
-    /// What a workload's change means for the nodes it touched and the workloads waiting.
-    pub fn workload_change(&mut self, ctx: &Context, change: &WorkloadChange) {
-        self.nodes
-            .extend(change.nodes.iter().map(|n| ObjectRef::new(n)));
-        if change.freed {
-            self.workloads.extend(ctx.index().waiting());
-        }
-    }
-
-    /// What a node's change means for its instances, the waiting workloads, its vouches and
-    /// credit lines.
-    pub fn node_change(&mut self, ctx: &Context, node: &Node, change: NodeChange) {
-        let name = node.name_any();
-        if change.affects_instances {
-            self.workloads.extend(ctx.index().holders_of(&name));
-        }
-        if change.may_make_room {
-            self.workloads.extend(ctx.index().waiting());
-        }
-        if change.affects_vouches {
-            let did = &node.spec.did;
-            self.vouches.extend(
-                ctx.vouches
-                    .state()
-                    .iter()
-                    .filter(|v| v.spec.voucher == *did || v.spec.subject == *did)
-                    .map(|v| ObjectRef::from_obj(v.as_ref())),
-            );
-        }
-        if change.appeared_or_left {
-            self.credit_lines.extend(
-                ctx.credit_lines
-                    .state()
-                    .iter()
-                    .filter(|cl| {
-                        [&cl.spec.creditor, &cl.spec.debtor]
-                            .iter()
-                            .any(|a| a.kind == AccountKind::Node && a.name == name)
-                    })
-                    .map(|cl| ObjectRef::from_obj(cl.as_ref())),
-            );
-        }
-    }
-}
 
 /// Drops what no reconciler reads before an object is stored.
 fn strip<K: Resource>(obj: &mut K) {
@@ -370,7 +252,7 @@ pub struct Writers {
 
 /// Runs every feed until one ends (they do not, short of the runtime stopping).
 pub async fn run(client: kube::Client, w: Writers, ctx: Arc<Context>, q: Queues) {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), crate::context::LEASE_NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     tokio::select! {
         _ = feed(Api::all(client.clone()), w.nodes, ctx.clone(), q.clone(), Nodes) => {}
         _ = feed(Api::all(client.clone()), w.workloads, ctx.clone(), q.clone(), Workloads) => {}

@@ -1,4 +1,4 @@
-//! The Vouch reconciler: checks the signature against the voucher's key and the expiry, resolves
+//! The Vouch plan: checks the signature against the voucher's key and the expiry, resolves
 //! voucher and subject to nodes, and weighs the vouch by the voucher's standing: its own service
 //! record, or a perfect one for a trust anchor (`--trust-anchor`, the community's founding
 //! machines), without which nobody could ever vouch first.
@@ -6,16 +6,11 @@
 //! A forged, malformed or expired vouch is marked unverified with the reason, gets an effective
 //! weight of 0 and a Warning Event; it never affects reputation.
 
-use crate::context::{Context, apply_status};
-use crate::error::Error;
+use crate::core::notice::Notice;
+use crate::core::plan::node::service_base;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::Api;
-use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::time::Duration;
 use univrs_api::Vouch;
 use univrs_api::conditions::{DesiredCondition, set_condition};
 use univrs_api::enr::reputation;
@@ -91,27 +86,12 @@ pub fn standing(node: &univrs_api::Node, anchors: &BTreeSet<String>) -> f64 {
     if anchors.contains(&node.spec.did) {
         1.0
     } else {
-        crate::node::service_base(node)
+        service_base(node)
     }
 }
 
-/// Reconciles one Vouch.
-pub async fn reconcile(vouch: Arc<Vouch>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.synced().await;
-    let now = Time(Timestamp::now());
-    let nodes: Vec<(String, String, f64)> = ctx
-        .nodes
-        .state()
-        .iter()
-        .map(|n| {
-            (
-                n.name_any(),
-                n.spec.did.clone(),
-                standing(n, &ctx.settings.trust_anchors),
-            )
-        })
-        .collect();
-    let v = judge(&vouch, &nodes, &now);
+/// The controller's part of the vouch's status after `v`, or None when nothing changes.
+pub fn status(vouch: &Vouch, v: &Verdict, now: &Time) -> Option<serde_json::Value> {
     let current = vouch.status.clone().unwrap_or_default();
     let mut conditions = current.conditions.clone();
     let generation = vouch.metadata.generation;
@@ -133,8 +113,8 @@ pub async fn reconcile(vouch: Arc<Vouch>, ctx: Arc<Context>) -> Result<Action, E
         || current.voucher_node != v.voucher_node
         || current.subject_node != v.subject_node
         || current.observed_generation != generation;
-    if changed {
-        let status = serde_json::json!({
+    changed.then(|| {
+        serde_json::json!({
             "observedGeneration": generation,
             "verified": v.verified,
             "reason": v.reason,
@@ -142,41 +122,33 @@ pub async fn reconcile(vouch: Arc<Vouch>, ctx: Arc<Context>) -> Result<Action, E
             "voucherNode": v.voucher_node,
             "subjectNode": v.subject_node,
             "conditions": conditions,
-        });
-        apply_status(
-            &Api::<Vouch>::all(ctx.client.clone()),
-            &vouch.name_any(),
-            None,
-            status,
-        )
-        .await?;
-        let (type_, reason) = if v.verified {
-            (EventType::Normal, "VouchVerified")
-        } else {
-            (EventType::Warning, "VouchRejected")
-        };
-        crate::workload::publish(
-            &ctx,
-            &vouch.object_ref(&()),
-            type_,
-            reason,
-            v.message.clone(),
-        )
-        .await;
-    }
-    // Look again when it expires.
-    let until_expiry = vouch.spec.expires_at.0.duration_since(now.0);
-    let requeue = if until_expiry.is_positive() {
-        until_expiry.unsigned_abs().min(ctx.settings.resync) + std::time::Duration::from_secs(1)
+        })
+    })
+}
+
+/// What to announce once a changed verdict is written.
+pub fn notice(v: &Verdict) -> Notice {
+    if v.verified {
+        Notice::normal("VouchVerified", v.message.clone())
     } else {
-        ctx.settings.resync
-    };
-    Ok(Action::requeue(requeue))
+        Notice::warning("VouchRejected", v.message.clone())
+    }
+}
+
+/// When to look again: when it expires, at the latest after `resync`.
+pub fn requeue(vouch: &Vouch, now: &Time, resync: Duration) -> Duration {
+    let until_expiry = vouch.spec.expires_at.0.duration_since(now.0);
+    if until_expiry.is_positive() {
+        until_expiry.unsigned_abs().min(resync) + Duration::from_secs(1)
+    } else {
+        resync
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::Timestamp;
     use univrs_api::identity::NodeIdentity;
     use univrs_api::resources::vouch::VouchSpec;
 

@@ -19,10 +19,12 @@
 //! `allocated` leaves out the workload being placed, whose instances are counted by `spread`,
 //! so placing never has to copy or change a view.
 
-use crate::quote;
+use crate::core::quote;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
+
+use crate::core::resources::{HostPort, Resources};
 use univrs_api::resources::node::NodePricing;
 
 /// What the scheduler knows of a node.
@@ -80,52 +82,6 @@ impl PriceMemo {
 impl PartialEq for PriceMemo {
     fn eq(&self, _: &Self) -> bool {
         true
-    }
-}
-
-/// A port published on a node's addresses (a container port's `hostPort`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct HostPort {
-    /// The port number.
-    pub port: u16,
-    /// UDP rather than TCP.
-    pub udp: bool,
-}
-
-impl fmt::Display for HostPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.port, if self.udp { "UDP" } else { "TCP" })
-    }
-}
-
-/// CPU, memory and GPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Resources {
-    /// Millicores.
-    pub cpu_millis: u64,
-    /// Bytes.
-    pub memory_bytes: u64,
-    /// GPUs.
-    pub gpus: u32,
-}
-
-impl Resources {
-    /// The sum, saturating.
-    pub fn plus(self, o: Resources) -> Resources {
-        Resources {
-            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
-            memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
-            gpus: self.gpus.saturating_add(o.gpus),
-        }
-    }
-
-    /// The difference, saturating at zero.
-    pub fn minus(self, o: Resources) -> Resources {
-        Resources {
-            cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
-            memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
-            gpus: self.gpus.saturating_sub(o.gpus),
-        }
     }
 }
 

@@ -1,0 +1,184 @@
+//! The Node reconciler: keeps the controller's part of each Node's status (planned by
+//! `core::plan::node`, which says what each field means) and settles a deleted Node's credit
+//! (`revival`) before its finalizer goes.
+//!
+//! Each reconcile reads (the node's Lease, the other Ready nodes' reports, the vouches for it,
+//! what the index has placed there, the latest election, its credit lines), plans, writes the
+//! status when something other than a timestamp changed, and announces what the plan says.
+
+use crate::error::Error;
+use crate::core::plan::node::{Observed, plan};
+use crate::core::snapshot;
+use crate::reconcile::apply::apply_status;
+use crate::reconcile::{nexus, revival};
+use crate::state::context::Context;
+use crate::state::events;
+use crate::state::wake::Wake;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+use univrs_api::resources::node::{CONDITION_READY, CREDIT_SETTLEMENT_FINALIZER, NodeStatus};
+use univrs_api::{Account, Node};
+
+/// The field manager that owns the finalizer entry.
+const FINALIZER_MANAGER: &str = "univrs-controller-finalizer";
+
+/// How soon a node whose cached copy is older than the controller's own last write of it is
+/// looked at again (the watch normally delivers that write within milliseconds).
+const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
+
+/// How long a change of only what is allocated on a node waits before it is written, so the
+/// placements of a burst are reported together.
+const ALLOCATION_SETTLE: Duration = Duration::from_secs(5);
+
+/// Reconciles one Node under the credit-settlement finalizer: a deleted Node's credit goes
+/// through the revival pool before the object goes.
+///
+/// The finalizer is added and removed with server-side apply (it is a set: applying it twice is
+/// harmless), not with a JSON patch that tests the cached list: under load the cache lags the
+/// server, such tests fail, and their retries only add load.
+pub async fn reconcile_with_finalizer(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let name = node.name_any();
+    if ctx
+        .index()
+        .node_is_newer_than(&name, node.metadata.resource_version.as_deref())
+    {
+        // The cache has not caught up with this controller's own last write: deciding from it
+        // would write (and announce) again what was just written.
+        return Ok(Action::requeue(CACHE_CATCH_UP));
+    }
+    let has = node
+        .finalizers()
+        .iter()
+        .any(|f| f == CREDIT_SETTLEMENT_FINALIZER);
+    if node.metadata.deletion_timestamp.is_some() {
+        if has {
+            ctx.synced().await;
+            revival::settle(&node, &ctx).await?;
+            set_finalizer(&ctx, &api, &name, false).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if !has {
+        set_finalizer(&ctx, &api, &name, true).await?;
+    }
+    reconcile(node, ctx).await
+}
+
+/// Adds (`on`) or drops the controller's finalizer with server-side apply.
+async fn set_finalizer(
+    ctx: &Context,
+    api: &Api<Node>,
+    name: &str,
+    on: bool,
+) -> Result<(), kube::Error> {
+    let finalizers: &[&str] = if on {
+        &[CREDIT_SETTLEMENT_FINALIZER]
+    } else {
+        &[]
+    };
+    let body = serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Node",
+        "metadata": {"name": name, "finalizers": finalizers},
+    });
+    let params = kube::api::PatchParams::apply(FINALIZER_MANAGER).force();
+    match api
+        .patch(name, &params, &kube::api::Patch::Apply(&body))
+        .await
+    {
+        Ok(n) => {
+            written(ctx, &n);
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes the answer to one of this controller's writes of a Node into the index at once (the
+/// watch brings the same version later, which then wakes nothing), and wakes whom it concerns.
+fn written(ctx: &Context, n: &Node) {
+    let (change, _) = ctx.index().upsert_node(n);
+    let mut wake = Wake::default();
+    wake.node_change(ctx, n, change);
+    wake.send(&ctx.queues);
+}
+
+/// Reconciles one Node: read, plan, write, announce.
+pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.synced().await;
+    let now = Timestamp::now();
+    let name = node.name_any();
+
+    // Read.
+    let lease = ctx.lease_of(&name);
+    let all = ctx.nodes.state();
+    let others: Vec<&NodeStatus> = all
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(name.as_str()))
+        .filter_map(|n| n.status.as_ref())
+        .filter(|s| univrs_api::conditions::is_true(&s.conditions, CONDITION_READY))
+        .collect();
+    let vouches: Vec<f64> = ctx
+        .vouches
+        .state()
+        .iter()
+        .filter_map(|v| v.status.as_ref())
+        .filter(|s| s.verified && s.subject_node.as_deref() == Some(name.as_str()))
+        .map(|s| s.effective_weight)
+        .collect();
+    let placed = ctx.index().observed_on(&name);
+    let account = Account::node(&name);
+    let balance = snapshot::ledger_of(&ctx.credit_lines.state(), Some(&account))
+        .balance(&account)
+        .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+
+    // Plan.
+    let plan = plan(
+        &Observed {
+            node: &node,
+            live: snapshot::liveness(lease.as_deref(), now),
+            others: &others,
+            vouches: &vouches,
+            placed,
+            elected: nexus::role_of(&ctx, &name),
+            balance,
+            now,
+        },
+        ctx.settings.resync,
+    );
+
+    // What is allocated is a report (placement reads the index): a change of it alone waits
+    // until it has settled, so a burst of placements on a node is one write, not one each.
+    let mut changed = plan.changed;
+    let mut settle_in = None;
+    if changed || !plan.allocation_changed {
+        ctx.allocation_pending().remove(&name);
+    } else {
+        let since = *ctx
+            .allocation_pending()
+            .entry(name.clone())
+            .or_insert_with(std::time::Instant::now);
+        match ALLOCATION_SETTLE.checked_sub(since.elapsed()) {
+            Some(left) if !left.is_zero() => settle_in = Some(left),
+            _ => {
+                ctx.allocation_pending().remove(&name);
+                changed = true;
+            }
+        }
+    }
+
+    // Write, then announce.
+    if changed {
+        let api = Api::<Node>::all(ctx.client.clone());
+        let n = apply_status(&api, &name, None, plan.status()).await?;
+        written(&ctx, &n);
+        events::announce(&ctx, &node.object_ref(&()), &plan.notices).await;
+    }
+    let requeue = settle_in.map_or(plan.requeue, |left| plan.requeue.min(left));
+    Ok(Action::requeue(requeue))
+}

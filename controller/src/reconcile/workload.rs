@@ -1,0 +1,233 @@
+//! The Workload reconciler: places instances, moves them off lost or drained nodes, pays for
+//! the usage agents reported, and reports Scheduled, Available, Progressing and
+//! CreditExhausted (all planned by `core::plan::workload`, which says what the controller owns
+//! of the status).
+//!
+//! Before placing, the usage agents reported is paid for (`core::billing`, `credit::pay`). The
+//! placement is decided under the node index and assumed there (see `state::index`) until the
+//! write that carries it is answered, so concurrent plans never give the same room twice.
+
+use crate::core::billing;
+use crate::core::plan::workload::{self, Billing, Placement, Plan};
+use crate::core::snapshot;
+use crate::error::Error;
+use crate::reconcile::apply::apply_status;
+use crate::reconcile::credit;
+use crate::state::context::Context;
+use crate::state::events;
+use crate::state::index::WorkloadChange;
+use crate::state::wake::Wake;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use univrs_api::{Account, Workload};
+
+/// How soon a workload planned from a stale cache is planned again without an event. The
+/// watch event of the newer version triggers the next plan anyway; retrying sooner only adds
+/// refused writes to an API server whose watch is already lagging (measured at 5,000 nodes).
+const STALE_RETRY: Duration = Duration::from_secs(5);
+
+/// How soon a workload whose cached copy is older than the controller's own last write of it
+/// is looked at again (the watch normally delivers that write within milliseconds).
+const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
+
+/// Where every instance goes (see `core::plan::workload`). The placement is decided under the
+/// node index and assumed there (see `state::index`) until the caller confirms or releases it.
+fn plan(
+    wl: &Workload,
+    ctx: &Context,
+    headroom: Option<BTreeMap<String, i64>>,
+    frozen: bool,
+    now: Timestamp,
+) -> Plan {
+    let mut placement = Placement::new(
+        wl,
+        headroom,
+        frozen,
+        now,
+        ctx.settings.node_grace_period,
+        |node| (ctx.nodes.get(&ObjectRef::new(node)), ctx.lease_of(node)),
+    );
+    let key = ObjectRef::from_obj(wl);
+    let started = std::time::Instant::now();
+    let ((), freed) = ctx.index().assume(
+        &key,
+        placement.per_instance(),
+        placement.host_ports(),
+        placement.replicas(),
+        now,
+        |views, position| ((), placement.decide(views, position)),
+    );
+    if freed {
+        wake(
+            ctx,
+            &WorkloadChange {
+                nodes: Vec::new(),
+                freed: true,
+            },
+        );
+    }
+    if placement.to_place() > 0 {
+        ctx.metrics.observe_plan(started.elapsed());
+    }
+    placement.finish()
+}
+
+/// A placement assumed in the node index: released when dropped unless the write that
+/// carries it was answered, so a failed, refused or abandoned (timed-out) reconcile never
+/// leaves room held.
+struct Assumed<'a> {
+    ctx: &'a Context,
+    key: ObjectRef<Workload>,
+    settled: bool,
+}
+
+impl Assumed<'_> {
+    /// The write was answered with `written`.
+    fn confirm(mut self, written: &Workload) {
+        self.settled = true;
+        let change = self.ctx.index().confirm(written);
+        wake(self.ctx, &change);
+    }
+}
+
+impl Drop for Assumed<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let change = self.ctx.index().release(&self.key);
+            wake(self.ctx, &change);
+        }
+    }
+}
+
+/// Wakes the nodes (and waiting workloads) a change of this controller's own making concerns:
+/// the watch will bring the same version back, which then wakes nothing.
+fn wake(ctx: &Context, change: &WorkloadChange) {
+    let mut w = Wake::default();
+    w.workload_change(ctx, change);
+    w.send(&ctx.queues);
+}
+
+/// Pays for the usage agents reported beyond each instance's billed mark (see `core::billing`).
+/// A refused payment leaves its mark where it was, so it is retried once credit is there.
+async fn bill(wl: &Workload, ctx: &Context, metered: bool) -> Result<Billing, Error> {
+    let ns = wl.namespace().unwrap_or_default();
+    let owner = Account::namespace(&ns);
+    let uid = wl.uid().unwrap_or_default();
+    let status = wl.status.clone().unwrap_or_default();
+    let mut out = Billing {
+        metered,
+        spent: status.credit_spent.unwrap_or(0),
+        ..Default::default()
+    };
+    for inst in &status.instances {
+        let Some(node) = inst
+            .node
+            .as_ref()
+            .and_then(|n| ctx.nodes.get(&ObjectRef::new(n)))
+        else {
+            continue;
+        };
+        let rates = node
+            .spec
+            .pricing
+            .clone()
+            .unwrap_or_else(snapshot::default_pricing);
+        // The market the scheduler quoted in (`core::quote`), as it stands now.
+        let market = ctx.index().market_of(&node);
+        let charge = match billing::charge(&uid, inst, &rates, &market) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(instance = %inst.name, error = %e, "usage cannot be priced");
+                out.unpriced
+                    .push(format!("{}'s usage on {}: {e}", inst.name, node.name_any()));
+                continue;
+            }
+        };
+        // Unmetered namespaces run as contributions: the mark moves, nothing is paid.
+        if !metered || charge.amount == 0 {
+            out.marks.insert(inst.name.clone(), charge.to);
+            continue;
+        }
+        if out.exhausted.is_some() {
+            continue;
+        }
+        match credit::pay(ctx, &owner, &charge).await {
+            Ok((mark, amount)) => {
+                out.marks.insert(inst.name.clone(), mark);
+                out.spent = out.spent.saturating_add(amount);
+                out.paid
+                    .push((inst.name.clone(), charge.node.clone(), amount));
+            }
+            Err(credit::PayError::Exhausted(why)) => {
+                out.exhausted = Some(("CreditLimitReached", why));
+            }
+            Err(credit::PayError::Kube(e)) => return Err(e.into()),
+        }
+    }
+    let budget = wl.spec.credit.as_ref().and_then(|c| c.budget);
+    if let Some(b) = budget.filter(|b| out.spent >= *b)
+        && out.exhausted.is_none()
+    {
+        out.exhausted = Some((
+            "BudgetExhausted",
+            format!("spent {} of its budget of {b} milli-credits", out.spent),
+        ));
+    }
+    Ok(out)
+}
+
+/// Reconciles one Workload: bill, plan, write, announce.
+pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.synced().await;
+    let started = std::time::Instant::now();
+    let key = ObjectRef::from_obj(wl.as_ref());
+    if ctx
+        .index()
+        .is_newer_than(&key, wl.metadata.resource_version.as_deref())
+    {
+        // The cache has not caught up with this controller's own last write: a plan made
+        // from it would only be refused (409). The watch is a moment behind.
+        return Ok(Action::requeue(CACHE_CATCH_UP));
+    }
+    let now = Timestamp::now();
+    let ns = wl.namespace().ok_or(Error::MissingNamespace)?;
+    let owner = Account::namespace(&ns);
+    let headroom = snapshot::owner_headroom(&ctx.credit_lines.state(), &owner);
+    let bills = bill(&wl, &ctx, headroom.is_some()).await?;
+    let plan = plan(&wl, &ctx, headroom, bills.exhausted.is_some(), now);
+    let assumed = Assumed {
+        ctx: &ctx,
+        key,
+        settled: false,
+    };
+    let status = workload::status_patch(&wl, &plan, &bills, now);
+    if workload::unchanged(&wl, &status) {
+        drop(assumed);
+    } else {
+        let api: Api<Workload> = Api::namespaced(ctx.client.clone(), &ns);
+        // Conditional on the version planned from: a plan made from a stale cache must not
+        // overwrite a newer placement (it would move an instance for nothing).
+        match apply_status(&api, &wl.name_any(), wl.resource_version(), status).await {
+            Ok(written) => assumed.confirm(&written),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                return Ok(Action::requeue(STALE_RETRY));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        ctx.metrics.observe_scheduling(
+            started.elapsed(),
+            plan.placed.len(),
+            plan.unschedulable.is_some(),
+        );
+        let notices = workload::notices(&wl, &plan, &bills);
+        events::announce(&ctx, &wl.object_ref(&()), &notices).await;
+    }
+    Ok(Action::requeue(workload::requeue(&plan, ctx.settings.resync)))
+}
