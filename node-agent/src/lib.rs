@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod demo_image;
+pub mod fsutil;
+pub mod ids;
 pub mod image;
 pub mod keyfile;
 pub mod mesh;

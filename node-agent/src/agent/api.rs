@@ -9,9 +9,9 @@
 //! the node's key) is served only when the agent has both TLS and a token, even on loopback:
 //! any local process can reach loopback.
 
-use super::cluster::ClusterView;
-use super::heard::Heard;
-use super::report::{InstanceReport, Reports};
+use super::instances::reports::{InstanceReport, Reports};
+use super::peers::cluster_view::ClusterView;
+use super::peers::heard::Heard;
 use crate::runtime::RuntimeClient;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};

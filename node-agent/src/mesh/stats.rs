@@ -1,7 +1,7 @@
 //! What the mesh reports about itself, and how that becomes a Node's observations.
 
 use super::validate::{IgnoreReason, InvalidReason};
-use super::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use univrs_api::resources::node::{NodeObservations, PeerReport};

@@ -4,7 +4,7 @@ use crate::cli::AgentArgs;
 use crate::cmd::controller::{client, init_tracing, shutdown_signal};
 use anyhow::Context as _;
 use univrs_api::quantity::Quantity;
-use univrs_node_agent::agent::{self, AgentConfig, capacity::CapacityOverrides};
+use univrs_node_agent::agent::{self, AgentConfig, kube::capacity::CapacityOverrides};
 
 /// Runs the agent.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {

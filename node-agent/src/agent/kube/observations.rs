@@ -8,8 +8,8 @@ use kube::api::{Api, Patch, PatchParams};
 use std::time::Duration;
 use univrs_api::resources::node::{Node, NodeObservations};
 
-use super::cluster::ClusterView;
 use super::uptime::UptimeTracker;
+use crate::agent::peers::cluster_view::ClusterView;
 use crate::mesh::MeshHandle;
 
 /// Rounds what jitters (uptime to 1%, latency to 1 ms) so small changes do not cause writes.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use univrs_api::identity::PublicIdentity;
 use univrs_api::resources::node::{Node, NodeCapacity};
 
-use super::AgentError;
+use crate::agent::error::AgentError;
 
 /// What the agent declares about its node.
 #[derive(Debug, Clone)]

@@ -8,18 +8,13 @@
 //! controller removed. Nothing is written when nothing changed; usage alone is written at most
 //! once per usage interval (it is cumulative, so nothing is lost by waiting).
 
-use super::report::{InstanceReport, Reports};
+use crate::agent::instances::reports::{InstanceReport, Reports};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use univrs_api::resources::workload::{Instance, Workload};
-
-/// The field manager of the agent of `node`.
-pub fn field_manager(node: &str) -> String {
-    format!("univrs-agent-{node}")
-}
 
 /// The status writer of one agent.
 pub struct StatusWriter {
@@ -37,10 +32,11 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
-    /// A writer for `node`'s agent.
+    /// A writer for `node`'s agent, applying with the field manager `manager`.
     pub fn new(
         client: kube::Client,
         node: &str,
+        manager: String,
         store: Store<Workload>,
         store_changes: tokio::sync::watch::Receiver<u64>,
         reports: Reports,
@@ -49,7 +45,7 @@ impl StatusWriter {
         Self {
             client,
             node: node.to_string(),
-            manager: field_manager(node),
+            manager,
             store,
             reports,
             usage_interval,
