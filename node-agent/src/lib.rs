@@ -11,4 +11,3 @@ pub mod keyfile;
 pub mod mesh;
 pub mod network;
 pub mod runtime;
-pub mod tls;

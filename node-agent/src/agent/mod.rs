@@ -35,7 +35,6 @@ pub use error::AgentError;
 use self::kube::capacity;
 use crate::runtime::RuntimeClient;
 use ::kube::api::Api;
-use ::kube::runtime::events::{Recorder, Reporter};
 use instances::Supervisors;
 use instances::records::Records;
 use instances::reports::Reports;
@@ -89,7 +88,7 @@ pub struct AgentConfig {
     /// Where the local API listens (port 0: a free port, published on the Node).
     pub api_addr: std::net::SocketAddr,
     /// The API's bearer token, if required.
-    pub api_token: Option<String>,
+    pub api_token: Option<univrs_io::token::Token>,
     /// The API's TLS certificate and key (PEM files).
     pub api_tls: Option<(PathBuf, PathBuf)>,
     /// How often the vouches signed by this node's key are announced again on the mesh.
@@ -127,11 +126,21 @@ pub async fn run(
     })?;
     let identity = crate::keyfile::load_or_generate(&data_dir.join("identity.key"))?;
     let manager = kube::field_manager(&cfg.node_name);
-    api::check_exposure(cfg.api_addr, cfg.api_tls.is_some(), cfg.api_token.is_some())
-        .map_err(AgentError::Invalid)?;
+    univrs_io::listener::check_exposure(
+        cfg.api_addr,
+        cfg.api_tls.is_some(),
+        cfg.api_token.is_some(),
+    )
+    .map_err(|e| {
+        AgentError::Invalid(format!(
+            "--api-addr {e} (--api-tls-cert, --api-tls-key and --api-token-file)"
+        ))
+    })?;
     let tls = match &cfg.api_tls {
         Some((cert, key)) => Some(
-            crate::tls::server_config(cert, key).map_err(|e| AgentError::Invalid(e.to_string()))?,
+            univrs_io::tls::server_config(cert, key)
+                .map_err(|e| AgentError::Invalid(e.to_string()))?
+                .config,
         ),
         None => None,
     };
@@ -230,14 +239,12 @@ pub async fn run(
         cluster: cluster.clone(),
     });
     let app = api::router(api_state);
-    let api_task = match tls {
-        Some(config) => tokio::spawn(async move {
-            let _ = axum::serve(crate::tls::TlsListener::new(api_listener, config), app).await;
-        }),
-        None => tokio::spawn(async move {
-            let _ = axum::serve(api_listener, app).await;
-        }),
-    };
+    // TLS handshakes run concurrently, each with a deadline: a silent client holds up no one.
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = univrs_io::listener::serve(api_listener, tls, app).await {
+            tracing::error!("serving the API: {e}");
+        }
+    });
     tracing::info!(url = %api_url, "agent API listening");
     let deps = Arc::new(instances::Deps {
         node: cfg.node_name.clone(),
@@ -245,12 +252,10 @@ pub async fn run(
         sandbox: sandbox.clone(),
         records: Records::new(data_dir.join("instances")),
         reports: reports.clone(),
-        recorder: Recorder::new(
+        events: univrs_io::events::Publisher::new(
             client.clone(),
-            Reporter {
-                controller: "univrs-agent".into(),
-                instance: Some(cfg.node_name.clone()),
-            },
+            "univrs-agent",
+            Some(cfg.node_name.clone()),
         ),
         backoff_base: cfg.backoff_base,
         backoff_max: cfg.backoff_max,

@@ -144,6 +144,7 @@ pub fn container_hash(c: &Container) -> String {
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
+    use kube::Resource;
 
     fn workload(ns: &str, name: &str, replicas: i32, placed: &[(&str, &str)]) -> Arc<Workload> {
         let instances: Vec<serde_json::Value> = placed
@@ -152,7 +153,7 @@ mod tests {
             .collect();
         Arc::new(
             serde_json::from_value(serde_json::json!({
-                "apiVersion": "univrs.io/v1alpha1", "kind": "Workload",
+                "apiVersion": Workload::api_version(&()), "kind": Workload::kind(&()),
                 "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}")},
                 "spec": {"replicas": replicas, "containers": [{"name": "app", "image": "busybox"}]},
                 "status": {"instances": instances}

@@ -15,15 +15,15 @@ use crate::runtime::{ContainerConfig, ContainerState, ExitRecord, RuntimeClient,
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::events::{Event, EventType, Recorder};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use univrs_api::resources::workload::{
-    Container, InstancePhase, InstanceUsage, RestartPolicy, WorkloadSpec,
+    Container, InstancePhase, InstanceUsage, RestartPolicy, Workload, WorkloadSpec,
 };
+use univrs_io::events::{EventType, Publisher};
 
 /// How often a supervisor looks at its containers.
 const TICK: Duration = Duration::from_millis(500);
@@ -46,7 +46,7 @@ pub struct Deps {
     /// Where supervisors report.
     pub reports: Reports,
     /// Events on Workloads.
-    pub recorder: Recorder,
+    pub events: Publisher,
     /// First restart delay; doubles per consecutive crash.
     pub backoff_base: Duration,
     /// Longest restart delay.
@@ -74,14 +74,11 @@ pub async fn supervise(
     mut rec: InstanceRecord,
     mut desired: watch::Receiver<Option<DesiredInstance>>,
 ) {
-    let reference = ObjectReference {
-        api_version: Some("univrs.io/v1alpha1".into()),
-        kind: Some("Workload".into()),
-        name: Some(rec.placement.workload.clone()),
-        namespace: Some(rec.placement.namespace.clone()),
-        uid: Some(rec.placement.uid.clone()),
-        ..Default::default()
-    };
+    let reference = univrs_io::apply::reference::<Workload>(
+        &rec.placement.workload,
+        Some(&rec.placement.namespace),
+        Some(&rec.placement.uid),
+    );
     let mut sup = Supervisor {
         deps,
         runs: BTreeMap::new(),
@@ -137,19 +134,9 @@ impl Supervisor {
     /// Publishes an Event about the Workload in the background: an API round trip must not
     /// stand between starting a container and reporting it.
     fn event(&self, type_: EventType, reason: &str, note: String) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        let (recorder, reference) = (self.deps.recorder.clone(), self.reference.clone());
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                tracing::debug!(error = %e, reason = %ev.reason, "could not publish an Event");
-            }
-        });
+        self.deps
+            .events
+            .publish_detached(self.reference.clone(), type_, reason, note);
     }
 
     fn save(&mut self, rec: &InstanceRecord) {

@@ -10,11 +10,12 @@
 
 use crate::agent::instances::reports::{InstanceReport, Reports};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use univrs_api::resources::workload::{Instance, Workload};
+use univrs_io::apply::Apply;
 
 /// The status writer of one agent.
 pub struct StatusWriter {
@@ -198,17 +199,10 @@ impl StatusWriter {
         status: serde_json::Value,
     ) -> bool {
         let api: Api<Workload> = Api::namespaced(self.client.clone(), ns);
-        let mut body = serde_json::json!({
-            "apiVersion": "univrs.io/v1alpha1",
-            "kind": "Workload",
-            "metadata": {"name": name},
-            "status": status,
-        });
-        if let Some(rv) = resource_version {
-            body["metadata"]["resourceVersion"] = rv.into();
-        }
-        let params = PatchParams::apply(&self.manager).force();
-        match api.patch_status(name, &params, &Patch::Apply(&body)).await {
+        let body = Apply::<Workload>::new(name)
+            .resource_version(resource_version)
+            .status(status);
+        match body.apply_status(&api, &self.manager).await {
             Ok(_) => true,
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
                 // Changed or gone meanwhile: the next round sees the new version.
