@@ -61,7 +61,7 @@ pub struct AgentConfig {
     pub capacity: capacity::CapacityOverrides,
     /// Where the mesh listens (multiaddresses) [default: every IPv4 interface, TCP and QUIC].
     pub listen: Vec<String>,
-    /// Mesh peers to start from (multiaddresses ending in /p2p/<peer id>).
+    /// Mesh peers to start from (multiaddresses ending in `/p2p/<peer id>`).
     pub bootstrap: Vec<String>,
     /// Find peers on the local links by mDNS.
     pub mdns: bool,
