@@ -6,8 +6,8 @@
 //!                                                             protobuf PublicKey{Ed25519, pk}
 //! DID     = "did:key:z" ‖ base58btc(0xed 0x01 ‖ pk)            multicodec ed25519-pub
 //! ```
-//! All three carry the whole key, so each parses back to it exactly (the earlier implementations
-//! truncated or re-encoded it and lost credits to phantom accounts).
+//! All three carry the whole key, so each parses back to it exactly: a name that truncated or
+//! re-encoded the key would name a second, phantom account, and credits paid to it would be lost.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

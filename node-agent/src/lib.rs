@@ -4,9 +4,10 @@
 
 pub mod agent;
 pub mod demo_image;
+pub mod fsutil;
+pub mod ids;
 pub mod image;
 pub mod keyfile;
 pub mod mesh;
 pub mod network;
 pub mod runtime;
-pub mod tls;

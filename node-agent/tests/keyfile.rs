@@ -67,7 +67,7 @@ fn reads_a_key_that_openssl_generated() {
         .args(["genpkey", "-algorithm", "ed25519", "-out"])
         .arg(&path)
         .status()
-        .expect("openssl is installed");
+        .expect("running openssl: run scripts/install-deps (Debian package openssl)");
     assert!(status.success());
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let id = keyfile::load(&path).unwrap();

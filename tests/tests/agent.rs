@@ -173,7 +173,7 @@ async fn api_off_loopback_needs_tls_and_a_token() {
 
     // A token file others may read is refused too.
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cret-token-0123456789").unwrap();
+    std::fs::write(&token_file, "s3cret-token-0123456789abcdefghij").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = std::process::Command::new(univrs_tests::univrs_bin())
@@ -219,6 +219,17 @@ async fn api_off_loopback_needs_tls_and_a_token() {
         ((code == "200").then_some(()), format!("{code} {body}"))
     })
     .await;
+    // Clients that connect and say nothing hold up no one: each TLS handshake runs on its own
+    // with its own deadline (10 s), so a real request is still answered at once.
+    let silent: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let (code, body) = curl(&["--cacert", ca, "--max-time", "5", &format!("{url}/healthz")]);
+    assert_eq!(
+        code, "200",
+        "a request waited behind silent clients: {body}"
+    );
+    drop(silent);
     let (code, body) = curl(&["--cacert", ca, &format!("{url}/api/status")]);
     assert_eq!(code, "401", "{body}");
     assert!(body.contains("Authorization: Bearer"), "{body}");
@@ -226,7 +237,7 @@ async fn api_off_loopback_needs_tls_and_a_token() {
         "--cacert",
         ca,
         "-H",
-        "Authorization: Bearer wrong-token-0123456789",
+        "Authorization: Bearer wrong-token-0123456789abcdefghijk",
         &format!("{url}/api/status"),
     ]);
     assert_eq!(code, "401");
@@ -234,7 +245,7 @@ async fn api_off_loopback_needs_tls_and_a_token() {
         "--cacert",
         ca,
         "-H",
-        "Authorization: Bearer s3cret-token-0123456789",
+        "Authorization: Bearer s3cret-token-0123456789abcdefghij",
         &format!("{url}/api/status"),
     ]);
     assert_eq!(code, "200", "{body}");

@@ -137,11 +137,37 @@ async fn usage_is_paid_once_and_exhaustion_stops_growth() {
         ((b == Some(200)).then_some(()), format!("{b:?}"))
     })
     .await;
-    // The same report again changes nothing.
+    // The same report again changes nothing. An identical apply may not even reach the
+    // controller, so a barrier follows it: the same CPU with one MiB-second of memory (free at
+    // alpha's rates) is a real change, which the controller bills by moving the mark alone. A
+    // reconcile pays before it records the mark, and the controller reconciles one Workload at
+    // a time, so once that mark shows, every payment for these reports has been made.
     report_usage(&wl_api, &placed_at, 200_000).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    report_usage_with_memory(&wl_api, &placed_at, 200_000, 1).await;
+    eventually(
+        "the repeated report billed",
+        Duration::from_secs(30),
+        async || {
+            let w = wl_api.get("meter").await.unwrap();
+            let l = lines.get(LINE).await.unwrap();
+            let billed = instance(&w, "meter-0").and_then(|i| i.billed.clone());
+            let ok = billed.as_ref().is_some_and(|b| b.memory_mib_seconds == 1);
+            (
+                ok.then_some(()),
+                format!("billed {billed:?}, {}", state(&w, &l)),
+            )
+        },
+    )
+    .await;
+    let w = wl_api.get("meter").await.unwrap();
     let l = lines.get(LINE).await.unwrap();
-    assert_eq!(l.status.as_ref().map(|s| s.balance), Some(200));
+    assert_eq!(
+        l.status.as_ref().map(|s| s.balance),
+        Some(200),
+        "paid once: {}",
+        state(&w, &l)
+    );
+    assert_eq!(w.status.as_ref().and_then(|s| s.credit_spent), Some(200));
 
     // An attempt that was applied but never recorded (a crash in between) is found by its
     // id and counted, not paid twice.

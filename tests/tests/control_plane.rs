@@ -486,12 +486,22 @@ fn kill_9_of_every_process_loses_no_acknowledged_write() {
         );
     }
     drop(first);
+    // Each is gone or a zombie before the restart (SIGKILL is not instant: a process in the
+    // kernel, e.g. fsyncing etcd's WAL, dies when it returns).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     for pid in &pids {
-        while std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z")
-        {
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            if matches!(state, None | Some('Z' | 'X')) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} is still running (state {state:?}) 60 s after SIGKILL: {stat}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }

@@ -17,7 +17,7 @@ use univrs_tests::agent::{AgentApi, AgentProc, api_url, node_of};
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually};
 
 const WAIT: Duration = Duration::from_secs(90);
-const TOKEN: &str = "gossip-token-0123456789abcdef";
+const TOKEN: &str = "gossip-token-0123456789abcdefghij";
 
 /// Signs a Vouch with the key in `key_file` for `subject` through `univrs vouch`, and creates it.
 async fn vouch_with_cli(cp: &ControlPlane, client: &kube::Client, key_file: &Path, subject: &str) {

@@ -314,7 +314,8 @@ pub struct AgentArgs {
     /// `univrs.io/agent-api` annotation). Off loopback it needs TLS and a token.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub api_addr: std::net::SocketAddr,
-    /// A file holding the API's bearer token (required for /api/… when given).
+    /// A file holding the API's bearer token, mode 0600, at least 32 characters (required
+    /// for /api/… when given).
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
     /// The API's TLS certificate (PEM).

@@ -1,9 +1,9 @@
 //! Entropy: how disordered a node's situation is, per dimension and in total.
 //!
-//! Each component is the seed's linear formula capped at [`MAX_COMPONENT`]; the total is a
-//! weighted sum (default 0.3·Sn + 0.3·Sc + 0.2·Ss + 0.2·St). The price multiplier is the seed's
-//! piecewise function of the total, computed with the *configured* weights (the seed always used
-//! the defaults there).
+//! Each component is a linear formula of its inputs capped at [`MAX_COMPONENT`]; the total is a
+//! weighted sum (default 0.3·Sn + 0.3·Sc + 0.2·Ss + 0.2·St). The price multiplier is a piecewise
+//! function of the total, computed with the *configured* weights, so changing a weight changes
+//! prices too.
 
 use super::clamp;
 use serde::{Deserialize, Serialize};
@@ -232,7 +232,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_formulas_and_caps() {
+    fn component_formulas_and_caps() {
         let n = NetworkInputs {
             hops: 3.0,
             latency_variance_ms: 100.0,

@@ -1,9 +1,9 @@
 //! Nexus election: which nodes act as gossip and aggregation hubs.
 //!
-//! Eligibility and score follow the seed: uptime ≥ 0.95, bandwidth ≥ 10 Mbps, reputation ≥ 0.7;
+//! Eligibility: uptime ≥ 0.95, bandwidth ≥ 10 Mbps, reputation ≥ 0.7;
 //! score = 0.3·uptime + 0.3·min(bandwidth / 100 Mbps, 1) + 0.2·reputation + 0.2·connectivity,
-//! where connectivity is the share of the other candidates the node is connected to (the seed's
-//! leaf-count term needs a topology that only exists after an election). The election is a
+//! where connectivity is the share of the other candidates the node is connected to (a count of
+//! a hub's leaves would need a topology that only exists after an election). The election is a
 //! deterministic function of its input: ties break by reputation, then by node name. One hub is
 //! elected per [`Config::leaves_per_nexus`] nodes (at least one); with several, the best is the
 //! PoteauMitan. When nobody is eligible, the fallback elects the Ready candidates with the

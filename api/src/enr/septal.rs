@@ -1,6 +1,6 @@
 //! Septal gates: a circuit breaker per node, with states named for what traffic does.
 //!
-//! | here | the seed's name | traffic |
+//! | here | circuit-breaker name | traffic |
 //! |---|---|---|
 //! | `Connected` | Open | flows normally |
 //! | `Isolated` | Closed | cut off: no placements, transfers refused |
@@ -15,7 +15,7 @@ use super::clamp;
 use crate::resources::node::SeptalState;
 use serde::{Deserialize, Serialize};
 
-/// Gate settings (the seed's constants by default).
+/// Gate settings (by default: 5 failures, health 0.7, 60 s, quarter steps; see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Config {

@@ -9,9 +9,9 @@
 //! the node's key) is served only when the agent has both TLS and a token, even on loopback:
 //! any local process can reach loopback.
 
-use super::cluster::ClusterView;
-use super::heard::Heard;
-use super::report::{InstanceReport, Reports};
+use super::instances::reports::{InstanceReport, Reports};
+use super::peers::cluster_view::ClusterView;
+use super::peers::heard::Heard;
 use crate::runtime::RuntimeClient;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -21,7 +21,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -32,6 +31,8 @@ use univrs_api::ledger::Transfer;
 use univrs_api::resources::creditline::CreditLine;
 use univrs_api::resources::node::Node;
 use univrs_api::resources::vouch::Vouch;
+use univrs_io::metrics::Sampled;
+use univrs_io::token::Token;
 
 /// What the API serves from.
 pub struct ApiState {
@@ -48,7 +49,7 @@ pub struct ApiState {
     /// The instances' reports.
     pub reports: Reports,
     /// The bearer token, if one is required.
-    pub token: Option<String>,
+    pub token: Option<Token>,
     /// When the agent started.
     pub started: Instant,
     /// Requests refused for a missing or wrong token.
@@ -94,19 +95,8 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.token else {
         return Ok(());
     };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Constant-time comparison: the token is a secret.
-    let ok = given.is_some_and(|g| {
-        g.len() == token.len()
-            && g.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if ok {
+    // Compared by digest in constant time: neither the token nor its length leaks.
+    if token.authorizes(headers) {
         Ok(())
     } else {
         state.unauthorized.fetch_add(1, Ordering::Relaxed);
@@ -540,77 +530,97 @@ async fn stream_reports(s: Arc<ApiState>, mut socket: WebSocket) {
     }
 }
 
-async fn metrics(State(s): State<Arc<ApiState>>) -> String {
+/// `/metrics`: figures read at scrape time from where they are kept (the reports, the mesh,
+/// what was heard), so nothing is counted twice. Counters are named without `_total`, which
+/// the encoder appends: scrapers see `univrs_agent_api_unauthorized_total` and so on.
+async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
     let reports = s.reports.snapshot();
-    let mut by_phase = std::collections::BTreeMap::<String, usize>::new();
+    let mut by_phase = std::collections::BTreeMap::<String, i64>::new();
     let mut restarts = 0i64;
-    let mut ready = 0;
+    let mut ready = 0i64;
     for r in reports.values() {
         *by_phase.entry(format!("{:?}", r.phase)).or_default() += 1;
         restarts += i64::from(r.restarts);
-        ready += usize::from(r.ready);
+        ready += i64::from(r.ready);
     }
-    let mut out = String::new();
-    out.push_str("# HELP univrs_agent_instances Instances on this node by phase.\n# TYPE univrs_agent_instances gauge\n");
+    let mut m = Sampled::default();
+    const INSTANCES: &str = "Instances on this node by phase.";
     for (phase, n) in by_phase {
-        out.push_str(&format!(
-            "univrs_agent_instances{{phase=\"{phase}\"}} {n}\n"
-        ));
+        m.gauge(
+            "univrs_agent_instances",
+            INSTANCES,
+            vec![("phase".into(), phase)],
+            n,
+        );
     }
-    out.push_str(&format!(
-        "# HELP univrs_agent_instances_ready Instances whose containers all run and pass readiness.\n# TYPE univrs_agent_instances_ready gauge\nunivrs_agent_instances_ready {ready}\n"
-    ));
-    out.push_str(&format!(
-        "# HELP univrs_agent_container_restarts Container restarts of the instances on this node.\n# TYPE univrs_agent_container_restarts gauge\nunivrs_agent_container_restarts {restarts}\n"
-    ));
-    out.push_str(&format!(
-        "# HELP univrs_agent_api_unauthorized_total API requests refused for a missing or wrong token.\n# TYPE univrs_agent_api_unauthorized_total counter\nunivrs_agent_api_unauthorized_total {}\n",
-        s.unauthorized.load(Ordering::Relaxed)
-    ));
+    m.gauge(
+        "univrs_agent_instances_ready",
+        "Instances whose containers all run and pass readiness.",
+        vec![],
+        ready,
+    )
+    .gauge(
+        "univrs_agent_container_restarts",
+        "Container restarts of the instances on this node.",
+        vec![],
+        restarts,
+    )
+    .counter(
+        "univrs_agent_api_unauthorized",
+        "API requests refused for a missing or wrong token.",
+        vec![],
+        s.unauthorized.load(Ordering::Relaxed),
+    );
     if let Ok(st) = s.mesh.stats().await {
-        out.push_str(&format!(
-            "# HELP univrs_mesh_peers Connected mesh peers.\n# TYPE univrs_mesh_peers gauge\nunivrs_mesh_peers {}\n",
-            st.connected_peers
-        ));
-        out.push_str("# HELP univrs_mesh_invalid_messages_total Gossip messages rejected, by reason (their senders were penalized).\n# TYPE univrs_mesh_invalid_messages_total counter\n");
+        m.gauge(
+            "univrs_mesh_peers",
+            "Connected mesh peers.",
+            vec![],
+            st.connected_peers as i64,
+        );
+        const INVALID: &str = "Gossip messages rejected, by reason (their senders were penalized).";
+        m.counter_family("univrs_mesh_invalid_messages", INVALID);
         for (reason, n) in &st.invalid {
-            out.push_str(&format!(
-                "univrs_mesh_invalid_messages_total{{reason=\"{reason:?}\"}} {n}\n"
-            ));
+            let labels = vec![("reason".into(), format!("{reason:?}"))];
+            m.counter("univrs_mesh_invalid_messages", INVALID, labels, *n);
         }
-        out.push_str("# HELP univrs_mesh_ignored_messages_total Gossip messages dropped without penalty, by reason.\n# TYPE univrs_mesh_ignored_messages_total counter\n");
+        const IGNORED: &str = "Gossip messages dropped without penalty, by reason.";
+        m.counter_family("univrs_mesh_ignored_messages", IGNORED);
         for (reason, n) in &st.ignored {
-            out.push_str(&format!(
-                "univrs_mesh_ignored_messages_total{{reason=\"{reason:?}\"}} {n}\n"
-            ));
+            let labels = vec![("reason".into(), format!("{reason:?}"))];
+            m.counter("univrs_mesh_ignored_messages", IGNORED, labels, *n);
         }
-        out.push_str(&format!(
-            "# HELP univrs_mesh_messages_received_total Gossip messages accepted.\n# TYPE univrs_mesh_messages_received_total counter\nunivrs_mesh_messages_received_total {}\n",
-            st.received
-        ));
+        m.counter(
+            "univrs_mesh_messages_received",
+            "Gossip messages accepted.",
+            vec![],
+            st.received,
+        );
     }
-    out.push_str(&format!(
-        "# HELP univrs_agent_vouches_heard Unexpired vouches heard over gossip (a bounded peer-side view).\n# TYPE univrs_agent_vouches_heard gauge\nunivrs_agent_vouches_heard {}\n",
-        s.heard.vouches(Timestamp::now()).len()
-    ));
-    out.push_str(&format!(
-        "# HELP univrs_agent_transfers_heard Credit transfers heard over gossip (a bounded peer-side view).\n# TYPE univrs_agent_transfers_heard gauge\nunivrs_agent_transfers_heard {}\n",
-        s.heard.transfers().len()
-    ));
-    out.push_str(&format!(
-        "# HELP univrs_agent_uptime_seconds Seconds since the agent started.\n# TYPE univrs_agent_uptime_seconds gauge\nunivrs_agent_uptime_seconds {}\n",
-        s.started.elapsed().as_secs()
-    ));
-    out
-}
-
-/// Refuses an exposed API without protection: off loopback, TLS and a token are required.
-pub fn check_exposure(addr: SocketAddr, tls: bool, token: bool) -> Result<(), String> {
-    if addr.ip().is_loopback() || (tls && token) {
-        Ok(())
-    } else {
-        Err(format!(
-            "--api-addr {addr} is not a loopback address: give --api-tls-cert, --api-tls-key and --api-token-file, or listen on 127.0.0.1"
-        ))
-    }
+    m.gauge(
+        "univrs_agent_vouches_heard",
+        "Unexpired vouches heard over gossip (a bounded peer-side view).",
+        vec![],
+        s.heard.vouches(Timestamp::now()).len() as i64,
+    )
+    .gauge(
+        "univrs_agent_transfers_heard",
+        "Credit transfers heard over gossip (a bounded peer-side view).",
+        vec![],
+        s.heard.transfers().len() as i64,
+    )
+    .gauge(
+        "univrs_agent_uptime_seconds",
+        "Seconds since the agent started.",
+        vec![],
+        s.started.elapsed().as_secs() as i64,
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            univrs_io::metrics::CONTENT_TYPE_TEXT,
+        )],
+        m.encode(),
+    )
+        .into_response()
 }

@@ -1,47 +1,52 @@
 //! `univrs agent`: one node's agent. It registers its Node object, renews its Lease, runs the
 //! instances the controller places on it as real containers and reports how they do.
 //!
-//! Writers (one field manager each, `univrs-agent-<node>`): the Node's spec identity, capacity,
-//! addresses and machine labels; the node's Lease; in each Workload's status, the
-//! `phase`, `ready`, `restarts`, `startedAt`, `message` and `usage` of the instances on this
-//! node. The controller owns everything else.
+//! The agent, by the flows it runs:
+//! - [`instances`]: what should run on this node and the supervisors that run it (sandbox,
+//!   probes, records on disk, reports);
+//! - [`kube`]: what the agent keeps in the cluster's API (Node, Lease, its instances' Workload
+//!   status, the Node's observations) and the caches it reads;
+//! - [`peers`]: the mesh: joining it, announcing, what was heard, and the cluster view that
+//!   judges what peers claim;
+//! - [`api`]: the local HTTP API.
+//!
+//! Writers (server-side apply, one field manager, `univrs-agent-<node>`; [`kube`] says which
+//! file writes which field): the Node's spec identity, capacity, addresses, machine labels and
+//! API annotation, and its `status.observations`; the node's Lease; in each Workload's status,
+//! the `phase`, `ready`, `restarts`, `startedAt`, `message`, `usage` and `ip` of the instances
+//! on this node. The controller owns everything else.
+//!
+//! On disk, under the data directory: `identity.key`, `instances/` (the instance records),
+//! `uptime.json`, and the runtime's, images' and network's own directories (`runtime/`,
+//! `images/`, `network/`).
 //!
 //! A restarted agent re-adopts what runs: containers keep running while the agent is down,
 //! the records under `<data>/instances` say which instance each belongs to, and containers no
 //! record claims are removed.
 
 pub mod api;
-pub mod capacity;
-pub mod cluster;
-pub mod desired;
-pub mod gossip;
-pub mod heard;
-mod instance;
-pub mod lease;
-pub mod node;
-pub mod observe;
-pub mod probe;
-pub mod record;
-pub mod report;
-pub mod sandbox;
-pub mod status;
-pub mod uptime;
+pub mod error;
+pub mod instances;
+pub mod kube;
+pub mod peers;
 
+pub use error::AgentError;
+
+use self::kube::capacity;
 use crate::runtime::RuntimeClient;
-use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector;
-use std::collections::{BTreeMap, BTreeSet};
+use ::kube::api::Api;
+use instances::Supervisors;
+use instances::records::Records;
+use instances::reports::Reports;
+use instances::sandbox::Sandbox;
+use peers::cluster_view::ClusterView;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use univrs_api::resources::node::Node;
+use univrs_api::resources::vouch::Vouch;
 use univrs_api::resources::workload::Workload;
-
-use desired::DesiredInstance;
-use record::{InstanceRecord, Records};
-use report::Reports;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -56,7 +61,7 @@ pub struct AgentConfig {
     pub capacity: capacity::CapacityOverrides,
     /// Where the mesh listens (multiaddresses) [default: every IPv4 interface, TCP and QUIC].
     pub listen: Vec<String>,
-    /// Mesh peers to start from (multiaddresses ending in /p2p/<peer id>).
+    /// Mesh peers to start from (multiaddresses ending in `/p2p/<peer id>`).
     pub bootstrap: Vec<String>,
     /// Find peers on the local links by mDNS.
     pub mdns: bool,
@@ -83,7 +88,7 @@ pub struct AgentConfig {
     /// Where the local API listens (port 0: a free port, published on the Node).
     pub api_addr: std::net::SocketAddr,
     /// The API's bearer token, if required.
-    pub api_token: Option<String>,
+    pub api_token: Option<univrs_io::token::Token>,
     /// The API's TLS certificate and key (PEM files).
     pub api_tls: Option<(PathBuf, PathBuf)>,
     /// How often the vouches signed by this node's key are announced again on the mesh.
@@ -93,61 +98,17 @@ pub struct AgentConfig {
 /// The Node annotation holding the URL of the agent's API.
 pub const API_ANNOTATION: &str = "univrs.io/agent-api";
 
-/// Why the agent stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    /// The identity key could not be loaded or created.
-    #[error("identity: {0}")]
-    Identity(#[from] crate::keyfile::KeyFileError),
-    /// A Kubernetes API call failed.
-    #[error("{context}: {source}")]
-    Kube {
-        /// What was being done.
-        context: String,
-        /// The error.
-        source: kube::Error,
-    },
-    /// Another machine's identity holds this node name.
-    #[error(
-        "Node {name} belongs to another identity (peer {peer_id}); choose another --node-name, or delete that Node if the machine is gone for good"
-    )]
-    NameTaken {
-        /// The node name.
-        name: String,
-        /// The identity that holds it.
-        peer_id: String,
-    },
-    /// The configuration is unusable.
-    #[error("{0}")]
-    Invalid(String),
-    /// A local file operation failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The error.
-        source: std::io::Error,
-    },
-}
-
-impl AgentError {
-    fn kube(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
-        let context = context.into();
-        move |source| Self::Kube { context, source }
-    }
-}
-
 /// The longest data directory path: container ids are up to 46 characters and the runtime's
 /// socket paths must fit in 108 bytes.
 const MAX_DATA_DIR: usize = 40;
 
 /// Runs the agent until `shutdown` resolves. Containers keep running after it returns.
 pub async fn run(
-    client: kube::Client,
+    client: ::kube::Client,
     cfg: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    crate::runtime::validate_agent_name(&cfg.node_name).map_err(AgentError::Invalid)?;
+    crate::ids::validate_agent_name(&cfg.node_name).map_err(AgentError::Invalid)?;
     let data_dir = std::path::absolute(&cfg.data_dir).map_err(|source| AgentError::Io {
         context: format!("resolving {}", cfg.data_dir.display()),
         source,
@@ -164,12 +125,22 @@ pub async fn run(
         source,
     })?;
     let identity = crate::keyfile::load_or_generate(&data_dir.join("identity.key"))?;
-    let manager = status::field_manager(&cfg.node_name);
-    api::check_exposure(cfg.api_addr, cfg.api_tls.is_some(), cfg.api_token.is_some())
-        .map_err(AgentError::Invalid)?;
+    let manager = kube::field_manager(&cfg.node_name);
+    univrs_io::listener::check_exposure(
+        cfg.api_addr,
+        cfg.api_tls.is_some(),
+        cfg.api_token.is_some(),
+    )
+    .map_err(|e| {
+        AgentError::Invalid(format!(
+            "--api-addr {e} (--api-tls-cert, --api-tls-key and --api-token-file)"
+        ))
+    })?;
     let tls = match &cfg.api_tls {
         Some((cert, key)) => Some(
-            crate::tls::server_config(cert, key).map_err(|e| AgentError::Invalid(e.to_string()))?,
+            univrs_io::tls::server_config(cert, key)
+                .map_err(|e| AgentError::Invalid(e.to_string()))?
+                .config,
         ),
         None => None,
     };
@@ -188,12 +159,16 @@ pub async fn run(
         if tls.is_some() { "https" } else { "http" }
     );
 
-    let listen = gossip::parse_addrs("--listen", &cfg.listen).map_err(AgentError::Invalid)?;
+    let listen = peers::join::parse_addrs("--listen", &cfg.listen).map_err(AgentError::Invalid)?;
     let bootstrap =
-        gossip::parse_addrs("--bootstrap", &cfg.bootstrap).map_err(AgentError::Invalid)?;
+        peers::join::parse_addrs("--bootstrap", &cfg.bootstrap).map_err(AgentError::Invalid)?;
     // The cluster view checks what peers claim, so it exists before the mesh does.
-    let (cluster, cluster_tasks) = cluster::ClusterView::start(client.clone());
-    let mesh = gossip::start(
+    let (nodes, node_changes, nodes_watch) =
+        kube::watch::watch_all(Api::<Node>::all(client.clone()), "Nodes");
+    let (vouches, vouch_changes, vouches_watch) =
+        kube::watch::watch_all(Api::<Vouch>::all(client.clone()), "Vouches");
+    let cluster = ClusterView::new(nodes, node_changes, vouches, vouch_changes);
+    let mesh = peers::join::start(
         identity.clone(),
         listen,
         bootstrap,
@@ -211,9 +186,9 @@ pub async fn run(
         .collect();
     tracing::info!(addresses = ?multiaddrs, "mesh listening");
 
-    let mut labels = node::machine_labels();
+    let mut labels = kube::registration::machine_labels();
     labels.extend(cfg.labels.clone());
-    let facts = node::NodeFacts {
+    let facts = kube::registration::NodeFacts {
         name: cfg.node_name.clone(),
         identity: identity.public(),
         capacity: capacity::detect(&cfg.capacity),
@@ -221,21 +196,21 @@ pub async fn run(
         multiaddrs,
         annotations: BTreeMap::from([(API_ANNOTATION.to_string(), api_url.clone())]),
     };
-    let nodes: Api<Node> = Api::all(client.clone());
-    node::register(&nodes, &manager, &facts).await?;
+    let node_api: Api<Node> = Api::all(client.clone());
+    kube::registration::register(&node_api, &manager, &facts).await?;
     tracing::info!(node = %cfg.node_name, peer_id = %facts.identity.peer_id(), cpu = %facts.capacity.cpu.0, memory = %facts.capacity.memory.0, "registered the Node");
-    let lease = tokio::spawn(lease::renew_forever(
+    let lease = tokio::spawn(kube::lease::renew_forever(
         client.clone(),
         cfg.node_name.clone(),
         manager.clone(),
         cfg.lease_duration,
     ));
 
-    let observations = tokio::spawn(observe::run(
+    let observations = tokio::spawn(kube::observations::run(
         client.clone(),
         cfg.node_name.clone(),
         manager.clone(),
-        uptime::UptimeTracker::open(data_dir.join("uptime.json")),
+        kube::uptime::UptimeTracker::open(data_dir.join("uptime.json")),
         Some(mesh.clone()),
         cluster.clone(),
         Duration::from_secs(15),
@@ -245,8 +220,8 @@ pub async fn run(
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
     let sandbox = Arc::new(build_sandbox(&cfg, &data_dir)?);
     let reports = Reports::default();
-    let heard = heard::Heard::default();
-    let heard_task = tokio::spawn(heard::listen(mesh.clone(), heard.clone()));
+    let heard = peers::heard::Heard::default();
+    let heard_task = tokio::spawn(peers::heard::listen(mesh.clone(), heard.clone()));
     let api_state = Arc::new(api::ApiState {
         node: cfg.node_name.clone(),
         peer_id: facts.identity.peer_id(),
@@ -264,27 +239,23 @@ pub async fn run(
         cluster: cluster.clone(),
     });
     let app = api::router(api_state);
-    let api_task = match tls {
-        Some(config) => tokio::spawn(async move {
-            let _ = axum::serve(crate::tls::TlsListener::new(api_listener, config), app).await;
-        }),
-        None => tokio::spawn(async move {
-            let _ = axum::serve(api_listener, app).await;
-        }),
-    };
+    // TLS handshakes run concurrently, each with a deadline: a silent client holds up no one.
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = univrs_io::listener::serve(api_listener, tls, app).await {
+            tracing::error!("serving the API: {e}");
+        }
+    });
     tracing::info!(url = %api_url, "agent API listening");
-    let deps = Arc::new(instance::Deps {
+    let deps = Arc::new(instances::Deps {
         node: cfg.node_name.clone(),
         runtime: runtime.clone(),
         sandbox: sandbox.clone(),
         records: Records::new(data_dir.join("instances")),
         reports: reports.clone(),
-        recorder: Recorder::new(
+        events: univrs_io::events::Publisher::new(
             client.clone(),
-            Reporter {
-                controller: "univrs-agent".into(),
-                instance: Some(cfg.node_name.clone()),
-            },
+            "univrs-agent",
+            Some(cfg.node_name.clone()),
         ),
         backoff_base: cfg.backoff_base,
         backoff_max: cfg.backoff_max,
@@ -293,12 +264,13 @@ pub async fn run(
     // Every Workload, cached; the agent acts only once the cache has listed them all, so a
     // restart never mistakes an empty cache for "nothing should run here".
     let (store, mut wake, watch_task) =
-        cluster::watch_all(Api::<Workload>::all(client.clone()), "Workloads");
+        kube::watch::watch_all(Api::<Workload>::all(client.clone()), "Workloads");
     let _ = store.wait_until_ready().await;
 
-    let writer = status::StatusWriter::new(
+    let writer = kube::workload_status::StatusWriter::new(
         client.clone(),
         &cfg.node_name,
+        manager.clone(),
         store.clone(),
         wake.clone(),
         reports.clone(),
@@ -306,20 +278,20 @@ pub async fn run(
     );
     let status_task = tokio::spawn(writer.run());
 
-    let mut supervisors: BTreeMap<String, watch::Sender<Option<DesiredInstance>>> = BTreeMap::new();
-    adopt(&deps, &runtime, &mut supervisors, &store, &cfg.node_name).await;
-    tracing::info!(instances = supervisors.len(), "agent running");
-    let peers_task = tokio::spawn(gossip::bootstrap_from_nodes(
+    let mut supervisors = Supervisors::new(deps);
+    supervisors.adopt(&store).await;
+    tracing::info!(instances = supervisors.count(), "agent running");
+    let peers_task = tokio::spawn(peers::join::bootstrap_from_nodes(
         client.clone(),
         cfg.node_name.clone(),
         mesh.clone(),
     ));
-    let announce_task = tokio::spawn(gossip::announce(
+    let announce_task = tokio::spawn(peers::announce::instance_reports(
         cfg.node_name.clone(),
         mesh.clone(),
         reports.clone(),
     ));
-    let vouches_task = tokio::spawn(gossip::announce_vouches(
+    let vouches_task = tokio::spawn(peers::announce::vouches(
         identity.public().did(),
         mesh.clone(),
         cluster,
@@ -328,7 +300,7 @@ pub async fn run(
 
     let sync = async {
         loop {
-            sync_supervisors(&deps, &mut supervisors, &store, &cfg.node_name);
+            supervisors.sync(&store);
             tokio::select! {
                 // Fails only once the watch task is gone, when the agent stops.
                 _ = wake.changed() => {}
@@ -351,10 +323,9 @@ pub async fn run(
         announce_task,
         vouches_task,
         heard_task,
-    ]
-    .into_iter()
-    .chain(cluster_tasks)
-    {
+        nodes_watch,
+        vouches_watch,
+    ] {
         t.abort();
     }
     mesh.shutdown().await;
@@ -363,10 +334,7 @@ pub async fn run(
 
 /// The image store, local layouts (the demo image, built from this machine's busybox, and
 /// `--image-layout`s) and the container network.
-fn build_sandbox(
-    cfg: &AgentConfig,
-    data_dir: &std::path::Path,
-) -> Result<sandbox::Sandbox, AgentError> {
+fn build_sandbox(cfg: &AgentConfig, data_dir: &std::path::Path) -> Result<Sandbox, AgentError> {
     let invalid = |e: &dyn std::fmt::Display| AgentError::Invalid(e.to_string());
     let images =
         crate::image::ImageStore::open(data_dir.join("images")).map_err(|e| invalid(&e))?;
@@ -396,96 +364,7 @@ fn build_sandbox(
     }
     net.subnet = cfg.pod_cidr;
     let cni = crate::network::Cni::new(net).map_err(|e| invalid(&e))?;
-    Ok(sandbox::Sandbox::new(images, pull, layouts, Some(cni)))
-}
-
-/// Starts supervisors for the instances recorded on disk (re-adoption) and removes containers
-/// that no record claims (orphans of a crash between starting a container and saving its
-/// record cannot happen: the record is saved first; these are leftovers of removed records).
-async fn adopt(
-    deps: &Arc<instance::Deps>,
-    runtime: &RuntimeClient,
-    supervisors: &mut BTreeMap<String, watch::Sender<Option<DesiredInstance>>>,
-    store: &reflector::Store<Workload>,
-    node: &str,
-) {
-    let desired = desired::desired_on(node, store.state().iter());
-    let records = deps.records.load_all();
-    let mut claimed: BTreeSet<String> = BTreeSet::new();
-    for rec in records {
-        for c in rec.containers.values() {
-            claimed.insert(c.id.clone());
-        }
-        let want = desired.get(&rec.id).cloned();
-        tracing::info!(instance = %rec.id, keep = want.is_some(), "re-adopting");
-        spawn_supervisor(deps, supervisors, rec, want);
-    }
-    let rt = runtime.clone();
-    let orphans = tokio::task::spawn_blocking(move || {
-        let mut removed = Vec::new();
-        for id in rt.list().unwrap_or_default() {
-            if !claimed.contains(&id) {
-                if let Err(e) = rt.delete(&id) {
-                    tracing::warn!(container = %id, "removing an orphan container: {e}");
-                } else {
-                    removed.push(id);
-                }
-            }
-        }
-        removed
-    })
-    .await
-    .unwrap_or_default();
-    for id in orphans {
-        tracing::info!(container = %id, "removed an orphan container");
-    }
-}
-
-/// Starts, updates and stops supervisors to match the instances placed on this node.
-fn sync_supervisors(
-    deps: &Arc<instance::Deps>,
-    supervisors: &mut BTreeMap<String, watch::Sender<Option<DesiredInstance>>>,
-    store: &reflector::Store<Workload>,
-    node: &str,
-) {
-    let desired = desired::desired_on(node, store.state().iter());
-    // Finished supervisors (their instance was cleaned up) are forgotten.
-    supervisors.retain(|_, tx| !tx.is_closed());
-    for (id, tx) in supervisors.iter() {
-        let want = desired.get(id).cloned();
-        tx.send_if_modified(|cur| {
-            if *cur != want {
-                *cur = want;
-                true
-            } else {
-                false
-            }
-        });
-    }
-    for (id, d) in desired {
-        if supervisors.contains_key(&id) {
-            continue;
-        }
-        let rec = InstanceRecord::from(&d);
-        // Saved before anything is created, so a crash right after leaves nothing unclaimed.
-        if let Err(e) = deps.records.save(&rec) {
-            tracing::warn!(instance = %rec.id, "saving the instance record: {e}");
-            continue;
-        }
-        tracing::info!(instance = %rec.id, workload = %format!("{}/{}", d.namespace, d.workload), "starting an instance");
-        spawn_supervisor(deps, supervisors, rec, Some(d));
-    }
-}
-
-fn spawn_supervisor(
-    deps: &Arc<instance::Deps>,
-    supervisors: &mut BTreeMap<String, watch::Sender<Option<DesiredInstance>>>,
-    rec: InstanceRecord,
-    want: Option<DesiredInstance>,
-) {
-    let (tx, rx) = watch::channel(want);
-    supervisors.insert(rec.id.clone(), tx);
-    tokio::spawn(instance::supervise(deps.clone(), rec, rx));
+    Ok(Sandbox::new(images, pull, layouts, Some(cni)))
 }
 
 /// Removes everything an agent left on this machine (`univrs reset`): its containers (killed),
@@ -496,7 +375,7 @@ pub fn reset(
     node: &str,
     shim_bin: &std::path::Path,
 ) -> Result<usize, AgentError> {
-    crate::runtime::validate_agent_name(node).map_err(AgentError::Invalid)?;
+    crate::ids::validate_agent_name(node).map_err(AgentError::Invalid)?;
     let runtime = RuntimeClient::new(shim_bin, data_dir.join("runtime"), node)
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
     let images = crate::image::ImageStore::open(data_dir.join("images"))
@@ -506,7 +385,7 @@ pub fn reset(
         data_dir.join("network"),
     ))
     .ok();
-    let sandbox = sandbox::Sandbox::new(images, Default::default(), BTreeMap::new(), cni);
+    let sandbox = Sandbox::new(images, Default::default(), BTreeMap::new(), cni);
     let ids = runtime
         .list()
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
@@ -521,8 +400,8 @@ pub fn reset(
     }
     let records = Records::new(data_dir.join("instances"));
     for rec in records.load_all() {
-        if let Err(e) = records.remove(&rec.id) {
-            failures.push(format!("record of {}: {e}", rec.id));
+        if let Err(e) = records.remove(&rec.placement.id) {
+            failures.push(format!("record of {}: {e}", rec.placement.id));
         }
     }
     // Root filesystems of containers that never started, and every network.

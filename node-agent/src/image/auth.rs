@@ -3,7 +3,7 @@
 //! has. Credential helpers (`credsStore`, `credHelpers`) and identity tokens are not supported:
 //! entries using them are skipped.
 
-use super::ImageError;
+use super::error::ImageError;
 use base64::Engine as _;
 use serde::Deserialize;
 use std::collections::BTreeMap;

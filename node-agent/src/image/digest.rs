@@ -1,7 +1,7 @@
 //! Content digests (`sha256:<64 hex>`, the only algorithm registries use in practice) and
 //! readers and writers that hash what passes through them.
 
-use super::ImageError;
+use super::error::ImageError;
 use sha2::{Digest as _, Sha256};
 use std::fmt;
 use std::io::{self, Read, Write};

@@ -2,10 +2,10 @@
 //! `skopeo copy … oci:DIR:TAG` writes), with the same verification as a pull: every blob is
 //! checked against its digest while it is copied into the store.
 
-use super::error::io_err;
+use super::digest::Digest;
+use super::error::{ImageError, io_err};
 use super::manifest::{self, Descriptor, Document, Index, MAX_DOCUMENT_BYTES, Platform};
-use super::store::ImageStore;
-use super::{Digest, Image, ImageError};
+use super::store::{Image, ImageStore};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;

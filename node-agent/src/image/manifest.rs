@@ -5,7 +5,8 @@
 //! and every error names the document it is about.
 
 use super::config::ImageConfig;
-use super::{Digest, ImageError};
+use super::digest::Digest;
+use super::error::ImageError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -9,37 +9,16 @@
 //! (e.g. by an agent that restarted while the mount stayed) returns the same root, and `gc`
 //! keeps the layers in use.
 
-use super::error::io_err;
-use super::store::{ImageStore, remove_any};
+use super::error::{ImageError, io_err};
+use super::store::{Image, ImageStore, RootfsRecord};
 use super::unpack::{OPAQUE_XATTR, is_whiteout};
-use super::{Digest, Image, ImageError};
-use crate::runtime::cgroup::unescape_mountinfo;
+use crate::fsutil::{remove_any, unescape_mountinfo, write_atomic};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-/// How root filesystems are made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RootfsMode {
-    /// overlayfs when a probe mount works, else copies.
-    #[default]
-    Auto,
-    /// Always overlayfs.
-    Overlay,
-    /// Always copies (slower, more disk; for file systems overlayfs cannot use).
-    Copy,
-}
-
-/// The record in `rootfs/<id>/image`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-struct RootfsRecord {
-    image: Digest,
-    overlay: bool,
-}
 
 /// The longest mount option string the kernel takes (one page, with its NUL).
 const MAX_MOUNT_OPTIONS: usize = 4095;
@@ -53,7 +32,7 @@ impl ImageStore {
             id: id.to_string(),
             reason,
         };
-        crate::runtime::validate_id(id).map_err(fail)?;
+        crate::ids::validate_id(id).map_err(fail)?;
         let _lock = self.lock(false)?;
         let dir = self.rootfs_dir(id);
         let merged = dir.join("merged");
@@ -72,11 +51,7 @@ impl ImageStore {
                 record
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let overlay = match self.rootfs_mode() {
-                    RootfsMode::Overlay => true,
-                    RootfsMode::Copy => false,
-                    RootfsMode::Auto => self.overlay_works(),
-                };
+                let overlay = self.overlay_works(probe_overlay);
                 let overlay =
                     overlay && self.overlay_options(image, &dir).len() <= MAX_MOUNT_OPTIONS;
                 let record = RootfsRecord {
@@ -86,8 +61,7 @@ impl ImageStore {
                 fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
                 // Written before anything is mounted or copied, so `gc` keeps the layers.
                 let json = serde_json::to_vec(&record).expect("a record serializes");
-                crate::runtime::write_atomic(&record_path, &json)
-                    .map_err(io_err("writing", &record_path))?;
+                write_atomic(&record_path, &json).map_err(io_err("writing", &record_path))?;
                 record
             }
             Err(e) => return Err(ImageError::io("reading", &record_path, e)),
@@ -134,7 +108,7 @@ impl ImageStore {
             id: id.to_string(),
             reason,
         };
-        crate::runtime::validate_id(id).map_err(fail)?;
+        crate::ids::validate_id(id).map_err(fail)?;
         let dir = self.rootfs_dir(id);
         let merged = dir.join("merged");
         // Mounts may be stacked; never delete through one that is still there.
@@ -173,24 +147,9 @@ impl ImageStore {
     }
 }
 
-/// The images whose root filesystems exist (their layers must stay).
-pub(crate) fn images_in_use(store: &ImageStore) -> Result<Vec<Digest>, ImageError> {
-    let dir = store.root().join("rootfs");
-    let mut out = Vec::new();
-    for e in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
-        let e = e.map_err(io_err("listing", &dir))?;
-        if let Ok(bytes) = fs::read(e.path().join("image"))
-            && let Ok(record) = serde_json::from_slice::<RootfsRecord>(&bytes)
-        {
-            out.push(record.image);
-        }
-    }
-    Ok(out)
-}
-
 /// Whether overlayfs can be mounted with upper and lower directories on the store's file
 /// system: a real mount of a throwaway overlay in `dir`.
-pub(crate) fn probe_overlay(dir: &Path) -> bool {
+fn probe_overlay(dir: &Path) -> bool {
     let attempt = || -> io::Result<()> {
         for sub in ["lower", "upper", "work", "merged"] {
             fs::create_dir_all(dir.join(sub))?;

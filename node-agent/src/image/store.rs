@@ -1,12 +1,14 @@
-//! The content store: verified blobs, unpacked layers, the reference index, locks and garbage
-//! collection. Pulling, importing and root filesystems build on it (their own modules).
+//! The content store: verified blobs, unpacked layers, the reference index, the records of
+//! prepared root filesystems, locks and garbage collection. Pulling, importing and making root
+//! filesystems build on it (their own modules); it knows none of them.
 
-use super::digest::HashingWriter;
-use super::error::io_err;
+use super::config::ImageConfig;
+use super::digest::{Digest, HashingWriter};
+use super::error::{ImageError, io_err};
 use super::manifest::{self, Document, MAX_DOCUMENT_BYTES};
-use super::rootfs::{self, RootfsMode};
+use super::reference::canonical_reference;
 use super::unpack::unpack_layer;
-use super::{Digest, Image, ImageError, canonical_reference};
+use crate::fsutil::remove_any;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
@@ -15,6 +17,44 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+/// An image in the store: what a container needs to run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The reference it was pulled or imported as, in canonical form
+    /// (`registry/repository:tag`, or `oci:DIR:TAG`).
+    pub reference: String,
+    /// The digest of its (platform-specific) manifest: the image's identity.
+    pub digest: Digest,
+    /// The digest of its config blob.
+    pub config_digest: Digest,
+    /// Its layers' blob digests, bottom first.
+    pub layers: Vec<Digest>,
+    /// Its layers' uncompressed digests (from the config), bottom first.
+    pub diff_ids: Vec<Digest>,
+    /// Its run configuration.
+    pub config: ImageConfig,
+}
+
+/// How root filesystems are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RootfsMode {
+    /// overlayfs when a probe mount works, else copies.
+    #[default]
+    Auto,
+    /// Always overlayfs.
+    Overlay,
+    /// Always copies (slower, more disk; for file systems overlayfs cannot use).
+    Copy,
+}
+
+/// The record in `rootfs/<id>/image`: which image a root filesystem was made from (`gc` keeps
+/// its layers) and how.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct RootfsRecord {
+    pub(super) image: Digest,
+    pub(super) overlay: bool,
+}
 
 /// A store of images under one directory (see the module docs for its layout). Cheap to
 /// clone; clones share in-process locks and counters.
@@ -141,15 +181,17 @@ impl ImageStore {
         self.blob_path(digest).is_file()
     }
 
-    pub(crate) fn rootfs_mode(&self) -> RootfsMode {
-        self.inner.rootfs_mode
-    }
-
-    pub(crate) fn overlay_works(&self) -> bool {
-        *self
-            .inner
-            .overlay_works
-            .get_or_init(|| rootfs::probe_overlay(&self.tmp_path("overlay-probe")))
+    /// Whether root filesystems are made with overlayfs: as the store was opened to, or, with
+    /// [`RootfsMode::Auto`], as `probe` finds on a scratch directory (once per store).
+    pub(super) fn overlay_works(&self, probe: impl FnOnce(&Path) -> bool) -> bool {
+        match self.inner.rootfs_mode {
+            RootfsMode::Overlay => true,
+            RootfsMode::Copy => false,
+            RootfsMode::Auto => *self
+                .inner
+                .overlay_works
+                .get_or_init(|| probe(&self.tmp_path("overlay-probe"))),
+        }
     }
 
     pub(crate) fn rootfs_dir(&self, id: &str) -> PathBuf {
@@ -443,6 +485,21 @@ impl ImageStore {
         })
     }
 
+    /// The images whose root filesystems exist (their layers must stay).
+    fn images_in_use(&self) -> Result<Vec<Digest>, ImageError> {
+        let dir = self.inner.root.join("rootfs");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let e = e.map_err(io_err("listing", &dir))?;
+            if let Ok(bytes) = fs::read(e.path().join("image"))
+                && let Ok(record) = serde_json::from_slice::<RootfsRecord>(&bytes)
+            {
+                out.push(record.image);
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) fn count_fetched(&self, bytes: u64) {
         self.inner.blobs_fetched.fetch_add(1, Ordering::Relaxed);
         self.inner.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
@@ -454,7 +511,7 @@ impl ImageStore {
     pub fn gc(&self, keep: &[Digest]) -> Result<GcReport, ImageError> {
         let _lock = self.lock(true)?;
         let mut roots: BTreeSet<Digest> = keep.iter().cloned().collect();
-        roots.extend(rootfs::images_in_use(self)?);
+        roots.extend(self.images_in_use()?);
 
         let mut report = GcReport::default();
         let mut live: HashSet<String> = HashSet::new();
@@ -612,16 +669,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(bytes)?;
     f.sync_all()
-}
-
-/// Removes a file or a directory tree; a missing path is fine.
-pub(crate) fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// A reference as a file name: bytes other than `A-Z a-z 0-9 . _ -` percent-encoded.

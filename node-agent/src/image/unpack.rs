@@ -14,9 +14,9 @@
 //! not followed by a path in an upper one (as with containerd's and Docker's overlay drivers,
 //! image builders never produce such paths).
 
-use super::digest::HashingReader;
-use super::store::remove_any;
-use super::{Digest, ImageError};
+use super::digest::{Digest, HashingReader};
+use super::error::ImageError;
+use crate::fsutil::remove_any;
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};

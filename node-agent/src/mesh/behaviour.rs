@@ -1,6 +1,7 @@
 //! The composed behaviour: gossipsub, Kademlia, identify, ping and (optionally) mDNS.
 
-use super::{MeshConfig, MeshError, Topic};
+use super::config::MeshConfig;
+use super::error::MeshError;
 use libp2p::gossipsub::{
     self, IdentTopic, MessageAuthenticity, MessageId, PeerScoreParams, PeerScoreThresholds,
     TopicScoreParams, ValidationMode, score_parameter_decay,
@@ -10,6 +11,7 @@ use libp2p::{StreamProtocol, identify, identity::Keypair, kad, mdns, ping};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
+use univrs_api::gossip::Topic;
 
 /// Our Kademlia protocol: a private DHT of univrs nodes, not the public IPFS one.
 pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/univrs/kad/1.0.0");

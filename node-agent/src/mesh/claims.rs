@@ -13,7 +13,7 @@
 //! penalty (`IgnoreReason::ClaimUnchecked`): an honest sender is not punished for our API
 //! server being slow.
 
-use super::InboundMessage;
+use super::message::InboundMessage;
 use super::validate::InvalidReason;
 use futures::future::BoxFuture;
 

@@ -2,23 +2,25 @@
 //! timer ticks each go to one small handler.
 
 use super::behaviour::{KAD_PROTOCOL, MeshBehaviour, MeshBehaviourEvent};
+use super::claims::ClaimVerdict;
+use super::config::MeshConfig;
+use super::error::MeshError;
+use super::keys::keypair_of;
+use super::message::InboundMessage;
 use super::stats::{MeshStats, PeerInfo, RateMeter, median};
 use super::transport::{self, ByteCounters};
 use super::validate::{self, IgnoreReason, InvalidReason, Limits, Verdict};
-use super::{
-    ClaimVerdict, GossipBody, InboundMessage, MeshConfig, MeshError, Multiaddr, PeerId, Topic,
-    keypair_of,
-};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, PublishError};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Swarm, core::transport::ListenerId, identify, kad, mdns, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, core::transport::ListenerId, identify, kad, mdns, ping};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
+use univrs_api::gossip::{GossipBody, Topic};
 use univrs_api::identity::NodeIdentity;
 
 /// How long `Mesh::spawn` waits for the listeners to bind.

@@ -1,7 +1,7 @@
 //! What the mesh reports about itself, and how that becomes a Node's observations.
 
 use super::validate::{IgnoreReason, InvalidReason};
-use super::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use univrs_api::resources::node::{NodeObservations, PeerReport};
@@ -39,7 +39,7 @@ pub struct MeshStats {
     pub median_latency: Option<Duration>,
     /// Messages rejected, by reason (their senders were penalized).
     pub invalid: BTreeMap<InvalidReason, u64>,
-    /// Messages rejected, by the peer they came from (at most [`MAX_INVALID_PEERS`] peers).
+    /// Messages rejected, by the peer they came from (at most `MAX_INVALID_PEERS` peers).
     pub invalid_from: BTreeMap<PeerId, u64>,
     /// The peers with at least one open connection.
     pub connected: Vec<PeerId>,
@@ -87,7 +87,7 @@ pub const MAX_PEER_REPORTS: usize = 256;
 
 /// This agent's reports on the peers that are Nodes (`name_of` maps a PeerId to its Node's
 /// name): every connected one and every one it dropped invalid gossip from, the most invalid
-/// first, then by name, at most [`MAX_PEER_REPORTS`].
+/// first, then by name, at most `MAX_PEER_REPORTS`.
 pub fn peer_reports(
     stats: &MeshStats,
     name_of: impl Fn(&PeerId) -> Option<String>,

@@ -3,7 +3,7 @@
 //! The counts are of application bytes on substreams (gossip, Kademlia, identify, ping),
 //! without the Noise, Yamux or QUIC framing: what the node really moved for the mesh.
 
-use super::MeshError;
+use super::error::MeshError;
 use futures::future::Either;
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::muxing::{StreamMuxer, StreamMuxerBox, StreamMuxerEvent, SubstreamBox};

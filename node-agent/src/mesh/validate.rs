@@ -15,9 +15,11 @@
 //!   duplicate or too old.
 //! - **Accept**: delivered to subscribers and forwarded.
 
-use super::{MeshError, PeerId, identity_of};
+use super::error::MeshError;
+use super::keys::identity_of;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use libp2p::PeerId;
 use serde::Serialize;
 use std::time::Duration;
 use univrs_api::envelope::{DOMAIN_GOSSIP, EnvelopeError, SignedEnvelope};
@@ -251,7 +253,7 @@ pub fn seal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::peer_id_of;
+    use crate::mesh::keys::peer_id_of;
     use univrs_api::account::Account;
     use univrs_api::gossip::{ClusterEvent, SignedTransfer};
     use univrs_api::ledger::Transfer;

@@ -3,7 +3,7 @@
 //! (cached for DEL and CHECK, as the CNI specification requires). One JSON file per
 //! container, written atomically.
 
-use super::NetworkError;
+use super::error::NetworkError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
@@ -155,7 +155,11 @@ impl Record {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(super::io_err(format!("reading {}", path.display()))(e)),
+            Err(e) => {
+                return Err(super::error::io_err(format!("reading {}", path.display()))(
+                    e,
+                ));
+            }
         };
         serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             NetworkError::Invalid(format!(
@@ -169,8 +173,8 @@ impl Record {
     pub fn save(&self, path: &Path) -> Result<(), NetworkError> {
         let bytes = serde_json::to_vec_pretty(self)
             .map_err(|e| NetworkError::Invalid(format!("encoding the attachment: {e}")))?;
-        crate::runtime::write_atomic(path, &bytes)
-            .map_err(super::io_err(format!("writing {}", path.display())))
+        crate::fsutil::write_atomic(path, &bytes)
+            .map_err(super::error::io_err(format!("writing {}", path.display())))
     }
 
     /// The public view: addresses and interfaces from the result of the network whose

@@ -3,7 +3,7 @@
 //! capabilities it declares, and `prevResult`), as the CNI specification (v1.0.0) says a
 //! runtime builds them.
 
-use super::PortMapping;
+use super::attachment::PortMapping;
 use super::subnet::Ipv4Cidr;
 use serde_json::{Value, json};
 use std::path::Path;

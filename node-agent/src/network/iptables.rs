@@ -17,7 +17,7 @@
 //! rule jumping to a per-container chain, then that chain. The shared chains
 //! (`CNI-HOSTPORT-*`) are never touched.
 
-use super::NetworkError;
+use super::error::NetworkError;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -171,13 +171,13 @@ fn run(cmd: &mut Command, input: Option<&str>) -> Result<String, NetworkError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(super::io_err(format!("running {what}")))?;
+        .map_err(super::error::io_err(format!("running {what}")))?;
     if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
         let _ = stdin.write_all(input.as_bytes());
     }
     let out = child
         .wait_with_output()
-        .map_err(super::io_err(format!("waiting for {what}")))?;
+        .map_err(super::error::io_err(format!("waiting for {what}")))?;
     if !out.status.success() {
         return Err(NetworkError::Invalid(format!(
             "{what} failed ({}): {}",

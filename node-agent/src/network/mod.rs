@@ -201,7 +201,7 @@ impl Cni {
     /// Checks the configuration (names, subnet, that every plugin is installed, that the
     /// subnet overlaps no other interface's route) and creates the state directories.
     pub fn new(config: CniConfig) -> Result<Self, NetworkError> {
-        crate::runtime::validate_agent_name(&config.agent).map_err(NetworkError::Invalid)?;
+        crate::ids::validate_agent_name(&config.agent).map_err(NetworkError::Invalid)?;
         let network = default_network_name(&config.agent);
         let bridge = config.bridge.clone().unwrap_or_else(|| network.clone());
         validate_ifname(&bridge).map_err(|e| NetworkError::Invalid(format!("bridge: {e}")))?;
@@ -316,7 +316,7 @@ impl Cni {
 
     /// Waits until no other call works on `id`, then claims it.
     fn claim(&self, id: &str) -> Result<Busy<'_>, NetworkError> {
-        crate::runtime::validate_id(id).map_err(NetworkError::Invalid)?;
+        crate::ids::validate_id(id).map_err(NetworkError::Invalid)?;
         let mut busy = lock(&self.inner.busy);
         while busy.contains(id) {
             busy = self
@@ -370,7 +370,7 @@ impl Cni {
                     },
                 ],
                 complete: false,
-                created_ms: crate::runtime::now_ms(),
+                created_ms: crate::fsutil::now_ms(),
             };
             // Recorded before anything is made, so a teardown after a crash finds it all.
             record.save(&path)?;
@@ -562,7 +562,7 @@ impl Cni {
 
     /// The attachment of container `id`, if it has one.
     pub fn attachment(&self, id: &str) -> Result<Option<Attachment>, NetworkError> {
-        crate::runtime::validate_id(id).map_err(NetworkError::Invalid)?;
+        crate::ids::validate_id(id).map_err(NetworkError::Invalid)?;
         Ok(Record::load(&self.record_path(id))?.map(|r| r.attachment(CONTAINER_IFNAME)))
     }
 
@@ -587,7 +587,7 @@ impl Cni {
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter_map(|name| name.strip_suffix(".json").map(str::to_string))
-            .filter(|id| crate::runtime::validate_id(id).is_ok())
+            .filter(|id| crate::ids::validate_id(id).is_ok())
             .collect();
         ids.sort();
         let mut records = Vec::with_capacity(ids.len());

@@ -4,7 +4,7 @@
 //! (ADD) or nothing (DEL, CHECK) on stdout and exit code 0, or an error object
 //! (`code`, `msg`, `details`) on stdout and a non-zero exit code.
 
-use super::NetworkError;
+use super::error::NetworkError;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Deserialize;
@@ -110,7 +110,7 @@ impl Plugins {
             match std::os::unix::fs::symlink(&real, &link) {
                 // Another instance over the same state directory just made it.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                other => other.map_err(super::io_err(format!(
+                other => other.map_err(super::error::io_err(format!(
                     "linking {} to {}",
                     link.display(),
                     real.display()

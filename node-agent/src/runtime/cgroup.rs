@@ -5,6 +5,7 @@
 //! controller is found through `/proc/self/mountinfo`. This is what `libcontainer` decides
 //! too, so the paths here are the ones it created. Plain file reads: safe from any thread.
 
+use crate::fsutil::unescape_mountinfo;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -70,27 +71,10 @@ fn v1_mounts() -> Vec<V1Mount> {
         .collect()
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space and so on).
-pub(crate) fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The cgroup path of a container: `/univrs/<agent>/<id>`, relative to each hierarchy's root,
+/// so several agents on one machine keep their containers apart.
+pub fn cgroup_path(agent: &str, id: &str) -> String {
+    format!("/univrs/{agent}/{id}")
 }
 
 fn join(base: &Path, cgroup_path: &str) -> PathBuf {
@@ -315,12 +299,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unescapes_mountinfo() {
-        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
-        assert_eq!(
-            unescape_mountinfo("/sys/fs/cgroup/cpu"),
-            "/sys/fs/cgroup/cpu"
-        );
+    fn cgroup_paths() {
+        assert_eq!(cgroup_path("n1", "web-0"), "/univrs/n1/web-0");
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! does not reach the containers; a restarted agent finds them again with [`RuntimeClient::list`]
 //! and [`RuntimeClient::state`], all of which read files under the state directory.
 
-use super::cgroup::{self, Usage};
+use super::cgroup::{self, Usage, cgroup_path};
+use super::layout::{ExitRecord, Layout};
 use super::spec::{self, ContainerConfig, SpecError};
-use super::{ExitRecord, Layout, cgroup_path, validate_agent_name, validate_id, write_atomic};
+use crate::fsutil::write_atomic;
+use crate::ids::{validate_agent_name, validate_id};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::fs::OpenOptions;

@@ -14,8 +14,10 @@
 
 use super::cgroup;
 use super::executor::{FORWARDED, ShimExecutor, handled_signals};
+use super::layout::{ExitRecord, Layout};
 use super::spec::wants_init;
-use super::{ExitRecord, Layout, error_chain, now_ms, validate_id, write_atomic};
+use crate::fsutil::{error_chain, now_ms, write_atomic};
+use crate::ids::validate_id;
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;

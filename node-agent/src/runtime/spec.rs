@@ -74,7 +74,7 @@ pub const READONLY_PATHS: &[&str] = &[
 /// What to run and how: the input of [`build_spec`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerConfig {
-    /// The container id (see [`super::validate_id`]).
+    /// The container id (see [`crate::ids::validate_id`]).
     pub id: String,
     /// The root filesystem directory (absolute).
     pub rootfs: PathBuf,
@@ -149,7 +149,7 @@ fn invalid(msg: impl Into<String>) -> SpecError {
 
 /// Checks the configuration without building anything.
 pub fn validate(cfg: &ContainerConfig) -> Result<(), SpecError> {
-    super::validate_id(&cfg.id).map_err(SpecError::Invalid)?;
+    crate::ids::validate_id(&cfg.id).map_err(SpecError::Invalid)?;
     if !cfg.rootfs.is_absolute() {
         return Err(invalid(format!(
             "rootfs {} must be an absolute path",
@@ -283,7 +283,7 @@ pub fn capabilities_for_host() -> HashSet<Capability> {
 }
 
 /// Builds the OCI runtime spec for `cfg`, with its cgroup at `cgroups_path` (see
-/// [`super::cgroup_path`]).
+/// [`cgroup::cgroup_path`]).
 pub fn build_spec(cfg: &ContainerConfig, cgroups_path: &str) -> Result<Spec, SpecError> {
     validate(cfg)?;
 

@@ -4,7 +4,8 @@ use crate::cli::AgentArgs;
 use crate::cmd::controller::{client, init_tracing, shutdown_signal};
 use anyhow::Context as _;
 use univrs_api::quantity::Quantity;
-use univrs_node_agent::agent::{self, AgentConfig, capacity::CapacityOverrides};
+use univrs_io::token::Token;
+use univrs_node_agent::agent::{self, AgentConfig, kube::capacity::CapacityOverrides};
 
 /// Runs the agent.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -48,7 +49,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("--pod-cidr {c:?}: {e}"))
             })
             .transpose()?,
-        api_token: args.api_token_file.as_deref().map(read_token).transpose()?,
+        // Refused when others may read it or it is too short to be secret.
+        api_token: args
+            .api_token_file
+            .as_deref()
+            .map(Token::load)
+            .transpose()?,
         api_tls: args.api_tls_cert.zip(args.api_tls_key),
         vouch_interval: args.vouch_interval,
     };
@@ -80,29 +86,4 @@ pub fn reset(data_dir: std::path::PathBuf, node_name_flag: Option<String>) -> an
         data_dir.display()
     );
     Ok(())
-}
-
-/// Reads a token file, refusing one that others may read (it is a secret).
-fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        anyhow::bail!(
-            "{} has mode {mode:04o}, so others may read the token; run: chmod 600 {}",
-            path.display(),
-            path.display()
-        );
-    }
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .trim()
-        .to_string();
-    if token.len() < 16 {
-        anyhow::bail!(
-            "{}: the token must be at least 16 characters",
-            path.display()
-        );
-    }
-    Ok(token)
 }

@@ -5,10 +5,11 @@
 use super::controller::{client, init_tracing};
 use crate::cli::McpArgs;
 use crate::mcp::server::UnivrsMcp;
-use crate::mcp::{http, tls, token};
+use crate::mcp::{http, tls};
 use anyhow::{Context, bail};
 use rmcp::ServiceExt;
 use std::net::SocketAddr;
+use univrs_io::token::Token;
 use univrs_node_agent::keyfile;
 
 /// Runs `univrs mcp` until stdin closes (stdio) or forever (HTTP).
@@ -98,10 +99,10 @@ async fn serve_http(server: UnivrsMcp, addr: SocketAddr, args: &McpArgs) -> anyh
         })
     };
     let (token, token_path, made) = match &args.token_file {
-        Some(path) => (token::load(path)?, path.clone(), false),
+        Some(path) => (Token::load(path)?, path.clone(), false),
         None => {
             let path = dir.join("token");
-            let (t, made) = token::load_or_generate(&path)?;
+            let (t, made) = Token::load_or_generate(&path)?;
             (t, path, made)
         }
     };

@@ -7,7 +7,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::path::PathBuf;
 use std::time::Duration;
 use univrs_api::identity::PublicIdentity;
-use univrs_api::resources::vouch::VouchSpec;
+use univrs_api::resources::vouch::{Vouch, VouchSpec};
+use univrs_io::apply::Apply;
 use univrs_node_agent::keyfile;
 
 /// `univrs vouch`'s flags.
@@ -39,13 +40,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let s = subject.node_id();
         format!("vouch-{}-for-{}", &v[..8], &s[..8])
     });
-    let manifest = serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1",
-        "kind": "Vouch",
-        "metadata": {"name": name},
-        "spec": spec,
-    });
-    print!("{}", serde_yaml::to_string(&manifest)?);
+    let manifest = Apply::<Vouch>::new(&name).spec(serde_json::to_value(&spec)?);
+    print!("{}", serde_yaml::to_string(manifest.body())?);
     Ok(())
 }
 

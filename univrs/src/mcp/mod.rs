@@ -10,7 +10,8 @@
 //! - `args`: the tools' argument types (their schemas are the input schemas);
 //! - `workloads`, `nodes`, `credit`, `trust`, `summary`: what each tool does;
 //! - `error`: failures worded for the agent: what was wrong and what to do;
-//! - `http`, `tls`, `token`: the streamable HTTP transport behind TLS and a bearer token.
+//! - `http`, `tls`: the streamable HTTP transport behind TLS and a bearer token (the listener
+//!   and the token are `univrs_io`'s).
 
 mod args;
 mod credit;
@@ -20,7 +21,6 @@ mod nodes;
 pub mod server;
 mod summary;
 pub mod tls;
-pub mod token;
 mod trust;
 mod workloads;
 

@@ -1,16 +1,13 @@
-//! TLS for the HTTP listener: the given certificate and key, or a self-signed certificate made
-//! once with rcgen into the data directory (its SHA-256 fingerprint is printed so a client can
-//! pin it or trust the file). rustls with the ring provider, as kube's client uses.
+//! TLS for the HTTP listener: the given certificate and key (read by `univrs_io::tls`, the one
+//! PEM loader), or a self-signed certificate made once with rcgen into the data directory (its
+//! SHA-256 fingerprint is printed so a client can pin it or trust the file).
 
 use crate::control_plane::pki::{create_private_dir, write_private};
-use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
+use anyhow::Result;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The listener's TLS configuration and what to tell clients about it.
 pub struct Tls {
@@ -25,44 +22,13 @@ pub struct Tls {
     pub generated: bool,
 }
 
-/// The SHA-256 fingerprint of a DER certificate, `AB:CD:…`.
-pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// TLS from a PEM certificate chain and a PEM private key.
 pub fn from_files(cert: &Path, key: &Path) -> Result<Tls> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading the certificate {}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing the certificate {}", cert.display()))?;
-    let leaf = chain
-        .first()
-        .with_context(|| format!("{} holds no PEM certificate", cert.display()))?;
-    let fingerprint = fingerprint(leaf);
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading the private key {} (PEM)", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .with_context(|| {
-            format!(
-                "{} and its key do not make a usable TLS identity",
-                cert.display()
-            )
-        })?;
-    // The server speaks HTTP/1.1 only (the streamable HTTP transport needs nothing more).
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let loaded = univrs_io::tls::server_config(cert, key)?;
     Ok(Tls {
-        config: Arc::new(config),
+        config: loaded.config,
         cert_path: cert.to_path_buf(),
-        fingerprint,
+        fingerprint: loaded.fingerprint,
         generated: false,
     })
 }

@@ -11,6 +11,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use univrs_api::Workload;
 use univrs_api::resources::workload::{CONDITION_AVAILABLE, CONDITION_SCHEDULED};
+use univrs_io::apply::Apply;
 
 /// The most replicas a Workload may have (the CRD's own limit).
 const MAX_REPLICAS: i32 = 1000;
@@ -50,7 +51,11 @@ fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditi
 /// The Workload object `args` describe, for server-side apply. `existing` is the object as it
 /// is now, if it exists: its replica count is kept when `args` gives none, and its single
 /// container's name is reused so an update never adds a second container.
-fn desired(args: &DeployArgs, ns: &str, existing: Option<&Workload>) -> Result<Value, ToolError> {
+fn desired(
+    args: &DeployArgs,
+    ns: &str,
+    existing: Option<&Workload>,
+) -> Result<Apply<Workload>, ToolError> {
     check_name(&args.name)?;
     let image = args
         .image
@@ -113,12 +118,9 @@ fn desired(args: &DeployArgs, ns: &str, existing: Option<&Workload>) -> Result<V
     if let Some(c) = &args.credit {
         s.insert("credit".into(), json!(c));
     }
-    Ok(json!({
-        "apiVersion": "univrs.io/v1alpha1",
-        "kind": "Workload",
-        "metadata": {"name": args.name, "namespace": ns},
-        "spec": spec,
-    }))
+    Ok(Apply::<Workload>::new(&args.name)
+        .meta("namespace", ns)
+        .spec(spec))
 }
 
 /// `workload_deploy`: creates or updates the Workload with server-side apply.
@@ -134,9 +136,8 @@ pub async fn deploy(client: &Client, args: DeployArgs) -> ToolResult {
     let body = desired(&args, &ns, existing.as_ref())?;
     // Forced: the caller states the desired spec, as `kubectl apply --server-side
     // --force-conflicts` does; fields other managers own and this call leaves out stay.
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let applied = api
-        .patch(&args.name, &params, &Patch::Apply(&body))
+    let applied = body
+        .apply(&api, FIELD_MANAGER)
         .await
         .map_err(ToolError::api(format!("apply workload {id}")))?;
     Ok(json!({
@@ -352,17 +353,20 @@ mod tests {
             Some(&existing),
         )
         .unwrap();
-        assert_eq!(body["spec"]["replicas"], 4);
-        assert_eq!(body["spec"]["containers"][0]["name"], "web");
-        assert_eq!(body["spec"]["containers"][0]["image"], "new");
-        assert_eq!(body["spec"]["containers"][0]["ports"][0]["hostPort"], 8080);
+        assert_eq!(body.body()["spec"]["replicas"], 4);
+        assert_eq!(body.body()["spec"]["containers"][0]["name"], "web");
+        assert_eq!(body.body()["spec"]["containers"][0]["image"], "new");
+        assert_eq!(
+            body.body()["spec"]["containers"][0]["ports"][0]["hostPort"],
+            8080
+        );
         let fresh = desired(
             &args(json!({"name": "web", "image": "new"})),
             "default",
             None,
         )
         .unwrap();
-        assert_eq!(fresh["spec"]["replicas"], 1);
-        assert_eq!(fresh["spec"]["containers"][0]["name"], "main");
+        assert_eq!(fresh.body()["spec"]["replicas"], 1);
+        assert_eq!(fresh.body()["spec"]["containers"][0]["name"], "main");
     }
 }

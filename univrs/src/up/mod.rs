@@ -124,8 +124,8 @@ pub async fn run(opts: Options) -> Result<()> {
         (kubeconfig.clone(), kubeconfig.clone(), None)
     };
 
-    // This machine's first agent, node-0, is the community's founding member (the seed's
-    // bootstrap node): its key is made here, before the agent starts, so the controller can
+    // This machine's first agent, node-0, is the community's founding member (the node others
+    // bootstrap from): its key is made here, before the agent starts, so the controller can
     // count it a trust anchor and the first vouches can lift anyone's reputation.
     let anchor_key = opts.data_dir.join("agents/node-0/identity.key");
     let anchor = univrs_node_agent::keyfile::load_or_generate(&anchor_key)

@@ -3,15 +3,20 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use univrs_api::resources::workload::{Container, Workload, WorkloadSpec};
 
-/// One instance placed on this node.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DesiredInstance {
-    /// The instance's id on this node (see [`instance_id`]).
+/// Which placement of which instance: what identifies an instance on this node, the same in
+/// what should run ([`DesiredInstance`]) and in what the agent remembers of it (its record on
+/// disk, where these are top-level fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// The instance's id on this node (see [`instance_id`]): its record's file name, its
+    /// network namespace and its containers' id prefix.
     pub id: String,
     /// The Workload's namespace.
     pub namespace: String,
@@ -23,6 +28,13 @@ pub struct DesiredInstance {
     pub instance: String,
     /// When the controller placed it here; a new placement is a new instance.
     pub placed_at: Time,
+}
+
+/// One instance placed on this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredInstance {
+    /// Which placement it is.
+    pub placement: Placement,
     /// The Workload's spec (containers, restart policy, grace period).
     pub spec: Arc<WorkloadSpec>,
 }
@@ -55,12 +67,14 @@ pub fn desired_on<'a>(
             out.insert(
                 id.clone(),
                 DesiredInstance {
-                    id,
-                    namespace: ns.clone(),
-                    workload: wl.name_any(),
-                    uid: uid.clone(),
-                    instance: inst.name.clone(),
-                    placed_at: placed_at.clone(),
+                    placement: Placement {
+                        id,
+                        namespace: ns.clone(),
+                        workload: wl.name_any(),
+                        uid: uid.clone(),
+                        instance: inst.name.clone(),
+                        placed_at: placed_at.clone(),
+                    },
                     spec: spec.clone(),
                 },
             );
@@ -130,6 +144,7 @@ pub fn container_hash(c: &Container) -> String {
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
+    use kube::Resource;
 
     fn workload(ns: &str, name: &str, replicas: i32, placed: &[(&str, &str)]) -> Arc<Workload> {
         let instances: Vec<serde_json::Value> = placed
@@ -138,7 +153,7 @@ mod tests {
             .collect();
         Arc::new(
             serde_json::from_value(serde_json::json!({
-                "apiVersion": "univrs.io/v1alpha1", "kind": "Workload",
+                "apiVersion": Workload::api_version(&()), "kind": Workload::kind(&()),
                 "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}")},
                 "spec": {"replicas": replicas, "containers": [{"name": "app", "image": "busybox"}]},
                 "status": {"instances": instances}
@@ -159,7 +174,12 @@ mod tests {
         let d = desired_on("n1", [&a, &b]);
         let names: Vec<(&str, &str)> = d
             .values()
-            .map(|i| (i.namespace.as_str(), i.instance.as_str()))
+            .map(|i| {
+                (
+                    i.placement.namespace.as_str(),
+                    i.placement.instance.as_str(),
+                )
+            })
             .collect();
         assert_eq!(names.len(), 3);
         assert!(names.contains(&("shop", "web-0")));
@@ -173,7 +193,7 @@ mod tests {
         let a = workload("shop", "web", 1, &[("web-0", "n1"), ("web-1", "n1")]);
         let d = desired_on("n1", [&a]);
         assert_eq!(d.len(), 1);
-        assert_eq!(d.values().next().unwrap().instance, "web-0");
+        assert_eq!(d.values().next().unwrap().placement.instance, "web-0");
         assert!(!is_desired_name("web", 3, "webby-0"));
         assert!(!is_desired_name("web", 3, "web-x"));
         assert!(is_desired_name("web-a", 3, "web-a-2"));
@@ -191,6 +211,6 @@ mod tests {
         assert!(long.len() <= 33, "{long}");
         let c = container_id(&long, "a-very-long-container-name!");
         assert!(c.len() <= 46, "{c}");
-        crate::runtime::validate_id(&c).unwrap();
+        crate::ids::validate_id(&c).unwrap();
     }
 }

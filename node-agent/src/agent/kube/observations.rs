@@ -4,12 +4,13 @@
 //! Node's `peerView`. Written only when a value changes after rounding, never for a timestamp
 //! alone.
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use std::time::Duration;
 use univrs_api::resources::node::{Node, NodeObservations};
+use univrs_io::apply::Apply;
 
-use super::cluster::ClusterView;
 use super::uptime::UptimeTracker;
+use crate::agent::peers::cluster_view::ClusterView;
 use crate::mesh::MeshHandle;
 
 /// Rounds what jitters (uptime to 1%, latency to 1 ms) so small changes do not cause writes.
@@ -30,7 +31,6 @@ pub async fn run(
     every: Duration,
 ) {
     let api: Api<Node> = Api::all(client);
-    let params = PatchParams::apply(&manager).force();
     let mut last: Option<NodeObservations> = None;
     loop {
         let stats = match &mesh {
@@ -52,13 +52,8 @@ pub async fn run(
         obs.uptime = uptime.tick();
         let obs = rounded(obs);
         if last.as_ref() != Some(&obs) {
-            let body = serde_json::json!({
-                "apiVersion": "univrs.io/v1alpha1",
-                "kind": "Node",
-                "metadata": {"name": node},
-                "status": {"observations": obs},
-            });
-            match api.patch_status(&node, &params, &Patch::Apply(&body)).await {
+            let body = Apply::<Node>::new(&node).status(serde_json::json!({"observations": obs}));
+            match body.apply_status(&api, &manager).await {
                 Ok(_) => last = Some(obs),
                 Err(e) => tracing::warn!("writing the node's observations: {e}"),
             }

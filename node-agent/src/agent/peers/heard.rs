@@ -1,5 +1,5 @@
 //! What this agent heard over gossip: vouches and credit transfers that passed every check (the
-//! mesh's signatures and dates, then the cluster's: see `cluster`).
+//! mesh's signatures and dates, then the cluster's: see `cluster_view`).
 //!
 //! It is a bounded, peer-side view, served by `/api/reputation` and `/api/credits`. It is never
 //! the truth: reputation is what the controller derives from verified Vouch objects, balances

@@ -73,7 +73,7 @@ impl UptimeTracker {
         let m = now_minute();
         self.uptime.mark(m);
         if let Ok(body) = serde_json::to_vec(&self.uptime)
-            && let Err(e) = crate::runtime::write_atomic(&self.path, &body)
+            && let Err(e) = crate::fsutil::write_atomic(&self.path, &body)
         {
             tracing::debug!("saving uptime: {e}");
         }

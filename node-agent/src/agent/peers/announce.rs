@@ -1,56 +1,20 @@
-//! The agent's part in the mesh: it starts the swarm, finds peers from the other Node
-//! objects' addresses (the API server is the directory; mDNS and Kademlia find the rest),
-//! announces what happens to its instances on the workload/status topic and the vouches its
-//! own key signed on vouch/attestation. What peers claim is checked against the cluster
-//! (`cluster`); what they see of each other (peers, latency, invalid messages) becomes Node
-//! observations (see `observe`).
+//! What the agent tells its peers: its start and every change of an instance's phase or
+//! readiness on workload/status, and the vouches its own key signed on vouch/attestation. What
+//! peers claim is checked against the cluster (`cluster_view`); what they see of each other
+//! (peers, latency, invalid messages) becomes Node observations (`kube::observations`).
 
-use super::cluster::ClusterView;
-use super::report::Reports;
-use crate::mesh::{ClaimCheck, Mesh, MeshConfig, MeshError, MeshHandle, Multiaddr};
+use super::cluster_view::ClusterView;
+use crate::agent::instances::reports::Reports;
+use crate::mesh::{MeshError, MeshHandle};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 use univrs_api::gossip::{ClusterEvent, GossipBody, WorkloadStatusReport};
-use univrs_api::identity::NodeIdentity;
-use univrs_api::resources::node::Node;
 use univrs_api::resources::vouch::VouchSpec;
 
 /// How soon a vouch that found no subscribed peer is tried again.
 const VOUCH_RETRY: Duration = Duration::from_secs(5);
-
-/// Parses multiaddresses from flags, saying which one is wrong.
-pub fn parse_addrs(flag: &str, addrs: &[String]) -> Result<Vec<Multiaddr>, String> {
-    addrs
-        .iter()
-        .map(|a| {
-            a.parse()
-                .map_err(|e| format!("{flag} {a:?} is not a multiaddress: {e}"))
-        })
-        .collect()
-}
-
-/// Starts the mesh: `listen` (default: every IPv4 interface, TCP and QUIC, free ports),
-/// `bootstrap` peers, mDNS unless disabled, claims checked by `claims`.
-pub async fn start(
-    identity: NodeIdentity,
-    listen: Vec<Multiaddr>,
-    bootstrap: Vec<Multiaddr>,
-    mdns: bool,
-    claims: Arc<dyn ClaimCheck>,
-) -> Result<MeshHandle, MeshError> {
-    let mut config = MeshConfig::new(identity);
-    if !listen.is_empty() {
-        config.listen = listen;
-    }
-    config.bootstrap = bootstrap;
-    config.mdns = mdns;
-    config.claims = Some(claims);
-    Mesh::spawn(config).await
-}
 
 /// The vouches this node may announce: Vouch objects signed by its key (`did`) that verify now
 /// and whose voucher and subject the cluster knows (peers reject anything else, and would
@@ -71,12 +35,7 @@ pub fn own_vouches(view: &ClusterView, did: &str, now: &Time) -> Vec<VouchSpec> 
 /// Publishes on vouch/attestation every vouch of [`own_vouches`]: each new one as soon as the
 /// Vouch cache shows it (retried every few seconds while no peer subscribes), and all of them
 /// again every `interval`, so peers that join later hear them too.
-pub async fn announce_vouches(
-    did: String,
-    mesh: MeshHandle,
-    view: ClusterView,
-    interval: Duration,
-) {
+pub async fn vouches(did: String, mesh: MeshHandle, view: ClusterView, interval: Duration) {
     view.ready().await;
     let mut changes = view.vouch_changes();
     // Signatures published since the last round.
@@ -111,39 +70,8 @@ pub async fn announce_vouches(
     }
 }
 
-/// Every 15 s, adds the other Nodes' published addresses as bootstrap peers (once each).
-pub async fn bootstrap_from_nodes(client: kube::Client, node: String, mesh: MeshHandle) {
-    let api: Api<Node> = Api::all(client);
-    let mut added: BTreeSet<String> = BTreeSet::new();
-    loop {
-        match api.list(&ListParams::default()).await {
-            Ok(list) => {
-                for n in list.items {
-                    if n.metadata.name.as_deref() == Some(node.as_str()) {
-                        continue;
-                    }
-                    for a in &n.spec.multiaddrs {
-                        if added.contains(a) {
-                            continue;
-                        }
-                        let Ok(addr) = a.parse::<Multiaddr>() else {
-                            tracing::debug!(address = %a, "a Node publishes an address that is not a multiaddress");
-                            continue;
-                        };
-                        if mesh.add_bootstrap(addr).await.is_ok() {
-                            added.insert(a.clone());
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::debug!("listing Nodes for mesh peers: {e}"),
-        }
-        tokio::time::sleep(Duration::from_secs(15)).await;
-    }
-}
-
 /// Announces the agent's start, then every change of an instance's phase or readiness.
-pub async fn announce(node: String, mesh: MeshHandle, reports: Reports) {
+pub async fn instance_reports(node: String, mesh: MeshHandle, reports: Reports) {
     let mut changes = reports.subscribe();
     let _ = mesh
         .publish(ClusterEvent {

@@ -7,22 +7,23 @@
 
 use super::desired::{DesiredInstance, container_hash, container_id};
 use super::probe::{self, ProbeState, Target};
-use super::record::{ContainerRecord, InstanceRecord, Records};
-use super::report::{InstanceReport, Reports};
+use super::records::{ContainerRecord, InstanceRecord, Records};
+use super::reports::{InstanceReport, Reports};
 use super::sandbox::{Image, Sandbox};
+use crate::fsutil::now_ms;
 use crate::runtime::{ContainerConfig, ContainerState, ExitRecord, RuntimeClient, RuntimeError};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::events::{Event, EventType, Recorder};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use univrs_api::resources::workload::{
-    Container, InstancePhase, InstanceUsage, RestartPolicy, WorkloadSpec,
+    Container, InstancePhase, InstanceUsage, RestartPolicy, Workload, WorkloadSpec,
 };
+use univrs_io::events::{EventType, Publisher};
 
 /// How often a supervisor looks at its containers.
 const TICK: Duration = Duration::from_millis(500);
@@ -45,7 +46,7 @@ pub struct Deps {
     /// Where supervisors report.
     pub reports: Reports,
     /// Events on Workloads.
-    pub recorder: Recorder,
+    pub events: Publisher,
     /// First restart delay; doubles per consecutive crash.
     pub backoff_base: Duration,
     /// Longest restart delay.
@@ -73,14 +74,11 @@ pub async fn supervise(
     mut rec: InstanceRecord,
     mut desired: watch::Receiver<Option<DesiredInstance>>,
 ) {
-    let reference = ObjectReference {
-        api_version: Some("univrs.io/v1alpha1".into()),
-        kind: Some("Workload".into()),
-        name: Some(rec.workload.clone()),
-        namespace: Some(rec.namespace.clone()),
-        uid: Some(rec.uid.clone()),
-        ..Default::default()
-    };
+    let reference = univrs_io::apply::reference::<Workload>(
+        &rec.placement.workload,
+        Some(&rec.placement.namespace),
+        Some(&rec.placement.uid),
+    );
     let mut sup = Supervisor {
         deps,
         runs: BTreeMap::new(),
@@ -128,12 +126,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn time_from_ms(ms: u64) -> Option<Time> {
     Timestamp::from_millisecond(ms as i64).ok().map(Time)
 }
@@ -142,24 +134,14 @@ impl Supervisor {
     /// Publishes an Event about the Workload in the background: an API round trip must not
     /// stand between starting a container and reporting it.
     fn event(&self, type_: EventType, reason: &str, note: String) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        let (recorder, reference) = (self.deps.recorder.clone(), self.reference.clone());
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                tracing::debug!(error = %e, reason = %ev.reason, "could not publish an Event");
-            }
-        });
+        self.deps
+            .events
+            .publish_detached(self.reference.clone(), type_, reason, note);
     }
 
     fn save(&mut self, rec: &InstanceRecord) {
         if let Err(e) = self.deps.records.save(rec) {
-            tracing::warn!(instance = %rec.id, "saving the instance record: {e}");
+            tracing::warn!(instance = %rec.placement.id, "saving the instance record: {e}");
         }
         self.last_save = Instant::now();
     }
@@ -211,7 +193,7 @@ impl Supervisor {
         spec: &WorkloadSpec,
     ) -> Result<IpAddr, String> {
         let sandbox = self.deps.sandbox.clone();
-        let id = rec.id.clone();
+        let id = rec.placement.id.clone();
         let ports: Vec<_> = spec
             .containers
             .iter()
@@ -229,7 +211,7 @@ impl Supervisor {
         spec: &WorkloadSpec,
         c: &Container,
     ) -> bool {
-        let cid = container_id(&rec.id, &c.name);
+        let cid = container_id(&rec.placement.id, &c.name);
         let hash = container_hash(c);
         let mut dirty = false;
         let entry = rec
@@ -254,7 +236,7 @@ impl Supervisor {
                 "Killing",
                 format!(
                     "container {} of {}: its spec changed; recreating it",
-                    c.name, rec.instance
+                    c.name, rec.placement.instance
                 ),
             );
             self.remove_container(&old, grace(spec)).await;
@@ -386,7 +368,7 @@ impl Supervisor {
                     "Unhealthy",
                     format!(
                         "liveness probe of {} in {} failed: {why}; restarting it",
-                        c.name, rec.instance
+                        c.name, rec.placement.instance
                     ),
                 );
             }
@@ -400,7 +382,7 @@ impl Supervisor {
         spec: &WorkloadSpec,
         c: &Container,
     ) -> bool {
-        let cid = container_id(&rec.id, &c.name);
+        let cid = container_id(&rec.placement.id, &c.name);
         let image = match self.runs.get(&c.name).and_then(|r| r.image.clone()) {
             Some(i) => i,
             None => {
@@ -418,7 +400,7 @@ impl Supervisor {
                                 c.image,
                                 i.digest(),
                                 c.name,
-                                rec.instance
+                                rec.placement.instance
                             ),
                         );
                         self.runs.entry(c.name.clone()).or_default().image = Some(i.clone());
@@ -435,9 +417,9 @@ impl Supervisor {
         let sandbox = self.deps.sandbox.clone();
         let rt = self.deps.runtime.clone();
         let cfg_id = cid.clone();
-        let hostname = rec.instance.clone();
+        let hostname = rec.placement.instance.clone();
         let c2 = c.clone();
-        let netns = self.deps.sandbox.netns_path(&rec.id);
+        let netns = self.deps.sandbox.netns_path(&rec.placement.id);
         let g = grace(spec);
         let started = blocking(move || -> Result<i32, String> {
             let rootfs = sandbox.rootfs(&image, &cfg_id).map_err(|e| e.to_string())?;
@@ -485,7 +467,7 @@ impl Supervisor {
                     "Started",
                     format!(
                         "container {} of {} on {}",
-                        c.name, rec.instance, self.deps.node
+                        c.name, rec.placement.instance, self.deps.node
                     ),
                 );
                 true
@@ -511,7 +493,7 @@ impl Supervisor {
         self.event(
             EventType::Warning,
             reason,
-            format!("{msg} (in {})", rec.instance),
+            format!("{msg} (in {})", rec.placement.instance),
         );
     }
 
@@ -567,7 +549,7 @@ impl Supervisor {
                 "Completed",
                 format!(
                     "container {} of {} {what}; not restarted (restartPolicy {:?})",
-                    c.name, rec.instance, spec.restart_policy
+                    c.name, rec.placement.instance, spec.restart_policy
                 ),
             );
             return;
@@ -588,7 +570,7 @@ impl Supervisor {
             format!(
                 "container {} of {} {what}; restarting in {}s",
                 c.name,
-                rec.instance,
+                rec.placement.instance,
                 delay.as_secs()
             ),
         );
@@ -635,7 +617,7 @@ impl Supervisor {
                 "Killing",
                 format!(
                     "stopping {} on {} (grace {}s)",
-                    rec.instance,
+                    rec.placement.instance,
                     self.deps.node,
                     g.as_secs()
                 ),
@@ -647,14 +629,14 @@ impl Supervisor {
             .map(|c| self.remove_container(&c.id, g));
         futures::future::join_all(stops).await;
         let sandbox = self.deps.sandbox.clone();
-        let id = rec.id.clone();
+        let id = rec.placement.id.clone();
         if let Err(e) = blocking(move || sandbox.network_down(&id)).await {
-            tracing::warn!(instance = %rec.id, "releasing the network: {e}");
+            tracing::warn!(instance = %rec.placement.id, "releasing the network: {e}");
         }
-        if let Err(e) = self.deps.records.remove(&rec.id) {
-            tracing::warn!(instance = %rec.id, "removing the record: {e}");
+        if let Err(e) = self.deps.records.remove(&rec.placement.id) {
+            tracing::warn!(instance = %rec.placement.id, "removing the record: {e}");
         }
-        self.deps.reports.remove(&rec.id);
+        self.deps.reports.remove(&rec.placement.id);
     }
 
     /// Publishes the agent's view of the instance.
@@ -718,9 +700,9 @@ impl Supervisor {
             InstancePhase::Pending
         };
         let report = InstanceReport {
-            namespace: rec.namespace.clone(),
-            workload: rec.workload.clone(),
-            instance: rec.instance.clone(),
+            namespace: rec.placement.namespace.clone(),
+            workload: rec.placement.workload.clone(),
+            instance: rec.placement.instance.clone(),
             phase,
             ready: ready && !stopping,
             restarts,
@@ -732,7 +714,7 @@ impl Supervisor {
             message: message.or(waiting),
             usage: InstanceUsage {
                 node: self.deps.node.clone(),
-                placed_at: rec.placed_at.clone(),
+                placed_at: rec.placement.placed_at.clone(),
                 cpu_millicore_seconds: (cpu_usec / 1000) as i64,
                 memory_mib_seconds: rec.memory_mib_seconds as i64,
                 gpu_seconds: rec.gpu_seconds as i64,
@@ -740,7 +722,7 @@ impl Supervisor {
             containers: rec.containers.values().map(|c| c.id.clone()).collect(),
             ip: rec.ip.clone(),
         };
-        self.deps.reports.set(&rec.id, report);
+        self.deps.reports.set(&rec.placement.id, report);
     }
 }
 

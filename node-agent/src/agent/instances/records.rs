@@ -3,8 +3,8 @@
 //!
 //! `<data>/instances/<instance id>.json`, written atomically after every change that matters.
 
-use crate::runtime::write_atomic;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use super::desired::{DesiredInstance, Placement};
+use crate::fsutil::write_atomic;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,18 +13,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceRecord {
-    /// The instance id (file name, network namespace and container id prefix).
-    pub id: String,
-    /// The Workload's namespace.
-    pub namespace: String,
-    /// The Workload's name.
-    pub workload: String,
-    /// The Workload's uid.
-    pub uid: String,
-    /// The instance name (`web-0`).
-    pub instance: String,
-    /// When the controller placed it here.
-    pub placed_at: Time,
+    /// Which placement it is (its id names the record's file).
+    #[serde(flatten)]
+    pub placement: Placement,
     /// Per container name.
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerRecord>,
@@ -39,16 +30,11 @@ pub struct InstanceRecord {
     pub ip: Option<String>,
 }
 
-impl From<&super::desired::DesiredInstance> for InstanceRecord {
-    /// The record of an instance about to start: its identity, nothing run or metered yet.
-    fn from(d: &super::desired::DesiredInstance) -> Self {
+impl From<&DesiredInstance> for InstanceRecord {
+    /// The record of an instance about to start: its placement, nothing run or metered yet.
+    fn from(d: &DesiredInstance) -> Self {
         Self {
-            id: d.id.clone(),
-            namespace: d.namespace.clone(),
-            workload: d.workload.clone(),
-            uid: d.uid.clone(),
-            instance: d.instance.clone(),
-            placed_at: d.placed_at.clone(),
+            placement: d.placement.clone(),
             containers: BTreeMap::new(),
             memory_mib_seconds: 0.0,
             gpu_seconds: 0.0,
@@ -99,7 +85,7 @@ impl Records {
     pub fn save(&self, rec: &InstanceRecord) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let body = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
-        write_atomic(&self.path(&rec.id), &body)
+        write_atomic(&self.path(&rec.placement.id), &body)
     }
 
     /// Forgets instance `id` (no error if it was not there).
@@ -129,7 +115,7 @@ impl Records {
                 }
             }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.sort_by(|a, b| a.placement.id.cmp(&b.placement.id));
         out
     }
 }
@@ -142,6 +128,7 @@ fn read(path: &Path) -> Result<InstanceRecord, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
     #[test]
@@ -150,12 +137,14 @@ mod tests {
         let records = Records::new(dir.path().join("instances"));
         assert!(records.load_all().is_empty());
         let mut rec = InstanceRecord {
-            id: "web-0-abc".into(),
-            namespace: "shop".into(),
-            workload: "web".into(),
-            uid: "u".into(),
-            instance: "web-0".into(),
-            placed_at: Time(Timestamp::from_second(1_800_000_000).unwrap()),
+            placement: Placement {
+                id: "web-0-abc".into(),
+                namespace: "shop".into(),
+                workload: "web".into(),
+                uid: "u".into(),
+                instance: "web-0".into(),
+                placed_at: Time(Timestamp::from_second(1_800_000_000).unwrap()),
+            },
             containers: BTreeMap::new(),
             memory_mib_seconds: 1.5,
             gpu_seconds: 0.0,
@@ -172,8 +161,42 @@ mod tests {
         records.save(&rec).unwrap();
         std::fs::write(dir.path().join("instances/broken.json"), b"{").unwrap();
         assert_eq!(records.load_all(), vec![rec.clone()]);
-        records.remove(&rec.id).unwrap();
-        records.remove(&rec.id).unwrap();
+        records.remove(&rec.placement.id).unwrap();
+        records.remove(&rec.placement.id).unwrap();
         assert!(records.load_all().is_empty());
+    }
+
+    #[test]
+    fn records_keep_their_on_disk_form() {
+        // A record as agents have always written it: the placement's fields at the top level.
+        let text = r#"{
+  "id": "web-0-abc",
+  "namespace": "shop",
+  "workload": "web",
+  "uid": "u",
+  "instance": "web-0",
+  "placedAt": "2027-01-15T08:00:00Z",
+  "containers": {
+    "app": {
+      "id": "web-0-abc.app",
+      "hash": "h",
+      "restarts": 1,
+      "cpuUsecDone": 5,
+      "cpuUsecRun": 7,
+      "startedAtMs": 9
+    }
+  },
+  "memoryMibSeconds": 1.5,
+  "gpuSeconds": 0.0,
+  "ip": "10.1.0.5"
+}"#;
+        let rec: InstanceRecord = serde_json::from_str(text).unwrap();
+        assert_eq!(rec.placement.id, "web-0-abc");
+        assert_eq!(rec.placement.instance, "web-0");
+        assert_eq!(rec.containers["app"].restarts, 1);
+        assert_eq!(rec.ip.as_deref(), Some("10.1.0.5"));
+        let back: serde_json::Value = serde_json::to_value(&rec).unwrap();
+        let want: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(back, want);
     }
 }

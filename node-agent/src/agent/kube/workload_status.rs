@@ -8,18 +8,14 @@
 //! controller removed. Nothing is written when nothing changed; usage alone is written at most
 //! once per usage interval (it is cumulative, so nothing is lost by waiting).
 
-use super::report::{InstanceReport, Reports};
+use crate::agent::instances::reports::{InstanceReport, Reports};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use univrs_api::resources::workload::{Instance, Workload};
-
-/// The field manager of the agent of `node`.
-pub fn field_manager(node: &str) -> String {
-    format!("univrs-agent-{node}")
-}
+use univrs_io::apply::Apply;
 
 /// The status writer of one agent.
 pub struct StatusWriter {
@@ -37,10 +33,11 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
-    /// A writer for `node`'s agent.
+    /// A writer for `node`'s agent, applying with the field manager `manager`.
     pub fn new(
         client: kube::Client,
         node: &str,
+        manager: String,
         store: Store<Workload>,
         store_changes: tokio::sync::watch::Receiver<u64>,
         reports: Reports,
@@ -49,7 +46,7 @@ impl StatusWriter {
         Self {
             client,
             node: node.to_string(),
-            manager: field_manager(node),
+            manager,
             store,
             reports,
             usage_interval,
@@ -202,17 +199,10 @@ impl StatusWriter {
         status: serde_json::Value,
     ) -> bool {
         let api: Api<Workload> = Api::namespaced(self.client.clone(), ns);
-        let mut body = serde_json::json!({
-            "apiVersion": "univrs.io/v1alpha1",
-            "kind": "Workload",
-            "metadata": {"name": name},
-            "status": status,
-        });
-        if let Some(rv) = resource_version {
-            body["metadata"]["resourceVersion"] = rv.into();
-        }
-        let params = PatchParams::apply(&self.manager).force();
-        match api.patch_status(name, &params, &Patch::Apply(&body)).await {
+        let body = Apply::<Workload>::new(name)
+            .resource_version(resource_version)
+            .status(status);
+        match body.apply_status(&api, &self.manager).await {
             Ok(_) => true,
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
                 // Changed or gone meanwhile: the next round sees the new version.

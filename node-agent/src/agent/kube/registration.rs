@@ -2,12 +2,13 @@
 //! agent's field manager, so cordoning (`spec.unschedulable`), pricing and labels set by people
 //! stay theirs.
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use std::collections::BTreeMap;
 use univrs_api::identity::PublicIdentity;
 use univrs_api::resources::node::{Node, NodeCapacity};
+use univrs_io::apply::Apply;
 
-use super::AgentError;
+use crate::agent::error::AgentError;
 
 /// What the agent declares about its node.
 #[derive(Debug, Clone)]
@@ -47,24 +48,18 @@ pub async fn register(
             peer_id: n.spec.peer_id,
         });
     }
-    let body = serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1",
-        "kind": "Node",
-        "metadata": {"name": facts.name, "labels": facts.labels, "annotations": facts.annotations},
-        "spec": {
+    Apply::<Node>::new(&facts.name)
+        .meta("labels", serde_json::json!(facts.labels))
+        .meta("annotations", serde_json::json!(facts.annotations))
+        .spec(serde_json::json!({
             "peerId": peer_id,
             "did": facts.identity.did(),
             "multiaddrs": facts.multiaddrs,
             "capacity": facts.capacity,
-        },
-    });
-    api.patch(
-        &facts.name,
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(AgentError::kube(format!("applying Node {}", facts.name)))
+        }))
+        .apply(api, manager)
+        .await
+        .map_err(AgentError::kube(format!("applying Node {}", facts.name)))
 }
 
 /// The labels every agent sets: the machine's OS and architecture, as Kubernetes names them.

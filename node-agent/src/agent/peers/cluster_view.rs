@@ -14,15 +14,11 @@
 //! that looks impossible is decided only after the cache has had [`CLAIM_GRACE`] to catch up.
 
 use crate::mesh::{ClaimCheck, ClaimVerdict, InboundMessage, InvalidReason};
-use futures::StreamExt;
 use futures::future::BoxFuture;
-use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use univrs_api::account::AccountKind;
 use univrs_api::gossip::GossipBody;
 use univrs_api::resources::node::Node;
@@ -41,52 +37,21 @@ pub struct ClusterView {
     vouch_changes: watch::Receiver<u64>,
 }
 
-/// Watches every object of `api` into a store, counting the changes (a receiver wakes on
-/// each); the task runs until aborted.
-pub fn watch_all<K>(
-    api: Api<K>,
-    what: &'static str,
-) -> (Store<K>, watch::Receiver<u64>, JoinHandle<()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let (changes, rx) = watch::channel(0u64);
-    let task = tokio::spawn(async move {
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                tracing::warn!("watching {what}: {e}");
-            }
-            changes.send_modify(|n| *n += 1);
-        }
-    });
-    (store, rx, task)
-}
-
 impl ClusterView {
-    /// Starts watching Nodes and Vouches; the tasks run until aborted.
-    pub fn start(client: kube::Client) -> (Self, Vec<JoinHandle<()>>) {
-        let (nodes, node_changes, t1) = watch_all(Api::<Node>::all(client.clone()), "Nodes");
-        let (vouches, vouch_changes, t2) = watch_all(Api::<Vouch>::all(client), "Vouches");
-        (
-            Self {
-                nodes,
-                vouches,
-                node_changes,
-                vouch_changes,
-            },
-            vec![t1, t2],
-        )
+    /// A view over caches of every Node and every Vouch, with receivers that wake on each
+    /// change of either cache.
+    pub fn new(
+        nodes: Store<Node>,
+        node_changes: watch::Receiver<u64>,
+        vouches: Store<Vouch>,
+        vouch_changes: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            nodes,
+            vouches,
+            node_changes,
+            vouch_changes,
+        }
     }
 
     /// The name of the Node whose DID is `did`, if any.
@@ -222,6 +187,7 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
+    use kube::runtime::{reflector, watcher};
     use univrs_api::account::Account;
     use univrs_api::gossip::SignedTransfer;
     use univrs_api::identity::NodeIdentity;
@@ -269,12 +235,7 @@ mod tests {
         let (vouches, _vouch_writer) = reflector::store::<Vouch>();
         let (node_tx, node_changes) = watch::channel(0u64);
         let (_vouch_tx, vouch_changes) = watch::channel(0u64);
-        let view = ClusterView {
-            nodes,
-            vouches,
-            node_changes,
-            vouch_changes,
-        };
+        let view = ClusterView::new(nodes, node_changes, vouches, vouch_changes);
         let node = |name: &str, n: u8| univrs_tests::cluster::node_object(name, &[], &id(n));
         // Before the Nodes are listed nothing can be judged.
         assert_eq!(view.judge(&vouch(1, 2)).await, ClaimVerdict::Unknown);
@@ -291,7 +252,18 @@ mod tests {
             let view = view.clone();
             tokio::spawn(async move { view.judge(&vouch(1, 2)).await })
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The judge takes its own receiver of the Node changes before it first looks at the
+        // cache, and waits on it once it has found no b there: b must register only then.
+        let waiting = node_tx.receiver_count() + 1;
+        let deadline = tokio::time::Instant::now() + CLAIM_GRACE / 2;
+        while node_tx.receiver_count() < waiting {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the judge never started waiting for the Node cache"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(!judging.is_finished());
         node_writer.apply_watcher_event(&watcher::Event::Apply(node("b", 2)));
         node_tx.send_modify(|n| *n += 1);
         assert_eq!(judging.await.unwrap(), ClaimVerdict::Possible);
