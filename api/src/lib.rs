@@ -15,14 +15,13 @@ pub mod identity;
 pub mod ledger;
 pub mod quantity;
 pub mod resources;
+pub mod system;
 
 pub use account::Account;
+pub use system::SYSTEM_NAMESPACE;
 pub use resources::{creditline::CreditLine, node::Node, vouch::Vouch, workload::Workload};
 
 /// The API group of every Univrs resource.
 pub const GROUP: &str = "univrs.io";
 /// The served and stored version of every Univrs resource.
 pub const VERSION: &str = "v1alpha1";
-/// The namespace of Univrs's own objects: the node and controller Leases, and the revival
-/// pool's account. `univrs up` and the Helm chart create it.
-pub const SYSTEM_NAMESPACE: &str = "univrs-system";

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The namespace whose account (`namespace/univrs-system`) is the revival pool.
-pub const POOL_NAMESPACE: &str = crate::SYSTEM_NAMESPACE;
+pub const POOL_NAMESPACE: &str = crate::system::SYSTEM_NAMESPACE;
 
 /// Where revival credit goes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

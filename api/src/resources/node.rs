@@ -33,7 +33,7 @@ pub const CREDIT_SETTLEMENT_FINALIZER: &str = "univrs.io/credit-settlement";
 /// interrupted settlement resumes the same plan.
 pub const REVIVAL_PLAN_ANNOTATION: &str = "univrs.io/revival-plan";
 /// Where the agents keep their node Leases (and the controllers their leader Lease).
-pub const LEASE_NAMESPACE: &str = crate::SYSTEM_NAMESPACE;
+pub const LEASE_NAMESPACE: &str = crate::system::SYSTEM_NAMESPACE;
 /// What every node Lease's name starts with.
 const LEASE_PREFIX: &str = "univrs-node-";
 
