@@ -18,8 +18,8 @@ pub mod resources;
 pub mod system;
 
 pub use account::Account;
-pub use system::SYSTEM_NAMESPACE;
 pub use resources::{creditline::CreditLine, node::Node, vouch::Vouch, workload::Workload};
+pub use system::SYSTEM_NAMESPACE;
 
 /// The API group of every Univrs resource.
 pub const GROUP: &str = "univrs.io";

@@ -26,7 +26,6 @@ pub mod state;
 use futures::StreamExt;
 use kube::Resource;
 use kube::runtime::controller::{self, Action, applier};
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef};
 use reconcile::{credit, nexus, node, vouch, workload};
 use state::context::{Context, Settings};
@@ -157,7 +156,11 @@ pub async fn run(
         index: Default::default(),
         queues: queues.clone(),
         settings,
-        recorder: Recorder::new(client.clone(), Context::reporter()),
+        events: univrs_io::events::Publisher::new(
+            client.clone(),
+            state::context::FIELD_MANAGER,
+            std::env::var("HOSTNAME").ok(),
+        ),
         metrics,
         failures: Default::default(),
         allocation_pending: Default::default(),

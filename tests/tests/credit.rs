@@ -4,8 +4,8 @@
 use kube::api::{Api, PostParams};
 use std::time::{Duration, Instant};
 use univrs_api::identity::NodeIdentity;
-use univrs_api::resources::node::LEASE_NAMESPACE;
 use univrs_api::ledger::{Applied, Ledger, Line, Transfer};
+use univrs_api::resources::node::LEASE_NAMESPACE;
 use univrs_api::{Account, CreditLine, Node};
 use univrs_controller::reconcile::credit::{TransferError, apply_transfer};
 use univrs_tests::cluster::{ensure_namespace, node_object};

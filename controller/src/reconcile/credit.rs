@@ -15,8 +15,7 @@
 use crate::core::billing::{self, Charge};
 use crate::core::plan::credit::{self, Refusal};
 use crate::error::Error;
-use crate::reconcile::apply::apply_status;
-use crate::state::context::Context;
+use crate::state::context::{Context, FIELD_MANAGER};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -28,6 +27,7 @@ use univrs_api::ledger::{Applied, LedgerError, Transfer};
 use univrs_api::resources::creditline::CreditLineStatus;
 use univrs_api::resources::workload::InstanceUsage;
 use univrs_api::{Account, CreditLine};
+use univrs_io::apply::Apply;
 
 /// Why a transfer could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +146,11 @@ async fn write_status(
     status: CreditLineStatus,
 ) -> Result<CreditLine, kube::Error> {
     let status = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
-    apply_status(api, &cl.name_any(), cl.resource_version(), status).await
+    Apply::<CreditLine>::new(&cl.name_any())
+        .resource_version(cl.resource_version())
+        .status(status)
+        .apply_status(api, FIELD_MANAGER)
+        .await
 }
 
 /// Whether an account's party exists.

@@ -2,7 +2,7 @@
 //! (CreditLines, and paying along them), [`revival`] (settling a departed Node's credit) and
 //! [`nexus`] (the periodic election whose result the Node reconciler writes). Each reconcile
 //! reads from `state`, plans with its pure plan step in `core::plan`, writes with server-side
-//! apply ([`apply`]) only when the plan changes something, and announces what the plan says
+//! apply (`univrs_io::apply`, field manager `univrs-controller`) only when the plan changes something, and announces what the plan says
 //! (`state::events`).
 //!
 //! Who writes which status field is said in each resource's module of the `api` crate
@@ -14,7 +14,6 @@
 //! sibling reconcilers that do not import it back (`workload` pays through `credit`; `node`
 //! settles through `revival`, which transfers through `credit`, and reads `nexus`'s election).
 
-pub mod apply;
 pub mod credit;
 pub mod nexus;
 pub mod node;

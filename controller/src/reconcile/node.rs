@@ -6,12 +6,11 @@
 //! what the index has placed there, the latest election, its credit lines), plans, writes the
 //! status when something other than a timestamp changed, and announces what the plan says.
 
-use crate::error::Error;
 use crate::core::plan::node::{Observed, plan};
 use crate::core::snapshot;
-use crate::reconcile::apply::apply_status;
+use crate::error::Error;
 use crate::reconcile::{nexus, revival};
-use crate::state::context::Context;
+use crate::state::context::{Context, FIELD_MANAGER};
 use crate::state::events;
 use crate::state::wake::Wake;
 use k8s_openapi::jiff::Timestamp;
@@ -22,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use univrs_api::resources::node::{CONDITION_READY, CREDIT_SETTLEMENT_FINALIZER, NodeStatus};
 use univrs_api::{Account, Node};
+use univrs_io::apply::Apply;
 
 /// The field manager that owns the finalizer entry.
 const FINALIZER_MANAGER: &str = "univrs-controller-finalizer";
@@ -81,13 +81,9 @@ async fn set_finalizer(
     } else {
         &[]
     };
-    let body = serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1", "kind": "Node",
-        "metadata": {"name": name, "finalizers": finalizers},
-    });
-    let params = kube::api::PatchParams::apply(FINALIZER_MANAGER).force();
-    match api
-        .patch(name, &params, &kube::api::Patch::Apply(&body))
+    match Apply::<Node>::new(name)
+        .meta("finalizers", finalizers)
+        .apply(api, FINALIZER_MANAGER)
         .await
     {
         Ok(n) => {
@@ -175,7 +171,10 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
     // Write, then announce.
     if changed {
         let api = Api::<Node>::all(ctx.client.clone());
-        let n = apply_status(&api, &name, None, plan.status()).await?;
+        let n = Apply::<Node>::new(&name)
+            .status(plan.status())
+            .apply_status(&api, FIELD_MANAGER)
+            .await?;
         written(&ctx, &n);
         events::announce(&ctx, &node.object_ref(&()), &plan.notices).await;
     }

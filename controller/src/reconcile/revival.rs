@@ -16,6 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use univrs_api::enr::revival::NodeInfo;
 use univrs_api::ledger::Transfer;
+use univrs_api::resources::creditline::CreditLineSpec;
 use univrs_api::resources::node::REVIVAL_PLAN_ANNOTATION;
 use univrs_api::{Account, CreditLine, Node};
 
@@ -29,12 +30,16 @@ async fn ensure_line(
 ) -> Result<(), kube::Error> {
     match api.get_opt(name).await? {
         None => {
-            let cl: CreditLine = serde_json::from_value(serde_json::json!({
-                "apiVersion": "univrs.io/v1alpha1", "kind": "CreditLine",
-                "metadata": {"name": name, "labels": {"univrs.io/revival": "true"}},
-                "spec": {"creditor": creditor, "debtor": debtor, "limit": more}
-            }))
-            .map_err(kube::Error::SerdeError)?;
+            let mut cl = CreditLine::new(
+                name,
+                CreditLineSpec {
+                    creditor: creditor.clone(),
+                    debtor: debtor.clone(),
+                    limit: more,
+                },
+            );
+            cl.labels_mut()
+                .insert("univrs.io/revival".into(), "true".into());
             match api.create(&PostParams::default(), &cl).await {
                 Ok(_) => Ok(()),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
@@ -104,7 +109,8 @@ pub async fn settle(node: &Node, ctx: &Context) -> Result<(), Error> {
                 .collect();
             let p = plan(&name, &lines, &others);
             let text = serde_json::to_string(&p).map_err(|e| Error::Settlement(e.to_string()))?;
-            let patch = serde_json::json!({"metadata": {"annotations": {REVIVAL_PLAN_ANNOTATION: text}}});
+            let patch =
+                serde_json::json!({"metadata": {"annotations": {REVIVAL_PLAN_ANNOTATION: text}}});
             nodes
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
@@ -134,7 +140,12 @@ pub async fn settle(node: &Node, ctx: &Context) -> Result<(), Error> {
         let id = format!("revival/{uid}/pays/{payee}/{share}");
         transfer(ctx, &line, id, &pool, &to, *amount).await?;
     }
-    events::announce(ctx, &kube::Resource::object_ref(node, &()), &[plan.notice()]).await;
+    events::announce(
+        ctx,
+        &kube::Resource::object_ref(node, &()),
+        &[plan.notice()],
+    )
+    .await;
     Ok(())
 }
 

@@ -3,8 +3,7 @@
 
 use crate::core::plan::vouch::{self, judge, standing};
 use crate::error::Error;
-use crate::reconcile::apply::apply_status;
-use crate::state::context::Context;
+use crate::state::context::{Context, FIELD_MANAGER};
 use crate::state::events;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -13,6 +12,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 use univrs_api::Vouch;
+use univrs_io::apply::Apply;
 
 /// Reconciles one Vouch: read, plan, write, announce.
 pub async fn reconcile(vouch: Arc<Vouch>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -32,13 +32,10 @@ pub async fn reconcile(vouch: Arc<Vouch>, ctx: Arc<Context>) -> Result<Action, E
         .collect();
     let v = judge(&vouch, &nodes, &now);
     if let Some(status) = vouch::status(&vouch, &v, &now) {
-        apply_status(
-            &Api::<Vouch>::all(ctx.client.clone()),
-            &vouch.name_any(),
-            None,
-            status,
-        )
-        .await?;
+        Apply::<Vouch>::new(&vouch.name_any())
+            .status(status)
+            .apply_status(&Api::all(ctx.client.clone()), FIELD_MANAGER)
+            .await?;
         events::announce(&ctx, &vouch.object_ref(&()), &[vouch::notice(&v)]).await;
     }
     Ok(Action::requeue(vouch::requeue(

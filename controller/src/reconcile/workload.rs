@@ -11,9 +11,8 @@ use crate::core::billing;
 use crate::core::plan::workload::{self, Billing, Placement, Plan};
 use crate::core::snapshot;
 use crate::error::Error;
-use crate::reconcile::apply::apply_status;
 use crate::reconcile::credit;
-use crate::state::context::Context;
+use crate::state::context::{Context, FIELD_MANAGER};
 use crate::state::events;
 use crate::state::index::WorkloadChange;
 use crate::state::wake::Wake;
@@ -26,6 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use univrs_api::{Account, Workload};
+use univrs_io::apply::Apply;
 
 /// How soon a workload planned from a stale cache is planned again without an event. The
 /// watch event of the newer version triggers the next plan anyway; retrying sooner only adds
@@ -214,7 +214,10 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
         let api: Api<Workload> = Api::namespaced(ctx.client.clone(), &ns);
         // Conditional on the version planned from: a plan made from a stale cache must not
         // overwrite a newer placement (it would move an instance for nothing).
-        match apply_status(&api, &wl.name_any(), wl.resource_version(), status).await {
+        let write = Apply::<Workload>::new(&wl.name_any())
+            .resource_version(wl.resource_version())
+            .status(status);
+        match write.apply_status(&api, FIELD_MANAGER).await {
             Ok(written) => assumed.confirm(&written),
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 return Ok(Action::requeue(STALE_RETRY));
@@ -229,5 +232,8 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
         let notices = workload::notices(&wl, &plan, &bills);
         events::announce(&ctx, &wl.object_ref(&()), &notices).await;
     }
-    Ok(Action::requeue(workload::requeue(&plan, ctx.settings.resync)))
+    Ok(Action::requeue(workload::requeue(
+        &plan,
+        ctx.settings.resync,
+    )))
 }

@@ -1,13 +1,12 @@
 //! What every reconcile gets: the client, the reflector caches, the node index, the queues,
-//! the settings, the Event recorder and the metrics.
+//! the settings, the Event publisher and the metrics.
 
+use crate::state::index::NodeIndex;
+use crate::state::queues::Queues;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use crate::state::index::NodeIndex;
-use crate::state::queues::Queues;
 use univrs_api::resources::node::{LEASE_NAMESPACE, lease_name};
 use univrs_api::{CreditLine, Node, Vouch, Workload};
 
@@ -58,8 +57,8 @@ pub struct Context {
     pub queues: Queues,
     /// Settings.
     pub settings: Settings,
-    /// Publishes Events.
-    pub recorder: Recorder,
+    /// Publishes Events (as [`FIELD_MANAGER`], from this pod).
+    pub events: univrs_io::events::Publisher,
     /// Prometheus metrics.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// True once every cache has its first full list (see [`Context::synced`]).
@@ -111,13 +110,5 @@ impl Context {
         let _ = self.credit_lines.wait_until_ready().await;
         let _ = self.vouches.wait_until_ready().await;
         let _ = ready.send(true);
-    }
-
-    /// The reporter name on Events.
-    pub fn reporter() -> Reporter {
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        }
     }
 }

@@ -1,30 +1,10 @@
-//! Publishing Events about the reconciled objects. An Event is a courtesy to people: one the
-//! API server refuses is logged, never an error that fails the reconcile.
+//! Announcing what a plan says as Events. An Event is a courtesy to people: one the API server
+//! refuses is logged, never an error that fails the reconcile.
 
 use crate::core::notice::Notice;
 use crate::state::context::Context;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType};
-
-/// Publishes an Event, logging (not failing) when the API refuses it.
-pub async fn publish(
-    ctx: &Context,
-    reference: &ObjectReference,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, reference).await {
-        tracing::warn!(error = %e, reason, "could not publish an Event");
-    }
-}
+use univrs_io::events::EventType;
 
 /// Publishes a plan's notices about `reference`, in order.
 pub async fn announce(ctx: &Context, reference: &ObjectReference, notices: &[Notice]) {
@@ -34,6 +14,8 @@ pub async fn announce(ctx: &Context, reference: &ObjectReference, notices: &[Not
         } else {
             EventType::Normal
         };
-        publish(ctx, reference, type_, n.reason, n.note.clone()).await;
+        ctx.events
+            .publish(reference, type_, n.reason, n.note.clone())
+            .await;
     }
 }

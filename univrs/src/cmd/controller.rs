@@ -47,15 +47,14 @@ pub fn run(
     tokio::runtime::Runtime::new()?.block_on(async move {
         let client = client(kubeconfig).await?;
         let metrics = Arc::new(Metrics::default());
-        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        serve_metrics(metrics_addr, metrics.clone(), leading.clone()).await?;
+        serve_metrics(metrics_addr, metrics.clone()).await?;
         let elector = Elector::new();
         tracing::info!(identity = %elector.identity, "waiting for leadership");
         let lease_api = tokio::select! {
             api = elector.acquire(&client) => api,
             _ = shutdown_signal() => return Ok(()),
         };
-        leading.store(true, std::sync::atomic::Ordering::SeqCst);
+        metrics.set_leader(true);
         tracing::info!(identity = %elector.identity, anchors = trust_anchors.len(), "leading: starting reconcilers");
         let settings = Settings {
             node_grace_period: grace,
@@ -98,23 +97,18 @@ pub async fn shutdown_signal() {
     }
 }
 
-async fn serve_metrics(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    leading: Arc<std::sync::atomic::AtomicBool>,
-) -> anyhow::Result<()> {
+/// Serves `/metrics` and `/healthz` over plain HTTP: both are read-only, and what they say is
+/// no secret (counts, durations, whether this instance leads).
+async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     use axum::{Router, routing::get};
     let app = Router::new()
-        .route("/metrics", get(move || {
-            let m = metrics.clone();
-            let l = leading.clone();
-            async move {
-                let mut body = m.render();
-                body.push_str("# HELP univrs_leader Whether this controller leads (1) or waits (0).\n# TYPE univrs_leader gauge\n");
-                body.push_str(&format!("univrs_leader {}\n", u8::from(l.load(std::sync::atomic::Ordering::SeqCst))));
-                body
-            }
-        }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { univrs_io::metrics::response(m.registry()) }
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -12,9 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use univrs_api::resources::node::DRAIN_ANNOTATION;
 use univrs_api::resources::node::{CONDITION_ISOLATED, CONDITION_READY};
 use univrs_api::{Node, Workload};
-use univrs_api::resources::node::DRAIN_ANNOTATION;
 
 /// Where to look when a node is not found.
 const NODES_HINT: &str = "cluster_nodes lists the nodes";

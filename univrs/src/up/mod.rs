@@ -46,7 +46,6 @@ pub struct Options {
 /// The field manager `up` applies CRDs and namespaces with.
 const MANAGER: &str = "univrs-up";
 
-
 /// Runs everything until SIGINT/SIGTERM.
 pub async fn run(opts: Options) -> Result<()> {
     let mut progress = Progress::new();

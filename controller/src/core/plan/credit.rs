@@ -119,7 +119,7 @@ pub fn status(cl: &CreditLine, missing: &[String], now: Timestamp) -> Option<Cre
     let util = utilization(status.balance, cl.spec.limit);
     changed |= status.utilization.as_deref() != Some(util.as_str())
         || status.observed_generation != generation;
-    changed.then(|| CreditLineStatus {
+    changed.then_some(CreditLineStatus {
         observed_generation: generation,
         utilization: Some(util),
         conditions,
@@ -196,11 +196,17 @@ mod tests {
         let cl = line(200, 50);
         let next = status(&cl, &[], at()).unwrap();
         assert_eq!(next.utilization.as_deref(), Some("25%"));
-        assert!(univrs_api::conditions::is_true(&next.conditions, CONDITION_READY));
+        assert!(univrs_api::conditions::is_true(
+            &next.conditions,
+            CONDITION_READY
+        ));
         let mut settled = cl.clone();
         settled.status = Some(next);
         assert_eq!(status(&settled, &[], at()), None);
         let unknown = status(&settled, &["node/a".into()], at()).unwrap();
-        assert!(!univrs_api::conditions::is_true(&unknown.conditions, CONDITION_READY));
+        assert!(!univrs_api::conditions::is_true(
+            &unknown.conditions,
+            CONDITION_READY
+        ));
     }
 }

@@ -236,10 +236,13 @@ pub fn plan(o: &Observed<'_>, resync: Duration) -> Plan {
     let now_ready = ready.status == univrs_api::conditions::TRUE;
 
     // What the other Ready nodes' agents report about this one.
-    let peer_view = peers::view_of(&name, o.others.iter().filter_map(|s| s.observations.as_ref()));
-    let invalid_gossip = peer_view.as_ref().is_some_and(|v| {
-        peers::new_invalid_gossip(current.peer_view.as_ref(), v, o.others.len())
-    });
+    let peer_view = peers::view_of(
+        &name,
+        o.others.iter().filter_map(|s| s.observations.as_ref()),
+    );
+    let invalid_gossip = peer_view
+        .as_ref()
+        .is_some_and(|v| peers::new_invalid_gossip(current.peer_view.as_ref(), v, o.others.len()));
 
     // Reputation: the service record, plus what verified vouches for this node add.
     let (mut record, served) =

@@ -490,9 +490,10 @@ pub fn notices(wl: &Workload, plan: &Plan, bills: &Billing) -> Vec<Notice> {
             format!("{why}; the workload stops growing"),
         ));
     }
-    let was_unpriced = wl.status.as_ref().is_some_and(|s| {
-        univrs_api::conditions::is_true(&s.conditions, CONDITION_PRICING_FAILED)
-    });
+    let was_unpriced = wl
+        .status
+        .as_ref()
+        .is_some_and(|s| univrs_api::conditions::is_true(&s.conditions, CONDITION_PRICING_FAILED));
     if !bills.unpriced.is_empty() && !was_unpriced {
         out.push(Notice::warning(
             "PricingFailed",
