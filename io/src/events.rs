@@ -20,6 +20,12 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
+/// Whether the API server refused a write because the namespace it targets is being deleted.
+fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403
+        && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
 impl Publisher {
     /// A publisher reporting as `controller` (e.g. `univrs-controller`), from `instance` (the
     /// node name of an agent, the pod of a controller) when there is one.
@@ -49,13 +55,21 @@ impl Publisher {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, reference).await {
-            tracing::warn!(
+        match self.recorder.publish(&event, reference).await {
+            Ok(()) => {}
+            // The object's namespace is being deleted, and its Events with it: nothing is lost,
+            // and a warning would read like a permission problem.
+            Err(e) if namespace_terminating(&e) => tracing::debug!(
+                reason,
+                object = reference.name.as_deref().unwrap_or(""),
+                "no Event: its namespace is being deleted"
+            ),
+            Err(e) => tracing::warn!(
                 error = %e,
                 reason,
                 object = reference.name.as_deref().unwrap_or(""),
                 "could not publish an Event"
-            );
+            ),
         }
     }
 
@@ -70,5 +84,29 @@ impl Publisher {
     ) {
         let (this, reason, note) = (self.clone(), reason.to_string(), note.into());
         tokio::spawn(async move { this.publish(&reference, type_, &reason, note).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(body: serde_json::Value) -> kube::Error {
+        kube::Error::Api(Box::new(serde_json::from_value(body).unwrap()))
+    }
+
+    #[test]
+    fn only_a_terminating_namespace_is_quiet() {
+        let terminating = refusal(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "unable to create new content in namespace shop because it is being terminated",
+            "details": {"causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]}
+        }));
+        let denied = refusal(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "events.events.k8s.io is forbidden: User cannot create"
+        }));
+        assert!(namespace_terminating(&terminating));
+        assert!(!namespace_terminating(&denied));
     }
 }
