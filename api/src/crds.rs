@@ -3,7 +3,7 @@
 //! `crds/` in the repository holds these as YAML files (one per kind, named `<plural>.yaml`);
 //! a test fails when the files drift from the types, and `univrs crds` prints them.
 
-use crate::{CreditLine, Node, Vouch, Workload};
+use crate::resources::{creditline::CreditLine, node::Node, vouch::Vouch, workload::Workload};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 

@@ -26,7 +26,7 @@ use univrs_node_agent::network::{
     Attachment, Cni, CniConfig, Ipv4Cidr, NetworkError, PortMapping, netns, subnet,
 };
 use univrs_node_agent::runtime::{ContainerConfig, RuntimeClient};
-use univrs_tests::{busybox_rootfs, free_port, univrs_bin};
+use univrs_tests::{busybox_rootfs, free_port, free_ports, univrs_bin};
 
 const DIR_PREFIX: &str = "univrs-net-";
 
@@ -509,7 +509,9 @@ fn two_agents_run_side_by_side_without_collision() {
     assert!(!one.cni.subnet().overlaps(&two.cni.subnet()));
 
     // The same container id in both agents.
-    let (p1, p2) = (free_port(), free_port());
+    let [p1, p2] = free_ports(2)[..] else {
+        unreachable!("two ports asked for")
+    };
     let a1 = one
         .cni
         .setup("web-0", &[PortMapping::tcp(p1, 8080)])
@@ -556,13 +558,16 @@ fn two_agents_run_side_by_side_without_collision() {
 fn parallel_setups_and_teardowns_in_two_agents_do_not_collide() {
     let agents = [TestNet::new(), TestNet::new()];
     let n = 5;
+    // Found up front: ports picked in parallel threads could repeat.
+    let host_ports = free_ports(agents.len() * n);
     let results: Vec<(usize, Attachment)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..agents.len())
             .flat_map(|k| (0..n).map(move |i| (k, i)))
             .map(|(k, i)| {
                 let cni = &agents[k].cni;
+                let host_port = host_ports[k * n + i];
                 s.spawn(move || {
-                    let ports = [PortMapping::tcp(free_port(), 80)];
+                    let ports = [PortMapping::tcp(host_port, 80)];
                     (k, cni.setup(&format!("par-{i}"), &ports).unwrap())
                 })
             })

@@ -144,6 +144,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct free ports: each is held until all are found, so none is handed out twice (a
+/// port released by one `free_port` call may be the next call's answer).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 /// Removes data directories left by test binaries that no longer run.
 pub(crate) fn remove_stale_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {

@@ -3,7 +3,9 @@
 //!
 //! A module is a source file (`lib.rs`, `a.rs`, `a/mod.rs`, `a/b.rs`); its imports are the paths
 //! it names: `crate::a::b::…`, `super::…`, `self::…`, and the modules it declares itself used as
-//! `child::…`. Each path leads to the deepest module file it names. Code after the first
+//! `child::…`, plus the children it declares (`mod child;`: a parent owns its children, so a
+//! child importing from its parent closes a circle). Each path leads to the deepest module file
+//! it names. Code after the first
 //! `#[cfg(test)]` line is left out: a unit test's `use super::*` is no import of the module it
 //! tests. This is what `cargo modules dependencies --acyclic` checks, without building
 //! rust-analyzer, so CI runs it on every change.
@@ -218,6 +220,15 @@ impl ModuleGraph {
                     if let Some(target) = resolve(&segs, &here, &children, &modules) {
                         named.insert(target);
                     }
+                }
+            }
+            // A parent owns the children it declares, as rust-analyzer (and cargo-modules)
+            // reads it: a child that imports from its parent closes a circle.
+            for child in &children {
+                if code.contains(&format!("mod {child};")) {
+                    let mut owned = here.clone();
+                    owned.push(child.clone());
+                    named.insert(owned);
                 }
             }
             imports.insert(here, named);

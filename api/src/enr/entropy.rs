@@ -5,7 +5,7 @@
 //! function of the total, computed with the *configured* weights, so changing a weight changes
 //! prices too.
 
-use super::clamp;
+use super::bounds::clamp;
 use serde::{Deserialize, Serialize};
 
 /// The cap of each component.

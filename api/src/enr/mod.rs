@@ -7,14 +7,10 @@
 //! identities. Nothing here reads a clock: time is always an argument. The README's glossary
 //! names the file behind each term.
 
+pub mod bounds;
 pub mod entropy;
 pub mod nexus;
 pub mod pricing;
 pub mod reputation;
 pub mod revival;
 pub mod septal;
-
-/// Clamps a float into `[lo, hi]`, mapping NaN to `lo` (a NaN input must never poison a score).
-pub fn clamp(x: f64, lo: f64, hi: f64) -> f64 {
-    if x.is_nan() { lo } else { x.clamp(lo, hi) }
-}

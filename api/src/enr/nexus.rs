@@ -9,7 +9,7 @@
 //! PoteauMitan. When nobody is eligible, the fallback elects the Ready candidates with the
 //! highest reputation and says so, so the mesh always has a hub.
 
-use super::clamp;
+use super::bounds::clamp;
 use crate::resources::node::NexusRole;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;

@@ -11,7 +11,7 @@
 //!   wins and pays the larger of the reserve and the second-highest valid bid plus the minimum
 //!   increment, never more than its own bid. Ties go to the earliest bid, then the bidder name.
 
-use super::clamp;
+use super::bounds::clamp;
 use crate::resources::node::{NodePricing, PricingModel};
 use serde::{Deserialize, Serialize};
 

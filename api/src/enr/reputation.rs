@@ -11,7 +11,7 @@
 //!   never from boosted scores. So a ring of fresh identities (all at 0.5) vouching for one
 //!   another gains nothing, and vouches cannot compound through chains.
 
-use super::clamp;
+use super::bounds::clamp;
 use serde::{Deserialize, Serialize};
 
 /// Reputation settings.

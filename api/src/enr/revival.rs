@@ -110,7 +110,7 @@ pub fn tax(amount: i64, tax_bps: u32) -> i64 {
 /// How `amount` milli-credits are redistributed: (payee, amount) pairs summing to `amount`.
 pub fn plan(amount: i64, nodes: &[NodeInfo], cfg: &Config) -> Vec<(Payee, i64)> {
     let amount = amount.max(0);
-    let milli = |x: f64| (super::clamp(x, 0.0, 1.0) * 1000.0).round() as u16;
+    let milli = |x: f64| (super::bounds::clamp(x, 0.0, 1.0) * 1000.0).round() as u16;
     let mut groups: [(Share, Vec<&str>, u8); 3] = [
         (Share::Maintenance, Vec::new(), cfg.maintenance_pct),
         (Share::Subsidy, Vec::new(), cfg.subsidy_pct),

@@ -11,7 +11,7 @@
 //! quarter, so 3 consecutive successes reconnect it; a failure while recovering isolates it again
 //! and restarts the 60 s.
 
-use super::clamp;
+use super::bounds::clamp;
 use crate::resources::node::SeptalState;
 use serde::{Deserialize, Serialize};
 

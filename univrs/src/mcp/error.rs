@@ -42,8 +42,14 @@ pub enum ToolError {
 }
 
 /// What a 404 without an object name means: the API group itself is not served.
-const MISSING_API: &str = "the API server does not serve univrs.io/v1alpha1: install the CRDs \
-(univrs crds | kubectl apply --server-side -f -) or point --kubeconfig at a Univrs cluster";
+fn missing_api() -> String {
+    format!(
+        "the API server does not serve {}/{}: install the CRDs (univrs crds | kubectl apply \
+         --server-side -f -) or point --kubeconfig at a Univrs cluster",
+        univrs_api::GROUP,
+        univrs_api::VERSION
+    )
+}
 
 impl ToolError {
     /// Wraps a kube error from `action`: a 404 for an object becomes `NotFound` (for `what`,
@@ -63,7 +69,7 @@ impl ToolError {
                         hint: "create it first (kubectl create namespace NAME) or use an existing one",
                     }
                 } else if name.is_empty() {
-                    Self::Unavailable(MISSING_API.into())
+                    Self::Unavailable(missing_api())
                 } else {
                     Self::NotFound {
                         what: what.into(),

@@ -4,7 +4,7 @@
 //! Every action is an edit (or a read) of the custom resources through the Kubernetes API
 //! with the kube client, so the same server works against the local control plane and any
 //! real cluster with the CRDs installed; the controller does the rest. Writes use the field
-//! manager [`FIELD_MANAGER`], so `kubectl get --show-managed-fields` tells them apart.
+//! manager `univrs-mcp` (`manager`), so `kubectl get --show-managed-fields` tells them apart.
 //!
 //! - `server`: the tools and the cluster summary resource;
 //! - `args`: the tools' argument types (their schemas are the input schemas);
@@ -17,12 +17,10 @@ mod args;
 mod credit;
 mod error;
 pub mod http;
+mod manager;
 mod nodes;
 pub mod server;
 mod summary;
 pub mod tls;
 mod trust;
 mod workloads;
-
-/// The server-side-apply field manager (and update manager) of every write the server makes.
-pub const FIELD_MANAGER: &str = "univrs-mcp";

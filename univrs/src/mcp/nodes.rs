@@ -5,9 +5,9 @@
 //! elsewhere. Uncordon undoes both. These are merge patches, as `kubectl cordon` makes, so they
 //! never create a Node and leave the rest of the spec to the node's agent.
 
-use super::FIELD_MANAGER;
 use super::args::NodeRef;
 use super::error::{ToolError, ToolResult};
+use super::manager::FIELD_MANAGER;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};

@@ -172,7 +172,7 @@ pub async fn vouch(
     let created = Api::<Vouch>::all(client.clone())
         .create(
             &PostParams {
-                field_manager: Some(super::FIELD_MANAGER.into()),
+                field_manager: Some(super::manager::FIELD_MANAGER.into()),
                 ..Default::default()
             },
             &v,

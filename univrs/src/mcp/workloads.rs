@@ -1,9 +1,9 @@
 //! The Workload tools: deploy (server-side apply), list, get (with instances, conditions and
 //! Events), scale (through the scale subresource) and delete.
 
-use super::FIELD_MANAGER;
 use super::args::{DeployArgs, ListArgs, ScaleArgs, WorkloadRef, namespace_or_default};
 use super::error::{ToolError, ToolResult};
+use super::manager::FIELD_MANAGER;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
