@@ -16,3 +16,26 @@ pub const NODES_GROUP: &str = "univrs:nodes";
 pub fn node_user(name: &str) -> String {
     format!("{NODE_USER_PREFIX}{name}")
 }
+
+/// A node's credentials also carry the group of its key, this prefix and its PeerId
+/// (`univrs:peer:12D3KooW…`): the join approver signs only a certificate whose key is that
+/// PeerId's, so a policy can check a Node's `spec.peerId` against who sends it.
+pub const PEER_GROUP_PREFIX: &str = "univrs:peer:";
+
+/// The group a node's credentials carry for its key.
+pub fn peer_group(peer_id: &str) -> String {
+    format!("{PEER_GROUP_PREFIX}{peer_id}")
+}
+
+/// The group of bootstrap tokens made by `univrs token create`: they may ask for a node
+/// certificate and nothing else.
+pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers:univrs";
+
+/// The ClusterRole every joined node is bound to, one ClusterRoleBinding of the same name and
+/// the node's (`univrs-node-<name>`) each, so removing a node revokes its rights at once.
+pub const NODE_CLUSTER_ROLE: &str = "univrs-node";
+
+/// The name of the ClusterRoleBinding that grants node `name` its rights.
+pub fn node_binding(name: &str) -> String {
+    format!("{NODE_CLUSTER_ROLE}-{name}")
+}
