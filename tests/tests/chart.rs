@@ -138,12 +138,13 @@ fn template_renders_every_component_with_tight_security() {
         ("ServiceAccount", ns, "univrs-agent"),
         ("ServiceAccount", ns, "univrs-mcp"),
         ("ClusterRole", "", "univrs-controller"),
-        ("ClusterRole", "", "univrs-agent"),
+        ("ClusterRole", "", "univrs-node"),
+        ("ClusterRoleBinding", "", "univrs-agent"),
+        ("ClusterRoleBinding", "", "univrs-bootstrappers"),
         ("ClusterRole", "", "univrs-mcp"),
         ("ClusterRole", "", "univrs-view"),
         ("ClusterRole", "", "univrs-edit"),
         ("Role", ns, "univrs-controller-leases"),
-        ("Role", ns, "univrs-agent-leases"),
     ] {
         assert!(
             ids.contains(&(kind.into(), namespace.into(), name.into())),

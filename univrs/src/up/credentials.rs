@@ -185,9 +185,10 @@ mod tests {
         };
         for sa in ["univrs-controller", "univrs-agent"] {
             assert!(named("ServiceAccount", sa), "{sa}");
-            assert!(named("ClusterRole", sa), "{sa}");
             assert!(named("ClusterRoleBinding", sa), "{sa}");
         }
+        assert!(named("ClusterRole", "univrs-controller"));
+        assert!(named("ClusterRole", univrs_api::system::NODE_CLUSTER_ROLE));
         assert!(
             objects
                 .iter()
