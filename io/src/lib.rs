@@ -8,11 +8,13 @@
 //! - [`tls`]: a rustls server configuration from PEM files (the one PEM loader);
 //! - [`listener`]: the HTTPS listener: TLS handshakes run concurrently, each with a deadline,
 //!   so a client that connects and says nothing holds up no one;
+//! - [`node_cert`]: the certificate request a node makes for its own API credentials;
 //! - [`token`]: the bearer token, kept only as a digest, compared in constant time, redacted.
 
 pub mod apply;
 pub mod events;
 pub mod listener;
 pub mod metrics;
+pub mod node_cert;
 pub mod tls;
 pub mod token;

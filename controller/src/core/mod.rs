@@ -5,6 +5,7 @@
 //! May import: the `api` crate and its sibling modules here. Never `state`, `reconcile` or the
 //! crate root; nothing here knows a client, a cache or a queue exists.
 //!
+//! - [`approval`]: whether a node's certificate request is approved (the join).
 //! - [`resources`]: CPU, memory, GPUs and host ports, shared by pricing and placement.
 //! - [`quote`]: what a node charges, at its market (pricing for both placement and billing).
 //! - [`scheduler`]: which node gets an instance (filter, score, spread).
@@ -14,6 +15,7 @@
 //! - [`notice`]: what a reconcile announces once its write landed.
 //! - [`plan`]: the plan step of each reconciler, one module per resource.
 
+pub mod approval;
 pub mod billing;
 pub mod notice;
 pub mod peers;
