@@ -39,3 +39,7 @@ pub const NODE_CLUSTER_ROLE: &str = "univrs-node";
 pub fn node_binding(name: &str) -> String {
     format!("{NODE_CLUSTER_ROLE}-{name}")
 }
+
+/// The annotation on a node's ClusterRoleBinding naming the PeerId its name is bound to, so a
+/// later join under that name with another key is refused even before the Node exists.
+pub const PEER_ID_ANNOTATION: &str = "univrs.io/peer-id";

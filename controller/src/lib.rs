@@ -27,7 +27,7 @@ use futures::StreamExt;
 use kube::Resource;
 use kube::runtime::controller::{self, Action, applier};
 use kube::runtime::reflector::{self, ObjectRef};
-use reconcile::{credit, nexus, node, vouch, workload};
+use reconcile::{credit, csr, nexus, node, vouch, workload};
 use state::context::{Context, Settings};
 use state::{feeds, queues};
 use std::sync::Arc;
@@ -219,6 +219,20 @@ pub async fn run(
             stop(),
         ),
     );
+    // Certificate requests are few and need no index: a plain controller with its own watch.
+    let approver = {
+        let api = kube::Api::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>::all(
+            client.clone(),
+        );
+        kube::runtime::Controller::new(api, kube::runtime::watcher::Config::default())
+            .graceful_shutdown_on(stop())
+            .run(
+                |obj, ctx| instrumented("CertificateSigningRequest", obj, ctx, csr::reconcile),
+                error_policy,
+                ctx.clone(),
+            )
+            .for_each(|_| async {})
+    };
     let feeds = feeds::run(client, writers, ctx.clone(), queues.clone());
     let elections = nexus::run_elections(ctx.clone(), queues.nodes.clone());
     let sync_ctx = ctx.clone();
@@ -232,6 +246,7 @@ pub async fn run(
     });
     tokio::select! {
         _ = controllers => {}
+        _ = approver => {}
         _ = feeds => {}
         _ = elections => {}
         _ = synced => {}

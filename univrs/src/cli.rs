@@ -91,6 +91,10 @@ pub enum Command {
         /// vouches can lift reputation before anyone has a record.
         #[arg(long = "trust-anchor", value_name = "DID", value_parser = parse_did)]
         trust_anchors: Vec<String>,
+        /// The ClusterRole a joined node is bound to when its certificate is approved (the Helm
+        /// chart's is `<release>-node`).
+        #[arg(long, default_value = univrs_api::system::NODE_CLUSTER_ROLE)]
+        node_cluster_role: String,
         /// Log as JSON lines instead of text (the level comes from RUST_LOG).
         #[arg(long)]
         log_json: bool,

@@ -91,6 +91,21 @@ pub fn decide(req: &Request<'_>, bound_peer: Option<&str>) -> Verdict {
     }
 }
 
+/// The node name a node certificate request asks for, if it is one (to look up what that name
+/// is bound to before deciding).
+pub fn requested_node(pem: &[u8]) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let (_, csr) = X509CertificationRequest::from_der(&pem.contents).ok()?;
+    let cn = csr
+        .certification_request_info
+        .subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?;
+    cn.strip_prefix(NODE_USER_PREFIX).map(str::to_string)
+}
+
 /// The node a request names, with the PeerId of its key.
 #[derive(Debug)]
 struct Subject {
@@ -213,6 +228,7 @@ mod tests {
         let id = NodeIdentity::generate();
         let peer = id.public().peer_id();
         let pem = request_pem(&id, "library").unwrap();
+        assert_eq!(requested_node(pem.as_bytes()).as_deref(), Some("library"));
         let approved = Verdict::Approve {
             node: "library".into(),
             peer_id: peer.clone(),

@@ -1,5 +1,6 @@
 //! The reconcilers, one module per resource: [`workload`], [`node`], [`vouch`], [`credit`]
-//! (CreditLines, and paying along them), [`revival`] (settling a departed Node's credit) and
+//! (CreditLines, and paying along them), [`csr`] (approving the certificate a joining node asks
+//! for), [`revival`] (settling a departed Node's credit) and
 //! [`nexus`] (the periodic election whose result the Node reconciler writes). Each reconcile
 //! reads from `state`, plans with its pure plan step in `core::plan`, writes with server-side
 //! apply (`univrs_io::apply`, field manager `univrs-controller`) only when the plan changes something, and announces what the plan says
@@ -15,6 +16,7 @@
 //! settles through `revival`, which transfers through `credit`, and reads `nexus`'s election).
 
 pub mod credit;
+pub mod csr;
 pub mod nexus;
 pub mod node;
 pub mod revival;

@@ -24,6 +24,8 @@ pub struct Settings {
     pub nexus_interval: Duration,
     /// DIDs whose vouches count with a perfect standing (the community's founding machines).
     pub trust_anchors: BTreeSet<String>,
+    /// The ClusterRole a joined node is bound to on approval (the chart's `<release>-node`).
+    pub node_cluster_role: String,
 }
 
 impl Default for Settings {
@@ -33,6 +35,7 @@ impl Default for Settings {
             resync: Duration::from_secs(300),
             nexus_interval: Duration::from_secs(30),
             trust_anchors: BTreeSet::new(),
+            node_cluster_role: univrs_api::system::NODE_CLUSTER_ROLE.to_string(),
         }
     }
 }

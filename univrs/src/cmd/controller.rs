@@ -39,8 +39,7 @@ pub fn init_tracing(json: bool) {
 pub fn run(
     kubeconfig: Option<PathBuf>,
     metrics_addr: SocketAddr,
-    grace: Duration,
-    trust_anchors: std::collections::BTreeSet<String>,
+    settings: Settings,
     log_json: bool,
 ) -> anyhow::Result<()> {
     init_tracing(log_json);
@@ -55,12 +54,7 @@ pub fn run(
             _ = shutdown_signal() => return Ok(()),
         };
         metrics.set_leader(true);
-        tracing::info!(identity = %elector.identity, anchors = trust_anchors.len(), "leading: starting reconcilers");
-        let settings = Settings {
-            node_grace_period: grace,
-            trust_anchors,
-            ..Settings::default()
-        };
+        tracing::info!(identity = %elector.identity, anchors = settings.trust_anchors.len(), "leading: starting reconcilers");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let controllers = tokio::spawn(univrs_controller::run(
             client,

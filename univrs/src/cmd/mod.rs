@@ -12,6 +12,7 @@ pub mod up;
 mod vouch;
 
 use crate::cli::{Cli, Command};
+use univrs_controller::state::context::Settings;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -82,12 +83,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_addr,
             node_grace_period,
             trust_anchors,
+            node_cluster_role,
             log_json,
         } => controller::run(
             kubeconfig,
             metrics_addr,
-            node_grace_period,
-            trust_anchors.into_iter().collect(),
+            Settings {
+                node_grace_period,
+                trust_anchors: trust_anchors.into_iter().collect(),
+                node_cluster_role,
+                ..Settings::default()
+            },
             log_json,
         ),
     }
