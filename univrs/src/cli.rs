@@ -45,6 +45,12 @@ pub enum Command {
         /// Use the upstream binaries in this directory instead of the cached build.
         #[arg(long, env = "UNIVRS_CONTROL_PLANE_BIN")]
         bin_dir: Option<PathBuf>,
+        /// Also serve the API server on this machine's address ADDR, so other machines can
+        /// join (`univrs token create`, then `univrs join` there): kube-apiserver then listens
+        /// on all addresses (it binds one, and loopback must keep working) and its certificate
+        /// names ADDR. Default: loopback only.
+        #[arg(long, value_name = "ADDR")]
+        advertise_address: Option<std::net::IpAddr>,
     },
     /// Run the whole system on this machine: the local control plane (or an existing cluster
     /// with --kubeconfig), the CRDs, the controller and node agents, until Ctrl-C.
@@ -55,6 +61,12 @@ pub enum Command {
         /// The local API server's port on 127.0.0.1.
         #[arg(long, default_value_t = 6443)]
         port: u16,
+        /// Also serve the API server on this machine's address ADDR, so other machines can
+        /// join (`univrs token create`, then `univrs join` there): kube-apiserver then listens
+        /// on all addresses (it binds one, and loopback must keep working) and its certificate
+        /// names ADDR. Default: loopback only.
+        #[arg(long, value_name = "ADDR")]
+        advertise_address: Option<std::net::IpAddr>,
         /// Also write the admin kubeconfig (mode 0600) to this file.
         #[arg(long)]
         write_kubeconfig: Option<PathBuf>,
@@ -153,6 +165,27 @@ pub enum Command {
     /// Serve the Model Context Protocol so AI agents can deploy and inspect workloads
     /// (stdio by default; streamable HTTP on --listen, behind TLS and a bearer token).
     Mcp(McpArgs),
+    /// Bootstrap tokens with which other machines join (`univrs join`): create, list, delete.
+    Token {
+        /// create, list or delete.
+        #[command(subcommand)]
+        command: TokenCommand,
+        /// An admin's kubeconfig [default: KUBECONFIG, else the local control plane's].
+        #[arg(long, env = "KUBECONFIG", global = true)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Join this machine to a community: check the server's CA against --ca-cert-hash, get
+    /// this node's own certificate with the token, write <data-dir>/kubeconfig, run the agent.
+    Join(Box<JoinArgs>),
+    /// Manage the community's nodes as an admin.
+    Node {
+        /// remove.
+        #[command(subcommand)]
+        command: NodeCommand,
+        /// An admin's kubeconfig [default: KUBECONFIG, else the local control plane's].
+        #[arg(long, env = "KUBECONFIG", global = true)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Internal: the per-container shim the node agent spawns (runs youki's libcontainer).
     #[command(hide = true)]
     Shim {
@@ -228,6 +261,60 @@ pub enum ShimCommand {
 pub enum ControlPlaneCommand {
     /// Build the pinned upstream binaries once into the cache (reused afterwards); print their directory.
     Build,
+}
+
+/// `univrs token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print the `univrs join` command that uses it.
+    Create {
+        /// How long the token works (joins after that need a new one; joined nodes keep
+        /// their own credentials).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Who or what it is for, shown by `univrs token list`.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List the tokens (ids, expiry and description; never secrets).
+    List,
+    /// Delete a token: it stops working at once.
+    Delete {
+        /// The token's id (the part before the dot).
+        id: String,
+    },
+}
+
+/// `univrs node …`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Remove a node: its credentials stop working at once (its role binding is deleted) and
+    /// its Node object is deleted, so its credit is settled by the revival path.
+    Remove {
+        /// The Node's name.
+        name: String,
+    },
+}
+
+/// `univrs join`'s flags: where to join, with what, and then the agent's own flags.
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// The API server, as `univrs token create` prints it (`https://ADDR:PORT`).
+    #[arg(long)]
+    pub server: String,
+    /// The bootstrap token (`<id>.<secret>`); needed only for the first join, not when the
+    /// data directory holds valid credentials from an earlier one.
+    #[arg(long, env = "UNIVRS_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The pin of the cluster's CA (`sha256:<hex>`): a server whose CA does not match is refused.
+    #[arg(long)]
+    pub ca_cert_hash: String,
+    /// Only join (write the kubeconfig); do not run the agent.
+    #[arg(long)]
+    pub no_start: bool,
+    /// The agent's flags (its --kubeconfig is ignored: a joined node uses <data-dir>/kubeconfig).
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 /// `univrs identity …`

@@ -3,6 +3,7 @@
 mod cli;
 mod cmd;
 mod control_plane;
+mod join;
 mod mcp;
 mod paths;
 mod up;

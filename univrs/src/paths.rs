@@ -24,3 +24,10 @@ pub fn cache_dir() -> anyhow::Result<PathBuf> {
     }
     Ok(xdg("XDG_CACHE_HOME", ".cache")?.join("univrs"))
 }
+
+/// The kubeconfig admin commands use when none is given: the local control plane's admin
+/// kubeconfig (`univrs up`, `univrs control-plane`), if there is one.
+pub fn local_admin_kubeconfig() -> Option<PathBuf> {
+    let p = data_dir().ok()?.join("control-plane/admin.kubeconfig");
+    p.exists().then_some(p)
+}

@@ -10,6 +10,17 @@ use univrs_node_agent::agent::{self, AgentConfig, kube::capacity::CapacityOverri
 /// Runs the agent.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     init_tracing(args.log_json);
+    let kubeconfig = args.kubeconfig.clone();
+    let cfg = config(args)?;
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let client = client(kubeconfig).await?;
+        agent::run(client, cfg, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// The agent's configuration from its flags.
+pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     let node_name = node_name(args.node_name)?;
     let quantity = |flag: &str, v: Option<String>| -> anyhow::Result<Option<Quantity>> {
         v.map(|s| {
@@ -58,15 +69,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         api_tls: args.api_tls_cert.zip(args.api_tls_key),
         vouch_interval: args.vouch_interval,
     };
-    tokio::runtime::Runtime::new()?.block_on(async move {
-        let client = client(args.kubeconfig).await?;
-        agent::run(client, cfg, shutdown_signal()).await?;
-        Ok(())
-    })
+    Ok(cfg)
 }
 
 /// The node name given, or the host name.
-fn node_name(given: Option<String>) -> anyhow::Result<String> {
+pub fn node_name(given: Option<String>) -> anyhow::Result<String> {
     match given {
         Some(n) => Ok(n),
         None => Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -13,6 +13,7 @@ pub fn run(
     etcd_port: u16,
     write_kubeconfig: Option<PathBuf>,
     bin_dir: Option<PathBuf>,
+    advertise_address: Option<std::net::IpAddr>,
 ) -> anyhow::Result<()> {
     if let Some(ControlPlaneCommand::Build) = command {
         let bins = Binaries::resolve(bin_dir.as_deref())?;
@@ -29,6 +30,7 @@ pub fn run(
         etcd_port,
         write_kubeconfig,
         bin_dir,
+        advertise_address,
     };
     tokio::runtime::Runtime::new()?.block_on(control_plane::run(opts))
 }

@@ -5,9 +5,12 @@ mod control_plane;
 mod controller;
 mod crds;
 mod identity;
+mod join;
 mod kubectl;
 mod mcp;
+mod node;
 mod shim;
+mod token;
 pub mod up;
 mod vouch;
 
@@ -19,6 +22,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crds { out, check } => crds::run(out.as_deref(), check),
         Command::Identity { command } => identity::run(command),
+        Command::Token {
+            command,
+            kubeconfig,
+        } => token::run(command, kubeconfig),
+        Command::Join(args) => join::run(*args),
+        Command::Node {
+            command,
+            kubeconfig,
+        } => node::run(command, kubeconfig),
         Command::ControlPlane {
             command,
             data_dir,
@@ -26,6 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             etcd_port,
             write_kubeconfig,
             bin_dir,
+            advertise_address,
         } => control_plane::run(
             command,
             data_dir,
@@ -33,11 +46,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             etcd_port,
             write_kubeconfig,
             bin_dir,
+            advertise_address,
         ),
         Command::Agent(args) => agent::run(*args),
         Command::Up {
             data_dir,
             port,
+            advertise_address,
             write_kubeconfig,
             agents,
             kubeconfig,
@@ -47,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => up::run(up::Args {
             data_dir,
             port,
+            advertise_address,
             write_kubeconfig,
             agents,
             kubeconfig,

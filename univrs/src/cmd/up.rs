@@ -8,6 +8,7 @@ use std::time::Duration;
 pub struct Args {
     pub data_dir: Option<PathBuf>,
     pub port: u16,
+    pub advertise_address: Option<std::net::IpAddr>,
     pub write_kubeconfig: Option<PathBuf>,
     pub agents: u32,
     pub kubeconfig: Option<PathBuf>,
@@ -25,6 +26,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let opts = up::Options {
         data_dir,
         port: a.port,
+        advertise_address: a.advertise_address,
         write_kubeconfig: a.write_kubeconfig,
         extra_agents: a.agents,
         kubeconfig: a.kubeconfig,

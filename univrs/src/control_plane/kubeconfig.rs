@@ -1,4 +1,5 @@
-//! Kubeconfig files for the admin and for kube-controller-manager, with embedded certificates.
+//! Kubeconfig files: the admin's and kube-controller-manager's (embedded certificates), a
+//! ServiceAccount's (a token file) and a joined node's (certificate files it renews).
 
 use super::pki::{CertFiles, write_private};
 use anyhow::{Context, Result};
@@ -30,6 +31,25 @@ pub fn write_with_token_file(
 ) -> Result<()> {
     let credentials = serde_json::json!({ "tokenFile": token_file });
     write_config(path, server, ca_data, user, credentials)
+}
+
+/// Writes a kubeconfig (mode 0600) that reaches `server` (whose CA is `ca_pem`) as the holder
+/// of the certificate in the file `cert` with the key in the file `key`: files, not data, so a
+/// renewed certificate is what every reader of the kubeconfig presents.
+pub fn write_with_cert_files(
+    path: &Path,
+    server: &str,
+    ca_pem: &str,
+    cert: &Path,
+    key: &Path,
+    user: &str,
+) -> Result<()> {
+    let ca_data = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let credentials = serde_json::json!({
+        "client-certificate": cert,
+        "client-key": key,
+    });
+    write_config(path, server, &ca_data, user, credentials)
 }
 
 fn write_config(

@@ -7,6 +7,7 @@
 //! layer above (`univrs up`, systemd with `Restart=on-failure`) owns restarts with backoff.
 
 pub mod binaries;
+pub mod cluster_info;
 pub mod kubeconfig;
 pub mod pki;
 pub mod process;
@@ -30,6 +31,9 @@ pub struct Options {
     pub write_kubeconfig: Option<PathBuf>,
     /// Where the upstream binaries are (default: built once per pin into the cache).
     pub bin_dir: Option<PathBuf>,
+    /// Where other machines reach the API server (it then listens on every address, and its
+    /// certificate names this one); loopback only when absent.
+    pub advertise_address: Option<std::net::IpAddr>,
 }
 
 /// Files the control plane keeps under its data directory.
@@ -95,7 +99,8 @@ pub async fn run(opts: Options) -> Result<()> {
 
     progress.begin("certificates and keys");
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let pki = pki::Pki::ensure(&layout.pki(), &[hostname.trim().to_string()])?;
+    let advertised: Vec<std::net::IpAddr> = opts.advertise_address.into_iter().collect();
+    let pki = pki::Pki::ensure(&layout.pki(), &[hostname.trim().to_string()], &advertised)?;
     let server = format!("https://127.0.0.1:{}", opts.port);
     kubeconfig::write(
         &layout.admin_kubeconfig(),
@@ -159,9 +164,17 @@ pub async fn run(opts: Options) -> Result<()> {
     progress.done("etcd");
 
     progress.begin(&format!("kube-apiserver on {server}"));
+    let (advertise, bind) = match opts.advertise_address {
+        // kube-apiserver binds one address: all of them, so loopback keeps working beside ADDR.
+        Some(a) => (a.to_string(), if a.is_ipv6() { "::" } else { "0.0.0.0" }),
+        None => ("127.0.0.1".to_string(), "127.0.0.1"),
+    };
     let apiserver_args = vec![
-        "--advertise-address=127.0.0.1".into(),
-        "--bind-address=127.0.0.1".into(),
+        format!("--advertise-address={advertise}"),
+        format!("--bind-address={bind}"),
+        // Joining machines present a bootstrap token (`univrs token create`) once, to ask for
+        // their own certificate.
+        "--enable-bootstrap-token-auth=true".into(),
         format!("--secure-port={}", opts.port),
         format!("--etcd-servers={etcd_url}"),
         format!("--etcd-cafile={}", p(&pki.etcd_ca.cert)),
@@ -197,6 +210,14 @@ pub async fn run(opts: Options) -> Result<()> {
     .await?;
     progress.done("kube-apiserver ready");
 
+    let public_server = match opts.advertise_address {
+        Some(a) => format!("https://{}", std::net::SocketAddr::new(a, opts.port)),
+        None => server.clone(),
+    };
+    cluster_info::publish(&client, &public_server, &pki.ca.cert)
+        .await
+        .context("publishing kube-public/cluster-info for joining machines")?;
+
     progress.begin("kube-controller-manager");
     let kcm_port = process::free_port()?;
     let kcm_args = vec![
@@ -207,7 +228,11 @@ pub async fn run(opts: Options) -> Result<()> {
         format!("--secure-port={kcm_port}"),
         format!("--cert-dir={}", p(&layout.root.join("controller-manager-certs"))),
         // clusterrole-aggregation: the chart's univrs-view/univrs-edit roles join view/edit.
-        "--controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token,root-ca-cert-publisher,clusterrole-aggregation".into(),
+        // csrsigning signs the node certificates the Univrs controller approves; csrcleaner and
+        // tokencleaner remove old requests and expired bootstrap tokens.
+        "--controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token,root-ca-cert-publisher,clusterrole-aggregation,csrsigning,csrcleaner,tokencleaner".into(),
+        format!("--cluster-signing-cert-file={}", p(&pki.ca.cert)),
+        format!("--cluster-signing-key-file={}", p(&pki.ca.key)),
         format!("--service-account-private-key-file={}", p(&pki.sa_key)),
         format!("--root-ca-file={}", p(&pki.ca.cert)),
         "--use-service-account-credentials=true".into(),
@@ -244,7 +269,9 @@ pub async fn run(opts: Options) -> Result<()> {
     outcome
 }
 
-/// The structured authentication configuration: anonymous requests only to health endpoints.
+/// The structured authentication configuration: anonymous requests only to health endpoints
+/// and to the public cluster-info a joining machine reads before it trusts the server (it
+/// checks the CA there against its --ca-cert-hash; RBAC lets anonymous read that one object).
 const AUTHENTICATION_CONFIG: &str = "\
 apiVersion: apiserver.config.k8s.io/v1
 kind: AuthenticationConfiguration
@@ -254,6 +281,7 @@ anonymous:
   - path: /livez
   - path: /readyz
   - path: /healthz
+  - path: /api/v1/namespaces/kube-public/configmaps/cluster-info
 ";
 
 /// A kube client acting as the admin.

@@ -58,9 +58,10 @@ struct Leaf<'a> {
 }
 
 impl Pki {
-    /// Loads the PKI under `dir`, creating whatever is missing. `hosts` are extra names the
-    /// API server's certificate must carry (the host name).
-    pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Self> {
+    /// Loads the PKI under `dir`, creating whatever is missing. `hosts` and `addresses` are
+    /// extra names and addresses the API server's certificate must carry (the host name, the
+    /// advertised address); a certificate made for other names is made again.
+    pub fn ensure(dir: &Path, hosts: &[String], addresses: &[std::net::IpAddr]) -> Result<Self> {
         create_private_dir(dir)?;
         let ca = ensure_ca(dir, "ca", "univrs-kubernetes-ca")?;
         let etcd_ca = ensure_ca(dir, "etcd-ca", "univrs-etcd-ca")?;
@@ -107,6 +108,7 @@ impl Pki {
             api_sans.push(dns(name));
         }
         api_sans.extend(hosts.iter().filter(|h| !h.is_empty()).map(|h| dns(h)));
+        api_sans.extend(addresses.iter().map(|a| SanType::IpAddress(*a)));
         let apiserver = ensure_leaf(
             dir,
             &ca,
@@ -249,7 +251,12 @@ fn ca_params(common_name: &str) -> CertificateParams {
 
 fn ensure_leaf(dir: &Path, ca: &Ca, leaf: Leaf<'_>) -> Result<CertFiles> {
     let f = files(dir, leaf.name);
-    if f.cert.exists() && f.key.exists() {
+    // What the certificate was made for, beside it: a change of names (a new advertised
+    // address) makes it again under the same CA, so clients that trust the CA notice nothing.
+    let made_for = dir.join(format!("{}.sans", leaf.name));
+    let sans = format!("{:?}\n", leaf.sans);
+    let same_names = fs::read_to_string(&made_for).is_ok_and(|s| s == sans);
+    if f.cert.exists() && f.key.exists() && same_names {
         return Ok(f);
     }
     let ca_key = KeyPair::from_pem(&fs::read_to_string(&ca.files.key)?)
@@ -280,6 +287,7 @@ fn ensure_leaf(dir: &Path, ca: &Ca, leaf: Leaf<'_>) -> Result<CertFiles> {
     let cert = params.signed_by(&key, &issuer)?;
     write_private(&f.key, &key.serialize_pem())?;
     write_public(&f.cert, &cert.pem())?;
+    write_public(&made_for, &sans)?;
     Ok(f)
 }
 
@@ -309,7 +317,7 @@ mod tests {
     fn creates_private_files_once_and_reuses_them() {
         let dir = tempfile::tempdir().unwrap();
         let pki_dir = dir.path().join("pki");
-        let pki = Pki::ensure(&pki_dir, &["myhost".into()]).unwrap();
+        let pki = Pki::ensure(&pki_dir, &["myhost".into()], &[]).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&pki_dir), 0o700);
         for key in [
@@ -322,7 +330,17 @@ mod tests {
             assert_eq!(mode(key), 0o600, "{}", key.display());
         }
         let first = fs::read(&pki.apiserver.cert).unwrap();
-        let again = Pki::ensure(&pki_dir, &["myhost".into()]).unwrap();
+        let again = Pki::ensure(&pki_dir, &["myhost".into()], &[]).unwrap();
         assert_eq!(fs::read(&again.apiserver.cert).unwrap(), first);
+        // A new advertised address: the serving certificate is made again, the CA stays.
+        let ca = fs::read(&pki.ca.cert).unwrap();
+        let moved = Pki::ensure(
+            &pki_dir,
+            &["myhost".into()],
+            &["192.0.2.7".parse().unwrap()],
+        )
+        .unwrap();
+        assert_ne!(fs::read(&moved.apiserver.cert).unwrap(), first);
+        assert_eq!(fs::read(&moved.ca.cert).unwrap(), ca);
     }
 }

@@ -29,6 +29,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// The API server's port on 127.0.0.1 (local control plane only).
     pub port: u16,
+    /// Where other machines reach the local control plane's API server (to join).
+    pub advertise_address: Option<std::net::IpAddr>,
     /// Also write the admin kubeconfig here.
     pub write_kubeconfig: Option<PathBuf>,
     /// Agents besides the first.
@@ -72,6 +74,10 @@ pub async fn run(opts: Options) -> Result<()> {
             if let Some(k) = &opts.write_kubeconfig {
                 args.push("--write-kubeconfig".into());
                 args.push(k.display().to_string());
+            }
+            if let Some(a) = opts.advertise_address {
+                args.push("--advertise-address".into());
+                args.push(a.to_string());
             }
             children.spawn(Child::critical("control-plane", args))?;
             let kc = cp_dir.join("admin.kubeconfig");

@@ -1,0 +1,135 @@
+//! `univrs token create|list|delete`: bootstrap tokens for joining machines. A token is a
+//! Secret in kube-system that the API server's bootstrap authenticator reads (as kubeadm makes
+//! them): it authenticates `system:bootstrap:<id>` in the group `system:bootstrappers:univrs`,
+//! which may only ask for a node certificate. It expires (kube-controller-manager's
+//! tokencleaner deletes it then), and deleting it revokes it at once.
+
+use crate::cli::TokenCommand;
+use crate::cmd::controller::client;
+use crate::control_plane::cluster_info;
+use crate::paths;
+use anyhow::{Context, Result, bail};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use std::path::PathBuf;
+use std::time::Duration;
+use univrs_api::bootstrap::{
+    BootstrapToken, TOKEN_NAMESPACE, TOKEN_SECRET_TYPE, is_token_id, token_secret_name,
+};
+use univrs_api::system::BOOTSTRAPPERS_GROUP;
+
+/// Runs a token subcommand.
+pub fn run(command: TokenCommand, kubeconfig: Option<PathBuf>) -> Result<()> {
+    let kubeconfig = kubeconfig.or_else(paths::local_admin_kubeconfig);
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let client = client(kubeconfig).await?;
+        match command {
+            TokenCommand::Create { ttl, description } => create(&client, ttl, &description).await,
+            TokenCommand::List => list(&client).await,
+            TokenCommand::Delete { id } => delete(&client, &id).await,
+        }
+    })
+}
+
+/// Makes a token and prints the command that joins a machine with it.
+async fn create(client: &kube::Client, ttl: Duration, description: &str) -> Result<()> {
+    let info = cluster_info::read(client).await?;
+    let hash = info.ca_hash()?;
+    let token = BootstrapToken::generate(&mut rand::thread_rng());
+    let expires = Timestamp::now()
+        .checked_add(SignedDuration::from_secs(ttl.as_secs() as i64))
+        .context("--ttl is too long")?
+        .round(k8s_openapi::jiff::Unit::Second)?;
+    let data = [
+        ("token-id", token.id.as_str()),
+        ("token-secret", token.secret.as_str()),
+        ("expiration", &expires.to_string()),
+        ("usage-bootstrap-authentication", "true"),
+        ("auth-extra-groups", BOOTSTRAPPERS_GROUP),
+        ("description", description),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+    .collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(token.secret_name()),
+            namespace: Some(TOKEN_NAMESPACE.into()),
+            ..Default::default()
+        },
+        type_: Some(TOKEN_SECRET_TYPE.into()),
+        data: Some(data),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), TOKEN_NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await
+        .context("creating the bootstrap token Secret")?;
+    eprintln!(
+        "token {} expires {expires}; on the new machine, as root, run:",
+        token.id
+    );
+    println!(
+        "univrs join --server {} --token {token} --ca-cert-hash {hash}",
+        info.server
+    );
+    Ok(())
+}
+
+/// Prints every Univrs bootstrap token: id, expiry and description (never the secret).
+async fn list(client: &kube::Client) -> Result<()> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), TOKEN_NAMESPACE)
+        .list(&ListParams::default().fields(&format!("type={TOKEN_SECRET_TYPE}")))
+        .await
+        .context("listing bootstrap tokens")?;
+    println!("{:<8} {:<22} DESCRIPTION", "ID", "EXPIRES");
+    for s in secrets.items {
+        let field = |k: &str| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .unwrap_or_default()
+        };
+        if !field("auth-extra-groups")
+            .split(',')
+            .any(|g| g == BOOTSTRAPPERS_GROUP)
+        {
+            continue;
+        }
+        println!(
+            "{:<8} {:<22} {}",
+            field("token-id"),
+            field("expiration"),
+            field("description")
+        );
+    }
+    Ok(())
+}
+
+/// Deletes a token: it stops working at once.
+async fn delete(client: &kube::Client, id: &str) -> Result<()> {
+    // Accept a whole token too, and never echo its secret half.
+    let id = id.split('.').next().unwrap_or_default();
+    if !is_token_id(id) {
+        bail!(
+            "{id:?} is not a token id (6 characters of a-z and 0-9, as `univrs token list` shows)"
+        );
+    }
+    let api = Api::<Secret>::namespaced(client.clone(), TOKEN_NAMESPACE);
+    match api
+        .delete(&token_secret_name(id), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {
+            eprintln!("deleted token {id}");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            bail!("no token {id} (expired tokens are removed; see `univrs token list`)")
+        }
+        Err(e) => Err(e).context("deleting the token"),
+    }
+}
