@@ -7,17 +7,14 @@
 use crate::cli::TokenCommand;
 use crate::cmd::controller::client;
 use crate::control_plane::cluster_info;
+use crate::join;
 use crate::paths;
 use anyhow::{Context, Result, bail};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use std::path::PathBuf;
 use std::time::Duration;
-use univrs_api::bootstrap::{
-    BootstrapToken, TOKEN_NAMESPACE, TOKEN_SECRET_TYPE, is_token_id, token_secret_name,
-};
+use univrs_api::bootstrap::{TOKEN_NAMESPACE, TOKEN_SECRET_TYPE, is_token_id, token_secret_name};
 use univrs_api::system::BOOTSTRAPPERS_GROUP;
 
 /// Runs a token subcommand.
@@ -37,36 +34,7 @@ pub fn run(command: TokenCommand, kubeconfig: Option<PathBuf>) -> Result<()> {
 async fn create(client: &kube::Client, ttl: Duration, description: &str) -> Result<()> {
     let info = cluster_info::read(client).await?;
     let hash = info.ca_hash()?;
-    let token = BootstrapToken::generate(&mut rand::thread_rng());
-    let expires = Timestamp::now()
-        .checked_add(SignedDuration::from_secs(ttl.as_secs() as i64))
-        .context("--ttl is too long")?
-        .round(k8s_openapi::jiff::Unit::Second)?;
-    let data = [
-        ("token-id", token.id.as_str()),
-        ("token-secret", token.secret.as_str()),
-        ("expiration", &expires.to_string()),
-        ("usage-bootstrap-authentication", "true"),
-        ("auth-extra-groups", BOOTSTRAPPERS_GROUP),
-        ("description", description),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-    .collect();
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(token.secret_name()),
-            namespace: Some(TOKEN_NAMESPACE.into()),
-            ..Default::default()
-        },
-        type_: Some(TOKEN_SECRET_TYPE.into()),
-        data: Some(data),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), TOKEN_NAMESPACE)
-        .create(&PostParams::default(), &secret)
-        .await
-        .context("creating the bootstrap token Secret")?;
+    let (token, expires) = join::token::create(client, ttl, description).await?;
     eprintln!(
         "token {} expires {expires}; on the new machine, as root, run:",
         token.id

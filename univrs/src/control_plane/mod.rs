@@ -158,6 +158,7 @@ pub async fn run(opts: Options) -> Result<()> {
         "etcd",
         &bins.etcd,
         &etcd_args,
+        &[],
         &layout.logs().join("etcd.log"),
     )?);
     wait_for_port(etcd_port, &mut children, Duration::from_secs(60)).await?;
@@ -199,6 +200,7 @@ pub async fn run(opts: Options) -> Result<()> {
         "kube-apiserver",
         &bins.kube_apiserver,
         &apiserver_args,
+        &[],
         &layout.logs().join("kube-apiserver.log"),
     )?);
     let client = admin_client(&layout.admin_kubeconfig()).await?;
@@ -246,6 +248,7 @@ pub async fn run(opts: Options) -> Result<()> {
         "kube-controller-manager",
         &bins.kube_controller_manager,
         &kcm_args,
+        &[],
         &layout.logs().join("kube-controller-manager.log"),
     )?);
     progress.done("kube-controller-manager started");

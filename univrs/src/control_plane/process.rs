@@ -28,6 +28,7 @@ pub fn spawn(
     name: &'static str,
     program: &Path,
     args: &[String],
+    envs: &[(String, String)],
     log: &Path,
 ) -> Result<Supervised> {
     let out = std::fs::OpenOptions::new()
@@ -37,6 +38,7 @@ pub fn spawn(
         .with_context(|| format!("opening {}", log.display()))?;
     let mut cmd = Command::new(program);
     cmd.args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)

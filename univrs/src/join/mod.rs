@@ -9,6 +9,7 @@
 
 pub mod certificate;
 pub mod client;
+pub mod token;
 
 use crate::control_plane::cluster_info::ClusterInfo;
 use crate::control_plane::kubeconfig;

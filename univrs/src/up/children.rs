@@ -13,6 +13,8 @@ pub struct Child {
     kind: &'static str,
     label: String,
     args: Vec<String>,
+    /// Environment variables (for what must not show in the process list, like a token).
+    envs: Vec<(String, String)>,
     critical: bool,
 }
 
@@ -23,6 +25,7 @@ impl Child {
             kind,
             label: kind.to_string(),
             args,
+            envs: Vec::new(),
             critical: true,
         }
     }
@@ -38,6 +41,12 @@ impl Child {
     /// Names it in messages and its log file (`agent node-1`).
     pub fn named(mut self, label: &str) -> Self {
         self.label = format!("{} {label}", self.kind);
+        self
+    }
+
+    /// Sets an environment variable of the process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -79,6 +88,7 @@ impl Children {
             spec.kind,
             &self.exe,
             &spec.args,
+            &spec.envs,
             &self.logs.join(spec.log_name()),
         )
     }

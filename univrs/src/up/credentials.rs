@@ -19,13 +19,16 @@ use std::time::Duration;
 /// The chart's objects for clusters without Helm (`deploy/kustomize/base`).
 const BASE: &str = include_str!("../../../deploy/kustomize/base/univrs.yaml");
 
-/// The kinds taken from it: identities and their permissions, nothing that runs.
-const RBAC_KINDS: [&str; 5] = [
+/// The kinds taken from it: identities, their permissions and the admission policies that
+/// narrow what nodes may change; nothing that runs.
+const ACCESS_KINDS: [&str; 7] = [
     "ServiceAccount",
     "ClusterRole",
     "ClusterRoleBinding",
     "Role",
     "RoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 ];
 
 /// How long an issued token is valid.
@@ -35,22 +38,25 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// twice more in time.
 const RENEW_EVERY: Duration = Duration::from_secs(1200);
 
-/// The RBAC objects of the base, as JSON.
-fn rbac_objects() -> Result<Vec<serde_json::Value>> {
+/// The access objects of the base, as JSON.
+fn access_objects() -> Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(BASE) {
         let v = serde_json::Value::deserialize(doc).context("parsing the Kustomize base")?;
-        if v["kind"].as_str().is_some_and(|k| RBAC_KINDS.contains(&k)) {
+        if v["kind"]
+            .as_str()
+            .is_some_and(|k| ACCESS_KINDS.contains(&k))
+        {
             out.push(v);
         }
     }
     Ok(out)
 }
 
-/// Applies the base's ServiceAccounts, ClusterRoles, Roles and their bindings with
-/// server-side apply (so a newer `univrs` updates them); returns how many.
-pub async fn apply_rbac(client: &kube::Client, manager: &str) -> Result<usize> {
-    let objects = rbac_objects()?;
+/// Applies the base's ServiceAccounts, ClusterRoles, Roles, their bindings and the admission
+/// policies with server-side apply (so a newer `univrs` updates them); returns how many.
+pub async fn apply_access(client: &kube::Client, manager: &str) -> Result<usize> {
+    let objects = access_objects()?;
     let params = PatchParams::apply(manager).force();
     for v in &objects {
         let obj: DynamicObject = serde_json::from_value(v.clone())?;
@@ -77,6 +83,43 @@ pub async fn apply_rbac(client: &kube::Client, manager: &str) -> Result<usize> {
             .with_context(|| format!("applying {} {name}", types.kind))?;
     }
     Ok(objects.len())
+}
+
+/// What `up`'s own agents join with.
+pub struct JoinToken {
+    /// The API server (as the admin kubeconfig names it: loopback).
+    pub server: String,
+    /// The pin of the cluster's CA.
+    pub ca_cert_hash: String,
+    /// A bootstrap token (`<id>.<secret>`), valid for an hour: long enough for every agent's
+    /// first join; after that each renews its own certificate.
+    pub token: String,
+}
+
+/// Makes a bootstrap token for this run's agents.
+pub async fn join_token(client: &kube::Client, admin_kubeconfig: &Path) -> Result<JoinToken> {
+    let admin = kube::config::Kubeconfig::read_from(admin_kubeconfig)
+        .with_context(|| format!("reading {}", admin_kubeconfig.display()))?;
+    let server = admin
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .context("the admin kubeconfig has no server")?;
+    let ca_cert_hash = crate::control_plane::cluster_info::read(client)
+        .await?
+        .ca_hash()?;
+    let (token, _) = crate::join::token::create(
+        client,
+        Duration::from_secs(3600),
+        "univrs up: this machine's own agents",
+    )
+    .await?;
+    Ok(JoinToken {
+        server,
+        ca_cert_hash,
+        token: token.to_string(),
+    })
 }
 
 /// One ServiceAccount's credentials on disk.
@@ -177,7 +220,7 @@ mod tests {
 
     #[test]
     fn the_base_grants_the_controller_and_the_agent_their_accounts() {
-        let objects = rbac_objects().unwrap();
+        let objects = access_objects().unwrap();
         let named = |kind: &str, name: &str| {
             objects
                 .iter()
@@ -192,7 +235,7 @@ mod tests {
         assert!(
             objects
                 .iter()
-                .all(|o| RBAC_KINDS.contains(&o["kind"].as_str().unwrap_or(""))),
+                .all(|o| ACCESS_KINDS.contains(&o["kind"].as_str().unwrap_or(""))),
             "nothing that runs"
         );
     }

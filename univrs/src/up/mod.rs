@@ -101,32 +101,38 @@ pub async fn run(opts: Options) -> Result<()> {
     ensure_namespace(&client, SYSTEM_NAMESPACE).await?;
     progress.done("CRDs established");
 
-    // On its own control plane, `up` runs its components with their ServiceAccounts' rights;
-    // a cluster given with --kubeconfig keeps its own RBAC (e.g. from the Helm chart), so the
-    // components use the credentials given.
-    let (controller_kubeconfig, agent_kubeconfig, _renewal) = if opts.kubeconfig.is_none() {
-        progress.begin("ServiceAccounts and RBAC of the Helm chart");
-        let n = credentials::apply_rbac(&client, MANAGER).await?;
+    // On its own control plane, `up` runs the controller with its ServiceAccount's rights and
+    // joins each agent as a machine of its own would (`univrs join`: a bootstrap token, its own
+    // certificate, the node policies); a cluster given with --kubeconfig keeps its own RBAC
+    // (e.g. from the Helm chart), so the components use the credentials given.
+    let (controller_kubeconfig, agent_credentials, _renewal) = if opts.kubeconfig.is_none() {
+        progress.begin("ServiceAccounts, RBAC and admission policies of the Helm chart");
+        let n = credentials::apply_access(&client, MANAGER).await?;
         let creds = credentials::issue(
             &client,
             &kubeconfig,
             SYSTEM_NAMESPACE,
-            &["univrs-controller", "univrs-agent"],
+            &["univrs-controller"],
             &opts.data_dir.join("credentials"),
         )
         .await?;
-        let (controller, agent) = (creds[0].kubeconfig.clone(), creds[1].kubeconfig.clone());
+        let controller = creds[0].kubeconfig.clone();
         let renewal = AbortOnDrop(tokio::spawn(credentials::renew_forever(
             client.clone(),
             SYSTEM_NAMESPACE.to_string(),
             creds,
         )));
+        let join = credentials::join_token(&client, &kubeconfig).await?;
         progress.done(&format!(
-            "controller and agents on their ServiceAccounts' tokens ({n} RBAC objects)"
+            "controller on its ServiceAccount's token, agents join with their own certificates ({n} RBAC and policy objects)"
         ));
-        (controller, agent, Some(renewal))
+        (controller, AgentCredentials::Join(join), Some(renewal))
     } else {
-        (kubeconfig.clone(), kubeconfig.clone(), None)
+        (
+            kubeconfig.clone(),
+            AgentCredentials::Kubeconfig(kubeconfig.clone()),
+            None,
+        )
     };
 
     // This machine's first agent, node-0, is the community's founding member (the node others
@@ -173,12 +179,8 @@ pub async fn run(opts: Options) -> Result<()> {
         let dir = opts.data_dir.join("agents").join(&name);
         progress.begin(&format!("agent {name}"));
         children.spawn(
-            Child::restartable(
-                "agent",
-                vec![
-                    "agent".into(),
-                    "--kubeconfig".into(),
-                    agent_kubeconfig.display().to_string(),
+            agent_credentials
+                .child(vec![
                     "--data-dir".into(),
                     dir.display().to_string(),
                     "--node-name".into(),
@@ -204,9 +206,8 @@ pub async fn run(opts: Options) -> Result<()> {
                     // Agents on one machine each get their own container subnet.
                     "--pod-cidr".into(),
                     format!("10.89.{}.0/24", 100 + i),
-                ],
-            )
-            .named(&name),
+                ])
+                .named(&name),
         )?;
         progress.done(&format!("agent {name} (data in {})", dir.display()));
         agent_names.push((name, dir));
@@ -277,6 +278,43 @@ async fn wait_for_file(path: &Path, children: &mut Children, timeout: Duration) 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
+}
+
+/// How `up`'s agents reach the API server.
+enum AgentCredentials {
+    /// Each joins with this token and gets a certificate of its own (the local control plane).
+    Join(credentials::JoinToken),
+    /// All use the kubeconfig given (a cluster of one's own, with its own RBAC).
+    Kubeconfig(PathBuf),
+}
+
+impl AgentCredentials {
+    /// The agent process with `args` (its flags).
+    fn child(&self, args: Vec<String>) -> Child {
+        match self {
+            Self::Join(j) => {
+                let mut all = vec![
+                    "join".to_string(),
+                    "--server".into(),
+                    j.server.clone(),
+                    "--ca-cert-hash".into(),
+                    j.ca_cert_hash.clone(),
+                ];
+                all.extend(args);
+                // In the environment, not the arguments: the process list is public.
+                Child::restartable("agent", all).env("UNIVRS_JOIN_TOKEN", &j.token)
+            }
+            Self::Kubeconfig(k) => {
+                let mut all = vec![
+                    "agent".to_string(),
+                    "--kubeconfig".into(),
+                    k.display().to_string(),
+                ];
+                all.extend(args);
+                Child::restartable("agent", all)
+            }
+        }
+    }
 }
 
 /// Aborts a background task when dropped.
