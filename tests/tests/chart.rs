@@ -773,7 +773,9 @@ async fn each_service_account_can_do_its_job_and_no_more() {
         &["get", "secrets", a],
         &["list", "secrets", "-n", "univrs-system"],
         &["create", "pods", "-n", "default"],
-        &["create", "clusterrolebindings"],
+        &["bind", "clusterroles/cluster-admin"],
+        &["bind", "clusterroles/admin"],
+        &["escalate", "clusterroles"],
         &["impersonate", "serviceaccounts", a],
         &["delete", "leases", "-n", "univrs-system"],
     ];
@@ -795,8 +797,21 @@ async fn each_service_account_can_do_its_job_and_no_more() {
             &["watch", "leases", sys[0], sys[1]],
             &["create", "leases", sys[0], sys[1]],
             &["update", "leases/univrs-controller", sys[0], sys[1]],
+            // The join: approving node certificates and binding each node to its role.
+            &["watch", "certificatesigningrequests"],
+            &[
+                "update",
+                "certificatesigningrequests",
+                "--subresource=approval",
+            ],
+            &["create", "clusterrolebindings"],
+            &["bind", "clusterroles/univrs-node"],
+            &["create", "rolebindings", sys[0], sys[1]],
+            &["bind", "roles/univrs-node", sys[0], sys[1]],
         ],
         &[
+            &["create", "rolebindings", "-n", "default"],
+            &["delete", "clusterrolebindings"],
             &["update", "leases/univrs-node-library", sys[0], sys[1]],
             &["create", "leases", "-n", "default"],
             &["create", "workloads.univrs.io", a],
@@ -827,8 +842,16 @@ async fn each_service_account_can_do_its_job_and_no_more() {
             &["update", "leases", sys[0], sys[1]],
             &["patch", "leases", sys[0], sys[1]],
             &["create", "events.events.k8s.io", "-n", "default"],
+            // Its own certificate's renewal.
+            &["create", "certificatesigningrequests"],
         ],
         &[
+            &["create", "clusterrolebindings"],
+            &[
+                "update",
+                "certificatesigningrequests",
+                "--subresource=approval",
+            ],
             &["delete", "nodes.univrs.io"],
             &["create", "workloads.univrs.io", a],
             &["patch", "workloads.univrs.io", a],
@@ -852,10 +875,13 @@ async fn each_service_account_can_do_its_job_and_no_more() {
             &["list", "creditlines.univrs.io"],
             &["create", "vouches.univrs.io"],
             &["list", "events", a],
+            // node_cordon, node_uncordon and node_drain.
+            &["patch", "nodes.univrs.io"],
         ],
         &[
             &["patch", "workloads.univrs.io", "--subresource=status", a],
-            &["patch", "nodes.univrs.io"],
+            &["patch", "nodes.univrs.io", "--subresource=status"],
+            &["delete", "nodes.univrs.io"],
             &["create", "creditlines.univrs.io"],
             &["delete", "vouches.univrs.io"],
             &["get", "secrets/univrs-mcp-token", sys[0], sys[1]],
@@ -1347,4 +1373,106 @@ fn the_kustomize_base_is_the_chart_and_applies() {
         "univrs-mcp-tls",
         "univrs-agent-api-token",
     ]);
+}
+
+/// The status properties of a CRD's schema (and of its `status.instances` items, if any).
+fn status_fields(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    path: &[&str],
+) -> BTreeSet<String> {
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut at = &schema["properties"]["status"];
+    for p in path {
+        at = &at["properties"][p];
+        if at["type"] == "array" {
+            at = &at["items"];
+        }
+    }
+    at["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// The fields the controller-records policy locks, read from its messages (`Node status.X is`).
+fn locked(policy: &Value, kind: &str) -> BTreeSet<String> {
+    policy["spec"]["validations"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["messageExpression"].as_str())
+        .filter_map(|m| m.strip_prefix(&format!("'{kind} status.")))
+        .filter_map(|m| m.split(' ').next())
+        .map(|f| f.trim_end_matches(',').to_string())
+        .collect()
+}
+
+#[test]
+fn every_status_field_has_one_writer_in_the_policies() {
+    let docs = render(&["--namespace", "univrs-system"]);
+    let policy = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "univrs-controller-records",
+    );
+    let crds = univrs_api::crds::all();
+    let crd = |kind: &str| crds.iter().find(|c| c.spec.names.kind == kind).unwrap();
+
+    // A Node's status: everything but the agent's observations is the controller's.
+    let mut node = status_fields(crd("Node"), &[]);
+    assert!(node.remove("observations"));
+    assert_eq!(
+        locked(policy, "Node"),
+        node,
+        "Node status fields vs the policy"
+    );
+
+    // A Workload's status: everything but the instances is the controller's; in each instance
+    // the controller places and bills, the agent reports how it runs.
+    let mut workload = status_fields(crd("Workload"), &[]);
+    assert!(workload.remove("instances"));
+    let mut locked_workload = locked(policy, "Workload");
+    assert!(locked_workload.remove("instances"), "{locked_workload:?}");
+    assert_eq!(
+        locked_workload, workload,
+        "Workload status fields vs the policy"
+    );
+    let instance = status_fields(crd("Workload"), &["instances"]);
+    let by_controller: BTreeSet<String> = ["name", "node", "placedAt", "billed"]
+        .map(String::from)
+        .into();
+    let by_agent: BTreeSet<String> = [
+        "phase",
+        "ready",
+        "restarts",
+        "startedAt",
+        "ip",
+        "message",
+        "usage",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(
+        instance,
+        &by_controller | &by_agent,
+        "an instance field must be placed with the controller or the agent"
+    );
+    let text = serde_yaml::to_string(policy).unwrap();
+    for f in ["node", "placedAt", "billed"] {
+        assert!(
+            text.contains(&format!("i.?{f} == j.?{f}")),
+            "{f} is not locked"
+        );
+    }
 }

@@ -77,7 +77,7 @@ fn containers_on(dir: &Path, node: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The pid of the `univrs agent` process of `node` under `dir`.
+/// The pid of the agent process of `node` under `dir` (`univrs join`, which runs the agent).
 fn agent_pid(dir: &Path, node: &str) -> i32 {
     let needle = format!("--node-name {node} ");
     let data = dir.display().to_string();
@@ -88,7 +88,10 @@ fn agent_pid(dir: &Path, node: &str) -> i32 {
             let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
             let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (cmd.contains(" agent ") && cmd.contains(&needle) && cmd.contains(&data)).then_some(pid)
+            ((cmd.contains(" agent ") || cmd.contains(" join "))
+                && cmd.contains(&needle)
+                && cmd.contains(&data))
+            .then_some(pid)
         })
         .next()
         .unwrap_or_else(|| panic!("no agent process for {node}"))

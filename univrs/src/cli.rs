@@ -98,6 +98,10 @@ pub enum Command {
         /// How long a node may be NotReady before its instances move elsewhere.
         #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
         node_grace_period: std::time::Duration,
+        /// How long a node's Lease counts as fresh after its last renewal (the agents'
+        /// --lease-duration should match; the duration a node writes in its Lease is ignored).
+        #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+        node_lease_duration: std::time::Duration,
         /// The DID (`did:key:z6Mk…`) of a trust anchor, repeatable: a founding machine of the
         /// community whose vouches count as if its own service record were perfect, so the first
         /// vouches can lift reputation before anyone has a record.

@@ -30,19 +30,20 @@ pub enum Liveness {
     Missing,
 }
 
-/// When a Lease lapses unless renewed (its last renewal, or acquisition, plus its duration),
-/// or None when it says neither.
-pub fn lapses_at(lease: &Lease) -> Option<Timestamp> {
+/// When a node Lease lapses unless renewed: its last renewal (or acquisition) plus `duration`,
+/// the cluster's node lease duration (`--node-lease-duration`), or None when it says neither.
+/// The Lease's own `leaseDurationSeconds` is the node's to write, so it decides nothing: a node
+/// claiming a day would otherwise stay Ready, and keep earning uptime, a day after it died.
+pub fn lapses_at(lease: &Lease, duration: std::time::Duration) -> Option<Timestamp> {
     let spec = lease.spec.as_ref()?;
     let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?;
-    let duration =
-        SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(40).max(1)));
+    let duration = SignedDuration::try_from(duration).unwrap_or(SignedDuration::from_secs(40));
     Some(renewed.0.checked_add(duration).unwrap_or(renewed.0))
 }
 
-/// The liveness of a node from its Lease at `now`.
-pub fn liveness(lease: Option<&Lease>, now: Timestamp) -> Liveness {
-    match lease.and_then(lapses_at) {
+/// The liveness of a node from its Lease at `now`, with the cluster's lease `duration`.
+pub fn liveness(lease: Option<&Lease>, now: Timestamp, duration: std::time::Duration) -> Liveness {
+    match lease.and_then(|l| lapses_at(l, duration)) {
         None => Liveness::Missing,
         Some(until) if until > now => Liveness::Fresh { until },
         Some(since) => Liveness::Lapsed { since },
@@ -151,4 +152,37 @@ pub fn owner_headroom(lines: &[Arc<CreditLine>], owner: &Account) -> Option<BTre
 /// The rates a node charges when its spec sets none (the schema's defaults).
 pub fn default_pricing() -> NodePricing {
     serde_json::from_value(serde_json::json!({})).expect("NodePricing has defaults for every field")
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use std::time::Duration;
+
+    #[test]
+    fn a_lease_claiming_a_day_lapses_after_the_clusters_duration() {
+        let renewed = Timestamp::now();
+        let lease = Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some("rogue".into()),
+                lease_duration_seconds: Some(86_400),
+                renew_time: Some(MicroTime(renewed)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let forty = Duration::from_secs(40);
+        let later = |s: i64| renewed.checked_add(SignedDuration::from_secs(s)).unwrap();
+        assert!(matches!(
+            liveness(Some(&lease), later(30), forty),
+            Liveness::Fresh { .. }
+        ));
+        assert_eq!(
+            liveness(Some(&lease), later(41), forty),
+            Liveness::Lapsed { since: later(40) }
+        );
+        assert_eq!(liveness(None, later(0), forty), Liveness::Missing);
+    }
 }

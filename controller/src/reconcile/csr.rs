@@ -13,7 +13,7 @@ use crate::state::events;
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -21,7 +21,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 use univrs_api::bootstrap::NODE_SIGNER;
-use univrs_api::system::{PEER_ID_ANNOTATION, node_binding, node_user};
+use univrs_api::system::{PEER_ID_ANNOTATION, SYSTEM_NAMESPACE, node_binding, node_user};
 
 /// Reconciles one certificate request: decide once, then leave it to the signer.
 pub async fn reconcile(
@@ -96,41 +96,53 @@ async fn bound_peer(ctx: &Context, node: &str) -> Result<Option<String>, Error> 
         .and_then(|b| b.annotations().get(PEER_ID_ANNOTATION).cloned()))
 }
 
-/// Grants node `node` (key `peer_id`) the node role.
+/// Grants node `node` (key `peer_id`) the node role: the ClusterRole, and the Role of the same
+/// name in univrs-system for its Lease. The RoleBinding comes first: the ClusterRoleBinding,
+/// annotated with the PeerId, is what marks the name as bound.
 async fn bind(ctx: &Context, node: &str, peer_id: &str) -> Result<(), Error> {
     let name = node_binding(node);
-    let binding = ClusterRoleBinding {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            annotations: Some([(PEER_ID_ANNOTATION.to_string(), peer_id.to_string())].into()),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "univrs-controller".to_string(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "ClusterRole".into(),
-            name: ctx.settings.node_cluster_role.clone(),
-        },
-        subjects: Some(vec![Subject {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "User".into(),
-            name: node_user(node),
-            namespace: None,
-        }]),
+    let role = ctx.settings.node_cluster_role.clone();
+    let meta = |namespace: Option<&str>| ObjectMeta {
+        name: Some(name.clone()),
+        namespace: namespace.map(str::to_string),
+        annotations: Some([(PEER_ID_ANNOTATION.to_string(), peer_id.to_string())].into()),
+        labels: Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "univrs-controller".to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
     };
+    let role_ref = |kind: &str| RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: kind.into(),
+        name: role.clone(),
+    };
+    let subjects = Some(vec![Subject {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "User".into(),
+        name: node_user(node),
+        namespace: None,
+    }]);
     // k8s-openapi writes apiVersion and kind itself, as server-side apply needs.
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let lease = RoleBinding {
+        metadata: meta(Some(SYSTEM_NAMESPACE)),
+        role_ref: role_ref("Role"),
+        subjects: subjects.clone(),
+    };
+    Api::<RoleBinding>::namespaced(ctx.client.clone(), SYSTEM_NAMESPACE)
+        .patch(&name, &params, &Patch::Apply(&lease))
+        .await?;
+    let cluster = ClusterRoleBinding {
+        metadata: meta(None),
+        role_ref: role_ref("ClusterRole"),
+        subjects,
+    };
     Api::<ClusterRoleBinding>::all(ctx.client.clone())
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&binding),
-        )
+        .patch(&name, &params, &Patch::Apply(&cluster))
         .await?;
     Ok(())
 }

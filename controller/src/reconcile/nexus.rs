@@ -23,7 +23,11 @@ pub fn candidates(ctx: &Context, now: Timestamp) -> Vec<Candidate> {
         .iter()
         .map(|n| {
             let lease = ctx.lease_of(&n.name_any());
-            candidate(n, snapshot::liveness(lease.as_deref(), now), nodes.len())
+            candidate(
+                n,
+                snapshot::liveness(lease.as_deref(), now, ctx.settings.node_lease_duration),
+                nodes.len(),
+            )
         })
         .collect()
 }

@@ -137,7 +137,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
     let plan = plan(
         &Observed {
             node: &node,
-            live: snapshot::liveness(lease.as_deref(), now),
+            live: snapshot::liveness(lease.as_deref(), now, ctx.settings.node_lease_duration),
             others: &others,
             vouches: &vouches,
             placed,

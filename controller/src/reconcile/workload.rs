@@ -50,7 +50,7 @@ fn plan(
         headroom,
         frozen,
         now,
-        ctx.settings.node_grace_period,
+        ctx.settings.node_health(),
         |node| (ctx.nodes.get(&ObjectRef::new(node)), ctx.lease_of(node)),
     );
     let key = ObjectRef::from_obj(wl);

@@ -18,6 +18,9 @@ pub const FIELD_MANAGER: &str = "univrs-controller";
 pub struct Settings {
     /// How long a node may be NotReady before its instances move elsewhere.
     pub node_grace_period: Duration,
+    /// How long a node's Lease counts as fresh after its last renewal (the node's own
+    /// `leaseDurationSeconds` is ignored: it is the node's to write).
+    pub node_lease_duration: Duration,
     /// How often every object is reconciled even without a change.
     pub resync: Duration,
     /// How often the nexus hubs are elected.
@@ -32,10 +35,21 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             node_grace_period: Duration::from_secs(40),
+            node_lease_duration: Duration::from_secs(40),
             resync: Duration::from_secs(300),
             nexus_interval: Duration::from_secs(30),
             trust_anchors: BTreeSet::new(),
             node_cluster_role: univrs_api::system::NODE_CLUSTER_ROLE.to_string(),
+        }
+    }
+}
+
+impl Settings {
+    /// The node-health rules the plans apply.
+    pub fn node_health(&self) -> crate::core::plan::workload::NodeHealth {
+        crate::core::plan::workload::NodeHealth {
+            lease_duration: self.node_lease_duration,
+            grace: self.node_grace_period,
         }
     }
 }

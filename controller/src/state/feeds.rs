@@ -154,7 +154,12 @@ struct Leases;
 impl Handler<Lease> for Leases {
     fn applied(&mut self, ctx: &Context, l: &Lease, wake: &mut Wake) {
         if let Some(node) = node_of_lease(&l.name_any())
-            && ctx.index().set_lease(node, Some(l), Timestamp::now())
+            && ctx.index().set_lease(
+                node,
+                Some(l),
+                Timestamp::now(),
+                ctx.settings.node_lease_duration,
+            )
         {
             wake.nodes.insert(ObjectRef::new(node));
         }
@@ -162,7 +167,12 @@ impl Handler<Lease> for Leases {
 
     fn deleted(&mut self, ctx: &Context, l: &Lease, wake: &mut Wake) {
         if let Some(node) = node_of_lease(&l.name_any()) {
-            ctx.index().set_lease(node, None, Timestamp::now());
+            ctx.index().set_lease(
+                node,
+                None,
+                Timestamp::now(),
+                ctx.settings.node_lease_duration,
+            );
             wake.nodes.insert(ObjectRef::new(node));
         }
     }

@@ -373,8 +373,14 @@ impl NodeIndex {
     /// have changed at `now`: a renewal of a Lease that was fresh and stays fresh changes
     /// nothing (the Node reconciler looks again when it would lapse), so agents renewing every
     /// few seconds do not each wake a reconcile.
-    pub fn set_lease(&mut self, node: &str, lease: Option<&Lease>, now: Timestamp) -> bool {
-        let lapses = lease.and_then(snapshot::lapses_at);
+    pub fn set_lease(
+        &mut self,
+        node: &str,
+        lease: Option<&Lease>,
+        now: Timestamp,
+        duration: std::time::Duration,
+    ) -> bool {
+        let lapses = lease.and_then(|l| snapshot::lapses_at(l, duration));
         let fresh = |t: Option<Timestamp>| t.is_some_and(|t| t > now);
         let before = self.lapses.get(node).copied();
         let changes = !(fresh(before) && fresh(lapses));
@@ -775,8 +781,24 @@ mod tests {
         let mut index = NodeIndex::new();
         for n in ["a", "b"] {
             index.upsert_node(&node(n));
-            assert!(index.set_lease(n, Some(&lease(n)), now()), "a first Lease");
-            assert!(!index.set_lease(n, Some(&lease(n)), now()), "a renewal");
+            assert!(
+                index.set_lease(
+                    n,
+                    Some(&lease(n)),
+                    now(),
+                    std::time::Duration::from_secs(40)
+                ),
+                "a first Lease"
+            );
+            assert!(
+                !index.set_lease(
+                    n,
+                    Some(&lease(n)),
+                    now(),
+                    std::time::Duration::from_secs(40)
+                ),
+                "a renewal"
+            );
         }
         let w = workload("w", 1, &[]);
         let key = WorkloadRef::from_obj(&w);

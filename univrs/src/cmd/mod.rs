@@ -98,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             kubeconfig,
             metrics_addr,
             node_grace_period,
+            node_lease_duration,
             trust_anchors,
             node_cluster_role,
             log_json,
@@ -106,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_addr,
             Settings {
                 node_grace_period,
+                node_lease_duration,
                 trust_anchors: trust_anchors.into_iter().collect(),
                 node_cluster_role,
                 ..Settings::default()

@@ -1,5 +1,5 @@
-//! `univrs node remove NAME`: the node's certificate stops working at once (its ClusterRoleBinding
-//! to the node role goes, so every request it makes is refused), and its Node object is
+//! `univrs node remove NAME`: the node's certificate stops working at once (its bindings to
+//! the node role go, so every request it makes is refused), and its Node object is
 //! deleted, so the controller settles its credit by the revival path. Its certificate cannot
 //! be renewed either: the approver refuses a renewal for a name bound to no key.
 
@@ -7,11 +7,11 @@ use crate::cli::NodeCommand;
 use crate::cmd::controller::client;
 use crate::paths;
 use anyhow::{Context, Result};
-use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::api::{Api, DeleteParams};
 use std::path::PathBuf;
 use univrs_api::resources::node::Node;
-use univrs_api::system::node_binding;
+use univrs_api::system::{SYSTEM_NAMESPACE, node_binding};
 
 /// Runs a node subcommand.
 pub fn run(command: NodeCommand, kubeconfig: Option<PathBuf>) -> Result<()> {
@@ -26,13 +26,17 @@ pub fn run(command: NodeCommand, kubeconfig: Option<PathBuf>) -> Result<()> {
 
 /// Revokes node `name`'s rights, then deletes its Node.
 async fn remove(client: &kube::Client, name: &str) -> Result<()> {
+    let binding = node_binding(name);
     let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
-    let revoked = gone_or_deleted(
-        bindings
-            .delete(&node_binding(name), &DeleteParams::default())
+    let revoked = gone_or_deleted(bindings.delete(&binding, &DeleteParams::default()).await)
+        .with_context(|| format!("deleting ClusterRoleBinding {binding}"))?;
+    let lease_bindings: Api<RoleBinding> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    gone_or_deleted(
+        lease_bindings
+            .delete(&binding, &DeleteParams::default())
             .await,
     )
-    .with_context(|| format!("deleting ClusterRoleBinding {}", node_binding(name)))?;
+    .with_context(|| format!("deleting RoleBinding {SYSTEM_NAMESPACE}/{binding}"))?;
     let nodes: Api<Node> = Api::all(client.clone());
     let deleted = gone_or_deleted(nodes.delete(name, &DeleteParams::default()).await)
         .with_context(|| format!("deleting Node {name}"))?;

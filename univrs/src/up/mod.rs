@@ -155,6 +155,8 @@ pub async fn run(opts: Options) -> Result<()> {
             format!("127.0.0.1:{metrics_port}"),
             "--node-grace-period".into(),
             humantime::format_duration(opts.node_grace_period).to_string(),
+            "--node-lease-duration".into(),
+            humantime::format_duration(opts.lease_duration).to_string(),
             "--trust-anchor".into(),
             anchor,
         ],

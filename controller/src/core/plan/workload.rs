@@ -44,13 +44,24 @@ pub struct Plan {
     pub requeue: Option<Duration>,
 }
 
+/// The cluster's rules for node health: how long a Lease stays fresh after a renewal, and how
+/// long a node may then be NotReady before its instances move.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeHealth {
+    /// `--node-lease-duration`.
+    pub lease_duration: Duration,
+    /// `--node-grace-period`.
+    pub grace: Duration,
+}
+
 /// Why an instance must leave its node, if it must.
 pub fn must_move(
     node: Option<&Node>,
     lease: Option<&Lease>,
     now: Timestamp,
-    grace: Duration,
+    health: NodeHealth,
 ) -> Option<String> {
+    let grace = health.grace;
     let Some(node) = node.filter(|n| n.metadata.deletion_timestamp.is_none()) else {
         return Some("its node is gone or being deleted".into());
     };
@@ -69,7 +80,7 @@ pub fn must_move(
     {
         return Some("its node is isolated by the septal gate".into());
     }
-    match snapshot::liveness(lease, now) {
+    match snapshot::liveness(lease, now, health.lease_duration) {
         Liveness::Fresh { .. } => None,
         Liveness::Missing => Some("its node has no Lease".into()),
         Liveness::Lapsed { since } => {
@@ -108,7 +119,7 @@ impl Placement {
         headroom: Option<BTreeMap<String, i64>>,
         frozen: bool,
         now: Timestamp,
-        grace: Duration,
+        health: NodeHealth,
         node_of: impl Fn(&str) -> (Option<N>, Option<L>),
     ) -> Self
     where
@@ -147,12 +158,16 @@ impl Placement {
             let node = inst.node.clone().unwrap_or_default();
             let (n, lease) = node_of(&node);
             let lease = lease.as_deref();
-            match must_move(n.as_deref(), lease, now, grace) {
+            match must_move(n.as_deref(), lease, now, health) {
                 Some(why) => plan.moved.push((inst_name.clone(), node, why)),
                 None => {
-                    if let Liveness::Lapsed { since } = snapshot::liveness(lease, now) {
+                    if let Liveness::Lapsed { since } =
+                        snapshot::liveness(lease, now, health.lease_duration)
+                    {
                         // Not yet past the grace period: look again when it is.
-                        let left = grace.saturating_sub(now.duration_since(since).unsigned_abs())
+                        let left = health
+                            .grace
+                            .saturating_sub(now.duration_since(since).unsigned_abs())
                             + Duration::from_secs(1);
                         plan.requeue = Some(plan.requeue.map_or(left, |r| r.min(left)));
                     }
