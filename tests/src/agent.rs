@@ -8,6 +8,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use univrs_api::Node;
 
+/// The data directory [`AgentProc`] gives agent `name` (short: the runtime's socket paths
+/// must fit), where a test joins it first when the agent acts on its own certificate.
+pub fn data_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!("/tmp/ua-{}-{name}", std::process::id()))
+}
+
 /// A running `univrs agent`, killed and reset (containers, root filesystems, networks and
 /// cgroups removed) when dropped.
 pub struct AgentProc {
@@ -46,7 +52,7 @@ impl AgentProc {
         name: &str,
         extra: &[&str],
     ) -> Self {
-        let data_dir = PathBuf::from(format!("/tmp/ua-{}-{name}", std::process::id()));
+        let data_dir = data_dir(name);
         let log = log_dir.join(format!("agent-{name}.log"));
         let mut args: Vec<String> = [
             "--lease-duration",

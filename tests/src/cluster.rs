@@ -47,7 +47,8 @@ impl Drop for ControllerProc {
     }
 }
 
-/// Starts `univrs controller` against `cp` with a 4 s node grace period and debug logs.
+/// Starts `univrs controller` against `cp` with a 3 s node lease (what [`renew_leases`] and the
+/// tests' agents renew), a 4 s node grace period and debug logs.
 pub fn start_controller(cp: &ControlPlane) -> ControllerProc {
     start_controller_bin(cp, univrs_bin())
 }
@@ -60,6 +61,8 @@ pub fn start_controller_bin(cp: &ControlPlane, bin: &std::path::Path) -> Control
     let mut cmd = Command::new(bin);
     cmd.args([
         "controller",
+        "--node-lease-duration",
+        "3s",
         "--node-grace-period",
         "4s",
         "--metrics-addr",

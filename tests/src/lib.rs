@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod join;
 pub mod modules;
 pub mod registry;
 pub mod up;

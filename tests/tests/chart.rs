@@ -978,13 +978,19 @@ impl Drop for Controller {
 fn start_controller(kubeconfig: &Path, log: PathBuf) -> Controller {
     let port = free_port();
     let mut cmd = Command::new(univrs_tests::univrs_bin());
-    cmd.args(["controller", "--node-grace-period", "4s"])
-        .arg(format!("--metrics-addr=127.0.0.1:{port}"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .env("RUST_LOG", "info,univrs_controller=debug,kube=warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
+    cmd.args([
+        "controller",
+        "--node-lease-duration",
+        "3s",
+        "--node-grace-period",
+        "4s",
+    ])
+    .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+    .arg("--kubeconfig")
+    .arg(kubeconfig)
+    .env("RUST_LOG", "info,univrs_controller=debug,kube=warn")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap());
     Controller {
         _child: Guarded::spawn(cmd).expect("starting the controller"),
         metrics: format!("http://127.0.0.1:{port}/metrics"),
@@ -992,62 +998,62 @@ fn start_controller(kubeconfig: &Path, log: PathBuf) -> Controller {
     }
 }
 
-/// The real controller on its ServiceAccount's token leads, places a Workload, verifies a Vouch,
-/// readies a CreditLine, settles a deleted Node through its finalizer and publishes Events; the
-/// agents' part (Node objects, their status, Lease renewals) is played with the agent's token,
-/// and a real `univrs agent` on the agent's token registers, turns Ready and runs a container.
-/// Nothing is refused along the way.
+/// The real controller on its ServiceAccount's token leads, approves the joins, places a
+/// Workload, verifies a Vouch, readies a CreditLine, settles a deleted Node through its
+/// finalizer and publishes Events; the agents' part (Node objects, their observations, Lease
+/// renewals) is played by nodes joined with `univrs join`, each on its own certificate, and a
+/// real agent on its own certificate registers, turns Ready and runs a container. Nothing is
+/// refused along the way.
 async fn controller_and_agent_work_on_their_tokens_alone(c: &Cluster) {
     let admin = client_from(&c.kubeconfig).await;
-    let agent = client_from(&service_account_kubeconfig(c, "univrs-agent")).await;
     let controller_kubeconfig = service_account_kubeconfig(c, "univrs-controller");
     for ns in ["rbac", "rbac-pay"] {
         ensure_namespace(&admin, ns).await;
     }
+    let ctl = start_controller(&controller_kubeconfig, c.data_dir.join("controller-sa.log"));
 
-    // The agents' writes, as the agent: each Node, its status and its Lease.
+    // Each machine joins with its own key and writes its own Node, observations and Lease.
     let names = ["library", "school", "shop"];
-    let keys: BTreeMap<&str, NodeIdentity> = names
-        .iter()
-        .map(|n| (*n, NodeIdentity::generate()))
-        .collect();
-    let nodes: Api<Node> = Api::all(agent.clone());
-    for (name, key) in &keys {
-        let node = univrs_tests::cluster::node_object(name, &[("org", name)], key);
-        let manager = format!("univrs-agent/{name}");
+    let mut keys: BTreeMap<&str, NodeIdentity> = BTreeMap::new();
+    for name in names {
+        let dir = c.data_dir.join(format!("joined-{name}"));
+        let kubeconfig = univrs_tests::join::join(&c.kubeconfig, &dir, name);
+        let me = client_from(&kubeconfig).await;
+        let key = univrs_node_agent::keyfile::load(&dir.join("identity.key")).unwrap();
+        let node = univrs_tests::cluster::node_object(name, &[("org", name)], &key);
+        let manager = format!("univrs-agent-{name}");
+        let nodes: Api<Node> = Api::all(me.clone());
         nodes
             .patch(name, &PatchParams::apply(&manager), &Patch::Apply(&node))
             .await
-            .unwrap_or_else(|e| panic!("the agent's token creating Node {name}: {e}"));
+            .unwrap_or_else(|e| panic!("{name} creating its own Node: {e}"));
         let status = serde_json::json!({
             "apiVersion": "univrs.io/v1alpha1", "kind": "Node", "metadata": {"name": name},
-            "status": {"conditions": [{"type": "Reachable", "status": "True", "reason": "Peers",
-                "message": "reached by the mesh", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            "status": {"observations": {"connectedPeers": 2, "uptime": 1.0}}
         });
         nodes
             .patch_status(name, &PatchParams::apply(&manager), &Patch::Apply(&status))
             .await
-            .unwrap_or_else(|e| panic!("the agent's token writing {name}'s status: {e}"));
+            .unwrap_or_else(|e| panic!("{name} writing its own observations: {e}"));
+        renew_leases(
+            me,
+            Arc::new([(name.to_string(), AtomicBool::new(true))].into()),
+        );
+        keys.insert(name, key);
     }
-    let alive: Arc<BTreeMap<String, AtomicBool>> = Arc::new(
-        names
-            .iter()
-            .map(|n| (n.to_string(), AtomicBool::new(true)))
-            .collect(),
-    );
-    renew_leases(agent.clone(), alive);
     let leases: Api<Lease> = Api::namespaced(admin.clone(), LEASE_NS);
     eventually(
-        "3 Leases renewed with the agent's token",
+        "3 Leases renewed, each by its own node",
         Duration::from_secs(30),
         async || {
             let n = leases.list(&Default::default()).await.unwrap().items.len();
-            ((n >= 3).then_some(()), format!("{n} Leases"))
+            (
+                (n >= 4).then_some(()),
+                format!("{n} Leases (the controller's too)"),
+            )
         },
     )
     .await;
-
-    let ctl = start_controller(&controller_kubeconfig, c.data_dir.join("controller-sa.log"));
 
     let workloads: Api<Workload> = Api::namespaced(admin.clone(), "rbac");
     let w: Workload =
@@ -1174,10 +1180,15 @@ async fn controller_and_agent_work_on_their_tokens_alone(c: &Cluster) {
     )
     .await;
 
-    // A real agent on the agent's token: registers, renews its Lease, runs what is placed on
-    // it and reports it.
+    // A real agent on its own certificate: registers, renews its Lease, runs what is placed
+    // on it and reports it.
+    let kiosk_kubeconfig = univrs_tests::join::join(
+        &c.kubeconfig,
+        &univrs_tests::agent::data_dir("kiosk"),
+        "kiosk",
+    );
     let kiosk = univrs_tests::agent::AgentProc::start_with(
-        &service_account_kubeconfig(c, "univrs-agent"),
+        &kiosk_kubeconfig,
         &c.data_dir,
         "kiosk",
         &["--cpu", "1", "--memory", "1Gi", "--label", "org=kiosk"],

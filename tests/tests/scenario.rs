@@ -5,8 +5,8 @@
 //! anchor (node-0) raising its subject's reputation, a node that
 //! stops answering (its agent frozen) and its replica coming back elsewhere, that agent killed
 //! and restarted removing its stale copy, a scale to five through the MCP server, and a delete
-//! that leaves nothing running, all with the controller and agents on their ServiceAccounts'
-//! tokens.
+//! that leaves nothing running, all with the controller on its ServiceAccount's token and each
+//! agent joined with a certificate of its own.
 
 use kube::api::{Api, Patch, PatchParams};
 use std::collections::BTreeSet;
@@ -322,12 +322,15 @@ async fn the_community_cloud_scenario() {
         (left.is_empty().then_some(()), format!("{left:?}"))
     })
     .await;
-    // All along, the controller and the agents ran on their ServiceAccounts' tokens under the
-    // chart's RBAC, and nothing they did was refused.
-    for account in ["univrs-controller", "univrs-agent"] {
-        let kc = dir
-            .join("credentials")
-            .join(format!("{account}.kubeconfig"));
+    // All along, the controller ran on its ServiceAccount's token and each agent on its own
+    // certificate (joined), under the chart's RBAC and admission policies, and nothing they did
+    // was refused.
+    let mut credentials = vec![dir.join("credentials/univrs-controller.kubeconfig")];
+    for node in ["node-0", "node-1", "node-2"] {
+        credentials.push(dir.join("agents").join(node).join("kubeconfig"));
+        credentials.push(dir.join("agents").join(node).join("node.crt"));
+    }
+    for kc in credentials {
         let mode =
             std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kc).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600, "{}", kc.display());
