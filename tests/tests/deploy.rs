@@ -400,7 +400,8 @@ fn flags_in_deployment_files() -> BTreeMap<String, BTreeMap<String, String>> {
     for path in envs {
         for (var, value) in env_file(&path) {
             let sub = match var.as_str() {
-                "UNIVRS_AGENT_FLAGS" => "agent",
+                // univrs-agent.service runs `univrs join`, which takes every agent flag.
+                "UNIVRS_AGENT_FLAGS" => "join",
                 "UNIVRS_UP_FLAGS" => "up",
                 _ => continue,
             };
@@ -443,7 +444,7 @@ fn flags_in_deployment_files() -> BTreeMap<String, BTreeMap<String, String>> {
 #[test]
 fn deployment_files_pass_only_flags_univrs_knows() {
     let found = flags_in_deployment_files();
-    for sub in ["controller", "agent", "mcp", "up"] {
+    for sub in ["controller", "agent", "join", "mcp", "up"] {
         assert!(
             found.contains_key(sub),
             "no deployment file runs univrs {sub}"

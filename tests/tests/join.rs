@@ -79,10 +79,13 @@ impl Machines {
         format!("10.213.0.{}", i + 1)
     }
 
-    /// `cmd` run inside machine `i`.
+    /// `program` run in machine `i`'s network namespace. nsenter, not `ip netns exec`: that
+    /// one also remounts /sys for the namespace, which hides the cgroup file system the agent's
+    /// containers need.
     fn exec(&self, i: usize, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.names[i]]).arg(program);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.names[i]))
+            .arg(program);
         c
     }
 }

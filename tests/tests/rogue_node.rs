@@ -6,6 +6,7 @@
 //! Lease, the placements, the ledger's writers and the other nodes' objects are as they were.
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -119,7 +120,7 @@ async fn a_joined_node_can_change_only_what_is_its_own() {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": format!("univrs-node-{ROGUE}"), "namespace": "univrs-system"},
             "spec": {"holderIdentity": ROGUE, "leaseDurationSeconds": seconds,
-                     "renewTime": Timestamp::now().to_string()},
+                     "renewTime": MicroTime(Timestamp::now())},
         })
     };
     // A day-long Lease is accepted (it is its own) and then counts for nothing: below.
@@ -192,7 +193,7 @@ async fn a_joined_node_can_change_only_what_is_its_own() {
                 ROGUE,
                 &apply(),
                 &Patch::Apply(status(
-                    json!({"septal": {"state": "Closed", "failures": 0, "healthScore": 1.0}}),
+                    json!({"septal": {"state": "Connected", "failures": 0, "healthScore": 1.0}}),
                 )),
             )
             .await,

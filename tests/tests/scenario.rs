@@ -345,14 +345,20 @@ async fn the_community_cloud_scenario() {
     let (_, cmdlines, _) = run(Command::new("ps").args(["-eo", "args"]));
     let components: Vec<&str> = cmdlines
         .lines()
-        .filter(|l| l.contains(" agent ") || l.contains(" controller "))
+        .filter(|l| l.contains(" join ") || l.contains(" controller "))
         .filter(|l| l.contains(&dir.display().to_string()))
         .collect();
+    // The controller on its ServiceAccount's token; each agent joined, with no shared
+    // credential on its command line (the bootstrap token is in its environment).
+    let (controller, agents): (Vec<&str>, Vec<&str>) =
+        components.iter().partition(|l| l.contains(" controller "));
     assert!(
-        components.len() == 4
-            && components
-                .iter()
-                .all(|l| l.contains("/credentials/univrs-")),
+        controller.len() == 1
+            && controller[0].contains("/credentials/univrs-controller.kubeconfig")
+            && agents.len() == 3
+            && agents.iter().all(|l| l.contains(" join --server ")
+                && !l.contains("--kubeconfig")
+                && !l.contains("--token")),
         "{components:#?}"
     );
     up.interrupt();

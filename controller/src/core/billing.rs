@@ -10,9 +10,70 @@
 //! to its `<to>` (and counts its amount) instead of paying again.
 
 use crate::core::quote;
+use k8s_openapi::jiff::Timestamp;
 use univrs_api::enr::pricing::{self, Market, PricingError};
-use univrs_api::resources::node::NodePricing;
-use univrs_api::resources::workload::{Instance, InstanceUsage};
+use univrs_api::resources::node::{NodeCapacity, NodePricing};
+use univrs_api::resources::workload::{Instance, InstanceUsage, WorkloadSpec};
+
+/// The most an instance can use per second: its containers' limits summed, and where a
+/// container sets none, the whole node (its capacity). A report beyond this times the time
+/// since placement is not physically possible, whatever the agent says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ceiling {
+    /// Millicores.
+    pub cpu_millis: i64,
+    /// MiB.
+    pub memory_mib: i64,
+    /// GPUs.
+    pub gpus: i64,
+}
+
+/// Seconds of slack on the elapsed time, for the agent's and the controller's clocks.
+const CLOCK_SLACK_SECONDS: i64 = 5;
+
+impl Ceiling {
+    /// The ceiling of one instance of `spec` on a node of `capacity`.
+    pub fn of(spec: &WorkloadSpec, capacity: &NodeCapacity) -> Self {
+        let node_cpu = capacity.cpu.to_milli().unwrap_or(0) as i64;
+        let node_mem = (capacity.memory.to_units().unwrap_or(0) >> 20) as i64;
+        let node_gpu = i64::from(capacity.gpu);
+        let mut c = Ceiling {
+            cpu_millis: 0,
+            memory_mib: 0,
+            gpus: 0,
+        };
+        for container in &spec.containers {
+            let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
+            let cpu = limits
+                .and_then(|l| l.cpu.as_ref())
+                .map(|q| q.to_milli().unwrap_or(0) as i64);
+            let mem = limits
+                .and_then(|l| l.memory.as_ref())
+                .map(|q| (q.to_units().unwrap_or(0) >> 20) as i64);
+            let gpu = limits.and_then(|l| l.gpu).map(i64::from);
+            c.cpu_millis = c.cpu_millis.saturating_add(cpu.unwrap_or(node_cpu));
+            c.memory_mib = c.memory_mib.saturating_add(mem.unwrap_or(node_mem));
+            c.gpus = c.gpus.saturating_add(gpu.unwrap_or(node_gpu));
+        }
+        // Together never more than the node.
+        Ceiling {
+            cpu_millis: c.cpu_millis.min(node_cpu.max(1)),
+            memory_mib: c.memory_mib.min(node_mem.max(1)),
+            gpus: c.gpus.min(node_gpu),
+        }
+    }
+
+    /// The most a placement made at `placed_at` can have used by `now`.
+    fn bound(&self, placed_at: &Timestamp, now: &Timestamp) -> (i64, i64, i64) {
+        let secs =
+            now.as_second().saturating_sub(placed_at.as_second()).max(0) + CLOCK_SLACK_SECONDS;
+        (
+            self.cpu_millis.saturating_mul(secs),
+            self.memory_mib.saturating_mul(secs),
+            self.gpus.saturating_mul(secs),
+        )
+    }
+}
 
 /// One payment to make for an instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +90,9 @@ pub struct Charge {
     pub from: InstanceUsage,
     /// The new billed mark once paid.
     pub to: InstanceUsage,
+    /// When the report was beyond what is possible: what was reported and what was allowed
+    /// (the mark moves only to the allowed amount; the excess is never billed).
+    pub clamped: Option<String>,
 }
 
 fn mark(u: &InstanceUsage) -> String {
@@ -57,12 +121,15 @@ pub fn mark_from_id(id: &str, prefix: &str, from: &InstanceUsage) -> Option<(Ins
 }
 
 /// What `inst` owes beyond its billed mark, at the node's `rates`, or None when its usage is not
-/// for its current placement or nothing new was used.
+/// for its current placement or nothing new was used. The report counts at most up to what the
+/// instance's `ceiling` allows since its placement, at `now`.
 pub fn charge(
     workload_uid: &str,
     inst: &Instance,
     rates: &NodePricing,
     market: &Market,
+    ceiling: &Ceiling,
+    now: &Timestamp,
 ) -> Result<Option<Charge>, PricingError> {
     let (Some(usage), Some(node), Some(placed_at)) = (&inst.usage, &inst.node, &inst.placed_at)
     else {
@@ -81,12 +148,27 @@ pub fn charge(
         .clone();
     // Counters only grow; a smaller report (an agent that lost its counters) bills nothing
     // until it passes the mark again.
+    let (cpu_max, mem_max, gpu_max) = ceiling.bound(&placed_at.0, now);
+    let allowed = |reported: i64, max: i64, mark: i64| reported.min(max).max(mark);
     let to = InstanceUsage {
-        cpu_millicore_seconds: usage.cpu_millicore_seconds.max(from.cpu_millicore_seconds),
-        memory_mib_seconds: usage.memory_mib_seconds.max(from.memory_mib_seconds),
-        gpu_seconds: usage.gpu_seconds.max(from.gpu_seconds),
+        cpu_millicore_seconds: allowed(
+            usage.cpu_millicore_seconds,
+            cpu_max,
+            from.cpu_millicore_seconds,
+        ),
+        memory_mib_seconds: allowed(usage.memory_mib_seconds, mem_max, from.memory_mib_seconds),
+        gpu_seconds: allowed(usage.gpu_seconds, gpu_max, from.gpu_seconds),
         ..from.clone()
     };
+    let clamped = (usage.cpu_millicore_seconds > cpu_max
+        || usage.memory_mib_seconds > mem_max
+        || usage.gpu_seconds > gpu_max)
+        .then(|| {
+            format!(
+                "{} on {node} reported {} millicore-s, {} MiB-s, {} GPU-s; at most {cpu_max}, {mem_max}, {gpu_max} are possible since its placement",
+                inst.name, usage.cpu_millicore_seconds, usage.memory_mib_seconds, usage.gpu_seconds
+            )
+        });
     if to == from {
         return Ok(None);
     }
@@ -104,6 +186,7 @@ pub fn charge(
         id_prefix,
         from,
         to,
+        clamped,
     }))
 }
 
@@ -155,6 +238,105 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
     use univrs_api::resources::node::PricingModel;
 
+    /// A ceiling no test below reaches, an hour after the placement.
+    fn charge_roomy(
+        uid: &str,
+        inst: &Instance,
+        rates: &NodePricing,
+        market: &Market,
+    ) -> Result<Option<Charge>, PricingError> {
+        let roomy = Ceiling {
+            cpu_millis: 64_000,
+            memory_mib: 1 << 20,
+            gpus: 8,
+        };
+        let later = Timestamp::from_second(1_700_003_600).unwrap();
+        charge(uid, inst, rates, market, &roomy, &later)
+    }
+
+    #[test]
+    fn a_report_beyond_what_is_possible_is_clamped_and_the_excess_never_billed() {
+        // One core for 60 s: at most 65 core-seconds (5 s of clock slack), whatever is reported.
+        let one_core = Ceiling {
+            cpu_millis: 1000,
+            memory_mib: 64,
+            gpus: 0,
+        };
+        let minute = Timestamp::from_second(1_700_000_060).unwrap();
+        let c = charge(
+            "uid",
+            &placed(1_000_000_000_000, None),
+            &rates(),
+            &Market::default(),
+            &one_core,
+            &minute,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.to.cpu_millicore_seconds, 65_000);
+        assert_eq!(c.amount, 65);
+        assert!(
+            c.clamped
+                .as_deref()
+                .is_some_and(|m| m.contains("at most 65000")),
+            "{c:?}"
+        );
+        // The next round bills only what time has added since, still at most the limit.
+        let billed = Instance {
+            billed: Some(c.to.clone()),
+            ..placed(1_000_000_000_000, None)
+        };
+        let later = Timestamp::from_second(1_700_000_070).unwrap();
+        let next = charge(
+            "uid",
+            &billed,
+            &rates(),
+            &Market::default(),
+            &one_core,
+            &later,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(next.amount, 10);
+        // An honest report is not clamped.
+        let honest = charge(
+            "uid",
+            &placed(30_000, None),
+            &rates(),
+            &Market::default(),
+            &one_core,
+            &minute,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((honest.amount, honest.clamped), (30, None));
+    }
+
+    #[test]
+    fn the_ceiling_is_the_limits_else_the_node() {
+        let spec: WorkloadSpec = serde_json::from_value(serde_json::json!({
+            "containers": [
+                {"name": "a", "image": "x", "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}}},
+                {"name": "b", "image": "x"}
+            ]
+        }))
+        .unwrap();
+        let node = NodeCapacity {
+            cpu: univrs_api::quantity::Quantity("2".into()),
+            memory: univrs_api::quantity::Quantity("1Gi".into()),
+            gpu: 0,
+        };
+        // b has no limits: it may use the whole node, so together the node bounds them.
+        assert_eq!(
+            Ceiling::of(&spec, &node),
+            Ceiling {
+                cpu_millis: 2000,
+                memory_mib: 1024,
+                gpus: 0
+            }
+        );
+    }
+
     fn rates() -> NodePricing {
         NodePricing {
             model: PricingModel::Fixed,
@@ -186,7 +368,7 @@ mod tests {
     #[test]
     fn charges_the_usage_beyond_the_mark_once() {
         // 3600 per core-hour = 1 per core-second: 10 core-seconds cost 10.
-        let c = charge("uid", &placed(10_000, None), &rates(), &Market::default())
+        let c = charge_roomy("uid", &placed(10_000, None), &rates(), &Market::default())
             .unwrap()
             .unwrap();
         assert_eq!(c.amount, 10);
@@ -196,10 +378,10 @@ mod tests {
             ..placed(10_000, None)
         };
         assert_eq!(
-            charge("uid", &paid, &rates(), &Market::default()).unwrap(),
+            charge_roomy("uid", &paid, &rates(), &Market::default()).unwrap(),
             None
         );
-        let more = charge(
+        let more = charge_roomy(
             "uid",
             &placed(15_000, Some(10_000)),
             &rates(),
@@ -220,11 +402,11 @@ mod tests {
         let mut moved = placed(10_000, None);
         moved.node = Some("bravo".into());
         assert_eq!(
-            charge("uid", &moved, &rates(), &Market::default()).unwrap(),
+            charge_roomy("uid", &moved, &rates(), &Market::default()).unwrap(),
             None
         );
         assert_eq!(
-            charge(
+            charge_roomy(
                 "uid",
                 &placed(5_000, Some(10_000)),
                 &rates(),

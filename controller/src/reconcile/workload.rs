@@ -140,7 +140,10 @@ async fn bill(wl: &Workload, ctx: &Context, metered: bool) -> Result<Billing, Er
             .unwrap_or_else(snapshot::default_pricing);
         // The market the scheduler quoted in (`core::quote`), as it stands now.
         let market = ctx.index().market_of(&node);
-        let charge = match billing::charge(&uid, inst, &rates, &market) {
+        // A node's report counts at most up to what the instance could use since placed.
+        let ceiling = billing::Ceiling::of(&wl.spec, &node.spec.capacity);
+        let charge = match billing::charge(&uid, inst, &rates, &market, &ceiling, &Timestamp::now())
+        {
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(e) => {
@@ -150,6 +153,10 @@ async fn bill(wl: &Workload, ctx: &Context, metered: bool) -> Result<Billing, Er
                 continue;
             }
         };
+        if let Some(why) = &charge.clamped {
+            tracing::warn!(instance = %inst.name, node = %charge.node, "usage report clamped: {why}");
+            out.clamped.push(why.clone());
+        }
         // Unmetered namespaces run as contributions: the mark moves, nothing is paid.
         if !metered || charge.amount == 0 {
             out.marks.insert(inst.name.clone(), charge.to);

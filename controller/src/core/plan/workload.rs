@@ -290,6 +290,8 @@ pub struct Billing {
     pub exhausted: Option<(&'static str, String)>,
     /// Usage that could not be priced (it stays unbilled, its mark where it was).
     pub unpriced: Vec<String>,
+    /// Reports beyond what an instance can use, clamped (the excess is never billed).
+    pub clamped: Vec<String>,
 }
 
 /// The instance fields the controller owns, as it applies them.
@@ -513,6 +515,12 @@ pub fn notices(wl: &Workload, plan: &Plan, bills: &Billing) -> Vec<Notice> {
         out.push(Notice::warning(
             "PricingFailed",
             format!("{}: left unbilled", bills.unpriced.join("; ")),
+        ));
+    }
+    for why in &bills.clamped {
+        out.push(Notice::warning(
+            "UsageClamped",
+            format!("{why}: the excess is not billed"),
         ));
     }
     if let Some(msg) = &plan.unschedulable {
