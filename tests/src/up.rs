@@ -22,20 +22,25 @@ impl Up {
     pub fn start(dir: &Path, port: u16, agents: u32) -> Self {
         // Outside the data directory, so the test can show it after `up` removed nothing.
         let log = dir.with_extension("log");
-        let err = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
         let mut cmd = Command::new(univrs_bin());
         cmd.arg("up")
             .arg("--data-dir")
             .arg(dir)
             .args(["--port", &port.to_string(), "--agents", &agents.to_string()])
             .args(["--lease-duration", "3s", "--node-grace-period", "4s"])
-            .args(["--usage-interval", "2s"])
-            .stdout(Stdio::piped())
-            .stderr(err);
+            .args(["--usage-interval", "2s"]);
+        Self::spawn(cmd, log)
+    }
+
+    /// Runs `cmd` (a `univrs up` command line, perhaps wrapped, as in another network
+    /// namespace), logging its stderr to `log`, and waits for its ready line.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        cmd.stdout(Stdio::piped()).stderr(err);
         let mut proc = Guarded::spawn(cmd).unwrap();
         let stdout = proc.0.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();

@@ -1,7 +1,8 @@
 //! Usage becomes payment: the controller pays a node for the usage its agent reports, exactly
 //! once (also when an earlier attempt was applied but not recorded), reports CreditExhausted
 //! when the owner's line cannot carry a charge, stops the workload growing, and resumes once
-//! the line has room; usage it cannot price is reported (PricingFailed), not lost or paid. Node creditBalance follows the lines, and balances sum to zero.
+//! the line has room; usage beyond what is possible is clamped and said so (UsageClamped),
+//! never paid. Node creditBalance follows the lines, and balances sum to zero.
 //!
 //! The test plays the agent: it renews the node's Lease and reports cumulative usage in the
 //! Workload's status with the agent's own field manager.
@@ -76,6 +77,10 @@ async fn usage_is_paid_once_and_exhaustion_stops_growth() {
     }
     // alpha charges 3600 milli-credits per core-hour: one per core-second.
     let mut node = node_object("alpha", &[], &NodeIdentity::generate());
+    // Billing counts a report only up to what the instance could use since its placement (its
+    // limits, here none, so the node's capacity, times the seconds): with 1,000 cores every CPU
+    // report below is possible (5 s of slack alone covers 1,600 core-seconds).
+    node.spec.capacity.cpu = univrs_api::quantity::Quantity("1000".into());
     node.spec.pricing = Some(
         serde_json::from_value(
             serde_json::json!({"model": "Fixed", "cpuCoreHour": 3600, "memoryGibHour": 0}),
@@ -183,6 +188,8 @@ async fn usage_is_paid_once_and_exhaustion_stops_growth() {
             utilization: 0.0,
             entropy_multiplier: 1.0,
         },
+        &billing::Ceiling::of(&w.spec, &node.spec.capacity),
+        &k8s_openapi::jiff::Timestamp::now(),
     )
     .unwrap()
     .unwrap();
@@ -278,42 +285,41 @@ async fn usage_is_paid_once_and_exhaustion_stops_growth() {
     })
     .await;
 
-    // Usage too large to price (the price would overflow) is left unbilled and said so, with a
-    // condition and a Warning Event; once the report can be priced again the condition clears.
+    // A report beyond what the instance could have used since its placement (2^60 MiB-seconds
+    // of memory on an 8 GiB node) is the node's word against physics: billing counts it only up
+    // to the node's memory times the seconds since placement (plus 5 s of slack), pays nothing
+    // for the excess and says so with a Warning Event.
     report_usage_with_memory(&wl_api, &placed_at, 1_600_000, 1 << 60).await;
-    eventually("PricingFailed", Duration::from_secs(30), async || {
-        let w = wl_api.get("meter").await.unwrap();
-        let s = w.status.clone().unwrap_or_default();
-        let ok = s.conditions.iter().any(|c| {
-            c.type_ == "PricingFailed" && c.status == "True" && c.message.contains("overflow")
-        });
-        (ok.then_some(()), format!("{:?}", s.conditions))
-    })
-    .await;
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
-    let warned = events
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .any(|e| e.reason.as_deref() == Some("PricingFailed"));
-    assert!(warned, "a Warning Event says why usage is unbilled");
-    report_usage_with_memory(&wl_api, &placed_at, 1_600_000, 0).await;
-    eventually("pricing again", Duration::from_secs(30), async || {
-        let w = wl_api.get("meter").await.unwrap();
-        let s = w.status.clone().unwrap_or_default();
-        let ok = s
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "PricingFailed" && c.status == "False");
-        (ok.then_some(()), format!("{:?}", s.conditions))
+    eventually("UsageClamped", Duration::from_secs(30), async || {
+        let clamped = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("UsageClamped"));
+        let note = clamped.as_ref().and_then(|e| e.note.clone());
+        (note.clone(), format!("{note:?}"))
     })
     .await;
+    let w = wl_api.get("meter").await.unwrap();
+    let billed = instance(&w, "meter-0")
+        .and_then(|i| i.billed.clone())
+        .unwrap();
+    let since = k8s_openapi::jiff::Timestamp::now()
+        .as_second()
+        .saturating_sub(placed_at.0.as_second())
+        + 5;
+    assert!(
+        billed.memory_mib_seconds <= 8192 * since,
+        "billed {} MiB-s in {since} s on an 8 GiB node",
+        billed.memory_mib_seconds
+    );
     assert_eq!(
         lines.get(LINE).await.unwrap().status.map(|s| s.balance),
         Some(1_600),
-        "nothing paid for what could not be priced"
+        "nothing paid for the excess (memory is free at alpha's rates, CPU unchanged)"
     );
 
     // Mutual credit is zero-sum: every account's balance over all lines adds up to 0, and the

@@ -5,12 +5,12 @@
 //! with clear errors and leave nothing behind; a removed node's credentials stop working.
 
 use kube::api::Api;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use univrs_api::{Node, Workload};
 use univrs_tests::cluster::eventually;
+use univrs_tests::up::Up;
 use univrs_tests::{Guarded, client_from, free_port, repo_root, run, univrs_bin, upstream_bin_dir};
 
 /// Network namespaces on a bridge, removed when dropped.
@@ -157,7 +157,6 @@ async fn machines_join_over_the_network_and_only_with_a_valid_token_and_pin() {
     // The center: the control plane, the controller and its own agent, advertised on its
     // address.
     let center = tmp.path().join("center");
-    let log = tmp.path().join("center.log");
     let mut up = m.exec(0, univrs_bin());
     up.arg("up")
         .arg("--data-dir")
@@ -168,27 +167,9 @@ async fn machines_join_over_the_network_and_only_with_a_valid_token_and_pin() {
             "--advertise-address",
             &m.address(0),
         ])
-        .args(["--lease-duration", "3s", "--node-grace-period", "4s"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut up = Guarded::spawn(up).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = up.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(k) = line.strip_prefix("ready kubeconfig=") {
-                let _ = tx.send(PathBuf::from(k));
-            }
-        }
-    });
-    let admin_kc = rx
-        .recv_timeout(Duration::from_secs(600))
-        .unwrap_or_else(|_| {
-            panic!(
-                "univrs up: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
+        .args(["--lease-duration", "3s", "--node-grace-period", "4s"]);
+    let up = Up::spawn(up, tmp.path().join("center.log"));
+    let admin_kc = up.kubeconfig.clone();
     let token = || {
         let (ok, line, err) = run(m
             .exec(0, univrs_bin())
@@ -352,9 +333,5 @@ async fn machines_join_over_the_network_and_only_with_a_valid_token_and_pin() {
     assert!(!ok && err.contains("forbidden"), "{out}{err}");
     assert!(nodes.get_opt(name).await.unwrap().is_none());
     drop(agents);
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(up.0.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = up.0.wait();
+    up.interrupt();
 }

@@ -1,8 +1,5 @@
-//! `univrs token create|list|delete`: bootstrap tokens for joining machines. A token is a
-//! Secret in kube-system that the API server's bootstrap authenticator reads (as kubeadm makes
-//! them): it authenticates `system:bootstrap:<id>` in the group `system:bootstrappers:univrs`,
-//! which may only ask for a node certificate. It expires (kube-controller-manager's
-//! tokencleaner deletes it then), and deleting it revokes it at once.
+//! `univrs token create|list|delete`: the admin's side of joining (what a token is:
+//! `join::token`). Deleting a token revokes it at once.
 
 use crate::cli::TokenCommand;
 use crate::cmd::controller::client;

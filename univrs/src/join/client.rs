@@ -50,6 +50,11 @@ impl CertFiles {
             .with_context(|| format!("reading {}", self.cert.display()))?
             .collect::<Result<_, _>>()
             .with_context(|| format!("parsing {}", self.cert.display()))?;
+        anyhow::ensure!(
+            !chain.is_empty(),
+            "{} holds no certificate",
+            self.cert.display()
+        );
         let key = PrivateKeyDer::from_pem_file(&self.key)
             .with_context(|| format!("reading {}", self.key.display()))?;
         let signer = rustls::crypto::ring::sign::any_supported_type(&key)
@@ -128,4 +133,49 @@ pub fn discovery_client(server: &str) -> Result<kube::Client> {
     let mut config = kube::Config::new(server.parse().context("the server URL")?);
     config.accept_invalid_certs = true;
     Ok(kube::Client::try_from(config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use univrs_api::identity::NodeIdentity;
+
+    /// A self-signed certificate of `identity`'s key with `serial`, PEM.
+    fn cert_of(identity: &NodeIdentity, name: &str, serial: u64) -> String {
+        let key = rcgen::KeyPair::from_pem(&identity.to_pkcs8_pem()).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.serial_number = Some(serial.into());
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            univrs_api::system::node_user(name),
+        );
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_presented_from_the_next_connection_on() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let identity = NodeIdentity::generate();
+        let key = dir.path().join("identity.key");
+        let cert = dir.path().join("node.crt");
+        crate::control_plane::pki::write_private(&key, &identity.to_pkcs8_pem()).unwrap();
+        let first = cert_of(&identity, "library", 1);
+        crate::join::certificate::write(&cert, &first).unwrap();
+        let files = CertFiles::new(&cert, &key).unwrap();
+        let presented = |f: &CertFiles| f.resolve(&[], &[]).unwrap().cert[0].to_vec();
+        let before = presented(&files);
+        assert_eq!(
+            presented(&files),
+            before,
+            "unchanged files are not read again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        crate::join::certificate::write(&cert, &cert_of(&identity, "library", 2)).unwrap();
+        assert_ne!(presented(&files), before, "the renewed certificate");
+        // A broken file presents nothing rather than panicking, and says why in the log.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&cert, "not a certificate").unwrap();
+        assert!(files.resolve(&[], &[]).is_none());
+    }
 }

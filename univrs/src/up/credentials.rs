@@ -1,9 +1,10 @@
-//! Least privilege for what `univrs up` runs on its local control plane. The controller and
-//! the agents reach the API server with their ServiceAccounts' tokens, under exactly the RBAC
-//! the Helm chart installs (read from the Kustomize base, which is generated from the chart and
-//! drift-tested), never with the admin's certificate: what works under `univrs up` works in a
-//! cluster, and a compromised agent holds an agent's rights and no more. Tokens live an hour
-//! and are renewed every 20 minutes into 0600 files, which kube clients re-read.
+//! Least privilege for what `univrs up` runs on its local control plane, under exactly the RBAC
+//! and admission policies the Helm chart installs (read from the Kustomize base, which is
+//! generated from the chart and drift-tested), never with the admin's certificate: what works
+//! under `univrs up` works in a cluster. The controller reaches the API server with its
+//! ServiceAccount's token (an hour's, renewed every 20 minutes into a 0600 file its client
+//! re-reads); each agent joins with a bootstrap token made here, as another machine would, and
+//! then holds one node's rights and no more.
 
 use crate::control_plane::{kubeconfig, pki};
 use anyhow::{Context, Result};
