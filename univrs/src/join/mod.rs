@@ -104,6 +104,9 @@ pub async fn join(req: &Request<'_>) -> Result<Joined> {
 /// Reads cluster-info from `server` without trusting it yet.
 async fn discover(server: &str) -> Result<ClusterInfo> {
     let (ns, name) = CLUSTER_INFO;
+    // kube-client warns that it skips the server's certificate here: nothing read before the
+    // pin matches is trusted, so say so first.
+    tracing::info!(%server, "reading {ns}/{name} before trusting the server; its CA must match --ca-cert-hash");
     let api: Api<ConfigMap> = Api::namespaced(client::discovery_client(server)?, ns);
     let cm = api.get(name).await.with_context(|| {
         format!("reading {ns}/{name} from {server} (is it a Univrs control plane, started with --advertise-address for other machines?)")
