@@ -104,22 +104,7 @@ impl ClusterInfo {
             .and_then(|d| d.get("kubeconfig"))
             .context("cluster-info has no kubeconfig")?;
         let kc = kube::config::Kubeconfig::from_yaml(text).context("cluster-info's kubeconfig")?;
-        let cluster = kc
-            .clusters
-            .first()
-            .and_then(|c| c.cluster.clone())
-            .context("cluster-info names no cluster")?;
-        let server = cluster.server.context("cluster-info names no server")?;
-        let ca = cluster
-            .certificate_authority_data
-            .context("cluster-info carries no CA")?;
-        use base64::Engine;
-        let ca_pem = String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(ca.trim())
-                .context("cluster-info's CA is not base64")?,
-        )
-        .context("cluster-info's CA is not PEM text")?;
+        let (server, ca_pem) = super::kubeconfig::first_cluster(&kc, "cluster-info")?;
         Ok(Self { server, ca_pem })
     }
 

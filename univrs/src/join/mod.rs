@@ -65,7 +65,7 @@ pub async fn join(req: &Request<'_>) -> Result<Joined> {
     let ca_pem = match existing.as_deref() {
         Some(pem) if certificate::usable_for(pem, req.node) && kubeconfig_file.exists() => {
             // Joined before: keep trusting the CA pinned then (and check it still matches).
-            let ca = read_ca(&kubeconfig_file)?;
+            let (_, ca) = kubeconfig::read_first_cluster(&kubeconfig_file)?;
             check_pin(&ca, &pin)?;
             tracing::info!(node = req.node, "using the credentials of an earlier join");
             ca
@@ -123,19 +123,4 @@ fn check_pin(ca_pem: &str, pin: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The CA a kubeconfig written by an earlier join trusts.
-fn read_ca(kubeconfig: &Path) -> Result<String> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let data = kc
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| c.certificate_authority_data.clone())
-        .with_context(|| format!("{} has no CA", kubeconfig.display()))?;
-    use base64::Engine;
-    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data.trim())?)
-        .context("the CA is not PEM text")
 }

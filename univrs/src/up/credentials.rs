@@ -99,14 +99,7 @@ pub struct JoinToken {
 
 /// Makes a bootstrap token for this run's agents.
 pub async fn join_token(client: &kube::Client, admin_kubeconfig: &Path) -> Result<JoinToken> {
-    let admin = kube::config::Kubeconfig::read_from(admin_kubeconfig)
-        .with_context(|| format!("reading {}", admin_kubeconfig.display()))?;
-    let server = admin
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| c.server.clone())
-        .context("the admin kubeconfig has no server")?;
+    let (server, _) = kubeconfig::read_first_cluster(admin_kubeconfig)?;
     let ca_cert_hash = crate::control_plane::cluster_info::read(client)
         .await?
         .ca_hash()?;
@@ -143,19 +136,7 @@ pub async fn issue(
     dir: &Path,
 ) -> Result<Vec<Credentials>> {
     pki::create_private_dir(dir)?;
-    let admin = kube::config::Kubeconfig::read_from(admin_kubeconfig)
-        .with_context(|| format!("reading {}", admin_kubeconfig.display()))?;
-    let cluster = admin
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.clone())
-        .context("the admin kubeconfig names no cluster")?;
-    let server = cluster
-        .server
-        .context("the admin kubeconfig has no server")?;
-    let ca = cluster
-        .certificate_authority_data
-        .context("the admin kubeconfig has no certificate-authority-data")?;
+    let (server, ca) = kubeconfig::read_first_cluster(admin_kubeconfig)?;
     let mut out = Vec::new();
     for account in accounts {
         let creds = Credentials {
