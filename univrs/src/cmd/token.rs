@@ -3,7 +3,6 @@
 
 use crate::cli::TokenCommand;
 use crate::cmd::controller::client;
-use crate::control_plane::cluster_info;
 use crate::join;
 use crate::paths;
 use anyhow::{Context, Result, bail};
@@ -29,16 +28,14 @@ pub fn run(command: TokenCommand, kubeconfig: Option<PathBuf>) -> Result<()> {
 
 /// Makes a token and prints the command that joins a machine with it.
 async fn create(client: &kube::Client, ttl: Duration, description: &str) -> Result<()> {
-    let info = cluster_info::read(client).await?;
-    let hash = info.ca_hash()?;
-    let (token, expires) = join::token::create(client, ttl, description).await?;
+    let i = join::token::invite(client, ttl, description).await?;
     eprintln!(
-        "token {} expires {expires}; on the new machine, as root, run:",
-        token.id
+        "token {} expires {}; on the new machine, as root, run:",
+        i.token.id, i.expires
     );
     println!(
-        "univrs join --server {} --token {token} --ca-cert-hash {hash}",
-        info.server
+        "univrs join --server {} --token {} --ca-cert-hash {}",
+        i.server, i.token, i.ca_cert_hash
     );
     Ok(())
 }

@@ -12,6 +12,31 @@ use std::time::Duration;
 use univrs_api::bootstrap::{BootstrapToken, TOKEN_NAMESPACE, TOKEN_SECRET_TYPE};
 use univrs_api::system::BOOTSTRAPPERS_GROUP;
 
+/// What a joining machine needs, as `univrs token create` prints it.
+pub struct Invitation {
+    /// The API server, as cluster-info names it.
+    pub server: String,
+    /// The pin of the cluster's CA.
+    pub ca_cert_hash: String,
+    /// A fresh bootstrap token.
+    pub token: BootstrapToken,
+    /// When the token expires.
+    pub expires: Timestamp,
+}
+
+/// Reads the server and the CA's pin from cluster-info and makes a token valid for `ttl`.
+pub async fn invite(client: &kube::Client, ttl: Duration, description: &str) -> Result<Invitation> {
+    let info = crate::control_plane::cluster_info::read(client).await?;
+    let ca_cert_hash = info.ca_hash()?;
+    let (token, expires) = create(client, ttl, description).await?;
+    Ok(Invitation {
+        server: info.server,
+        ca_cert_hash,
+        token,
+        expires,
+    })
+}
+
 /// Creates a token valid for `ttl`; returns it and when it expires.
 pub async fn create(
     client: &kube::Client,

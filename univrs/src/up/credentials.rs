@@ -86,33 +86,23 @@ pub async fn apply_access(client: &kube::Client, manager: &str) -> Result<usize>
     Ok(objects.len())
 }
 
-/// What `up`'s own agents join with.
-pub struct JoinToken {
-    /// The API server (as the admin kubeconfig names it: loopback).
-    pub server: String,
-    /// The pin of the cluster's CA.
-    pub ca_cert_hash: String,
-    /// A bootstrap token (`<id>.<secret>`), valid for an hour: long enough for every agent's
-    /// first join; after that each renews its own certificate.
-    pub token: String,
-}
-
-/// Makes a bootstrap token for this run's agents.
-pub async fn join_token(client: &kube::Client, admin_kubeconfig: &Path) -> Result<JoinToken> {
+/// Invites this run's own agents: a token valid for an hour (long enough for every agent's
+/// first join; after that each renews its own certificate), with the server as the admin
+/// kubeconfig names it (loopback), which every agent on this machine reaches.
+pub async fn join_token(
+    client: &kube::Client,
+    admin_kubeconfig: &Path,
+) -> Result<crate::join::token::Invitation> {
     let (server, _) = kubeconfig::read_first_cluster(admin_kubeconfig)?;
-    let ca_cert_hash = crate::control_plane::cluster_info::read(client)
-        .await?
-        .ca_hash()?;
-    let (token, _) = crate::join::token::create(
+    let invitation = crate::join::token::invite(
         client,
         Duration::from_secs(3600),
         "univrs up: this machine's own agents",
     )
     .await?;
-    Ok(JoinToken {
+    Ok(crate::join::token::Invitation {
         server,
-        ca_cert_hash,
-        token: token.to_string(),
+        ..invitation
     })
 }
 

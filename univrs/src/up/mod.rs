@@ -285,7 +285,7 @@ async fn wait_for_file(path: &Path, children: &mut Children, timeout: Duration) 
 /// How `up`'s agents reach the API server.
 enum AgentCredentials {
     /// Each joins with this token and gets a certificate of its own (the local control plane).
-    Join(credentials::JoinToken),
+    Join(crate::join::token::Invitation),
     /// All use the kubeconfig given (a cluster of one's own, with its own RBAC).
     Kubeconfig(PathBuf),
 }
@@ -304,7 +304,7 @@ impl AgentCredentials {
                 ];
                 all.extend(args);
                 // In the environment, not the arguments: the process list is public.
-                Child::restartable("agent", all).env("UNIVRS_JOIN_TOKEN", &j.token)
+                Child::restartable("agent", all).env("UNIVRS_JOIN_TOKEN", &j.token.to_string())
             }
             Self::Kubeconfig(k) => {
                 let mut all = vec![
