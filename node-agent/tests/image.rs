@@ -564,6 +564,11 @@ enum Item<'a> {
     Exec(&'a str, &'a str),
     Symlink(&'a str, &'a str),
     Hardlink(&'a str, &'a str),
+    /// A block device with its major and minor numbers.
+    Block(&'a str, u32, u32),
+    /// A character device.
+    Char(&'a str, u32, u32),
+    Fifo(&'a str),
 }
 
 fn tar_of(items: &[Item]) -> Vec<u8> {
@@ -576,6 +581,9 @@ fn tar_of(items: &[Item]) -> Vec<u8> {
                 Item::Exec(n, d) => (n, tar::EntryType::Regular, d.as_bytes(), None, 0o4755),
                 Item::Symlink(n, t) => (n, tar::EntryType::Symlink, b"", Some(t), 0o777),
                 Item::Hardlink(n, t) => (n, tar::EntryType::Link, b"", Some(t), 0o644),
+                Item::Block(n, ..) => (n, tar::EntryType::Block, b"", None, 0o666),
+                Item::Char(n, ..) => (n, tar::EntryType::Char, b"", None, 0o666),
+                Item::Fifo(n) => (n, tar::EntryType::Fifo, b"", None, 0o644),
             };
         let mut h = tar::Header::new_gnu();
         h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
@@ -587,6 +595,10 @@ fn tar_of(items: &[Item]) -> Vec<u8> {
         h.set_size(data.len() as u64);
         if let Some(t) = link {
             h.set_link_name_literal(t).unwrap();
+        }
+        if let Item::Block(_, major, minor) | Item::Char(_, major, minor) = item {
+            h.set_device_major(*major).unwrap();
+            h.set_device_minor(*minor).unwrap();
         }
         h.set_cksum();
         b.append(&h, data).unwrap();
@@ -647,6 +659,55 @@ fn write_layout(dir: &Path, layers: &[(Vec<u8>, Compression)]) {
     }]});
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+#[test]
+fn device_nodes_in_a_layer_are_skipped_and_counted() {
+    // The host's first disk (8:0), /dev/mem (1:1) and /dev/kmsg (1:11), as an attacker ships them.
+    let layer = tar_of(&[
+        Item::Dir("dev"),
+        Item::Block("dev/sda", 8, 0),
+        Item::Char("dev/mem", 1, 1),
+        Item::Char("kmsg", 1, 11),
+        Item::Fifo("run-fifo"),
+        Item::File("etc-ok", "ok"),
+    ]);
+    for mode in MODES {
+        let store = TestStore::with_mode(mode);
+        let layout = store.root().join("devices");
+        write_layout(&layout, &[(layer.clone(), Compression::Gzip)]);
+        let image = store.import_oci_layout(&layout, "latest").unwrap();
+        assert_eq!(store.devices_skipped(&image), 3, "{mode:?}");
+        // Resolved again later, the image still says so.
+        let again = store.resolve(&image.reference).unwrap();
+        assert_eq!(store.devices_skipped(&again), 3);
+        let root = store.prepare_rootfs(&image, "dev").unwrap();
+        for gone in ["dev/sda", "dev/mem", "kmsg"] {
+            assert!(
+                std::fs::symlink_metadata(root.join(gone)).is_err(),
+                "{gone} was made ({mode:?})"
+            );
+        }
+        use std::os::unix::fs::FileTypeExt;
+        let fifo = std::fs::symlink_metadata(root.join("run-fifo")).unwrap();
+        assert!(fifo.file_type().is_fifo(), "FIFOs are kept");
+        assert_eq!(read(&root, "etc-ok").as_deref(), Some("ok"));
+        if mode == RootfsMode::Overlay {
+            let opts = mount_options(&root);
+            assert!(opts.split(',').any(|o| o == "nodev"), "{opts}");
+        }
+    }
+}
+
+/// The per-mount options of the mount point `path` (from /proc/self/mountinfo).
+fn mount_options(path: &Path) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (Path::new(f[4]) == path).then(|| f[5].to_string())
+        })
+        .unwrap_or_else(|| panic!("{} is not mounted", path.display()))
 }
 
 #[test]

@@ -181,13 +181,14 @@ fn overlay_options(lower: &[PathBuf], dir: &Path) -> String {
     )
 }
 
-/// Mounts overlayfs with `options` on `merged`.
+/// Mounts overlayfs with `options` on `merged`, `nodev`: a device node the container makes
+/// (or an image smuggles in) opens nothing.
 fn mount_overlay(options: &str, merged: &Path) -> nix::Result<()> {
     mount(
         Some("overlay"),
         merged,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NODEV,
         Some(options),
     )
 }

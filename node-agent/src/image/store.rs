@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
+/// The xattr on an unpacked layer's directory counting the devices it skipped.
+const DEVICES_SKIPPED_XATTR: &str = "trusted.univrs.devices-skipped";
+
 /// An image in the store: what a container needs to run it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
@@ -366,13 +369,22 @@ impl ImageStore {
         }
         let tmp = self.tmp_path(&format!("layer-{}", &layer.hex()[..12]));
         fs::create_dir(&tmp).map_err(io_err("creating", &tmp))?;
-        let result = unpack_layer(&blob, &tmp, layer).and_then(|actual| {
-            if actual != *diff_id {
+        let result = unpack_layer(&blob, &tmp, layer).and_then(|unpacked| {
+            if unpacked.diff_id != *diff_id {
                 return Err(ImageError::DigestMismatch {
                     context: format!("uncompressed layer {layer} (its diff id in the config)"),
                     expected: diff_id.to_string(),
-                    actual: actual.to_string(),
+                    actual: unpacked.diff_id.to_string(),
                 });
+            }
+            if unpacked.devices_skipped > 0 {
+                // Kept with the layer, so an image resolved later still says so.
+                xattr::set(
+                    &tmp,
+                    DEVICES_SKIPPED_XATTR,
+                    unpacked.devices_skipped.to_string().as_bytes(),
+                )
+                .map_err(io_err("recording skipped devices on", &tmp))?;
             }
             Ok(())
         });
@@ -395,6 +407,17 @@ impl ImageStore {
                 Err(ImageError::io("moving the unpacked layer to", &dest, e))
             }
         }
+    }
+
+    /// How many block and character devices the layers of `image` named and unpacking
+    /// skipped (see [`super::unpack`]).
+    pub fn devices_skipped(&self, image: &Image) -> u64 {
+        image
+            .layers
+            .iter()
+            .filter_map(|l| xattr::get(self.layer_path(l), DEVICES_SKIPPED_XATTR).ok()?)
+            .filter_map(|v| String::from_utf8(v).ok()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// Records that `reference` (canonical) names the manifest `digest`.

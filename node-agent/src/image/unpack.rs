@@ -3,8 +3,11 @@
 //!
 //! - an OCI whiteout `.wh.NAME` becomes a character device 0/0 named `NAME`, and an opaque
 //!   marker `.wh..wh..opq` becomes the `trusted.overlay.opaque=y` xattr on its directory;
-//! - modes (setuid included), numeric ownership, symlinks, hardlinks, device nodes, FIFOs,
-//!   modification times and extended attributes are kept (the agent runs as root);
+//! - modes (setuid included), numeric ownership, symlinks, hardlinks, FIFOs, modification
+//!   times and extended attributes are kept (the agent runs as root);
+//! - block and character devices are skipped and counted: an image is code from anyone, and a
+//!   device node it ships (say the host's disk, 8:0) would be a door out of the container.
+//!   Containers get the standard devices from the runtime instead;
 //! - a path with `..`, a hardlink to outside the layer, and a write through a symlink that
 //!   leaves the layer (an absolute target, or `..` past the top) are refused: the layer comes
 //!   from a registry and must not write anywhere else on the host;
@@ -33,13 +36,22 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// Symlinks followed while resolving one path (Linux's own limit).
 const MAX_SYMLINKS: usize = 40;
 
-/// Unpacks the layer blob at `blob` into the empty directory `dest` and returns the digest of
-/// the uncompressed tar (its diff id). `digest` names the layer in errors.
+/// What unpacking a layer found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unpacked {
+    /// The digest of the uncompressed tar (the layer's diff id).
+    pub diff_id: Digest,
+    /// Block and character devices the layer named and that were not made.
+    pub devices_skipped: u64,
+}
+
+/// Unpacks the layer blob at `blob` into the empty directory `dest`. `digest` names the layer
+/// in errors.
 pub(crate) fn unpack_layer(
     blob: &Path,
     dest: &Path,
     digest: &Digest,
-) -> Result<Digest, ImageError> {
+) -> Result<Unpacked, ImageError> {
     let file = File::open(blob).map_err(|e| ImageError::io("opening layer blob", blob, e))?;
     let mut input = BufReader::with_capacity(256 * 1024, file);
     let magic = input
@@ -57,6 +69,7 @@ pub(crate) fn unpack_layer(
         root: dest.to_path_buf(),
         digest: digest.to_string(),
         dir_times: Vec::new(),
+        devices_skipped: 0,
     };
     {
         let mut archive = tar::Archive::new(&mut hashing);
@@ -78,13 +91,17 @@ pub(crate) fn unpack_layer(
             let _ = dir.set_modified(*mtime);
         }
     }
-    Ok(diff_id)
+    Ok(Unpacked {
+        diff_id,
+        devices_skipped: unpacker.devices_skipped,
+    })
 }
 
 struct Unpacker {
     root: PathBuf,
     digest: String,
     dir_times: Vec<(PathBuf, SystemTime)>,
+    devices_skipped: u64,
 }
 
 /// What kind of file an existing path is.
@@ -222,19 +239,18 @@ impl Unpacker {
                 self.replace(&target, present, &raw_path)?;
                 fs::hard_link(&source, &target).map_err(self.io(&raw_path, "linking"))?;
             }
-            T::Char | T::Block | T::Fifo => {
+            T::Char | T::Block => {
+                tracing::debug!(layer = %self.digest, entry = %raw_path.display(), "device node skipped");
+                self.devices_skipped += 1;
+            }
+            T::Fifo => {
                 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
                 self.replace(&target, present, &raw_path)?;
-                let (sflag, dev) = match kind {
-                    T::Char => (SFlag::S_IFCHR, meta.dev),
-                    T::Block => (SFlag::S_IFBLK, meta.dev),
-                    _ => (SFlag::S_IFIFO, (0, 0)),
-                };
                 mknod(
                     &target,
-                    sflag,
+                    SFlag::S_IFIFO,
                     Mode::from_bits_truncate(0o600),
-                    makedev(dev.0, dev.1),
+                    makedev(0, 0),
                 )
                 .map_err(|e| self.fail(&raw_path, format!("mknod: {e}")))?;
                 meta.apply(&target, &xattrs)
@@ -389,13 +405,12 @@ pub(crate) fn is_whiteout(m: &fs::Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
 
-/// Ownership, mode, time and device numbers of an entry.
+/// Ownership, mode and time of an entry.
 struct Meta {
     uid: u32,
     gid: u32,
     mode: u32,
     mtime: SystemTime,
-    dev: (u64, u64),
 }
 
 impl Meta {
@@ -412,16 +427,11 @@ impl Meta {
         let gid = num(h.gid(), &old.gid, "gid")?;
         let mode = num(h.mode().map(u64::from), &old.mode, "mode")? as u32;
         let mtime = num(h.mtime(), &old.mtime, "mtime")?;
-        let dev = (
-            h.device_major().ok().flatten().unwrap_or(0) as u64,
-            h.device_minor().ok().flatten().unwrap_or(0) as u64,
-        );
         Ok(Self {
             uid: u32::try_from(uid).map_err(|_| format!("uid {uid} out of range"))?,
             gid: u32::try_from(gid).map_err(|_| format!("gid {gid} out of range"))?,
             mode: mode & 0o7777,
             mtime: SystemTime::UNIX_EPOCH + Duration::from_secs(mtime),
-            dev,
         })
     }
 

@@ -271,17 +271,6 @@ pub fn default_mounts() -> Result<Vec<Mount>, OciSpecError> {
     ])
 }
 
-/// The capabilities a container gets on this host: [`DEFAULT_CAPABILITIES`], less
-/// CAP_MKNOD on cgroup v2, where this build has no device filter (`libcontainer`'s
-/// `cgroupsv2_devices` feature) to stop a new device node from being opened.
-pub fn capabilities_for_host() -> HashSet<Capability> {
-    let mut caps: HashSet<Capability> = DEFAULT_CAPABILITIES.iter().copied().collect();
-    if cgroup::detect() == CgroupVersion::V2 {
-        caps.remove(&Capability::Mknod);
-    }
-    caps
-}
-
 /// Builds the OCI runtime spec for `cfg`, with its cgroup at `cgroups_path` (see
 /// [`cgroup::cgroup_path`]).
 pub fn build_spec(cfg: &ContainerConfig, cgroups_path: &str) -> Result<Spec, SpecError> {
@@ -292,7 +281,9 @@ pub fn build_spec(cfg: &ContainerConfig, cgroups_path: &str) -> Result<Spec, Spe
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
 
-    let caps = capabilities_for_host();
+    // CAP_MKNOD stays (as in Docker): the device cgroup (v1, or v2's BPF filter) lets no
+    // new node be opened, and root filesystems are mounted nodev.
+    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.iter().copied().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())

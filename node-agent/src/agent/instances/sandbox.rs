@@ -12,12 +12,17 @@ use univrs_api::resources::workload::{self, Container, ContainerPort};
 
 /// A pulled image, ready to give containers a root filesystem.
 #[derive(Debug, Clone)]
-pub struct Image(StoredImage);
+pub struct Image {
+    stored: StoredImage,
+    /// Block and character devices its layers named that were not made (see
+    /// the image store's unpacker).
+    pub devices_skipped: u64,
+}
 
 impl Image {
     /// The image's manifest digest.
     pub fn digest(&self) -> String {
-        self.0.digest.to_string()
+        self.stored.digest.to_string()
     }
 }
 
@@ -87,26 +92,34 @@ impl Sandbox {
     /// present and the tag is not `latest` (Kubernetes' IfNotPresent default); otherwise
     /// pulled, falling back to the store when the registry cannot be reached.
     pub async fn pull(&self, reference: &str) -> Result<Image, SandboxError> {
+        let stored = self.pull_stored(reference).await?;
+        Ok(Image {
+            devices_skipped: self.images.devices_skipped(&stored),
+            stored,
+        })
+    }
+
+    async fn pull_stored(&self, reference: &str) -> Result<StoredImage, SandboxError> {
         if let Some((dir, tag)) = self.layouts.get(reference).cloned() {
             let store = self.images.clone();
             let img = tokio::task::spawn_blocking(move || store.import_oci_layout(&dir, &tag))
                 .await
                 .map_err(|e| SandboxError::Other(e.to_string()))??;
-            return Ok(Image(img));
+            return Ok(img);
         }
         let always = reference.ends_with(":latest") || !reference.contains(':');
         if !always && let Ok(img) = self.local(reference).await {
-            return Ok(Image(img));
+            return Ok(img);
         }
         match self.images.pull(reference, &self.pull).await {
-            Ok(img) => Ok(Image(img)),
+            Ok(img) => Ok(img),
             Err(pull_err) => match self.local(reference).await {
                 Ok(img) => {
                     tracing::warn!(
                         reference,
                         "pull failed, running the stored image: {pull_err}"
                     );
-                    Ok(Image(img))
+                    Ok(img)
                 }
                 Err(_) => Err(pull_err.into()),
             },
@@ -126,7 +139,7 @@ impl Sandbox {
 
     /// A fresh writable root filesystem for container `id`.
     pub fn rootfs(&self, image: &Image, id: &str) -> Result<PathBuf, SandboxError> {
-        Ok(self.images.prepare_rootfs(&image.0, id)?)
+        Ok(self.images.prepare_rootfs(&image.stored, id)?)
     }
 
     /// Removes container `id`'s root filesystem (no error when there is none).
@@ -141,7 +154,7 @@ impl Sandbox {
         c: &Container,
         rootfs: &std::path::Path,
     ) -> Result<Process, SandboxError> {
-        let cfg = &image.0.config;
+        let cfg = &image.stored.config;
         let wl_env: Vec<(String, String)> = c
             .env
             .iter()

@@ -392,6 +392,16 @@ impl Supervisor {
                 let sandbox = self.deps.sandbox.clone();
                 match sandbox.pull(&c.image).await {
                     Ok(i) => {
+                        if i.devices_skipped > 0 {
+                            self.event(
+                                EventType::Warning,
+                                "DevicesSkipped",
+                                format!(
+                                    "image {} names {} block or character device(s); they were not made (containers get the standard devices only)",
+                                    c.image, i.devices_skipped
+                                ),
+                            );
+                        }
                         self.event(
                             EventType::Normal,
                             "Pulled",
