@@ -525,21 +525,17 @@ fn the_default_hardening_is_in_place() {
         "seccomp filter on: {log:?}"
     );
     assert!(log.contains(&"NoNewPrivs:\t1".to_string()), "{log:?}");
-    // Docker's default set (with CAP_MKNOD only where the device cgroup enforces it).
+    // Docker's default set (CAP_MKNOD included: the device cgroup, v1 or v2's BPF filter,
+    // lets no new node be opened).
     let caps = log
         .iter()
         .find_map(|l| l.strip_prefix("CapBnd:\t"))
         .unwrap();
     let caps = u64::from_str_radix(caps, 16).unwrap();
-    let expected: u64 = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31]
+    let expected: u64 = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31]
         .iter()
         .map(|b| 1u64 << b)
-        .sum::<u64>()
-        | if cgroup::detect() == CgroupVersion::V1 {
-            1 << 27
-        } else {
-            0
-        };
+        .sum::<u64>();
     assert_eq!(caps, expected, "bounding set {caps:x}");
     assert_eq!(log.last().map(String::as_str), Some("done"), "{log:?}");
     assert!(
@@ -547,6 +543,72 @@ fn the_default_hardening_is_in_place() {
             .any(|l| l.ends_with("allowed") || l.ends_with("able")),
         "{log:?}"
     );
+}
+
+/// Lines of /proc/<pid>/status and cgroup that say who a process is and what it may do.
+const IDENTITY: &str = "grep -E '^(Uid|Gid|CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/$1/status; \
+     cat /proc/$1/cgroup";
+
+#[test]
+fn exec_runs_inside_the_container_as_the_container_runs() {
+    let rt = TestRuntime::new();
+    let mut cfg = rt.config("exec", &["sleep", "1000"]);
+    cfg.uid = 1000;
+    cfg.gid = 1000;
+    cfg.pids_limit = Some(64);
+    rt.start(&cfg).unwrap();
+    let exec = |script: &str| {
+        let out = rt
+            .client
+            .exec_command("exec", &sh(script), Duration::from_secs(10))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // PID 1 (the init) and the exec'd shell agree on every line.
+    let (code, init) = exec(&format!("set -- 1; {IDENTITY}"));
+    assert_eq!(code, Some(0), "{init}");
+    let (_, me) = exec(&format!("set -- self; {IDENTITY}"));
+    assert_eq!(init, me, "PID 1:\n{init}\nexec:\n{me}");
+    assert!(me.contains("Seccomp:\t2"), "{me}");
+    assert!(me.contains("Uid:\t1000\t1000"), "{me}");
+    assert!(
+        me.contains("CapEff:\t0000000000000000"),
+        "uid 1000 has no capability: {me}"
+    );
+    // Its PID, network and mount namespaces: the container's processes (the init and
+    // sleep, this shell and grep), only a loopback interface, the busybox root.
+    let (_, pids) = exec("ls -d /proc/[0-9]* | wc -l");
+    assert!(pids.trim().parse::<u32>().unwrap() <= 5, "{pids}");
+    let (_, links) = exec("grep -c : /proc/net/dev");
+    assert_eq!(links.trim(), "1", "only lo");
+    assert_eq!(
+        exec("test -x /bin/busybox && test ! -e /proc/1/root/work").0,
+        Some(0)
+    );
+    // The host's disk cannot be reached: no device node may be made and opened.
+    let (code, _) = exec("mknod /tmp/d b 8 0 2>/dev/null && head -c1 /tmp/d >/dev/null");
+    assert_ne!(code, Some(0));
+    // Exit codes come through; the deadline kills what outlives it.
+    assert_eq!(exec("exit 7").0, Some(7));
+    let started = Instant::now();
+    let out = rt
+        .client
+        .exec_command("exec", &["sleep", "30"], Duration::from_millis(300))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(137));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A container that is not running cannot be exec'd into.
+    let out = rt
+        .client
+        .exec_command("nope", &["true"], Duration::from_secs(5))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }
 
 #[test]

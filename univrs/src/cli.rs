@@ -249,6 +249,22 @@ pub enum ShimCommand {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
     },
+    /// Run a command inside a running container, as the container runs (namespaces, cgroup,
+    /// user, capabilities, seccomp); exit with its status.
+    Exec {
+        /// The runtime state directory.
+        #[arg(long)]
+        root: PathBuf,
+        /// The container id.
+        #[arg(long)]
+        id: String,
+        /// Kill the command after this long (exit status 137).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Force-delete a container whose shim died: kill it, remove its cgroup and state.
     Delete {
         /// The runtime state directory.

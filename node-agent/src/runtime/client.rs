@@ -388,6 +388,28 @@ impl RuntimeClient {
         }
     }
 
+    /// The command that runs `args` inside running container `id` as the container runs
+    /// (`univrs shim exec`, see [`super::exec`]); it exits with the command's status, 137
+    /// when `timeout` passed. Spawn it from any thread: it is a fresh process.
+    pub fn exec_command(&self, id: &str, args: &[&str], timeout: Duration) -> Command {
+        let mut cmd = Command::new(&self.shim_bin);
+        cmd.arg("shim")
+            .arg("exec")
+            .arg("--root")
+            .arg(self.layout.root())
+            .arg("--id")
+            .arg(id)
+            .arg("--timeout")
+            .arg(format!("{}ms", timeout.as_millis()))
+            .arg("--")
+            .args(args)
+            .stdin(Stdio::null())
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", spec::DEFAULT_PATH);
+        cmd
+    }
+
     /// The ids of every container with a bundle (what a restarted agent re-adopts).
     pub fn list(&self) -> Result<Vec<String>, RuntimeError> {
         let dir = self.layout.containers_dir();

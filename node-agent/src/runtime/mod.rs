@@ -10,6 +10,7 @@
 //!   container with `libcontainer`, and record what happened in files;
 //! - [`client`] is the agent side: plain processes and files, no `libcontainer` call, safe to
 //!   use from an async process (its calls block briefly; run them on a blocking thread);
+//! - [`exec`] runs a command inside a running container (`univrs shim exec`), for probes;
 //! - [`cgroup`] reads a container's cgroup (usage, limits, OOM kills) on cgroup v1 and v2.
 //!
 //! Everything about a container lives in files under one state directory ([`Layout`]), so an
@@ -18,6 +19,7 @@
 
 pub mod cgroup;
 pub mod client;
+pub mod exec;
 mod executor;
 pub mod layout;
 pub mod seccomp;

@@ -284,10 +284,18 @@ pub fn build_spec(cfg: &ContainerConfig, cgroups_path: &str) -> Result<Spec, Spe
     // CAP_MKNOD stays (as in Docker): the device cgroup (v1, or v2's BPF filter) lets no
     // new node be opened, and root filesystems are mounted nodev.
     let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.iter().copied().collect();
+    // A user other than root starts with no capability in effect (as Docker since 20.10):
+    // the bounding set only says what a setuid binary could gain, and no-new-privileges
+    // stops that too.
+    let held = if cfg.uid == 0 {
+        caps.clone()
+    } else {
+        HashSet::new()
+    };
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
-        .effective(caps.clone())
-        .permitted(caps.clone())
+        .effective(held.clone())
+        .permitted(held)
         .inheritable(HashSet::new())
         .ambient(HashSet::new())
         .build()?;

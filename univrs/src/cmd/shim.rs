@@ -1,8 +1,9 @@
-//! `univrs shim run|delete`: the per-container shim the node agent spawns. It stays
+//! `univrs shim run|exec|delete`: the per-container shim the node agent spawns. It stays
 //! single-threaded (no async runtime here): youki's `libcontainer` forks and clones.
 
 use crate::cli::ShimCommand;
 use univrs_node_agent::runtime::Layout;
+use univrs_node_agent::runtime::exec::exec_in_container;
 use univrs_node_agent::runtime::shim::{ShimArgs, delete_container, run_shim};
 
 /// Runs `univrs shim …`. Messages go to stderr, which the agent points at the bundle's
@@ -19,6 +20,15 @@ pub fn run(command: ShimCommand) -> anyhow::Result<()> {
     match command {
         ShimCommand::Run { root, id, grace } => {
             run_shim(&ShimArgs { root, id, grace })?;
+        }
+        ShimCommand::Exec {
+            root,
+            id,
+            timeout,
+            command,
+        } => {
+            let code = exec_in_container(&root, &id, command, timeout)?;
+            std::process::exit(code);
         }
         ShimCommand::Delete { root, id } => {
             delete_container(&Layout::new(root), &id)?;

@@ -279,7 +279,7 @@ impl Supervisor {
                         .map(|p| ProbeState::new(p, Instant::now()));
                 }
                 self.sample(rec, c, &cid).await;
-                self.probe(rec, c, &cid, pid, spec).await;
+                self.probe(rec, c, &cid, spec).await;
             }
             Ok(ContainerState::Exited(exit)) => {
                 dirty = true;
@@ -329,16 +329,10 @@ impl Supervisor {
         }
     }
 
-    async fn probe(
-        &mut self,
-        rec: &InstanceRecord,
-        c: &Container,
-        cid: &str,
-        pid: i32,
-        spec: &WorkloadSpec,
-    ) {
+    async fn probe(&mut self, rec: &InstanceRecord, c: &Container, cid: &str, spec: &WorkloadSpec) {
         let target = Target {
-            pid,
+            exec: Some((self.deps.runtime.clone(), cid.to_string())),
+            netns: self.deps.sandbox.netns_path(&rec.placement.id),
             ip: rec.ip.as_deref().and_then(|s| s.parse().ok()),
         };
         let now = Instant::now();
@@ -346,14 +340,14 @@ impl Supervisor {
         if let (Some(p), Some(state)) = (c.readiness_probe.as_ref(), run.readiness.as_mut())
             && state.due(now)
         {
-            let result = probe::run_once(p, target).await;
+            let result = probe::run_once(p, &target).await;
             state.record(p, now, result);
         }
         let run = self.runs.entry(c.name.clone()).or_default();
         if let (Some(p), Some(state)) = (c.liveness_probe.as_ref(), run.liveness.as_mut())
             && state.due(now)
         {
-            let result = probe::run_once(p, target).await;
+            let result = probe::run_once(p, &target).await;
             state.record(p, now, result);
             if state.healthy == Some(false) {
                 let why = state.last_error.clone().unwrap_or_default();
