@@ -145,6 +145,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port in the agents' default hostPort range (30000-32767), picked at random so that
+/// parallel tests rarely try the same one (a hostPort's DNAT does not hold the port).
+pub fn free_host_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id().into());
+        let port = 30000 + (h.finish() % 2768) as u16;
+        let free = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+}
+
 /// `n` distinct free ports: each is held until all are found, so none is handed out twice (a
 /// port released by one `free_port` call may be the next call's answer).
 pub fn free_ports(n: usize) -> Vec<u16> {

@@ -570,7 +570,7 @@ async fn pulls_from_a_registry_and_answers_on_its_host_port() {
         &["--label", "test=pull-a", "--insecure-registry", &host],
     );
     let _controller = start_controller(cp);
-    let port = univrs_tests::free_port();
+    let port = univrs_tests::free_host_port();
     let api: Api<Workload> = Api::namespaced(client.clone(), ns);
     let wl: Workload = serde_json::from_value(serde_json::json!({
         "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": "portal"},

@@ -417,6 +417,13 @@ pub struct AgentArgs {
     /// Where the CNI plugins are [default: /usr/lib/cni].
     #[arg(long)]
     pub cni_bin_dir: Option<PathBuf>,
+    /// The most processes and threads one container may have.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(16..))]
+    pub pids_limit: u64,
+    /// The host ports Workloads may publish (hostPort), LOW-HIGH; never the agent's, the API
+    /// server's or one the host listens on. Published on the Node as spec.hostPorts.
+    #[arg(long, default_value = "30000-32767", value_parser = univrs_node_agent::agent::instances::policy::parse_port_range)]
+    pub host_ports: std::ops::RangeInclusive<u16>,
     /// The containers' subnet on this node, e.g. 10.89.7.0/24 [default: derived from the node
     /// name; give each agent its own when several run on one machine].
     #[arg(long)]

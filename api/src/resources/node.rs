@@ -156,6 +156,31 @@ pub struct NodeSpec {
     /// How the node prices its resources; the fixed default rates when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<NodePricing>,
+
+    /// The host ports the node's owner lets Workloads publish (`hostPort`), set by its agent;
+    /// the scheduler places a Workload with host ports only where they are all in range.
+    /// Absent: the node does not say (any port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ports: Option<HostPortRange>,
+}
+
+/// A range of host ports, both ends included.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[x_kube(validation = kube::core::Rule::new("self.min <= self.max").message("hostPorts.min must not be above hostPorts.max"))]
+pub struct HostPortRange {
+    /// The lowest port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub min: i32,
+    /// The highest port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub max: i32,
+}
+
+impl HostPortRange {
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: i32) -> bool {
+        (self.min..=self.max).contains(&port)
+    }
 }
 
 /// Resources a node contributes.

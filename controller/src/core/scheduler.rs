@@ -46,6 +46,8 @@ pub struct NodeView {
     pub allocated: Resources,
     /// Host ports taken there (sorted, unique), except by the workload being placed.
     pub host_ports: Vec<HostPort>,
+    /// The host ports its owner allows (both ends included); `None`: any.
+    pub host_port_range: Option<(u16, u16)>,
     /// Reputation, 0 to 1.
     pub reputation: f64,
     /// Whether it is a nexus hub.
@@ -119,6 +121,8 @@ pub enum Reason {
     InsufficientMemory,
     /// Not enough GPUs left.
     InsufficientGpu,
+    /// A requested host port is outside the range the node's owner allows.
+    HostPortNotAllowed,
     /// A requested host port is taken.
     HostPortInUse,
     /// Labels do not match the nodeSelector.
@@ -133,13 +137,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in order (the order the filters run).
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Self::NotReady,
         Self::Unschedulable,
         Self::Isolated,
         Self::InsufficientCpu,
         Self::InsufficientMemory,
         Self::InsufficientGpu,
+        Self::HostPortNotAllowed,
         Self::HostPortInUse,
         Self::NodeSelectorMismatch,
         Self::ReputationTooLow,
@@ -156,14 +161,11 @@ impl Reason {
             Self::InsufficientCpu => "insufficient cpu".into(),
             Self::InsufficientMemory => "insufficient memory".into(),
             Self::InsufficientGpu => "insufficient gpu".into(),
-            Self::HostPortInUse => format!(
-                "didn't have free host ports ({})",
-                req.host_ports
-                    .iter()
-                    .map(HostPort::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            Self::HostPortNotAllowed => format!(
+                "didn't allow host ports ({}) (outside the node's spec.hostPorts)",
+                ports(req)
             ),
+            Self::HostPortInUse => format!("didn't have free host ports ({})", ports(req)),
             Self::NodeSelectorMismatch => "didn't match the nodeSelector".into(),
             Self::ReputationTooLow => format!("reputation below {:.2}", req.min_reputation),
             Self::TooExpensive => format!(
@@ -175,6 +177,14 @@ impl Reason {
     }
 }
 
+fn ports(req: &Request) -> String {
+    req.host_ports
+        .iter()
+        .map(HostPort::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// No node fits: how many nodes there were and why each was refused (its first failing filter).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unschedulable {
@@ -184,6 +194,14 @@ pub struct Unschedulable {
     pub reasons: BTreeMap<Reason, usize>,
     /// The message, in kube-scheduler's style.
     pub message: String,
+}
+
+impl Unschedulable {
+    /// Whether every node was refused for `reason` alone (and there were nodes): nothing but
+    /// a change of the Workload or of those nodes can place it.
+    pub fn only(&self, reason: Reason) -> bool {
+        self.nodes > 0 && self.reasons.len() == 1 && self.reasons.contains_key(&reason)
+    }
 }
 
 impl fmt::Display for Unschedulable {
@@ -225,6 +243,11 @@ fn check(
     }
     if req.resources.gpus > free.gpus {
         return Err(Reason::InsufficientGpu);
+    }
+    if let Some((lo, hi)) = node.host_port_range
+        && req.host_ports.iter().any(|p| p.port < lo || p.port > hi)
+    {
+        return Err(Reason::HostPortNotAllowed);
     }
     if !req.host_ports.is_empty()
         && (own > 0
@@ -394,6 +417,7 @@ mod tests {
             },
             allocated: Resources::default(),
             host_ports: Vec::new(),
+            host_port_range: None,
             reputation: 0.5,
             nexus: false,
             credit_balance: 0,
@@ -561,6 +585,36 @@ mod tests {
         );
         // Without host ports, replicas share nodes as room allows.
         assert_eq!(place(&nodes, &[0, 1, 1], &req(100, GI)), Ok(0));
+    }
+
+    #[test]
+    fn host_ports_outside_every_owners_range_are_explained() {
+        let port = |port| HostPort { port, udp: false };
+        let mut nodes = vec![node("a", 4000, 8 * GI), node("b", 4000, 8 * GI)];
+        nodes[0].host_port_range = Some((30000, 32767));
+        nodes[1].host_port_range = Some((30000, 30010));
+        let ssh = Request {
+            host_ports: vec![port(22)],
+            ..req(100, GI)
+        };
+        let err = place(&nodes, &[0, 0], &ssh).unwrap_err();
+        assert_eq!(
+            err.message,
+            "0/2 nodes are available: 2 didn't allow host ports (22/TCP) (outside the node's spec.hostPorts)"
+        );
+        assert!(err.only(Reason::HostPortNotAllowed));
+        // 30080 is in a's range only; both ends are included.
+        let web = Request {
+            host_ports: vec![port(30080)],
+            ..req(100, GI)
+        };
+        assert_eq!(place(&nodes, &[0, 0], &web), Ok(0));
+        assert_eq!(filter(&nodes, 1, &web), Some(Reason::HostPortNotAllowed));
+        let edge = Request {
+            host_ports: vec![port(30010)],
+            ..req(100, GI)
+        };
+        assert_eq!(filter(&nodes, 1, &edge), None);
     }
 
     #[test]

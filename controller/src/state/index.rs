@@ -179,6 +179,10 @@ pub fn view_of(n: &Node) -> NodeView {
         capacity: capacity_of(n),
         allocated: Resources::default(),
         host_ports: Vec::new(),
+        host_port_range: n
+            .spec
+            .host_ports
+            .and_then(|r| Some((u16::try_from(r.min).ok()?, u16::try_from(r.max).ok()?))),
         reputation: status.and_then(|s| s.reputation).unwrap_or(0.5),
         nexus: status
             .and_then(|s| s.nexus_role)

@@ -83,6 +83,8 @@ pub struct AgentConfig {
     pub registry_auth: Option<PathBuf>,
     /// Where the CNI plugins are [default: /usr/lib/cni].
     pub cni_bin_dir: Option<PathBuf>,
+    /// The owner's terms for containers (limits, host ports).
+    pub policy: instances::policy::OwnerPolicy,
     /// The containers' subnet [default: derived from the node name].
     pub pod_cidr: Option<crate::network::Ipv4Cidr>,
     /// Where the local API listens (port 0: a free port, published on the Node).
@@ -195,6 +197,7 @@ pub async fn run(
         labels,
         multiaddrs,
         annotations: BTreeMap::from([(API_ANNOTATION.to_string(), api_url.clone())]),
+        host_ports: cfg.policy.host_port_range(),
     };
     let node_api: Api<Node> = Api::all(client.clone());
     kube::registration::register(&node_api, &manager, &facts).await?;
@@ -218,6 +221,21 @@ pub async fn run(
 
     let runtime = RuntimeClient::new(&cfg.shim_bin, data_dir.join("runtime"), &cfg.node_name)
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    // Everything the node's containers use together stays within what it advertises.
+    let advertised = (
+        facts.capacity.cpu.to_milli(),
+        facts.capacity.memory.to_units(),
+    );
+    match advertised {
+        (Ok(cpu), Ok(memory)) => runtime.limit_parent(cpu, memory).map_err(|e| {
+            AgentError::Invalid(format!(
+                "capping the containers at the node's capacity: {e}"
+            ))
+        })?,
+        _ => tracing::warn!(
+            "the node's capacity does not parse; its containers are not capped together"
+        ),
+    }
     let sandbox = Arc::new(build_sandbox(&cfg, &data_dir)?);
     let reports = Reports::default();
     let heard = peers::heard::Heard::default();
@@ -259,6 +277,10 @@ pub async fn run(
         ),
         backoff_base: cfg.backoff_base,
         backoff_max: cfg.backoff_max,
+        policy: cfg.policy.clone(),
+        // The API server, when it runs on this machine, is among the ports the host listens
+        // on, which are refused too (a hostPort's DNAT only takes traffic to this machine).
+        reserved_ports: vec![api_bound.port()],
     });
 
     // Every Workload, cached; the agent acts only once the cache has listed them all, so a

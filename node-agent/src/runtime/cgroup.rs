@@ -282,6 +282,55 @@ pub fn kill_and_remove(cgroup_path: &str) -> io::Result<()> {
     }
 }
 
+/// Caps everything under the agent's parent cgroup `/univrs/<agent>` together at `cpu_millis`
+/// (a CFS quota) and `memory_bytes`: what the owner lends is what the node advertises, however
+/// the containers under it are limited. Creates the parent where it is missing (on v2 with the
+/// cpu, memory and pids controllers enabled for its children, as `libcontainer` expects).
+pub fn limit_agent_parent(agent: &str, cpu_millis: u64, memory_bytes: u64) -> io::Result<()> {
+    let parent = format!("/univrs/{agent}");
+    let quota = (cpu_millis.saturating_mul(100_000) / 1000).max(1000);
+    let write = |path: PathBuf, value: String| {
+        std::fs::write(&path, &value).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("writing {value} to {}: {e}", path.display()),
+            )
+        })
+    };
+    let create = |dir: &Path| {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))
+    };
+    match detect() {
+        CgroupVersion::V2 => {
+            let root = Path::new(CGROUP_ROOT);
+            let dir = join(root, &parent);
+            create(&dir)?;
+            for d in [root.to_path_buf(), root.join("univrs"), dir.clone()] {
+                write(
+                    d.join("cgroup.subtree_control"),
+                    "+cpu +memory +pids".into(),
+                )?;
+            }
+            write(dir.join("cpu.max"), format!("{quota} 100000"))?;
+            write(dir.join("memory.max"), memory_bytes.to_string())?;
+        }
+        CgroupVersion::V1 => {
+            let cpu = v1_dir("cpu", &parent).ok_or_else(|| missing("cpu", &parent))?;
+            create(&cpu)?;
+            write(cpu.join("cpu.cfs_period_us"), "100000".into())?;
+            write(cpu.join("cpu.cfs_quota_us"), quota.to_string())?;
+            let memory = v1_dir("memory", &parent).ok_or_else(|| missing("memory", &parent))?;
+            create(&memory)?;
+            write(
+                memory.join("memory.limit_in_bytes"),
+                memory_bytes.to_string(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes an agent's parent cgroup `/univrs/<agent>` wherever it is empty; with
 /// `including_top`, `/univrs` too when no other agent uses it. Errors are ignored: a parent
 /// still holding containers simply stays.

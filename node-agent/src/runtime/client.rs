@@ -600,6 +600,13 @@ impl RuntimeClient {
         cgroup::usage(&path).map_err(io_err(format!("reading the usage of {id}")))
     }
 
+    /// Caps all of this agent's containers together (its cgroup parent `/univrs/<agent>`) at
+    /// `cpu_millis` and `memory_bytes`.
+    pub fn limit_parent(&self, cpu_millis: u64, memory_bytes: u64) -> Result<(), RuntimeError> {
+        cgroup::limit_agent_parent(&self.agent, cpu_millis, memory_bytes)
+            .map_err(io_err("limiting the agent's cgroup parent"))
+    }
+
     /// Removes this agent's empty cgroup parent (`/univrs/<agent>`), e.g. at shutdown once its
     /// containers are deleted; with `including_top`, `/univrs` too if no other agent uses it.
     pub fn remove_cgroup_parent(&self, including_top: bool) {

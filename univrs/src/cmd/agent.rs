@@ -5,6 +5,7 @@ use crate::cmd::controller::{client, init_tracing, shutdown_signal};
 use anyhow::Context as _;
 use univrs_api::quantity::Quantity;
 use univrs_io::token::Token;
+use univrs_node_agent::agent::instances::policy::OwnerPolicy;
 use univrs_node_agent::agent::{self, AgentConfig, kube::capacity::CapacityOverrides};
 
 /// Runs the agent.
@@ -53,6 +54,10 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         insecure_registries: args.insecure_registries,
         registry_auth: args.registry_auth,
         cni_bin_dir: args.cni_bin_dir,
+        policy: OwnerPolicy {
+            pids_per_container: args.pids_limit,
+            host_ports: args.host_ports,
+        },
         pod_cidr: args
             .pod_cidr
             .map(|c| {

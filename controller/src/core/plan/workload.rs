@@ -40,6 +40,9 @@ pub struct Plan {
     pub moved: Vec<(String, String, String)>,
     /// Why some instance has no node, if one has not.
     pub unschedulable: Option<String>,
+    /// Whether nothing but a change of the Workload or of the nodes can place it (every node
+    /// refused a host port outside its owner's range): no timed retry then.
+    pub unschedulable_until_changed: bool,
     /// When a kept instance's node passes its grace period, if one is lapsing.
     pub requeue: Option<Duration>,
 }
@@ -259,6 +262,10 @@ impl Placement {
                     });
                 }
                 Err(e) => {
+                    if out.unschedulable.is_none() {
+                        out.unschedulable_until_changed =
+                            e.only(scheduler::Reason::HostPortNotAllowed);
+                    }
                     out.unschedulable.get_or_insert(e.message);
                 }
             }
@@ -531,11 +538,12 @@ pub fn notices(wl: &Workload, plan: &Plan, bills: &Billing) -> Vec<Notice> {
 
 /// When to look again. Cluster events (a node appearing, freeing up, turning Ready) requeue a
 /// waiting workload; the 30 s retry is only the safety net for changes no watch sees (credit,
-/// for instance).
+/// for instance), and is left out when only such events can help.
 pub fn requeue(plan: &Plan, resync: Duration) -> Duration {
     let retry = plan
         .unschedulable
         .as_ref()
+        .filter(|_| !plan.unschedulable_until_changed)
         .map(|_| UNSCHEDULABLE_RETRY)
         .into_iter()
         .chain(plan.requeue)

@@ -6,6 +6,7 @@
 //! - `supervisor`: one task per instance — images, network, containers, restarts with
 //!   backoff, probes, usage, Events, and the graceful stop and clean-up;
 //! - [`sandbox`]: what a container needs around it (image, root filesystem, network);
+//! - [`policy`]: the node owner's terms (limits every container gets, host ports);
 //! - [`probe`]: liveness and readiness probes;
 //! - [`records`]: what the agent remembers of each instance on disk, so a restarted agent
 //!   re-adopts its containers;
@@ -19,6 +20,7 @@
 //! [`Placement`]: desired::Placement
 
 pub mod desired;
+pub mod policy;
 pub mod probe;
 pub mod records;
 pub mod reports;

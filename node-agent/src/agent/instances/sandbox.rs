@@ -211,6 +211,13 @@ impl Sandbox {
             .ok_or_else(|| SandboxError::Other(format!("CNI gave instance {id} no IPv4 address")))
     }
 
+    /// Whether instance `id` has a network attachment on disk (set up, or being set up).
+    pub fn is_attached(&self, id: &str) -> bool {
+        self.network
+            .as_ref()
+            .is_some_and(|c| matches!(c.attachment(id), Ok(Some(_))))
+    }
+
     /// Releases instance `id`'s network (no error when there is none).
     pub fn network_down(&self, id: &str) -> Result<(), SandboxError> {
         match &self.network {

@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use univrs_api::quantity::Quantity;
 use univrs_api::resources::workload::{
     Container, InstancePhase, InstanceUsage, RestartPolicy, Workload, WorkloadSpec,
 };
@@ -51,6 +52,10 @@ pub struct Deps {
     pub backoff_base: Duration,
     /// Longest restart delay.
     pub backoff_max: Duration,
+    /// The owner's terms (limits, host ports).
+    pub policy: super::policy::OwnerPolicy,
+    /// Host ports no Workload may publish besides those the host listens on: the agent API's.
+    pub reserved_ports: Vec<u16>,
 }
 
 /// A container's life in memory (what is not worth persisting).
@@ -199,9 +204,23 @@ impl Supervisor {
             .iter()
             .flat_map(|c| c.ports.iter().cloned())
             .collect();
-        blocking(move || sandbox.network_up(&id, &ports))
-            .await
-            .map_err(|e| e.to_string())
+        let policy = self.deps.policy.clone();
+        let reserved = self.deps.reserved_ports.clone();
+        blocking(move || {
+            let published: Vec<_> = ports.iter().filter(|p| p.host_port.is_some()).collect();
+            if !published.is_empty() && !sandbox.is_attached(&id) {
+                // Checked before the first set-up only: once published, the port is ours
+                // (portmap's DNAT does not listen, but a restarted agent must not refuse it).
+                let listening = super::policy::listening_ports();
+                for p in published {
+                    let port = p.host_port.and_then(|n| u16::try_from(n).ok()).unwrap_or(0);
+                    let udp = p.protocol == univrs_api::resources::workload::Protocol::UDP;
+                    policy.check_host_port(port, udp, &reserved, &listening)?;
+                }
+            }
+            sandbox.network_up(&id, &ports).map_err(|e| e.to_string())
+        })
+        .await
     }
 
     /// Returns whether the record changed.
@@ -424,6 +443,7 @@ impl Supervisor {
         let hostname = rec.placement.instance.clone();
         let c2 = c.clone();
         let netns = self.deps.sandbox.netns_path(&rec.placement.id);
+        let pids_limit = self.deps.policy.pids_per_container;
         let g = grace(spec);
         let started = blocking(move || -> Result<i32, String> {
             let rootfs = sandbox.rootfs(&image, &cfg_id).map_err(|e| e.to_string())?;
@@ -441,10 +461,26 @@ impl Supervisor {
             cfg.gid = process.gid;
             cfg.hostname = Some(hostname);
             cfg.netns = netns;
-            if let Some(limits) = c2.resources.as_ref().and_then(|r| r.limits.as_ref()) {
-                cfg.cpu_millis = limits.cpu.as_ref().and_then(|q| q.to_milli().ok());
-                cfg.memory_bytes = limits.memory.as_ref().and_then(|q| q.to_units().ok());
+            // Limits, or the requests where a limit is not given: a container takes what it
+            // asked for, not the node's spare room (the owner's parent cgroup caps them all).
+            if let Some(r) = c2.resources.as_ref() {
+                let pick = |limit: Option<&Quantity>, request: Option<&Quantity>| {
+                    limit.or(request).cloned()
+                };
+                let limits = r.limits.as_ref();
+                let requests = r.requests.as_ref();
+                cfg.cpu_millis = pick(
+                    limits.and_then(|l| l.cpu.as_ref()),
+                    requests.and_then(|q| q.cpu.as_ref()),
+                )
+                .and_then(|q| q.to_milli().ok());
+                cfg.memory_bytes = pick(
+                    limits.and_then(|l| l.memory.as_ref()),
+                    requests.and_then(|q| q.memory.as_ref()),
+                )
+                .and_then(|q| q.to_units().ok());
             }
+            cfg.pids_limit = Some(pids_limit);
             // A leftover bundle of an earlier run would make the start fail.
             rt.delete(&cfg_id).map_err(|e| e.to_string())?;
             rt.start(&cfg, g)

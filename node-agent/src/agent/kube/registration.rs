@@ -5,7 +5,7 @@
 use kube::api::Api;
 use std::collections::BTreeMap;
 use univrs_api::identity::PublicIdentity;
-use univrs_api::resources::node::{Node, NodeCapacity};
+use univrs_api::resources::node::{HostPortRange, Node, NodeCapacity};
 use univrs_io::apply::Apply;
 
 use crate::agent::error::AgentError;
@@ -25,6 +25,8 @@ pub struct NodeFacts {
     pub multiaddrs: Vec<String>,
     /// Annotations the agent sets (where its API listens).
     pub annotations: BTreeMap<String, String>,
+    /// The host ports its owner lets Workloads publish.
+    pub host_ports: HostPortRange,
 }
 
 /// Creates or updates the Node object. Refuses a Node of that name that belongs to another
@@ -56,6 +58,7 @@ pub async fn register(
             "did": facts.identity.did(),
             "multiaddrs": facts.multiaddrs,
             "capacity": facts.capacity,
+            "hostPorts": facts.host_ports,
         }))
         .apply(api, manager)
         .await
