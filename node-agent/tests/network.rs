@@ -393,7 +393,7 @@ fn plugin_dir(dir: &Path, replace: &[(&str, &str)]) -> PathBuf {
 #[test]
 fn a_container_gets_an_address_from_the_agent_subnet_and_reaches_its_gateway() {
     let net = TestNet::new();
-    let a = net.cni.setup("pinger", &[]).unwrap();
+    let a = net.cni.setup("pinger", "tenant", &[]).unwrap();
     assert!(a.complete);
     assert_eq!(a.netns, net.cni.netns_path("pinger"));
     assert_eq!(a.interface, "eth0");
@@ -463,13 +463,96 @@ fn a_container_gets_an_address_from_the_agent_subnet_and_reaches_its_gateway() {
     );
 }
 
+/// What a container of `net` (group `group`) gets from each of `targets`
+/// (`host:port`): the page's first line, or `refused`.
+fn reach_from(net: &TestNet, id: &str, group: &str, targets: &[String]) -> Vec<String> {
+    let a = net.cni.setup(id, group, &[]).unwrap();
+    let script: String = targets
+        .iter()
+        .map(|t| {
+            let (host, port) = t.rsplit_once(':').unwrap();
+            // busybox's static wget crashes here; nc speaks enough HTTP.
+            format!(
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port} 2>/dev/null | tail -n1 | grep . || echo refused; "
+            )
+        })
+        .collect();
+    net.start(&a, &["sh", "-c", &script]);
+    let exit = net.rt.wait_exit(id, Duration::from_secs(60)).unwrap();
+    assert_eq!(exit.code, 0, "{exit:?}");
+    net.log(id)
+}
+
+#[test]
+fn a_container_reaches_the_internet_and_its_group_only() {
+    use univrs_node_agent::network::Isolation;
+    use univrs_tests::outside::{self, Outside};
+    let net = TestNet::new();
+    // Two containers of "school" serve pages; "library" is another organization.
+    let web = net.cni.setup("web", "school", &[]).unwrap();
+    net.start(&web, &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    let web_ip = web.ipv4().unwrap();
+    wait_for_page(SocketAddr::new(web_ip.into(), 8080), "hello from univrs");
+    // A service of the host itself, on every address.
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host_service.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in host_service.incoming().flatten() {
+            let mut s = s;
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nthe host\n");
+        }
+    });
+    let gateway = net.cni.subnet().gateway();
+    let mut host_targets = vec![format!("{gateway}:{host_port}")];
+    host_targets.extend(host_addresses().iter().map(|a| format!("{a}:{host_port}")));
+
+    let internet = Outside::internet();
+    let got = reach_from(
+        &net,
+        "mate",
+        "school",
+        &[
+            format!("{web_ip}:8080"),
+            format!("{}:{}", outside::INTERNET, outside::PORT),
+        ],
+    );
+    assert_eq!(got, vec!["hello from univrs".to_string(), internet.page()]);
+    drop(internet);
+    // Nothing of the host, whichever of its addresses.
+    let got = reach_from(&net, "nosy", "school", &host_targets);
+    assert!(
+        got.iter().all(|l| l == "refused"),
+        "{host_targets:?}: {got:?}"
+    );
+    // Another organization's container on the same bridge is out of reach.
+    let got = reach_from(&net, "other", "library", &[format!("{web_ip}:8080")]);
+    assert_eq!(got, vec!["refused"]);
+    // Nor the owner's LAN, nor the cloud metadata address.
+    let lan = Outside::lan();
+    let lan_targets: Vec<String> = lan
+        .addrs
+        .iter()
+        .map(|a| format!("{a}:{}", outside::PORT))
+        .collect();
+    let got = reach_from(&net, "lan", "school", &lan_targets);
+    assert_eq!(got, vec!["refused", "refused"], "{lan_targets:?}");
+    // The owner may open the LAN on purpose.
+    let open = TestNet::build("open", |c| {
+        c.isolation = Some(Isolation {
+            allow: vec!["192.168.213.0/24".parse().unwrap()],
+        })
+    });
+    let got = reach_from(&open, "lan-ok", "school", &lan_targets);
+    assert_eq!(got, vec![lan.page(), "refused".to_string()]);
+}
+
 #[test]
 fn a_host_port_answers_on_localhost_and_on_the_host_addresses() {
     let net = TestNet::build("served through the host port", |_| {});
     let port = free_port();
     let a = net
         .cni
-        .setup("web", &[PortMapping::tcp(port, 8080)])
+        .setup("web", "tenant", &[PortMapping::tcp(port, 8080)])
         .unwrap();
     let traces = traces_of(&net.cni, &a);
     net.start(&a, &["httpd", "-f", "-p", "8080", "-h", "/www"]);
@@ -514,11 +597,11 @@ fn two_agents_run_side_by_side_without_collision() {
     };
     let a1 = one
         .cni
-        .setup("web-0", &[PortMapping::tcp(p1, 8080)])
+        .setup("web-0", "tenant", &[PortMapping::tcp(p1, 8080)])
         .unwrap();
     let a2 = two
         .cni
-        .setup("web-0", &[PortMapping::tcp(p2, 8080)])
+        .setup("web-0", "tenant", &[PortMapping::tcp(p2, 8080)])
         .unwrap();
     assert!(one.cni.subnet().contains(a1.ipv4().unwrap()));
     assert!(two.cni.subnet().contains(a2.ipv4().unwrap()));
@@ -568,7 +651,7 @@ fn parallel_setups_and_teardowns_in_two_agents_do_not_collide() {
                 let host_port = host_ports[k * n + i];
                 s.spawn(move || {
                     let ports = [PortMapping::tcp(host_port, 80)];
-                    (k, cni.setup(&format!("par-{i}"), &ports).unwrap())
+                    (k, cni.setup(&format!("par-{i}"), "tenant", &ports).unwrap())
                 })
             })
             .collect();
@@ -609,7 +692,7 @@ fn a_restarted_agent_finds_and_checks_its_attachments() {
     let port = free_port();
     let a = net
         .cni
-        .setup("kept", &[PortMapping::tcp(port, 8080)])
+        .setup("kept", "tenant", &[PortMapping::tcp(port, 8080)])
         .unwrap();
     let traces = traces_of(&net.cni, &a);
     // A new instance over the same state, as a restarted agent makes.
@@ -619,12 +702,12 @@ fn a_restarted_agent_finds_and_checks_its_attachments() {
     assert_eq!(again.list().unwrap(), vec![a.clone()]);
     assert_eq!(again.check("kept").unwrap(), a);
     // The same host port cannot be given to another container.
-    match again.setup("other", &[PortMapping::tcp(port, 80)]) {
+    match again.setup("other", "tenant", &[PortMapping::tcp(port, 80)]) {
         Err(NetworkError::PortInUse { other, .. }) => assert_eq!(other, "kept"),
         other => panic!("expected the port to be in use, got {other:?}"),
     }
     assert!(matches!(
-        again.setup("kept", &[]),
+        again.setup("kept", "tenant", &[]),
         Err(NetworkError::Exists(_))
     ));
 
@@ -664,7 +747,7 @@ fn crash_helper() {
     config.subnet = Some(s("subnet").parse().unwrap());
     config.plugin_dirs = vec![PathBuf::from(s("plugins"))];
     let cni = Cni::new(config).unwrap();
-    let result = cni.setup("crashed", &[PortMapping::tcp(free_port(), 80)]);
+    let result = cni.setup("crashed", "tenant", &[PortMapping::tcp(free_port(), 80)]);
     panic!("portmap should have killed this process; setup returned {result:?}");
 }
 
@@ -742,7 +825,7 @@ fi"#,
     config.plugin_dirs = vec![plugins];
     let cni = Cni::new(config).unwrap();
     let err = cni
-        .setup("refused", &[PortMapping::tcp(free_port(), 80)])
+        .setup("refused", "tenant", &[PortMapping::tcp(free_port(), 80)])
         .unwrap_err();
     let msg = err.to_string();
     match &err {
@@ -804,7 +887,7 @@ fn a_missing_plugin_is_a_clear_error() {
     symlink("/usr/lib/cni/portmap", plugins.join("portmap")).unwrap();
     let cni = Cni::new(config).unwrap();
     std::fs::remove_file(plugins.join("loopback")).unwrap();
-    let err = cni.setup("lonely", &[]).unwrap_err();
+    let err = cni.setup("lonely", "tenant", &[]).unwrap_err();
     assert!(
         matches!(&err, NetworkError::PluginNotFound { plugin, .. } if plugin == "loopback"),
         "{err:?}"
@@ -827,10 +910,14 @@ fn bad_input_is_refused_with_what_was_wrong() {
             "maps host port 9/tcp again",
         ),
     ] {
-        let err = net.cni.setup("bad", &ports).unwrap_err().to_string();
+        let err = net
+            .cni
+            .setup("bad", "tenant", &ports)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(expect), "{err}");
     }
-    let err = net.cni.setup("a/b", &[]).unwrap_err().to_string();
+    let err = net.cni.setup("a/b", "tenant", &[]).unwrap_err().to_string();
     assert!(err.contains("container id"), "{err}");
     let mut config = CniConfig::new("tn-bad", net.dir.join("bad"));
     config.bridge = Some("a-bridge-name-too-long".into());
@@ -855,7 +942,7 @@ fn bench_setup_teardown() {
         let t = Instant::now();
         let a = net
             .cni
-            .setup(&id, &[PortMapping::tcp(free_port(), 8080)])
+            .setup(&id, "tenant", &[PortMapping::tcp(free_port(), 8080)])
             .unwrap();
         setups.push(t.elapsed());
         net.start(&a, &["sleep", "1000"]);

@@ -424,6 +424,10 @@ pub struct AgentArgs {
     /// server's or one the host listens on. Published on the Node as spec.hostPorts.
     #[arg(long, default_value = "30000-32767", value_parser = univrs_node_agent::agent::instances::policy::parse_port_range)]
     pub host_ports: std::ops::RangeInclusive<u16>,
+    /// A destination containers may reach although the network policy denies it by default
+    /// (the host's networks, private and link-local ranges), as a CIDR (repeatable).
+    #[arg(long = "allow-egress", value_name = "CIDR")]
+    pub allow_egress: Vec<univrs_node_agent::network::Ipv4Cidr>,
     /// The containers' subnet on this node, e.g. 10.89.7.0/24 [default: derived from the node
     /// name; give each agent its own when several run on one machine].
     #[arg(long)]

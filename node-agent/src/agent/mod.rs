@@ -385,6 +385,9 @@ fn build_sandbox(cfg: &AgentConfig, data_dir: &std::path::Path) -> Result<Sandbo
         net.plugin_dirs = vec![dir.clone()];
     }
     net.subnet = cfg.pod_cidr;
+    net.isolation = Some(crate::network::Isolation {
+        allow: cfg.policy.allow_egress.clone(),
+    });
     let cni = crate::network::Cni::new(net).map_err(|e| invalid(&e))?;
     Ok(Sandbox::new(images, pull, layouts, Some(cni)))
 }

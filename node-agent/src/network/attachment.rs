@@ -141,6 +141,9 @@ pub(crate) struct NetworkState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Record {
     pub container_id: String,
+    /// The policy group (the Workload's namespace): containers reach those of their group.
+    #[serde(default)]
+    pub group: String,
     pub netns: PathBuf,
     pub ports: Vec<PortMapping>,
     /// In ADD order (DEL runs them backwards).
@@ -277,6 +280,7 @@ mod tests {
         });
         let record = Record {
             container_id: "c1".into(),
+            group: "school".into(),
             netns: "/x/netns/c1".into(),
             ports: vec![PortMapping::tcp(8080, 80)],
             networks: vec![NetworkState {

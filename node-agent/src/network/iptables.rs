@@ -162,7 +162,8 @@ fn leftover_script(save: &str, network: &str, id: &str) -> Option<String> {
     Some(script)
 }
 
-fn run(cmd: &mut Command, input: Option<&str>) -> Result<String, NetworkError> {
+/// Runs an iptables command with `input` on its stdin; its stdout.
+pub(super) fn run(cmd: &mut Command, input: Option<&str>) -> Result<String, NetworkError> {
     let what = format!("{cmd:?}");
     let mut child = cmd
         .env_clear()

@@ -57,11 +57,13 @@ mod error;
 mod iptables;
 pub mod netns;
 mod plugin;
+pub mod policy;
 pub mod subnet;
 
 pub use attachment::{Attachment, IpAssignment, PortMapping, Protocol};
 pub use conflist::CNI_VERSION;
 pub use error::NetworkError;
+pub use policy::Isolation;
 pub use subnet::Ipv4Cidr;
 
 use attachment::{NetworkState, Record};
@@ -105,6 +107,9 @@ pub struct CniConfig {
     pub subnet: Option<Ipv4Cidr>,
     /// How long one plugin may run before it is killed.
     pub plugin_timeout: Duration,
+    /// The network policy (see [`policy`]); `None`: containers reach anything (tests of the
+    /// plumbing alone).
+    pub isolation: Option<Isolation>,
 }
 
 impl CniConfig {
@@ -117,6 +122,7 @@ impl CniConfig {
             bridge: None,
             subnet: None,
             plugin_timeout: DEFAULT_PLUGIN_TIMEOUT,
+            isolation: Some(Isolation::default()),
         }
     }
 }
@@ -177,6 +183,10 @@ struct Inner {
     ports: Mutex<()>,
     /// Whether this process has made the network's masquerade rules.
     masquerading: Mutex<bool>,
+    isolation: Option<Isolation>,
+    /// Held while the policy is rebuilt from the attachments (one rebuild at a time, so the
+    /// last one reflects every attachment).
+    policy: Mutex<()>,
 }
 
 /// Holds a container id in [`Inner::busy`] until dropped.
@@ -228,6 +238,9 @@ impl Cni {
         for p in PLUGINS {
             plugins.find(p)?;
         }
+        if config.isolation.is_some() {
+            policy::ensure_bridge_filtering()?;
+        }
         let routes =
             subnet::host_routes().map_err(io_err("reading the host's routes (/proc/net/route)"))?;
         if let Some((iface, other)) = routes
@@ -251,6 +264,8 @@ impl Cni {
                 idle: Condvar::new(),
                 ports: Mutex::new(()),
                 masquerading: Mutex::new(false),
+                isolation: config.isolation.clone(),
+                policy: Mutex::new(()),
             }),
         };
         for dir in [
@@ -336,7 +351,12 @@ impl Cni {
     /// `ports` forwarded from the host. Blocks while plugins run (from an async agent, call
     /// it on a blocking thread). On failure everything made is torn down again (if that
     /// fails too, the attachment stays recorded and [`Cni::teardown`] finishes it).
-    pub fn setup(&self, id: &str, ports: &[PortMapping]) -> Result<Attachment, NetworkError> {
+    pub fn setup(
+        &self,
+        id: &str,
+        group: &str,
+        ports: &[PortMapping],
+    ) -> Result<Attachment, NetworkError> {
         attachment::validate_ports(ports)?;
         self.ensure_masquerade()?;
         let _busy = self.claim(id)?;
@@ -349,6 +369,7 @@ impl Cni {
             self.check_ports_free(ports)?;
             let record = Record {
                 container_id: id.to_string(),
+                group: group.to_string(),
                 netns: self.netns_path(id),
                 ports: ports.to_vec(),
                 networks: vec![
@@ -379,7 +400,10 @@ impl Cni {
         // How many plugins (in ADD order, across both lists) were started: a failed setup
         // undoes exactly those.
         let mut started = 0;
-        match self.add(&mut record, &path, &mut started) {
+        match self
+            .add(&mut record, &path, &mut started)
+            .and_then(|()| self.apply_policy())
+        {
             Ok(()) => Ok(record.attachment(CONTAINER_IFNAME)),
             Err(e) => {
                 if matches!(e, NetworkError::PluginNotFound { .. }) {
@@ -515,10 +539,45 @@ impl Cni {
         iptables::remove_leftovers(&self.inner.network, &record.container_id)?;
         netns::remove(&record.netns)?;
         match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("removing {}", path.display()))(e)),
         }
+        // Its address leaves its group (and may be given to another container next).
+        self.apply_policy()
+    }
+
+    /// Rebuilds the network policy from the attachments on disk (see [`policy`]).
+    fn apply_policy(&self) -> Result<(), NetworkError> {
+        let Some(isolation) = &self.inner.isolation else {
+            return Ok(());
+        };
+        let _one = lock(&self.inner.policy);
+        let members: Vec<policy::Member> = self
+            .records()?
+            .iter()
+            .filter_map(|r| {
+                Some(policy::Member {
+                    ip: r.attachment(CONTAINER_IFNAME).ipv4()?,
+                    group: r.group.clone(),
+                })
+            })
+            .collect();
+        let lan: Vec<Ipv4Cidr> = subnet::connected_networks()
+            .map_err(io_err("reading the host's routes (/proc/net/route)"))?
+            .into_iter()
+            .filter(|(iface, _)| *iface != self.inner.bridge)
+            .map(|(_, c)| c)
+            .collect();
+        policy::restore(&policy::policy_script(
+            &policy::save_filter()?,
+            &self.inner.network,
+            &self.inner.bridge,
+            self.inner.subnet.gateway(),
+            &lan,
+            isolation,
+            &members,
+        ))
     }
 
     /// Verifies container `id`'s attachment (CNI CHECK of every network with the cached
@@ -635,6 +694,10 @@ impl Cni {
         }
         iptables::remove_masquerade(&self.inner.network)?;
         *lock(&self.inner.masquerading) = false;
+        if let Some(script) = policy::unpolicy_script(&policy::save_filter()?, &self.inner.network)
+        {
+            policy::restore(&script)?;
+        }
         let leases = self.ipam_dir().join(&self.inner.network);
         match std::fs::remove_dir_all(&leases) {
             Ok(()) => Ok(()),

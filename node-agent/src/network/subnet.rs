@@ -108,10 +108,32 @@ impl From<Ipv4Cidr> for String {
 /// `/proc/net/route` (no `ip` command needed).
 pub fn host_routes() -> std::io::Result<Vec<(String, Ipv4Cidr)>> {
     let text = std::fs::read_to_string("/proc/net/route")?;
-    Ok(parse_routes(&text))
+    Ok(parse_routes(&text)
+        .into_iter()
+        .map(|r| (r.iface, r.network))
+        .collect())
 }
 
-fn parse_routes(text: &str) -> Vec<(String, Ipv4Cidr)> {
+/// The networks the host is attached to directly (routes without a gateway, other than
+/// default routes): its own subnets, its LAN.
+pub fn connected_networks() -> std::io::Result<Vec<(String, Ipv4Cidr)>> {
+    let text = std::fs::read_to_string("/proc/net/route")?;
+    Ok(parse_routes(&text)
+        .into_iter()
+        .filter(|r| r.gateway.is_unspecified())
+        .map(|r| (r.iface, r.network))
+        .collect())
+}
+
+/// One line of `/proc/net/route`.
+#[derive(Debug, PartialEq, Eq)]
+struct Route {
+    iface: String,
+    network: Ipv4Cidr,
+    gateway: Ipv4Addr,
+}
+
+fn parse_routes(text: &str) -> Vec<Route> {
     // Addresses are the kernel's network-order bytes printed as a native-endian u32.
     let addr = |hex: &str| {
         u32::from_str_radix(hex, 16)
@@ -122,14 +144,21 @@ fn parse_routes(text: &str) -> Vec<(String, Ipv4Cidr)> {
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (iface, dest, mask) = (f.first()?, addr(f.get(1)?)?, addr(f.get(7)?)?);
+            let (iface, dest, gateway, mask) = (
+                f.first()?,
+                addr(f.get(1)?)?,
+                addr(f.get(2)?)?,
+                addr(f.get(7)?)?,
+            );
             let prefix = u32::from(mask).leading_ones() as u8;
             if prefix == 0 {
                 return None;
             }
-            Ipv4Cidr::new(dest, prefix)
-                .ok()
-                .map(|c| (iface.to_string(), c))
+            Some(Route {
+                iface: iface.to_string(),
+                network: Ipv4Cidr::new(dest, prefix).ok()?,
+                gateway,
+            })
         })
         .collect()
 }
@@ -160,12 +189,24 @@ mod tests {
     fn reads_the_kernel_route_table() {
         let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                      eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
-                     eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+                     eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     eth0\t006433C6\t630200C0\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         let routes = parse_routes(table);
         if cfg!(target_endian = "little") {
             assert_eq!(
                 routes,
-                vec![("eth0".to_string(), "192.0.2.0/24".parse().unwrap())]
+                vec![
+                    Route {
+                        iface: "eth0".into(),
+                        network: "192.0.2.0/24".parse().unwrap(),
+                        gateway: Ipv4Addr::UNSPECIFIED,
+                    },
+                    Route {
+                        iface: "eth0".into(),
+                        network: "198.51.100.0/24".parse().unwrap(),
+                        gateway: Ipv4Addr::new(192, 0, 2, 99),
+                    },
+                ]
             );
         }
     }

@@ -57,6 +57,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         policy: OwnerPolicy {
             pids_per_container: args.pids_limit,
             host_ports: args.host_ports,
+            allow_egress: args.allow_egress,
         },
         pod_cidr: args
             .pod_cidr

@@ -2,6 +2,7 @@
 //! its Workload says, set with agent flags (and the chart's values). The owner lends capacity,
 //! not the machine.
 
+use crate::network::Ipv4Cidr;
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
 use univrs_api::resources::node::HostPortRange;
@@ -17,6 +18,9 @@ pub struct OwnerPolicy {
     pub pids_per_container: u64,
     /// Host ports Workloads may publish (`hostPort`).
     pub host_ports: RangeInclusive<u16>,
+    /// Destinations containers may reach although the network policy denies them by default
+    /// (the owner's LAN, private and link-local ranges; see [`crate::network::policy`]).
+    pub allow_egress: Vec<Ipv4Cidr>,
 }
 
 impl Default for OwnerPolicy {
@@ -24,6 +28,7 @@ impl Default for OwnerPolicy {
         Self {
             pids_per_container: 1024,
             host_ports: DEFAULT_HOST_PORTS,
+            allow_egress: Vec::new(),
         }
     }
 }

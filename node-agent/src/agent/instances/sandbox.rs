@@ -172,8 +172,14 @@ impl Sandbox {
         })
     }
 
-    /// Sets up instance `id`'s network namespace with `ports` published; returns its address.
-    pub fn network_up(&self, id: &str, ports: &[ContainerPort]) -> Result<IpAddr, SandboxError> {
+    /// Sets up instance `id`'s network namespace with `ports` published, in the policy group
+    /// `group` (its Workload's namespace); returns its address.
+    pub fn network_up(
+        &self,
+        id: &str,
+        group: &str,
+        ports: &[ContainerPort],
+    ) -> Result<IpAddr, SandboxError> {
         let Some(cni) = &self.network else {
             return Err(SandboxError::Other(
                 "no container network configured".into(),
@@ -205,7 +211,7 @@ impl Sandbox {
             }
             cni.teardown(id)?;
         }
-        let att = cni.setup(id, &mappings)?;
+        let att = cni.setup(id, group, &mappings)?;
         att.ipv4()
             .map(IpAddr::V4)
             .ok_or_else(|| SandboxError::Other(format!("CNI gave instance {id} no IPv4 address")))

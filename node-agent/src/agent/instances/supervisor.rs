@@ -199,6 +199,7 @@ impl Supervisor {
     ) -> Result<IpAddr, String> {
         let sandbox = self.deps.sandbox.clone();
         let id = rec.placement.id.clone();
+        let group = rec.placement.namespace.clone();
         let ports: Vec<_> = spec
             .containers
             .iter()
@@ -218,7 +219,9 @@ impl Supervisor {
                     policy.check_host_port(port, udp, &reserved, &listening)?;
                 }
             }
-            sandbox.network_up(&id, &ports).map_err(|e| e.to_string())
+            sandbox
+                .network_up(&id, &group, &ports)
+                .map_err(|e| e.to_string())
         })
         .await
     }
