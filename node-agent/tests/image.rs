@@ -81,6 +81,11 @@ impl TestStore {
     }
 
     fn with_mode(mode: RootfsMode) -> Self {
+        Self::shifted(mode, 0)
+    }
+
+    /// A store whose files belong to host ids from `shift` (a node's user namespace).
+    fn shifted(mode: RootfsMode, shift: u32) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         assert!(
             nix::unistd::geteuid().is_root(),
@@ -92,7 +97,7 @@ impl TestStore {
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         ));
-        let store = ImageStore::open_with(&dir, mode).unwrap();
+        let store = ImageStore::open_shifted(&dir, mode, shift).unwrap();
         Self { dir, store }
     }
 }
@@ -696,6 +701,48 @@ fn device_nodes_in_a_layer_are_skipped_and_counted() {
             let opts = mount_options(&root);
             assert!(opts.split(',').any(|o| o == "nodev"), "{opts}");
         }
+    }
+}
+
+#[test]
+fn a_shifted_store_gives_the_images_files_to_the_node_ids() {
+    use std::os::unix::fs::MetadataExt;
+    let layer = tar_of(&[
+        Item::Dir("bin"),
+        Item::Exec("bin/tool", "#!/bin/sh\n"),
+        Item::Symlink("bin/link", "tool"),
+    ]);
+    let shift = 3_276_800;
+    for mode in MODES {
+        let store = TestStore::shifted(mode, shift);
+        let layout = store.root().join("shifted");
+        write_layout(&layout, &[(layer.clone(), Compression::None)]);
+        let image = store.import_oci_layout(&layout, "latest").unwrap();
+        let root = store.prepare_rootfs(&image, "s").unwrap();
+        // tar_of writes every entry as 1000:1001.
+        let tool = std::fs::metadata(root.join("bin/tool")).unwrap();
+        assert_eq!(
+            (tool.uid(), tool.gid()),
+            (shift + 1000, shift + 1001),
+            "{mode:?}"
+        );
+        let link = std::fs::symlink_metadata(root.join("bin/link")).unwrap();
+        assert_eq!(link.uid(), shift + 1000);
+        // The root of the tree is the container root's, so it may create files there.
+        let top = std::fs::metadata(&root).unwrap();
+        assert_eq!(top.uid(), shift, "{mode:?}");
+        // A store reopened unshifted unpacks its own copy; gc drops the other.
+        drop(store.remove_rootfs("s"));
+        let plain = ImageStore::open_with(store.root(), mode).unwrap();
+        let again = plain.import_oci_layout(&layout, "latest").unwrap();
+        assert_eq!(
+            std::fs::metadata(plain.layer_path(&again.layers[0]).join("bin/tool"))
+                .unwrap()
+                .uid(),
+            1000
+        );
+        plain.gc(&[again.digest.clone()]).unwrap();
+        assert!(!store.layer_path(&image.layers[0]).exists());
     }
 }
 

@@ -665,3 +665,54 @@ fn bench_create_start() {
         times[runs - 1].as_secs_f64() * 1000.0
     );
 }
+
+#[test]
+fn root_in_the_node_user_namespace_is_nobody_on_the_host() {
+    use univrs_node_agent::network::netns;
+    use univrs_node_agent::runtime::spec::UserNamespace;
+    let rt = TestRuntime::new();
+    let base = 3_211_264; // 49 * 65536
+    let userns = rt.client.pin_user_namespace(base, 65536).unwrap();
+    // Pinning again with the same map keeps it; the namespace is the same file.
+    assert_eq!(rt.client.pin_user_namespace(base, 65536).unwrap(), userns);
+    let net = rt.dir.join("net");
+    netns::create_owned(
+        &net,
+        &netns::Owner {
+            helper: univrs_bin().to_path_buf(),
+            userns: userns.clone(),
+        },
+    )
+    .unwrap();
+    let mut cfg = rt.config(
+        "uns",
+        &sh("cat /proc/self/uid_map /proc/self/gid_map; id -u; \
+             (echo x > /bin/owned-by-host-root) 2>/dev/null && echo wrote-host-file; \
+             mknod /tmp/sda b 8 0 2>/dev/null && echo made-a-device; \
+             cat /proc/sys/net/ipv4/ip_unprivileged_port_start; sleep 1000"),
+    );
+    cfg.userns = Some(UserNamespace::Join(userns.clone()));
+    cfg.netns = Some(net.clone());
+    let handle = rt.start(&cfg).unwrap();
+    // On the host, the container's root is the range's first id.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", handle.pid())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().nth(1), Some("3211264"), "{uid}");
+    let t = Instant::now();
+    while rt.log("uns").len() < 4 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log: Vec<String> = rt
+        .log("uns")
+        .iter()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        log,
+        vec!["0 3211264 65536", "0 3211264 65536", "0", "0"],
+        "mapped, root inside, the host's files and devices out of reach, low ports open"
+    );
+    rt.client.delete("uns").unwrap();
+    netns::remove(&net).unwrap();
+    netns::remove(&userns).unwrap();
+}

@@ -315,14 +315,16 @@ fn spec(name: &str, mut body: serde_json::Value) -> Workload {
     .unwrap()
 }
 
-/// Mount points under `dir` (root filesystems, network namespaces).
+/// Mount points of containers under the data directory `dir` (root filesystems, network
+/// namespaces); the node's own user namespace (`runtime/userns`) is no container's.
 fn mounts_under(dir: &std::path::Path) -> Vec<String> {
     let d = dir.display().to_string();
+    let node = dir.join("runtime/userns").display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|m| m.starts_with(&d))
+        .filter(|m| m.starts_with(&d) && *m != node)
         .collect()
 }
 

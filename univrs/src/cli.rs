@@ -265,6 +265,27 @@ pub enum ShimCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Pin the node's user namespace at PATH (container ids 0..SIZE are host ids BASE..).
+    Userns {
+        /// The file to pin it on.
+        #[arg(long)]
+        path: PathBuf,
+        /// The first host id.
+        #[arg(long)]
+        base: u32,
+        /// How many ids.
+        #[arg(long, default_value_t = 65536)]
+        size: u32,
+    },
+    /// Make a network namespace owned by the user namespace pinned at USERNS, pinned at PATH.
+    Netns {
+        /// The node's pinned user namespace.
+        #[arg(long)]
+        userns: PathBuf,
+        /// The file to pin the network namespace on.
+        #[arg(long)]
+        path: PathBuf,
+    },
     /// Force-delete a container whose shim died: kill it, remove its cgroup and state.
     Delete {
         /// The runtime state directory.
@@ -428,6 +449,10 @@ pub struct AgentArgs {
     /// (the host's networks, private and link-local ranges), as a CIDR (repeatable).
     #[arg(long = "allow-egress", value_name = "CIDR")]
     pub allow_egress: Vec<univrs_node_agent::network::Ipv4Cidr>,
+    /// The first host id of the node's user namespace (65536 ids: root in a container is this
+    /// id on the host) [default: a block above 2^21 chosen by the node name].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(65536..=4_294_901_760))]
+    pub user_namespace_base: Option<u32>,
     /// The containers' subnet on this node, e.g. 10.89.7.0/24 [default: derived from the node
     /// name; give each agent its own when several run on one machine].
     #[arg(long)]

@@ -85,6 +85,9 @@ pub struct AgentConfig {
     pub cni_bin_dir: Option<PathBuf>,
     /// The owner's terms for containers (limits, host ports).
     pub policy: instances::policy::OwnerPolicy,
+    /// The first host id of the node's user namespace [default: derived from the node name,
+    /// see `runtime::userns::default_base`].
+    pub user_namespace_base: Option<u32>,
     /// The containers' subnet [default: derived from the node name].
     pub pod_cidr: Option<crate::network::Ipv4Cidr>,
     /// Where the local API listens (port 0: a free port, published on the Node).
@@ -126,6 +129,7 @@ pub async fn run(
         context: format!("creating {}", data_dir.display()),
         source,
     })?;
+    traversable(&data_dir)?;
     let identity = crate::keyfile::load_or_generate(&data_dir.join("identity.key"))?;
     let manager = kube::field_manager(&cfg.node_name);
     univrs_io::listener::check_exposure(
@@ -236,7 +240,19 @@ pub async fn run(
             "the node's capacity does not parse; its containers are not capped together"
         ),
     }
-    let sandbox = Arc::new(build_sandbox(&cfg, &data_dir)?);
+    // Root in a container is this range's first id on the host, nobody in particular.
+    let id_base = cfg
+        .user_namespace_base
+        .unwrap_or_else(|| crate::runtime::userns::default_base(&cfg.node_name));
+    let userns = runtime
+        .pin_user_namespace(id_base, crate::runtime::userns::SIZE)
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    tracing::info!(
+        first_host_id = id_base,
+        ids = crate::runtime::userns::SIZE,
+        "containers run in the node's user namespace"
+    );
+    let sandbox = Arc::new(build_sandbox(&cfg, &data_dir, id_base, &userns)?);
     let reports = Reports::default();
     let heard = peers::heard::Heard::default();
     let heard_task = tokio::spawn(peers::heard::listen(mesh.clone(), heard.clone()));
@@ -278,6 +294,7 @@ pub async fn run(
         backoff_base: cfg.backoff_base,
         backoff_max: cfg.backoff_max,
         policy: cfg.policy.clone(),
+        userns: Some(userns),
         // The API server, when it runs on this machine, is among the ports the host listens
         // on, which are refused too (a hostPort's DNAT only takes traffic to this machine).
         reserved_ports: vec![api_bound.port()],
@@ -354,12 +371,41 @@ pub async fn run(
     Ok(())
 }
 
-/// The image store, local layouts (the demo image, built from this machine's busybox, and
-/// `--image-layout`s) and the container network.
-fn build_sandbox(cfg: &AgentConfig, data_dir: &std::path::Path) -> Result<Sandbox, AgentError> {
+/// Lets anyone traverse (not list) `dir`: a container reaches its root filesystem and network
+/// namespace below it as the root of the node's user namespace, an unprivileged host id.
+fn traversable(dir: &std::path::Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| AgentError::Io {
+        context: format!("making {} traversable", dir.display()),
+        source,
+    };
+    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode();
+    if mode & 0o001 == 0 {
+        std::fs::set_permissions(
+            dir,
+            std::fs::Permissions::from_mode((mode & 0o7777) | 0o011),
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// The image store (its files owned by the ids of the node's user namespace, from `id_base`),
+/// local layouts (the demo image, built from this machine's busybox, and `--image-layout`s)
+/// and the container network (namespaces owned by the user namespace pinned at `userns`).
+fn build_sandbox(
+    cfg: &AgentConfig,
+    data_dir: &std::path::Path,
+    id_base: u32,
+    userns: &std::path::Path,
+) -> Result<Sandbox, AgentError> {
     let invalid = |e: &dyn std::fmt::Display| AgentError::Invalid(e.to_string());
-    let images =
-        crate::image::ImageStore::open(data_dir.join("images")).map_err(|e| invalid(&e))?;
+    let images = crate::image::ImageStore::open_shifted(
+        data_dir.join("images"),
+        crate::image::RootfsMode::Auto,
+        id_base,
+    )
+    .map_err(|e| invalid(&e))?;
     let mut pull = crate::image::PullOptions {
         insecure_registries: cfg.insecure_registries.clone(),
         ..Default::default()
@@ -387,6 +433,10 @@ fn build_sandbox(cfg: &AgentConfig, data_dir: &std::path::Path) -> Result<Sandbo
     net.subnet = cfg.pod_cidr;
     net.isolation = Some(crate::network::Isolation {
         allow: cfg.policy.allow_egress.clone(),
+    });
+    net.netns_owner = Some(crate::network::netns::Owner {
+        helper: cfg.shim_bin.clone(),
+        userns: userns.to_path_buf(),
     });
     let cni = crate::network::Cni::new(net).map_err(|e| invalid(&e))?;
     Ok(Sandbox::new(images, pull, layouts, Some(cni)))
@@ -445,6 +495,9 @@ pub fn reset(
     }
     sandbox.remove_network();
     runtime.remove_cgroup_parent(true);
+    if let Err(e) = crate::network::netns::remove(&runtime.layout().userns_file()) {
+        failures.push(format!("the node's user namespace: {e}"));
+    }
     if failures.is_empty() {
         Ok(ids.len())
     } else {

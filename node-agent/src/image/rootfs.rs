@@ -76,6 +76,8 @@ impl ImageStore {
                 let p = dir.join(sub);
                 fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
             }
+            // The top of the merged tree is the upper directory: the container's root owns it.
+            self.own(&dir.join("upper"))?;
             mount_overlay(&self.overlay_options(image, &dir), &merged)
                 .map_err(|e| fail(format!("mounting overlayfs on {}: {e}", merged.display())))?;
         } else {
@@ -90,6 +92,7 @@ impl ImageStore {
             fs::create_dir(&tmp).map_err(io_err("creating", &tmp))?;
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
                 .map_err(io_err("setting the mode of", &tmp))?;
+            self.own(&tmp)?;
             let mut links = HashMap::new();
             for layer in &image.layers {
                 copy_layer(&self.layer_path(layer), &tmp, &mut links)
@@ -99,6 +102,16 @@ impl ImageStore {
             fs::write(&ready, b"").map_err(io_err("writing", &ready))?;
         }
         Ok(merged)
+    }
+
+    /// Gives `dir` to the image's root as the store shifts it (nothing without a shift).
+    fn own(&self, dir: &Path) -> Result<(), ImageError> {
+        let id = self.id_shift();
+        if id == 0 {
+            return Ok(());
+        }
+        std::os::unix::fs::chown(dir, Some(id), Some(id))
+            .map_err(io_err("changing the owner of", dir))
     }
 
     /// Unmounts (lazily, if it is busy) and deletes the root filesystem of container `id`.

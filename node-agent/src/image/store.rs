@@ -74,6 +74,16 @@ struct Inner {
     blobs_fetched: AtomicU64,
     bytes_fetched: AtomicU64,
     layers_unpacked: AtomicU64,
+    id_shift: u32,
+}
+
+/// The directory (under the store) of layers unpacked for `id_shift`.
+fn layers_subdir(id_shift: u32) -> String {
+    if id_shift == 0 {
+        "layers/sha256".to_string()
+    } else {
+        format!("layers/sha256+{id_shift}")
+    }
 }
 
 /// What the store has done since it was opened (for metrics, and for tests to observe that a
@@ -119,10 +129,23 @@ impl ImageStore {
 
     /// Opens a store with a fixed way of making root filesystems.
     pub fn open_with(dir: impl AsRef<Path>, rootfs_mode: RootfsMode) -> Result<Self, ImageError> {
+        Self::open_shifted(dir, rootfs_mode, 0)
+    }
+
+    /// Opens a store whose unpacked layers and root filesystems belong to host ids shifted by
+    /// `id_shift` (the first host id of the node's user namespace): the image's root is the
+    /// container's root, an unprivileged id on the host. Layers unpacked for another shift
+    /// are kept apart (and removed by [`Self::gc`]).
+    pub fn open_shifted(
+        dir: impl AsRef<Path>,
+        rootfs_mode: RootfsMode,
+        id_shift: u32,
+    ) -> Result<Self, ImageError> {
         let dir = dir.as_ref();
+        let layers = layers_subdir(id_shift);
         for sub in [
             "blobs/sha256",
-            "layers/sha256",
+            layers.as_str(),
             "refs",
             "rootfs",
             "tmp",
@@ -149,6 +172,7 @@ impl ImageStore {
                 blobs_fetched: AtomicU64::new(0),
                 bytes_fetched: AtomicU64::new(0),
                 layers_unpacked: AtomicU64::new(0),
+                id_shift,
             }),
         };
         store.sweep_tmp();
@@ -176,7 +200,16 @@ impl ImageStore {
 
     /// Where the layer `digest` is unpacked (whether or not it is).
     pub fn layer_path(&self, digest: &Digest) -> PathBuf {
-        self.inner.root.join("layers/sha256").join(digest.hex())
+        self.layers_dir().join(digest.hex())
+    }
+
+    fn layers_dir(&self) -> PathBuf {
+        self.inner.root.join(layers_subdir(self.inner.id_shift))
+    }
+
+    /// The host id the image's root (uid and gid 0) is stored as.
+    pub fn id_shift(&self) -> u32 {
+        self.inner.id_shift
     }
 
     /// Whether the blob `digest` is present.
@@ -369,7 +402,7 @@ impl ImageStore {
         }
         let tmp = self.tmp_path(&format!("layer-{}", &layer.hex()[..12]));
         fs::create_dir(&tmp).map_err(io_err("creating", &tmp))?;
-        let result = unpack_layer(&blob, &tmp, layer).and_then(|unpacked| {
+        let result = unpack_layer(&blob, &tmp, layer, self.inner.id_shift).and_then(|unpacked| {
             if unpacked.diff_id != *diff_id {
                 return Err(ImageError::DigestMismatch {
                     context: format!("uncompressed layer {layer} (its diff id in the config)"),
@@ -571,7 +604,16 @@ impl ImageStore {
                 report.blob_bytes_freed += size;
             }
         }
-        let layers = self.inner.root.join("layers/sha256");
+        // Layers unpacked for another id shift are of no use to this store any more.
+        let all = self.inner.root.join("layers");
+        let current = self.layers_dir();
+        for e in fs::read_dir(&all).map_err(io_err("listing", &all))? {
+            let e = e.map_err(io_err("listing", &all))?;
+            if e.path() != current {
+                remove_any(&e.path()).map_err(io_err("removing", e.path()))?;
+            }
+        }
+        let layers = current;
         for e in fs::read_dir(&layers).map_err(io_err("listing", &layers))? {
             let e = e.map_err(io_err("listing", &layers))?;
             if !live.contains(e.file_name().to_string_lossy().as_ref()) {

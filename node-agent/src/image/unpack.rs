@@ -45,12 +45,14 @@ pub(crate) struct Unpacked {
     pub devices_skipped: u64,
 }
 
-/// Unpacks the layer blob at `blob` into the empty directory `dest`. `digest` names the layer
-/// in errors.
+/// Unpacks the layer blob at `blob` into the empty directory `dest`, adding `id_shift` to
+/// every owner and group (the first host id of the node's user namespace, so the container's
+/// root owns what the image's root owns). `digest` names the layer in errors.
 pub(crate) fn unpack_layer(
     blob: &Path,
     dest: &Path,
     digest: &Digest,
+    id_shift: u32,
 ) -> Result<Unpacked, ImageError> {
     let file = File::open(blob).map_err(|e| ImageError::io("opening layer blob", blob, e))?;
     let mut input = BufReader::with_capacity(256 * 1024, file);
@@ -70,6 +72,7 @@ pub(crate) fn unpack_layer(
         digest: digest.to_string(),
         dir_times: Vec::new(),
         devices_skipped: 0,
+        id_shift,
     };
     {
         let mut archive = tar::Archive::new(&mut hashing);
@@ -102,6 +105,7 @@ struct Unpacker {
     digest: String,
     dir_times: Vec<(PathBuf, SystemTime)>,
     devices_skipped: u64,
+    id_shift: u32,
 }
 
 /// What kind of file an existing path is.
@@ -136,7 +140,19 @@ impl Unpacker {
         let rel = clean(&raw_path).map_err(|r| self.fail(&raw_path, r))?;
         let header = entry.header().clone();
         let kind = header.entry_type();
-        let meta = Meta::from_header(&header).map_err(|r| self.fail(&raw_path, r))?;
+        let mut meta = Meta::from_header(&header).map_err(|r| self.fail(&raw_path, r))?;
+        meta.uid = meta.uid.checked_add(self.id_shift).ok_or_else(|| {
+            self.fail(
+                &raw_path,
+                format!("uid {} does not fit the id range", meta.uid),
+            )
+        })?;
+        meta.gid = meta.gid.checked_add(self.id_shift).ok_or_else(|| {
+            self.fail(
+                &raw_path,
+                format!("gid {} does not fit the id range", meta.gid),
+            )
+        })?;
         let xattrs = pax_xattrs(&mut entry).map_err(|r| self.fail(&raw_path, r))?;
 
         let Some(name) = rel.file_name().map(OsStr::to_os_string) else {

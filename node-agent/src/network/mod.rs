@@ -110,6 +110,9 @@ pub struct CniConfig {
     /// The network policy (see [`policy`]); `None`: containers reach anything (tests of the
     /// plumbing alone).
     pub isolation: Option<Isolation>,
+    /// Who owns the namespaces made for containers: the node's user namespace (containers
+    /// in it can only join namespaces it owns); `None`: the agent's own.
+    pub netns_owner: Option<netns::Owner>,
 }
 
 impl CniConfig {
@@ -123,6 +126,7 @@ impl CniConfig {
             subnet: None,
             plugin_timeout: DEFAULT_PLUGIN_TIMEOUT,
             isolation: Some(Isolation::default()),
+            netns_owner: None,
         }
     }
 }
@@ -184,6 +188,7 @@ struct Inner {
     /// Whether this process has made the network's masquerade rules.
     masquerading: Mutex<bool>,
     isolation: Option<Isolation>,
+    netns_owner: Option<netns::Owner>,
     /// Held while the policy is rebuilt from the attachments (one rebuild at a time, so the
     /// last one reflects every attachment).
     policy: Mutex<()>,
@@ -265,6 +270,7 @@ impl Cni {
                 ports: Mutex::new(()),
                 masquerading: Mutex::new(false),
                 isolation: config.isolation.clone(),
+                netns_owner: config.netns_owner.clone(),
                 policy: Mutex::new(()),
             }),
         };
@@ -280,6 +286,16 @@ impl Cni {
                 .mode(0o700)
                 .create(&dir)
                 .map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        if cni.inner.netns_owner.is_some() {
+            // A container opens its namespace's file as its own root, an unprivileged host id
+            // once it is in the node's user namespace: the way there must be traversable
+            // (not listable).
+            use std::os::unix::fs::PermissionsExt;
+            for dir in [cni.inner.state_dir.clone(), cni.netns_dir()] {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+                    .map_err(io_err(format!("setting the mode of {}", dir.display())))?;
+            }
         }
         cni.inner.plugins.prepare_ipv4_only_path()?;
         Ok(cni)
@@ -428,7 +444,10 @@ impl Cni {
         path: &Path,
         started: &mut usize,
     ) -> Result<(), NetworkError> {
-        netns::create(&record.netns)?;
+        match &self.inner.netns_owner {
+            Some(owner) => netns::create_owned(&record.netns, owner)?,
+            None => netns::create(&record.netns)?,
+        }
         for i in 0..record.networks.len() {
             let net = &record.networks[i];
             let mut prev: Option<Value> = None;

@@ -75,6 +75,46 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
     Ok(())
 }
 
+/// Who owns the network namespaces an agent makes: the node's user namespace, entered by a
+/// helper process (`<helper> shim netns --userns … --path …`, see
+/// [`crate::runtime::userns::create_netns_in`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The `univrs` binary.
+    pub helper: PathBuf,
+    /// The node's pinned user namespace.
+    pub userns: PathBuf,
+}
+
+/// Creates a new, empty network namespace pinned at `path`, owned by `owner`'s user namespace
+/// (see [`create`] for one owned by the agent's own).
+pub fn create_owned(path: &Path, owner: &Owner) -> Result<(), NetnsError> {
+    if is_mounted(path) {
+        return Err(err("creating", path)(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a namespace is already mounted there",
+        )));
+    }
+    let out = std::process::Command::new(&owner.helper)
+        .args(["shim", "netns", "--userns"])
+        .arg(&owner.userns)
+        .arg("--path")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", crate::runtime::spec::DEFAULT_PATH)
+        .output()
+        .map_err(err("running the helper that creates", path))?;
+    if !out.status.success() {
+        let _ = remove(path);
+        return Err(err("creating", path)(io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )));
+    }
+    Ok(())
+}
+
 /// Unmounts and removes the namespace file at `path`; a missing or unmounted file is fine.
 /// Processes still inside the namespace keep it alive until they exit.
 pub fn remove(path: &Path) -> Result<(), NetnsError> {

@@ -410,6 +410,35 @@ impl RuntimeClient {
         cmd
     }
 
+    /// Pins the node's user namespace (container ids `0..size` are host ids `base..`) with
+    /// `univrs shim userns`; returns where, for [`spec::UserNamespace::Join`].
+    pub fn pin_user_namespace(&self, base: u32, size: u32) -> Result<PathBuf, RuntimeError> {
+        let path = self.layout.userns_file();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.layout.root())
+            .map_err(io_err(format!("creating {}", self.layout.root().display())))?;
+        let out = Command::new(&self.shim_bin)
+            .args(["shim", "userns", "--path"])
+            .arg(&path)
+            .args(["--base", &base.to_string(), "--size", &size.to_string()])
+            .stdin(Stdio::null())
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", spec::DEFAULT_PATH)
+            .output()
+            .map_err(io_err("running univrs shim userns"))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Invalid(format!(
+                "pinning the node's user namespace (host ids {base}..{}): {}",
+                u64::from(base) + u64::from(size),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(path)
+    }
+
     /// The ids of every container with a bundle (what a restarted agent re-adopts).
     pub fn list(&self) -> Result<Vec<String>, RuntimeError> {
         let dir = self.layout.containers_dir();

@@ -33,6 +33,11 @@ impl Layout {
         &self.root
     }
 
+    /// Where the node's user namespace is pinned (see [`super::userns`]).
+    pub fn userns_file(&self) -> PathBuf {
+        self.root.join("userns")
+    }
+
     /// `libcontainer`'s root directory (its per-container state lives below it).
     pub fn youki_root(&self) -> PathBuf {
         self.root.join("youki")

@@ -11,6 +11,7 @@
 //! - [`client`] is the agent side: plain processes and files, no `libcontainer` call, safe to
 //!   use from an async process (its calls block briefly; run them on a blocking thread);
 //! - [`exec`] runs a command inside a running container (`univrs shim exec`), for probes;
+//! - [`userns`] pins the node's user namespace and makes network namespaces inside it;
 //! - [`cgroup`] reads a container's cgroup (usage, limits, OOM kills) on cgroup v1 and v2.
 //!
 //! Everything about a container lives in files under one state directory ([`Layout`]), so an
@@ -25,6 +26,7 @@ pub mod layout;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod userns;
 
 pub use client::{ContainerState, RuntimeClient, RuntimeError, ShimHandle};
 pub use layout::{ExitRecord, Layout};

@@ -9,9 +9,9 @@ use super::seccomp;
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
-    Spec, SpecBuilder, UserBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -106,6 +106,23 @@ pub struct ContainerConfig {
     pub init: bool,
     /// Apply the default seccomp profile.
     pub seccomp: bool,
+    /// The user namespace: root in the container is an unprivileged host id.
+    pub userns: Option<UserNamespace>,
+}
+
+/// How a container's ids map to the host's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserNamespace {
+    /// A new namespace mapping container ids `0..size` to host ids `base..base+size`.
+    New {
+        /// The first host id.
+        base: u32,
+        /// How many ids.
+        size: u32,
+    },
+    /// An existing namespace pinned at this path (the node's; see
+    /// [`crate::runtime::userns`]).
+    Join(PathBuf),
 }
 
 impl ContainerConfig {
@@ -128,6 +145,7 @@ impl ContainerConfig {
             netns: None,
             init: true,
             seccomp: true,
+            userns: None,
         }
     }
 }
@@ -313,15 +331,42 @@ pub fn build_spec(cfg: &ContainerConfig, cgroups_path: &str) -> Result<Spec, Spe
         .no_new_privileges(true)
         .build()?;
 
-    let mut namespaces: Vec<LinuxNamespace> = [
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Mount,
-    ]
-    .into_iter()
-    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
-    .collect::<Result<_, _>>()?;
+    let mut namespaces: Vec<LinuxNamespace> = Vec::new();
+    let mut id_maps = None;
+    match &cfg.userns {
+        Some(UserNamespace::New { base, size }) => {
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::User)
+                    .build()?,
+            );
+            id_maps = Some(
+                LinuxIdMappingBuilder::default()
+                    .container_id(0u32)
+                    .host_id(*base)
+                    .size(*size)
+                    .build()?,
+            );
+        }
+        Some(UserNamespace::Join(path)) => namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .path(path.clone())
+                .build()?,
+        ),
+        None => {}
+    }
+    namespaces.extend(
+        [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Mount,
+        ]
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<Result<Vec<_>, _>>()?,
+    );
     let mut net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
     if let Some(path) = &cfg.netns {
         net = net.path(path.clone());
@@ -379,6 +424,9 @@ pub fn build_spec(cfg: &ContainerConfig, cgroups_path: &str) -> Result<Spec, Spe
                 .collect::<Vec<_>>(),
         )
         .devices(Vec::new());
+    if let Some(map) = id_maps {
+        linux = linux.uid_mappings(vec![map]).gid_mappings(vec![map]);
+    }
     if cfg.seccomp {
         linux = linux.seccomp(seccomp::default_profile(&caps)?);
     }

@@ -59,6 +59,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             host_ports: args.host_ports,
             allow_egress: args.allow_egress,
         },
+        user_namespace_base: args.user_namespace_base,
         pod_cidr: args
             .pod_cidr
             .map(|c| {

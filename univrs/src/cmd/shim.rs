@@ -1,10 +1,11 @@
-//! `univrs shim run|exec|delete`: the per-container shim the node agent spawns. It stays
+//! `univrs shim run|exec|userns|netns|delete`: the per-container shim the node agent spawns. It stays
 //! single-threaded (no async runtime here): youki's `libcontainer` forks and clones.
 
 use crate::cli::ShimCommand;
 use univrs_node_agent::runtime::Layout;
 use univrs_node_agent::runtime::exec::exec_in_container;
 use univrs_node_agent::runtime::shim::{ShimArgs, delete_container, run_shim};
+use univrs_node_agent::runtime::userns;
 
 /// Runs `univrs shim …`. Messages go to stderr, which the agent points at the bundle's
 /// `shim.log`; the level comes from RUST_LOG (errors only by default, since the container's
@@ -30,6 +31,8 @@ pub fn run(command: ShimCommand) -> anyhow::Result<()> {
             let code = exec_in_container(&root, &id, command, timeout)?;
             std::process::exit(code);
         }
+        ShimCommand::Userns { path, base, size } => userns::pin(&path, base, size)?,
+        ShimCommand::Netns { userns, path } => userns::create_netns_in(&userns, &path)?,
         ShimCommand::Delete { root, id } => {
             delete_container(&Layout::new(root), &id)?;
         }

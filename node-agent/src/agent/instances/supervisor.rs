@@ -11,6 +11,7 @@ use super::records::{ContainerRecord, InstanceRecord, Records};
 use super::reports::{InstanceReport, Reports};
 use super::sandbox::{Image, Sandbox};
 use crate::fsutil::now_ms;
+use crate::runtime::spec::UserNamespace;
 use crate::runtime::{ContainerConfig, ContainerState, ExitRecord, RuntimeClient, RuntimeError};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -54,6 +55,8 @@ pub struct Deps {
     pub backoff_max: Duration,
     /// The owner's terms (limits, host ports).
     pub policy: super::policy::OwnerPolicy,
+    /// The node's pinned user namespace, which every container joins.
+    pub userns: Option<std::path::PathBuf>,
     /// Host ports no Workload may publish besides those the host listens on: the agent API's.
     pub reserved_ports: Vec<u16>,
 }
@@ -447,6 +450,7 @@ impl Supervisor {
         let c2 = c.clone();
         let netns = self.deps.sandbox.netns_path(&rec.placement.id);
         let pids_limit = self.deps.policy.pids_per_container;
+        let userns = self.deps.userns.clone();
         let g = grace(spec);
         let started = blocking(move || -> Result<i32, String> {
             let rootfs = sandbox.rootfs(&image, &cfg_id).map_err(|e| e.to_string())?;
@@ -484,6 +488,7 @@ impl Supervisor {
                 .and_then(|q| q.to_units().ok());
             }
             cfg.pids_limit = Some(pids_limit);
+            cfg.userns = userns.map(UserNamespace::Join);
             // A leftover bundle of an earlier run would make the start fail.
             rt.delete(&cfg_id).map_err(|e| e.to_string())?;
             rt.start(&cfg, g)
