@@ -741,7 +741,7 @@ fn a_shifted_store_gives_the_images_files_to_the_node_ids() {
                 .uid(),
             1000
         );
-        plain.gc(&[again.digest.clone()]).unwrap();
+        plain.gc(std::slice::from_ref(&again.digest)).unwrap();
         assert!(!store.layer_path(&image.layers[0]).exists());
     }
 }
