@@ -176,6 +176,28 @@ fn echo_reaches_the_log_and_exit_zero_is_recorded() {
 }
 
 #[test]
+fn a_chatty_container_keeps_its_log_under_the_cap() {
+    let rt = TestRuntime::new();
+    let mut cfg = rt.config(
+        "chatty",
+        &sh("i=0; while [ $i -lt 5000 ]; do echo line $i; i=$((i+1)); done"),
+    );
+    cfg.log_max_bytes = Some(8192);
+    rt.start(&cfg).unwrap();
+    assert_eq!(rt.exit_of("chatty").code, 0);
+    let log = rt.client.layout().log_file("chatty");
+    let sizes: Vec<u64> = [log.clone(), univrs_node_agent::runtime::log::rotated(&log)]
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert!(sizes.iter().sum::<u64>() <= 8192, "{sizes:?}");
+    // The newest lines are kept, across the rotation.
+    let tail = rt.client.logs_tail("chatty", 300).unwrap();
+    assert_eq!(tail.len(), 300);
+    assert_eq!(tail.last().map(String::as_str), Some("line 4999"));
+}
+
+#[test]
 fn exit_code_three_is_recorded() {
     let rt = TestRuntime::new();
     rt.start(&rt.config("three", &sh("echo bye >&2; exit 3")))
@@ -712,6 +734,23 @@ fn root_in_the_node_user_namespace_is_nobody_on_the_host() {
         vec!["0 3211264 65536", "0 3211264 65536", "0", "0"],
         "mapped, root inside, the host's files and devices out of reach, low ports open"
     );
+    // A command exec'd into it (a probe) is in the same user namespace and cgroup, not root on
+    // the host (libcontainer's tenant exec alone would leave it there).
+    let out = rt
+        .client
+        .exec_command(
+            "uns",
+            &["sh", "-c", "cat /proc/self/uid_map; [ \"$(cat /proc/self/cgroup)\" = \"$(cat /proc/1/cgroup)\" ] && echo same-cgroup"],
+            Duration::from_secs(5),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(lines, vec!["0 3211264 65536", "same-cgroup"], "{out:?}");
     rt.client.delete("uns").unwrap();
     netns::remove(&net).unwrap();
     netns::remove(&userns).unwrap();

@@ -3,8 +3,9 @@
 //! serving a one-line page on port [`PORT`]. Dropping one removes its namespace, its veth
 //! pair and its routes.
 //!
-//! Only one exists at a time in a test binary (they share the metadata address and the
-//! routes); [`Outside::lan`] and [`Outside::internet`] wait for the previous one to go.
+//! One LAN and one internet exist at a time in a test binary (each kind has fixed addresses
+//! and routes); [`Outside::lan`] and [`Outside::internet`] wait for the previous one of their
+//! kind to go.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
@@ -22,7 +23,8 @@ pub const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// The internet, as the tests see it: an address of TEST-NET-2 reached through a gateway.
 pub const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_LAN: Mutex<()> = Mutex::new(());
+static ONE_INTERNET: Mutex<()> = Mutex::new(());
 
 /// One place outside, serving [`PORT`] until dropped.
 pub struct Outside {
@@ -82,24 +84,34 @@ fn names() -> (String, String, String) {
     )
 }
 
+/// A new namespace wired to the host by a veth pair whose host end has `host_addr` and is up:
+/// (namespace, host interface, namespace interface).
+fn wire(host_addr: &str) -> (String, String, String) {
+    let (ns, host_if, ns_if) = names();
+    ip(&["netns", "add", &ns]);
+    ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns,
+    ]);
+    ip(&["addr", "add", host_addr, "dev", &host_if]);
+    ip(&["link", "set", &host_if, "up"]);
+    (ns, host_if, ns_if)
+}
+
+/// `ip ARGS` inside namespace `ns`.
+fn inside(ns: &str, args: &[&str]) {
+    let mut all = vec!["netns", "exec", ns, "ip"];
+    all.extend_from_slice(args);
+    ip(&all);
+}
+
 impl Outside {
     /// The owner's LAN: a network this host is attached to, 192.168.213.0/24 (the host .1,
     /// the place .2), with [`METADATA`] routed to the place as well.
     pub fn lan() -> Self {
-        let one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let (ns, host_if, ns_if) = names();
+        let one = ONE_LAN.lock().unwrap_or_else(|p| p.into_inner());
+        let (ns, host_if, ns_if) = wire("192.168.213.1/24");
         let place: Ipv4Addr = "192.168.213.2".parse().unwrap();
-        ip(&["netns", "add", &ns]);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns,
-        ]);
-        ip(&["addr", "add", "192.168.213.1/24", "dev", &host_if]);
-        ip(&["link", "set", &host_if, "up"]);
-        let exec = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &ns, "ip"];
-            all.extend_from_slice(args);
-            ip(&all);
-        };
+        let exec = |args: &[&str]| inside(&ns, args);
         exec(&["addr", "add", "192.168.213.2/24", "dev", &ns_if]);
         exec(&["addr", "add", "169.254.169.254/16", "dev", &ns_if]);
         exec(&["link", "set", &ns_if, "up"]);
@@ -112,20 +124,10 @@ impl Outside {
     /// The internet: [`INTERNET`], routed through a gateway (so not a network this host is
     /// attached to, and in no private range).
     pub fn internet() -> Self {
-        let one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let (ns, host_if, ns_if) = names();
-        ip(&["netns", "add", &ns]);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns,
-        ]);
+        let one = ONE_INTERNET.lock().unwrap_or_else(|p| p.into_inner());
         // A /32 on each side adds no connected route; the gateway route is the only way in.
-        ip(&["addr", "add", "203.0.113.1/32", "dev", &host_if]);
-        ip(&["link", "set", &host_if, "up"]);
-        let exec = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &ns, "ip"];
-            all.extend_from_slice(args);
-            ip(&all);
-        };
+        let (ns, host_if, ns_if) = wire("203.0.113.1/32");
+        let exec = |args: &[&str]| inside(&ns, args);
         exec(&["addr", "add", "203.0.113.2/32", "dev", &ns_if]);
         exec(&["addr", "add", "198.51.100.2/32", "dev", "lo"]);
         exec(&["link", "set", &ns_if, "up"]);

@@ -47,8 +47,8 @@ fn check(cmd: &mut Command) -> String {
     stdout
 }
 
-/// The OCI layout with the busybox image (`latest`, `pruned`, `multi`), built once per test
-/// binary.
+/// The OCI layout with the busybox image (`latest`, `pruned`, `multi`, and `devices` with two
+/// device nodes in its top layer), built once per test binary.
 pub fn busybox_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
@@ -121,10 +121,31 @@ pub fn busybox_layout() -> &'static Path {
                 .args(["repack", "--image", &img("pruned")])
                 .arg(&bundle2),
         );
+        // `devices`: what an attacker ships, the host's first disk (8:0) and /dev/mem (1:1).
+        let bundle3 = work.join("bundle3");
+        check(
+            Command::new("umoci")
+                .args(["unpack", "--image", &img("latest")])
+                .arg(&bundle3),
+        );
+        let root3 = bundle3.join("rootfs");
+        for (name, kind, major, minor) in [("hostdisk", "b", "8", "0"), ("mem", "c", "1", "1")] {
+            check(
+                Command::new("mknod")
+                    .arg(root3.join(name))
+                    .args([kind, major, minor]),
+            );
+        }
+        check(
+            Command::new("umoci")
+                .args(["repack", "--image", &img("devices")])
+                .arg(&bundle3),
+        );
         check(Command::new("umoci").args(["gc", "--layout"]).arg(&layout));
         add_multiarch_index(&layout);
         let _ = std::fs::remove_dir_all(&bundle);
         let _ = std::fs::remove_dir_all(&bundle2);
+        let _ = std::fs::remove_dir_all(&bundle3);
         layout
     })
 }

@@ -453,6 +453,16 @@ pub struct AgentArgs {
     /// id on the host) [default: a block above 2^21 chosen by the node name].
     #[arg(long, value_parser = clap::value_parser!(u32).range(65536..=4_294_901_760))]
     pub user_namespace_base: Option<u32>,
+    /// The most one container's log keeps on disk (with its one rotated file).
+    #[arg(long, default_value = "10Mi")]
+    pub container_log_max_size: String,
+    /// The most an image may weigh (compressed config and layers, as its manifest declares).
+    #[arg(long, default_value = "4Gi")]
+    pub max_image_size: String,
+    /// A directory whose OCI layouts Workloads may name as `oci:DIR:TAG` (repeatable); none
+    /// by default (`--image-layout` names single images).
+    #[arg(long = "oci-layout-dir", value_name = "DIR")]
+    pub oci_layout_dirs: Vec<PathBuf>,
     /// The containers' subnet on this node, e.g. 10.89.7.0/24 [default: derived from the node
     /// name; give each agent its own when several run on one machine].
     #[arg(long)]

@@ -408,6 +408,7 @@ fn build_sandbox(
     .map_err(|e| invalid(&e))?;
     let mut pull = crate::image::PullOptions {
         insecure_registries: cfg.insecure_registries.clone(),
+        max_image_bytes: Some(cfg.policy.max_image_bytes),
         ..Default::default()
     };
     if let Some(path) = &cfg.registry_auth {
@@ -439,7 +440,8 @@ fn build_sandbox(
         userns: userns.to_path_buf(),
     });
     let cni = crate::network::Cni::new(net).map_err(|e| invalid(&e))?;
-    Ok(Sandbox::new(images, pull, layouts, Some(cni)))
+    Ok(Sandbox::new(images, pull, layouts, Some(cni))
+        .with_layout_dirs(cfg.policy.oci_layout_dirs.clone()))
 }
 
 /// Removes everything an agent left on this machine (`univrs reset`): its containers (killed),

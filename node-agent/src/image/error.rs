@@ -33,6 +33,18 @@ pub enum ImageError {
         /// The digest it has.
         actual: String,
     },
+    /// The image is larger than the node's owner allows.
+    #[error(
+        "{context} is {size} bytes, more than the {limit} bytes this node takes (its owner's image size cap)"
+    )]
+    TooLarge {
+        /// The image or layer.
+        context: String,
+        /// Its size (at least this many bytes).
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
     /// Content is not the size its descriptor says.
     #[error("{context}: expected {expected} bytes, got {actual}")]
     SizeMismatch {

@@ -21,6 +21,7 @@ struct Puller<'a> {
     auth: RegistryAuth,
     reference: Reference,
     canonical: String,
+    max_image_bytes: Option<u64>,
 }
 
 impl ImageStore {
@@ -45,6 +46,7 @@ impl ImageStore {
             store: self,
             client: opts.client(reference)?,
             auth: opts.auth_for(parsed.registry()),
+            max_image_bytes: opts.max_image_bytes,
             canonical: parsed.whole(),
             reference: parsed,
         };
@@ -85,6 +87,21 @@ impl Puller<'_> {
             });
         };
         let (config_digest, layers) = manifest::check_manifest(&m, &context)?;
+        if let Some(limit) = self.max_image_bytes {
+            let size = m
+                .layers
+                .iter()
+                .chain(std::iter::once(&m.config))
+                .map(|d| d.size)
+                .fold(0u64, u64::saturating_add);
+            if size > limit {
+                return Err(ImageError::TooLarge {
+                    context: format!("image {}", self.canonical),
+                    size,
+                    limit,
+                });
+            }
+        }
 
         let config_context = format!("config {config_digest} of {}", self.canonical);
         self.blob(&m.config, &config_digest, &config_context)

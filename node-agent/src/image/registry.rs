@@ -26,6 +26,9 @@ pub struct PullOptions {
     /// The platform to pick from an image index [default: linux on this machine's
     /// architecture].
     pub platform: Option<Platform>,
+    /// The most an image's config and layers may weigh, compressed, as its manifest declares
+    /// them (every blob is refused past its declared size) [default: no cap].
+    pub max_image_bytes: Option<u64>,
 }
 
 /// How long connecting to a registry may take, and the longest pause while reading from it.

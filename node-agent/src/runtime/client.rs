@@ -598,6 +598,13 @@ impl RuntimeClient {
         validate_id(id).map_err(RuntimeError::Invalid)?;
         let path = self.layout.log_file(id);
         match tail_lines(&path, n) {
+            // A log just rotated: the rest of the lines are in the older file.
+            Ok(lines) if lines.len() < n => {
+                let older = super::log::rotated(&path);
+                let mut all = tail_lines(&older, n - lines.len()).unwrap_or_default();
+                all.extend(lines);
+                Ok(all)
+            }
             Ok(lines) => Ok(lines),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if self.layout.bundle(id).is_dir() {

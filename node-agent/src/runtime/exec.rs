@@ -81,6 +81,7 @@ pub fn exec_in_container(
         .ok_or_else(|| ShimError::Runtime("config.json has no process".into()))?;
     let user = process.user();
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    enter_user_namespace(&layout, id)?;
 
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(layout.youki_root())
@@ -102,6 +103,39 @@ pub fn exec_in_container(
         Pid::from_raw(pid.as_raw()),
         Instant::now() + timeout,
     ))
+}
+
+/// Enters the container's user namespace, if it has one of its own: `libcontainer` 0.7's
+/// tenant exec joins every namespace of the container but that one, which would leave the
+/// command root on the host. This process is single-threaded, so it may; from inside,
+/// `libcontainer` joins the container's other namespaces (the user namespace owns them) and
+/// cgroup (its files belong to this process's uid).
+fn enter_user_namespace(layout: &Layout, id: &str) -> Result<(), ShimError> {
+    use std::os::unix::fs::MetadataExt;
+    let pid = std::fs::read_to_string(layout.pid_file(id))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .ok_or_else(|| ShimError::Runtime(format!("container {id} is not running")))?;
+    let theirs = format!("/proc/{pid}/ns/user");
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| ShimError::Io {
+            context: what,
+            source,
+        }
+    };
+    let same = std::fs::metadata(&theirs)
+        .map_err(io("reading the container's user namespace"))?
+        .ino()
+        == std::fs::metadata("/proc/self/ns/user")
+            .map_err(io("reading this user namespace"))?
+            .ino();
+    if same {
+        return Ok(());
+    }
+    let ns = std::fs::File::open(&theirs).map_err(io("opening the container's user namespace"))?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| ShimError::Runtime(format!("entering the container's user namespace: {e}")))
 }
 
 fn rt<E: std::error::Error + 'static>(context: &str) -> impl FnOnce(E) -> ShimError + '_ {

@@ -116,6 +116,12 @@ fn spawn(args: &[String]) -> nix::Result<Pid> {
 
 /// The minimal init: never returns.
 fn run_init(args: &[String]) -> ! {
+    // Dumpable again, as an exec'd PID 1 would be: `univrs shim exec` reads this process's
+    // namespaces from inside the container's user namespace, which the kernel allows only for
+    // a dumpable process (becoming the user namespace's root made it non-dumpable).
+    if let Err(e) = nix::sys::prctl::set_dumpable(true) {
+        eprintln!("univrs-init: setting dumpable: {e}");
+    }
     let signals = handled_signals();
     // Already blocked (inherited from the shim); make sure before anything can arrive.
     if let Err(e) = signals.thread_block() {

@@ -23,6 +23,7 @@ pub mod client;
 pub mod exec;
 mod executor;
 pub mod layout;
+pub mod log;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;

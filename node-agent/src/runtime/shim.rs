@@ -2,8 +2,9 @@
 //!
 //! It is the only place `libcontainer` runs. It blocks the signals it handles (and reads them
 //! from a signalfd), creates the container from the bundle with `libcontainer` (no systemd,
-//! `libcontainer`'s state under `<root>/youki`), sends the container's stdout and stderr to
-//! `container.log`, starts it and writes its pid to `pid`. Then it waits: the container's init
+//! `libcontainer`'s state under `<root>/youki`), gives it a pipe as stdout and stderr, starts
+//! it and writes its pid to `pid`. What comes through the pipe goes to `container.log`,
+//! rotated within the cap the spec's [`LOG_CAP_ANNOTATION`] gives (see [`super::log`]). Then it waits: the container's init
 //! is its child (`libcontainer` clones it with `CLONE_PARENT`), so it reaps it and writes the
 //! exit record. SIGTERM or SIGINT is a stop request: the container gets SIGTERM and, if it has
 //! not exited after the grace period (from the `stop` file, else `--grace`), SIGKILL for all
@@ -15,21 +16,22 @@
 use super::cgroup;
 use super::executor::{FORWARDED, ShimExecutor, handled_signals};
 use super::layout::{ExitRecord, Layout};
+use super::log::{LOG_CAP_ANNOTATION, LogWriter};
 use super::spec::wants_init;
 use crate::fsutil::{error_chain, now_ms, write_atomic};
 use crate::ids::validate_id;
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
-use std::fs::OpenOptions;
-use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -107,7 +109,9 @@ pub fn run_shim(args: &ShimArgs) -> Result<(), ShimError> {
         .and_then(|l| l.cgroups_path().as_ref())
         .map(|p| p.to_string_lossy().into_owned());
 
-    let mut container = match create_and_start(&layout, id, &spec) {
+    let mut log = LogWriter::open(&layout.log_file(id), log_cap(&spec))
+        .map_err(io_err("opening the container's log"))?;
+    let (mut container, output) = match create_and_start(&layout, id, &spec) {
         Ok(c) => c,
         Err(e) => {
             let message = e.to_string();
@@ -135,14 +139,21 @@ pub fn run_shim(args: &ShimArgs) -> Result<(), ShimError> {
     write_atomic(&layout.pid_file(id), pid.to_string().as_bytes())
         .map_err(io_err("writing the pid file"))?;
 
+    let mut output = Output {
+        pipe: Some(output),
+        log: &mut log,
+    };
     let (ended, killed_after_grace) = supervise(
         &mut container,
         Pid::from_raw(pid.as_raw()),
         &sfd,
+        &mut output,
         &layout,
         id,
         args.grace,
     )?;
+    // What the container wrote last is still in the pipe.
+    output.drain();
 
     let oom_killed = cgroup_path
         .as_deref()
@@ -174,8 +185,47 @@ fn write_exit(layout: &Layout, id: &str, record: &ExitRecord) -> Result<(), Shim
     write_atomic(&layout.exit_file(id), &json).map_err(io_err("writing exit.json"))
 }
 
-/// Creates the container with `libcontainer` and starts it.
-fn create_and_start(layout: &Layout, id: &str, spec: &Spec) -> Result<Container, ShimError> {
+/// The log cap a spec asks for (bytes; 0: none).
+fn log_cap(spec: &Spec) -> u64 {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(LOG_CAP_ANNOTATION))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The container's output: the pipe's read end (until every writer is gone) and the log.
+struct Output<'a> {
+    pipe: Option<OwnedFd>,
+    log: &'a mut LogWriter,
+}
+
+impl Output<'_> {
+    /// Moves what the pipe holds now to the log; at end of file the pipe is closed.
+    fn drain(&mut self) {
+        let mut buf = [0u8; 64 * 1024];
+        while let Some(pipe) = &self.pipe {
+            match nix::unistd::read(pipe.as_fd(), &mut buf) {
+                Ok(0) => self.pipe = None,
+                Ok(n) => {
+                    if let Err(e) = self.log.write(&buf[..n]) {
+                        tracing::error!("writing the container's log: {e}");
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Creates the container with `libcontainer` and starts it; returns it with the read end of
+/// its output pipe (non-blocking).
+fn create_and_start(
+    layout: &Layout,
+    id: &str,
+    spec: &Spec,
+) -> Result<(Container, OwnedFd), ShimError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -184,16 +234,14 @@ fn create_and_start(layout: &Layout, id: &str, spec: &Spec) -> Result<Container,
             "creating {}",
             layout.youki_root().display()
         )))?;
-    let log_path = layout.log_file(id);
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&log_path)
-        .map_err(io_err(format!("opening {}", log_path.display())))?;
-    let log_err = log
+    let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(|e| ShimError::Runtime(format!("making the output pipe: {e}")))?;
+    // The container's side blocks like any stdout would.
+    nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))
+        .map_err(|e| ShimError::Runtime(format!("setting up the output pipe: {e}")))?;
+    let write_err = write_end
         .try_clone()
-        .map_err(io_err("duplicating the log file"))?;
+        .map_err(io_err("duplicating the output pipe"))?;
 
     let mut container = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(layout.youki_root())
@@ -201,8 +249,8 @@ fn create_and_start(layout: &Layout, id: &str, spec: &Spec) -> Result<Container,
         .with_executor(ShimExecutor {
             init: wants_init(spec),
         })
-        .with_stdout(log)
-        .with_stderr(log_err)
+        .with_stdout(write_end)
+        .with_stderr(write_err)
         .validate_id()
         .map_err(rt_err("container id"))?
         .as_init(layout.bundle(id))
@@ -213,7 +261,7 @@ fn create_and_start(layout: &Layout, id: &str, spec: &Spec) -> Result<Container,
     container
         .start()
         .map_err(rt_err("starting the container"))?;
-    Ok(container)
+    Ok((container, read_end))
 }
 
 /// Sends `signal` through `libcontainer` (to the init, or to every process with `all`).
@@ -268,6 +316,7 @@ fn supervise(
     container: &mut Container,
     init: Pid,
     sfd: &SignalFd,
+    output: &mut Output<'_>,
     layout: &Layout,
     id: &str,
     default_grace: Duration,
@@ -294,10 +343,21 @@ fn supervise(
             }
             None => PollTimeout::NONE,
         };
-        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(pipe) = &output.pipe {
+            fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(ShimError::Runtime(format!("poll: {e}"))),
+        }
+        let output_ready = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if output_ready {
+            output.drain();
         }
         loop {
             let info = match sfd.read_signal() {

@@ -108,6 +108,8 @@ pub struct ContainerConfig {
     pub seccomp: bool,
     /// The user namespace: root in the container is an unprivileged host id.
     pub userns: Option<UserNamespace>,
+    /// The most the container's log may hold (bytes, with its one rotated file).
+    pub log_max_bytes: Option<u64>,
 }
 
 /// How a container's ids map to the host's.
@@ -146,6 +148,7 @@ impl ContainerConfig {
             init: true,
             seccomp: true,
             userns: None,
+            log_max_bytes: None,
         }
     }
 }
@@ -431,10 +434,13 @@ pub fn build_spec(cfg: &ContainerConfig, cgroups_path: &str) -> Result<Spec, Spe
         linux = linux.seccomp(seccomp::default_profile(&caps)?);
     }
 
-    let annotations = HashMap::from([(
+    let mut annotations = HashMap::from([(
         INIT_ANNOTATION.to_string(),
         if cfg.init { "true" } else { "false" }.to_string(),
     )]);
+    if let Some(cap) = cfg.log_max_bytes {
+        annotations.insert(super::log::LOG_CAP_ANNOTATION.to_string(), cap.to_string());
+    }
 
     let spec = SpecBuilder::default()
         .version(oci_spec::runtime::VERSION)

@@ -47,6 +47,17 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> ShimError {
     }
 }
 
+/// Makes the file a namespace is pinned on (an existing one is kept).
+fn mount_point(path: &Path) -> Result<(), ShimError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(io(format!("creating {}", path.display())))
+}
+
 /// Whether `path` is a pinned namespace (a bind mount of an `nsfs` file).
 pub fn is_pinned(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
@@ -122,12 +133,7 @@ pub fn pin(path: &Path, base: u32, size: u32) -> Result<(), ShimError> {
         }
         umount2(path, MntFlags::MNT_DETACH).map_err(rt("unpinning the old user namespace"))?;
     }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io(format!("creating {}", path.display())))?;
+    mount_point(path)?;
     let child = Waiting::fork(|| unshare(CloneFlags::CLONE_NEWUSER))?;
     for file in ["uid_map", "gid_map"] {
         std::fs::write(child.proc(file), format!("{map}\n"))
@@ -160,12 +166,7 @@ fn current_map(path: &Path) -> Result<Option<String>, ShimError> {
 /// on port 80 of its own address.
 pub fn create_netns_in(userns: &Path, path: &Path) -> Result<(), ShimError> {
     let owner = std::fs::File::open(userns).map_err(io(format!("opening {}", userns.display())))?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io(format!("creating {}", path.display())))?;
+    mount_point(path)?;
     let child = Waiting::fork(|| {
         setns(owner.as_fd(), CloneFlags::CLONE_NEWUSER)?;
         unshare(CloneFlags::CLONE_NEWNET)

@@ -58,6 +58,18 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             pids_per_container: args.pids_limit,
             host_ports: args.host_ports,
             allow_egress: args.allow_egress,
+            max_image_bytes: Quantity(args.max_image_size.clone())
+                .to_units()
+                .map_err(|e| anyhow::anyhow!("--max-image-size {:?}: {e}", args.max_image_size))?,
+            oci_layout_dirs: args.oci_layout_dirs,
+            log_max_bytes: Quantity(args.container_log_max_size.clone())
+                .to_units()
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "--container-log-max-size {:?}: {e}",
+                        args.container_log_max_size
+                    )
+                })?,
         },
         user_namespace_base: args.user_namespace_base,
         pod_cidr: args

@@ -11,6 +11,9 @@ use univrs_api::resources::node::HostPortRange;
 /// ports a machine's own services use.
 pub const DEFAULT_HOST_PORTS: RangeInclusive<u16> = 30000..=32767;
 
+/// The image size cap by default: 4 GiB compressed, more than most application images.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 4 << 30;
+
 /// The owner's terms for containers on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerPolicy {
@@ -21,6 +24,12 @@ pub struct OwnerPolicy {
     /// Destinations containers may reach although the network policy denies them by default
     /// (the owner's LAN, private and link-local ranges; see [`crate::network::policy`]).
     pub allow_egress: Vec<Ipv4Cidr>,
+    /// The most an image may weigh (its compressed config and layers).
+    pub max_image_bytes: u64,
+    /// The most one container's log keeps (bytes, with its one rotated file).
+    pub log_max_bytes: u64,
+    /// Directories whose OCI layouts Workloads may name as `oci:DIR:TAG`.
+    pub oci_layout_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Default for OwnerPolicy {
@@ -29,6 +38,9 @@ impl Default for OwnerPolicy {
             pids_per_container: 1024,
             host_ports: DEFAULT_HOST_PORTS,
             allow_egress: Vec::new(),
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            log_max_bytes: 10 << 20,
+            oci_layout_dirs: Vec::new(),
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Sandbox {
     pull: PullOptions,
     /// References served from local OCI layouts: reference → (directory, tag).
     layouts: BTreeMap<String, (PathBuf, String)>,
+    /// Directories whose OCI layouts Workloads may name (`oci:DIR:TAG`); none by default.
+    layout_dirs: Vec<PathBuf>,
     network: Option<Cni>,
 }
 
@@ -79,7 +81,41 @@ impl Sandbox {
             images,
             pull,
             layouts,
+            layout_dirs: Vec::new(),
             network,
+        }
+    }
+
+    /// Lets Workloads name OCI layouts (`oci:DIR:TAG`) below these directories (the owner's
+    /// choice: an image there runs as the Workload's author wishes).
+    pub fn with_layout_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.layout_dirs = dirs;
+        self
+    }
+
+    /// Refuses `oci:DIR` references outside the directories the owner listed: any directory
+    /// of the host would otherwise be read as an image.
+    fn check_layout(&self, reference: &str) -> Result<(), SandboxError> {
+        let Some((dir, _)) = image::parse_layout_reference(reference)? else {
+            return Ok(());
+        };
+        // The real path, so `..` and symlinks cannot step outside.
+        let real = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let allowed = self
+            .layout_dirs
+            .iter()
+            .any(|d| std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(d)));
+        if allowed {
+            Ok(())
+        } else {
+            Err(SandboxError::Other(format!(
+                "image {reference}: this node reads OCI layouts only below the directories its owner lists (--oci-layout-dir){}",
+                if self.layout_dirs.is_empty() {
+                    ", and it lists none"
+                } else {
+                    ""
+                }
+            )))
         }
     }
 
@@ -101,12 +137,14 @@ impl Sandbox {
 
     async fn pull_stored(&self, reference: &str) -> Result<StoredImage, SandboxError> {
         if let Some((dir, tag)) = self.layouts.get(reference).cloned() {
+            // Named by the owner (--image-layout, the demo image): allowed as it is.
             let store = self.images.clone();
             let img = tokio::task::spawn_blocking(move || store.import_oci_layout(&dir, &tag))
                 .await
                 .map_err(|e| SandboxError::Other(e.to_string()))??;
             return Ok(img);
         }
+        self.check_layout(reference)?;
         let always = reference.ends_with(":latest") || !reference.contains(':');
         if !always && let Ok(img) = self.local(reference).await {
             return Ok(img);

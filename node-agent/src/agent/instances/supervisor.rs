@@ -450,6 +450,7 @@ impl Supervisor {
         let c2 = c.clone();
         let netns = self.deps.sandbox.netns_path(&rec.placement.id);
         let pids_limit = self.deps.policy.pids_per_container;
+        let log_cap = self.deps.policy.log_max_bytes;
         let userns = self.deps.userns.clone();
         let g = grace(spec);
         let started = blocking(move || -> Result<i32, String> {
@@ -488,6 +489,7 @@ impl Supervisor {
                 .and_then(|q| q.to_units().ok());
             }
             cfg.pids_limit = Some(pids_limit);
+            cfg.log_max_bytes = Some(log_cap);
             cfg.userns = userns.map(UserNamespace::Join);
             // A leftover bundle of an earlier run would make the start fail.
             rt.delete(&cfg_id).map_err(|e| e.to_string())?;
