@@ -190,8 +190,33 @@ struct Inner {
     isolation: Option<Isolation>,
     netns_owner: Option<netns::Owner>,
     /// Held while the policy is rebuilt from the attachments (one rebuild at a time, so the
-    /// last one reflects every attachment).
-    policy: Mutex<()>,
+    /// last one reflects every attachment); holds the containers being torn down, which no
+    /// rebuild puts back (their addresses are about to be released, maybe to another group).
+    policy: Mutex<HashSet<String>>,
+}
+
+/// A policy rebuild under way (see [`Cni::begin_setup`]).
+#[derive(Debug)]
+#[must_use = "the policy is in force only once the job is done"]
+pub struct PolicyJob(Option<std::thread::JoinHandle<Result<(), NetworkError>>>);
+
+impl PolicyJob {
+    /// A job with nothing left to do.
+    pub fn done() -> Self {
+        Self(None)
+    }
+
+    /// Waits until the policy is in force.
+    pub fn wait(self) -> Result<(), NetworkError> {
+        match self.0 {
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(NetworkError::Invalid(
+                    "the network policy rebuild panicked".into(),
+                ))
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Holds a container id in [`Inner::busy`] until dropped.
@@ -271,7 +296,7 @@ impl Cni {
                 masquerading: Mutex::new(false),
                 isolation: config.isolation.clone(),
                 netns_owner: config.netns_owner.clone(),
-                policy: Mutex::new(()),
+                policy: Mutex::new(HashSet::new()),
             }),
         };
         for dir in [
@@ -373,6 +398,20 @@ impl Cni {
         group: &str,
         ports: &[PortMapping],
     ) -> Result<Attachment, NetworkError> {
+        let (attachment, policy) = self.begin_setup(id, group, ports)?;
+        policy.wait()?;
+        Ok(attachment)
+    }
+
+    /// [`Cni::setup`], returning as soon as the namespace is attached: the policy that lets
+    /// the container reach its group is rebuilt meanwhile ([`PolicyJob::wait`] for it). Until
+    /// then the container reaches the internet but none of its group (the policy fails closed).
+    pub fn begin_setup(
+        &self,
+        id: &str,
+        group: &str,
+        ports: &[PortMapping],
+    ) -> Result<(Attachment, PolicyJob), NetworkError> {
         attachment::validate_ports(ports)?;
         self.ensure_masquerade()?;
         let _busy = self.claim(id)?;
@@ -416,11 +455,8 @@ impl Cni {
         // How many plugins (in ADD order, across both lists) were started: a failed setup
         // undoes exactly those.
         let mut started = 0;
-        match self
-            .add(&mut record, &path, &mut started)
-            .and_then(|()| self.apply_policy())
-        {
-            Ok(()) => Ok(record.attachment(CONTAINER_IFNAME)),
+        match self.add(&mut record, &path, &mut started) {
+            Ok(()) => Ok((record.attachment(CONTAINER_IFNAME), self.rebuild_policy())),
             Err(e) => {
                 if matches!(e, NetworkError::PluginNotFound { .. }) {
                     // The plugin that failed never ran.
@@ -528,6 +564,9 @@ impl Cni {
     ) -> Result<(), NetworkError> {
         // A namespace that is gone (not mounted) is not passed: plugins then skip what
         // lives inside it and still release addresses and host rules.
+        // Out of its group before its address is released (and perhaps given to another).
+        lock(&self.inner.policy).insert(record.container_id.clone());
+        self.apply_policy()?;
         let netns = netns::is_mounted(&record.netns).then_some(record.netns.as_path());
         let calls: Vec<(&NetworkState, &Value)> = record
             .networks
@@ -562,8 +601,17 @@ impl Cni {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(format!("removing {}", path.display()))(e)),
         }
-        // Its address leaves its group (and may be given to another container next).
-        self.apply_policy()
+        lock(&self.inner.policy).remove(&record.container_id);
+        Ok(())
+    }
+
+    /// Rebuilds the policy on a thread of its own (see [`Cni::begin_setup`]).
+    fn rebuild_policy(&self) -> PolicyJob {
+        if self.inner.isolation.is_none() {
+            return PolicyJob(None);
+        }
+        let cni = self.clone();
+        PolicyJob(Some(std::thread::spawn(move || cni.apply_policy())))
     }
 
     /// Rebuilds the network policy from the attachments on disk (see [`policy`]).
@@ -571,10 +619,11 @@ impl Cni {
         let Some(isolation) = &self.inner.isolation else {
             return Ok(());
         };
-        let _one = lock(&self.inner.policy);
+        let leaving = lock(&self.inner.policy);
         let members: Vec<policy::Member> = self
             .records()?
             .iter()
+            .filter(|r| !leaving.contains(&r.container_id))
             .filter_map(|r| {
                 Some(policy::Member {
                     ip: r.attachment(CONTAINER_IFNAME).ipv4()?,

@@ -4,7 +4,7 @@
 //! blocking threads.
 
 use crate::image::{self, Image as StoredImage, ImageError, ImageStore, PullOptions};
-use crate::network::{Cni, NetworkError, PortMapping, Protocol};
+use crate::network::{Cni, NetworkError, PolicyJob, PortMapping, Protocol};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -211,13 +211,14 @@ impl Sandbox {
     }
 
     /// Sets up instance `id`'s network namespace with `ports` published, in the policy group
-    /// `group` (its Workload's namespace); returns its address.
+    /// `group` (its Workload's namespace); returns its address, and the rebuild of the network
+    /// policy that lets it reach its group, under way (wait for it before calling it running).
     pub fn network_up(
         &self,
         id: &str,
         group: &str,
         ports: &[ContainerPort],
-    ) -> Result<IpAddr, SandboxError> {
+    ) -> Result<(IpAddr, PolicyJob), SandboxError> {
         let Some(cni) = &self.network else {
             return Err(SandboxError::Other(
                 "no container network configured".into(),
@@ -245,14 +246,22 @@ impl Sandbox {
                 && let Ok(att) = cni.check(id)
                 && let Some(ip) = att.ipv4()
             {
-                return Ok(IpAddr::V4(ip));
+                return Ok((IpAddr::V4(ip), PolicyJob::done()));
             }
             cni.teardown(id)?;
         }
-        let att = cni.setup(id, group, &mappings)?;
-        att.ipv4()
+        let (att, policy) = cni.begin_setup(id, group, &mappings)?;
+        let ip = att
+            .ipv4()
             .map(IpAddr::V4)
-            .ok_or_else(|| SandboxError::Other(format!("CNI gave instance {id} no IPv4 address")))
+            .ok_or_else(|| SandboxError::Other(format!("CNI gave instance {id} no IPv4 address")));
+        match ip {
+            Ok(ip) => Ok((ip, policy)),
+            Err(e) => {
+                let _ = policy.wait();
+                Err(e)
+            }
+        }
     }
 
     /// Whether instance `id` has a network attachment on disk (set up, or being set up).

@@ -11,6 +11,7 @@ use super::records::{ContainerRecord, InstanceRecord, Records};
 use super::reports::{InstanceReport, Reports};
 use super::sandbox::{Image, Sandbox};
 use crate::fsutil::now_ms;
+use crate::network::PolicyJob;
 use crate::runtime::spec::UserNamespace;
 use crate::runtime::{ContainerConfig, ContainerState, ExitRecord, RuntimeClient, RuntimeError};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -89,6 +90,7 @@ pub async fn supervise(
     );
     let mut sup = Supervisor {
         deps,
+        policy_job: None,
         runs: BTreeMap::new(),
         reference,
         last_save: Instant::now(),
@@ -120,6 +122,9 @@ pub async fn supervise(
 
 struct Supervisor {
     deps: Arc<Deps>,
+    /// The network policy rebuild for this instance's new address, while under way: it runs
+    /// alongside the container's start and is waited for before the start is reported.
+    policy_job: Option<PolicyJob>,
     runs: BTreeMap<String, Run>,
     reference: ObjectReference,
     last_save: Instant,
@@ -174,8 +179,9 @@ impl Supervisor {
         }
         if rec.ip.is_none() && self.deps.sandbox.has_network() {
             match self.setup_network(rec, spec).await {
-                Ok(ip) => {
+                Ok((ip, policy)) => {
                     rec.ip = Some(ip.to_string());
+                    self.policy_job = Some(policy);
                     dirty = true;
                 }
                 Err(e) => {
@@ -199,7 +205,7 @@ impl Supervisor {
         &self,
         rec: &InstanceRecord,
         spec: &WorkloadSpec,
-    ) -> Result<IpAddr, String> {
+    ) -> Result<(IpAddr, PolicyJob), String> {
         let sandbox = self.deps.sandbox.clone();
         let id = rec.placement.id.clone();
         let group = rec.placement.namespace.clone();
@@ -498,6 +504,16 @@ impl Supervisor {
                 .map_err(|e| e.to_string())
         })
         .await;
+        if let Some(job) = self.policy_job.take()
+            && let Err(e) = blocking(move || job.wait()).await
+        {
+            // It fails closed: the container reaches none of its group until the next rebuild.
+            self.event(
+                EventType::Warning,
+                "FailedNetwork",
+                format!("the network policy for {}: {e}", rec.placement.instance),
+            );
+        }
         match started {
             Ok(pid) => {
                 let now = Instant::now();
