@@ -150,6 +150,16 @@ impl Drop for TestRuntime {
             let _g = CGROUP_PARENTS.write();
             self.client.remove_cgroup_parent(true);
         }
+        // Namespaces a failed test left pinned below the directory.
+        let dir = self.dir.display().to_string();
+        for m in std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+        {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -188,7 +188,15 @@ async fn machines_join_over_the_network_and_only_with_a_valid_token_and_pin() {
     );
     let demo = center.join("demo-image");
 
-    // Two machines join and run their agents on their own certificates.
+    // Two machines join and run their agents on their own certificates. Dropped after the
+    // agents are killed (declared before them), the guard resets what they left: containers,
+    // mounts, networks.
+    let _reset = ResetAgents(
+        [(1, "library"), (2, "school")]
+            .iter()
+            .map(|(_, n)| (n.to_string(), PathBuf::from(format!("/tmp/uj{tag}{n}"))))
+            .collect(),
+    );
     let mut agents = Vec::new();
     for (i, name) in [(1, "library"), (2, "school")] {
         let dir = PathBuf::from(format!("/tmp/uj{tag}{name}"));
@@ -334,4 +342,31 @@ async fn machines_join_over_the_network_and_only_with_a_valid_token_and_pin() {
     assert!(nodes.get_opt(name).await.unwrap().is_none());
     drop(agents);
     up.interrupt();
+}
+
+/// Runs `univrs reset` for each (node name, data directory) when dropped, and removes the
+/// directory.
+struct ResetAgents(Vec<(String, PathBuf)>);
+
+impl Drop for ResetAgents {
+    fn drop(&mut self) {
+        for (name, dir) in &self.0 {
+            let out = std::process::Command::new(univrs_bin())
+                .arg("reset")
+                .arg("--data-dir")
+                .arg(dir)
+                .args(["--node-name", name])
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Ok(o) => eprintln!(
+                    "univrs reset of {name} failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => eprintln!("univrs reset of {name}: {e}"),
+            }
+        }
+    }
 }

@@ -129,7 +129,6 @@ pub async fn run(
         context: format!("creating {}", data_dir.display()),
         source,
     })?;
-    traversable(&data_dir)?;
     let identity = crate::keyfile::load_or_generate(&data_dir.join("identity.key"))?;
     let manager = kube::field_manager(&cfg.node_name);
     univrs_io::listener::check_exposure(
@@ -252,7 +251,8 @@ pub async fn run(
         ids = crate::runtime::userns::SIZE,
         "containers run in the node's user namespace"
     );
-    let sandbox = Arc::new(build_sandbox(&cfg, &data_dir, id_base, &userns)?);
+    let exposed = exposed_dir(&data_dir)?;
+    let sandbox = Arc::new(build_sandbox(&cfg, &data_dir, id_base, &userns, &exposed)?);
     let reports = Reports::default();
     let heard = peers::heard::Heard::default();
     let heard_task = tokio::spawn(peers::heard::listen(mesh.clone(), heard.clone()));
@@ -371,25 +371,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Lets anyone traverse (not list) `dir`: a container reaches its root filesystem and network
-/// namespace below it as the root of the node's user namespace, an unprivileged host id.
-fn traversable(dir: &std::path::Path) -> Result<(), AgentError> {
-    use std::os::unix::fs::PermissionsExt;
-    let io = |source| AgentError::Io {
-        context: format!("making {} traversable", dir.display()),
-        source,
-    };
-    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode();
-    if mode & 0o001 == 0 {
-        std::fs::set_permissions(
-            dir,
-            std::fs::Permissions::from_mode((mode & 0o7777) | 0o011),
-        )
-        .map_err(io)?;
-    }
-    Ok(())
-}
-
 /// The image store (its files owned by the ids of the node's user namespace, from `id_base`),
 /// local layouts (the demo image, built from this machine's busybox, and `--image-layout`s)
 /// and the container network (namespaces owned by the user namespace pinned at `userns`).
@@ -398,6 +379,7 @@ fn build_sandbox(
     data_dir: &std::path::Path,
     id_base: u32,
     userns: &std::path::Path,
+    exposed: &std::path::Path,
 ) -> Result<Sandbox, AgentError> {
     let invalid = |e: &dyn std::fmt::Display| AgentError::Invalid(e.to_string());
     let images = crate::image::ImageStore::open_shifted(
@@ -439,9 +421,41 @@ fn build_sandbox(
         helper: cfg.shim_bin.clone(),
         userns: userns.to_path_buf(),
     });
+    net.netns_dir = Some(exposed.join("netns"));
     let cni = crate::network::Cni::new(net).map_err(|e| invalid(&e))?;
     Ok(Sandbox::new(images, pull, layouts, Some(cni))
-        .with_layout_dirs(cfg.policy.oci_layout_dirs.clone()))
+        .with_layout_dirs(cfg.policy.oci_layout_dirs.clone())
+        .with_exposed_roots(exposed.join("rootfs")))
+}
+
+/// Where this agent shows containers their network namespaces and root filesystems:
+/// `/run/univrs/<8 hex of SHA-256(data dir)>`, every directory on the way traversable (not
+/// listable). A container in the node's user namespace opens them as an unprivileged host
+/// id, and the data directory's parents may be closed to it (a home directory, 0700).
+fn exposed_dir(data_dir: &std::path::Path) -> Result<PathBuf, AgentError> {
+    use sha2::Digest;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let h = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let top = PathBuf::from("/run/univrs");
+    let dir = top.join(hex::encode(&h[..4]));
+    for d in [
+        top.clone(),
+        dir.clone(),
+        dir.join("rootfs"),
+        dir.join("netns"),
+    ] {
+        let io = |source| AgentError::Io {
+            context: format!("creating {}", d.display()),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&d)
+            .map_err(io)?;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711)).map_err(io)?;
+    }
+    Ok(dir)
 }
 
 /// Removes everything an agent left on this machine (`univrs reset`): its containers (killed),
@@ -462,7 +476,9 @@ pub fn reset(
         data_dir.join("network"),
     ))
     .ok();
-    let sandbox = Sandbox::new(images, Default::default(), BTreeMap::new(), cni);
+    let exposed = exposed_dir(&std::path::absolute(data_dir).unwrap_or(data_dir.to_path_buf()))?;
+    let sandbox = Sandbox::new(images, Default::default(), BTreeMap::new(), cni)
+        .with_exposed_roots(exposed.join("rootfs"));
     let ids = runtime
         .list()
         .map_err(|e| AgentError::Invalid(e.to_string()))?;
@@ -499,6 +515,14 @@ pub fn reset(
     runtime.remove_cgroup_parent(true);
     if let Err(e) = crate::network::netns::remove(&runtime.layout().userns_file()) {
         failures.push(format!("the node's user namespace: {e}"));
+    }
+    // Empty by now (its namespaces and roots are gone); left in place if not.
+    for d in [
+        exposed.join("rootfs"),
+        exposed.join("netns"),
+        exposed.clone(),
+    ] {
+        let _ = std::fs::remove_dir(d);
     }
     if failures.is_empty() {
         Ok(ids.len())

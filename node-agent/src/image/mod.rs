@@ -49,4 +49,5 @@ pub use error::ImageError;
 pub use manifest::Platform;
 pub use reference::{canonical_reference, parse_layout_reference};
 pub use registry::PullOptions;
+pub use rootfs::is_mounted;
 pub use store::{GcReport, Image, ImageStore, RootfsMode, StoreStats};

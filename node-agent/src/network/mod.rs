@@ -113,6 +113,10 @@ pub struct CniConfig {
     /// Who owns the namespaces made for containers: the node's user namespace (containers
     /// in it can only join namespaces it owns); `None`: the agent's own.
     pub netns_owner: Option<netns::Owner>,
+    /// Where the namespaces are pinned [default: `<state_dir>/netns`]. A container in the
+    /// node's user namespace opens its own as an unprivileged host id, so every directory on
+    /// the way must be traversable (the agent uses one under /run).
+    pub netns_dir: Option<PathBuf>,
 }
 
 impl CniConfig {
@@ -127,6 +131,7 @@ impl CniConfig {
             plugin_timeout: DEFAULT_PLUGIN_TIMEOUT,
             isolation: Some(Isolation::default()),
             netns_owner: None,
+            netns_dir: None,
         }
     }
 }
@@ -189,6 +194,7 @@ struct Inner {
     masquerading: Mutex<bool>,
     isolation: Option<Isolation>,
     netns_owner: Option<netns::Owner>,
+    netns_dir: PathBuf,
     /// Held while the policy is rebuilt from the attachments (one rebuild at a time, so the
     /// last one reflects every attachment); holds the containers being torn down, which no
     /// rebuild puts back (their addresses are about to be released, maybe to another group).
@@ -283,6 +289,10 @@ impl Cni {
                 iface: iface.clone(),
             });
         }
+        let netns_dir = config
+            .netns_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("netns"));
         let cni = Self {
             inner: Arc::new(Inner {
                 network,
@@ -296,6 +306,7 @@ impl Cni {
                 masquerading: Mutex::new(false),
                 isolation: config.isolation.clone(),
                 netns_owner: config.netns_owner.clone(),
+                netns_dir,
                 policy: Mutex::new(HashSet::new()),
             }),
         };
@@ -317,7 +328,7 @@ impl Cni {
             // once it is in the node's user namespace: the way there must be traversable
             // (not listable).
             use std::os::unix::fs::PermissionsExt;
-            for dir in [cni.inner.state_dir.clone(), cni.netns_dir()] {
+            for dir in [cni.netns_dir()] {
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
                     .map_err(io_err(format!("setting the mode of {}", dir.display())))?;
             }
@@ -348,7 +359,7 @@ impl Cni {
 
     /// Where the namespaces are pinned.
     pub fn netns_dir(&self) -> PathBuf {
-        self.inner.state_dir.join("netns")
+        self.inner.netns_dir.clone()
     }
 
     /// The namespace file of container `id`.

@@ -49,6 +49,9 @@ pub struct Sandbox {
     layouts: BTreeMap<String, (PathBuf, String)>,
     /// Directories whose OCI layouts Workloads may name (`oci:DIR:TAG`); none by default.
     layout_dirs: Vec<PathBuf>,
+    /// Where root filesystems are bind-mounted for containers to reach them (see
+    /// [`Sandbox::with_exposed_roots`]); `None`: where the image store keeps them.
+    exposed: Option<PathBuf>,
     network: Option<Cni>,
 }
 
@@ -82,8 +85,17 @@ impl Sandbox {
             pull,
             layouts,
             layout_dirs: Vec::new(),
+            exposed: None,
             network,
         }
+    }
+
+    /// Gives containers their root filesystems through bind mounts under `dir` (a traversable
+    /// directory): a container in the node's user namespace reaches its root as an
+    /// unprivileged host id, and the data directory's parents may be closed to it.
+    pub fn with_exposed_roots(mut self, dir: PathBuf) -> Self {
+        self.exposed = Some(dir);
+        self
     }
 
     /// Lets Workloads name OCI layouts (`oci:DIR:TAG`) below these directories (the owner's
@@ -177,11 +189,48 @@ impl Sandbox {
 
     /// A fresh writable root filesystem for container `id`.
     pub fn rootfs(&self, image: &Image, id: &str) -> Result<PathBuf, SandboxError> {
-        Ok(self.images.prepare_rootfs(&image.stored, id)?)
+        let merged = self.images.prepare_rootfs(&image.stored, id)?;
+        let Some(dir) = &self.exposed else {
+            return Ok(merged);
+        };
+        let target = dir.join(id);
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            SandboxError::Other(format!("{what} {}: {e}", target.display()))
+        };
+        std::fs::create_dir_all(&target).map_err(|e| fail("creating", &e))?;
+        if !crate::image::is_mounted(&target).map_err(|e| fail("reading the mounts of", &e))? {
+            nix::mount::mount(
+                Some(&merged),
+                &target,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| fail("bind-mounting the root filesystem on", &e))?;
+        }
+        Ok(target)
     }
 
     /// Removes container `id`'s root filesystem (no error when there is none).
     pub fn remove_rootfs(&self, id: &str) -> Result<(), SandboxError> {
+        if let Some(dir) = &self.exposed {
+            let target = dir.join(id);
+            if crate::image::is_mounted(&target).unwrap_or(false) {
+                nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+                    SandboxError::Other(format!("unmounting {}: {e}", target.display()))
+                })?;
+            }
+            match std::fs::remove_dir(&target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(SandboxError::Other(format!(
+                        "removing {}: {e}",
+                        target.display()
+                    )));
+                }
+            }
+        }
         Ok(self.images.remove_rootfs(id)?)
     }
 
