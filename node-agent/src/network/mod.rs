@@ -328,10 +328,9 @@ impl Cni {
             // once it is in the node's user namespace: the way there must be traversable
             // (not listable).
             use std::os::unix::fs::PermissionsExt;
-            for dir in [cni.netns_dir()] {
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
-                    .map_err(io_err(format!("setting the mode of {}", dir.display())))?;
-            }
+            let dir = cni.netns_dir();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(io_err(format!("setting the mode of {}", dir.display())))?;
         }
         cni.inner.plugins.prepare_ipv4_only_path()?;
         Ok(cni)
