@@ -305,22 +305,11 @@ impl RuntimeClient {
             .try_clone()
             .map_err(io_err("duplicating shim.log"))?;
 
-        let mut cmd = Command::new(&self.shim_bin);
-        cmd.arg("shim")
-            .arg("run")
-            .arg("--root")
-            .arg(self.layout.root())
-            .arg("--id")
-            .arg(id)
-            .arg("--grace")
+        let mut cmd = self.shim_for("run", id);
+        cmd.arg("--grace")
             .arg(format!("{}ms", grace.as_millis()))
-            .stdin(Stdio::null())
             .stdout(shim_log)
             .stderr(shim_log_err)
-            .current_dir("/")
-            // The agent's environment (tokens, kubeconfigs) is none of the shim's business.
-            .env_clear()
-            .env("PATH", spec::DEFAULT_PATH)
             // Its own process group: signals for the agent's group do not reach it.
             .process_group(0);
         if let Some(filter) = std::env::var_os("UNIVRS_SHIM_LOG") {
@@ -392,21 +381,34 @@ impl RuntimeClient {
     /// (`univrs shim exec`, see [`super::exec`]); it exits with the command's status, 137
     /// when `timeout` passed. Spawn it from any thread: it is a fresh process.
     pub fn exec_command(&self, id: &str, args: &[&str], timeout: Duration) -> Command {
-        let mut cmd = Command::new(&self.shim_bin);
-        cmd.arg("shim")
-            .arg("exec")
-            .arg("--root")
-            .arg(self.layout.root())
-            .arg("--id")
-            .arg(id)
-            .arg("--timeout")
+        let mut cmd = self.shim_for("exec", id);
+        cmd.arg("--timeout")
             .arg(format!("{}ms", timeout.as_millis()))
             .arg("--")
-            .args(args)
+            .args(args);
+        cmd
+    }
+
+    /// `univrs shim <sub>`, with nothing of the agent's: no stdin, `/` as its directory, and
+    /// only `PATH` in its environment (the agent's tokens and kubeconfigs are none of its
+    /// business).
+    fn shim(&self, sub: &str) -> Command {
+        let mut cmd = Command::new(&self.shim_bin);
+        cmd.args(["shim", sub])
             .stdin(Stdio::null())
             .current_dir("/")
             .env_clear()
             .env("PATH", spec::DEFAULT_PATH);
+        cmd
+    }
+
+    /// `univrs shim <sub> --root <state dir> --id <id>`.
+    fn shim_for(&self, sub: &str, id: &str) -> Command {
+        let mut cmd = self.shim(sub);
+        cmd.arg("--root")
+            .arg(self.layout.root())
+            .arg("--id")
+            .arg(id);
         cmd
     }
 
@@ -419,14 +421,11 @@ impl RuntimeClient {
             .mode(0o700)
             .create(self.layout.root())
             .map_err(io_err(format!("creating {}", self.layout.root().display())))?;
-        let out = Command::new(&self.shim_bin)
-            .args(["shim", "userns", "--path"])
+        let out = self
+            .shim("userns")
+            .arg("--path")
             .arg(&path)
             .args(["--base", &base.to_string(), "--size", &size.to_string()])
-            .stdin(Stdio::null())
-            .current_dir("/")
-            .env_clear()
-            .env("PATH", spec::DEFAULT_PATH)
             .output()
             .map_err(io_err("running univrs shim userns"))?;
         if !out.status.success() {
@@ -562,17 +561,8 @@ impl RuntimeClient {
         let leftovers =
             self.layout.youki_dir(id).exists() || cgroup.as_deref().is_some_and(cgroup::exists);
         if leftovers {
-            let out = Command::new(&self.shim_bin)
-                .arg("shim")
-                .arg("delete")
-                .arg("--root")
-                .arg(self.layout.root())
-                .arg("--id")
-                .arg(id)
-                .stdin(Stdio::null())
-                .current_dir("/")
-                .env_clear()
-                .env("PATH", spec::DEFAULT_PATH)
+            let out = self
+                .shim_for("delete", id)
                 .output()
                 .map_err(io_err(format!(
                     "running {} shim delete",
