@@ -17,8 +17,10 @@
 //! on this node. The controller owns everything else.
 //!
 //! On disk, under the data directory: `identity.key`, `instances/` (the instance records),
-//! `uptime.json`, and the runtime's, images' and network's own directories (`runtime/`,
-//! `images/`, `network/`).
+//! `uptime.json`, and the runtime's, images' and network's own directories (`runtime/`, with
+//! the node's pinned user namespace `runtime/userns`; `images/`, `network/`). Under
+//! `/run/univrs/<8 hex of SHA-256(data dir)>/`: the containers' network namespaces and bind
+//! mounts of their root filesystems, which they open as unprivileged ids.
 //!
 //! A restarted agent re-adopts what runs: containers keep running while the agent is down,
 //! the records under `<data>/instances` say which instance each belongs to, and containers no
