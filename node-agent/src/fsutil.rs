@@ -78,6 +78,23 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// Whether `path` pins a namespace (a bind mount of an `nsfs` file: a network namespace, the
+/// node's user namespace).
+pub fn is_pinned_namespace(path: &Path) -> bool {
+    use nix::sys::statfs::{NSFS_MAGIC, statfs};
+    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+}
+
+/// Makes the empty file a namespace is pinned on (one already there is kept).
+pub fn namespace_mount_point(path: &Path) -> io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,6 @@
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
-use nix::sys::statfs::{NSFS_MAGIC, statfs};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -34,24 +33,25 @@ fn err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> NetnsError 
 
 /// Whether `path` is a mounted network namespace (a bind mount of an `nsfs` file).
 pub fn is_mounted(path: &Path) -> bool {
-    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+    crate::fsutil::is_pinned_namespace(path)
 }
 
-/// Creates a new, empty network namespace pinned at `path` (its parent must exist). A file
-/// left there by an earlier, interrupted attempt is reused; a mounted one is an error.
-pub fn create(path: &Path) -> Result<(), NetnsError> {
+/// Refuses a path where a namespace is already pinned.
+fn ensure_unpinned(path: &Path) -> Result<(), NetnsError> {
     if is_mounted(path) {
         return Err(err("creating", path)(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "a namespace is already mounted there",
         )));
     }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(err("creating the mount point of", path))?;
+    Ok(())
+}
+
+/// Creates a new, empty network namespace pinned at `path` (its parent must exist). A file
+/// left there by an earlier, interrupted attempt is reused; a mounted one is an error.
+pub fn create(path: &Path) -> Result<(), NetnsError> {
+    ensure_unpinned(path)?;
+    crate::fsutil::namespace_mount_point(path).map_err(err("creating the mount point of", path))?;
     let target = path.to_path_buf();
     let made = std::thread::Builder::new()
         .name("netns-create".into())
@@ -89,12 +89,7 @@ pub struct Owner {
 /// Creates a new, empty network namespace pinned at `path`, owned by `owner`'s user namespace
 /// (see [`create`] for one owned by the agent's own).
 pub fn create_owned(path: &Path, owner: &Owner) -> Result<(), NetnsError> {
-    if is_mounted(path) {
-        return Err(err("creating", path)(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "a namespace is already mounted there",
-        )));
-    }
+    ensure_unpinned(path)?;
     let out = std::process::Command::new(&owner.helper)
         .args(["shim", "netns", "--userns"])
         .arg(&owner.userns)

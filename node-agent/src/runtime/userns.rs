@@ -16,7 +16,6 @@
 use super::shim::ShimError;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
-use nix::sys::statfs::{NSFS_MAGIC, statfs};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork, pipe, read, write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -49,18 +48,12 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> ShimError {
 
 /// Makes the file a namespace is pinned on (an existing one is kept).
 fn mount_point(path: &Path) -> Result<(), ShimError> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map(drop)
-        .map_err(io(format!("creating {}", path.display())))
+    crate::fsutil::namespace_mount_point(path).map_err(io(format!("creating {}", path.display())))
 }
 
 /// Whether `path` is a pinned namespace (a bind mount of an `nsfs` file).
 pub fn is_pinned(path: &Path) -> bool {
-    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+    crate::fsutil::is_pinned_namespace(path)
 }
 
 /// A forked child that entered (or made) a namespace and waits until the parent is done with
