@@ -99,6 +99,12 @@ impl NodeIdentity {
         }
     }
 
+    /// The key's X25519 scalar (unclamped; clamp on use), for opening messages sealed to
+    /// this node (see [`crate::sealed`]).
+    pub(crate) fn x25519_scalar(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.key.to_scalar_bytes())
+    }
+
     /// Signs raw bytes. Prefer the domain-separated helpers in [`crate::envelope`].
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.key.sign(message).to_bytes()
@@ -160,6 +166,11 @@ impl PublicIdentity {
     /// The raw 32-byte public key.
     pub fn to_bytes(&self) -> [u8; 32] {
         self.key.to_bytes()
+    }
+
+    /// The key as an X25519 public key (its Montgomery form), for sealing messages to it.
+    pub(crate) fn to_montgomery(&self) -> curve25519_dalek::MontgomeryPoint {
+        self.key.to_montgomery()
     }
 
     /// NodeId: the raw public key in lowercase hex.

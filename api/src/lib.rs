@@ -15,7 +15,9 @@ pub mod gossip;
 pub mod identity;
 pub mod ledger;
 pub mod quantity;
+pub mod registry_auth;
 pub mod resources;
+pub mod sealed;
 pub mod system;
 
 pub use account::Account;

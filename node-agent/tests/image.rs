@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use univrs_node_agent::image::{
-    Credentials, DockerConfig, Image, ImageError, ImageStore, Platform, PullOptions, RootfsMode,
-    merge_env, process_args,
+    Access, Credentials, Image, ImageError, ImageStore, Platform, PullOptions, RootfsMode,
+    load_docker_config, merge_env, process_args,
 };
 use univrs_node_agent::runtime::{ContainerConfig, RuntimeClient};
 use univrs_tests::registry::{OTHER_ARCH, Registry, busybox_layout, layout_descriptor};
@@ -449,11 +449,100 @@ async fn wrong_credentials_give_a_clear_error() {
     .unwrap();
     let fresh = TestStore::new();
     let from_file = PullOptions {
-        docker_config: Some(DockerConfig::load(&config_file).unwrap()),
+        docker_config: Some(load_docker_config(&config_file).unwrap()),
         ..insecure(&registry)
     };
     assert_eq!(
         fresh.pull(&reference, &from_file).await.unwrap().digest,
+        image.digest
+    );
+}
+
+/// An image pulled with one Workload's login is kept from Workloads without it: they must
+/// ask the registry themselves (issue #14: a tenant's private image reused through
+/// IfNotPresent by a tenant that could not pull it).
+#[tokio::test]
+async fn an_image_pulled_with_a_workloads_login_is_reused_only_with_that_login() {
+    let registry = Registry::start_with_auth("alice", "s3cret");
+    let reference = registry.push_busybox("private/busybox:v1");
+    let store = TestStore::new();
+    let host = registry.host();
+    let key = |pass: &str| {
+        Access::Private(univrs_node_agent::image::credential_key(
+            store.credential_salt(),
+            host,
+            &Credentials::new("alice", pass),
+        ))
+    };
+    let own = PullOptions {
+        credentials: Some(Credentials::new("alice", "s3cret")),
+        ..insecure(&registry)
+    };
+    let image = store.pull(&reference, &own).await.unwrap();
+
+    assert_eq!(
+        store
+            .resolve_for(&reference, &key("s3cret"))
+            .unwrap()
+            .digest,
+        image.digest
+    );
+    for other in [Access::Shared, key("guess")] {
+        let err = store.resolve_for(&reference, &other).unwrap_err();
+        assert!(
+            matches!(err, ImageError::NotPresent { .. }),
+            "{other:?}: {err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("credentials this Workload does not hold"),
+            "{err}"
+        );
+    }
+    // The node itself still sees what it stores (gc, listing).
+    assert_eq!(store.resolve(&reference).unwrap().digest, image.digest);
+
+    // The salt stays with the store (0600), so keys survive a restart and stay comparable.
+    let salt_file = store.root().join("credential-salt");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&salt_file).unwrap().permissions(),
+    ) & 0o777;
+    assert_eq!(mode, 0o600);
+    let reopened = ImageStore::open(store.root()).unwrap();
+    assert_eq!(reopened.credential_salt(), store.credential_salt());
+    assert!(
+        !std::fs::read_to_string(
+            store
+                .root()
+                .join("refs")
+                .read_dir()
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path()
+        )
+        .unwrap()
+        .contains("s3cret")
+    );
+
+    // Once anyone on the node pulls it with the owner's login, it is everyone's.
+    let config_file = store.root().join("config.json");
+    std::fs::write(
+        &config_file,
+        format!(r#"{{"auths": {{"{host}": {{"username": "alice", "password": "s3cret"}}}}}}"#),
+    )
+    .unwrap();
+    let node_login = PullOptions {
+        docker_config: Some(load_docker_config(&config_file).unwrap()),
+        ..insecure(&registry)
+    };
+    store.pull(&reference, &node_login).await.unwrap();
+    assert_eq!(
+        store
+            .resolve_for(&reference, &Access::Shared)
+            .unwrap()
+            .digest,
         image.digest
     );
 }

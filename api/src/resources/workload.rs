@@ -4,6 +4,7 @@
 //! - the controller (`univrs-controller`): `observedGeneration`, `replicas`, `readyReplicas`,
 //!   `selector`, `creditSpent`, the conditions, and each instance's `name`, `node` and
 //!   `placedAt`;
+//!   and the registry logins sealed to each node (`imagePullCredentials`);
 //! - the agent of the node an instance is placed on (`univrs-agent/<node>`): that instance's
 //!   `phase`, `ready`, `restarts`, `message` and `startedAt`.
 
@@ -125,6 +126,27 @@ pub struct WorkloadSpec {
     #[serde(default = "default_grace")]
     #[schemars(range(min = 0, max = 3600))]
     pub termination_grace_period_seconds: i64,
+
+    /// Secrets of this namespace (type `kubernetes.io/dockerconfigjson` or
+    /// `kubernetes.io/dockercfg`) with logins for the registries of its images, tried before
+    /// the node owner's. The controller seals the logins the images need to each node an
+    /// instance is placed on; only that node can open them, and an image pulled with them is
+    /// run by no other Workload that does not hold them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+}
+
+/// A reference to an object of the same namespace, by name.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct LocalObjectReference {
+    /// The object's name.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
 }
 
 fn default_replicas() -> i32 {
@@ -413,6 +435,27 @@ pub struct WorkloadStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// The registry logins of `spec.imagePullSecrets`, sealed to each node an instance is
+    /// placed on (written by the controller; only that node's key opens its entry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["node".into()]))]
+    pub image_pull_credentials: Vec<SealedCredentials>,
+}
+
+/// A Workload's registry logins for one node, sealed to the node's Ed25519 key.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SealedCredentials {
+    /// The node they are sealed to.
+    pub node: String,
+    /// Names what was sealed (the Secrets' versions, the registries, the node's key) without
+    /// revealing it: the controller seals again only when it changes.
+    #[schemars(length(max = 64))]
+    pub fingerprint: String,
+    /// A `config.json` with the logins for the registries of the Workload's images, sealed
+    /// (`v1.<base64url>`; see `univrs_api::sealed`).
+    #[schemars(length(max = 65536))]
+    pub sealed: String,
 }
 
 /// One replica of a workload: its placement and its phase.

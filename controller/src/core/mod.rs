@@ -13,6 +13,7 @@
 //! - [`snapshot`]: what the reconcilers derive from cached objects (liveness, requests, credit).
 //! - [`peers`]: the agents' reports about each other, gathered per node.
 //! - [`notice`]: what a reconcile announces once its write landed.
+//! - [`pull_credentials`]: a Workload's registry logins sealed to the nodes it runs on.
 //! - [`plan`]: the plan step of each reconciler, one module per resource.
 
 pub mod approval;
@@ -20,6 +21,7 @@ pub mod billing;
 pub mod notice;
 pub mod peers;
 pub mod plan;
+pub mod pull_credentials;
 pub mod quote;
 pub mod resources;
 pub mod scheduler;

@@ -8,7 +8,9 @@
 //! write that carries it is answered, so concurrent plans never give the same room twice.
 
 use crate::core::billing;
+use crate::core::notice::Notice;
 use crate::core::plan::workload::{self, Billing, Placement, Plan};
+use crate::core::pull_credentials::{self, PullSecrets};
 use crate::core::snapshot;
 use crate::error::Error;
 use crate::reconcile::credit;
@@ -16,6 +18,7 @@ use crate::state::context::{Context, FIELD_MANAGER};
 use crate::state::events;
 use crate::state::index::WorkloadChange;
 use crate::state::wake::Wake;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -24,6 +27,8 @@ use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use univrs_api::registry_auth::DockerConfig;
+use univrs_api::resources::workload::SealedCredentials;
 use univrs_api::{Account, Workload};
 use univrs_io::apply::Apply;
 
@@ -190,6 +195,79 @@ async fn bill(wl: &Workload, ctx: &Context, metered: bool) -> Result<Billing, Er
     Ok(out)
 }
 
+/// Reads the Secrets `spec.imagePullSecrets` names (the controller may `get` Secrets, never
+/// list them) and seals the logins the Workload's images need to the nodes of `plan` (see
+/// `core::pull_credentials`). A Secret that is missing, unreadable or of the wrong type is
+/// reported and skipped, as the kubelet does: the pull then goes on without it.
+async fn pull_credentials(
+    wl: &Workload,
+    ctx: &Context,
+    ns: &str,
+    plan: &Plan,
+) -> Result<(Vec<SealedCredentials>, Vec<String>), Error> {
+    if wl.spec.image_pull_secrets.is_empty() || plan.instances.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut secrets = PullSecrets::default();
+    for r in &wl.spec.image_pull_secrets {
+        let name = &r.name;
+        match api.get_opt(name).await {
+            Ok(Some(secret)) => {
+                let version = format!(
+                    "{name}={}/{}",
+                    secret.uid().unwrap_or_default(),
+                    secret.resource_version().unwrap_or_default()
+                );
+                let data: BTreeMap<String, Vec<u8>> = secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                match DockerConfig::from_secret(secret.type_.as_deref(), &data) {
+                    Ok(c) => secrets.config.merge(&c),
+                    Err(e) => secrets
+                        .problems
+                        .push(format!("Secret {ns}/{name} holds no registry logins: {e}")),
+                }
+                secrets.versions.push(version);
+            }
+            Ok(None) => {
+                secrets
+                    .problems
+                    .push(format!("Secret {ns}/{name} does not exist"));
+                secrets.versions.push(format!("{name}=missing"));
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                secrets.problems.push(format!(
+                    "the controller may not read Secret {ns}/{name}: {}",
+                    e.message
+                ));
+                secrets.versions.push(format!("{name}=forbidden"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let peers: Vec<(String, String)> = plan
+        .instances
+        .iter()
+        .filter_map(|i| {
+            let n = i.node.as_ref()?;
+            let node = ctx.nodes.get(&ObjectRef::new(n))?;
+            Some((n.clone(), node.spec.peer_id.clone()))
+        })
+        .collect();
+    let (entries, mut problems) = pull_credentials::entries(
+        wl,
+        &secrets,
+        peers.iter().map(|(n, p)| (n.as_str(), p.as_str())),
+        univrs_api::sealed::seal,
+    );
+    problems.splice(0..0, secrets.problems);
+    Ok((entries, problems))
+}
+
 /// Reconciles one Workload: bill, plan, write, announce.
 pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.synced().await;
@@ -214,7 +292,8 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
         key,
         settled: false,
     };
-    let status = workload::status_patch(&wl, &plan, &bills, now);
+    let (pull, pull_problems) = pull_credentials(&wl, &ctx, &ns, &plan).await?;
+    let status = workload::status_patch(&wl, &plan, &bills, &pull, now);
     if workload::unchanged(&wl, &status) {
         drop(assumed);
     } else {
@@ -236,7 +315,16 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
             plan.placed.len(),
             plan.unschedulable.is_some(),
         );
-        let notices = workload::notices(&wl, &plan, &bills);
+        let mut notices = workload::notices(&wl, &plan, &bills);
+        if !pull_problems.is_empty() {
+            notices.push(Notice::warning(
+                "FailedToRetrieveImagePullSecret",
+                format!(
+                    "{}; its images are pulled without those logins",
+                    pull_problems.join("; ")
+                ),
+            ));
+        }
         events::announce(&ctx, &wl.object_ref(&()), &notices).await;
     }
     Ok(Action::requeue(workload::requeue(

@@ -300,6 +300,7 @@ pub async fn run(
         // The API server, when it runs on this machine, is among the ports the host listens
         // on, which are refused too (a hostPort's DNAT only takes traffic to this machine).
         reserved_ports: vec![api_bound.port()],
+        identity: identity.clone(),
     });
 
     // Every Workload, cached; the agent acts only once the cache has listed them all, so a
@@ -396,7 +397,7 @@ fn build_sandbox(
         ..Default::default()
     };
     if let Some(path) = &cfg.registry_auth {
-        pull.docker_config = Some(crate::image::DockerConfig::load(path).map_err(|e| invalid(&e))?);
+        pull.docker_config = Some(crate::image::load_docker_config(path).map_err(|e| invalid(&e))?);
     }
     let mut layouts: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
     let demo = crate::demo_image::DEMO_REFERENCE;

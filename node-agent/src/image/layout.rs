@@ -2,6 +2,7 @@
 //! `skopeo copy … oci:DIR:TAG` writes), with the same verification as a pull: every blob is
 //! checked against its digest while it is copied into the store.
 
+use super::auth::Access;
 use super::digest::Digest;
 use super::error::{ImageError, io_err};
 use super::manifest::{self, Descriptor, Document, Index, MAX_DOCUMENT_BYTES, Platform};
@@ -78,7 +79,7 @@ impl ImageStore {
         }
         self.ensure_layers(&layers, &diff_ids)?;
         self.write_blob(&digest, &manifest_bytes, &context)?;
-        self.write_ref(&reference, &digest, index_digest.as_ref())?;
+        self.write_ref(&reference, &digest, index_digest.as_ref(), &Access::Shared)?;
         Ok(Image {
             reference,
             digest,

@@ -2,6 +2,7 @@
 //! platform's manifest), the config and the layers, each verified against its digest and
 //! stored once, then the layers unpacked and the reference recorded.
 
+use super::auth::Access;
 use super::digest::Digest;
 use super::error::ImageError;
 use super::manifest::{self, ACCEPTED, Descriptor, Document, MAX_DOCUMENT_BYTES, Platform};
@@ -19,6 +20,7 @@ struct Puller<'a> {
     store: &'a ImageStore,
     client: Client,
     auth: RegistryAuth,
+    access: Access,
     reference: Reference,
     canonical: String,
     max_image_bytes: Option<u64>,
@@ -42,10 +44,12 @@ impl ImageStore {
         let store = self.clone();
         // Held until the reference is recorded, so `gc` never removes what this pull stored.
         let _lock = blocking(move || store.lock(false)).await?;
+        let (auth, access) = opts.auth_for(parsed.registry(), self.credential_salt());
         let puller = Puller {
             store: self,
             client: opts.client(reference)?,
-            auth: opts.auth_for(parsed.registry()),
+            auth,
+            access,
             max_image_bytes: opts.max_image_bytes,
             canonical: parsed.whole(),
             reference: parsed,
@@ -121,7 +125,7 @@ impl Puller<'_> {
         // The manifest last: its presence with a reference means everything it needs is here.
         self.store.write_blob(&digest, &manifest_bytes, &context)?;
         self.store
-            .write_ref(&self.canonical, &digest, index.as_ref())?;
+            .write_ref(&self.canonical, &digest, index.as_ref(), &self.access)?;
         Ok(Image {
             reference: self.canonical.clone(),
             digest,

@@ -1,7 +1,7 @@
 //! How the store reaches registries: plain HTTP or HTTPS (with extra trusted roots), the
 //! credentials for each registry, the platform to pick, and the `oci-client` built from them.
 
-use super::auth::{Credentials, DockerConfig};
+use super::auth::{Access, Credentials, DockerConfig};
 use super::error::ImageError;
 use super::manifest::Platform;
 use crate::fsutil::error_chain;
@@ -13,10 +13,13 @@ use std::time::Duration;
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
-    /// Credentials for the image's registry; without them, [`PullOptions::docker_config`] is
-    /// consulted, and without an entry there the pull is anonymous.
+    /// A Workload's own credentials for the image's registry; without them, the node's
+    /// [`PullOptions::docker_config`] is consulted, and without an entry there the pull is
+    /// anonymous. What a pull with them stores is kept from Workloads that do not hold them
+    /// (see [`super::Access`]).
     pub credentials: Option<Credentials>,
-    /// Logins by registry (a docker-style `config.json`).
+    /// The node owner's logins by registry (a docker-style `config.json`), lent to every
+    /// Workload on the node.
     pub docker_config: Option<DockerConfig>,
     /// Registries (`host` or `host:port`, as in the reference) reached over plain HTTP.
     /// Every other registry is reached over HTTPS.
@@ -36,15 +39,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl PullOptions {
-    /// The credentials for `registry`: the given ones, else the docker config's, else none.
-    pub(super) fn auth_for(&self, registry: &str) -> RegistryAuth {
-        let creds = self
-            .credentials
+    /// The credentials for `registry`: the Workload's own, else the node's, else none; and
+    /// what a pull with them may be reused by.
+    pub(super) fn auth_for(&self, registry: &str, salt: &[u8]) -> (RegistryAuth, Access) {
+        let basic = |c: &Credentials| RegistryAuth::Basic(c.username.clone(), c.password.clone());
+        if let Some(c) = &self.credentials {
+            let key = super::auth::credential_key(salt, registry, c);
+            return (basic(c), Access::Private(key));
+        }
+        match self
+            .docker_config
             .as_ref()
-            .or_else(|| self.docker_config.as_ref()?.credentials_for(registry));
-        match creds {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => RegistryAuth::Anonymous,
+            .and_then(|d| d.credentials_for(registry))
+        {
+            Some(c) => (basic(c), Access::Shared),
+            None => (RegistryAuth::Anonymous, Access::Shared),
         }
     }
 

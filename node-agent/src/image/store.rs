@@ -2,6 +2,7 @@
 //! prepared root filesystems, locks and garbage collection. Pulling, importing and making root
 //! filesystems build on it (their own modules); it knows none of them.
 
+use super::auth::Access;
 use super::config::ImageConfig;
 use super::digest::{Digest, HashingWriter};
 use super::error::{ImageError, io_err};
@@ -75,6 +76,7 @@ struct Inner {
     bytes_fetched: AtomicU64,
     layers_unpacked: AtomicU64,
     id_shift: u32,
+    salt: [u8; 32],
 }
 
 /// The directory (under the store) of layers unpacked for `id_shift`.
@@ -118,7 +120,15 @@ struct RefRecord {
     digest: Digest,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     index: Option<Digest>,
+    /// The keys of the Workload credentials that pulled this digest under this reference,
+    /// when only such credentials did ([`Access::Private`]); absent when anyone on the node
+    /// may run it ([`Access::Shared`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    private_to: Option<BTreeSet<String>>,
 }
+
+/// The file of the salt that keys Workloads' credentials (see [`super::auth::credential_key`]).
+const SALT_FILE: &str = "credential-salt";
 
 impl ImageStore {
     /// Opens (creating if needed) a store under `dir`, choosing overlayfs or copies for root
@@ -163,8 +173,10 @@ impl ImageStore {
                 io::Error::from(io::ErrorKind::InvalidInput),
             ));
         }
+        let salt = load_or_make_salt(&root.join(SALT_FILE))?;
         let store = Self {
             inner: Arc::new(Inner {
+                salt,
                 root,
                 rootfs_mode,
                 overlay_works: OnceLock::new(),
@@ -453,19 +465,50 @@ impl ImageStore {
             .sum()
     }
 
-    /// Records that `reference` (canonical) names the manifest `digest`.
+    /// The secret salt Workloads' credential keys are made with.
+    pub fn credential_salt(&self) -> &[u8] {
+        &self.inner.salt
+    }
+
+    /// Records that `reference` (canonical) names the manifest `digest`, pulled with `access`:
+    /// shared access makes it anyone's; a Workload's credentials are added to those that
+    /// pulled the same digest before (a new digest starts over).
+    ///
+    /// Two pulls of one reference with different credentials at once may keep only one key:
+    /// the other Workload then asks the registry again, never the reverse.
     pub(crate) fn write_ref(
         &self,
         reference: &str,
         digest: &Digest,
         index: Option<&Digest>,
+        access: &Access,
     ) -> Result<(), ImageError> {
+        let path = self.ref_path(reference);
+        let private_to = match access {
+            Access::Shared => None,
+            Access::Private(key) => {
+                let before = self.read_ref(&path).ok().filter(|r| &r.digest == digest);
+                match before {
+                    Some(RefRecord {
+                        private_to: None, ..
+                    }) => None,
+                    Some(RefRecord {
+                        private_to: Some(mut keys),
+                        ..
+                    }) => {
+                        keys.insert(key.clone());
+                        Some(keys)
+                    }
+                    None => Some(BTreeSet::from([key.clone()])),
+                }
+            }
+        };
         let record = RefRecord {
             reference: reference.to_string(),
             digest: digest.clone(),
             index: index.cloned(),
+            private_to,
         };
-        let path = self.ref_path(reference);
         let tmp = self.tmp_path("ref");
         let json = serde_json::to_vec_pretty(&record).expect("a ref record serializes");
         write_synced(&tmp, &json).map_err(io_err("writing", &tmp))?;
@@ -499,8 +542,31 @@ impl ImageStore {
 
     /// The image `reference` names, from the store alone (no network): its manifest and
     /// config are read and verified, and layers whose unpacked form is missing are unpacked
-    /// from their blobs.
+    /// from their blobs. For the node itself: whoever pulled it, any stored image resolves
+    /// (a Workload's goes through [`Self::resolve_for`]).
     pub fn resolve(&self, reference: &str) -> Result<Image, ImageError> {
+        self.resolve_checked(reference, |_| Ok(()))
+    }
+
+    /// [`Self::resolve`] for a Workload that holds `access` for the reference's registry: an
+    /// image pulled only with other Workloads' credentials is not present for it (it must
+    /// pull, so the registry decides).
+    pub fn resolve_for(&self, reference: &str, access: &Access) -> Result<Image, ImageError> {
+        self.resolve_checked(reference, |record| match (&record.private_to, access) {
+            (None, _) => Ok(()),
+            (Some(keys), Access::Private(k)) if keys.contains(k) => Ok(()),
+            (Some(_), _) => Err(ImageError::NotPresent {
+                reference: record.reference.clone(),
+                reason: "it was pulled with credentials this Workload does not hold".into(),
+            }),
+        })
+    }
+
+    fn resolve_checked(
+        &self,
+        reference: &str,
+        check: impl FnOnce(&RefRecord) -> Result<(), ImageError>,
+    ) -> Result<Image, ImageError> {
         let canonical = canonical_reference(reference)?;
         let path = self.ref_path(&canonical);
         if !path.is_file() {
@@ -511,6 +577,7 @@ impl ImageStore {
         }
         let _lock = self.lock(false)?;
         let record = self.read_ref(&path)?;
+        check(&record)?;
         let image = self.image(&canonical, &record.digest)?;
         self.ensure_layers(&image.layers, &image.diff_ids)?;
         Ok(image)
@@ -762,4 +829,32 @@ mod tests {
         assert_eq!(escape("oci:/a/../b:x"), "oci%3A%2Fa%2F..%2Fb%3Ax");
         assert!(!escape("../../etc").contains('/'));
     }
+}
+
+/// The store's salt for credential keys: read, or made from the kernel's generator and
+/// written (mode 0600, synced) the first time.
+fn load_or_make_salt(path: &Path) -> Result<[u8; 32], ImageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(bytes) = fs::read(path)
+        && let Ok(salt) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(salt);
+    }
+    let mut salt = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut salt))
+        .map_err(io_err("reading", Path::new("/dev/urandom")))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("writing", &tmp))?;
+    f.write_all(&salt)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err("writing", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("writing", path))?;
+    Ok(salt)
 }

@@ -22,7 +22,8 @@ use univrs_api::conditions::{DesiredCondition, set_condition};
 use univrs_api::resources::node::{DRAIN_ANNOTATION, SeptalState};
 use univrs_api::resources::workload::{
     CONDITION_AVAILABLE, CONDITION_CREDIT_EXHAUSTED, CONDITION_PRICING_FAILED,
-    CONDITION_PROGRESSING, CONDITION_SCHEDULED, Instance, InstanceUsage, WORKLOAD_LABEL,
+    CONDITION_PROGRESSING, CONDITION_SCHEDULED, Instance, InstanceUsage, SealedCredentials,
+    WORKLOAD_LABEL,
 };
 use univrs_api::{Node, Workload};
 
@@ -315,6 +316,7 @@ pub fn status_patch(
     wl: &Workload,
     plan: &Plan,
     bills: &Billing,
+    pull_credentials: &[SealedCredentials],
     now: Timestamp,
 ) -> serde_json::Value {
     let desired = wl.spec.replicas.max(0);
@@ -460,6 +462,10 @@ pub fn status_patch(
     if bills.spent > 0 || current.credit_spent.is_some() {
         status["creditSpent"] = bills.spent.into();
     }
+    if !pull_credentials.is_empty() {
+        status["imagePullCredentials"] =
+            serde_json::to_value(pull_credentials).expect("sealed credentials serialize");
+    }
     status
 }
 
@@ -481,6 +487,13 @@ pub fn unchanged(wl: &Workload, s: &serde_json::Value) -> bool {
         && cur.selector.as_deref() == s["selector"].as_str()
         && serde_json::to_value(&cur.conditions).ok().as_ref() == Some(&s["conditions"])
         && serde_json::Value::Array(cur_instances) == s["instances"]
+        && serde_json::to_value(&cur.image_pull_credentials)
+            .ok()
+            .as_ref()
+            == Some(
+                s.get("imagePullCredentials")
+                    .unwrap_or(&serde_json::json!([])),
+            )
 }
 
 /// What to announce once the status is written: moves, placements, payments, and credit,

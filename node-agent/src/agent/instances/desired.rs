@@ -37,6 +37,9 @@ pub struct DesiredInstance {
     pub placement: Placement,
     /// The Workload's spec (containers, restart policy, grace period).
     pub spec: Arc<WorkloadSpec>,
+    /// The Workload's registry logins, sealed to this node by the controller, if it has some
+    /// (`status.imagePullCredentials`).
+    pub sealed_credentials: Option<Arc<str>>,
 }
 
 /// Every instance the Workloads in `workloads` place on `node`, by instance id.
@@ -56,6 +59,11 @@ pub fn desired_on<'a>(
             continue;
         };
         let spec = Arc::new(wl.spec.clone());
+        let sealed_credentials: Option<Arc<str>> = status
+            .image_pull_credentials
+            .iter()
+            .find(|e| e.node == node)
+            .map(|e| Arc::from(e.sealed.as_str()));
         for inst in &status.instances {
             let (Some(n), Some(placed_at)) = (inst.node.as_deref(), inst.placed_at.as_ref()) else {
                 continue;
@@ -76,6 +84,7 @@ pub fn desired_on<'a>(
                         placed_at: placed_at.clone(),
                     },
                     spec: spec.clone(),
+                    sealed_credentials: sealed_credentials.clone(),
                 },
             );
         }

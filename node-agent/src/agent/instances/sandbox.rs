@@ -3,11 +3,14 @@
 //! (through CNI). Everything here blocks except [`Sandbox::pull`]; the supervisor calls it on
 //! blocking threads.
 
-use crate::image::{self, Image as StoredImage, ImageError, ImageStore, PullOptions};
+use crate::image::{
+    self, Access, DockerConfig, Image as StoredImage, ImageError, ImageStore, PullOptions,
+};
 use crate::network::{Cni, NetworkError, PolicyJob, PortMapping, Protocol};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use univrs_api::registry_auth::registry_of;
 use univrs_api::resources::workload::{self, Container, ContainerPort};
 
 /// A pulled image, ready to give containers a root filesystem.
@@ -139,15 +142,28 @@ impl Sandbox {
     /// The image for `reference`: from a local layout given to the agent; from the store when
     /// present and the tag is not `latest` (Kubernetes' IfNotPresent default); otherwise
     /// pulled, falling back to the store when the registry cannot be reached.
-    pub async fn pull(&self, reference: &str) -> Result<Image, SandboxError> {
-        let stored = self.pull_stored(reference).await?;
+    ///
+    /// `logins` are the Workload's own (its `imagePullSecrets`), tried before the node
+    /// owner's. A stored image pulled only with another Workload's logins is not reused: the
+    /// registry is asked again with this Workload's (a manifest request; blobs already stored
+    /// are not fetched again), and a refusal is this Workload's error.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        logins: Option<&DockerConfig>,
+    ) -> Result<Image, SandboxError> {
+        let stored = self.pull_stored(reference, logins).await?;
         Ok(Image {
             devices_skipped: self.images.devices_skipped(&stored),
             stored,
         })
     }
 
-    async fn pull_stored(&self, reference: &str) -> Result<StoredImage, SandboxError> {
+    async fn pull_stored(
+        &self,
+        reference: &str,
+        logins: Option<&DockerConfig>,
+    ) -> Result<StoredImage, SandboxError> {
         if let Some((dir, tag)) = self.layouts.get(reference).cloned() {
             // Named by the owner (--image-layout, the demo image): allowed as it is.
             let store = self.images.clone();
@@ -157,13 +173,26 @@ impl Sandbox {
             return Ok(img);
         }
         self.check_layout(reference)?;
+        let own = registry_of(reference).and_then(|r| Some((logins?.credentials_for(&r)?, r)));
+        let (opts, access) = match own {
+            Some((creds, registry)) => {
+                let key =
+                    crate::image::credential_key(self.images.credential_salt(), &registry, creds);
+                let opts = PullOptions {
+                    credentials: Some(creds.clone()),
+                    ..self.pull.clone()
+                };
+                (std::borrow::Cow::Owned(opts), Access::Private(key))
+            }
+            None => (std::borrow::Cow::Borrowed(&self.pull), Access::Shared),
+        };
         let always = reference.ends_with(":latest") || !reference.contains(':');
-        if !always && let Ok(img) = self.local(reference).await {
+        if !always && let Ok(img) = self.local(reference, &access).await {
             return Ok(img);
         }
-        match self.images.pull(reference, &self.pull).await {
+        match self.images.pull(reference, &opts).await {
             Ok(img) => Ok(img),
-            Err(pull_err) => match self.local(reference).await {
+            Err(pull_err) => match self.local(reference, &access).await {
                 Ok(img) => {
                     tracing::warn!(
                         reference,
@@ -176,10 +205,11 @@ impl Sandbox {
         }
     }
 
-    async fn local(&self, reference: &str) -> Result<StoredImage, ImageError> {
+    async fn local(&self, reference: &str, access: &Access) -> Result<StoredImage, ImageError> {
         let store = self.images.clone();
         let r = reference.to_string();
-        tokio::task::spawn_blocking(move || store.resolve(&r))
+        let access = access.clone();
+        tokio::task::spawn_blocking(move || store.resolve_for(&r, &access))
             .await
             .map_err(|e| ImageError::NotPresent {
                 reference: reference.to_string(),

@@ -11,6 +11,7 @@ use super::records::{ContainerRecord, InstanceRecord, Records};
 use super::reports::{InstanceReport, Reports};
 use super::sandbox::{Image, Sandbox};
 use crate::fsutil::now_ms;
+use crate::image::DockerConfig;
 use crate::network::PolicyJob;
 use crate::runtime::spec::UserNamespace;
 use crate::runtime::{ContainerConfig, ContainerState, ExitRecord, RuntimeClient, RuntimeError};
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use univrs_api::quantity::Quantity;
+use univrs_api::registry_auth::sealed_context;
 use univrs_api::resources::workload::{
     Container, InstancePhase, InstanceUsage, RestartPolicy, Workload, WorkloadSpec,
 };
@@ -60,6 +62,8 @@ pub struct Deps {
     pub userns: Option<std::path::PathBuf>,
     /// Host ports no Workload may publish besides those the host listens on: the agent API's.
     pub reserved_ports: Vec<u16>,
+    /// This node's key: it opens the registry logins the controller sealed to it.
+    pub identity: univrs_api::identity::NodeIdentity,
 }
 
 /// A container's life in memory (what is not worth persisting).
@@ -95,12 +99,14 @@ pub async fn supervise(
         reference,
         last_save: Instant::now(),
         last_spec: None,
+        sealed_credentials: None,
     };
     loop {
         let want = desired.borrow_and_update().clone();
         match want {
             Some(d) => {
                 sup.last_spec = Some(d.spec.clone());
+                sup.sealed_credentials = d.sealed_credentials.clone();
                 sup.step(&mut rec, &d.spec).await;
             }
             None => {
@@ -129,6 +135,8 @@ struct Supervisor {
     reference: ObjectReference,
     last_save: Instant,
     last_spec: Option<Arc<WorkloadSpec>>,
+    /// The Workload's registry logins sealed to this node, as last seen.
+    sealed_credentials: Option<Arc<str>>,
 }
 
 /// Runs a blocking runtime call on a blocking thread.
@@ -150,6 +158,34 @@ impl Supervisor {
         self.deps
             .events
             .publish_detached(self.reference.clone(), type_, reason, note);
+    }
+
+    /// The Workload's own registry logins, opened with this node's key. One that does not
+    /// open (sealed to another key, altered) is reported and the pull goes on without it.
+    fn registry_logins(&self, rec: &InstanceRecord) -> Option<DockerConfig> {
+        let sealed = self.sealed_credentials.as_deref()?;
+        let p = &rec.placement;
+        let context = sealed_context(&p.namespace, &p.workload, &p.uid, &self.deps.node);
+        let opened = self
+            .deps
+            .identity
+            .open_sealed(&context, sealed)
+            .map_err(|e| e.to_string())
+            .and_then(|json| DockerConfig::parse(&json).map_err(|e| e.to_string()));
+        match opened {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.event(
+                    EventType::Warning,
+                    "FailedToOpenImagePullCredentials",
+                    format!(
+                        "the registry logins sealed to node {} do not open: {e}; pulling without them",
+                        self.deps.node
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn save(&mut self, rec: &InstanceRecord) {
@@ -415,7 +451,8 @@ impl Supervisor {
                     Some(format!("pulling image {}", c.image));
                 self.report(rec, spec, None, false);
                 let sandbox = self.deps.sandbox.clone();
-                match sandbox.pull(&c.image).await {
+                let logins = self.registry_logins(rec);
+                match sandbox.pull(&c.image, logins.as_ref()).await {
                     Ok(i) => {
                         if i.devices_skipped > 0 {
                             self.event(
