@@ -169,7 +169,7 @@ impl PublicIdentity {
     }
 
     /// The key as an X25519 public key (its Montgomery form), for sealing messages to it.
-    pub(crate) fn to_montgomery(&self) -> curve25519_dalek::MontgomeryPoint {
+    pub(crate) fn to_montgomery(self) -> curve25519_dalek::MontgomeryPoint {
         self.key.to_montgomery()
     }
 

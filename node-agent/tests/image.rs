@@ -547,6 +547,33 @@ async fn an_image_pulled_with_a_workloads_login_is_reused_only_with_that_login()
     );
 }
 
+/// An image larger than the owner's cap is refused from its manifest, before any layer is
+/// fetched; under the cap it pulls.
+#[tokio::test]
+async fn an_image_over_the_owners_size_cap_is_refused_before_its_layers_are_fetched() {
+    let registry = Registry::start();
+    let reference = registry.push_busybox("demo/busybox:big");
+    let store = TestStore::new();
+    let capped = PullOptions {
+        max_image_bytes: Some(100 << 10),
+        ..insecure(&registry)
+    };
+    let err = store.pull(&reference, &capped).await.unwrap_err();
+    let ImageError::TooLarge { size, limit, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(*size > *limit && *limit == 100 << 10, "{err}");
+    assert!(err.to_string().contains("image size cap"), "{err}");
+    assert_eq!(store.stats().blobs_fetched, 0, "nothing was fetched");
+    assert!(store.list().unwrap().is_empty());
+
+    let roomy = PullOptions {
+        max_image_bytes: Some(64 << 20),
+        ..insecure(&registry)
+    };
+    store.pull(&reference, &roomy).await.unwrap();
+}
+
 fn base64_encode(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)

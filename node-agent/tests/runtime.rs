@@ -283,6 +283,35 @@ fn an_oom_kill_is_recorded() {
     assert_ne!(exit.code, 0, "{exit:?}");
 }
 
+/// A container whose own limit is larger than all the node lends is held by the agent's
+/// parent cgroup: the owner's cap holds whatever limits the Workloads declare.
+#[test]
+fn the_agents_parent_cgroup_caps_a_container_whose_limit_is_larger() {
+    let rt = TestRuntime::new();
+    let path = rt.client.cgroup_path("burst");
+    let (parent, _) = path.rsplit_once('/').unwrap();
+    let agent = parent.strip_prefix("/univrs/").unwrap();
+    {
+        let _g = CGROUP_PARENTS.read();
+        cgroup::limit_agent_parent(agent, 1000, 32 << 20).unwrap();
+    }
+    assert_eq!(cgroup::memory_limit(parent).unwrap(), Some(32 << 20));
+    let mut cfg = rt.config(
+        "burst",
+        &sh("x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived ${#x}"),
+    );
+    cfg.memory_bytes = Some(1 << 30);
+    rt.start(&cfg).unwrap();
+    let exit = rt.exit_of("burst");
+    assert_ne!(exit.code, 0, "{exit:?}");
+    assert!(
+        !rt.log("burst").iter().any(|l| l.contains("survived")),
+        "{:?}",
+        rt.log("burst")
+    );
+    assert!(exit.oom_killed, "{exit:?} {:?}", rt.log("burst"));
+}
+
 #[test]
 fn burning_cpu_shows_in_usage() {
     let rt = TestRuntime::new();

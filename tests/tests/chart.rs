@@ -770,7 +770,9 @@ async fn each_service_account_can_do_its_job_and_no_more() {
     let never: &[&[&str]] = &[
         &["delete", "customresourcedefinitions"],
         &["create", "customresourcedefinitions"],
-        &["get", "secrets", a],
+        // The controller gets the Secrets Workloads name, by name; nobody lists or watches them.
+        &["list", "secrets", a],
+        &["watch", "secrets", a],
         &["list", "secrets", "-n", "univrs-system"],
         &["create", "pods", "-n", "default"],
         &["bind", "clusterroles/cluster-admin"],
@@ -793,6 +795,7 @@ async fn each_service_account_can_do_its_job_and_no_more() {
             &["patch", "nodes.univrs.io"],
             &["create", "creditlines.univrs.io"],
             &["get", "namespaces"],
+            &["get", "secrets", "-n", "team-a"],
             &["create", "events.events.k8s.io", "-n", "default"],
             &["watch", "leases", sys[0], sys[1]],
             &["create", "leases", sys[0], sys[1]],
@@ -853,6 +856,8 @@ async fn each_service_account_can_do_its_job_and_no_more() {
                 "--subresource=approval",
             ],
             &["delete", "nodes.univrs.io"],
+            // A node never reads a Secret: the controller seals what it needs to its key.
+            &["get", "secrets", a],
             &["create", "workloads.univrs.io", a],
             &["patch", "workloads.univrs.io", a],
             &["patch", "creditlines.univrs.io", "--subresource=status"],
@@ -885,6 +890,7 @@ async fn each_service_account_can_do_its_job_and_no_more() {
             &["create", "creditlines.univrs.io"],
             &["delete", "vouches.univrs.io"],
             &["get", "secrets/univrs-mcp-token", sys[0], sys[1]],
+            &["get", "secrets", a],
             &["create", "leases", sys[0], sys[1]],
         ],
     );

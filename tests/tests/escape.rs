@@ -11,8 +11,11 @@
 //! - connections to the host's own ports, to the owner's LAN, to cloud metadata and to another
 //!   namespace's container (refused), while the internet and its own namespace answer;
 //! - root in the container, which is an unprivileged id on the host;
-//! - an `oci:` image from a host directory the owner did not list.
+//! - an `oci:` image from a host directory the owner did not list;
+//! - another namespace's private image, already on the node: without the registry login
+//!   (none, or a guessed one) it is not run; the owner's login is sealed to the node alone.
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use std::time::Duration;
@@ -21,13 +24,14 @@ use univrs_api::resources::workload::{Instance, InstancePhase};
 use univrs_tests::agent::AgentProc;
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_controller};
 use univrs_tests::outside::{self, Outside};
-use univrs_tests::registry::busybox_layout;
+use univrs_tests::registry::{Registry, busybox_layout};
 use univrs_tests::{ControlPlane, free_host_port};
 
 const SCHOOL: &str = "esc-school";
 const LIBRARY: &str = "esc-library";
 const DEMO: &str = "univrs.local/demo:latest";
 const WAIT: Duration = Duration::from_secs(120);
+const SCHOOL_PASSWORD: &str = "s3cret-of-the-school";
 
 /// A Workload for this file's agent only.
 fn workload(name: &str, mut spec: serde_json::Value) -> Workload {
@@ -110,6 +114,9 @@ async fn a_workload_cannot_reach_past_its_container() {
         ensure_namespace(&client, n).await;
     }
     let layout = busybox_layout();
+    // The school's private registry, with a login only the school has.
+    let registry = Registry::start_with_auth("school", SCHOOL_PASSWORD);
+    let private_image = registry.push_busybox("school/app:v1");
     // The agent's API listens on a port inside the hostPort range: a Workload asking for it
     // passes the scheduler and must be refused by the agent.
     let api_port = free_host_port();
@@ -129,6 +136,8 @@ async fn a_workload_cannot_reach_past_its_container() {
             &format!("127.0.0.1:{api_port}"),
             "--oci-layout-dir",
             &layout.parent().unwrap().display().to_string(),
+            "--insecure-registry",
+            registry.host(),
         ],
     );
     let _controller = start_controller(cp);
@@ -421,5 +430,107 @@ async fn a_workload_cannot_reach_past_its_container() {
     })
     .await;
     assert_ne!(host_dir.phase, Some(InstancePhase::Running));
+
+    private_images(&client, &registry, &private_image).await;
     drop(agent);
+}
+
+/// A `kubernetes.io/dockerconfigjson` Secret with one login.
+fn pull_secret(name: &str, registry: &str, user: &str, password: &str) -> Secret {
+    let config = serde_json::json!({"auths": {registry: {"username": user, "password": password}}});
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config.to_string()},
+    }))
+    .unwrap()
+}
+
+/// The school pulls its private image with its own login; the library, on the same node
+/// where that image is now stored, cannot run it without the login, nor with a guessed one.
+async fn private_images(client: &kube::Client, registry: &Registry, image: &str) {
+    let pp = PostParams::default();
+    let school: Api<Workload> = Api::namespaced(client.clone(), SCHOOL);
+    let library: Api<Workload> = Api::namespaced(client.clone(), LIBRARY);
+    Api::<Secret>::namespaced(client.clone(), SCHOOL)
+        .create(
+            &pp,
+            &pull_secret("regcred", registry.host(), "school", SCHOOL_PASSWORD),
+        )
+        .await
+        .unwrap();
+    Api::<Secret>::namespaced(client.clone(), LIBRARY)
+        .create(
+            &pp,
+            &pull_secret("guess", registry.host(), "school", "password"),
+        )
+        .await
+        .unwrap();
+    let private = |name: &str, secrets: &[&str]| {
+        let refs: Vec<_> = secrets
+            .iter()
+            .map(|s| serde_json::json!({"name": s}))
+            .collect();
+        workload(
+            name,
+            serde_json::json!({"replicas": 1, "imagePullSecrets": refs, "containers": [{"name": "app",
+                "image": image, "command": ["sleep", "3600"]}]}),
+        )
+    };
+    school
+        .create(&pp, &private("private", &["regcred"]))
+        .await
+        .unwrap();
+    until(
+        &school,
+        "private",
+        "the school's private image running",
+        running,
+    )
+    .await;
+    // The login reached the node sealed: nowhere in the Workload in the clear.
+    let w = school.get("private").await.unwrap();
+    let creds = &w.status.as_ref().unwrap().image_pull_credentials;
+    assert_eq!(creds.len(), 1, "{creds:?}");
+    assert_eq!(creds[0].node, "esc-a");
+    assert!(creds[0].sealed.starts_with("v1."), "{creds:?}");
+    let whole = serde_json::to_string(&w).unwrap();
+    assert!(!whole.contains(SCHOOL_PASSWORD), "{whole}");
+
+    // Now the image is in the node's store. The library tries it without the login (naming
+    // a Secret it does not have) and with a guessed one.
+    library
+        .create(&pp, &private("stolen", &["nope"]))
+        .await
+        .unwrap();
+    library
+        .create(&pp, &private("guessed", &["guess"]))
+        .await
+        .unwrap();
+    for name in ["stolen", "guessed"] {
+        let refused = until(&library, name, "the registry's refusal", |i| {
+            i.message
+                .as_deref()
+                .is_some_and(|m| m.contains("refused access"))
+        })
+        .await;
+        assert_ne!(
+            refused.phase,
+            Some(InstancePhase::Running),
+            "{name}: {refused:?}"
+        );
+        assert!(!refused.message.unwrap().contains("password"), "{name}");
+    }
+    let missing = eventually("FailedToRetrieveImagePullSecret", WAIT, async || {
+        let e = events(client, LIBRARY, "FailedToRetrieveImagePullSecret").await;
+        (e.first().cloned(), format!("{e:?}"))
+    })
+    .await;
+    assert!(
+        missing.contains(&format!("{LIBRARY}/nope does not exist")),
+        "{missing}"
+    );
+    // The school's instance ran all along.
+    let w = school.get("private").await.unwrap();
+    assert!(running(&instance(&w).unwrap()));
 }

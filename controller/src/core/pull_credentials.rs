@@ -160,7 +160,7 @@ mod tests {
             &wl,
             &s,
             [("a", pa.as_str()), ("b", pb.as_str())],
-            |k, c, m| univrs_api::sealed::seal(k, c, m),
+            univrs_api::sealed::seal,
         );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
@@ -204,7 +204,7 @@ mod tests {
         let a = NodeIdentity::from_secret_bytes([1; 32]);
         let pa = a.public().peer_id();
         let mut wl = workload(&["reg.example:5000/team/app:v1"]);
-        let seal = |k: &PublicIdentity, c: &[u8], m: &[u8]| univrs_api::sealed::seal(k, c, m);
+        let seal = univrs_api::sealed::seal;
         let (first, _) = entries(
             &wl,
             &secrets(LOGINS, "regcred=uid/1"),
@@ -247,7 +247,7 @@ mod tests {
             &wl,
             &secrets(LOGINS, "v"),
             [("a", "12D3KooWnope")],
-            |k, c, m| univrs_api::sealed::seal(k, c, m),
+            univrs_api::sealed::seal,
         );
         assert!(out.is_empty());
         assert!(problems[0].contains("node a"), "{problems:?}");

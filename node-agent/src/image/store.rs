@@ -816,21 +816,6 @@ fn escape(reference: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn references_escape_to_safe_file_names() {
-        assert_eq!(
-            escape("127.0.0.1:5000/demo/busybox:latest"),
-            "127.0.0.1%3A5000%2Fdemo%2Fbusybox%3Alatest"
-        );
-        assert_eq!(escape("oci:/a/../b:x"), "oci%3A%2Fa%2F..%2Fb%3Ax");
-        assert!(!escape("../../etc").contains('/'));
-    }
-}
-
 /// The store's salt for credential keys: read, or made from the kernel's generator and
 /// written (mode 0600, synced) the first time.
 fn load_or_make_salt(path: &Path) -> Result<[u8; 32], ImageError> {
@@ -857,4 +842,19 @@ fn load_or_make_salt(path: &Path) -> Result<[u8; 32], ImageError> {
         .map_err(io_err("writing", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("writing", path))?;
     Ok(salt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_escape_to_safe_file_names() {
+        assert_eq!(
+            escape("127.0.0.1:5000/demo/busybox:latest"),
+            "127.0.0.1%3A5000%2Fdemo%2Fbusybox%3Alatest"
+        );
+        assert_eq!(escape("oci:/a/../b:x"), "oci%3A%2Fa%2F..%2Fb%3Ax");
+        assert!(!escape("../../etc").contains('/'));
+    }
 }
