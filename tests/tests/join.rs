@@ -339,7 +339,19 @@ async fn machines_join_over_the_network_and_only_with_a_valid_token_and_pin() {
         .arg(dir.join("kubeconfig"))
         .args(["get", "workloads.univrs.io", "-A"]));
     assert!(!ok && err.contains("forbidden"), "{out}{err}");
-    assert!(nodes.get_opt(name).await.unwrap().is_none());
+    // The Node goes once the controller has settled its credit (its finalizer).
+    eventually(
+        "the removed Node gone",
+        Duration::from_secs(60),
+        async || {
+            let n = nodes.get_opt(name).await.unwrap();
+            (
+                n.is_none().then_some(()),
+                format!("{:?}", n.map(|n| n.metadata)),
+            )
+        },
+    )
+    .await;
     drop(agents);
     up.interrupt();
 }
