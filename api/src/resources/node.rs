@@ -384,6 +384,40 @@ pub struct NodeObservations {
     #[schemars(length(max = 256))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["node".into()]))]
     pub peers: Vec<PeerReport>,
+    /// Whether other machines can dial this one (AutoNAT: peers were asked to dial it back):
+    /// Public, Private (behind NAT or a firewall: it is reached through relays) or Unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachability: Option<Reachability>,
+    /// The Nodes that relay connections to this one while it is Private (where it holds a
+    /// circuit relay reservation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub relays: Vec<String>,
+}
+
+/// Whether a machine can be dialed by others.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reachability {
+    /// Peers dialed it back at an address it was seen at.
+    Public,
+    /// Peers could not: it is behind NAT or a firewall.
+    Private,
+    /// Not known yet.
+    Unknown,
+}
+
+/// How an agent is connected to a peer.
+#[derive(
+    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub enum PeerConnection {
+    /// One dialed the other at an address it listens on.
+    Direct,
+    /// A direct connection punched through both sides' NAT (DCUtR) after meeting through a
+    /// relay.
+    HolePunched,
+    /// Only through a circuit on a relay.
+    Relayed,
 }
 
 /// What one agent sees of one other Node over the mesh.
@@ -396,6 +430,9 @@ pub struct PeerReport {
     /// Whether this agent is connected to it now.
     #[serde(default)]
     pub connected: bool,
+    /// How, when connected (the best of its connections: Direct, HolePunched, Relayed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<PeerConnection>,
     /// Gossip messages from it that this agent dropped (bad signature, impossible claim)
     /// since this agent started.
     #[serde(default)]

@@ -56,6 +56,7 @@ mod tests {
                     node: node.to_string(),
                     connected: *connected,
                     invalid_messages: *invalid,
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()

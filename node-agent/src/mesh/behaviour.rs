@@ -1,4 +1,7 @@
-//! The composed behaviour: gossipsub, Kademlia, identify, ping and (optionally) mDNS.
+//! The composed behaviour: gossipsub, Kademlia, identify, ping, (optionally) mDNS, and what
+//! lets machines behind home routers in: AutoNAT (am I reachable?), the relay client (a slot on
+//! a reachable peer), the relay server (optionally, a slot for others) and DCUtR (a direct
+//! connection punched through both routers, once connected through a relay).
 
 use super::config::MeshConfig;
 use super::error::MeshError;
@@ -7,7 +10,7 @@ use libp2p::gossipsub::{
     TopicScoreParams, ValidationMode, score_parameter_decay,
 };
 use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
-use libp2p::{StreamProtocol, identify, identity::Keypair, kad, mdns, ping};
+use libp2p::{StreamProtocol, autonat, dcutr, identify, identity::Keypair, kad, mdns, ping, relay};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -26,6 +29,10 @@ pub(crate) struct MeshBehaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) autonat: autonat::Behaviour,
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    pub(crate) dcutr: dcutr::Behaviour,
 }
 
 fn build_err(what: &'static str) -> impl FnOnce(String) -> MeshError {
@@ -33,8 +40,13 @@ fn build_err(what: &'static str) -> impl FnOnce(String) -> MeshError {
 }
 
 impl MeshBehaviour {
-    /// The behaviour for `config`, subscribed to every topic.
-    pub(crate) fn new(keypair: &Keypair, config: &MeshConfig) -> Result<Self, MeshError> {
+    /// The behaviour for `config`, subscribed to every topic, with the relay client's
+    /// behaviour half (its transport half is in the swarm's transport).
+    pub(crate) fn new(
+        keypair: &Keypair,
+        config: &MeshConfig,
+        relay_client: relay::client::Behaviour,
+    ) -> Result<Self, MeshError> {
         let peer_id = keypair.public().to_peer_id();
 
         let gossip_config = gossipsub::ConfigBuilder::default()
@@ -92,12 +104,42 @@ impl MeshBehaviour {
         } else {
             None
         };
+        let autonat = autonat::Behaviour::new(
+            peer_id,
+            autonat::Config {
+                boot_delay: config.autonat_interval.min(Duration::from_secs(5)),
+                retry_interval: config.autonat_interval,
+                refresh_interval: config.autonat_interval * 10,
+                throttle_server_period: config.autonat_interval,
+                // A community cloud's machines may all be on private addresses (a school's
+                // LAN, a VPN): reachable is what counts, not globally routable.
+                only_global_ips: false,
+                ..Default::default()
+            },
+        );
+        let relay = config.relay.map(|l| {
+            relay::Behaviour::new(
+                peer_id,
+                relay::Config {
+                    max_reservations: l.max_reservations,
+                    max_circuits: l.max_circuits,
+                    max_circuits_per_peer: l.max_circuits_per_peer,
+                    max_circuit_duration: l.max_circuit_duration,
+                    max_circuit_bytes: l.max_circuit_bytes,
+                    ..Default::default()
+                },
+            )
+        });
         Ok(Self {
             gossipsub,
             kad,
             identify,
             ping,
             mdns: mdns.into(),
+            autonat,
+            relay_client,
+            relay: relay.into(),
+            dcutr: dcutr::Behaviour::new(peer_id),
         })
     }
 }

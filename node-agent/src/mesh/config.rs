@@ -42,6 +42,43 @@ pub struct MeshConfig {
     /// How long a claim check may take before the message is dropped without penalty
     /// (gossipsub keeps unvalidated messages for as many heartbeats as this needs).
     pub claim_timeout: Duration,
+    /// Serve as a circuit relay (libp2p relay v2) for peers behind NAT, within these limits;
+    /// `None` relays for nobody. Only peers that could dial this node directly reserve on it.
+    pub relay: Option<RelayLimits>,
+    /// How many relays a node that AutoNAT finds unreachable reserves a slot on.
+    pub relay_reservations: usize,
+    /// How often AutoNAT asks a peer to dial this node back while its reachability is not
+    /// settled (once settled, every ten times as long).
+    pub autonat_interval: Duration,
+}
+
+/// What a relay lends to peers behind NAT.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayLimits {
+    /// Peers holding a slot at once.
+    pub max_reservations: usize,
+    /// Circuits through this node at once.
+    pub max_circuits: usize,
+    /// Circuits at once to or from one peer.
+    pub max_circuits_per_peer: usize,
+    /// A circuit is closed after this long (its peers then reconnect, or punch a hole).
+    pub max_circuit_duration: Duration,
+    /// A circuit is closed after carrying this many bytes.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    /// Enough for the mesh's own traffic (gossip, DHT, pings) between a few dozen homes: a
+    /// circuit lasts an hour or 64 MiB, whichever comes first.
+    fn default() -> Self {
+        Self {
+            max_reservations: 128,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            max_circuit_duration: Duration::from_secs(60 * 60),
+            max_circuit_bytes: 64 << 20,
+        }
+    }
 }
 
 impl MeshConfig {
@@ -69,6 +106,9 @@ impl MeshConfig {
             idle_connection_timeout: Duration::from_secs(10 * 60),
             claims: None,
             claim_timeout: Duration::from_secs(4),
+            relay: Some(RelayLimits::default()),
+            relay_reservations: 2,
+            autonat_interval: Duration::from_secs(30),
         }
     }
 }

@@ -15,13 +15,17 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, PublishE
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, core::transport::ListenerId, identify, kad, mdns, ping};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat, core::transport::ListenerId, dcutr, identify, kad, mdns,
+    ping, relay,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use univrs_api::gossip::{GossipBody, Topic};
 use univrs_api::identity::NodeIdentity;
+use univrs_api::resources::node::{PeerConnection, Reachability};
 
 /// How long `Mesh::spawn` waits for the listeners to bind.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,6 +105,19 @@ pub(crate) struct EventLoop {
     published: u64,
     bytes: ByteCounters,
     meter: RateMeter,
+    /// How each open connection came about.
+    kinds: HashMap<ConnectionId, PeerConnection>,
+    /// Whether peers can dial this node, as AutoNAT last found.
+    reachability: Reachability,
+    /// Where this node dialed peers directly (so they are reachable): relay candidates once
+    /// identify says they relay.
+    dialed: HashMap<PeerId, Multiaddr>,
+    /// Peers that relay and that this node reached directly, with the address it used.
+    relay_candidates: BTreeMap<PeerId, Multiaddr>,
+    /// The circuit listeners on relays, and whether the relay accepted the reservation.
+    reservations: BTreeMap<PeerId, (ListenerId, bool)>,
+    hole_punches: u64,
+    hole_punch_failures: u64,
 }
 
 fn unix_millis(t: SystemTime) -> i64 {
@@ -115,6 +132,11 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
         Some(Protocol::P2p(peer)) => Some(peer),
         _ => None,
     }
+}
+
+/// Whether an address is a circuit through a relay.
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
 }
 
 /// Whether an address is on the loopback network.
@@ -135,8 +157,10 @@ impl EventLoop {
     ) -> Result<Self, MeshError> {
         let keypair = keypair_of(&config.identity);
         let bytes = ByteCounters::default();
-        let transport = transport::build(&keypair, bytes.clone(), HANDSHAKE_TIMEOUT)?;
-        let behaviour = MeshBehaviour::new(&keypair, &config)?;
+        let (relay_transport, relay_client) = relay::client::new(keypair.public().to_peer_id());
+        let transport =
+            transport::build(&keypair, relay_transport, bytes.clone(), HANDSHAKE_TIMEOUT)?;
+        let behaviour = MeshBehaviour::new(&keypair, &config, relay_client)?;
         let swarm = Swarm::new(
             transport,
             behaviour,
@@ -175,6 +199,13 @@ impl EventLoop {
             published: 0,
             bytes,
             meter: RateMeter::default(),
+            kinds: HashMap::new(),
+            reachability: Reachability::Unknown,
+            dialed: HashMap::new(),
+            relay_candidates: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            hole_punches: 0,
+            hole_punch_failures: 0,
             config,
         };
         for addr in this.config.listen.clone() {
@@ -288,6 +319,12 @@ impl EventLoop {
             SwarmEvent::Behaviour(MeshBehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Ping(e)) => self.on_ping(e),
             SwarmEvent::Behaviour(MeshBehaviourEvent::Mdns(e)) => self.on_mdns(e),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Autonat(e)) => self.on_autonat(e),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::RelayClient(e)) => self.on_relay_client(e),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Relay(e)) => {
+                tracing::debug!(?e, "relay");
+            }
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Dcutr(e)) => self.on_dcutr(e),
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,
@@ -309,6 +346,8 @@ impl EventLoop {
                 tracing::warn!(?listener_id, ?reason, "mesh listener closed");
                 self.pending_listeners.remove(&listener_id);
                 self.listen_addrs.retain(|a| !addresses.contains(a));
+                // A relay that dropped the reservation: another (or the same, later) is asked.
+                self.reservations.retain(|_, (id, _)| *id != listener_id);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -316,11 +355,21 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let addr = endpoint.get_remote_address().clone();
+                let kind = if is_relayed(&addr) {
+                    PeerConnection::Relayed
+                } else {
+                    PeerConnection::Direct
+                };
+                tracing::debug!(peer = %peer_id, %addr, ?kind, "connected");
+                if endpoint.is_dialer() && kind == PeerConnection::Direct {
+                    self.dialed.insert(peer_id, addr.clone());
+                }
+                self.kinds.insert(connection_id, kind);
                 self.connections
                     .entry(peer_id)
                     .or_default()
-                    .insert(connection_id, endpoint.get_remote_address().clone());
+                    .insert(connection_id, addr);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -330,11 +379,14 @@ impl EventLoop {
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 self.ping_failures.remove(&connection_id);
+                self.kinds.remove(&connection_id);
                 if let Some(conns) = self.connections.get_mut(&peer_id) {
                     conns.remove(&connection_id);
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                         self.latency.remove(&peer_id);
+                        self.dialed.remove(&peer_id);
+                        self.relay_candidates.remove(&peer_id);
                         if self.connections.is_empty() {
                             self.walk_soon();
                         }
@@ -476,6 +528,12 @@ impl EventLoop {
         if !info.protocols.contains(&KAD_PROTOCOL) {
             return;
         }
+        if info.protocols.contains(&relay::HOP_PROTOCOL_NAME)
+            && let Some(addr) = self.dialed.get(&peer_id)
+        {
+            self.relay_candidates.insert(peer_id, addr.clone());
+            self.ensure_reservations();
+        }
         // A peer reached over the network cannot be reached on its loopback addresses.
         let via_loopback = self
             .connections
@@ -514,6 +572,83 @@ impl EventLoop {
             for (peer, addr) in found {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
                 self.dial_if_wanted(peer);
+            }
+        }
+    }
+
+    fn on_autonat(&mut self, event: autonat::Event) {
+        let autonat::Event::StatusChanged { old, new } = event else {
+            return;
+        };
+        tracing::info!(?old, ?new, "reachability changed");
+        self.reachability = match new {
+            autonat::NatStatus::Public(_) => Reachability::Public,
+            autonat::NatStatus::Private => Reachability::Private,
+            autonat::NatStatus::Unknown => Reachability::Unknown,
+        };
+        self.ensure_reservations();
+    }
+
+    fn on_relay_client(&mut self, event: relay::client::Event) {
+        if let relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } = event {
+            tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+            if let Some((_, accepted)) = self.reservations.get_mut(&relay_peer_id) {
+                *accepted = true;
+            }
+        }
+    }
+
+    fn on_dcutr(&mut self, event: dcutr::Event) {
+        match event.result {
+            Ok(connection) => {
+                tracing::info!(peer = %event.remote_peer_id, "hole punched");
+                self.hole_punches += 1;
+                self.kinds.insert(connection, PeerConnection::HolePunched);
+            }
+            Err(error) => {
+                tracing::info!(peer = %event.remote_peer_id, %error, "hole punching failed; staying relayed");
+                self.hole_punch_failures += 1;
+            }
+        }
+    }
+
+    /// Behind NAT, holds reservations on up to `relay_reservations` relays this node reached
+    /// directly (so others reach it through them); reachable, holds none.
+    fn ensure_reservations(&mut self) {
+        match self.reachability {
+            Reachability::Public => {
+                for (_, (id, _)) in std::mem::take(&mut self.reservations) {
+                    self.swarm.remove_listener(id);
+                }
+            }
+            Reachability::Unknown => {}
+            Reachability::Private => {
+                let wanted: Vec<(PeerId, Multiaddr)> = self
+                    .relay_candidates
+                    .iter()
+                    .filter(|(p, _)| !self.reservations.contains_key(p))
+                    .map(|(p, a)| (*p, a.clone()))
+                    .take(
+                        self.config
+                            .relay_reservations
+                            .saturating_sub(self.reservations.len()),
+                    )
+                    .collect();
+                for (relay, addr) in wanted {
+                    let circuit = addr
+                        .with_p2p(relay)
+                        .unwrap_or_else(|a| a)
+                        .with(Protocol::P2pCircuit);
+                    match self.swarm.listen_on(circuit.clone()) {
+                        Ok(id) => {
+                            tracing::info!(%circuit, "asking for a relay reservation");
+                            self.reservations.insert(relay, (id, false));
+                        }
+                        Err(error) => {
+                            tracing::warn!(%circuit, %error, "cannot listen through relay")
+                        }
+                    }
+                }
             }
         }
     }
@@ -620,6 +755,17 @@ impl EventLoop {
         Ok(())
     }
 
+    /// How `peer` is connected: the best of its connections.
+    fn connection_of(&self, peer: &PeerId) -> PeerConnection {
+        self.connections
+            .get(peer)
+            .into_iter()
+            .flat_map(|c| c.keys())
+            .filter_map(|id| self.kinds.get(id).copied())
+            .min()
+            .unwrap_or(PeerConnection::Direct)
+    }
+
     fn peers(&mut self) -> Vec<PeerInfo> {
         let gossipsub = &self.swarm.behaviour().gossipsub;
         self.connections
@@ -629,6 +775,7 @@ impl EventLoop {
                 addresses: conns.values().cloned().collect(),
                 latency: self.latency.get(peer).copied(),
                 score: gossipsub.peer_score(peer),
+                connection: self.connection_of(peer),
             })
             .collect()
     }
@@ -641,7 +788,20 @@ impl EventLoop {
             median_latency: median(self.latency.values().copied().collect()),
             invalid: self.invalid.clone(),
             invalid_from: self.invalid_from.clone(),
-            connected: self.connections.keys().copied().collect(),
+            connected: self
+                .connections
+                .keys()
+                .map(|p| (*p, self.connection_of(p)))
+                .collect(),
+            reachability: self.reachability,
+            relays: self
+                .reservations
+                .iter()
+                .filter(|(_, (_, accepted))| *accepted)
+                .map(|(p, _)| *p)
+                .collect(),
+            hole_punches: self.hole_punches,
+            hole_punch_failures: self.hole_punch_failures,
             ignored: self.ignored.clone(),
             received: self.received,
             published: self.published,

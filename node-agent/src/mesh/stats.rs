@@ -4,7 +4,7 @@ use super::validate::{IgnoreReason, InvalidReason};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
-use univrs_api::resources::node::{NodeObservations, PeerReport};
+use univrs_api::resources::node::{NodeObservations, PeerConnection, PeerReport, Reachability};
 
 /// The period `NodeObservations.uptime` is a fraction of.
 const UPTIME_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
@@ -22,6 +22,8 @@ pub struct PeerInfo {
     pub latency: Option<Duration>,
     /// Its gossipsub peer score (negative after invalid messages; below -80 it is graylisted).
     pub score: Option<f64>,
+    /// How it is connected: the best of its connections.
+    pub connection: PeerConnection,
 }
 
 /// The most peers whose rejected messages are counted one by one (a flood of fresh identities
@@ -41,8 +43,16 @@ pub struct MeshStats {
     pub invalid: BTreeMap<InvalidReason, u64>,
     /// Messages rejected, by the peer they came from (at most `MAX_INVALID_PEERS` peers).
     pub invalid_from: BTreeMap<PeerId, u64>,
-    /// The peers with at least one open connection.
-    pub connected: Vec<PeerId>,
+    /// The peers with at least one open connection, and how (the best of their connections).
+    pub connected: BTreeMap<PeerId, PeerConnection>,
+    /// Whether peers can dial this node (AutoNAT).
+    pub reachability: Reachability,
+    /// The relays holding a reservation for this node (it listens through them).
+    pub relays: Vec<PeerId>,
+    /// Direct connections punched through NAT (DCUtR) since the start.
+    pub hole_punches: u64,
+    /// Hole punches that failed (the peers stay connected through the relay).
+    pub hole_punch_failures: u64,
     /// Messages dropped without penalty, by reason.
     pub ignored: BTreeMap<IgnoreReason, u64>,
     /// Messages accepted from peers.
@@ -79,6 +89,8 @@ pub fn observations(stats: &MeshStats) -> NodeObservations {
         median_latency_ms: stats.median_latency.map(|d| d.as_secs_f64() * 1000.0),
         invalid_messages: i64::try_from(stats.invalid_total()).unwrap_or(i64::MAX),
         peers: Vec::new(),
+        reachability: Some(stats.reachability),
+        relays: Vec::new(),
     }
 }
 
@@ -96,15 +108,18 @@ pub fn peer_reports(
     let peers = stats
         .connected
         .iter()
-        .map(|p| (p, true, 0))
-        .chain(stats.invalid_from.iter().map(|(p, n)| (p, false, *n)));
-    for (peer, connected, invalid) in peers {
+        .map(|(p, how)| (p, Some(*how), 0))
+        .chain(stats.invalid_from.iter().map(|(p, n)| (p, None, *n)));
+    for (peer, connection, invalid) in peers {
         let Some(node) = name_of(peer) else { continue };
         let r = by_node.entry(node.clone()).or_insert_with(|| PeerReport {
             node,
             ..Default::default()
         });
-        r.connected |= connected;
+        if connection.is_some() {
+            r.connected = true;
+            r.connection = connection;
+        }
         r.invalid_messages = r
             .invalid_messages
             .saturating_add(i64::try_from(invalid).unwrap_or(i64::MAX));
@@ -174,7 +189,11 @@ mod tests {
                 (InvalidReason::Malformed, 1),
             ]),
             invalid_from: BTreeMap::new(),
-            connected: vec![],
+            connected: BTreeMap::new(),
+            reachability: Reachability::Private,
+            relays: vec![],
+            hole_punches: 0,
+            hole_punch_failures: 0,
             ignored: BTreeMap::new(),
             received: 10,
             published: 4,
@@ -195,18 +214,33 @@ mod tests {
             PeerId::random(),
         );
         let mut s = stats();
-        s.connected = vec![a, b, stranger];
+        s.connected = BTreeMap::from([
+            (a, PeerConnection::Direct),
+            (b, PeerConnection::Relayed),
+            (stranger, PeerConnection::Direct),
+        ]);
         s.invalid_from = BTreeMap::from([(c, 4), (b, 1), (stranger, 9)]);
         let names = BTreeMap::from([(a, "alpha"), (b, "beta"), (c, "gamma")]);
         let reports = peer_reports(&s, |p| names.get(p).map(|n| n.to_string()));
-        let got: Vec<(&str, bool, i64)> = reports
+        let got: Vec<(&str, bool, Option<PeerConnection>, i64)> = reports
             .iter()
-            .map(|r| (r.node.as_str(), r.connected, r.invalid_messages))
+            .map(|r| {
+                (
+                    r.node.as_str(),
+                    r.connected,
+                    r.connection,
+                    r.invalid_messages,
+                )
+            })
             .collect();
         // The stranger is no Node: nothing to report it against.
         assert_eq!(
             got,
-            vec![("gamma", false, 4), ("beta", true, 1), ("alpha", true, 0)]
+            vec![
+                ("gamma", false, None, 4),
+                ("beta", true, Some(PeerConnection::Relayed), 1),
+                ("alpha", true, Some(PeerConnection::Direct), 0)
+            ]
         );
     }
 
@@ -218,6 +252,7 @@ mod tests {
         assert_eq!(o.bandwidth_bps, 8000);
         assert_eq!(o.median_latency_ms, Some(1.5));
         assert_eq!(o.invalid_messages, 3);
+        assert_eq!(o.reachability, Some(Reachability::Private));
         let mut s = stats();
         s.uptime = Duration::from_secs(3 * 24 * 3600);
         s.median_latency = None;

@@ -1,4 +1,5 @@
-//! TCP (Noise, Yamux) and QUIC, with every substream's bytes counted for the bandwidth figure.
+//! TCP (Noise, Yamux), QUIC, and circuits through relays (libp2p relay v2, also with Noise and
+//! Yamux), with every substream's bytes counted for the bandwidth figure.
 //!
 //! The counts are of application bytes on substreams (gossip, Kademlia, identify, ping),
 //! without the Noise, Yamux or QUIC framing: what the node really moved for the mesh.
@@ -9,7 +10,7 @@ use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::muxing::{StreamMuxer, StreamMuxerBox, StreamMuxerEvent, SubstreamBox};
 use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::Version;
-use libp2p::{PeerId, Transport, identity::Keypair, noise, quic, tcp, yamux};
+use libp2p::{PeerId, Transport, identity::Keypair, noise, quic, relay, tcp, yamux};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,29 +35,42 @@ impl ByteCounters {
     }
 }
 
-/// The swarm's transport: TCP+Noise+Yamux or QUIC, whichever the address names.
+/// The swarm's transport: a relay circuit, TCP+Noise+Yamux or QUIC, whichever the address
+/// names. `relay` is the relay client's transport half (its behaviour half goes into the
+/// swarm's behaviour).
 pub(crate) fn build(
     keypair: &Keypair,
+    relay: relay::client::Transport,
     counters: ByteCounters,
     handshake_timeout: Duration,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, MeshError> {
-    let noise = noise::Config::new(keypair).map_err(|e| MeshError::Build {
-        what: "Noise handshake",
-        reason: e.to_string(),
-    })?;
+    let noise = || {
+        noise::Config::new(keypair).map_err(|e| MeshError::Build {
+            what: "Noise handshake",
+            reason: e.to_string(),
+        })
+    };
+    // A circuit is a stream through the relay: it gets its own end-to-end Noise and Yamux.
+    let relayed = relay
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise()?)
+        .multiplex(yamux::Config::default())
+        .timeout(handshake_timeout);
     let tcp = tcp::tokio::Transport::new(tcp::Config::new().nodelay(true))
         .upgrade(Version::V1Lazy)
-        .authenticate(noise)
+        .authenticate(noise()?)
         .multiplex(yamux::Config::default())
         .timeout(handshake_timeout);
     let mut quic_config = quic::Config::new(keypair);
     quic_config.handshake_timeout = handshake_timeout;
     let quic = quic::tokio::Transport::new(quic_config);
-    Ok(tcp
+    Ok(relayed
+        .or_transport(tcp)
         .or_transport(quic)
         .map(move |either, _| {
             let (peer, muxer) = match either {
-                Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+                Either::Left(Either::Left((peer, muxer))) => (peer, StreamMuxerBox::new(muxer)),
+                Either::Left(Either::Right((peer, muxer))) => (peer, StreamMuxerBox::new(muxer)),
                 Either::Right((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
             };
             let counted = Counted {

@@ -42,11 +42,13 @@ pub async fn run(
             .map(crate::mesh::observations)
             .unwrap_or_default();
         if let Some(s) = &stats {
-            obs.peers = crate::mesh::peer_reports(s, |p| {
+            let name_of = |p: &crate::mesh::PeerId| {
                 cluster
                     .node_with_peer_id(&p.to_string())
                     .filter(|n| *n != node)
-            });
+            };
+            obs.peers = crate::mesh::peer_reports(s, name_of);
+            obs.relays = s.relays.iter().filter_map(name_of).collect();
         }
         // The agent's own record survives restarts; the mesh's covers only this run.
         obs.uptime = uptime.tick();
