@@ -15,12 +15,14 @@ use univrs_api::envelope::SignedEnvelope;
 use univrs_api::gossip::{ClusterEvent, SignedTransfer};
 use univrs_api::identity::NodeIdentity;
 use univrs_api::ledger::Transfer;
+use univrs_api::resources::node::{PeerConnection, Reachability};
 use univrs_api::resources::vouch::VouchSpec;
 use univrs_node_agent::mesh::validate::{self, IgnoreReason, InvalidReason};
 use univrs_node_agent::mesh::{
     ClaimCheck, ClaimVerdict, GossipBody, InboundMessage, Mesh, MeshConfig, MeshError, MeshHandle,
     Multiaddr, PeerId, Topic, observations,
 };
+use univrs_tests::nat::{Internet, Nat, WAN};
 
 const TCP: &str = "/ip4/127.0.0.1/tcp/0";
 const QUIC: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
@@ -1156,4 +1158,133 @@ async fn gossip_propagation_benchmark() {
             r.abort();
         }
     }
+}
+
+/// Starts a mesh on `machine` of `net` (its own thread and runtime inside the machine's
+/// network namespace); the returned sender stops it.
+fn spawn_on(
+    net: &Internet,
+    machine: &str,
+    config: MeshConfig,
+) -> (MeshHandle, tokio::sync::oneshot::Sender<()>) {
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    net.run_on(machine, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let h = Mesh::spawn(config).await.expect("mesh starts");
+            handle_tx.send(h.clone()).unwrap();
+            let _ = stop_rx.await;
+            h.shutdown().await;
+        });
+    });
+    (handle_rx.recv().expect("the mesh started"), stop_tx)
+}
+
+/// A machine's mesh on port 4001 (TCP and QUIC), with AutoNAT asking every 2 s.
+fn machine_config(bootstrap: Vec<Multiaddr>) -> MeshConfig {
+    let mut c = config(&addrs(&[
+        "/ip4/0.0.0.0/tcp/4001",
+        "/ip4/0.0.0.0/udp/4001/quic-v1",
+    ]));
+    c.bootstrap = bootstrap;
+    c.autonat_interval = Duration::from_secs(2);
+    c
+}
+
+/// How `from` is connected to `to`, if it is.
+async fn connection(from: &MeshHandle, to: &MeshHandle) -> Option<PeerConnection> {
+    from.peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.peer_id == to.peer_id())
+        .map(|p| p.connection)
+}
+
+/// Homes behind NAT routers join through the public center: AutoNAT finds the center public
+/// and the homes private, the homes reserve a slot on the center's relay, meet each other
+/// through it, and punch a direct connection where both routers preserve ports; where one is
+/// symmetric they stay relayed. Gossip reaches everyone either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn homes_behind_nat_meet_through_a_relay_and_punch_holes_where_they_can() {
+    init_logs();
+    let net = Internet::build(&[Nat::PortPreserving, Nat::PortPreserving, Nat::Symmetric]);
+    let (center, _stop_center) = spawn_on(&net, "center", machine_config(vec![]));
+    let center_addr: Multiaddr = format!("/ip4/{WAN}.10/tcp/4001/p2p/{}", center.peer_id())
+        .parse()
+        .unwrap();
+    let mut homes = Vec::new();
+    for name in net.homes() {
+        homes.push(spawn_on(
+            &net,
+            &name,
+            machine_config(vec![center_addr.clone()]),
+        ));
+    }
+    let (h1, h2, h3) = (&homes[0].0, &homes[1].0, &homes[2].0);
+
+    until("the center found public", || async {
+        (center.stats().await.unwrap().reachability == Reachability::Public).then_some(())
+    })
+    .await;
+    for (i, h) in [h1, h2, h3].into_iter().enumerate() {
+        until(
+            &format!("home{} private, relayed by the center", i + 1),
+            || async {
+                let s = h.stats().await.unwrap();
+                (s.reachability == Reachability::Private && s.relays == vec![center.peer_id()])
+                    .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(connection(h, &center).await, Some(PeerConnection::Direct));
+    }
+
+    // The homes find each other (Kademlia, through the center) and dial each other's relayed
+    // address; then DCUtR tries a direct connection.
+    fully_connected(&[&center, h1, h2, h3]).await;
+    until("home1 and home2 hole-punched", || async {
+        let a = connection(h1, h2).await;
+        let b = connection(h2, h1).await;
+        (a == Some(PeerConnection::HolePunched) || b == Some(PeerConnection::HolePunched))
+            .then_some(())
+    })
+    .await;
+    for (a, b, what) in [(h1, h3, "home1-home3"), (h2, h3, "home2-home3")] {
+        until(
+            &format!("{what}: a hole punch tried and failed"),
+            || async {
+                let s = b.stats().await.unwrap();
+                let t = a.stats().await.unwrap();
+                (s.hole_punch_failures + t.hole_punch_failures > 0).then_some(())
+            },
+        )
+        .await;
+        assert_eq!(
+            connection(a, b).await,
+            Some(PeerConnection::Relayed),
+            "{what}"
+        );
+        assert_eq!(
+            connection(b, a).await,
+            Some(PeerConnection::Relayed),
+            "{what}"
+        );
+    }
+
+    // Gossip reaches every machine, relayed or punched.
+    let mut rx: Vec<_> = [&center, h1, h2].iter().map(|h| h.subscribe()).collect();
+    let from_symmetric = event("from behind the symmetric NAT");
+    publish(h3, from_symmetric.clone()).await;
+    for r in &mut rx {
+        heard(r, &from_symmetric).await;
+    }
+    let mut r3 = h3.subscribe();
+    let to_symmetric = event("to the home behind the symmetric NAT");
+    publish(h1, to_symmetric.clone()).await;
+    heard(&mut r3, &to_symmetric).await;
 }

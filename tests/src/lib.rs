@@ -16,6 +16,7 @@ pub mod agent;
 pub mod cluster;
 pub mod join;
 pub mod modules;
+pub mod nat;
 pub mod outside;
 pub mod registry;
 pub mod up;

@@ -30,6 +30,7 @@ use univrs_api::identity::NodeIdentity;
 use univrs_api::ledger::Transfer;
 use univrs_api::resources::creditline::CreditLine;
 use univrs_api::resources::node::Node;
+use univrs_api::resources::node::{PeerConnection, Reachability};
 use univrs_api::resources::vouch::Vouch;
 use univrs_io::metrics::Sampled;
 use univrs_io::token::Token;
@@ -595,6 +596,46 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
             "Gossip messages accepted.",
             vec![],
             st.received,
+        );
+        const BY_CONNECTION: &str = "Connected mesh peers by how (the best of their connections): Direct, HolePunched or Relayed.";
+        for kind in [
+            PeerConnection::Direct,
+            PeerConnection::HolePunched,
+            PeerConnection::Relayed,
+        ] {
+            let n = st.connected.values().filter(|k| **k == kind).count();
+            let labels = vec![("connection".into(), format!("{kind:?}"))];
+            m.gauge(
+                "univrs_mesh_peers_by_connection",
+                BY_CONNECTION,
+                labels,
+                n as i64,
+            );
+        }
+        const PUNCHES: &str = "Direct connections punched through NAT (DCUtR), by result.";
+        for (result, n) in [
+            ("succeeded", st.hole_punches),
+            ("failed", st.hole_punch_failures),
+        ] {
+            let labels = vec![("result".into(), result.into())];
+            m.counter("univrs_mesh_hole_punches", PUNCHES, labels, n);
+        }
+        const REACHABLE: &str =
+            "Whether peers can dial this node (AutoNAT): 1 for the current state.";
+        for state in [
+            Reachability::Public,
+            Reachability::Private,
+            Reachability::Unknown,
+        ] {
+            let labels = vec![("state".into(), format!("{state:?}"))];
+            let on = i64::from(st.reachability == state);
+            m.gauge("univrs_mesh_reachability", REACHABLE, labels, on);
+        }
+        m.gauge(
+            "univrs_mesh_relay_reservations",
+            "Relays holding a reservation for this node (it is reached through them).",
+            vec![],
+            st.relays.len() as i64,
         );
     }
     m.gauge(

@@ -134,9 +134,11 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     }
 }
 
-/// Whether an address is a circuit through a relay.
-fn is_relayed(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| p == Protocol::P2pCircuit)
+/// The address without its `/p2p/<peer>` parts.
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
 }
 
 /// Whether an address is on the loopback network.
@@ -356,7 +358,7 @@ impl EventLoop {
                 ..
             } => {
                 let addr = endpoint.get_remote_address().clone();
-                let kind = if is_relayed(&addr) {
+                let kind = if endpoint.is_relayed() {
                     PeerConnection::Relayed
                 } else {
                     PeerConnection::Direct
@@ -528,10 +530,16 @@ impl EventLoop {
         if !info.protocols.contains(&KAD_PROTOCOL) {
             return;
         }
+        // A relay must be reachable by others: this node dialed it at an address it listens
+        // on (not at a hole punched through its router).
         if info.protocols.contains(&relay::HOP_PROTOCOL_NAME)
             && let Some(addr) = self.dialed.get(&peer_id)
+            && info
+                .listen_addrs
+                .iter()
+                .any(|l| without_p2p(l) == without_p2p(addr))
         {
-            self.relay_candidates.insert(peer_id, addr.clone());
+            self.relay_candidates.insert(peer_id, without_p2p(addr));
             self.ensure_reservations();
         }
         // A peer reached over the network cannot be reached on its loopback addresses.
