@@ -425,6 +425,11 @@ pub struct AgentArgs {
     /// Do not look for mesh peers on the local links by mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Do not relay mesh connections for peers behind NAT (circuit relay v2; by default a
+    /// reachable node relays within limits: 128 reservations, 64 circuits, an hour or 64 MiB
+    /// each). Peers behind NAT are still reached through other relays.
+    #[arg(long)]
+    pub no_relay: bool,
     /// How often the vouches signed by this node's key are announced again on the mesh, so
     /// peers that joined later hear them (new ones are announced at once).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]

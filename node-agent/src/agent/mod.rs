@@ -67,6 +67,8 @@ pub struct AgentConfig {
     pub bootstrap: Vec<String>,
     /// Find peers on the local links by mDNS.
     pub mdns: bool,
+    /// Relay mesh connections for peers behind NAT (within the mesh's relay limits).
+    pub relay: bool,
     /// The Lease duration (renewed every third of it).
     pub lease_duration: Duration,
     /// How often usage alone is written to Workload status.
@@ -180,6 +182,7 @@ pub async fn run(
         listen,
         bootstrap,
         cfg.mdns,
+        cfg.relay,
         Arc::new(cluster.clone()),
     )
     .await

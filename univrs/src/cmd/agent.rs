@@ -44,6 +44,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         listen: args.listen,
         bootstrap: args.bootstrap,
         mdns: !args.no_mdns,
+        relay: !args.no_relay,
         lease_duration: args.lease_duration,
         usage_interval: args.usage_interval,
         backoff_base: args.restart_backoff,

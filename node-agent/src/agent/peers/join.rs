@@ -22,12 +22,14 @@ pub fn parse_addrs(flag: &str, addrs: &[String]) -> Result<Vec<Multiaddr>, Strin
 }
 
 /// Starts the mesh: `listen` (default: every IPv4 interface, TCP and QUIC, free ports),
-/// `bootstrap` peers, mDNS unless disabled, claims checked by `claims`.
+/// `bootstrap` peers, mDNS unless disabled, a relay for peers behind NAT unless disabled,
+/// claims checked by `claims`.
 pub async fn start(
     identity: NodeIdentity,
     listen: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     mdns: bool,
+    relay: bool,
     claims: Arc<dyn ClaimCheck>,
 ) -> Result<MeshHandle, MeshError> {
     let mut config = MeshConfig::new(identity);
@@ -36,6 +38,9 @@ pub async fn start(
     }
     config.bootstrap = bootstrap;
     config.mdns = mdns;
+    if !relay {
+        config.relay = None;
+    }
     config.claims = Some(claims);
     Mesh::spawn(config).await
 }
