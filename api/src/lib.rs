@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod crds;
 pub mod enr;
 pub mod envelope;
+pub mod expose;
 pub mod gossip;
 pub mod identity;
 pub mod ledger;

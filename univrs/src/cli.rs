@@ -430,6 +430,11 @@ pub struct AgentArgs {
     /// each). Peers behind NAT are still reached through other relays.
     #[arg(long)]
     pub no_relay: bool,
+    /// The address Workloads' exposed ports (`spec.expose`) are served on: every member node
+    /// accepts them there and carries each connection to a ready instance, here or through
+    /// the mesh on another node.
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    pub expose_address: std::net::IpAddr,
     /// How often the vouches signed by this node's key are announced again on the mesh, so
     /// peers that joined later hear them (new ones are announced at once).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]

@@ -10,6 +10,7 @@
 
 use crate::quantity::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,7 @@ pub const WORKLOAD_LABEL: &str = "univrs.io/workload";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.expose) || self.expose.all(e, type(e.targetPort) == int || self.containers.exists(c, has(c.ports) && c.ports.exists(p, has(p.name) && p.name == e.targetPort)))").message("an exposed targetPort given by name must name a port of one of the containers").field_path(".expose"))]
 pub struct WorkloadSpec {
     /// The containers every instance runs, in order. Names are unique.
     #[schemars(length(min = 1, max = 16))]
@@ -136,6 +138,39 @@ pub struct WorkloadSpec {
     #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
     pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Ports served to the community, as a NodePort Service serves them: every member node
+    /// accepts connections on `port` and sends each to a ready instance, on that node when
+    /// one runs there, else on another node through the mesh (so it works across NAT).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(p, self.exists_one(q, q.port == p.port))").message("each port is exposed once").reason(kube::core::Reason::FieldValueDuplicate))]
+    pub expose: Vec<ExposedPort>,
+}
+
+/// A port of a Workload served on every member node.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.protocol == 'TCP'").message("only TCP ports are exposed so far").field_path(".protocol"))]
+pub struct ExposedPort {
+    /// Its name, unique in the Workload.
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The port every member node serves it on, from the range each node's owner allows
+    /// (Node `spec.hostPorts`, by default 30000-32767); unique among the cluster's Workloads
+    /// (the first to expose it keeps it).
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The container's port: its number, or the name of one of its `ports`.
+    #[schemars(extend("x-kubernetes-int-or-string" = true))]
+    pub target_port: IntOrString,
+    /// TCP (the default; UDP is not exposed yet).
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// A reference to an object of the same namespace, by name.

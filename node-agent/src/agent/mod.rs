@@ -28,6 +28,7 @@
 
 pub mod api;
 pub mod error;
+pub mod expose;
 pub mod instances;
 pub mod kube;
 pub mod peers;
@@ -69,6 +70,8 @@ pub struct AgentConfig {
     pub mdns: bool,
     /// Relay mesh connections for peers behind NAT (within the mesh's relay limits).
     pub relay: bool,
+    /// Where exposed Workload ports are served (`spec.expose`).
+    pub expose_address: std::net::IpAddr,
     /// The Lease duration (renewed every third of it).
     pub lease_duration: Duration,
     /// How often usage alone is written to Workload status.
@@ -336,6 +339,17 @@ pub async fn run(
         mesh.clone(),
         reports.clone(),
     ));
+    let expose_task = tokio::spawn(
+        expose::Exposer::new(
+            cfg.node_name.clone(),
+            cfg.expose_address,
+            cfg.policy.host_ports.clone(),
+            store.clone(),
+            cluster.clone(),
+            mesh.clone(),
+        )
+        .run(wake.clone()),
+    );
     let vouches_task = tokio::spawn(peers::announce::vouches(
         identity.public().did(),
         mesh.clone(),
@@ -366,6 +380,7 @@ pub async fn run(
         api_task,
         peers_task,
         announce_task,
+        expose_task,
         vouches_task,
         heard_task,
         nodes_watch,

@@ -33,6 +33,8 @@ pub(crate) struct MeshBehaviour {
     pub(crate) relay_client: relay::client::Behaviour,
     pub(crate) relay: Toggle<relay::Behaviour>,
     pub(crate) dcutr: dcutr::Behaviour,
+    /// Raw streams for protocols outside the mesh's own (exposed ports between nodes).
+    pub(crate) streams: libp2p_stream::Behaviour,
 }
 
 fn build_err(what: &'static str) -> impl FnOnce(String) -> MeshError {
@@ -140,6 +142,7 @@ impl MeshBehaviour {
             relay_client,
             relay: relay.into(),
             dcutr: dcutr::Behaviour::new(peer_id),
+            streams: libp2p_stream::Behaviour::new(),
         })
     }
 }

@@ -226,6 +226,11 @@ impl EventLoop {
         Ok(this)
     }
 
+    /// Opens and accepts raw streams over this swarm's connections.
+    pub(crate) fn stream_control(&self) -> libp2p_stream::Control {
+        self.swarm.behaviour().streams.new_control()
+    }
+
     /// This node's PeerId.
     pub(crate) fn local_peer_id(&self) -> PeerId {
         *self.swarm.local_peer_id()
@@ -327,6 +332,7 @@ impl EventLoop {
                 tracing::debug!(?e, "relay");
             }
             SwarmEvent::Behaviour(MeshBehaviourEvent::Dcutr(e)) => self.on_dcutr(e),
+            SwarmEvent::Behaviour(MeshBehaviourEvent::Streams(())) => {}
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,

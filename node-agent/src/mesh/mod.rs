@@ -79,27 +79,44 @@ impl Mesh {
         let mut event_loop = EventLoop::new(config, command_rx, inbound.clone())?;
         event_loop.wait_listening().await?;
         let peer_id = event_loop.local_peer_id();
+        let streams = event_loop.stream_control();
         tokio::spawn(event_loop.run());
         Ok(MeshHandle {
             peer_id,
             commands,
             inbound,
+            streams,
         })
     }
 }
 
 /// A cloneable handle on a running mesh.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MeshHandle {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     inbound: broadcast::Sender<InboundMessage>,
+    streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for MeshHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshHandle")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MeshHandle {
     /// This node's PeerId.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Opens and accepts raw streams to and from peers (dialing a peer that is not
+    /// connected), for protocols of the agent's own.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     /// Signs `body` and publishes it on its topic.

@@ -45,6 +45,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         bootstrap: args.bootstrap,
         mdns: !args.no_mdns,
         relay: !args.no_relay,
+        expose_address: args.expose_address,
         lease_duration: args.lease_duration,
         usage_interval: args.usage_interval,
         backoff_base: args.restart_backoff,

@@ -68,6 +68,13 @@ impl ClusterView {
             .and_then(|n| n.metadata.name.clone())
     }
 
+    /// The PeerId of the Node named `name`, if it exists.
+    pub fn peer_id_of(&self, name: &str) -> Option<String> {
+        self.nodes
+            .get(&ObjectRef::new(name))
+            .map(|n| n.spec.peer_id.clone())
+    }
+
     /// The DID of the Node named `name`, if it exists.
     pub fn did_of(&self, name: &str) -> Option<String> {
         self.nodes

@@ -1,0 +1,326 @@
+//! Exposed ports (`spec.expose`): this node accepts connections on every port a Workload
+//! exposes (within its owner's host port range) and sends each to a ready instance: one on
+//! this node when there is one, else one on another node, through a stream over the mesh
+//! (`/univrs/expose/1.0.0`), so it works across NAT. Which Workload holds a port, and which
+//! instances are ready, come from the Workload cache (`univrs_api::expose`).
+//!
+//! The stream protocol: the dialing node writes one JSON line `{"port": P}`; the other node
+//! answers `ok` and then carries bytes both ways, or `error: …` and closes. A node answers
+//! only with its own ready instances of the Workload holding P (never forwarding further),
+//! so a peer can reach through it nothing that its exposed port does not serve anyway.
+
+use super::peers::cluster_view::ClusterView;
+use crate::mesh::{MeshHandle, PeerId};
+use futures::StreamExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use univrs_api::Workload;
+use univrs_api::expose::{Holder, backends, holders};
+
+/// The mesh protocol for a connection to an exposed port carried to another node.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/univrs/expose/1.0.0");
+/// The longest request line.
+const MAX_REQUEST: usize = 256;
+/// How long connecting to an instance, or opening and answering a stream, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections carried at once (inbound and through the mesh, each): beyond, new ones wait.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// What a stream asks for.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    port: u16,
+}
+
+/// What the exposer needs to route a connection.
+struct Routes {
+    node: String,
+    workloads: Store<Workload>,
+    cluster: ClusterView,
+    mesh: MeshHandle,
+    next: AtomicUsize,
+    slots: Semaphore,
+}
+
+impl Routes {
+    /// The Workload holding `port` now, and its exposed entry.
+    fn holder(&self, port: u16) -> Option<(Arc<Workload>, Holder)> {
+        let all = self.workloads.state();
+        let h = holders(all.iter().map(|w| w.as_ref())).remove(&port)?;
+        let wl = self
+            .workloads
+            .get(&ObjectRef::new(&h.name).within(&h.namespace))?;
+        Some((wl, h))
+    }
+
+    /// A rotating pick among `n` choices.
+    fn pick(&self, n: usize) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % n.max(1)
+    }
+
+    /// Carries `conn` (accepted on `port`) to a ready instance.
+    async fn route(&self, port: u16, mut conn: TcpStream) -> Result<(), String> {
+        let (wl, h) = self
+            .holder(port)
+            .ok_or_else(|| format!("no Workload exposes port {port}"))?;
+        let (local, remote) = backends(&wl, &h.port, &self.node);
+        if !local.is_empty() {
+            let mut to = connect(local[self.pick(local.len())]).await?;
+            return carry(&mut conn, &mut to).await;
+        }
+        if remote.is_empty() {
+            return Err(format!(
+                "{}/{} has no ready instance for port {port}",
+                h.namespace, h.name
+            ));
+        }
+        let node = &remote[self.pick(remote.len())];
+        let peer: PeerId = self
+            .cluster
+            .peer_id_of(node)
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("node {node} has no PeerId"))?;
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, self.open(peer, port))
+            .await
+            .map_err(|_| format!("node {node} did not answer in {CONNECT_TIMEOUT:?}"))??;
+        carry(&mut conn, &mut stream).await
+    }
+
+    /// Opens a stream to `peer` for `port` and reads its answer.
+    async fn open(
+        &self,
+        peer: PeerId,
+        port: u16,
+    ) -> Result<impl AsyncRead + AsyncWrite + Unpin + use<>, String> {
+        let stream = self
+            .mesh
+            .streams()
+            .open_stream(peer, PROTOCOL)
+            .await
+            .map_err(|e| format!("opening a stream to {peer}: {e}"))?;
+        let mut stream = BufReader::new(stream.compat());
+        let mut line = serde_json::to_vec(&Request { port }).expect("a request serializes");
+        line.push(b'\n');
+        stream
+            .get_mut()
+            .write_all(&line)
+            .await
+            .map_err(|e| format!("asking {peer}: {e}"))?;
+        let answer = read_line(&mut stream).await?;
+        if answer != "ok" {
+            return Err(format!("{peer} refused: {answer}"));
+        }
+        Ok(stream)
+    }
+
+    /// Answers one stream from `peer` with a local ready instance of the port it names.
+    async fn serve(&self, peer: PeerId, stream: libp2p::Stream) -> Result<(), String> {
+        let mut stream = BufReader::new(stream.compat());
+        let request: Request = serde_json::from_str(&read_line(&mut stream).await?)
+            .map_err(|e| format!("a malformed request from {peer}: {e}"))?;
+        let local = self
+            .holder(request.port)
+            .map(|(wl, h)| backends(&wl, &h.port, &self.node).0)
+            .unwrap_or_default();
+        let answer = if local.is_empty() {
+            Err(format!("no ready instance for port {} here", request.port))
+        } else {
+            connect(local[self.pick(local.len())]).await
+        };
+        match answer {
+            Ok(mut to) => {
+                stream
+                    .get_mut()
+                    .write_all(b"ok\n")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                carry(&mut stream, &mut to).await
+            }
+            Err(e) => {
+                let _ = stream
+                    .get_mut()
+                    .write_all(format!("error: {e}\n").as_bytes())
+                    .await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One line (without its newline), at most [`MAX_REQUEST`] bytes, within the timeout.
+async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<String, String> {
+    let mut line = Vec::new();
+    let read = async {
+        let mut limited = tokio::io::AsyncReadExt::take(&mut *r, MAX_REQUEST as u64);
+        limited.read_until(b'\n', &mut line).await
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, read)
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    if line.last() != Some(&b'\n') {
+        return Err("the line is too long or cut short".into());
+    }
+    line.pop();
+    String::from_utf8(line).map_err(|_| "the line is not UTF-8".into())
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connecting to {addr}: timed out"))?
+        .map_err(|e| format!("connecting to {addr}: {e}"))
+}
+
+/// Copies both ways until both sides are done.
+async fn carry<A, B>(a: &mut A, b: &mut B) -> Result<(), String>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional(a, b)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Serves exposed ports on this node.
+pub struct Exposer {
+    routes: Arc<Routes>,
+    bind: IpAddr,
+    allowed: RangeInclusive<u16>,
+    listeners: BTreeMap<u16, JoinHandle<()>>,
+    /// Ports that could not be bound, warned about once each.
+    refused: BTreeSet<u16>,
+}
+
+impl Exposer {
+    /// Serves on `bind`, ports in `allowed` only.
+    pub fn new(
+        node: String,
+        bind: IpAddr,
+        allowed: RangeInclusive<u16>,
+        workloads: Store<Workload>,
+        cluster: ClusterView,
+        mesh: MeshHandle,
+    ) -> Self {
+        Self {
+            routes: Arc::new(Routes {
+                node,
+                workloads,
+                cluster,
+                mesh,
+                next: AtomicUsize::new(0),
+                slots: Semaphore::new(MAX_CONNECTIONS),
+            }),
+            bind,
+            allowed,
+            listeners: BTreeMap::new(),
+            refused: BTreeSet::new(),
+        }
+    }
+
+    /// Answers streams from other nodes, and keeps the listeners in line with the exposed
+    /// ports, waking on every change of the Workload cache.
+    pub async fn run(mut self, mut wake: watch::Receiver<u64>) {
+        let streams = tokio::spawn(serve_streams(self.routes.clone()));
+        loop {
+            self.sync();
+            tokio::select! {
+                r = wake.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        }
+        streams.abort();
+        for (_, l) in std::mem::take(&mut self.listeners) {
+            l.abort();
+        }
+    }
+
+    fn sync(&mut self) {
+        let all = self.routes.workloads.state();
+        let want: BTreeSet<u16> = holders(all.iter().map(|w| w.as_ref()))
+            .into_keys()
+            .filter(|p| self.allowed.contains(p))
+            .collect();
+        self.listeners.retain(|port, task| {
+            let keep = want.contains(port) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        self.refused.retain(|p| want.contains(p));
+        for port in want {
+            if self.listeners.contains_key(&port) || self.refused.contains(&port) {
+                continue;
+            }
+            let addr = SocketAddr::new(self.bind, port);
+            match std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(TcpListener::from_std)
+            {
+                Ok(listener) => {
+                    tracing::info!(%addr, "serving an exposed port");
+                    let routes = self.routes.clone();
+                    self.listeners
+                        .insert(port, tokio::spawn(accept(routes, listener, port)));
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, "cannot serve an exposed port: {e}");
+                    self.refused.insert(port);
+                }
+            }
+        }
+    }
+}
+
+async fn accept(routes: Arc<Routes>, listener: TcpListener, port: u16) {
+    loop {
+        let Ok((conn, from)) = listener.accept().await else {
+            continue;
+        };
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let Ok(_slot) = routes.slots.acquire().await else {
+                return;
+            };
+            if let Err(e) = routes.route(port, conn).await {
+                tracing::debug!(port, %from, "exposed port: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_streams(routes: Arc<Routes>) {
+    let mut incoming = match routes.mesh.streams().accept(PROTOCOL) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!("accepting exposed-port streams: {e:?}");
+            return;
+        }
+    };
+    while let Some((peer, stream)) = incoming.next().await {
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let Ok(_slot) = routes.slots.acquire().await else {
+                return;
+            };
+            if let Err(e) = routes.serve(peer, stream).await {
+                tracing::debug!(%peer, "exposed-port stream: {e}");
+            }
+        });
+    }
+}

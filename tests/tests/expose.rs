@@ -1,0 +1,103 @@
+//! Exposed ports (`spec.expose`) through the real control plane, the controller and two real
+//! agents, each serving exposed ports on its own loopback address (as `univrs up` gives its
+//! agents): a connection to either node reaches the one ready replica, on the node that runs
+//! it directly and on the other through a stream over the mesh; with no ready replica, no node
+//! answers with content.
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::io::{Read, Write};
+use std::time::Duration;
+use univrs_api::Workload;
+use univrs_tests::agent::AgentProc;
+use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_controller};
+use univrs_tests::{ControlPlane, free_host_port};
+
+const NS: &str = "expose-portal";
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The page at `addr`, or why there is none.
+fn page(addr: &str) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    if body.is_empty() {
+        return Err("closed without an answer".into());
+    }
+    Ok(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    for n in [NS, LEASE_NS] {
+        ensure_namespace(&client, n).await;
+    }
+    let port = free_host_port();
+    let agent = |name: &str, addr: &str| {
+        AgentProc::start(
+            cp,
+            name,
+            &[
+                "--cpu",
+                "2",
+                "--memory",
+                "2Gi",
+                "--label",
+                &format!("test={name}"),
+                "--expose-address",
+                addr,
+            ],
+        )
+    };
+    let _a = agent("exp-a", "127.0.0.2");
+    let _b = agent("exp-b", "127.0.0.3");
+    let _controller = start_controller(cp);
+
+    let api: Api<Workload> = Api::namespaced(client.clone(), NS);
+    let wl: Workload = serde_json::from_value(serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": "portal"},
+        "spec": {"replicas": 1, "nodeSelector": {"test": "exp-a"},
+            "expose": [{"name": "web", "port": port, "targetPort": "http"}],
+            "containers": [{"name": "web", "image": "univrs.local/demo:latest",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}}]},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &wl).await.unwrap();
+
+    // On the node that runs it, and on the other one through the mesh.
+    for (node, addr) in [("exp-a", "127.0.0.2"), ("exp-b", "127.0.0.3")] {
+        let target = format!("{addr}:{port}");
+        let body = eventually(&format!("the portal through {node}"), WAIT, async || {
+            let p = page(&target);
+            (
+                p.clone().ok().filter(|b| b.contains("served by portal-0")),
+                format!("{p:?}"),
+            )
+        })
+        .await;
+        assert!(body.starts_with("HTTP/1."), "{body}");
+    }
+
+    // No ready replica: no node has anything to give.
+    api.patch(
+        "portal",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+    )
+    .await
+    .unwrap();
+    for addr in ["127.0.0.2", "127.0.0.3"] {
+        let target = format!("{addr}:{port}");
+        eventually(&format!("{target} without a replica"), WAIT, async || {
+            let p = page(&target);
+            (p.clone().err(), format!("{p:?}"))
+        })
+        .await;
+    }
+}
