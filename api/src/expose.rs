@@ -88,12 +88,8 @@ pub fn backends(
                     local.push(SocketAddr::new(ip, port));
                 }
             }
-            Some(n) => {
-                if !remote.iter().any(|r| r == n) {
-                    remote.push(n.to_string());
-                }
-            }
-            None => {}
+            Some(n) if !remote.iter().any(|r| r == n) => remote.push(n.to_string()),
+            _ => {}
         }
     }
     (local, remote)
