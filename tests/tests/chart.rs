@@ -1446,9 +1446,11 @@ fn every_status_field_has_one_writer_in_the_policies() {
     let crds = univrs_api::crds::all();
     let crd = |kind: &str| crds.iter().find(|c| c.spec.names.kind == kind).unwrap();
 
-    // A Node's status: everything but the agent's observations is the controller's.
+    // A Node's status: everything but the agent's observations and addresses is the
+    // controller's.
     let mut node = status_fields(crd("Node"), &[]);
     assert!(node.remove("observations"));
+    assert!(node.remove("addresses"));
     assert_eq!(
         locked(policy, "Node"),
         node,

@@ -84,6 +84,24 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
         assert!(body.starts_with("HTTP/1."), "{body}");
     }
 
+    // Each Node says where it serves exposed ports.
+    let nodes: Api<univrs_api::Node> = Api::all(client.clone());
+    for (node, addr) in [("exp-a", "127.0.0.2"), ("exp-b", "127.0.0.3")] {
+        let listed = eventually(&format!("{node}'s addresses"), WAIT, async || {
+            let n = nodes.get(node).await.unwrap();
+            let a = n.status.map(|s| s.addresses).unwrap_or_default();
+            ((!a.is_empty()).then(|| a.clone()), format!("{a:?}"))
+        })
+        .await;
+        assert_eq!(
+            listed
+                .iter()
+                .map(|a| (a.type_.as_str(), a.address.as_str()))
+                .collect::<Vec<_>>(),
+            [("InternalIP", addr)]
+        );
+    }
+
     // No ready replica: no node has anything to give.
     api.patch(
         "portal",

@@ -249,6 +249,11 @@ pub struct NodeStatus {
     /// The metadata.generation this status was derived from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Where the node serves Workloads' exposed ports, as on a core Node (agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["address".into()]))]
+    pub addresses: Vec<NodeAddress>,
     /// Reputation from 0 to 1: service history and verified vouches (controller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
@@ -393,6 +398,18 @@ pub struct NodeObservations {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub relays: Vec<String>,
+}
+
+/// One address of a node, as core Nodes list them.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddress {
+    /// `InternalIP`, `ExternalIP` or `Hostname`.
+    #[serde(rename = "type")]
+    #[schemars(regex(pattern = r"^(InternalIP|ExternalIP|Hostname)$"))]
+    pub type_: String,
+    /// The address.
+    #[schemars(length(min = 1, max = 253))]
+    pub address: String,
 }
 
 /// Whether a machine can be dialed by others.

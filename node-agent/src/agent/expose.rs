@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use univrs_api::Workload;
 use univrs_api::expose::{Holder, backends, holders};
+use univrs_api::resources::node::NodeAddress;
 
 /// The mesh protocol for a connection to an exposed port carried to another node.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/univrs/expose/1.0.0");
@@ -194,6 +195,35 @@ where
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// Where this node serves exposed ports, for its Node's `status.addresses`: the address
+/// given, or (for every address) the machine's IPv4 addresses but loopback and the container
+/// bridges, and its host name.
+pub fn node_addresses(bind: IpAddr) -> Vec<NodeAddress> {
+    let internal = |ip: IpAddr| NodeAddress {
+        type_: "InternalIP".into(),
+        address: ip.to_string(),
+    };
+    if !bind.is_unspecified() {
+        return vec![internal(bind)];
+    }
+    let mut out: Vec<NodeAddress> = nix::ifaddrs::getifaddrs()
+        .into_iter()
+        .flatten()
+        .filter(|i| !i.interface_name.starts_with("univrs") && !i.interface_name.starts_with("cni"))
+        .filter_map(|i| i.address?.as_sockaddr_in().map(|a| IpAddr::V4(a.ip())))
+        .filter(|ip| !ip.is_loopback())
+        .map(internal)
+        .collect();
+    out.dedup();
+    if let Ok(host) = nix::unistd::gethostname() {
+        out.push(NodeAddress {
+            type_: "Hostname".into(),
+            address: host.to_string_lossy().into_owned(),
+        });
+    }
+    out
 }
 
 /// Serves exposed ports on this node.

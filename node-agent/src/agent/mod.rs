@@ -227,6 +227,7 @@ pub async fn run(
         kube::uptime::UptimeTracker::open(data_dir.join("uptime.json")),
         Some(mesh.clone()),
         cluster.clone(),
+        expose::node_addresses(cfg.expose_address),
         Duration::from_secs(15),
     ));
 

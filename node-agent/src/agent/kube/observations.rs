@@ -1,12 +1,12 @@
 //! The node's own observations in its Node status (`status.observations`, this agent's field
-//! manager): uptime over the last day, what the mesh sees, and a report on each peer that is a
+//! manager, with `status.addresses`, where it serves exposed ports): uptime over the last day, what the mesh sees, and a report on each peer that is a
 //! Node (connected, invalid gossip dropped from it), which the controller gathers into that
 //! Node's `peerView`. Written only when a value changes after rounding, never for a timestamp
 //! alone.
 
 use kube::api::Api;
 use std::time::Duration;
-use univrs_api::resources::node::{Node, NodeObservations};
+use univrs_api::resources::node::{Node, NodeAddress, NodeObservations};
 use univrs_io::apply::Apply;
 
 use super::uptime::UptimeTracker;
@@ -28,6 +28,7 @@ pub async fn run(
     mut uptime: UptimeTracker,
     mesh: Option<MeshHandle>,
     cluster: ClusterView,
+    addresses: Vec<NodeAddress>,
     every: Duration,
 ) {
     let api: Api<Node> = Api::all(client);
@@ -54,7 +55,8 @@ pub async fn run(
         obs.uptime = uptime.tick();
         let obs = rounded(obs);
         if last.as_ref() != Some(&obs) {
-            let body = Apply::<Node>::new(&node).status(serde_json::json!({"observations": obs}));
+            let body = Apply::<Node>::new(&node)
+                .status(serde_json::json!({"observations": obs, "addresses": addresses}));
             match body.apply_status(&api, &manager).await {
                 Ok(_) => last = Some(obs),
                 Err(e) => tracing::warn!("writing the node's observations: {e}"),
