@@ -189,6 +189,45 @@ async fn the_community_cloud_scenario() {
     )
     .await;
 
+    // One machine as three: each agent has its own loopback address, where the portal's
+    // exposed port answers, whichever machine runs the instance that answers.
+    for (i, n) in ["node-0", "node-1", "node-2"].iter().enumerate() {
+        let want = format!("127.0.0.{}", 2 + i);
+        eventually(
+            &format!("{n}'s address"),
+            Duration::from_secs(60),
+            async || {
+                let a = nodes
+                    .get(n)
+                    .await
+                    .unwrap()
+                    .status
+                    .map(|s| s.addresses)
+                    .unwrap_or_default();
+                let ok = a
+                    .iter()
+                    .any(|a| a.type_ == "InternalIP" && a.address == want);
+                (ok.then_some(()), format!("{a:?}"))
+            },
+        )
+        .await;
+        let page = eventually(
+            &format!("the portal on {want}:30080"),
+            Duration::from_secs(60),
+            async || {
+                let p = http_get(&format!("{want}:30080"));
+                (
+                    p.clone()
+                        .ok()
+                        .filter(|b| b.contains("served by community-portal-")),
+                    format!("{p:?}"),
+                )
+            },
+        )
+        .await;
+        assert!(page.starts_with("HTTP/1."), "{page}");
+    }
+
     // Credit lines from the community center's namespace to each machine: usage is paid.
     let lines: Api<CreditLine> = Api::all(client.clone());
     for n in ["node-0", "node-1", "node-2"] {
@@ -363,4 +402,20 @@ async fn the_community_cloud_scenario() {
     );
     up.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The answer to `GET /` at `addr`, or why there is none.
+fn http_get(addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    if body.is_empty() {
+        return Err("closed without an answer".into());
+    }
+    Ok(body)
 }

@@ -179,6 +179,7 @@ pub async fn run(opts: Options) -> Result<()> {
     for i in 0..agents {
         let name = format!("node-{i}");
         let dir = opts.data_dir.join("agents").join(&name);
+        let ip = agent_address(i);
         progress.begin(&format!("agent {name}"));
         children.spawn(
             agent_credentials
@@ -199,11 +200,17 @@ pub async fn run(opts: Options) -> Result<()> {
                     humantime::format_duration(opts.usage_interval).to_string(),
                     "--image-layout".into(),
                     format!("{}={}", demo_image::DEMO_REFERENCE, demo.display()),
-                    // One machine: the mesh stays on loopback; peers come from the Nodes.
+                    // One machine as several: each agent has its own loopback address for
+                    // its mesh, its API and the exposed ports it serves; peers come from the
+                    // Nodes.
                     "--listen".into(),
-                    "/ip4/127.0.0.1/tcp/0".into(),
+                    format!("/ip4/{ip}/tcp/0"),
                     "--listen".into(),
-                    "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+                    format!("/ip4/{ip}/udp/0/quic-v1"),
+                    "--api-addr".into(),
+                    format!("{ip}:0"),
+                    "--expose-address".into(),
+                    ip.to_string(),
                     "--no-mdns".into(),
                     // Agents on one machine each get their own container subnet.
                     "--pod-cidr".into(),
@@ -381,4 +388,9 @@ async fn reset_agent(exe: &Path, name: &str, dir: &Path) {
         ),
         Err(e) => eprintln!("  running univrs reset for {name}: {e}"),
     }
+}
+
+/// Agent `i`'s own loopback address under `univrs up`: 127.0.0.2, 127.0.0.3, …
+fn agent_address(i: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 0, 2)).saturating_add(i))
 }
