@@ -220,16 +220,16 @@ pub async fn run(
         cfg.lease_duration,
     ));
 
-    let observations = tokio::spawn(kube::observations::run(
-        client.clone(),
-        cfg.node_name.clone(),
-        manager.clone(),
-        kube::uptime::UptimeTracker::open(data_dir.join("uptime.json")),
-        Some(mesh.clone()),
-        cluster.clone(),
-        expose::node_addresses(cfg.expose_address),
-        Duration::from_secs(15),
-    ));
+    let observations = tokio::spawn(kube::observations::run(kube::observations::Observer {
+        client: client.clone(),
+        node: cfg.node_name.clone(),
+        manager: manager.clone(),
+        uptime: kube::uptime::UptimeTracker::open(data_dir.join("uptime.json")),
+        mesh: Some(mesh.clone()),
+        cluster: cluster.clone(),
+        addresses: expose::node_addresses(cfg.expose_address),
+        every: Duration::from_secs(15),
+    }));
 
     let runtime = RuntimeClient::new(&cfg.shim_bin, data_dir.join("runtime"), &cfg.node_name)
         .map_err(|e| AgentError::Invalid(e.to_string()))?;

@@ -20,17 +20,38 @@ pub fn rounded(mut o: NodeObservations) -> NodeObservations {
     o
 }
 
-/// Writes observations every `every`, when they changed.
-pub async fn run(
-    client: kube::Client,
-    node: String,
-    manager: String,
-    mut uptime: UptimeTracker,
-    mesh: Option<MeshHandle>,
-    cluster: ClusterView,
-    addresses: Vec<NodeAddress>,
-    every: Duration,
-) {
+/// What the node writes about itself in its Node status, and where it learns it.
+pub struct Observer {
+    /// The API client.
+    pub client: kube::Client,
+    /// The Node's name.
+    pub node: String,
+    /// The agent's field manager.
+    pub manager: String,
+    /// Its uptime record.
+    pub uptime: UptimeTracker,
+    /// Its mesh, if it has one.
+    pub mesh: Option<MeshHandle>,
+    /// The other Nodes (to name peers).
+    pub cluster: ClusterView,
+    /// Where it serves exposed ports.
+    pub addresses: Vec<NodeAddress>,
+    /// How often it looks.
+    pub every: Duration,
+}
+
+/// Writes observations (and the addresses) every `every`, when they changed.
+pub async fn run(o: Observer) {
+    let Observer {
+        client,
+        node,
+        manager,
+        mut uptime,
+        mesh,
+        cluster,
+        addresses,
+        every,
+    } = o;
     let api: Api<Node> = Api::all(client);
     let mut last: Option<NodeObservations> = None;
     loop {
