@@ -147,6 +147,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The answer to `GET /` at `addr` (`host:port`), or why there is none (a connection
+/// closed without a byte is an error).
+pub fn http_get(addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    if body.is_empty() {
+        return Err("closed without an answer".into());
+    }
+    Ok(body)
+}
+
 /// A free port in the agents' default hostPort range (30000-32767), picked at random so that
 /// parallel tests rarely try the same one (a hostPort's DNAT does not hold the port).
 pub fn free_host_port() -> u16 {

@@ -5,7 +5,6 @@
 //! answers with content.
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use std::io::{Read, Write};
 use std::time::Duration;
 use univrs_api::Workload;
 use univrs_tests::agent::AgentProc;
@@ -14,21 +13,6 @@ use univrs_tests::{ControlPlane, free_host_port};
 
 const NS: &str = "expose-portal";
 const WAIT: Duration = Duration::from_secs(120);
-
-/// The page at `addr`, or why there is none.
-fn page(addr: &str) -> Result<String, String> {
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-    if body.is_empty() {
-        return Err("closed without an answer".into());
-    }
-    Ok(body)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready() {
@@ -74,7 +58,7 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
     for (node, addr) in [("exp-a", "127.0.0.2"), ("exp-b", "127.0.0.3")] {
         let target = format!("{addr}:{port}");
         let body = eventually(&format!("the portal through {node}"), WAIT, async || {
-            let p = page(&target);
+            let p = univrs_tests::http_get(&target);
             (
                 p.clone().ok().filter(|b| b.contains("served by portal-0")),
                 format!("{p:?}"),
@@ -113,7 +97,7 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
     for addr in ["127.0.0.2", "127.0.0.3"] {
         let target = format!("{addr}:{port}");
         eventually(&format!("{target} without a replica"), WAIT, async || {
-            let p = page(&target);
+            let p = univrs_tests::http_get(&target);
             (p.clone().err(), format!("{p:?}"))
         })
         .await;

@@ -215,7 +215,7 @@ async fn the_community_cloud_scenario() {
             &format!("the portal on {want}:30080"),
             Duration::from_secs(60),
             async || {
-                let p = http_get(&format!("{want}:30080"));
+                let p = univrs_tests::http_get(&format!("{want}:30080"));
                 (
                     p.clone()
                         .ok()
@@ -402,20 +402,4 @@ async fn the_community_cloud_scenario() {
     );
     up.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The answer to `GET /` at `addr`, or why there is none.
-fn http_get(addr: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-    if body.is_empty() {
-        return Err("closed without an answer".into());
-    }
-    Ok(body)
 }
