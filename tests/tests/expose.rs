@@ -12,6 +12,7 @@ use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_contro
 use univrs_tests::{ControlPlane, free_host_port};
 
 const NS: &str = "expose-portal";
+const OTHER_NS: &str = "expose-copycat";
 const WAIT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,6 +68,41 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
         .await;
         assert!(body.starts_with("HTTP/1."), "{body}");
     }
+
+    // A later Workload exposing the same port is told who holds it; the port stays the
+    // portal's.
+    ensure_namespace(&client, OTHER_NS).await;
+    let copy: Workload = serde_json::from_value(serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": "copy"},
+        "spec": {"replicas": 0, "expose": [{"name": "web", "port": port, "targetPort": 8080}],
+            "containers": [{"name": "web", "image": "univrs.local/demo:latest"}]},
+    }))
+    .unwrap();
+    let other: Api<Workload> = Api::namespaced(client.clone(), OTHER_NS);
+    other.create(&PostParams::default(), &copy).await.unwrap();
+    let exposed = |w: &Workload| {
+        w.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Exposed").cloned())
+    };
+    let taken = eventually("the copy told the port is taken", WAIT, async || {
+        let c = exposed(&other.get("copy").await.unwrap());
+        (c.clone().filter(|c| c.status == "False"), format!("{c:?}"))
+    })
+    .await;
+    assert_eq!(taken.reason, "PortTaken");
+    assert!(
+        taken.message.contains(&format!("held by {NS}/portal")),
+        "{}",
+        taken.message
+    );
+    let held = exposed(&api.get("portal").await.unwrap()).unwrap();
+    assert_eq!(
+        (held.status.as_str(), held.reason.as_str()),
+        ("True", "Serving")
+    );
+    let body = univrs_tests::http_get(&format!("127.0.0.3:{port}")).unwrap();
+    assert!(body.contains("served by portal-0"), "{body}");
 
     // Each Node says where it serves exposed ports.
     let nodes: Api<univrs_api::Node> = Api::all(client.clone());

@@ -27,6 +27,9 @@ pub const CONDITION_CREDIT_EXHAUSTED: &str = "CreditExhausted";
 /// Condition type: some reported usage cannot be priced at its node's rates (the price would
 /// overflow); it stays unbilled, and is billed once it can be priced.
 pub const CONDITION_PRICING_FAILED: &str = "PricingFailed";
+/// Condition type: the Workload holds every port it exposes (`spec.expose`); False with
+/// reason PortTaken when another Workload exposed one of them first.
+pub const CONDITION_EXPOSED: &str = "Exposed";
 /// The label every instance of a workload carries (`univrs.io/workload=<name>`), as
 /// `status.selector` reports it for the scale subresource.
 pub const WORKLOAD_LABEL: &str = "univrs.io/workload";

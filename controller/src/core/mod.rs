@@ -6,6 +6,7 @@
 //! crate root; nothing here knows a client, a cache or a queue exists.
 //!
 //! - [`approval`]: whether a node's certificate request is approved (the join).
+//! - [`exposed`]: the `Exposed` condition of a Workload that exposes ports.
 //! - [`resources`]: CPU, memory, GPUs and host ports, shared by pricing and placement.
 //! - [`quote`]: what a node charges, at its market (pricing for both placement and billing).
 //! - [`scheduler`]: which node gets an instance (filter, score, spread).
@@ -18,6 +19,7 @@
 
 pub mod approval;
 pub mod billing;
+pub mod exposed;
 pub mod notice;
 pub mod peers;
 pub mod plan;

@@ -293,7 +293,12 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
         settled: false,
     };
     let (pull, pull_problems) = pull_credentials(&wl, &ctx, &ns, &plan).await?;
-    let status = workload::status_patch(&wl, &plan, &bills, &pull, now);
+    let exposed = (!wl.spec.expose.is_empty()).then(|| {
+        let all = ctx.workloads.state();
+        let holders = univrs_api::expose::holders(all.iter().map(|w| w.as_ref()));
+        crate::core::exposed::condition(&wl, &holders, &ctx.nodes.state())
+    });
+    let status = workload::status_patch(&wl, &plan, &bills, &pull, exposed.flatten(), now);
     if workload::unchanged(&wl, &status) {
         drop(assumed);
     } else {

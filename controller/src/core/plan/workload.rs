@@ -21,7 +21,7 @@ use std::time::Duration;
 use univrs_api::conditions::{DesiredCondition, set_condition};
 use univrs_api::resources::node::{DRAIN_ANNOTATION, SeptalState};
 use univrs_api::resources::workload::{
-    CONDITION_AVAILABLE, CONDITION_CREDIT_EXHAUSTED, CONDITION_PRICING_FAILED,
+    CONDITION_AVAILABLE, CONDITION_CREDIT_EXHAUSTED, CONDITION_EXPOSED, CONDITION_PRICING_FAILED,
     CONDITION_PROGRESSING, CONDITION_SCHEDULED, Instance, InstanceUsage, SealedCredentials,
     WORKLOAD_LABEL,
 };
@@ -317,6 +317,7 @@ pub fn status_patch(
     plan: &Plan,
     bills: &Billing,
     pull_credentials: &[SealedCredentials],
+    exposed: Option<DesiredCondition>,
     now: Timestamp,
 ) -> serde_json::Value {
     let desired = wl.spec.replicas.max(0);
@@ -405,6 +406,12 @@ pub fn status_patch(
     };
     for c in [scheduled, available, progressing, credit] {
         set_condition(&mut conditions, c.at_generation(generation), Time(now));
+    }
+    match exposed {
+        Some(c) => {
+            set_condition(&mut conditions, c.at_generation(generation), Time(now));
+        }
+        None => conditions.retain(|c| c.type_ != CONDITION_EXPOSED),
     }
     // Only on workloads that ever had usage it could not price, so the others do not churn.
     let had_unpriced =
