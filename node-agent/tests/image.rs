@@ -468,11 +468,11 @@ async fn an_image_pulled_with_a_workloads_login_is_reused_only_with_that_login()
     let store = TestStore::new();
     let host = registry.host();
     let key = |pass: &str| {
-        Access::Private(univrs_node_agent::image::credential_key(
-            store.credential_salt(),
-            host,
-            &Credentials::new("alice", pass),
-        ))
+        let opts = PullOptions {
+            credentials: Some(Credentials::new("alice", pass)),
+            ..insecure(&registry)
+        };
+        store.access_for(&reference, &opts)
     };
     let own = PullOptions {
         credentials: Some(Credentials::new("alice", "s3cret")),
@@ -509,7 +509,13 @@ async fn an_image_pulled_with_a_workloads_login_is_reused_only_with_that_login()
     ) & 0o777;
     assert_eq!(mode, 0o600);
     let reopened = ImageStore::open(store.root()).unwrap();
-    assert_eq!(reopened.credential_salt(), store.credential_salt());
+    assert_eq!(
+        reopened
+            .resolve_for(&reference, &key("s3cret"))
+            .unwrap()
+            .digest,
+        image.digest
+    );
     assert!(
         !std::fs::read_to_string(
             store

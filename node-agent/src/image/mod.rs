@@ -42,7 +42,7 @@ mod rootfs;
 mod store;
 mod unpack;
 
-pub use auth::{Access, Credentials, DockerConfig, credential_key, load_docker_config};
+pub use auth::{Access, Credentials, DockerConfig, load_docker_config};
 pub use config::{ImageConfig, ProcessError, merge_env, process_args, resolve_user, working_dir};
 pub use digest::Digest;
 pub use error::ImageError;

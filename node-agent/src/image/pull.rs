@@ -44,12 +44,11 @@ impl ImageStore {
         let store = self.clone();
         // Held until the reference is recorded, so `gc` never removes what this pull stored.
         let _lock = blocking(move || store.lock(false)).await?;
-        let (auth, access) = opts.auth_for(parsed.registry(), self.credential_salt());
         let puller = Puller {
             store: self,
             client: opts.client(reference)?,
-            auth,
-            access,
+            auth: opts.auth_for(parsed.registry()),
+            access: opts.access(parsed.registry(), self.credential_salt()),
             max_image_bytes: opts.max_image_bytes,
             canonical: parsed.whole(),
             reference: parsed,
@@ -57,6 +56,20 @@ impl ImageStore {
         puller
             .pull(opts.platform.clone().unwrap_or_else(Platform::host))
             .await
+    }
+}
+
+impl ImageStore {
+    /// Who may reuse what a pull of `reference` with `opts` stores (see [`Access`]), derived
+    /// as the pull derives it, so a Workload looks in the store with the key its own pull
+    /// records. `oci:` layouts (and unreadable references, which nothing stores) are shared.
+    pub fn access_for(&self, reference: &str, opts: &PullOptions) -> Access {
+        match reference.parse::<Reference>() {
+            Ok(r) if !reference.starts_with("oci:") => {
+                opts.access(r.registry(), self.credential_salt())
+            }
+            _ => Access::Shared,
+        }
     }
 }
 

@@ -39,21 +39,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl PullOptions {
-    /// The credentials for `registry`: the Workload's own, else the node's, else none; and
-    /// what a pull with them may be reused by.
-    pub(super) fn auth_for(&self, registry: &str, salt: &[u8]) -> (RegistryAuth, Access) {
-        let basic = |c: &Credentials| RegistryAuth::Basic(c.username.clone(), c.password.clone());
-        if let Some(c) = &self.credentials {
-            let key = super::auth::credential_key(salt, registry, c);
-            return (basic(c), Access::Private(key));
-        }
-        match self
-            .docker_config
+    /// The credentials for `registry`: the Workload's own, else the node's, else none.
+    pub(super) fn auth_for(&self, registry: &str) -> RegistryAuth {
+        let creds = self
+            .credentials
             .as_ref()
-            .and_then(|d| d.credentials_for(registry))
-        {
-            Some(c) => (basic(c), Access::Shared),
-            None => (RegistryAuth::Anonymous, Access::Shared),
+            .or_else(|| self.docker_config.as_ref()?.credentials_for(registry));
+        match creds {
+            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// Who may reuse what a pull from `registry` stores: the holders of the Workload's own
+    /// credentials when there are some, else anyone on the node (the node's login is lent to
+    /// every Workload, and an anonymous pull is anyone's).
+    pub(super) fn access(&self, registry: &str, salt: &[u8]) -> Access {
+        match &self.credentials {
+            Some(c) => Access::Private(super::auth::credential_key(salt, registry, c)),
+            None => Access::Shared,
         }
     }
 

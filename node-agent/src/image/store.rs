@@ -466,7 +466,7 @@ impl ImageStore {
     }
 
     /// The secret salt Workloads' credential keys are made with.
-    pub fn credential_salt(&self) -> &[u8] {
+    pub(crate) fn credential_salt(&self) -> &[u8] {
         &self.inner.salt
     }
 

@@ -173,19 +173,15 @@ impl Sandbox {
             return Ok(img);
         }
         self.check_layout(reference)?;
-        let own = registry_of(reference).and_then(|r| Some((logins?.credentials_for(&r)?, r)));
-        let (opts, access) = match own {
-            Some((creds, registry)) => {
-                let key =
-                    crate::image::credential_key(self.images.credential_salt(), &registry, creds);
-                let opts = PullOptions {
-                    credentials: Some(creds.clone()),
-                    ..self.pull.clone()
-                };
-                (std::borrow::Cow::Owned(opts), Access::Private(key))
-            }
-            None => (std::borrow::Cow::Borrowed(&self.pull), Access::Shared),
+        let own = registry_of(reference).and_then(|r| logins?.credentials_for(&r).cloned());
+        let opts = match own {
+            Some(creds) => std::borrow::Cow::Owned(PullOptions {
+                credentials: Some(creds),
+                ..self.pull.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(&self.pull),
         };
+        let access = self.images.access_for(reference, &opts);
         let always = reference.ends_with(":latest") || !reference.contains(':');
         if !always && let Ok(img) = self.local(reference, &access).await {
             return Ok(img);
