@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,6 +51,9 @@ struct Routes {
     workloads: Store<Workload>,
     cluster: ClusterView,
     mesh: MeshHandle,
+    /// Who holds each exposed port, as of the last look at the Workload cache (kept by
+    /// [`Exposer::sync`], so a connection does not sort every Workload).
+    holders: RwLock<BTreeMap<u16, Holder>>,
     next: AtomicUsize,
     slots: Semaphore,
 }
@@ -58,8 +61,12 @@ struct Routes {
 impl Routes {
     /// The Workload holding `port` now, and its exposed entry.
     fn holder(&self, port: u16) -> Option<(Arc<Workload>, Holder)> {
-        let all = self.workloads.state();
-        let h = holders(all.iter().map(|w| w.as_ref())).remove(&port)?;
+        let h = self
+            .holders
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&port)?
+            .clone();
         let wl = self
             .workloads
             .get(&ObjectRef::new(&h.name).within(&h.namespace))?;
@@ -252,6 +259,7 @@ impl Exposer {
                 workloads,
                 cluster,
                 mesh,
+                holders: RwLock::new(BTreeMap::new()),
                 next: AtomicUsize::new(0),
                 slots: Semaphore::new(MAX_CONNECTIONS),
             }),
@@ -281,10 +289,17 @@ impl Exposer {
 
     fn sync(&mut self) {
         let all = self.routes.workloads.state();
-        let want: BTreeSet<u16> = holders(all.iter().map(|w| w.as_ref()))
-            .into_keys()
+        let now = holders(all.iter().map(|w| w.as_ref()));
+        let want: BTreeSet<u16> = now
+            .keys()
+            .copied()
             .filter(|p| self.allowed.contains(p))
             .collect();
+        *self
+            .routes
+            .holders
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = now;
         self.listeners.retain(|port, task| {
             let keep = want.contains(port) && !task.is_finished();
             if !keep {

@@ -1,7 +1,7 @@
 //! The node's own observations in its Node status (`status.observations`, this agent's field
-//! manager, with `status.addresses`, where it serves exposed ports): uptime over the last day, what the mesh sees, and a report on each peer that is a
-//! Node (connected, invalid gossip dropped from it), which the controller gathers into that
-//! Node's `peerView`. Written only when a value changes after rounding, never for a timestamp
+//! manager, with `status.addresses`, where it serves exposed ports): uptime over the last
+//! day, what the mesh sees, and a report on each peer that is a Node (connected, invalid
+//! gossip dropped from it), which the controller gathers into that Node's `peerView`. Written only when a value changes after rounding, never for a timestamp
 //! alone.
 
 use kube::api::Api;
