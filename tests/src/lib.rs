@@ -147,6 +147,36 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `args` (program first) and fails the test with its stderr unless it succeeds.
+pub(crate) fn must(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", args[0]));
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Deletes the network namespaces named `PREFIX<pid>-…` that other (killed) test binaries
+/// left, keeping this process's (`own`).
+pub(crate) fn delete_stale_namespaces(prefix: &str, own: &str) {
+    let list = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with(prefix) && !name.starts_with(&format!("{prefix}{own}-")) {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
 /// The answer to `GET /` at `addr` (`host:port`), or why there is none (a connection
 /// closed without a byte is an error).
 pub fn http_get(addr: &str) -> Result<String, String> {

@@ -31,38 +31,11 @@ pub struct Internet {
     homes: usize,
 }
 
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", args[0]));
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Runs `args` in namespace `ns`.
 fn in_ns(ns: &str, args: &[&str]) {
     let mut all = vec!["ip", "netns", "exec", ns];
     all.extend_from_slice(args);
-    run(&all);
-}
-
-/// Removes namespaces that killed test binaries left.
-fn sweep(own: &str) {
-    let out = Command::new("ip").args(["netns", "list"]).output();
-    let list = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    for line in list.lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        if name.starts_with("unat") && !name.starts_with(&format!("unat{own}-")) {
-            let _ = Command::new("ip").args(["netns", "del", name]).output();
-        }
-    }
+    crate::must(&all);
 }
 
 impl Internet {
@@ -70,7 +43,7 @@ impl Internet {
     pub fn build(homes: &[Nat]) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let own = (std::process::id() % 100_000).to_string();
-        sweep(&own);
+        crate::delete_stale_namespaces("unat", &own);
         let prefix = format!("unat{own}-{}", N.fetch_add(1, Ordering::SeqCst));
         let mut net = Self {
             prefix,
@@ -182,7 +155,7 @@ impl Internet {
 
     fn add_ns(&mut self, what: &str) -> String {
         let name = format!("{}-{what}", self.prefix);
-        run(&["ip", "netns", "add", &name]);
+        crate::must(&["ip", "netns", "add", &name]);
         in_ns(&name, &["ip", "link", "set", "lo", "up"]);
         self.namespaces.push(name.clone());
         name
@@ -193,11 +166,11 @@ impl Internet {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let (ta, tb) = (format!("unta{n}"), format!("untb{n}"));
-        run(&[
+        crate::must(&[
             "ip", "link", "add", &ta, "type", "veth", "peer", "name", &tb,
         ]);
-        run(&["ip", "link", "set", &ta, "netns", a]);
-        run(&["ip", "link", "set", &tb, "netns", b]);
+        crate::must(&["ip", "link", "set", &ta, "netns", a]);
+        crate::must(&["ip", "link", "set", &tb, "netns", b]);
         in_ns(a, &["ip", "link", "set", &ta, "name", a_if]);
         in_ns(b, &["ip", "link", "set", &tb, "name", b_if]);
         in_ns(a, &["ip", "link", "set", a_if, "up"]);

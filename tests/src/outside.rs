@@ -37,13 +37,7 @@ pub struct Outside {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::must(&[&["ip"][..], args].concat());
 }
 
 /// Removes what killed test binaries left: their namespaces, veths and routes.
@@ -63,12 +57,7 @@ fn sweep(own: &str) {
             let _ = Command::new("ip").args(["link", "del", name]).output();
         }
     }
-    for line in list(&["netns", "list"]).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        if name.starts_with("univrs-out-") && !name.starts_with(&format!("univrs-out-{own}-")) {
-            let _ = Command::new("ip").args(["netns", "del", name]).output();
-        }
-    }
+    crate::delete_stale_namespaces("univrs-out-", own);
 }
 
 fn names() -> (String, String, String) {
