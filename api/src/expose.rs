@@ -74,10 +74,16 @@ pub fn backends(
     exposed: &ExposedPort,
     node: &str,
 ) -> (Vec<SocketAddr>, Vec<String>) {
+    match target_port(wl, exposed) {
+        Some(port) => ready_backends(wl, port, node),
+        None => (Vec::new(), Vec::new()),
+    }
+}
+
+/// Where a connection to container port `port` of `wl` can go: its ready instances on `node`
+/// (their addresses on its container network) and the other nodes with a ready instance.
+pub fn ready_backends(wl: &Workload, port: u16, node: &str) -> (Vec<SocketAddr>, Vec<String>) {
     let (mut local, mut remote) = (Vec::new(), Vec::new());
-    let Some(port) = target_port(wl, exposed) else {
-        return (local, remote);
-    };
     for i in wl.status.iter().flat_map(|s| &s.instances) {
         if i.ready != Some(true) {
             continue;

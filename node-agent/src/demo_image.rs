@@ -17,7 +17,7 @@ const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "ash", "cat", "echo", "env", "hostname", "httpd", "ls", "mkdir", "nc", "ps", "sleep",
     "wget", "date", "true", "false", "head", "tail", "grep", "id", "rm", "touch", "uname", "tr",
-    "dd", "seq", "kill",
+    "dd", "seq", "kill", "nslookup",
 ];
 
 /// The page the portal serves; `HOSTNAME` is the instance name, so each replica says which it is.

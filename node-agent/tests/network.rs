@@ -540,6 +540,7 @@ fn a_container_reaches_the_internet_and_its_group_only() {
     let open = TestNet::build("open", |c| {
         c.isolation = Some(Isolation {
             allow: vec!["192.168.213.0/24".parse().unwrap()],
+            names: None,
         })
     });
     let got = reach_from(&open, "lan-ok", "school", &lan_targets);

@@ -172,6 +172,26 @@ impl AgentApi {
         curl(&args)
     }
 
+    /// The last 100 log lines of the first container of instance `instance` (none if the
+    /// agent does not run it, or cannot say).
+    pub fn instance_logs(&self, instance: &str) -> Vec<String> {
+        let status = self.get_json("/api/status");
+        let Some(cid) = status["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["instance"] == instance)
+            .and_then(|i| i["containers"][0].as_str().map(str::to_string))
+        else {
+            return Vec::new();
+        };
+        let (code, body) = self.get(&format!("/api/containers/{cid}/logs?tail=100"));
+        if code != "200" {
+            return Vec::new();
+        }
+        body.lines().map(str::to_string).collect()
+    }
+
     /// GET that must answer 200 with JSON.
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let (code, body) = self.get(path);

@@ -76,21 +76,7 @@ fn running(i: &Instance) -> bool {
 
 /// The log lines of instance `inst`'s (first) container through the agent's API.
 fn logs(agent: &univrs_tests::agent::AgentApi, inst: &Instance) -> Vec<String> {
-    let status = agent.get_json("/api/status");
-    let Some(cid) = status["instances"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|i| i["instance"] == inst.name.as_str())
-        .and_then(|i| i["containers"][0].as_str().map(str::to_string))
-    else {
-        return Vec::new();
-    };
-    let (code, body) = agent.get(&format!("/api/containers/{cid}/logs?tail=100"));
-    if code != "200" {
-        return Vec::new();
-    }
-    body.lines().map(str::to_string).collect()
+    agent.instance_logs(&inst.name)
 }
 
 /// The notes of Events with `reason` in `ns`.

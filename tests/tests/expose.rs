@@ -1,8 +1,9 @@
 //! Exposed ports (`spec.expose`) through the real control plane, the controller and two real
 //! agents, each serving exposed ports on its own loopback address (as `univrs up` gives its
 //! agents): a connection to either node reaches the one ready replica, on the node that runs
-//! it directly and on the other through a stream over the mesh; with no ready replica, no node
-//! answers with content.
+//! it directly and on the other through a stream over the mesh; a container of the portal's
+//! namespace on the other node reaches it by name, one of another namespace does not; with no
+//! ready replica, no node answers with content and the name's connections are closed.
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use std::time::Duration;
@@ -122,6 +123,10 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
         );
     }
 
+    // By name from inside a container of the namespace, on the other node (through the mesh);
+    // another namespace's container learns nothing of the name and cannot use the address.
+    let vip = names_reach_across_nodes(&client, &api).await;
+
     // No ready replica: no node has anything to give.
     api.patch(
         "portal",
@@ -138,4 +143,96 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
         })
         .await;
     }
+    // The name still resolves, and a connection to it is closed at once.
+    let b = node_api(&client, "exp-b").await;
+    eventually("the name without a replica", WAIT, async || {
+        let l = b.instance_logs("client-0");
+        let hit = l
+            .iter()
+            .rev()
+            .take(2)
+            .any(|l| l == &format!("name: {vip} refused"));
+        (hit.then_some(()), format!("{l:?}"))
+    })
+    .await;
+}
+
+/// The agent API of node `name`.
+async fn node_api(client: &kube::Client, name: &str) -> univrs_tests::agent::AgentApi {
+    let nodes: Api<univrs_api::Node> = Api::all(client.clone());
+    univrs_tests::agent::AgentApi::of(&nodes.get(name).await.unwrap())
+}
+
+/// A script asking `name` for its address every second and the demo page at it on port
+/// 8080, printing `<label>: <address> <last line or refused>`.
+fn asker(label: &str, name: &str) -> String {
+    format!(
+        "while true; do a=$(nslookup {name} 2>/dev/null | grep '^Address: ' | tail -n1); a=${{a##* }}; \
+         r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 \"${{a:-none}}\" 8080 2>/dev/null | tail -n1); \
+         echo \"{label}: ${{a:-none}} ${{r:-refused}}\"; sleep 1; done"
+    )
+}
+
+/// A client in the portal's namespace on exp-b reaches the portal (on exp-a) by name; a
+/// copycat in another namespace on exp-b resolves nothing and is refused at the address.
+/// Returns the portal's virtual address on exp-b.
+async fn names_reach_across_nodes(client: &kube::Client, api: &Api<Workload>) -> String {
+    let on_b = |name: &str, script: String| -> Workload {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": name},
+            "spec": {"replicas": 1, "nodeSelector": {"test": "exp-b"},
+                "containers": [{"name": "app", "image": "univrs.local/demo:latest",
+                    "command": ["sh", "-c", script]}]},
+        }))
+        .unwrap()
+    };
+    let full = format!("portal.{NS}");
+    api.create(
+        &PostParams::default(),
+        &on_b("client", asker("name", &full)),
+    )
+    .await
+    .unwrap();
+    let b = node_api(client, "exp-b").await;
+    let line = eventually("the portal by name from exp-b", WAIT, async || {
+        let l = b.instance_logs("client-0");
+        let hit = l
+            .iter()
+            .find(|l| l.starts_with("name: ") && l.contains("served by portal-0"))
+            .cloned();
+        (hit, format!("{l:?}"))
+    })
+    .await;
+    let vip = line
+        .strip_prefix("name: ")
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_string();
+    assert!(vip.starts_with("198.1"), "a virtual address: {line}");
+
+    // The copycat asks for the same name and connects to the address it saw.
+    let other: Api<Workload> = Api::namespaced(client.clone(), OTHER_NS);
+    let script = format!(
+        "while true; do n=$(nslookup {full} 2>/dev/null | grep -c '^Name:'); \
+         r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {vip} 8080 2>/dev/null | tail -n1); \
+         echo \"copycat: $n ${{r:-refused}}\"; sleep 1; done"
+    );
+    other
+        .create(&PostParams::default(), &on_b("copycat", script))
+        .await
+        .unwrap();
+    let lines = eventually("the copycat's tries", WAIT, async || {
+        let l: Vec<String> = b
+            .instance_logs("copycat-0")
+            .into_iter()
+            .filter(|l| l.starts_with("copycat: "))
+            .collect();
+        ((l.len() >= 3).then(|| l.clone()), format!("{l:?}"))
+    })
+    .await;
+    assert!(
+        lines.iter().all(|l| l == "copycat: 0 refused"),
+        "another namespace neither resolves nor reaches the portal: {lines:?}"
+    );
+    vip
 }

@@ -4,10 +4,14 @@
 //! (`/univrs/expose/1.0.0`), so it works across NAT. Which Workload holds a port, and which
 //! instances are ready, come from the Workload cache (`univrs_api::expose`).
 //!
-//! The stream protocol: the dialing node writes one JSON line `{"port": P}`; the other node
-//! answers `ok` and then carries bytes both ways, or `error: …` and closes. A node answers
-//! only with its own ready instances of the Workload holding P (never forwarding further),
-//! so a peer can reach through it nothing that its exposed port does not serve anyway.
+//! The stream protocol: the dialing node writes one JSON line, `{"port": P}` for exposed port
+//! P or `{"port": P, "workload": {"namespace": N, "name": W}}` for container port P of
+//! Workload N/W reached by name (see [`super::names`]); the other node answers `ok` and then
+//! carries bytes both ways, or `error: …` and closes. A node answers only with its own ready
+//! instances (never forwarding further): of the Workload holding exposed port P, so a peer
+//! reaches through it nothing that its exposed port does not serve anyway; or of N/W, and
+//! only to a peer that runs an instance of a Workload in N itself (a node the controller
+//! trusted with that namespace's code, whose containers may reach N's Workloads by name).
 
 use super::peers::cluster_view::ClusterView;
 use crate::mesh::{MeshHandle, PeerId};
@@ -27,7 +31,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use univrs_api::Workload;
-use univrs_api::expose::{Holder, backends, holders};
+use univrs_api::expose::{Holder, backends, holders, ready_backends};
 use univrs_api::resources::node::NodeAddress;
 
 /// The mesh protocol for a connection to an exposed port carried to another node.
@@ -43,10 +47,55 @@ const MAX_CONNECTIONS: usize = 1024;
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
     port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    workload: Option<Named>,
 }
 
-/// What the exposer needs to route a connection.
-struct Routes {
+/// A Workload reached by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Named {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// Where a connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An exposed port: to the Workload holding it, at its `targetPort`.
+    Exposed(u16),
+    /// A container port of a Workload reached by name.
+    Named(Named, u16),
+}
+
+impl Target {
+    fn request(&self) -> Request {
+        match self {
+            Target::Exposed(port) => Request {
+                port: *port,
+                workload: None,
+            },
+            Target::Named(w, port) => Request {
+                port: *port,
+                workload: Some(w.clone()),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Exposed(port) => write!(f, "exposed port {port}"),
+            Target::Named(w, port) => write!(f, "{}.{}:{port}", w.name, w.namespace),
+        }
+    }
+}
+
+/// How connections reach ready instances, here or through the mesh (shared by the exposed
+/// ports and the names).
+pub struct Routes {
     node: String,
     workloads: Store<Workload>,
     cluster: ClusterView,
@@ -78,21 +127,61 @@ impl Routes {
         self.next.fetch_add(1, Ordering::Relaxed) % n.max(1)
     }
 
-    /// Carries `conn` (accepted on `port`) to a ready instance.
-    async fn route(&self, port: u16, mut conn: TcpStream) -> Result<(), String> {
-        let (wl, h) = self
-            .holder(port)
-            .ok_or_else(|| format!("no Workload exposes port {port}"))?;
-        let (local, remote) = backends(&wl, &h.port, &self.node);
+    /// The routes of a node: `node`'s ready instances from `workloads`, other nodes' through
+    /// `mesh` (their PeerIds from `cluster`).
+    pub fn new(
+        node: String,
+        workloads: Store<Workload>,
+        cluster: ClusterView,
+        mesh: MeshHandle,
+    ) -> Self {
+        Self {
+            node,
+            workloads,
+            cluster,
+            mesh,
+            holders: RwLock::new(BTreeMap::new()),
+            next: AtomicUsize::new(0),
+            slots: Semaphore::new(MAX_CONNECTIONS),
+        }
+    }
+
+    /// The Workload `w`, if cached and not being deleted.
+    pub fn workload(&self, w: &Named) -> Option<Arc<Workload>> {
+        self.workloads
+            .get(&ObjectRef::new(&w.name).within(&w.namespace))
+            .filter(|wl| wl.metadata.deletion_timestamp.is_none())
+    }
+
+    /// Ready instances of `target` here (addresses) and the other nodes with one.
+    fn backends(&self, target: &Target) -> Result<(Vec<SocketAddr>, Vec<String>), String> {
+        match target {
+            Target::Exposed(port) => {
+                let (wl, h) = self
+                    .holder(*port)
+                    .ok_or_else(|| format!("no Workload exposes port {port}"))?;
+                Ok(backends(&wl, &h.port, &self.node))
+            }
+            Target::Named(w, port) => {
+                let wl = self
+                    .workload(w)
+                    .ok_or_else(|| format!("no Workload {}/{}", w.namespace, w.name))?;
+                Ok(ready_backends(&wl, *port, &self.node))
+            }
+        }
+    }
+
+    /// Carries `conn` to a ready instance of `target`: one here, else one on another node
+    /// through the mesh. Without a ready instance anywhere, `conn` is closed at once.
+    pub async fn route(&self, target: Target, mut conn: TcpStream) -> Result<(), String> {
+        let _slot = self.slots.acquire().await.map_err(|e| e.to_string())?;
+        let (local, remote) = self.backends(&target)?;
         if !local.is_empty() {
             let mut to = connect(local[self.pick(local.len())]).await?;
             return carry(&mut conn, &mut to).await;
         }
         if remote.is_empty() {
-            return Err(format!(
-                "{}/{} has no ready instance for port {port}",
-                h.namespace, h.name
-            ));
+            return Err(format!("{target} has no ready instance"));
         }
         let node = &remote[self.pick(remote.len())];
         let peer: PeerId = self
@@ -100,17 +189,17 @@ impl Routes {
             .peer_id_of(node)
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| format!("node {node} has no PeerId"))?;
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, self.open(peer, port))
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, self.open(peer, &target))
             .await
             .map_err(|_| format!("node {node} did not answer in {CONNECT_TIMEOUT:?}"))??;
         carry(&mut conn, &mut stream).await
     }
 
-    /// Opens a stream to `peer` for `port` and reads its answer.
+    /// Opens a stream to `peer` for `target` and reads its answer.
     async fn open(
         &self,
         peer: PeerId,
-        port: u16,
+        target: &Target,
     ) -> Result<impl AsyncRead + AsyncWrite + Unpin + use<>, String> {
         let stream = self
             .mesh
@@ -119,7 +208,7 @@ impl Routes {
             .await
             .map_err(|e| format!("opening a stream to {peer}: {e}"))?;
         let mut stream = BufReader::new(stream.compat());
-        let mut line = serde_json::to_vec(&Request { port }).expect("a request serializes");
+        let mut line = serde_json::to_vec(&target.request()).expect("a request serializes");
         line.push(b'\n');
         stream
             .get_mut()
@@ -133,17 +222,43 @@ impl Routes {
         Ok(stream)
     }
 
-    /// Answers one stream from `peer` with a local ready instance of the port it names.
+    /// Whether `peer` runs an instance of a Workload in `namespace` (see the module docs).
+    fn hosts_namespace(&self, peer: &PeerId, namespace: &str) -> bool {
+        let Some(node) = self.cluster.node_with_peer_id(&peer.to_string()) else {
+            return false;
+        };
+        self.workloads.state().iter().any(|w| {
+            w.metadata.namespace.as_deref() == Some(namespace)
+                && w.status
+                    .iter()
+                    .flat_map(|s| &s.instances)
+                    .any(|i| i.node.as_deref() == Some(node.as_str()))
+        })
+    }
+
+    /// Answers one stream from `peer` with a local ready instance of what it asks for.
     async fn serve(&self, peer: PeerId, stream: libp2p::Stream) -> Result<(), String> {
+        let _slot = self.slots.acquire().await.map_err(|e| e.to_string())?;
         let mut stream = BufReader::new(stream.compat());
         let request: Request = serde_json::from_str(&read_line(&mut stream).await?)
             .map_err(|e| format!("a malformed request from {peer}: {e}"))?;
-        let local = self
-            .holder(request.port)
-            .map(|(wl, h)| backends(&wl, &h.port, &self.node).0)
-            .unwrap_or_default();
+        let target = match request.workload {
+            Some(w) if !self.hosts_namespace(&peer, &w.namespace) => {
+                let _ = stream
+                    .get_mut()
+                    .write_all(b"error: not a node of that namespace\n")
+                    .await;
+                return Err(format!(
+                    "refused {}.{}: {peer} runs nothing of namespace {}",
+                    w.name, w.namespace, w.namespace
+                ));
+            }
+            Some(w) => Target::Named(w, request.port),
+            None => Target::Exposed(request.port),
+        };
+        let local = self.backends(&target).map(|b| b.0).unwrap_or_default();
         let answer = if local.is_empty() {
-            Err(format!("no ready instance for port {} here", request.port))
+            Err(format!("no ready instance of {target} here"))
         } else {
             connect(local[self.pick(local.len())]).await
         };
@@ -245,24 +360,9 @@ pub struct Exposer {
 
 impl Exposer {
     /// Serves on `bind`, ports in `allowed` only.
-    pub fn new(
-        node: String,
-        bind: IpAddr,
-        allowed: RangeInclusive<u16>,
-        workloads: Store<Workload>,
-        cluster: ClusterView,
-        mesh: MeshHandle,
-    ) -> Self {
+    pub fn new(routes: Arc<Routes>, bind: IpAddr, allowed: RangeInclusive<u16>) -> Self {
         Self {
-            routes: Arc::new(Routes {
-                node,
-                workloads,
-                cluster,
-                mesh,
-                holders: RwLock::new(BTreeMap::new()),
-                next: AtomicUsize::new(0),
-                slots: Semaphore::new(MAX_CONNECTIONS),
-            }),
+            routes,
             bind,
             allowed,
             listeners: BTreeMap::new(),
@@ -339,10 +439,7 @@ async fn accept(routes: Arc<Routes>, listener: TcpListener, port: u16) {
         };
         let routes = routes.clone();
         tokio::spawn(async move {
-            let Ok(_slot) = routes.slots.acquire().await else {
-                return;
-            };
-            if let Err(e) = routes.route(port, conn).await {
+            if let Err(e) = routes.route(Target::Exposed(port), conn).await {
                 tracing::debug!(port, %from, "exposed port: {e}");
             }
         });
@@ -360,9 +457,6 @@ async fn serve_streams(routes: Arc<Routes>) {
     while let Some((peer, stream)) = incoming.next().await {
         let routes = routes.clone();
         tokio::spawn(async move {
-            let Ok(_slot) = routes.slots.acquire().await else {
-                return;
-            };
             if let Err(e) = routes.serve(peer, stream).await {
                 tracing::debug!(%peer, "exposed-port stream: {e}");
             }

@@ -31,6 +31,7 @@ pub mod error;
 pub mod expose;
 pub mod instances;
 pub mod kube;
+pub mod names;
 pub mod peers;
 
 pub use error::AgentError;
@@ -261,7 +262,22 @@ pub async fn run(
         "containers run in the node's user namespace"
     );
     let exposed = exposed_dir(&data_dir)?;
-    let sandbox = Arc::new(build_sandbox(&cfg, &data_dir, id_base, &userns, &exposed)?);
+    // Bound before the network exists: its policy and nat rules name the service's ports.
+    let gateway = cfg
+        .pod_cidr
+        .unwrap_or_else(|| crate::network::default_subnet(&cfg.node_name))
+        .gateway();
+    let names = names::NameService::bind(gateway).map_err(|source| AgentError::Io {
+        context: format!("binding the name service on {gateway}"),
+        source,
+    })?;
+    let name_ports = names.ports().map_err(|source| AgentError::Io {
+        context: "reading the name service's ports".into(),
+        source,
+    })?;
+    let sandbox = Arc::new(build_sandbox(
+        &cfg, &data_dir, id_base, &userns, &exposed, name_ports,
+    )?);
     let reports = Reports::default();
     let heard = peers::heard::Heard::default();
     let heard_task = tokio::spawn(peers::heard::listen(mesh.clone(), heard.clone()));
@@ -340,17 +356,24 @@ pub async fn run(
         mesh.clone(),
         reports.clone(),
     ));
+    let routes = Arc::new(expose::Routes::new(
+        cfg.node_name.clone(),
+        store.clone(),
+        cluster.clone(),
+        mesh.clone(),
+    ));
     let expose_task = tokio::spawn(
         expose::Exposer::new(
-            cfg.node_name.clone(),
+            routes.clone(),
             cfg.expose_address,
             cfg.policy.host_ports.clone(),
-            store.clone(),
-            cluster.clone(),
-            mesh.clone(),
         )
         .run(wake.clone()),
     );
+    let names_task = match sandbox.cni() {
+        Some(cni) => tokio::spawn(names.run(routes, store.clone(), cni.clone(), wake.clone())),
+        None => tokio::spawn(async {}),
+    };
     let vouches_task = tokio::spawn(peers::announce::vouches(
         identity.public().did(),
         mesh.clone(),
@@ -382,6 +405,7 @@ pub async fn run(
         peers_task,
         announce_task,
         expose_task,
+        names_task,
         vouches_task,
         heard_task,
         nodes_watch,
@@ -402,6 +426,7 @@ fn build_sandbox(
     id_base: u32,
     userns: &std::path::Path,
     exposed: &std::path::Path,
+    names: crate::network::NamePorts,
 ) -> Result<Sandbox, AgentError> {
     let invalid = |e: &dyn std::fmt::Display| AgentError::Invalid(e.to_string());
     let images = crate::image::ImageStore::open_shifted(
@@ -438,6 +463,7 @@ fn build_sandbox(
     net.subnet = cfg.pod_cidr;
     net.isolation = Some(crate::network::Isolation {
         allow: cfg.policy.allow_egress.clone(),
+        names: Some(names),
     });
     net.netns_owner = Some(crate::network::netns::Owner {
         helper: cfg.shim_bin.clone(),
@@ -447,7 +473,8 @@ fn build_sandbox(
     let cni = crate::network::Cni::new(net).map_err(|e| invalid(&e))?;
     Ok(Sandbox::new(images, pull, layouts, Some(cni))
         .with_layout_dirs(cfg.policy.oci_layout_dirs.clone())
-        .with_exposed_roots(exposed.join("rootfs")))
+        .with_exposed_roots(exposed.join("rootfs"))
+        .with_names(exposed.join("resolv")))
 }
 
 /// Where this agent shows containers their network namespaces and root filesystems:
@@ -465,6 +492,7 @@ fn exposed_dir(data_dir: &std::path::Path) -> Result<PathBuf, AgentError> {
         dir.clone(),
         dir.join("rootfs"),
         dir.join("netns"),
+        dir.join("resolv"),
     ] {
         let io = |source| AgentError::Io {
             context: format!("creating {}", d.display()),

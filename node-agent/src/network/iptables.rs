@@ -36,55 +36,134 @@ fn masquerade_jump(network: &str, subnet: &str) -> String {
     )
 }
 
-/// The jumps to `network`'s masquerade chain in `save` (`iptables-save -t nat`), for any
-/// subnet: an agent restarted with another subnet leaves the old one behind.
-fn jumps<'a>(save: &'a str, network: &str) -> Vec<&'a str> {
-    let target = format!(" -j {}", masquerade_chain(network));
+/// The name-service chain of `network`: redirects containers' DNS queries to the gateway and
+/// their connections to names' virtual addresses to the agent (see `agent::names`).
+fn names_chain(network: &str) -> String {
+    let h = network.strip_prefix("univrs-").unwrap_or(network);
+    format!("UNIVRS-NAME-{}", &h[..h.len().min(16)]).to_uppercase()
+}
+
+/// The PREROUTING rule sending what enters from `bridge` to the name-service chain.
+fn names_jump(network: &str, bridge: &str) -> String {
+    format!(
+        "-A PREROUTING -i {bridge} -m comment --comment \"univrs names {network}\" -j {}",
+        names_chain(network)
+    )
+}
+
+/// The rules in `save` (`iptables-save -t nat`) of `parent` jumping to `chain`, whatever
+/// their match: an agent restarted with another subnet or bridge leaves the old one behind.
+fn jumps<'a>(save: &'a str, parent: &str, chain: &str) -> Vec<&'a str> {
+    let target = format!(" -j {chain}");
+    let parent = format!("-A {parent} ");
     save.lines()
-        .filter(|l| l.starts_with("-A POSTROUTING ") && l.ends_with(&target))
+        .filter(|l| l.starts_with(&parent) && l.ends_with(&target))
         .collect()
 }
 
-/// The `iptables-restore --noflush` input making `network`'s masquerading for `subnet` exactly,
-/// given what `save` shows: the chain (re)filled, jumps for other subnets deleted, the jump for
-/// this one added unless it is there.
-fn masquerade_script(save: &str, network: &str, subnet: &str) -> String {
-    let chain = masquerade_chain(network);
-    let want = masquerade_jump(network, subnet);
+/// Appends to `script` what makes `chain` hold `rules` and be reached by `want` alone (stale
+/// jumps of `parent` to it deleted).
+fn chain_script(
+    script: &mut String,
+    save: &str,
+    parent: &str,
+    chain: &str,
+    rules: &[String],
+    want: &str,
+) {
     // A chain declared in a --noflush script is flushed first.
-    let mut script = format!(
-        "*nat\n:{chain} - [0:0]\n-A {chain} -d {subnet} -j ACCEPT\n-A {chain} -d 224.0.0.0/4 -j ACCEPT\n-A {chain} -j MASQUERADE\n"
-    );
-    let present = jumps(save, network);
+    script.push_str(&format!(":{chain} - [0:0]\n"));
+    for r in rules {
+        script.push_str(&format!("-A {chain} {r}\n"));
+    }
+    let present = jumps(save, parent, chain);
     for stale in present.iter().filter(|j| **j != want) {
         script.push_str(&format!("-D {}\n", &stale[3..]));
     }
-    if !present.contains(&want.as_str()) {
-        script.push_str(&want);
+    if !present.contains(&want) {
+        script.push_str(want);
         script.push('\n');
+    }
+}
+
+/// The `iptables-restore --noflush` input making `network`'s masquerading for `subnet`, and
+/// its name-service redirects when `names` says where they go, exactly, given what `save`
+/// shows: the chains (re)filled, jumps for other subnets or bridges deleted, the jumps for
+/// these added unless they are there.
+fn masquerade_script(save: &str, network: &str, subnet: &str, names: Option<&Names>) -> String {
+    let mut script = String::from("*nat\n");
+    let rules = [
+        format!("-d {subnet} -j ACCEPT"),
+        "-d 224.0.0.0/4 -j ACCEPT".to_string(),
+        "-j MASQUERADE".to_string(),
+    ];
+    let want = masquerade_jump(network, subnet);
+    chain_script(
+        &mut script,
+        save,
+        "POSTROUTING",
+        &masquerade_chain(network),
+        &rules,
+        &want,
+    );
+    if let Some(n) = names {
+        let (gw, p) = (n.gateway, n.ports);
+        let rules = [
+            format!(
+                "-d {gw}/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports {}",
+                p.dns
+            ),
+            format!(
+                "-d {gw}/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports {}",
+                p.dns
+            ),
+            format!("-d {} -p tcp -j REDIRECT --to-ports {}", p.range, p.proxy),
+        ];
+        let want = names_jump(network, &n.bridge);
+        chain_script(
+            &mut script,
+            save,
+            "PREROUTING",
+            &names_chain(network),
+            &rules,
+            &want,
+        );
     }
     script.push_str("COMMIT\n");
     script
 }
 
-/// The input removing `network`'s masquerading (every jump, then the chain); `None` if there
-/// is none.
+/// The input removing `network`'s masquerading and name-service redirects (every jump, then
+/// the chains); `None` if there is none.
 fn unmasquerade_script(save: &str, network: &str) -> Option<String> {
-    let chain = masquerade_chain(network);
-    let has_chain = save.lines().any(|l| l.starts_with(&format!(":{chain} ")));
-    let present = jumps(save, network);
-    if !has_chain && present.is_empty() {
-        return None;
-    }
     let mut script = String::from("*nat\n");
-    for j in present {
-        script.push_str(&format!("-D {}\n", &j[3..]));
-    }
-    if has_chain {
-        script.push_str(&format!("-F {chain}\n-X {chain}\n"));
+    let mut any = false;
+    for (parent, chain) in [
+        ("POSTROUTING", masquerade_chain(network)),
+        ("PREROUTING", names_chain(network)),
+    ] {
+        for j in jumps(save, parent, &chain) {
+            script.push_str(&format!("-D {}\n", &j[3..]));
+            any = true;
+        }
+        if save.lines().any(|l| l.starts_with(&format!(":{chain} "))) {
+            script.push_str(&format!("-F {chain}\n-X {chain}\n"));
+            any = true;
+        }
     }
     script.push_str("COMMIT\n");
-    Some(script)
+    any.then_some(script)
+}
+
+/// Where a network's name-service redirects go.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// The bridge the containers' traffic enters from.
+    pub bridge: String,
+    /// The bridge's address, the containers' name server.
+    pub gateway: std::net::Ipv4Addr,
+    /// The agent's ports and the virtual addresses.
+    pub ports: super::policy::NamePorts,
 }
 
 /// The nat table as `iptables-save` prints it.
@@ -101,12 +180,18 @@ fn restore_nat(script: &str) -> Result<(), NetworkError> {
     .map(drop)
 }
 
-/// Makes `network`'s masquerading for `subnet` (idempotent; replaces a jump for another subnet).
-pub fn ensure_masquerade(network: &str, subnet: &str) -> Result<(), NetworkError> {
-    restore_nat(&masquerade_script(&save_nat()?, network, subnet))
+/// Makes `network`'s masquerading for `subnet` and its name-service redirects (idempotent;
+/// replaces a jump for another subnet or bridge).
+pub fn ensure_masquerade(
+    network: &str,
+    subnet: &str,
+    names: Option<&Names>,
+) -> Result<(), NetworkError> {
+    restore_nat(&masquerade_script(&save_nat()?, network, subnet, names))
 }
 
-/// Removes `network`'s masquerading, whatever subnet it was made for (none is fine).
+/// Removes `network`'s masquerading and name-service redirects, whatever subnet it was made
+/// for (none is fine).
 pub fn remove_masquerade(network: &str) -> Result<(), NetworkError> {
     match unmasquerade_script(&save_nat()?, network) {
         Some(script) => restore_nat(&script),
@@ -207,7 +292,7 @@ mod tests {
     #[test]
     fn masquerading_is_made_exactly_once_and_removed_whatever_the_subnet() {
         let net = "univrs-1a2b3c4d";
-        let fresh = masquerade_script("*nat\nCOMMIT\n", net, "10.89.1.0/24");
+        let fresh = masquerade_script("*nat\nCOMMIT\n", net, "10.89.1.0/24", None);
         let jump = r#"-A POSTROUTING -s 10.89.1.0/24 -m comment --comment "univrs masquerade univrs-1a2b3c4d" -j UNIVRS-MASQ-1A2B3C4D"#;
         assert!(fresh.contains(":UNIVRS-MASQ-1A2B3C4D - [0:0]"), "{fresh}");
         assert!(
@@ -217,10 +302,10 @@ mod tests {
         assert!(fresh.contains(jump), "{fresh}");
         // Made already: the chain is refilled, the jump not added twice.
         let made = format!(":UNIVRS-MASQ-1A2B3C4D - [0:0]\n{jump}\n");
-        let again = masquerade_script(&made, net, "10.89.1.0/24");
+        let again = masquerade_script(&made, net, "10.89.1.0/24", None);
         assert!(!again.contains("-A POSTROUTING"), "{again}");
         // Another subnet now: the old jump goes, the new one comes.
-        let moved = masquerade_script(&made, net, "10.89.2.0/24");
+        let moved = masquerade_script(&made, net, "10.89.2.0/24", None);
         assert!(moved.contains(&format!("-D {}", &jump[3..])), "{moved}");
         assert!(moved.contains("-A POSTROUTING -s 10.89.2.0/24"), "{moved}");
         // Removal takes every jump and the chain; another network's are not touched.
@@ -231,6 +316,36 @@ mod tests {
         assert!(gone.contains("-X UNIVRS-MASQ-1A2B3C4D"), "{gone}");
         assert!(!gone.contains("99999999"), "{gone}");
         assert_eq!(unmasquerade_script(other, net), None);
+    }
+
+    #[test]
+    fn name_service_redirects_go_with_the_masquerading() {
+        let net = "univrs-1a2b3c4d";
+        let names = Names {
+            bridge: "univrs-1a2b3c4d".into(),
+            gateway: "10.89.1.1".parse().unwrap(),
+            ports: super::super::policy::NamePorts {
+                dns: 40053,
+                proxy: 40080,
+                range: "198.18.0.0/15".parse().unwrap(),
+            },
+        };
+        let made = masquerade_script("", net, "10.89.1.0/24", Some(&names));
+        let jump = r#"-A PREROUTING -i univrs-1a2b3c4d -m comment --comment "univrs names univrs-1a2b3c4d" -j UNIVRS-NAME-1A2B3C4D"#;
+        assert!(made.contains(jump), "{made}");
+        assert!(made.contains("-A UNIVRS-NAME-1A2B3C4D -d 10.89.1.1/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 40053\n"), "{made}");
+        assert!(
+            made.contains(
+                "-A UNIVRS-NAME-1A2B3C4D -d 198.18.0.0/15 -p tcp -j REDIRECT --to-ports 40080\n"
+            ),
+            "{made}"
+        );
+        let save = format!(":UNIVRS-NAME-1A2B3C4D - [0:0]\n{jump}\n");
+        let again = masquerade_script(&save, net, "10.89.1.0/24", Some(&names));
+        assert!(!again.contains("-A PREROUTING"), "{again}");
+        let gone = unmasquerade_script(&save, net).unwrap();
+        assert!(gone.contains(&format!("-D {}", &jump[3..])), "{gone}");
+        assert!(gone.contains("-X UNIVRS-NAME-1A2B3C4D"), "{gone}");
     }
 
     #[test]

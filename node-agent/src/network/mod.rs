@@ -63,7 +63,7 @@ pub mod subnet;
 pub use attachment::{Attachment, IpAssignment, PortMapping, Protocol};
 pub use conflist::CNI_VERSION;
 pub use error::NetworkError;
-pub use policy::Isolation;
+pub use policy::{Isolation, NamePorts};
 pub use subnet::Ipv4Cidr;
 
 use attachment::{NetworkState, Record};
@@ -522,7 +522,21 @@ impl Cni {
     fn ensure_masquerade(&self) -> Result<(), NetworkError> {
         let mut done = lock(&self.inner.masquerading);
         if !*done {
-            iptables::ensure_masquerade(&self.inner.network, &self.inner.subnet.to_string())?;
+            let names = self
+                .inner
+                .isolation
+                .as_ref()
+                .and_then(|i| i.names)
+                .map(|ports| iptables::Names {
+                    bridge: self.inner.bridge.clone(),
+                    gateway: self.inner.subnet.gateway(),
+                    ports,
+                });
+            iptables::ensure_masquerade(
+                &self.inner.network,
+                &self.inner.subnet.to_string(),
+                names.as_ref(),
+            )?;
             *done = true;
         }
         Ok(())
@@ -624,13 +638,14 @@ impl Cni {
         PolicyJob(Some(std::thread::spawn(move || cni.apply_policy())))
     }
 
-    /// Rebuilds the network policy from the attachments on disk (see [`policy`]).
-    fn apply_policy(&self) -> Result<(), NetworkError> {
-        let Some(isolation) = &self.inner.isolation else {
-            return Ok(());
-        };
-        let leaving = lock(&self.inner.policy);
-        let members: Vec<policy::Member> = self
+    /// The attached containers (their addresses and groups), as the attachments on disk say.
+    pub fn members(&self) -> Result<Vec<policy::Member>, NetworkError> {
+        let leaving = lock(&self.inner.policy).clone();
+        self.members_but(&leaving)
+    }
+
+    fn members_but(&self, leaving: &HashSet<String>) -> Result<Vec<policy::Member>, NetworkError> {
+        Ok(self
             .records()?
             .iter()
             .filter(|r| !leaving.contains(&r.container_id))
@@ -640,7 +655,21 @@ impl Cni {
                     group: r.group.clone(),
                 })
             })
-            .collect();
+            .collect())
+    }
+
+    /// The gateway: the bridge's address on the containers' subnet.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.inner.subnet.gateway()
+    }
+
+    /// Rebuilds the network policy from the attachments on disk (see [`policy`]).
+    fn apply_policy(&self) -> Result<(), NetworkError> {
+        let Some(isolation) = &self.inner.isolation else {
+            return Ok(());
+        };
+        let leaving = lock(&self.inner.policy);
+        let members = self.members_but(&leaving)?;
         let lan: Vec<Ipv4Cidr> = subnet::connected_networks()
             .map_err(io_err("reading the host's routes (/proc/net/route)"))?
             .into_iter()

@@ -46,6 +46,21 @@ pub const DENIED_RANGES: &[&str] = &[
 pub struct Isolation {
     /// Destinations the owner allows although they are denied by default.
     pub allow: Vec<Ipv4Cidr>,
+    /// The agent's name service on the gateway, which containers reach (see
+    /// `agent::names`).
+    pub names: Option<NamePorts>,
+}
+
+/// Where the agent's name service listens on the gateway: the ports its nat rules redirect
+/// to (containers ask the gateway's port 53 and connect to names' virtual addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamePorts {
+    /// DNS, over UDP and TCP.
+    pub dns: u16,
+    /// The connections to names' virtual addresses.
+    pub proxy: u16,
+    /// The virtual addresses.
+    pub range: Ipv4Cidr,
 }
 
 /// One attached container, as the policy sees it.
@@ -107,6 +122,13 @@ pub fn policy_script(
     s.push_str(&format!(
         "-A {input} -d {gateway}/32 -p icmp --icmp-type echo-request -j ACCEPT\n"
     ));
+    if let Some(n) = &isolation.names {
+        for (proto, port) in [("udp", n.dns), ("tcp", n.dns), ("tcp", n.proxy)] {
+            s.push_str(&format!(
+                "-A {input} -d {gateway}/32 -p {proto} -m {proto} --dport {port} -j ACCEPT\n"
+            ));
+        }
+    }
     s.push_str(&format!("-A {input} {reject}\n"));
     s.push_str(&format!("-A {output} {replies}\n"));
     s.push_str(&format!("-A {output} -o {bridge} -j {peer}\n"));
@@ -254,6 +276,11 @@ mod tests {
         let lan = vec!["192.0.2.0/24".parse().unwrap()];
         let iso = Isolation {
             allow: vec!["192.168.5.0/24".parse().unwrap()],
+            names: Some(NamePorts {
+                dns: 40053,
+                proxy: 40080,
+                range: "198.18.0.0/15".parse().unwrap(),
+            }),
         };
         let gw = "10.89.1.1".parse().unwrap();
         let s = policy_script(
@@ -271,6 +298,12 @@ mod tests {
         assert!(s.contains("-A UNIVRS-G-AB12CD34-1 -s 10.89.1.4/32 -j ACCEPT\n"));
         assert!(!s.contains("-A UNIVRS-G-AB12CD34-0 -s 10.89.1.2/32"));
         assert!(s.contains("-A UNIVRS-OUT-AB12CD34 -d 192.0.2.0/24 -j REJECT"));
+        // The name service, and nothing else of the host's.
+        let names = "-A UNIVRS-IN-AB12CD34 -d 10.89.1.1/32 -p tcp -m tcp --dport 40080 -j ACCEPT\n";
+        assert!(s.find(names).unwrap() < s.find("-A UNIVRS-IN-AB12CD34 -j REJECT").unwrap());
+        assert!(s.contains(
+            "-A UNIVRS-IN-AB12CD34 -d 10.89.1.1/32 -p udp -m udp --dport 40053 -j ACCEPT\n"
+        ));
         assert!(s.contains("-A UNIVRS-OUT-AB12CD34 -d 169.254.0.0/16 -j REJECT"));
         // The owner's allowance comes before the denial of its range.
         let allow = s.find("-d 192.168.5.0/24 -j ACCEPT").unwrap();

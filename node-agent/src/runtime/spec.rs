@@ -110,6 +110,10 @@ pub struct ContainerConfig {
     pub userns: Option<UserNamespace>,
     /// The most the container's log may hold (bytes, with its one rotated file).
     pub log_max_bytes: Option<u64>,
+    /// Host files shown read-only inside the container: (host path, path inside), e.g. the
+    /// agent's `/etc/resolv.conf` for it. Bind mounts, so a symlink in the image cannot
+    /// send the agent's write elsewhere on the host.
+    pub files: Vec<(PathBuf, String)>,
 }
 
 /// How a container's ids map to the host's.
@@ -149,6 +153,7 @@ impl ContainerConfig {
             seccomp: true,
             userns: None,
             log_max_bytes: None,
+            files: Vec::new(),
         }
     }
 }
@@ -216,6 +221,16 @@ pub fn validate(cfg: &ContainerConfig) -> Result<(), SpecError> {
     }
     if cfg.pids_limit == Some(0) {
         return Err(invalid("pids limit must be at least 1"));
+    }
+    if let Some((host, inside)) = cfg
+        .files
+        .iter()
+        .find(|(host, inside)| !host.is_absolute() || !inside.starts_with('/'))
+    {
+        return Err(invalid(format!(
+            "file {} shown at {inside:?}: both paths must be absolute",
+            host.display()
+        )));
     }
     if let Some(ns) = &cfg.netns
         && !ns.is_absolute()
@@ -442,6 +457,18 @@ pub fn build_spec(cfg: &ContainerConfig, cgroups_path: &str) -> Result<Spec, Spe
         annotations.insert(super::log::LOG_CAP_ANNOTATION.to_string(), cap.to_string());
     }
 
+    let mut mounts = default_mounts()?;
+    for (host, inside) in &cfg.files {
+        let host = host
+            .to_str()
+            .ok_or_else(|| SpecError::Invalid(format!("{} is not UTF-8", host.display())))?;
+        mounts.push(mount(
+            inside,
+            "bind",
+            host,
+            &["rbind", "ro", "nosuid", "nodev", "noexec"],
+        )?);
+    }
     let spec = SpecBuilder::default()
         .version(oci_spec::runtime::VERSION)
         .root(
@@ -450,7 +477,7 @@ pub fn build_spec(cfg: &ContainerConfig, cgroups_path: &str) -> Result<Spec, Spe
                 .readonly(cfg.readonly_rootfs)
                 .build()?,
         )
-        .mounts(default_mounts()?)
+        .mounts(mounts)
         .process(process)
         .hostname(cfg.hostname.clone().unwrap_or_else(|| cfg.id.clone()))
         .annotations(annotations)

@@ -56,6 +56,8 @@ pub struct Sandbox {
     /// [`Sandbox::with_exposed_roots`]); `None`: where the image store keeps them.
     exposed: Option<PathBuf>,
     network: Option<Cni>,
+    /// Where each instance's `/etc/resolv.conf` is written (see [`Sandbox::with_names`]).
+    resolv: Option<PathBuf>,
 }
 
 /// Why a sandbox step failed (shown in instance messages and Events).
@@ -90,6 +92,7 @@ impl Sandbox {
             layout_dirs: Vec::new(),
             exposed: None,
             network,
+            resolv: None,
         }
     }
 
@@ -99,6 +102,40 @@ impl Sandbox {
     pub fn with_exposed_roots(mut self, dir: PathBuf) -> Self {
         self.exposed = Some(dir);
         self
+    }
+
+    /// Gives each instance an `/etc/resolv.conf` naming its gateway, the agent's name
+    /// service (see `agent::names`), written under `dir` (a traversable directory: the
+    /// container's root, an unprivileged host id, opens it).
+    pub fn with_names(mut self, dir: PathBuf) -> Self {
+        self.resolv = Some(dir);
+        self
+    }
+
+    /// The network, if containers get one.
+    pub fn cni(&self) -> Option<&Cni> {
+        self.network.as_ref()
+    }
+
+    /// Instance `id`'s `/etc/resolv.conf` on the host, once its network is up.
+    pub fn resolv_conf(&self, id: &str) -> Option<PathBuf> {
+        let path = self.resolv.as_ref()?.join(id);
+        path.exists().then_some(path)
+    }
+
+    fn write_resolv_conf(&self, id: &str, group: &str) -> Result<(), SandboxError> {
+        let (Some(dir), Some(cni)) = (&self.resolv, &self.network) else {
+            return Ok(());
+        };
+        let text = crate::agent::names::resolv_conf(cni.gateway(), group);
+        let tmp = dir.join(format!(".{id}.tmp"));
+        let io = |e: std::io::Error| {
+            SandboxError::Other(format!("writing the resolv.conf of {id}: {e}"))
+        };
+        std::fs::write(&tmp, text).map_err(io)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+        std::fs::rename(&tmp, dir.join(id)).map_err(io)
     }
 
     /// Lets Workloads name OCI layouts (`oci:DIR:TAG`) below these directories (the owner's
@@ -315,6 +352,7 @@ impl Sandbox {
                 })
             })
             .collect();
+        self.write_resolv_conf(id, group)?;
         // A setup the agent died in is finished off first (teardown is idempotent).
         if let Ok(Some(att)) = cni.attachment(id) {
             if att.complete
@@ -348,6 +386,16 @@ impl Sandbox {
 
     /// Releases instance `id`'s network (no error when there is none).
     pub fn network_down(&self, id: &str) -> Result<(), SandboxError> {
+        if let Some(dir) = &self.resolv {
+            match std::fs::remove_file(dir.join(id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(SandboxError::Other(format!(
+                        "removing the resolv.conf of {id}: {e}"
+                    )));
+                }
+                _ => {}
+            }
+        }
         match &self.network {
             Some(cni) => Ok(cni.teardown(id)?),
             None => Ok(()),

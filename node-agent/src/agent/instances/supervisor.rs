@@ -492,6 +492,7 @@ impl Supervisor {
         let hostname = rec.placement.instance.clone();
         let c2 = c.clone();
         let netns = self.deps.sandbox.netns_path(&rec.placement.id);
+        let resolv = self.deps.sandbox.resolv_conf(&rec.placement.id);
         let pids_limit = self.deps.policy.pids_per_container;
         let log_cap = self.deps.policy.log_max_bytes;
         let userns = self.deps.userns.clone();
@@ -512,6 +513,9 @@ impl Supervisor {
             cfg.gid = process.gid;
             cfg.hostname = Some(hostname);
             cfg.netns = netns;
+            cfg.files = resolv
+                .map(|r| vec![(r, "/etc/resolv.conf".to_string())])
+                .unwrap_or_default();
             // Limits, or the requests where a limit is not given: a container takes what it
             // asked for, not the node's spare room (the owner's parent cgroup caps them all).
             if let Some(r) = c2.resources.as_ref() {
