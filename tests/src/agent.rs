@@ -28,6 +28,8 @@ pub struct AgentProc {
     args: Vec<String>,
     kubeconfig: PathBuf,
     bin: PathBuf,
+    /// The network namespace it runs in (`nsenter --net=`), if not this process's.
+    netns: Option<PathBuf>,
 }
 
 impl AgentProc {
@@ -52,6 +54,28 @@ impl AgentProc {
         name: &str,
         extra: &[&str],
     ) -> Self {
+        let mut a = Self::unstarted(bin, kubeconfig, log_dir, name, extra);
+        a.restart();
+        a
+    }
+
+    /// As [`AgentProc::start`], in the network namespace at `netns` (a machine of
+    /// [`crate::nat::Internet`]); its mesh listens where `extra`'s `--listen` says (else on
+    /// loopback).
+    pub fn start_in(cp: &ControlPlane, netns: &Path, name: &str, extra: &[&str]) -> Self {
+        let mut a = Self::unstarted(univrs_bin(), &cp.kubeconfig, &cp.data_dir, name, extra);
+        a.netns = Some(netns.to_path_buf());
+        a.restart();
+        a
+    }
+
+    fn unstarted(
+        bin: &Path,
+        kubeconfig: &Path,
+        log_dir: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Self {
         let data_dir = data_dir(name);
         let log = log_dir.join(format!("agent-{name}.log"));
         let mut args: Vec<String> = [
@@ -61,15 +85,16 @@ impl AgentProc {
             "1s",
             "--usage-interval",
             "2s",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
             "--no-mdns",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen".to_string(), "/ip4/127.0.0.1/tcp/0".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut a = Self {
+        Self {
             name: name.to_string(),
             data_dir,
             log,
@@ -77,9 +102,25 @@ impl AgentProc {
             args,
             kubeconfig: kubeconfig.to_path_buf(),
             bin: bin.to_path_buf(),
-        };
-        a.restart();
-        a
+            netns: None,
+        }
+    }
+
+    /// The command running the `univrs` binary, in the agent's network namespace.
+    fn command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.0.id())
     }
 
     /// Starts the agent process again (after [`AgentProc::kill`]), with the same data.
@@ -89,7 +130,7 @@ impl AgentProc {
             .append(true)
             .open(&self.log)
             .expect("opening the agent log");
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = self.command();
         cmd.arg("agent")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -126,7 +167,8 @@ impl Drop for AgentProc {
             }
         }
         self.child.take();
-        let out = Command::new(&self.bin)
+        let out = self
+            .command()
             .arg("reset")
             .arg("--data-dir")
             .arg(&self.data_dir)

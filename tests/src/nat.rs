@@ -29,6 +29,8 @@ pub struct Internet {
     prefix: String,
     namespaces: Vec<String>,
     homes: usize,
+    /// Set when dropped: the forwarders ([`Internet::forward`]) stop and close their sockets.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs `args` in namespace `ns`.
@@ -49,6 +51,7 @@ impl Internet {
             prefix,
             namespaces: Vec::new(),
             homes: homes.len(),
+            stop: Default::default(),
         };
         let wan = net.add_ns("wan");
         in_ns(&wan, &["ip", "link", "add", "br0", "type", "bridge"]);
@@ -183,6 +186,72 @@ impl Internet {
         in_ns(wan, &["ip", "link", "set", port, "master", "br0"]);
     }
 
+    /// Another machine with a public address, `WAN.<host>` (e.g. a visitor who can reach
+    /// only the center: the homes are behind their routers).
+    pub fn add_public(&mut self, machine: &str, host: u8) {
+        let wan = self.ns("wan");
+        let ns = self.add_ns(machine);
+        self.wire(&ns, "eth0", &wan, machine);
+        in_ns(
+            &ns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{WAN}.{host}/24"),
+                "dev",
+                "eth0",
+            ],
+        );
+    }
+
+    /// The path of `machine`'s network namespace (for `nsenter --net=`).
+    pub fn netns_path(&self, machine: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/run/netns/{}", self.ns(machine)))
+    }
+
+    /// Forwards connections to `127.0.0.1:port` on `machine` to `to` in this process's own
+    /// namespace (e.g. the API server, so that a machine reaches it at the address its
+    /// certificate names, as if it were on the internet), until the internet is dropped.
+    pub fn forward(&self, machine: &str, port: u16, to: std::net::SocketAddr) {
+        let listener = self
+            .run_on(machine, move || {
+                let l = std::net::TcpListener::bind(("127.0.0.1", port))
+                    .unwrap_or_else(|e| panic!("binding 127.0.0.1:{port}: {e}"));
+                l.set_nonblocking(true).expect("a non-blocking listener");
+                l
+            })
+            .join()
+            .expect("binding the forwarder");
+        let stop = self.stop.clone();
+        // Spawned from this thread: its connections to `to` are made in this namespace.
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((inbound, _)) => {
+                        let Ok(outbound) = std::net::TcpStream::connect(to) else {
+                            continue;
+                        };
+                        let _ = inbound.set_nonblocking(false);
+                        for (mut a, mut b) in [
+                            (inbound.try_clone(), outbound.try_clone()),
+                            (outbound.try_clone(), inbound.try_clone()),
+                        ]
+                        .into_iter()
+                        .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                        {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut a, &mut b);
+                                let _ = b.shutdown(std::net::Shutdown::Write);
+                            });
+                        }
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        });
+    }
+
     /// The namespace of `machine` (`center`, `home1`, …).
     pub fn ns(&self, machine: &str) -> String {
         let name = format!("{}-{machine}", self.prefix);
@@ -213,6 +282,7 @@ impl Internet {
 
 impl Drop for Internet {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
         // Deleting a namespace deletes its veths (and their peers in the others).
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();

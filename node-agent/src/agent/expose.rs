@@ -38,8 +38,15 @@ use univrs_api::resources::node::NodeAddress;
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/univrs/expose/1.0.0");
 /// The longest request line.
 const MAX_REQUEST: usize = 256;
-/// How long connecting to an instance, or opening and answering a stream, may take.
+/// How long connecting to an instance, or reading a stream's request, may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long another node may take to open a stream and answer it before the next node with a
+/// ready instance is tried.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node that did not answer in time (or whose mesh connection failed) is passed
+/// over while another node has a ready instance: a frozen or lost machine costs one
+/// connection a delay, not every connection.
+const PASSED_OVER_FOR: Duration = Duration::from_secs(15);
 /// Connections carried at once (inbound and through the mesh, each): beyond, new ones wait.
 const MAX_CONNECTIONS: usize = 1024;
 
@@ -49,6 +56,14 @@ struct Request {
     port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     workload: Option<Named>,
+}
+
+/// Why a stream to another node gave nothing.
+enum Open {
+    /// The node answered, without a ready instance.
+    Refused(String),
+    /// The stream or the node failed.
+    Failed(String),
 }
 
 /// A Workload reached by name.
@@ -105,6 +120,8 @@ pub struct Routes {
     holders: RwLock<BTreeMap<u16, Holder>>,
     next: AtomicUsize,
     slots: Semaphore,
+    /// Nodes that last failed to answer, and when.
+    unanswered: std::sync::Mutex<BTreeMap<String, std::time::Instant>>,
 }
 
 impl Routes {
@@ -143,7 +160,23 @@ impl Routes {
             holders: RwLock::new(BTreeMap::new()),
             next: AtomicUsize::new(0),
             slots: Semaphore::new(MAX_CONNECTIONS),
+            unanswered: Default::default(),
         }
+    }
+
+    /// The order in which to try `nodes`: from a rotating start, those that failed to answer
+    /// within [`PASSED_OVER_FOR`] last.
+    fn order(&self, nodes: &[String]) -> Vec<String> {
+        let start = self.pick(nodes.len());
+        let mut order: Vec<String> = nodes[start..]
+            .iter()
+            .chain(&nodes[..start])
+            .cloned()
+            .collect();
+        let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        unanswered.retain(|_, at| at.elapsed() < PASSED_OVER_FOR);
+        order.sort_by_key(|n| unanswered.contains_key(n));
+        order
     }
 
     /// The Workload `w`, if cached and not being deleted.
@@ -183,16 +216,45 @@ impl Routes {
         if remote.is_empty() {
             return Err(format!("{target} has no ready instance"));
         }
-        let node = &remote[self.pick(remote.len())];
-        let peer: PeerId = self
-            .cluster
-            .peer_id_of(node)
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| format!("node {node} has no PeerId"))?;
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, self.open(peer, &target))
-            .await
-            .map_err(|_| format!("node {node} did not answer in {CONNECT_TIMEOUT:?}"))??;
-        carry(&mut conn, &mut stream).await
+        // Nothing was read from `conn` yet, so another node can still take it.
+        let mut errors = Vec::new();
+        for node in self.order(&remote) {
+            let Some(peer) = self
+                .cluster
+                .peer_id_of(&node)
+                .and_then(|p| p.parse::<PeerId>().ok())
+            else {
+                errors.push(format!("node {node} has no PeerId"));
+                continue;
+            };
+            match tokio::time::timeout(OPEN_TIMEOUT, self.open(peer, &target)).await {
+                Ok(Ok(mut stream)) => {
+                    self.unanswered
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&node);
+                    return carry(&mut conn, &mut stream).await;
+                }
+                // It answered: alive, just without a ready instance now.
+                Ok(Err(Open::Refused(e))) => errors.push(e),
+                Ok(Err(Open::Failed(e))) => {
+                    self.pass_over(&node);
+                    errors.push(e);
+                }
+                Err(_) => {
+                    self.pass_over(&node);
+                    errors.push(format!("node {node} did not answer in {OPEN_TIMEOUT:?}"));
+                }
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    fn pass_over(&self, node: &str) {
+        self.unanswered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), std::time::Instant::now());
     }
 
     /// Opens a stream to `peer` for `target` and reads its answer.
@@ -200,13 +262,13 @@ impl Routes {
         &self,
         peer: PeerId,
         target: &Target,
-    ) -> Result<impl AsyncRead + AsyncWrite + Unpin + use<>, String> {
+    ) -> Result<impl AsyncRead + AsyncWrite + Unpin + use<>, Open> {
         let stream = self
             .mesh
             .streams()
             .open_stream(peer, PROTOCOL)
             .await
-            .map_err(|e| format!("opening a stream to {peer}: {e}"))?;
+            .map_err(|e| Open::Failed(format!("opening a stream to {peer}: {e}")))?;
         let mut stream = BufReader::new(stream.compat());
         let mut line = serde_json::to_vec(&target.request()).expect("a request serializes");
         line.push(b'\n');
@@ -214,10 +276,10 @@ impl Routes {
             .get_mut()
             .write_all(&line)
             .await
-            .map_err(|e| format!("asking {peer}: {e}"))?;
-        let answer = read_line(&mut stream).await?;
+            .map_err(|e| Open::Failed(format!("asking {peer}: {e}")))?;
+        let answer = read_line(&mut stream).await.map_err(Open::Failed)?;
         if answer != "ok" {
-            return Err(format!("{peer} refused: {answer}"));
+            return Err(Open::Refused(format!("{peer} refused: {answer}")));
         }
         Ok(stream)
     }

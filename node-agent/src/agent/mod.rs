@@ -214,6 +214,13 @@ pub async fn run(
     let node_api: Api<Node> = Api::all(client.clone());
     kube::registration::register(&node_api, &manager, &facts).await?;
     tracing::info!(node = %cfg.node_name, peer_id = %facts.identity.peer_id(), cpu = %facts.capacity.cpu.0, memory = %facts.capacity.memory.0, "registered the Node");
+    let multiaddrs_task = tokio::spawn(kube::registration::keep_multiaddrs(
+        node_api.clone(),
+        manager.clone(),
+        facts.clone(),
+        mesh.clone(),
+        Duration::from_secs(5),
+    ));
     let lease = tokio::spawn(kube::lease::renew_forever(
         client.clone(),
         cfg.node_name.clone(),
@@ -397,6 +404,7 @@ pub async fn run(
     }
     tracing::info!("agent stopping; containers keep running and are re-adopted at the next start");
     for t in [
+        multiaddrs_task,
         lease,
         observations,
         watch_task,

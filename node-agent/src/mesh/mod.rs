@@ -143,7 +143,11 @@ impl MeshHandle {
             .await?
             .listen_addrs
             .into_iter()
-            .map(|a| a.with(Protocol::P2p(peer)))
+            // A relayed address (`…/p2p-circuit/p2p/<self>`) names this peer already.
+            .map(|a| match a.iter().last() {
+                Some(Protocol::P2p(_)) => a,
+                _ => a.with(Protocol::P2p(peer)),
+            })
             .collect())
     }
 

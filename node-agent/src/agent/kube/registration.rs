@@ -80,3 +80,35 @@ pub fn machine_labels() -> BTreeMap<String, String> {
         ("kubernetes.io/arch".to_string(), arch.to_string()),
     ])
 }
+
+/// Keeps the Node's `spec.multiaddrs` in line with where the mesh can be dialed, checking
+/// every `every`: addresses come and go after start-up (a relay reservation gives a peer
+/// behind NAT a relayed address, which is how the others reach it; a new interface another).
+pub async fn keep_multiaddrs(
+    api: Api<Node>,
+    manager: String,
+    mut facts: NodeFacts,
+    mesh: crate::mesh::MeshHandle,
+    every: std::time::Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(addrs) = mesh.dial_addrs().await else {
+            continue;
+        };
+        let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        if addrs == facts.multiaddrs {
+            continue;
+        }
+        let before = std::mem::replace(&mut facts.multiaddrs, addrs);
+        match register(&api, &manager, &facts).await {
+            Ok(_) => {
+                tracing::info!(addresses = ?facts.multiaddrs, "the Node's mesh addresses changed")
+            }
+            Err(e) => {
+                tracing::warn!("publishing the mesh addresses: {e}");
+                facts.multiaddrs = before;
+            }
+        }
+    }
+}
