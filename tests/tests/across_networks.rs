@@ -220,7 +220,7 @@ async fn the_portal_answers_on_every_machine_behind_any_router() {
             .into_iter()
             .find(|p| p.node == "nat-home2" && p.connected)
             .and_then(|p| p.connection);
-        (k.clone().map(Some), format!("{k:?}"))
+        (k.map(Some), format!("{k:?}"))
     })
     .await;
     assert_eq!(
