@@ -181,7 +181,13 @@ pub(crate) fn delete_stale_namespaces(prefix: &str, own: &str) {
 /// closed without a byte is an error).
 pub fn http_get(addr: &str) -> Result<String, String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let to = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| format!("{addr} names no address"))?;
+    // A router that drops what nobody asked for would hold a plain connect for minutes.
+    let mut s = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n")
