@@ -59,11 +59,17 @@ impl AgentProc {
         a
     }
 
-    /// As [`AgentProc::start`], in the network namespace at `netns` (a machine of
-    /// [`crate::nat::Internet`]); its mesh listens where `extra`'s `--listen` says (else on
-    /// loopback).
-    pub fn start_in(cp: &ControlPlane, netns: &Path, name: &str, extra: &[&str]) -> Self {
-        let mut a = Self::unstarted(univrs_bin(), &cp.kubeconfig, &cp.data_dir, name, extra);
+    /// As [`AgentProc::start_bin`] against `cp`, in the network namespace at `netns` (a
+    /// machine of [`crate::nat::Internet`]); its mesh listens where `extra`'s `--listen` says
+    /// (else on loopback).
+    pub fn start_in(
+        bin: &Path,
+        cp: &ControlPlane,
+        netns: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> Self {
+        let mut a = Self::unstarted(bin, &cp.kubeconfig, &cp.data_dir, name, extra);
         a.netns = Some(netns.to_path_buf());
         a.restart();
         a

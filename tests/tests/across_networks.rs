@@ -130,6 +130,7 @@ async fn the_portal_answers_on_every_machine_behind_any_router() {
         .iter()
         .map(|m| {
             AgentProc::start_in(
+                univrs_tests::univrs_bin(),
                 cp,
                 &net.netns_path(m),
                 &format!("nat-{m}"),
@@ -176,7 +177,7 @@ async fn the_portal_answers_on_every_machine_behind_any_router() {
     for m in MACHINES {
         let target = format!("{}:{port}", address(m));
         let got = eventually(&format!("the portal on {m}"), WAIT, async || {
-            let (r, took) = served_from(&net, m, &target);
+            let (r, _) = served_from(&net, m, &target);
             (r.clone().ok(), format!("{r:?}"))
         })
         .await;
