@@ -2,7 +2,8 @@
 //! two homes behind their own NAT routers, one port-preserving and one symmetric) and a
 //! visitor on the internet who can reach only the center. Each machine runs a real
 //! `univrs agent` (its containers on its own bridge, its mesh through its router); the portal
-//! exposes a port with three replicas, one per machine.
+//! example (`deploy/examples/community-portal.yaml`, applied with kubectl) exposes port 30080
+//! with three replicas, one per machine.
 //!
 //! - Every machine answers on its own address, and the visitor through the center.
 //! - With the center's and home1's replicas frozen (their containers' cgroups), new
@@ -12,15 +13,16 @@
 //!   waits for it once, then goes to home1's replica, and later ones do not wait.
 //! - At zero replicas, a connection is closed at once.
 
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use std::time::{Duration, Instant};
 use univrs_api::Workload;
 use univrs_tests::agent::AgentProc;
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_controller};
 use univrs_tests::nat::{Internet, Nat, WAN};
-use univrs_tests::{ControlPlane, free_host_port};
+use univrs_tests::ControlPlane;
 
-const NS: &str = "across-portal";
+const NS: &str = "community-center";
+const PORTAL: &str = "community-portal";
 const WAIT: Duration = Duration::from_secs(120);
 const MACHINES: [&str; 3] = ["center", "home1", "home2"];
 
@@ -91,7 +93,7 @@ fn signal(pid: u32, stop: bool) {
 async fn replicas_ready(api: &Api<Workload>, want_ready: &[&str]) -> Vec<(String, String)> {
     let want: Vec<String> = want_ready.iter().map(|m| format!("nat-{m}")).collect();
     eventually("the replicas' readiness", WAIT, async || {
-        let w = api.get("portal").await.unwrap();
+        let w = api.get(PORTAL).await.unwrap();
         let inst = w.status.map(|s| s.instances).unwrap_or_default();
         let placed: Vec<(String, String)> = inst
             .iter()
@@ -118,9 +120,7 @@ async fn the_portal_answers_on_every_machine_behind_any_router() {
     net.add_public("visitor", 9);
     let cp = ControlPlane::shared();
     let client = cp.client().await.unwrap();
-    for n in [NS, LEASE_NS] {
-        ensure_namespace(&client, n).await;
-    }
+    ensure_namespace(&client, LEASE_NS).await;
     // Every machine reaches the API server as if it were on the internet.
     let api_server: std::net::SocketAddr = format!("127.0.0.1:{}", cp.port).parse().unwrap();
     for m in MACHINES {
@@ -151,19 +151,13 @@ async fn the_portal_answers_on_every_machine_behind_any_router() {
     // Dropped before the agents (which reset their machines), after the test's freezes.
     let _thaw = Thaw;
 
-    let port = free_host_port();
+    // The portal example as it is: three replicas, port 30080 (every machine's own: each is
+    // a namespace of its own here).
+    let example = univrs_tests::repo_root().join("deploy/examples/community-portal.yaml");
+    let (ok, _, err) = univrs_tests::run(cp.kubectl().args(["apply", "-f"]).arg(&example));
+    assert!(ok, "kubectl apply: {err}");
+    let port = 30080;
     let api: Api<Workload> = Api::namespaced(client.clone(), NS);
-    let wl: Workload = serde_json::from_value(serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": "portal"},
-        "spec": {"replicas": 3, "nodeSelector": {"site": "nat"},
-            "expose": [{"name": "web", "port": port, "targetPort": "http"}],
-            "containers": [{"name": "web", "image": "univrs.local/demo:latest",
-                "ports": [{"name": "http", "containerPort": 8080}],
-                "readinessProbe": {"httpGet": {"path": "/", "port": 8080},
-                    "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1}}]},
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &wl).await.unwrap();
     let placed = replicas_ready(&api, &MACHINES).await;
     let replica_on = |m: &str| {
         placed
@@ -254,7 +248,7 @@ async fn the_portal_answers_on_every_machine_behind_any_router() {
 
     // No replica: a connection is closed at once, everywhere.
     api.patch(
-        "portal",
+        PORTAL,
         &PatchParams::default(),
         &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
     )
