@@ -16,10 +16,10 @@
 use kube::api::{Api, Patch, PatchParams};
 use std::time::{Duration, Instant};
 use univrs_api::Workload;
+use univrs_tests::ControlPlane;
 use univrs_tests::agent::AgentProc;
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_controller};
 use univrs_tests::nat::{Internet, Nat, WAN};
-use univrs_tests::ControlPlane;
 
 const NS: &str = "community-center";
 const PORTAL: &str = "community-portal";

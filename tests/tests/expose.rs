@@ -155,6 +155,16 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
         (hit.then_some(()), format!("{l:?}"))
     })
     .await;
+
+    // The holder goes: the port passes to the copy at once (its condition is woken, not left
+    // to the five-minute resync).
+    api.delete("portal", &Default::default()).await.unwrap();
+    let serving = eventually("the copy holding the freed port", WAIT, async || {
+        let c = exposed(&other.get("copy").await.unwrap());
+        (c.clone().filter(|c| c.status == "True"), format!("{c:?}"))
+    })
+    .await;
+    assert_eq!(serving.reason, "Serving");
 }
 
 /// The agent API of node `name`.

@@ -133,18 +133,58 @@ impl Handler<Node> for Nodes {
 
 struct Workloads;
 
+impl Workloads {
+    /// The other Workloads exposing a port `w` exposes or exposed (the cache still holds its
+    /// previous version): who holds a port may have changed for them (their `Exposed`
+    /// condition: a port freed by a deleted holder goes to the next at once).
+    fn port_sharers(ctx: &Context, w: &Workload, gone: bool, wake: &mut Wake) {
+        let me = ObjectRef::from_obj(w);
+        let before = ctx.workloads.get(&me);
+        let claim = |w: &Workload| {
+            (
+                w.spec.expose.clone(),
+                w.metadata.deletion_timestamp.is_some(),
+            )
+        };
+        // A status write of a holder changes no claim: nobody else need look again.
+        if !gone && before.as_deref().is_some_and(|b| claim(b) == claim(w)) {
+            return;
+        }
+        let ports: HashSet<i32> = w
+            .spec
+            .expose
+            .iter()
+            .chain(before.iter().flat_map(|b| b.spec.expose.iter()))
+            .map(|p| p.port)
+            .collect();
+        if ports.is_empty() {
+            return;
+        }
+        wake.workloads.extend(
+            ctx.workloads
+                .state()
+                .iter()
+                .filter(|o| o.spec.expose.iter().any(|p| ports.contains(&p.port)))
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .filter(|o| *o != me),
+        );
+    }
+}
+
 impl Handler<Workload> for Workloads {
     fn applied(&mut self, ctx: &Context, w: &Workload, wake: &mut Wake) {
         let (change, news) = ctx.index().observe_workload(w);
         // The version the controller itself wrote (and planned) wakes nothing new.
         if news {
             wake.workloads.insert(ObjectRef::from_obj(w));
+            Self::port_sharers(ctx, w, false, wake);
         }
         wake.workload_change(ctx, &change);
     }
 
     fn deleted(&mut self, ctx: &Context, w: &Workload, wake: &mut Wake) {
         let change = ctx.index().forget_workload(w);
+        Self::port_sharers(ctx, w, true, wake);
         wake.workload_change(ctx, &change);
     }
 }
