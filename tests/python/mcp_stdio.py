@@ -63,16 +63,16 @@ async def main() -> None:
             assert t.description and len(t.description) > 20, f"{t.name}: no useful description"
             assert t.input_schema.get("type") == "object", f"{t.name}: {t.input_schema}"
         deploy = tools["workload_deploy"].input_schema
-        assert {"name", "image"} <= set(deploy.get("required", [])), deploy.get("required")
-        for field in ["namespace", "replicas", "command", "args", "env", "ports", "resources",
-                      "nodeSelector", "minReputation"]:
+        assert deploy.get("required") == ["name"], deploy.get("required")
+        for field in ["namespace", "replicas", "image", "containers", "labels", "command", "args",
+                      "env", "ports", "resources", "nodeSelector", "minReputation"]:
             assert field in deploy["properties"], f"workload_deploy lacks {field}"
         schema_text = json.dumps(deploy)
         assert "hostPort" in schema_text and "containerPort" in schema_text, schema_text
         assert set(tools["workload_scale"].input_schema["required"]) == {"name", "replicas"}
         assert tools["workload_list"].annotations.read_only_hint is True
         assert tools["workload_delete"].annotations.destructive_hint is True
-        ok(f"{len(tools)} tools with object schemas; workload_deploy requires name and image")
+        ok(f"{len(tools)} tools with object schemas; workload_deploy requires a name")
 
         spec = {
             "name": "mcp-web", "namespace": ns, "image": "registry.example:5000/demo/busybox:1.36",
@@ -89,6 +89,26 @@ async def main() -> None:
         r = await call(client, "workload_deploy", {**spec, "env": [{"name": "MODE", "value": "slow"}]})
         assert r["result"] == "updated", r
         ok("redeployed mcp-web (update)")
+
+        # The call the seed document shows: a container list and labels.
+        seed = {
+            "name": "mcp-seed", "namespace": ns,
+            "containers": [{"name": "web", "image": "community/portal:latest",
+                            "ports": [{"containerPort": 80, "hostPort": 8080}],
+                            "resources": {"cpu": "500m", "memory": "256Mi"}}],
+            "replicas": 3, "labels": {"app": "portal", "tier": "frontend"},
+        }
+        r = await call(client, "workload_deploy", seed)
+        assert r["result"] == "created" and r["workload"]["replicas"] == 3, r
+        assert r["workload"]["labels"] == {"app": "portal", "tier": "frontend"}, r
+        r = await call(client, "workload_get", {"name": "mcp-seed", "namespace": ns})
+        c = r["spec"]["containers"][0]
+        assert c["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi"}, c
+        await fails(client, "workload_deploy",
+                    {**seed, "containers": [{"name": "web", "image": "x", "imagee": "y"}]},
+                    "containers[0]", "unknown field")
+        await call(client, "workload_delete", {"name": "mcp-seed", "namespace": ns})
+        ok("deployed the seed document's call (containers, labels) and refused a typo in a container")
 
         r = await call(client, "workload_scale", {"name": "mcp-web", "namespace": ns, "replicas": 3})
         assert r["previousReplicas"] == 2 and r["replicas"] == 3, r
@@ -127,7 +147,7 @@ async def main() -> None:
                     "replicas must be ≥ 0 (got -1)")
         await fails(client, "workload_deploy", {"name": "mcp-web", "namespace": ns, "replicas": -3, "image": "x"},
                     "replicas must be ≥ 0")
-        await fails(client, "workload_deploy", {"name": "no-image", "namespace": ns}, "image is required")
+        await fails(client, "workload_deploy", {"name": "no-image", "namespace": ns}, "image or containers is required")
         await fails(client, "workload_get", {"name": "nope", "namespace": ns},
                     f"workload {ns}/nope not found; workload_list shows what exists")
         await fails(client, "workload_scale", {"name": "nope", "namespace": ns, "replicas": 1},

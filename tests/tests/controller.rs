@@ -350,6 +350,63 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
         },
     )
     .await;
+    // One voucher's word about one subject counts once: a second vouch by alpha for charlie
+    // and a copy of the first under another name add nothing. With alpha's record at 0.95 its
+    // vouch counts 0.9 × 0.95 × 0.35/0.4 = 0.748125, so charlie is 0.5 + 0.5 × 0.2 × 0.748125
+    // = 0.5748, shown as 0.575 (stacked three times it would be 0.598).
+    let again = univrs_api::resources::vouch::VouchSpec::signed(
+        &keys[0],
+        &keys[2].public(),
+        0.9,
+        "still running our jobs",
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Timestamp::now() + Duration::from_secs(3600),
+        ),
+    )
+    .unwrap();
+    let copy = vouches.get("genuine").await.unwrap().spec;
+    for (name, spec) in [("again", again), ("copy", copy)] {
+        vouches
+            .create(&PostParams::default(), &univrs_api::Vouch::new(name, spec))
+            .await
+            .unwrap();
+        eventually(
+            &format!("vouch {name} verified"),
+            Duration::from_secs(30),
+            async || {
+                let s = vouches.get(name).await.unwrap().status.unwrap_or_default();
+                (s.verified.then_some(()), format!("{s:?}"))
+            },
+        )
+        .await;
+    }
+    let record = serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Node", "metadata": {"name": "alpha"},
+        "status": {"serviceRecord": {"base": 0.95, "updatedAt": Timestamp::now().to_string()}}
+    });
+    nodes_api
+        .patch_status(
+            "alpha",
+            &PatchParams::apply("test-history").force(),
+            &Patch::Apply(&record),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "charlie's reputation from one voucher",
+        Duration::from_secs(30),
+        async || {
+            let c = nodes_api
+                .get("charlie")
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.reputation);
+            let ok = c.is_some_and(|r| (r - 0.575).abs() < 1e-9);
+            (ok.then_some(()), format!("charlie {c:?}"))
+        },
+    )
+    .await;
     // Every node holds a role from the nexus election, and there is at least one hub.
     let roles: Vec<Option<univrs_api::resources::node::NexusRole>> = nodes_api
         .list(&Default::default())

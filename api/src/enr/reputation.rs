@@ -99,6 +99,18 @@ pub fn vouch_contribution(weight: f64, voucher_base: f64, cfg: &Config) -> f64 {
     clamp(weight, 0.0, 1.0) * v * (v - t) / (1.0 - t)
 }
 
+/// The contributions that count for one subject from `(voucher, contribution)` pairs: one per
+/// voucher, its strongest. One voucher's word about one subject counts once, however many
+/// vouches (or copies of one under other names) it signed.
+pub fn one_per_voucher<'a>(vouches: impl IntoIterator<Item = (&'a str, f64)>) -> Vec<f64> {
+    let mut best: std::collections::BTreeMap<&str, f64> = std::collections::BTreeMap::new();
+    for (voucher, c) in vouches {
+        let e = best.entry(voucher).or_insert(c);
+        *e = e.max(c);
+    }
+    best.into_values().collect()
+}
+
 /// The vouch boost from contributions, with diminishing returns, in `[0, max_vouch_boost]`.
 pub fn vouch_boost(contributions: &[f64], cfg: &Config) -> f64 {
     let miss: f64 = contributions
@@ -117,6 +129,23 @@ pub fn effective(base: f64, boost: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_voucher_counts_once_per_subject() {
+        let got = one_per_voucher([
+            ("did:a", 0.3),
+            ("did:a", 0.3),
+            ("did:b", 0.1),
+            ("did:a", 0.2),
+        ]);
+        assert_eq!(got, vec![0.3, 0.1]);
+        let cfg = Config::default();
+        assert_eq!(
+            vouch_boost(&got, &cfg),
+            vouch_boost(&[0.3, 0.1], &cfg),
+            "a second vouch and a copy of the first add nothing"
+        );
+    }
 
     #[test]
     fn ema_moves_a_tenth_and_decays_toward_the_prior() {

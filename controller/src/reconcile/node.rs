@@ -119,14 +119,19 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         .filter_map(|n| n.status.as_ref())
         .filter(|s| univrs_api::conditions::is_true(&s.conditions, CONDITION_READY))
         .collect();
-    let vouches: Vec<f64> = ctx
-        .vouches
-        .state()
-        .iter()
-        .filter_map(|v| v.status.as_ref())
-        .filter(|s| s.verified && s.subject_node.as_deref() == Some(name.as_str()))
-        .map(|s| s.effective_weight)
-        .collect();
+    // One voucher's word counts once (its strongest vouch), and nobody vouches for itself.
+    let all_vouches = ctx.vouches.state();
+    let vouches = univrs_api::enr::reputation::one_per_voucher(
+        all_vouches
+            .iter()
+            .filter_map(|v| Some((v.spec.voucher.as_str(), v.status.as_ref()?)))
+            .filter(|(_, s)| {
+                s.verified
+                    && s.subject_node.as_deref() == Some(name.as_str())
+                    && s.voucher_node.as_deref() != Some(name.as_str())
+            })
+            .map(|(voucher, s)| (voucher, s.effective_weight)),
+    );
     let placed = ctx.index().observed_on(&name);
     let account = Account::node(&name);
     let balance = snapshot::ledger_of(&ctx.credit_lines.state(), Some(&account))

@@ -21,10 +21,15 @@ use super::error::NetworkError;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-/// The masquerade chain of `network` (`univrs-<h>`): at most 28 characters, as iptables wants.
-fn masquerade_chain(network: &str) -> String {
+/// `network`'s (`univrs-<h>`) nat chain of `kind`: at most 28 characters, as iptables wants.
+fn nat_chain(kind: &str, network: &str) -> String {
     let h = network.strip_prefix("univrs-").unwrap_or(network);
-    format!("UNIVRS-MASQ-{}", &h[..h.len().min(16)]).to_uppercase()
+    format!("UNIVRS-{kind}-{}", &h[..h.len().min(16)]).to_uppercase()
+}
+
+/// The masquerade chain of `network`.
+fn masquerade_chain(network: &str) -> String {
+    nat_chain("MASQ", network)
 }
 
 /// The POSTROUTING rule sending `subnet`'s traffic to the masquerade chain, as `iptables-save`
@@ -39,8 +44,7 @@ fn masquerade_jump(network: &str, subnet: &str) -> String {
 /// The name-service chain of `network`: redirects containers' DNS queries to the gateway and
 /// their connections to names' virtual addresses to the agent (see `agent::names`).
 fn names_chain(network: &str) -> String {
-    let h = network.strip_prefix("univrs-").unwrap_or(network);
-    format!("UNIVRS-NAME-{}", &h[..h.len().min(16)]).to_uppercase()
+    nat_chain("NAME", network)
 }
 
 /// The PREROUTING rule sending what enters from `bridge` to the name-service chain.
@@ -155,6 +159,18 @@ fn unmasquerade_script(save: &str, network: &str) -> Option<String> {
     any.then_some(script)
 }
 
+/// Where the agent's name service listens on the gateway: the ports its nat rules redirect
+/// to (containers ask the gateway's port 53 and connect to names' virtual addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamePorts {
+    /// DNS, over UDP and TCP.
+    pub dns: u16,
+    /// The connections to names' virtual addresses.
+    pub proxy: u16,
+    /// The virtual addresses.
+    pub range: super::subnet::Ipv4Cidr,
+}
+
 /// Where a network's name-service redirects go.
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -163,7 +179,7 @@ pub struct Names {
     /// The bridge's address, the containers' name server.
     pub gateway: std::net::Ipv4Addr,
     /// The agent's ports and the virtual addresses.
-    pub ports: super::policy::NamePorts,
+    pub ports: NamePorts,
 }
 
 /// The nat table as `iptables-save` prints it.
@@ -324,7 +340,7 @@ mod tests {
         let names = Names {
             bridge: "univrs-1a2b3c4d".into(),
             gateway: "10.89.1.1".parse().unwrap(),
-            ports: super::super::policy::NamePorts {
+            ports: NamePorts {
                 dns: 40053,
                 proxy: 40080,
                 range: "198.18.0.0/15".parse().unwrap(),

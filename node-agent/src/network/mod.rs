@@ -63,7 +63,8 @@ pub mod subnet;
 pub use attachment::{Attachment, IpAssignment, PortMapping, Protocol};
 pub use conflist::CNI_VERSION;
 pub use error::NetworkError;
-pub use policy::{Isolation, NamePorts};
+pub use iptables::NamePorts;
+pub use policy::Isolation;
 pub use subnet::Ipv4Cidr;
 
 use attachment::{NetworkState, Record};

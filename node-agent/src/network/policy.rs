@@ -21,7 +21,7 @@
 //! one `iptables-restore` transaction: a half-written policy is never in force.
 
 use super::error::NetworkError;
-use super::iptables::run;
+use super::iptables::{NamePorts, run};
 use super::subnet::Ipv4Cidr;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -49,18 +49,6 @@ pub struct Isolation {
     /// The agent's name service on the gateway, which containers reach (see
     /// `agent::names`).
     pub names: Option<NamePorts>,
-}
-
-/// Where the agent's name service listens on the gateway: the ports its nat rules redirect
-/// to (containers ask the gateway's port 53 and connect to names' virtual addresses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NamePorts {
-    /// DNS, over UDP and TCP.
-    pub dns: u16,
-    /// The connections to names' virtual addresses.
-    pub proxy: u16,
-    /// The virtual addresses.
-    pub range: Ipv4Cidr,
 }
 
 /// One attached container, as the policy sees it.

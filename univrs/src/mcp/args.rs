@@ -14,7 +14,8 @@ use univrs_api::resources::workload::{
 /// The namespace used when a tool is not given one.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// `workload_deploy`: the whole desired state of a single-container Workload.
+/// `workload_deploy`: the whole desired state of a Workload: its containers (`containers`,
+/// as in the spec), or one container described by `image` and its companions.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeployArgs {
@@ -23,11 +24,22 @@ pub struct DeployArgs {
     /// Its namespace, which owns (and pays for) it. Default: "default".
     #[serde(default)]
     pub namespace: Option<String>,
-    /// The OCI image to run, such as `registry.example:5000/demo/busybox:1.36`.
-    // Required in the schema, yet optional to serde (a missing Option is None), so that a call
-    // without it gets "image is required: …" instead of a bare deserialization error.
-    #[schemars(required, length(min = 1, max = 512))]
+    /// The OCI image of a single-container Workload, such as
+    /// `registry.example:5000/demo/busybox:1.36` (with `container`, `command`, `args`, `env`,
+    /// `ports` and `resources` for that container). Give this or `containers`.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+    /// The Workload's containers as its spec holds them: `[{"name": "web", "image": "…",
+    /// "ports": [{"containerPort": 8080}], "resources": {"requests": {"cpu": "250m"}}}]`
+    /// (`"resources": {"cpu": "500m", "memory": "256Mi"}` is read as requests). Give this or
+    /// `image`.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<univrs_api::resources::workload::Container>>")]
+    pub containers: Option<Vec<serde_json::Value>>,
+    /// The Workload's labels (`metadata.labels`), such as `{"app": "portal"}`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// How many instances to run (0 to 1000). Default: 1 for a new Workload; left as it is
     /// when updating one.
     #[serde(default)]

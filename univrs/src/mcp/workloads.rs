@@ -57,17 +57,6 @@ fn desired(
     existing: Option<&Workload>,
 ) -> Result<Apply<Workload>, ToolError> {
     check_name(&args.name)?;
-    let image = args
-        .image
-        .as_deref()
-        .map(str::trim)
-        .filter(|i| !i.is_empty())
-        .ok_or_else(|| {
-            ToolError::Invalid(
-                "image is required: the OCI image to run, such as \"registry.example:5000/demo/busybox:1.36\""
-                    .into(),
-            )
-        })?;
     if let Some(r) = args.replicas {
         check_replicas(r)?;
     }
@@ -78,15 +67,117 @@ fn desired(
             "minReputation must be between 0 and 1 (got {m})"
         )));
     }
-    let container_name = match (&args.container, existing) {
-        (Some(c), _) => c.clone(),
-        (None, Some(w)) if w.spec.containers.len() == 1 => w.spec.containers[0].name.clone(),
-        _ => "main".to_string(),
+    let containers = match &args.containers {
+        Some(list) => full_containers(args, list)?,
+        None => vec![single_container(args, existing)?],
     };
     let replicas = args
         .replicas
         .or_else(|| existing.map(|w| w.spec.replicas))
         .unwrap_or(1);
+    let mut spec = json!({"containers": containers, "replicas": replicas});
+    let s = spec.as_object_mut().expect("an object");
+    if !args.node_selector.is_empty() {
+        s.insert("nodeSelector".into(), json!(args.node_selector));
+    }
+    if let Some(m) = args.min_reputation {
+        s.insert("minReputation".into(), json!(m));
+    }
+    if let Some(p) = args.restart_policy {
+        s.insert("restartPolicy".into(), json!(p));
+    }
+    if let Some(c) = &args.credit {
+        s.insert("credit".into(), json!(c));
+    }
+    let mut apply = Apply::<Workload>::new(&args.name).meta("namespace", ns);
+    if !args.labels.is_empty() {
+        apply = apply.meta("labels", json!(args.labels));
+    }
+    Ok(apply.spec(spec))
+}
+
+/// The fields a container may have (its schema's properties).
+fn container_fields() -> Vec<String> {
+    let schema = schemars::schema_for!(univrs_api::resources::workload::Container);
+    schema
+        .as_object()
+        .and_then(|o| o.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// `containers` as given, each checked against the container schema (an unknown field is an
+/// error, not silently pruned by the API server) and `resources: {cpu, memory}` read as
+/// requests.
+fn full_containers(args: &DeployArgs, list: &[Value]) -> Result<Vec<Value>, ToolError> {
+    if args.image.is_some()
+        || args.container.is_some()
+        || !args.command.is_empty()
+        || !args.args.is_empty()
+        || !args.env.is_empty()
+        || !args.ports.is_empty()
+        || args.resources.is_some()
+    {
+        return Err(ToolError::Invalid(
+            "give either containers or image (with container, command, args, env, ports and resources for it), not both".into(),
+        ));
+    }
+    if list.is_empty() {
+        return Err(ToolError::Invalid(
+            "containers must hold at least one container".into(),
+        ));
+    }
+    let known = container_fields();
+    let mut out = Vec::with_capacity(list.len());
+    for (i, c) in list.iter().enumerate() {
+        let Some(obj) = c.as_object() else {
+            return Err(ToolError::Invalid(format!(
+                "containers[{i}] must be an object such as {{\"name\": \"web\", \"image\": \"…\"}}"
+            )));
+        };
+        let mut obj = obj.clone();
+        if let Some(unknown) = obj.keys().find(|k| !known.contains(k)) {
+            return Err(ToolError::Invalid(format!(
+                "containers[{i}]: unknown field {unknown:?}; a container has {}",
+                known.join(", ")
+            )));
+        }
+        // The shorthand `{cpu, memory}` means requests.
+        if let Some(r) = obj.get_mut("resources").and_then(Value::as_object_mut)
+            && !r.contains_key("requests")
+            && !r.contains_key("limits")
+            && !r.is_empty()
+        {
+            let requests = std::mem::take(r);
+            r.insert("requests".into(), Value::Object(requests));
+        }
+        let c = Value::Object(obj);
+        serde_json::from_value::<univrs_api::resources::workload::Container>(c.clone())
+            .map_err(|e| ToolError::Invalid(format!("containers[{i}]: {e}")))?;
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// The one container `image` and its companions describe.
+fn single_container(args: &DeployArgs, existing: Option<&Workload>) -> Result<Value, ToolError> {
+    let image = args
+        .image
+        .as_deref()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| {
+            ToolError::Invalid(
+                "image or containers is required: the OCI image to run, such as \"registry.example:5000/demo/busybox:1.36\", or the list of containers"
+                    .into(),
+            )
+        })?;
+    let container_name = match (&args.container, existing) {
+        (Some(c), _) => c.clone(),
+        (None, Some(w)) if w.spec.containers.len() == 1 => w.spec.containers[0].name.clone(),
+        _ => "main".to_string(),
+    };
     let mut container = json!({"name": container_name, "image": image});
     let c = container.as_object_mut().expect("an object");
     if !args.command.is_empty() {
@@ -104,23 +195,7 @@ fn desired(
     if let Some(r) = &args.resources {
         c.insert("resources".into(), json!(r));
     }
-    let mut spec = json!({"containers": [container], "replicas": replicas});
-    let s = spec.as_object_mut().expect("an object");
-    if !args.node_selector.is_empty() {
-        s.insert("nodeSelector".into(), json!(args.node_selector));
-    }
-    if let Some(m) = args.min_reputation {
-        s.insert("minReputation".into(), json!(m));
-    }
-    if let Some(p) = args.restart_policy {
-        s.insert("restartPolicy".into(), json!(p));
-    }
-    if let Some(c) = &args.credit {
-        s.insert("credit".into(), json!(c));
-    }
-    Ok(Apply::<Workload>::new(&args.name)
-        .meta("namespace", ns)
-        .spec(spec))
+    Ok(container)
 }
 
 /// `workload_deploy`: creates or updates the Workload with server-side apply.
@@ -155,6 +230,7 @@ fn summary(w: &Workload) -> Value {
     json!({
         "name": w.name_any(),
         "namespace": w.namespace(),
+        "labels": w.labels(),
         "image": w.spec.containers.first().map(|c| c.image.clone()),
         "replicas": w.spec.replicas,
         "placedReplicas": status.replicas.unwrap_or(0),
@@ -318,7 +394,10 @@ mod tests {
             "{e}"
         );
         let e = desired(&args(json!({"name": "web"})), "default", None).unwrap_err();
-        assert!(e.to_string().starts_with("image is required"), "{e}");
+        assert!(
+            e.to_string().starts_with("image or containers is required"),
+            "{e}"
+        );
         let e = desired(
             &args(json!({"name": "web", "image": "x", "minReputation": 2.0})),
             "default",
@@ -368,5 +447,50 @@ mod tests {
         .unwrap();
         assert_eq!(fresh.body()["spec"]["replicas"], 1);
         assert_eq!(fresh.body()["spec"]["containers"][0]["name"], "main");
+    }
+
+    /// The call the seed document shows: the container list, its `{cpu, memory}` resources
+    /// shorthand, and labels.
+    #[test]
+    fn the_full_container_list_and_labels_are_taken() {
+        let body = desired(
+            &args(json!({
+                "name": "community-portal",
+                "containers": [{"name": "web", "image": "community/portal:latest",
+                    "ports": [{"containerPort": 80, "hostPort": 8080}],
+                    "resources": {"cpu": "500m", "memory": "256Mi"}},
+                    {"name": "sidecar", "image": "x", "readinessProbe": {"tcpSocket": {"port": 80}}}],
+                "replicas": 3,
+                "labels": {"app": "portal", "tier": "frontend"}
+            })),
+            "default",
+            None,
+        )
+        .unwrap();
+        let b = body.body();
+        assert_eq!(b["metadata"]["labels"]["tier"], "frontend");
+        assert_eq!(
+            b["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+            "500m"
+        );
+        assert_eq!(
+            b["spec"]["containers"][1]["readinessProbe"]["tcpSocket"]["port"],
+            80
+        );
+        assert_eq!(b["spec"]["replicas"], 3);
+        let err = |v: Value| desired(&args(v), "default", None).unwrap_err().to_string();
+        let e =
+            err(json!({"name": "w", "containers": [{"name": "a", "image": "x", "imagee": "y"}]}));
+        assert!(
+            e.starts_with("containers[0]: unknown field \"imagee\""),
+            "{e}"
+        );
+        let e =
+            err(json!({"name": "w", "image": "x", "containers": [{"name": "a", "image": "x"}]}));
+        assert!(e.contains("not both"), "{e}");
+        let e = err(json!({"name": "w", "containers": []}));
+        assert!(e.contains("at least one"), "{e}");
+        let e = err(json!({"name": "w", "containers": [{"name": "a"}]}));
+        assert!(e.starts_with("containers[0]: missing field `image`"), "{e}");
     }
 }
