@@ -39,6 +39,10 @@ const TTL: u32 = 5;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest DNS message over TCP accepted.
 const MAX_TCP_MESSAGE: usize = 4096;
+/// Questions answered at once (over UDP and TCP together): beyond, UDP questions are dropped
+/// and TCP ones wait, so a container flooding its name server costs the agent a bounded
+/// number of tasks and upstream queries.
+const MAX_QUESTIONS: usize = 256;
 
 /// The Workloads' virtual addresses on this node.
 #[derive(Debug, Default)]
@@ -278,6 +282,7 @@ impl NameService {
             cni,
             upstream,
             range: self.range,
+            questions: Arc::new(tokio::sync::Semaphore::new(MAX_QUESTIONS)),
         });
         let udp = std::net::UdpSocket::from(self.udp);
         let dns_tcp = std::net::TcpListener::from(self.dns_tcp);
@@ -325,6 +330,7 @@ struct Shared {
     cni: Cni,
     upstream: Vec<SocketAddr>,
     range: Ipv4Cidr,
+    questions: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -396,9 +402,13 @@ async fn serve_udp(shared: Arc<Shared>, sock: Arc<UdpSocket>) {
         let Ok((n, from)) = sock.recv_from(&mut buf).await else {
             continue;
         };
+        let Ok(permit) = shared.questions.clone().try_acquire_owned() else {
+            continue;
+        };
         let query = buf[..n].to_vec();
         let (shared, sock) = (shared.clone(), sock.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             if let Some(a) = shared.answer(&query, from).await {
                 let _ = sock.send_to(&a, from).await;
             }
@@ -425,6 +435,9 @@ async fn serve_dns_tcp(shared: Arc<Shared>, listener: TcpListener) {
                     Ok::<_, std::io::Error>(q)
                 };
                 let Ok(Ok(q)) = tokio::time::timeout(Duration::from_secs(10), read).await else {
+                    return;
+                };
+                let Ok(_permit) = shared.questions.acquire().await else {
                     return;
                 };
                 let Some(a) = shared.answer(&q, from).await else {
