@@ -223,7 +223,13 @@ impl AgentApi {
     /// The last 100 log lines of the first container of instance `instance` (none if the
     /// agent does not run it, or cannot say).
     pub fn instance_logs(&self, instance: &str) -> Vec<String> {
-        let status = self.get_json("/api/status");
+        let (code, body) = self.get("/api/status");
+        let Some(status) = (code == "200")
+            .then(|| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .flatten()
+        else {
+            return Vec::new();
+        };
         let Some(cid) = status["instances"]
             .as_array()
             .into_iter()

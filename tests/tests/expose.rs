@@ -41,7 +41,7 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
         )
     };
     let _a = agent("exp-a", "127.0.0.2");
-    let _b = agent("exp-b", "127.0.0.3");
+    let mut b_agent = agent("exp-b", "127.0.0.3");
     let _controller = start_controller(cp);
 
     let api: Api<Workload> = Api::namespaced(client.clone(), NS);
@@ -126,6 +126,26 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
     // By name from inside a container of the namespace, on the other node (through the mesh);
     // another namespace's container learns nothing of the name and cannot use the address.
     let vip = names_reach_across_nodes(&client, &api).await;
+    // exp-b's agent restarts (its name service on new ports): its running client loses names
+    // while it is down and has them again once it is back.
+    b_agent.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    b_agent.restart();
+    eventually(
+        "names again after exp-b's agent restarted",
+        WAIT,
+        async || {
+            // (Its API is on a new port: read the Node again.)
+            let l = node_api(&client, "exp-b").await.instance_logs("client-0");
+            let down = l.iter().any(|l| l == "name: none refused");
+            let back = l.len() >= 3
+                && l[l.len() - 3..]
+                    .iter()
+                    .all(|l| l.starts_with("name: ") && l.contains("served by portal-0"));
+            ((down && back).then_some(()), format!("{l:?}"))
+        },
+    )
+    .await;
 
     // No ready replica: no node has anything to give.
     api.patch(

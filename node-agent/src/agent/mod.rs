@@ -285,6 +285,11 @@ pub async fn run(
     let sandbox = Arc::new(build_sandbox(
         &cfg, &data_dir, id_base, &userns, &exposed, name_ports,
     )?);
+    if let Some(cni) = sandbox.cni() {
+        cni.refresh_rules().map_err(|e| {
+            AgentError::Invalid(format!("making the container network's rules: {e}"))
+        })?;
+    }
     let reports = Reports::default();
     let heard = peers::heard::Heard::default();
     let heard_task = tokio::spawn(peers::heard::listen(mesh.clone(), heard.clone()));

@@ -518,6 +518,14 @@ impl Cni {
         record.save(path)
     }
 
+    /// Makes this process's nat rules and network policy now, before any container is set up:
+    /// after a restart, the containers already running must reach the name service on the
+    /// ports this process listens on, not the last one's.
+    pub fn refresh_rules(&self) -> Result<(), NetworkError> {
+        self.ensure_masquerade()?;
+        self.rebuild_policy().wait()
+    }
+
     /// Makes the network's masquerade rules once per process (again after a restart: iptables
     /// may have been flushed meanwhile, and making them is idempotent).
     fn ensure_masquerade(&self) -> Result<(), NetworkError> {
