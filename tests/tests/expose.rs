@@ -40,7 +40,7 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
             ],
         )
     };
-    let _a = agent("exp-a", "127.0.0.2");
+    let a_agent = agent("exp-a", "127.0.0.2");
     let mut b_agent = agent("exp-b", "127.0.0.3");
     let _controller = start_controller(cp);
 
@@ -185,6 +185,22 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
     })
     .await;
     assert_eq!(serving.reason, "Serving");
+
+    // `univrs reset` (each agent's drop) leaves nothing of an agent under /run/univrs: not
+    // its containers' resolv.conf files, not its directory.
+    let run_dirs: Vec<std::path::PathBuf> = [&a_agent, &b_agent]
+        .iter()
+        .map(|a| {
+            use sha2::Digest;
+            let h = sha2::Sha256::digest(a.data_dir.as_os_str().as_encoded_bytes());
+            std::path::PathBuf::from("/run/univrs").join(hex::encode(&h[..4]))
+        })
+        .collect();
+    assert!(run_dirs.iter().all(|d| d.exists()), "{run_dirs:?}");
+    drop((a_agent, b_agent));
+    for d in run_dirs {
+        assert!(!d.exists(), "{} is left behind", d.display());
+    }
 }
 
 /// The agent API of node `name`.

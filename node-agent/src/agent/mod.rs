@@ -579,6 +579,13 @@ pub fn reset(
     if let Err(e) = crate::network::netns::remove(&runtime.layout().userns_file()) {
         failures.push(format!("the node's user namespace: {e}"));
     }
+    // The containers' resolv.conf files: plain files, their containers gone.
+    let resolv = exposed.join("resolv");
+    if let Err(e) = std::fs::remove_dir_all(&resolv)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        failures.push(format!("{}: {e}", resolv.display()));
+    }
     // Empty by now (its namespaces and roots are gone); left in place if not.
     for d in [
         exposed.join("rootfs"),
