@@ -29,6 +29,7 @@ fn cluster(n: usize, placed: u64) -> Vec<NodeView> {
                 ready: i % 50 != 0,
                 unschedulable: i % 97 == 0,
                 isolated: i % 211 == 0,
+                traffic: if i % 223 == 0 { 0.25 } else { 1.0 },
                 capacity: Resources {
                     cpu_millis: 64_000,
                     memory_bytes: 256 * GI,

@@ -40,6 +40,9 @@ pub struct NodeView {
     pub unschedulable: bool,
     /// Whether its septal gate isolates it.
     pub isolated: bool,
+    /// The share of its capacity open to new placements: 1, or its septal gate's traffic
+    /// while Recovering (the ramp: at 0.25 it is filled to a quarter at most).
+    pub traffic: f64,
     /// Capacity.
     pub capacity: Resources,
     /// Requests of the instances placed there, except those of the workload being placed.
@@ -115,6 +118,8 @@ pub enum Reason {
     Unschedulable,
     /// Isolated by its septal gate.
     Isolated,
+    /// Recovering from isolation, and the share of its capacity its gate opens is taken.
+    Recovering,
     /// Not enough CPU left.
     InsufficientCpu,
     /// Not enough memory left.
@@ -137,10 +142,11 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in order (the order the filters run).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Self::NotReady,
         Self::Unschedulable,
         Self::Isolated,
+        Self::Recovering,
         Self::InsufficientCpu,
         Self::InsufficientMemory,
         Self::InsufficientGpu,
@@ -158,6 +164,9 @@ impl Reason {
             Self::NotReady => "not ready".into(),
             Self::Unschedulable => "unschedulable (cordoned)".into(),
             Self::Isolated => "isolated by the septal gate".into(),
+            Self::Recovering => {
+                "recovering from isolation (the share of capacity it opens is taken)".into()
+            }
             Self::InsufficientCpu => "insufficient cpu".into(),
             Self::InsufficientMemory => "insufficient memory".into(),
             Self::InsufficientGpu => "insufficient gpu".into(),
@@ -233,6 +242,20 @@ fn check(
     }
     if node.isolated {
         return Err(Reason::Isolated);
+    }
+    if node.traffic < 1.0 {
+        let open = |c: u64| (c as f64 * node.traffic.clamp(0.0, 1.0)) as u64;
+        if allocated
+            .cpu_millis
+            .saturating_add(req.resources.cpu_millis)
+            > open(node.capacity.cpu_millis)
+            || allocated
+                .memory_bytes
+                .saturating_add(req.resources.memory_bytes)
+                > open(node.capacity.memory_bytes)
+        {
+            return Err(Reason::Recovering);
+        }
     }
     let free = node.capacity.minus(allocated);
     if req.resources.cpu_millis > free.cpu_millis {
@@ -410,6 +433,7 @@ mod tests {
             ready: true,
             unschedulable: false,
             isolated: false,
+            traffic: 1.0,
             capacity: Resources {
                 cpu_millis: cpu,
                 memory_bytes: mem,
@@ -511,6 +535,17 @@ mod tests {
             Some(Reason::Isolated)
         );
         n.isolated = false;
+        // Recovering at a quarter of its traffic: filled to a quarter of its capacity at most
+        // (the node has 4000m; 600m placed).
+        n.traffic = 0.25;
+        n.allocated.cpu_millis = 600;
+        assert_eq!(filter(std::slice::from_ref(&n), 0, &req(400, 1)), None);
+        assert_eq!(
+            filter(std::slice::from_ref(&n), 0, &req(401, 1)),
+            Some(Reason::Recovering)
+        );
+        n.traffic = 1.0;
+        n.allocated = Resources::default();
         n.ready = false;
         assert_eq!(
             filter(std::slice::from_ref(&n), 0, &req(1, 1)),

@@ -176,6 +176,10 @@ pub fn view_of(n: &Node) -> NodeView {
         isolated: status
             .and_then(|s| s.septal.as_ref())
             .is_some_and(|s| s.state == SeptalState::Isolated),
+        traffic: status
+            .and_then(|s| s.septal.as_ref())
+            .filter(|s| s.state == SeptalState::Recovering)
+            .map_or(1.0, |s| s.traffic.unwrap_or(0.0).clamp(0.0, 1.0)),
         capacity: capacity_of(n),
         allocated: Resources::default(),
         host_ports: Vec::new(),
