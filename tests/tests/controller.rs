@@ -326,18 +326,22 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
     // 0.9 × 0.9 × (0.9 − 0.6)/0.4 = 0.6075, a boost of 0.2 × 0.6075, so charlie's reputation
     // is 0.5 + 0.5 × 0.1215 = 0.561. The forged vouch adds nothing. bravo, whose Lease lapsed
     // once, has one failure on its record: 0.9 × 0.5 = 0.45.
-    let record = serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1", "kind": "Node", "metadata": {"name": "alpha"},
-        "status": {"serviceRecord": {"base": 0.9, "updatedAt": Timestamp::now().to_string()}}
-    });
-    nodes_api
-        .patch_status(
-            "alpha",
-            &PatchParams::apply("test-history").force(),
-            &Patch::Apply(&record),
-        )
-        .await
-        .unwrap();
+    // alpha's service record, as a history of `base` would leave it.
+    let alpha_record = async |base: f64| {
+        let record = serde_json::json!({
+            "apiVersion": "univrs.io/v1alpha1", "kind": "Node", "metadata": {"name": "alpha"},
+            "status": {"serviceRecord": {"base": base, "updatedAt": Timestamp::now().to_string()}}
+        });
+        nodes_api
+            .patch_status(
+                "alpha",
+                &PatchParams::apply("test-history").force(),
+                &Patch::Apply(&record),
+            )
+            .await
+            .unwrap();
+    };
+    alpha_record(0.9).await;
     eventually(
         "charlie's reputation boosted",
         Duration::from_secs(30),
@@ -380,18 +384,7 @@ async fn schedules_moves_explains_cordons_drains_and_hands_over() {
         )
         .await;
     }
-    let record = serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1", "kind": "Node", "metadata": {"name": "alpha"},
-        "status": {"serviceRecord": {"base": 0.95, "updatedAt": Timestamp::now().to_string()}}
-    });
-    nodes_api
-        .patch_status(
-            "alpha",
-            &PatchParams::apply("test-history").force(),
-            &Patch::Apply(&record),
-        )
-        .await
-        .unwrap();
+    alpha_record(0.95).await;
     eventually(
         "charlie's reputation from one voucher",
         Duration::from_secs(30),
