@@ -196,10 +196,13 @@ fn a_chatty_container_keeps_its_log_under_the_cap() {
     rt.start(&cfg).unwrap();
     assert_eq!(rt.exit_of("chatty").code, 0);
     let log = rt.client.layout().log_file("chatty");
-    let sizes: Vec<u64> = [log.clone(), univrs_node_agent::runtime::log::rotated(&log)]
-        .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .collect();
+    // No rotated file when the shim read the whole output in one chunk (a loaded machine):
+    // that chunk's end is kept, within half the cap.
+    let sizes: Vec<u64> = [
+        std::fs::metadata(&log).unwrap().len(),
+        std::fs::metadata(univrs_node_agent::runtime::log::rotated(&log)).map_or(0, |m| m.len()),
+    ]
+    .to_vec();
     assert!(sizes.iter().sum::<u64>() <= 8192, "{sizes:?}");
     // The newest lines are kept, across the rotation.
     let tail = rt.client.logs_tail("chatty", 300).unwrap();
