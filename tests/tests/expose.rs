@@ -126,6 +126,7 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
     // By name from inside a container of the namespace, on the other node (through the mesh);
     // another namespace's container learns nothing of the name and cannot use the address.
     let vip = names_reach_across_nodes(&client, &api).await;
+    a_node_of_no_namespace_is_refused_a_name(&client, port).await;
     // exp-b's agent restarts (its name service on new ports): its running client loses names
     // while it is down and has them again once it is back.
     b_agent.kill();
@@ -281,4 +282,65 @@ async fn names_reach_across_nodes(client: &kube::Client, api: &Api<Workload>) ->
         "another namespace neither resolves nor reaches the portal: {lines:?}"
     );
     vip
+}
+
+/// A registered Node that runs nothing of the portal's namespace opens the expose stream to
+/// exp-a (which runs the portal) and asks for the portal by name, as a node whose container
+/// asked would: refused, nothing carried. The same peer asking for the exposed port (open to
+/// everyone) gets the page, so it is the namespace check that refuses.
+async fn a_node_of_no_namespace_is_refused_a_name(client: &kube::Client, port: u16) {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use univrs_node_agent::mesh::{Mesh, MeshConfig, Multiaddr, PeerId};
+    let nodes: Api<univrs_api::Node> = Api::all(client.clone());
+    let key = univrs_api::identity::NodeIdentity::generate();
+    nodes
+        .create(
+            &PostParams::default(),
+            &univrs_tests::cluster::node_object("exp-rogue", &[], &key),
+        )
+        .await
+        .unwrap();
+    let a = nodes.get("exp-a").await.unwrap();
+    let mut config = MeshConfig::new(key);
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.mdns = false;
+    config.bootstrap = vec![a.spec.multiaddrs[0].parse::<Multiaddr>().unwrap()];
+    let rogue = Mesh::spawn(config).await.unwrap();
+    let peer: PeerId = a.spec.peer_id.parse().unwrap();
+    let ask = async |request: serde_json::Value| -> String {
+        let Ok(mut s) = rogue
+            .streams()
+            .open_stream(peer, univrs_node_agent::agent::expose::PROTOCOL)
+            .await
+        else {
+            return "no stream".into();
+        };
+        let mut line = request.to_string();
+        line.push('\n');
+        let mut out = Vec::new();
+        if s.write_all(line.as_bytes()).await.is_err() {
+            return "not written".into();
+        }
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let exposed = eventually("the rogue served the exposed port", WAIT, async || {
+        let got = ask(serde_json::json!({"port": port})).await;
+        (
+            got.contains("served by portal-0").then_some(got.clone()),
+            got,
+        )
+    })
+    .await;
+    assert!(exposed.starts_with("ok\n"), "{exposed}");
+    let named = ask(serde_json::json!({"port": 8080,
+        "workload": {"namespace": NS, "name": "portal"}}))
+    .await;
+    assert_eq!(named, "error: not a node of that namespace\n");
+    rogue.shutdown().await;
+    nodes
+        .delete("exp-rogue", &Default::default())
+        .await
+        .unwrap();
 }
