@@ -36,23 +36,12 @@ fn count(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// One request: connect, `GET /`, read to the end.
+/// One request (`univrs_tests::http_get`: connect, `GET /`, read to the end), timed.
 fn request(to: std::net::SocketAddr) -> Result<Duration, String> {
-    use std::io::{Read, Write};
     let t = Instant::now();
-    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut body = Vec::with_capacity(512);
-    s.read_to_end(&mut body).map_err(|e| e.to_string())?;
-    if !body.windows(9).any(|w| w == b"served by") {
-        return Err(format!(
-            "not the portal: {:?}",
-            String::from_utf8_lossy(&body)
-        ));
+    let body = univrs_tests::http_get(&to.to_string())?;
+    if !body.contains("served by") {
+        return Err(format!("not the portal: {body:?}"));
     }
     Ok(t.elapsed())
 }
