@@ -73,6 +73,9 @@ async fn an_exposed_port_answers_on_every_node_from_wherever_a_replica_is_ready(
     // A later Workload exposing the same port is told who holds it; the port stays the
     // portal's.
     ensure_namespace(&client, OTHER_NS).await;
+    // Created in a later second than the portal: creation times have one-second resolution,
+    // and a tie goes to the namespace that sorts first (the copy's).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let copy: Workload = serde_json::from_value(serde_json::json!({
         "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": "copy"},
         "spec": {"replicas": 0, "expose": [{"name": "web", "port": port, "targetPort": 8080}],
