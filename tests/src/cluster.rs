@@ -55,6 +55,15 @@ pub fn start_controller(cp: &ControlPlane) -> ControllerProc {
 
 /// [`start_controller`] with a given `univrs` binary (a benchmark's optimized build).
 pub fn start_controller_bin(cp: &ControlPlane, bin: &std::path::Path) -> ControllerProc {
+    start_controller_with(cp, bin, &[])
+}
+
+/// [`start_controller_bin`] with more arguments (`--service-period`, `--trust-anchor`, …).
+pub fn start_controller_with(
+    cp: &ControlPlane,
+    bin: &std::path::Path,
+    extra: &[&str],
+) -> ControllerProc {
     let port = free_port();
     let log_path = cp.data_dir.join(format!("controller-{port}.log"));
     let log = std::fs::File::create(&log_path).expect("creating the controller log");
@@ -68,6 +77,7 @@ pub fn start_controller_bin(cp: &ControlPlane, bin: &std::path::Path) -> Control
         "--metrics-addr",
         &format!("127.0.0.1:{port}"),
     ])
+    .args(extra)
     .arg("--kubeconfig")
     .arg(&cp.kubeconfig)
     .env("RUST_LOG", "info,univrs_controller=debug,kube=warn")
@@ -129,38 +139,50 @@ pub fn node_object(name: &str, labels: &[(&str, &str)], secret: &NodeIdentity) -
     n
 }
 
-/// Plays the agents' part: renews each named node's Lease every second while its flag holds.
+/// Plays the agents' part: renews each named node's Lease every second while its flag holds,
+/// up to 16 at a time (one after another, fifty Leases took longer than their 3 s under load
+/// and lapsed).
 pub fn renew_leases(client: kube::Client, alive: Arc<BTreeMap<String, AtomicBool>>) {
+    use futures::StreamExt;
     tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, LEASE_NS);
         loop {
-            for (node, on) in alive.iter() {
-                if !on.load(Ordering::SeqCst) {
-                    continue;
+            let due: Vec<String> = alive
+                .iter()
+                .filter(|(_, on)| on.load(Ordering::SeqCst))
+                .map(|(node, _)| node.clone())
+                .collect();
+            let renewals = due.into_iter().map(|node| {
+                let api = api.clone();
+                async move {
+                    let lease = Lease {
+                        metadata: ObjectMeta {
+                            name: Some(lease_name(&node)),
+                            ..Default::default()
+                        },
+                        spec: Some(LeaseSpec {
+                            holder_identity: Some(node.clone()),
+                            lease_duration_seconds: Some(3),
+                            renew_time: Some(MicroTime(Timestamp::now())),
+                            ..Default::default()
+                        }),
+                    };
+                    if let Err(e) = api
+                        .patch(
+                            &lease_name(&node),
+                            &PatchParams::apply("test-agent").force(),
+                            &Patch::Apply(&lease),
+                        )
+                        .await
+                    {
+                        eprintln!("renewing {node}'s Lease failed: {e}");
+                    }
                 }
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(lease_name(node)),
-                        ..Default::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(node.clone()),
-                        lease_duration_seconds: Some(3),
-                        renew_time: Some(MicroTime(Timestamp::now())),
-                        ..Default::default()
-                    }),
-                };
-                if let Err(e) = api
-                    .patch(
-                        &lease_name(node),
-                        &PatchParams::apply("test-agent").force(),
-                        &Patch::Apply(&lease),
-                    )
-                    .await
-                {
-                    eprintln!("renewing {node}'s Lease failed: {e}");
-                }
-            }
+            });
+            futures::stream::iter(renewals)
+                .buffer_unordered(16)
+                .collect::<()>()
+                .await;
             tokio::time::sleep(Duration::from_millis(1000)).await;
         }
     });

@@ -107,6 +107,10 @@ pub enum Command {
         /// vouches can lift reputation before anyone has a record.
         #[arg(long = "trust-anchor", value_name = "DID", value_parser = parse_did)]
         trust_anchors: Vec<String>,
+        /// How much Ready service, witnessed by peers of standing, counts as one successful
+        /// outcome in a node's service record (shorter only to compress time in tests).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        service_period: std::time::Duration,
         /// The ClusterRole a joined node is bound to when its certificate is approved (the Helm
         /// chart's is `<release>-node`).
         #[arg(long, default_value = univrs_api::system::NODE_CLUSTER_ROLE)]

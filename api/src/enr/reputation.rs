@@ -2,7 +2,9 @@
 //!
 //! - **Service record** (`base`): an exponential moving average of outcomes (1 success, 0
 //!   failure) with α = 0.1, so one event moves it by at most a tenth and about 22 events make
-//!   up 90% of it. It starts at the neutral prior 0.5.
+//!   up 90% of it. It starts at the neutral prior 0.5. An outcome may count only in part
+//!   ([`observe_weighted`]): a success that only witnesses of some standing vouch for counts as
+//!   much as they [`corroboration`] establishes.
 //! - **Decay:** between observations the record relaxes toward the prior with a half-life of
 //!   7 days, so both fame and infamy fade without fresh evidence.
 //! - **Vouches** add at most `max_vouch_boost` (0.2) of the remaining distance to 1. A vouch
@@ -81,12 +83,28 @@ pub fn decay(r: Record, now_ms: u64, cfg: &Config) -> Record {
 
 /// The record after an outcome (1 success, 0 failure, or anything between) at `now_ms`.
 pub fn observe(r: Record, outcome: f64, now_ms: u64, cfg: &Config) -> Record {
+    observe_weighted(r, outcome, 1.0, now_ms, cfg)
+}
+
+/// The record after an outcome that counts `weight` (0 to 1) of a full observation: the EMA
+/// moves `alpha × weight` of the way toward `outcome`. A weight of 0 changes only the decay.
+pub fn observe_weighted(r: Record, outcome: f64, weight: f64, now_ms: u64, cfg: &Config) -> Record {
     let r = decay(r, now_ms, cfg);
-    let a = clamp(cfg.alpha, 0.0, 1.0);
+    let a = clamp(cfg.alpha, 0.0, 1.0) * clamp(weight, 0.0, 1.0);
     Record {
         base: clamp((1.0 - a) * r.base + a * clamp(outcome, 0.0, 1.0), 0.0, 1.0),
         ..r
     }
+}
+
+/// How far reports from witnesses with these weights (each 0 to 1, see [`vouch_contribution`]
+/// with weight 1) establish a fact, 0 to 1: one perfect witness is enough, and weak witnesses
+/// add up with diminishing returns. Witnesses of no standing establish nothing, however many.
+pub fn corroboration(witnesses: impl IntoIterator<Item = f64>) -> f64 {
+    1.0 - witnesses
+        .into_iter()
+        .map(|w| 1.0 - clamp(w, 0.0, 1.0))
+        .product::<f64>()
 }
 
 /// How much one vouch counts: weight × the voucher's standing above the threshold.
@@ -164,6 +182,19 @@ mod tests {
             (week.base - 0.7).abs() < 1e-9,
             "half the distance to 0.5 after one half-life"
         );
+    }
+
+    #[test]
+    fn witnesses_without_standing_establish_nothing() {
+        let cfg = Config::default();
+        let ring = (0..50).map(|_| vouch_contribution(1.0, 0.5, &cfg));
+        assert_eq!(corroboration(ring), 0.0);
+        assert_eq!(corroboration([1.0]), 1.0);
+        let two_fair = corroboration([0.4, 0.4]);
+        assert!((two_fair - 0.64).abs() < 1e-12, "{two_fair}");
+        let r = Record::new(0, &cfg);
+        assert_eq!(observe_weighted(r, 1.0, 0.0, 0, &cfg).base, 0.5);
+        assert!((observe_weighted(r, 1.0, 0.5, 0, &cfg).base - 0.525).abs() < 1e-12);
     }
 
     #[test]

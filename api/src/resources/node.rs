@@ -458,7 +458,7 @@ pub struct PeerReport {
 }
 
 /// What the other Nodes' agents report about a node (written by the controller).
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerView {
     /// Ready Nodes whose agents report on this one.
@@ -473,6 +473,13 @@ pub struct PeerView {
     /// How many of them dropped any.
     #[schemars(range(min = 0))]
     pub reporters_of_invalid: i32,
+    /// How far those connected to it establish that it is in the mesh, 0 to 1: each counts by
+    /// its standing as a vouch would (nothing below a service record of 0.6; a trust anchor
+    /// fully). Its hours of service and its self-reported uptime and bandwidth count only this
+    /// far, so identities that only each other see count for nothing.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub witnessed: f64,
 }
 
 impl NodeCapacity {

@@ -27,6 +27,7 @@ pub fn candidates(ctx: &Context, now: Timestamp) -> Vec<Candidate> {
                 n,
                 snapshot::liveness(lease.as_deref(), now, ctx.settings.node_lease_duration),
                 nodes.len(),
+                ctx.settings.trust_anchors.contains(&n.spec.did),
             )
         })
         .collect()

@@ -6,7 +6,9 @@
 //! what the index has placed there, the latest election, its credit lines), plans, writes the
 //! status when something other than a timestamp changed, and announces what the plan says.
 
-use crate::core::plan::node::{Observed, plan};
+use crate::core::peers;
+use crate::core::plan::node::{Observed, Placements, plan, start_grace};
+use crate::core::plan::vouch::standing;
 use crate::core::snapshot;
 use crate::error::Error;
 use crate::reconcile::{nexus, revival};
@@ -113,11 +115,13 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
     // Read.
     let lease = ctx.lease_of(&name);
     let all = ctx.nodes.state();
-    let others: Vec<&NodeStatus> = all
+    let anchors = &ctx.settings.trust_anchors;
+    let others: Vec<(&NodeStatus, f64)> = all
         .iter()
         .filter(|n| n.metadata.name.as_deref() != Some(name.as_str()))
-        .filter_map(|n| n.status.as_ref())
-        .filter(|s| univrs_api::conditions::is_true(&s.conditions, CONDITION_READY))
+        .filter_map(|n| Some((n.status.as_ref()?, standing(n, anchors))))
+        .filter(|(s, _)| univrs_api::conditions::is_true(&s.conditions, CONDITION_READY))
+        .map(|(s, standing)| (s, peers::witness_weight(standing)))
         .collect();
     // One voucher's word counts once (its strongest vouch), and nobody vouches for itself.
     let all_vouches = ctx.vouches.state();
@@ -132,7 +136,15 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
             })
             .map(|(voucher, s)| (voucher, s.effective_weight)),
     );
-    let placed = ctx.index().observed_on(&name);
+    let (placed, holders) = {
+        let index = ctx.index();
+        (index.observed_on(&name), index.holders_of(&name))
+    };
+    let grace = start_grace(ctx.settings.service_period);
+    let mut placements = Placements::default();
+    for w in holders.iter().filter_map(|key| ctx.workloads.get(key)) {
+        placements.add(&w, &name, now, grace);
+    }
     let account = Account::node(&name);
     let balance = snapshot::ledger_of(&ctx.credit_lines.state(), Some(&account))
         .balance(&account)
@@ -144,6 +156,8 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
             node: &node,
             live: snapshot::liveness(lease.as_deref(), now, ctx.settings.node_lease_duration),
             others: &others,
+            anchor: anchors.contains(&node.spec.did),
+            placements,
             vouches: &vouches,
             placed,
             elected: nexus::role_of(&ctx, &name),
@@ -151,6 +165,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
             now,
         },
         ctx.settings.resync,
+        ctx.settings.service_period,
     );
 
     // What is allocated is a report (placement reads the index): a change of it alone waits

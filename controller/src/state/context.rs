@@ -27,6 +27,9 @@ pub struct Settings {
     pub nexus_interval: Duration,
     /// DIDs whose vouches count with a perfect standing (the community's founding machines).
     pub trust_anchors: BTreeSet<String>,
+    /// How much witnessed Ready service counts as one successful outcome in a node's service
+    /// record (an hour; tests compress it).
+    pub service_period: Duration,
     /// The ClusterRole a joined node is bound to on approval (the chart's `<release>-node`).
     pub node_cluster_role: String,
 }
@@ -39,6 +42,7 @@ impl Default for Settings {
             resync: Duration::from_secs(300),
             nexus_interval: Duration::from_secs(30),
             trust_anchors: BTreeSet::new(),
+            service_period: Duration::from_secs(3600),
             node_cluster_role: univrs_api::system::NODE_CLUSTER_ROLE.to_string(),
         }
     }

@@ -100,6 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             node_grace_period,
             node_lease_duration,
             trust_anchors,
+            service_period,
             node_cluster_role,
             log_json,
         } => controller::run(
@@ -109,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 node_grace_period,
                 node_lease_duration,
                 trust_anchors: trust_anchors.into_iter().collect(),
+                service_period,
                 node_cluster_role,
                 ..Settings::default()
             },

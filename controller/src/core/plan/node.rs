@@ -4,9 +4,15 @@
 //! writer) is decided here; `reconcile::node` reads its inputs and writes the result.
 //!
 //! - **Reputation** = the service record (an average of outcomes that decays toward 0.5, kept in
-//!   `status.serviceRecord`) boosted by verified vouches. Outcomes: a Lease that lapses is a
-//!   failure; so is new invalid gossip from the node that its peers corroborate (`peers`,
-//!   gathered into `status.peerView`); every hour of Ready service is a success.
+//!   `status.serviceRecord`) boosted by verified vouches. Outcomes are what the node cannot fake
+//!   alone: a Lease that lapses is a failure; so is new invalid gossip from the node that its
+//!   peers corroborate (`peers`, gathered into `status.peerView`). Each service period (an
+//!   hour) of Ready service is a success only as far as peers of standing witness the node
+//!   connected (`peerView.witnessed`; a trust anchor needs no witness), so a ring of fresh
+//!   identities renewing their Leases and reporting each other gains nothing. In the same
+//!   period, its instances that are not running and ready while their Workloads run ready on
+//!   other nodes count as a failure in proportion (its own agent's word is believed against it,
+//!   and the comparison clears it of a Workload that fails everywhere).
 //! - **Septal gate**: each lapse is a failure; five without an hour of clean service between
 //!   them (a flapping node) isolate it, as does a health score of 0.7 (silence, low
 //!   reputation). After 60 s it recovers a quarter of its traffic per Ready reconcile.
@@ -34,8 +40,65 @@ use univrs_api::resources::node::{
     SeptalState, SeptalStatus, ServiceRecord, lease_name,
 };
 
-/// How much Ready time counts as one successful outcome.
-const SERVICE_PERIOD: Duration = Duration::from_secs(3600);
+/// How long after its placement an instance may take to run and turn ready before its node is
+/// held to it (at most the service period).
+const START_GRACE: Duration = Duration::from_secs(300);
+
+/// How a node ran what was placed on it, as its agent reports (see [`Placements::failing`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Placements {
+    /// Instances placed there longer than the start grace, whose Workload runs a ready
+    /// instance on another node.
+    pub compared: u32,
+    /// Of those, the instances not running and ready.
+    pub failing: u32,
+}
+
+impl Placements {
+    /// Counts the instances of one Workload on `node` at `now`, with `grace` to start.
+    pub fn add(&mut self, w: &univrs_api::Workload, node: &str, now: Timestamp, grace: Duration) {
+        use univrs_api::resources::workload::InstancePhase;
+        let Some(status) = &w.status else { return };
+        let fine = |i: &univrs_api::resources::workload::Instance| {
+            i.phase == Some(InstancePhase::Running) && i.ready != Some(false)
+        };
+        let elsewhere = status.instances.iter().any(|i| {
+            i.node.as_deref().is_some_and(|n| n != node)
+                && i.phase == Some(InstancePhase::Running)
+                && i.ready == Some(true)
+        });
+        if !elsewhere {
+            return;
+        }
+        let grace_ms = grace.as_millis() as u64;
+        for i in status.instances.iter().filter(|i| {
+            i.node.as_deref() == Some(node)
+                && i.phase != Some(InstancePhase::Succeeded)
+                && i.phase != Some(InstancePhase::Terminating)
+                && i.placed_at
+                    .as_ref()
+                    .is_some_and(|t| ms(now).saturating_sub(ms(t.0)) >= grace_ms)
+        }) {
+            self.compared += 1;
+            self.failing += u32::from(!fine(i));
+        }
+    }
+
+    /// The share of compared instances failing, 0 to 1.
+    pub fn failing_share(&self) -> f64 {
+        if self.compared == 0 {
+            0.0
+        } else {
+            f64::from(self.failing) / f64::from(self.compared)
+        }
+    }
+}
+
+/// How long an instance may take to start before its node is held to it, given the service
+/// period.
+pub fn start_grace(service_period: Duration) -> Duration {
+    START_GRACE.min(service_period)
+}
 
 /// Whether the node's PeerId and DID name the same key.
 fn identity_consistent(node: &Node) -> Result<(), String> {
@@ -67,13 +130,26 @@ pub fn service_base(node: &Node) -> f64 {
         .map_or(reputation::Config::default().prior, |r| r.base)
 }
 
-/// The next service record: a failure when the node just lost its Lease, a success per hour of
-/// Ready service. Returns the record and whether an hour of service was credited.
+/// What one service period of a Ready node comes to.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Period {
+    /// How far its service is witnessed, 0 to 1 (1 for a trust anchor).
+    witnessed: f64,
+    /// The share of its compared instances failing, 0 to 1.
+    failing: f64,
+}
+
+/// The next service record: a failure when the node just lost its Lease; per `period` of Ready
+/// service, a failure as large as the share of its instances failing and a success as far as
+/// the rest is witnessed. A period in which nothing counts is not consumed (no write): the next
+/// witnessed reconcile counts it. Returns the record and whether a success was credited.
 fn next_record(
     current: Option<&ServiceRecord>,
     was_ready: bool,
     ready: bool,
     now: Timestamp,
+    period: Duration,
+    served: Period,
 ) -> (ServiceRecord, bool) {
     let cfg = reputation::Config::default();
     let Some(cur) = current else {
@@ -87,11 +163,18 @@ fn next_record(
         base: cur.base,
         updated_ms: ms(cur.updated_at.0),
     };
-    let period = SERVICE_PERIOD.as_millis() as u64;
-    let (rec, served) = if was_ready && !ready {
+    let period = period.as_millis() as u64;
+    let (rec, credited) = if was_ready && !ready {
         (reputation::observe(rec, 0.0, ms(now), &cfg), false)
-    } else if ready && ms(now).saturating_sub(rec.updated_ms) >= period {
-        (reputation::observe(rec, 1.0, ms(now), &cfg), true)
+    } else if ready
+        && ms(now).saturating_sub(rec.updated_ms) >= period
+        && (served.witnessed > 0.0 || served.failing > 0.0)
+    {
+        let failing = served.failing.clamp(0.0, 1.0);
+        let success = served.witnessed.clamp(0.0, 1.0) * (1.0 - failing);
+        let rec = reputation::observe_weighted(rec, 0.0, failing, ms(now), &cfg);
+        let rec = reputation::observe_weighted(rec, 1.0, success, ms(now), &cfg);
+        (rec, success > 0.0 && failing == 0.0)
     } else {
         return (cur.clone(), false);
     };
@@ -99,7 +182,7 @@ fn next_record(
         base: round(rec.base, 4),
         updated_at: Time(now),
     };
-    (record, served)
+    (record, credited)
 }
 
 /// The septal gate after this reconcile's events.
@@ -144,8 +227,13 @@ pub struct Observed<'a> {
     pub node: &'a Node,
     /// Its Lease's liveness at `now`.
     pub live: Liveness,
-    /// The status of every other Ready node (their agents report on this one).
-    pub others: &'a [&'a NodeStatus],
+    /// The status of every other Ready node (their agents report on this one), each with its
+    /// weight as a witness (`peers::witness_weight`).
+    pub others: &'a [(&'a NodeStatus, f64)],
+    /// Whether the node is a trust anchor (its service needs no witness).
+    pub anchor: bool,
+    /// How it runs what is placed on it.
+    pub placements: Placements,
     /// The effective weights of the verified vouches for this node.
     pub vouches: &'a [f64],
     /// What is observed placed there: resources and instance count.
@@ -204,8 +292,9 @@ impl Plan {
     }
 }
 
-/// Plans a Node's status from what the reconciler read; `resync` bounds the requeue.
-pub fn plan(o: &Observed<'_>, resync: Duration) -> Plan {
+/// Plans a Node's status from what the reconciler read; `resync` bounds the requeue and
+/// `service_period` is how much Ready time one outcome stands for.
+pub fn plan(o: &Observed<'_>, resync: Duration, service_period: Duration) -> Plan {
     let now = o.now;
     let node = o.node;
     let name = node.name_any();
@@ -238,15 +327,37 @@ pub fn plan(o: &Observed<'_>, resync: Duration) -> Plan {
     // What the other Ready nodes' agents report about this one.
     let peer_view = peers::view_of(
         &name,
-        o.others.iter().filter_map(|s| s.observations.as_ref()),
+        o.others
+            .iter()
+            .filter_map(|(s, w)| Some((s.observations.as_ref()?, *w))),
     );
     let invalid_gossip = peer_view
         .as_ref()
         .is_some_and(|v| peers::new_invalid_gossip(current.peer_view.as_ref(), v, o.others.len()));
 
     // Reputation: the service record, plus what verified vouches for this node add.
-    let (mut record, served) =
-        next_record(current.service_record.as_ref(), was_ready, now_ready, now);
+    let period = Period {
+        witnessed: if o.anchor {
+            1.0
+        } else {
+            peer_view.as_ref().map_or(0.0, |v| v.witnessed)
+        },
+        failing: o.placements.failing_share(),
+    };
+    let (mut record, served) = next_record(
+        current.service_record.as_ref(),
+        was_ready,
+        now_ready,
+        now,
+        service_period,
+        period,
+    );
+    let counted_failing = period.failing > 0.0
+        && now_ready
+        && current
+            .service_record
+            .as_ref()
+            .is_some_and(|r| r != &record);
     let cfg = reputation::Config::default();
     if invalid_gossip {
         let failed = reputation::observe(
@@ -366,6 +477,15 @@ pub fn plan(o: &Observed<'_>, resync: Duration) -> Plan {
             ),
         ));
     }
+    if counted_failing {
+        notices.push(Notice::warning(
+            "PlacementsFailing",
+            format!(
+                "{} of {} instances here are not running and ready while their Workloads run ready on other nodes; its service record counts a failure",
+                o.placements.failing, o.placements.compared
+            ),
+        ));
+    }
     let was_isolated = current
         .septal
         .as_ref()
@@ -433,19 +553,132 @@ mod tests {
         Timestamp::from_second(1_700_000_000 + secs).unwrap()
     }
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn witnessed(w: f64) -> Period {
+        Period {
+            witnessed: w,
+            failing: 0.0,
+        }
+    }
+
     #[test]
-    fn lapses_are_failures_and_hours_of_service_successes() {
-        let (fresh, served) = next_record(None, false, true, at(0));
+    fn lapses_are_failures_and_witnessed_hours_of_service_successes() {
+        let next =
+            |cur: Option<&ServiceRecord>, was, is, t, p| next_record(cur, was, is, at(t), HOUR, p);
+        let (fresh, served) = next(None, false, true, 0, witnessed(1.0));
         assert_eq!((fresh.base, served), (0.5, false));
         // Within the hour and no lapse: nothing changes (no write).
         assert_eq!(
-            next_record(Some(&fresh), true, true, at(600)),
+            next(Some(&fresh), true, true, 600, witnessed(1.0)),
             (fresh.clone(), false)
         );
-        let (after_hour, served) = next_record(Some(&fresh), true, true, at(3600));
-        assert!(served && after_hour.base > 0.5, "{after_hour:?}");
-        let (lapsed, served) = next_record(Some(&fresh), true, false, at(60));
+        let (after_hour, served) = next(Some(&fresh), true, true, 3600, witnessed(1.0));
+        assert!(
+            served && (after_hour.base - 0.55).abs() < 1e-9,
+            "{after_hour:?}"
+        );
+        let (lapsed, served) = next(Some(&fresh), true, false, 60, witnessed(1.0));
         assert!(!served && lapsed.base < 0.5, "{lapsed:?}");
+        // Nobody of standing saw it: the hour counts nothing and is not consumed.
+        assert_eq!(
+            next(Some(&fresh), true, true, 7200, witnessed(0.0)),
+            (fresh.clone(), false)
+        );
+        // A weak witness: a partial success.
+        let (half, served) = next(Some(&fresh), true, true, 3600, witnessed(0.5));
+        assert!(served && (half.base - 0.525).abs() < 1e-9, "{half:?}");
+    }
+
+    #[test]
+    fn failing_placements_cost_even_an_unwitnessed_node() {
+        let (fresh, _) = next_record(None, false, true, at(0), HOUR, witnessed(0.0));
+        let all_failing = Period {
+            witnessed: 0.0,
+            failing: 1.0,
+        };
+        let (bad, served) = next_record(Some(&fresh), true, true, at(3600), HOUR, all_failing);
+        assert!(!served && (bad.base - 0.45).abs() < 1e-9, "{bad:?}");
+        // Half its instances failing under a full witness: a half failure, then half a success.
+        let half = Period {
+            witnessed: 1.0,
+            failing: 0.5,
+        };
+        let (mixed, served) = next_record(Some(&fresh), true, true, at(3600), HOUR, half);
+        let expect = 0.5 * 0.95;
+        let expect = expect + 0.05 * (1.0 - expect);
+        assert!(!served && (mixed.base - expect).abs() < 1e-4, "{mixed:?}");
+    }
+
+    fn workload(instances: &[(&str, InstancePhase, Option<bool>, i64)]) -> univrs_api::Workload {
+        let mut w: univrs_api::Workload = serde_json::from_value(serde_json::json!({
+            "apiVersion": "univrs.io/v1alpha1", "kind": "Workload",
+            "metadata": {"name": "w", "namespace": "ns"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}
+        }))
+        .unwrap();
+        w.status = Some(univrs_api::resources::workload::WorkloadStatus {
+            instances: instances
+                .iter()
+                .enumerate()
+                .map(|(i, (node, phase, ready, placed))| {
+                    univrs_api::resources::workload::Instance {
+                        name: format!("w-{i}"),
+                        node: Some(node.to_string()),
+                        placed_at: Some(Time(at(*placed))),
+                        phase: Some(*phase),
+                        ready: *ready,
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+            ..Default::default()
+        });
+        w
+    }
+
+    use univrs_api::resources::workload::InstancePhase;
+
+    #[test]
+    fn a_node_is_held_to_what_runs_ready_elsewhere() {
+        let grace = Duration::from_secs(300);
+        let count = |w: &univrs_api::Workload, node: &str, now: i64| {
+            let mut p = Placements::default();
+            p.add(w, node, at(now), grace);
+            p
+        };
+        let w = workload(&[
+            ("good", InstancePhase::Running, Some(true), 0),
+            ("bad", InstancePhase::Running, Some(false), 0),
+            ("bad", InstancePhase::Starting, None, 0),
+        ]);
+        assert_eq!(
+            count(&w, "bad", 600),
+            Placements {
+                compared: 2,
+                failing: 2
+            }
+        );
+        assert_eq!(count(&w, "bad", 600).failing_share(), 1.0);
+        assert_eq!(
+            count(&w, "bad", 100),
+            Placements::default(),
+            "within the grace"
+        );
+        assert_eq!(
+            count(&w, "good", 600),
+            Placements::default(),
+            "no ready instance elsewhere to compare good with"
+        );
+        let everywhere = workload(&[
+            ("a", InstancePhase::Running, Some(false), 0),
+            ("b", InstancePhase::Failed, None, 0),
+        ]);
+        assert_eq!(
+            count(&everywhere, "b", 600),
+            Placements::default(),
+            "a Workload failing everywhere is its own fault"
+        );
     }
 
     #[test]
