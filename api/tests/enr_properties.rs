@@ -22,12 +22,14 @@ proptest! {
     fn entropy_components_are_capped_and_the_multiplier_is_bounded_and_monotone(
         a in any_f64(), b in any_f64(), c in any_f64(), d in any_f64(), s1 in 0.0f64..20.0, s2 in 0.0f64..20.0,
     ) {
-        let n = entropy::NetworkInputs { hops: a, latency_variance_ms: b, packet_loss: c, bandwidth_saturation: d };
-        let t = entropy::TemporalInputs { staleness_s: d, clock_drift_ms: c, ordering_uncertainty: b, version_divergence: a };
-        for x in [entropy::network(&n), entropy::temporal(&t)] {
+        let n = entropy::NetworkInputs { unreachable: a, relayed: b, latency_ms: c };
+        let cpu = entropy::ComputeInputs { utilization: d, unsettled: c, restart_rate: b };
+        let l = entropy::LedgerInputs { line_utilization: a };
+        let t = entropy::TemporalInputs { lapses: d, clock_skew_s: c };
+        for x in [entropy::network(&n), entropy::compute(&cpu), entropy::ledger(&l), entropy::temporal(&t)] {
             prop_assert!((0.0..=entropy::MAX_COMPONENT).contains(&x));
         }
-        let e = entropy::Entropy { network: a, compute: b, storage: c, temporal: d };
+        let e = entropy::Entropy { network: a, compute: b, ledger: c, temporal: d };
         let total = e.total(&entropy::Weights::default());
         prop_assert!((0.0..=10.0).contains(&total));
         let m = entropy::price_multiplier(total);

@@ -53,6 +53,7 @@ fn cluster(n: usize, placed: u64) -> Vec<NodeView> {
                     memory_gib_hour: 250,
                     gpu_hour: 10_000,
                 },
+                price_multiplier: 1.0,
                 price_memo: Default::default(),
             }
         })

@@ -1,9 +1,22 @@
-//! Entropy: how disordered a node's situation is, per dimension and in total.
+//! Entropy: how disordered a node's situation is, per dimension and in total, from what the
+//! cluster measures of it (nothing here is a node's claim about itself that would lower its
+//! price: a node that overstates its own latency only makes itself dearer).
 //!
-//! Each component is a linear formula of its inputs capped at [`MAX_COMPONENT`]; the total is a
-//! weighted sum (default 0.3·Sn + 0.3·Sc + 0.2·Ss + 0.2·St). The price multiplier is a piecewise
-//! function of the total, computed with the *configured* weights, so changing a weight changes
-//! prices too.
+//! - **Network** Sn = 6·unreachable + 2·relayed + 0.01·latency_ms: the share of the peers
+//!   reporting on it that are not connected to it, the share of those connected only through a
+//!   relay, and its median round-trip time.
+//! - **Compute** Sc = 6·utilization² + 3·unsettled + restart_rate: how full it is (allocated
+//!   over capacity, the larger of CPU and memory), the share of its instances not running and
+//!   ready, and container restarts per instance-hour.
+//! - **Ledger** Sl = 8·line_utilization²: how near its fullest credit line is to its limit (a
+//!   line at its limit can carry no more payment). Nodes keep no replicated data, so the
+//!   seed's storage dimension is this one here.
+//! - **Temporal** St = 1.5·lapses + 0.5·clock_skew_s: Lease lapses on its record and how far
+//!   its clock is from the API server's.
+//!
+//! Each component is capped at [`MAX_COMPONENT`]; the total is a weighted sum (default
+//! 0.3·Sn + 0.3·Sc + 0.2·Sl + 0.2·St). The price multiplier is a piecewise function of the
+//! total, computed with the *configured* weights, so changing a weight changes prices too.
 
 use super::bounds::clamp;
 use serde::{Deserialize, Serialize};
@@ -11,63 +24,49 @@ use serde::{Deserialize, Serialize};
 /// The cap of each component.
 pub const MAX_COMPONENT: f64 = 10.0;
 
-/// Network observations.
+/// What peers see of a node over the mesh.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkInputs {
-    /// Hops to the peers it talks to.
-    pub hops: f64,
-    /// Variance of latency, ms.
-    pub latency_variance_ms: f64,
-    /// Packet loss, 0 to 1.
-    pub packet_loss: f64,
-    /// Bandwidth saturation, 0 to 1.
-    pub bandwidth_saturation: f64,
+    /// Share of the peers reporting on it that are not connected to it, 0 to 1.
+    pub unreachable: f64,
+    /// Share of the connected peers that reach it only through a relay, 0 to 1.
+    pub relayed: f64,
+    /// Median round-trip time to its peers, milliseconds.
+    pub latency_ms: f64,
 }
 
-/// Compute observations.
+/// How full a node is and how what runs there fares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeInputs {
-    /// CPU cycles used.
-    pub cpu_cycles: f64,
-    /// Memory in bytes.
-    pub memory_bytes: f64,
-    /// Context switches.
-    pub context_switches: f64,
-    /// Cache miss rate, 0 to 1.
-    pub cache_miss_rate: f64,
+    /// Allocated over capacity, the larger of CPU and memory, 0 to 1.
+    pub utilization: f64,
+    /// Share of its instances not running and ready, 0 to 1.
+    pub unsettled: f64,
+    /// Container restarts per instance-hour.
+    pub restart_rate: f64,
 }
 
-/// Storage observations.
+/// A node's position in the ledger.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StorageInputs {
-    /// Stored bytes.
-    pub size_bytes: f64,
-    /// Replica divergence, 0 to 1.
-    pub replica_divergence: f64,
-    /// Fragmentation, 0 to 1.
-    pub fragmentation: f64,
-    /// Compaction debt, 0 to 1.
-    pub compaction_debt: f64,
+pub struct LedgerInputs {
+    /// How near its fullest credit line is to its limit, 0 to 1.
+    pub line_utilization: f64,
 }
 
-/// Temporal observations.
+/// How steady a node is in time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TemporalInputs {
-    /// Seconds since the state was last refreshed.
-    pub staleness_s: f64,
-    /// Clock drift, ms.
-    pub clock_drift_ms: f64,
-    /// Ordering uncertainty, 0 to 1.
-    pub ordering_uncertainty: f64,
-    /// Version divergence, 0 to 1.
-    pub version_divergence: f64,
+    /// Lease lapses on its record.
+    pub lapses: f64,
+    /// How far its clock is from the API server's, seconds.
+    pub clock_skew_s: f64,
 }
 
-/// The four components, each in `[0, 10]`.
+/// The four components, each in `[0, MAX_COMPONENT]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Entropy {
@@ -75,8 +74,8 @@ pub struct Entropy {
     pub network: f64,
     /// Compute entropy Sc.
     pub compute: f64,
-    /// Storage entropy Ss.
-    pub storage: f64,
+    /// Ledger entropy Sl.
+    pub ledger: f64,
     /// Temporal entropy St.
     pub temporal: f64,
 }
@@ -90,44 +89,39 @@ fn component(terms: &[(f64, f64)]) -> f64 {
     clamp(sum, 0.0, MAX_COMPONENT)
 }
 
-/// Sn = hops·0.1 + latency_variance_ms·0.01 + packet_loss·5 + bandwidth_saturation·2.
+/// A share, clamped to 0..1 (NaN counts as 0).
+fn share(x: f64) -> f64 {
+    clamp(x, 0.0, 1.0)
+}
+
+/// Sn = 6·unreachable + 2·relayed + 0.01·latency_ms.
 pub fn network(i: &NetworkInputs) -> f64 {
     component(&[
-        (i.hops, 0.1),
-        (i.latency_variance_ms, 0.01),
-        (i.packet_loss, 5.0),
-        (i.bandwidth_saturation, 2.0),
+        (share(i.unreachable), 6.0),
+        (share(i.relayed), 2.0),
+        (i.latency_ms, 0.01),
     ])
 }
 
-/// Sc = cpu_cycles·1e-6 + memory_bytes·1e-7 + context_switches·0.01 + cache_miss_rate.
+/// Sc = 6·utilization² + 3·unsettled + restart_rate.
 pub fn compute(i: &ComputeInputs) -> f64 {
+    let u = share(i.utilization);
     component(&[
-        (i.cpu_cycles, 1e-6),
-        (i.memory_bytes, 1e-7),
-        (i.context_switches, 0.01),
-        (i.cache_miss_rate, 1.0),
+        (u * u, 6.0),
+        (share(i.unsettled), 3.0),
+        (i.restart_rate, 1.0),
     ])
 }
 
-/// Ss = size_bytes·1e-8 + replica_divergence·3 + fragmentation·2 + compaction_debt·1.5.
-pub fn storage(i: &StorageInputs) -> f64 {
-    component(&[
-        (i.size_bytes, 1e-8),
-        (i.replica_divergence, 3.0),
-        (i.fragmentation, 2.0),
-        (i.compaction_debt, 1.5),
-    ])
+/// Sl = 8·line_utilization².
+pub fn ledger(i: &LedgerInputs) -> f64 {
+    let u = share(i.line_utilization);
+    component(&[(u * u, 8.0)])
 }
 
-/// St = staleness_s·0.001 + clock_drift_ms·0.001 + ordering_uncertainty·2 + version_divergence·2.5.
+/// St = 1.5·lapses + 0.5·clock_skew_s.
 pub fn temporal(i: &TemporalInputs) -> f64 {
-    component(&[
-        (i.staleness_s, 0.001),
-        (i.clock_drift_ms, 0.001),
-        (i.ordering_uncertainty, 2.0),
-        (i.version_divergence, 2.5),
-    ])
+    component(&[(i.lapses, 1.5), (i.clock_skew_s.abs(), 0.5)])
 }
 
 /// The weights of the total.
@@ -138,8 +132,8 @@ pub struct Weights {
     pub network: f64,
     /// Weight of Sc.
     pub compute: f64,
-    /// Weight of Ss.
-    pub storage: f64,
+    /// Weight of Sl.
+    pub ledger: f64,
     /// Weight of St.
     pub temporal: f64,
 }
@@ -149,7 +143,7 @@ impl Default for Weights {
         Self {
             network: 0.3,
             compute: 0.3,
-            storage: 0.2,
+            ledger: 0.2,
             temporal: 0.2,
         }
     }
@@ -163,7 +157,7 @@ pub struct WeightsError(pub Weights);
 impl Weights {
     /// Checks the weights are finite, non-negative and sum to 1 ± 0.001.
     pub fn validated(self) -> Result<Self, WeightsError> {
-        let w = [self.network, self.compute, self.storage, self.temporal];
+        let w = [self.network, self.compute, self.ledger, self.temporal];
         let ok = w.iter().all(|x| x.is_finite() && *x >= 0.0)
             && (w.iter().sum::<f64>() - 1.0).abs() <= 0.001;
         if ok {
@@ -175,17 +169,17 @@ impl Weights {
 }
 
 impl Entropy {
-    /// The components from raw observations.
+    /// The components from what was measured.
     pub fn from_inputs(
         n: &NetworkInputs,
         c: &ComputeInputs,
-        s: &StorageInputs,
+        l: &LedgerInputs,
         t: &TemporalInputs,
     ) -> Self {
         Self {
             network: network(n),
             compute: compute(c),
-            storage: storage(s),
+            ledger: ledger(l),
             temporal: temporal(t),
         }
     }
@@ -195,7 +189,7 @@ impl Entropy {
         let parts = [
             (self.network, w.network),
             (self.compute, w.compute),
-            (self.storage, w.storage),
+            (self.ledger, w.ledger),
             (self.temporal, w.temporal),
         ];
         let sum: f64 = parts
@@ -234,18 +228,44 @@ mod tests {
     #[test]
     fn component_formulas_and_caps() {
         let n = NetworkInputs {
-            hops: 3.0,
-            latency_variance_ms: 100.0,
-            packet_loss: 0.1,
-            bandwidth_saturation: 0.5,
+            unreachable: 0.25,
+            relayed: 0.5,
+            latency_ms: 100.0,
         };
-        assert!((network(&n) - (0.3 + 1.0 + 0.5 + 1.0)).abs() < 1e-9);
-        let huge = NetworkInputs { hops: 1e9, ..n };
+        assert!((network(&n) - (1.5 + 1.0 + 1.0)).abs() < 1e-9);
+        let huge = NetworkInputs {
+            latency_ms: 1e9,
+            ..n
+        };
         assert_eq!(network(&huge), MAX_COMPONENT);
+        let full = ComputeInputs {
+            utilization: 1.0,
+            ..Default::default()
+        };
+        let half = ComputeInputs {
+            utilization: 0.5,
+            ..Default::default()
+        };
+        assert_eq!((compute(&full), compute(&half)), (6.0, 1.5));
+        let at_limit = LedgerInputs {
+            line_utilization: 1.0,
+        };
+        assert_eq!(ledger(&at_limit), 8.0);
+        let skewed = TemporalInputs {
+            lapses: 1.0,
+            clock_skew_s: -4.0,
+        };
+        assert_eq!(temporal(&skewed), 3.5, "a clock behind counts as one ahead");
+        let shares_clamped = NetworkInputs {
+            unreachable: 7.0,
+            relayed: f64::NAN,
+            latency_ms: 0.0,
+        };
+        assert_eq!(network(&shares_clamped), 6.0);
         let e = Entropy {
             network: 10.0,
             compute: 10.0,
-            storage: 10.0,
+            ledger: 10.0,
             temporal: 10.0,
         };
         assert!((e.total(&Weights::default()) - 10.0).abs() < 1e-9);
@@ -256,13 +276,13 @@ mod tests {
         let e = Entropy {
             network: 10.0,
             compute: 0.0,
-            storage: 0.0,
+            ledger: 0.0,
             temporal: 0.0,
         };
         let net_heavy = Weights {
             network: 1.0,
             compute: 0.0,
-            storage: 0.0,
+            ledger: 0.0,
             temporal: 0.0,
         }
         .validated()
@@ -281,7 +301,7 @@ mod tests {
             Weights {
                 network: 0.5,
                 compute: 0.5,
-                storage: 0.5,
+                ledger: 0.5,
                 temporal: 0.0
             }
             .validated()
@@ -291,7 +311,7 @@ mod tests {
             Weights {
                 network: -0.1,
                 compute: 0.5,
-                storage: 0.3,
+                ledger: 0.3,
                 temporal: 0.3
             }
             .validated()

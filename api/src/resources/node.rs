@@ -100,6 +100,13 @@ pub const DID_KEY_PATTERN: &str = r"^did:key:z6Mk[1-9A-HJ-NP-Za-km-z]{44}$";
         description = "Milli-credits: owed to it minus owed by it"
     ),
     printcolumn(
+        name = "Entropy",
+        type_ = "number",
+        json_path = ".status.entropy.total",
+        priority = 1,
+        description = "0 (orderly) to 10; dynamic prices rise with it"
+    ),
+    printcolumn(
         name = "Septal",
         type_ = "string",
         json_path = ".status.septal.state",
@@ -280,6 +287,10 @@ pub struct NodeStatus {
     /// their `observations.peers`); invalid gossip they report counts against its record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_view: Option<PeerView>,
+    /// How disordered the node's situation is, from what the cluster measures of it
+    /// (controller); dynamic prices are multiplied by its `priceMultiplier`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyStatus>,
     /// What the agent observes over the mesh (agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observations: Option<NodeObservations>,
@@ -287,6 +298,30 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A node's entropy (see `univrs_api::enr::entropy` for each formula), rounded to 0.01.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EntropyStatus {
+    /// Sn: peers not connected to it, relayed connections, latency.
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub network: f64,
+    /// Sc: how full it is, instances not running and ready, restarts.
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub compute: f64,
+    /// Sl: how near its fullest credit line is to its limit.
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub ledger: f64,
+    /// St: Lease lapses on record, clock skew against the API server.
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub temporal: f64,
+    /// The weighted total, 0 to 10.
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub total: f64,
+    /// What a Dynamic-priced node's rates are multiplied by for it (1 to 5).
+    #[schemars(range(min = 1.0, max = 5.0))]
+    pub price_multiplier: f64,
 }
 
 /// A node's service record: an average of outcomes that decays toward the prior.
@@ -473,6 +508,10 @@ pub struct PeerView {
     /// How many of them dropped any.
     #[schemars(range(min = 0))]
     pub reporters_of_invalid: i32,
+    /// How many of those connected reach it only through a relay.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub relayed_by: i32,
     /// How far those connected to it establish that it is in the mesh, 0 to 1: each counts by
     /// its standing as a vouch would (nothing below a service record of 0.6; a trust anchor
     /// fully). Its hours of service and its self-reported uptime and bandwidth count only this

@@ -16,7 +16,7 @@
 //! report each other connected establishes nothing (`PeerView::witnessed` stays 0).
 
 use univrs_api::enr::reputation;
-use univrs_api::resources::node::{NodeObservations, PeerView};
+use univrs_api::resources::node::{NodeObservations, PeerConnection, PeerView};
 
 /// How much a reporter's word counts as a witness, 0 to 1, from its standing (its service
 /// record, or 1 for a trust anchor): the rule a vouch of full weight follows.
@@ -38,6 +38,7 @@ pub fn view_of<'a>(
         };
         view.reporters += 1;
         view.connected_by += i32::from(r.connected);
+        view.relayed_by += i32::from(r.connected && r.connection == Some(PeerConnection::Relayed));
         if r.connected {
             witnesses.push(weight);
         }
@@ -95,6 +96,7 @@ mod tests {
                 invalid_messages: 3,
                 reporters_of_invalid: 1,
                 witnessed: 0.4,
+                relayed_by: 0,
             }
         );
         assert_eq!(view_of("nobody", all()), None);
@@ -111,6 +113,7 @@ mod tests {
             invalid_messages: invalid,
             reporters_of_invalid: of_invalid,
             witnessed: 0.0,
+            relayed_by: 0,
         };
         // Two of three dropped new invalid gossip: a failure.
         assert!(new_invalid_gossip(None, &view(3, 4, 2), 3));

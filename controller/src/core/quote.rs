@@ -10,8 +10,9 @@ use univrs_api::resources::node::NodePricing;
 const HOUR_MS: u64 = 3_600_000;
 
 /// The market a node prices in: its CPU utilization (what is allocated over its capacity; a
-/// node without CPU capacity counts as full) and no entropy surcharge.
-pub fn market(capacity: Resources, allocated: Resources) -> Market {
+/// node without CPU capacity counts as full) and its entropy's price multiplier
+/// (`status.entropy.priceMultiplier`, 1 for a node that has none yet).
+pub fn market(capacity: Resources, allocated: Resources, entropy_multiplier: f64) -> Market {
     let utilization = if capacity.cpu_millis == 0 {
         1.0
     } else {
@@ -19,7 +20,7 @@ pub fn market(capacity: Resources, allocated: Resources) -> Market {
     };
     Market {
         utilization,
-        entropy_multiplier: 1.0,
+        entropy_multiplier,
     }
 }
 
@@ -29,13 +30,14 @@ pub fn price(usage: &Usage, rates: &NodePricing, market: &Market) -> Result<i64,
 }
 
 /// What an hour of `request` costs at `rates` on a node with `capacity` of which `allocated`
-/// is taken by others: priced at the utilization with the request placed, which is the market
-/// billing sees while the instance runs there.
+/// is taken by others, at its entropy's multiplier: priced at the utilization with the request
+/// placed, which is the market billing sees while the instance runs there.
 pub fn hourly(
     rates: &NodePricing,
     capacity: Resources,
     allocated: Resources,
     request: Resources,
+    entropy_multiplier: f64,
 ) -> Result<i64, PricingError> {
     let usage = Usage {
         cpu_millis: request.cpu_millis,
@@ -43,7 +45,11 @@ pub fn hourly(
         gpus: request.gpus,
         duration_ms: HOUR_MS,
     };
-    price(&usage, rates, &market(capacity, allocated.plus(request)))
+    price(
+        &usage,
+        rates,
+        &market(capacity, allocated.plus(request), entropy_multiplier),
+    )
 }
 
 #[cfg(test)]
@@ -68,18 +74,21 @@ mod tests {
             gpu_hour: 0,
         };
         // A quarter used once placed: 1 + 0.25² = 1.0625 (thousandths rounded: 1.063).
-        let idle = hourly(&dynamic, res(4000), res(0), res(1000)).unwrap();
+        let idle = hourly(&dynamic, res(4000), res(0), res(1000), 1.0).unwrap();
         // Three quarters: 1 + 0.75² = 1.5625 → 1.563.
-        let busy = hourly(&dynamic, res(4000), res(2000), res(1000)).unwrap();
+        let busy = hourly(&dynamic, res(4000), res(2000), res(1000), 1.0).unwrap();
         assert_eq!((idle, busy), (1063, 1563));
+        // Entropy multiplies: 1.2 × 1.5625 = 1.875.
+        let disordered = hourly(&dynamic, res(4000), res(2000), res(1000), 1.2).unwrap();
+        assert_eq!(disordered, 1875);
         let fixed = NodePricing {
             model: PricingModel::Fixed,
             ..dynamic
         };
         assert_eq!(
-            hourly(&fixed, res(4000), res(2000), res(1000)).unwrap(),
+            hourly(&fixed, res(4000), res(2000), res(1000), 1.2).unwrap(),
             1000
         );
-        assert_eq!(market(res(0), res(0)).utilization, 1.0);
+        assert_eq!(market(res(0), res(0), 1.0).utilization, 1.0);
     }
 }

@@ -59,6 +59,8 @@ pub struct NodeView {
     pub credit_balance: i64,
     /// Its rates (priced through `quote`).
     pub pricing: NodePricing,
+    /// Its entropy's price multiplier (`status.entropy.priceMultiplier`, 1 without one).
+    pub price_multiplier: f64,
     /// Its last price, reused while neither the request's shape nor its allocation changes.
     pub price_memo: PriceMemo,
 }
@@ -293,7 +295,14 @@ fn check(
     }
     // Rates too large to price an hour make the node as dear as can be.
     let price = node.price_memo.get(req.resources, allocated, || {
-        quote::hourly(&node.pricing, node.capacity, allocated, req.resources).unwrap_or(i64::MAX)
+        quote::hourly(
+            &node.pricing,
+            node.capacity,
+            allocated,
+            req.resources,
+            node.price_multiplier,
+        )
+        .unwrap_or(i64::MAX)
     });
     if req.max_price_per_hour.is_some_and(|max| price > max) {
         return Err(Reason::TooExpensive);
@@ -451,6 +460,7 @@ mod tests {
                 memory_gib_hour: 250,
                 gpu_hour: 0,
             },
+            price_multiplier: 1.0,
             price_memo: PriceMemo::default(),
         }
     }
@@ -560,7 +570,14 @@ mod tests {
         );
         n.labels.insert("gpu".into(), "true".into());
         assert_eq!(filter(std::slice::from_ref(&n), 0, &r), None);
-        let price = quote::hourly(&n.pricing, n.capacity, n.allocated, r.resources).unwrap();
+        let price = quote::hourly(
+            &n.pricing,
+            n.capacity,
+            n.allocated,
+            r.resources,
+            n.price_multiplier,
+        )
+        .unwrap();
         r.max_price_per_hour = Some(price - 1);
         assert_eq!(
             filter(std::slice::from_ref(&n), 0, &r),

@@ -50,6 +50,47 @@ pub fn liveness(lease: Option<&Lease>, now: Timestamp, duration: std::time::Dura
     }
 }
 
+/// How far the clock of a Lease's writer is from the API server's, in whole seconds (0 when
+/// within a second): its `renewTime` (the writer's clock) against the time the API server
+/// stamped on the write that set it (`managedFields`, kept to the second).
+pub fn clock_skew_s(lease: Option<&Lease>) -> f64 {
+    let Some(lease) = lease else { return 0.0 };
+    let Some(renewed) = lease.spec.as_ref().and_then(|s| s.renew_time.as_ref()) else {
+        return 0.0;
+    };
+    let Some(stamped) = lease
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|f| f.time.as_ref())
+        .map(|t| t.0)
+        .max()
+    else {
+        return 0.0;
+    };
+    // The stamp is truncated to the second: a writer in step with the server renews within
+    // [stamp, stamp + 1 s).
+    let d = renewed.0.as_millisecond() - stamped.as_millisecond();
+    let off_ms = if d < 0 { -d } else { (d - 999).max(0) };
+    (off_ms as f64 / 1000.0).round()
+}
+
+/// How near the fullest of `account`'s credit lines is to its limit, 0 to 1.
+pub fn credit_use(ledger: &Ledger, account: &Account) -> f64 {
+    ledger
+        .lines()
+        .filter(|(_, l)| l.creditor == *account || l.debtor == *account)
+        .map(|(_, l)| {
+            if l.limit <= 0 {
+                0.0
+            } else {
+                (l.balance.unsigned_abs() as f64 / l.limit as f64).min(1.0)
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
 /// The host ports one instance of a workload publishes, sorted and unique (the schema allows
 /// each port/protocol pair once per workload).
 pub fn host_ports(spec: &WorkloadSpec) -> Vec<HostPort> {
@@ -159,6 +200,33 @@ mod lease_tests {
     use super::*;
     use k8s_openapi::api::coordination::v1::LeaseSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    fn lease_renewed(renew: &str, stamped: &str) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "l", "managedFields": [
+                {"manager": "agent", "operation": "Apply", "time": stamped}]},
+            "spec": {"renewTime": renew}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn clock_skew_is_the_renewal_against_the_servers_stamp() {
+        let skew = |r, t| clock_skew_s(Some(&lease_renewed(r, t)));
+        assert_eq!(
+            skew("2026-01-01T00:00:00.700000Z", "2026-01-01T00:00:00Z"),
+            0.0
+        );
+        assert_eq!(
+            skew("2026-01-01T00:00:05.400000Z", "2026-01-01T00:00:00Z"),
+            4.0
+        );
+        assert_eq!(
+            skew("2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:07Z"),
+            7.0
+        );
+        assert_eq!(clock_skew_s(None), 0.0);
+    }
     use std::time::Duration;
 
     #[test]

@@ -146,7 +146,8 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         placements.add(&w, &name, now, grace);
     }
     let account = Account::node(&name);
-    let balance = snapshot::ledger_of(&ctx.credit_lines.state(), Some(&account))
+    let ledger = snapshot::ledger_of(&ctx.credit_lines.state(), Some(&account));
+    let balance = ledger
         .balance(&account)
         .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
 
@@ -158,6 +159,8 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
             others: &others,
             anchor: anchors.contains(&node.spec.did),
             placements,
+            credit_use: snapshot::credit_use(&ledger, &account),
+            clock_skew_s: snapshot::clock_skew_s(lease.as_deref()),
             vouches: &vouches,
             placed,
             elected: nexus::role_of(&ctx, &name),

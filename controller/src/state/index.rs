@@ -197,8 +197,17 @@ pub fn view_of(n: &Node) -> NodeView {
             .pricing
             .clone()
             .unwrap_or_else(snapshot::default_pricing),
+        price_multiplier: price_multiplier_of(n),
         price_memo: Default::default(),
     }
+}
+
+/// A node's entropy price multiplier (1 until the controller has written its entropy).
+pub fn price_multiplier_of(n: &Node) -> f64 {
+    n.status
+        .as_ref()
+        .and_then(|s| s.entropy.as_ref())
+        .map_or(1.0, |e| e.price_multiplier)
 }
 
 /// A node's capacity.
@@ -619,7 +628,11 @@ impl NodeIndex {
 
     /// The market a node prices in, from its capacity and what is observed placed there.
     pub fn market_of(&self, node: &Node) -> Market {
-        quote::market(capacity_of(node), self.observed_on(&node.name_any()).0)
+        quote::market(
+            capacity_of(node),
+            self.observed_on(&node.name_any()).0,
+            price_multiplier_of(node),
+        )
     }
 
     /// The workloads with an instance on `node`.

@@ -17,6 +17,9 @@
 //!   them (a flapping node) isolate it, as does a health score of 0.7 (silence, low
 //!   reputation). After 60 s it recovers a quarter of its traffic per Ready reconcile.
 //! - **Nexus role** comes from the periodic election (`reconcile::nexus`).
+//! - **Entropy** (`status.entropy`) from what peers report of it, what is placed there and how it
+//!   fares, its fullest credit line, its Lease lapses and its clock's skew; written with the
+//!   allocation (a report that may settle), and it sets a Dynamic-priced node's multiplier.
 //! - **Credit balance** sums the node's credit lines: owed to it minus owed by it.
 //!
 //! A write is worth it only when something other than a timestamp changes; figures are rounded
@@ -32,12 +35,12 @@ use kube::ResourceExt;
 use std::time::Duration;
 use univrs_api::Node;
 use univrs_api::conditions::{DesiredCondition, set_condition};
-use univrs_api::enr::{reputation, septal};
+use univrs_api::enr::{entropy, reputation, septal};
 use univrs_api::identity::PublicIdentity;
 use univrs_api::quantity::Quantity;
 use univrs_api::resources::node::{
-    CONDITION_ISOLATED, CONDITION_READY, LEASE_NAMESPACE, NexusRole, NodeStatus, PeerView,
-    SeptalState, SeptalStatus, ServiceRecord, lease_name,
+    CONDITION_ISOLATED, CONDITION_READY, EntropyStatus, LEASE_NAMESPACE, NexusRole, NodeStatus,
+    PeerView, SeptalState, SeptalStatus, ServiceRecord, lease_name,
 };
 
 /// How long after its placement an instance may take to run and turn ready before its node is
@@ -52,6 +55,12 @@ pub struct Placements {
     pub compared: u32,
     /// Of those, the instances not running and ready.
     pub failing: u32,
+    /// Every instance placed there longer than the start grace and not finished.
+    pub settled_due: u32,
+    /// Of those, the instances not running and ready.
+    pub unsettled: u32,
+    /// Their container restarts per hour since placement (an hour at least), summed.
+    pub restart_rate_sum: f64,
 }
 
 impl Placements {
@@ -67,20 +76,41 @@ impl Placements {
                 && i.phase == Some(InstancePhase::Running)
                 && i.ready == Some(true)
         });
-        if !elsewhere {
-            return;
-        }
         let grace_ms = grace.as_millis() as u64;
+        let hour_ms = 3_600_000u64;
         for i in status.instances.iter().filter(|i| {
             i.node.as_deref() == Some(node)
                 && i.phase != Some(InstancePhase::Succeeded)
                 && i.phase != Some(InstancePhase::Terminating)
-                && i.placed_at
-                    .as_ref()
-                    .is_some_and(|t| ms(now).saturating_sub(ms(t.0)) >= grace_ms)
         }) {
-            self.compared += 1;
-            self.failing += u32::from(!fine(i));
+            let Some(age) = i
+                .placed_at
+                .as_ref()
+                .map(|t| ms(now).saturating_sub(ms(t.0)))
+            else {
+                continue;
+            };
+            if age < grace_ms {
+                continue;
+            }
+            self.settled_due += 1;
+            self.unsettled += u32::from(!fine(i));
+            self.restart_rate_sum += f64::from(i.restarts.unwrap_or(0).max(0)) * hour_ms as f64
+                / age.max(hour_ms) as f64;
+            if elsewhere {
+                self.compared += 1;
+                self.failing += u32::from(!fine(i));
+            }
+        }
+    }
+
+    /// The share of its due instances not running and ready, and their mean restart rate.
+    pub fn unsettled(&self) -> (f64, f64) {
+        if self.settled_due == 0 {
+            (0.0, 0.0)
+        } else {
+            let n = f64::from(self.settled_due);
+            (f64::from(self.unsettled) / n, self.restart_rate_sum / n)
         }
     }
 
@@ -221,6 +251,81 @@ fn next_gate(
     }
 }
 
+/// `x` rounded to a tenth: entropy moves in steps a dashboard can plot, and a few milliseconds
+/// of latency do not rewrite the status.
+fn tenth(x: f64) -> f64 {
+    round(x, 1)
+}
+
+/// The node's entropy from what the cluster measures of it (`univrs_api::enr::entropy`).
+fn entropy_of(
+    o: &Observed<'_>,
+    used: Resources,
+    view: Option<&PeerView>,
+    gate: &SeptalStatus,
+) -> EntropyStatus {
+    let ratio = |part: i32, whole: i32| {
+        if whole <= 0 {
+            0.0
+        } else {
+            f64::from(part.max(0)) / f64::from(whole)
+        }
+    };
+    let network = view.map_or_else(entropy::NetworkInputs::default, |v| {
+        entropy::NetworkInputs {
+            unreachable: 1.0 - ratio(v.connected_by, v.reporters),
+            relayed: ratio(v.relayed_by, v.connected_by),
+            latency_ms: 0.0,
+        }
+    });
+    let latency_ms = o
+        .node
+        .status
+        .as_ref()
+        .and_then(|s| s.observations.as_ref())
+        .and_then(|obs| obs.median_latency_ms)
+        .unwrap_or(0.0);
+    let network = entropy::NetworkInputs {
+        latency_ms,
+        ..network
+    };
+    let cap = &o.node.spec.capacity;
+    let share = |used: u64, cap: Option<u64>| match cap {
+        Some(c) if c > 0 => used as f64 / c as f64,
+        _ => 1.0,
+    };
+    let (unsettled, restart_rate) = o.placements.unsettled();
+    let compute = entropy::ComputeInputs {
+        utilization: share(used.cpu_millis, cap.cpu_millis().ok())
+            .max(share(used.memory_bytes, cap.memory_bytes().ok())),
+        unsettled,
+        restart_rate,
+    };
+    let ledger = entropy::LedgerInputs {
+        line_utilization: o.credit_use,
+    };
+    let temporal = entropy::TemporalInputs {
+        lapses: f64::from(gate.failures.max(0)),
+        clock_skew_s: o.clock_skew_s,
+    };
+    let e = entropy::Entropy::from_inputs(&network, &compute, &ledger, &temporal);
+    let e = entropy::Entropy {
+        network: tenth(e.network),
+        compute: tenth(e.compute),
+        ledger: tenth(e.ledger),
+        temporal: tenth(e.temporal),
+    };
+    let total = tenth(e.total(&entropy::Weights::default()));
+    EntropyStatus {
+        network: e.network,
+        compute: e.compute,
+        ledger: e.ledger,
+        temporal: e.temporal,
+        total,
+        price_multiplier: round(entropy::price_multiplier(total), 3),
+    }
+}
+
 /// What the Node reconciler read for one node.
 pub struct Observed<'a> {
     /// The node.
@@ -234,6 +339,10 @@ pub struct Observed<'a> {
     pub anchor: bool,
     /// How it runs what is placed on it.
     pub placements: Placements,
+    /// How near its fullest credit line is to its limit, 0 to 1.
+    pub credit_use: f64,
+    /// How far its agent's clock is from the API server's, seconds (from its Lease).
+    pub clock_skew_s: f64,
     /// The effective weights of the verified vouches for this node.
     pub vouches: &'a [f64],
     /// What is observed placed there: resources and instance count.
@@ -258,9 +367,10 @@ pub struct Plan {
     conditions: Vec<Condition>,
     role: Option<NexusRole>,
     peer_view: Option<PeerView>,
+    entropy: EntropyStatus,
     /// Something other than what is allocated changed: write now.
     pub changed: bool,
-    /// What is allocated there changed (a report: it may wait to settle).
+    /// What is allocated there, or its entropy, changed (a report: it may wait to settle).
     pub allocation_changed: bool,
     /// What to announce once written.
     pub notices: Vec<Notice>,
@@ -280,6 +390,7 @@ impl Plan {
             "serviceRecord": self.record,
             "creditBalance": self.balance,
             "septal": self.gate,
+            "entropy": self.entropy,
             "conditions": self.conditions,
         });
         if let Some(role) = self.role {
@@ -455,8 +566,10 @@ pub fn plan(o: &Observed<'_>, resync: Duration, service_period: Duration) -> Pla
             || s.traffic != gate.traffic
             || (s.health_score - gate.health_score).abs() > 1e-9
     });
+    let entropy = entropy_of(o, used, peer_view.as_ref(), &gate);
     let allocation_changed = current.instances != Some(count as i32)
-        || serde_json::to_value(&current.allocated).ok() != Some(allocated.clone());
+        || serde_json::to_value(&current.allocated).ok() != Some(allocated.clone())
+        || current.entropy.as_ref() != Some(&entropy);
     changed |= current.observed_generation != generation
         || current.service_record.as_ref() != Some(&record)
         || current.reputation != Some(rep)
@@ -538,6 +651,7 @@ pub fn plan(o: &Observed<'_>, resync: Duration, service_period: Duration) -> Pla
         conditions,
         role,
         peer_view,
+        entropy,
         changed,
         allocation_changed,
         notices,
@@ -652,32 +766,30 @@ mod tests {
             ("bad", InstancePhase::Running, Some(false), 0),
             ("bad", InstancePhase::Starting, None, 0),
         ]);
-        assert_eq!(
-            count(&w, "bad", 600),
-            Placements {
-                compared: 2,
-                failing: 2
-            }
-        );
+        let bad = count(&w, "bad", 600);
+        assert_eq!((bad.compared, bad.failing), (2, 2));
+        assert_eq!(bad.unsettled(), (1.0, 0.0));
         assert_eq!(count(&w, "bad", 600).failing_share(), 1.0);
         assert_eq!(
             count(&w, "bad", 100),
             Placements::default(),
             "within the grace"
         );
+        let good = count(&w, "good", 600);
         assert_eq!(
-            count(&w, "good", 600),
-            Placements::default(),
+            (good.compared, good.settled_due, good.unsettled),
+            (0, 1, 0),
             "no ready instance elsewhere to compare good with"
         );
         let everywhere = workload(&[
             ("a", InstancePhase::Running, Some(false), 0),
             ("b", InstancePhase::Failed, None, 0),
         ]);
+        let b = count(&everywhere, "b", 600);
         assert_eq!(
-            count(&everywhere, "b", 600),
-            Placements::default(),
-            "a Workload failing everywhere is its own fault"
+            (b.compared, b.failing, b.unsettled),
+            (0, 0, 1),
+            "a Workload failing everywhere is its own fault (and b's disorder)"
         );
     }
 
