@@ -651,6 +651,78 @@ async fn claims_are_checked_before_delivery_and_impossible_ones_cost_their_sende
     assert!(score_of(&a, b.peer_id()).await >= 0.0);
 }
 
+/// A claim check that knows which authors the septal gate isolates (as the agent's cluster
+/// view reads it from their Nodes); everything else goes straight through.
+#[derive(Debug, Default)]
+struct Septal(std::sync::Mutex<std::collections::HashSet<PeerId>>);
+
+impl ClaimCheck for Septal {
+    fn check(
+        &self,
+        m: &InboundMessage,
+    ) -> Option<futures::future::BoxFuture<'static, ClaimVerdict>> {
+        let isolated = self.0.lock().unwrap().contains(&m.source);
+        isolated.then(|| {
+            Box::pin(futures::future::ready(ClaimVerdict::Ignore(
+                IgnoreReason::SenderIsolated,
+            ))) as futures::future::BoxFuture<'static, ClaimVerdict>
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_nodes_gossip_is_neither_delivered_nor_relayed_until_it_recovers() {
+    init_logs();
+    let septal = std::sync::Arc::new(Septal::default());
+    let with_septal = |bootstrap: Vec<Multiaddr>| {
+        let mut c = config(&addrs(&[TCP]));
+        c.bootstrap = bootstrap;
+        c.claims = Some(septal.clone());
+        c
+    };
+    let a = Mesh::spawn(with_septal(vec![])).await.unwrap();
+    let b = Mesh::spawn(with_septal(a.dial_addrs().await.unwrap()))
+        .await
+        .unwrap();
+    fully_connected(&[&a, &b]).await;
+    let (mut rx_a, mut rx_b) = (a.subscribe(), b.subscribe());
+    // The node talks to a only: b hears it only if a relays it.
+    let node = Rogue::connect(&[&a]).await;
+    let before = event("before isolation");
+    node.send_honest(before.clone()).await;
+    heard(&mut rx_a, &before).await;
+    heard(&mut rx_b, &before).await;
+    let score_before = score_of(&a, node.peer_id).await;
+
+    // Its septal gate trips: whatever it says now is dropped by a, unpenalized, and so never
+    // reaches b.
+    septal.0.lock().unwrap().insert(node.peer_id);
+    let during = event("while isolated");
+    node.send_honest(during.clone()).await;
+    let ignored = BTreeMap::from([(IgnoreReason::SenderIsolated, 1)]);
+    wait_counts(&a, "ignored", |s| s.ignored.clone(), &ignored).await;
+    // b's own message after it, relayed by a, proves a's forwarding ran past that point.
+    let marker = event("marker from a");
+    publish(&a, marker.clone()).await;
+    let at_b: Vec<GossipBody> = received_until(&mut rx_b, &marker)
+        .await
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(at_b, vec![marker], "b heard the isolated node through a");
+    assert!(!drain(&mut rx_a).contains(&during), "a delivered it");
+    let sa = a.stats().await.unwrap();
+    assert!(sa.invalid.is_empty(), "isolation is no offence: {sa:?}");
+    assert!(score_of(&a, node.peer_id).await >= score_before.min(0.0));
+
+    // The gate recovers: its gossip flows again, to a and through a to b.
+    septal.0.lock().unwrap().clear();
+    let after = event("after recovery");
+    node.send_honest(after.clone()).await;
+    heard(&mut rx_a, &after).await;
+    heard(&mut rx_b, &after).await;
+}
+
 /// How long a graylisted sender's message is given to (wrongly) arrive. No barrier can stand
 /// in for this window: gossipsub drops everything a graylisted peer sends before validation,
 /// without a trace in the stats, and the rogue talks to B alone, so nothing observable follows

@@ -151,6 +151,120 @@ async fn forged_gossip_from_a_node_costs_it_reputation() {
                 && e.regarding.as_ref().and_then(|r| r.name.as_deref()) != Some("gsp-rogue")),
         "only the rogue is reported"
     );
+
+    // Another Node, honest so far (the rogue is graylisted by now: nothing it says reaches
+    // validation), gossips news both agents accept. Then its septal gate trips (written here as
+    // the controller writes it after five lapses; an isolated gate stays so for 60 s): both
+    // agents now drop everything it says, true or not, without holding it against it, and so
+    // relay none of it.
+    let quiet_key = NodeIdentity::generate();
+    nodes
+        .create(
+            &PostParams::default(),
+            &univrs_tests::cluster::node_object("gsp-quiet", &[], &quiet_key),
+        )
+        .await
+        .unwrap();
+    let mut config = MeshConfig::new(quiet_key);
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.mdns = false;
+    config.heartbeat = Duration::from_millis(300);
+    config.bootstrap = [&node_c, &node_d]
+        .iter()
+        .map(|n| n.spec.multiaddrs[0].parse::<Multiaddr>().unwrap())
+        .collect();
+    let quiet = Mesh::spawn(config).await.unwrap();
+    let received = |api: &AgentApi| {
+        let (_, metrics) = api.get("/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("univrs_mesh_messages_received_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let refused =
+        |api: &AgentApi| api.counter("univrs_mesh_ignored_messages_total", "SenderIsolated");
+    let mut k = 0;
+    let mut say = async |what: &str| {
+        k += 1;
+        let news = univrs_api::gossip::ClusterEvent {
+            node: "gsp-quiet".into(),
+            reason: "Hello".into(),
+            message: format!("{what} {k}"),
+        };
+        match quiet.publish(GossipBody::from(news)).await {
+            Ok(()) | Err(MeshError::NoPeers { .. }) => {}
+            Err(e) => panic!("publishing: {e}"),
+        }
+    };
+    let heard_before = (received(&api_c), received(&api_d));
+    eventually(
+        "both agents accept the quiet node's gossip",
+        WAIT,
+        async || {
+            say("hello").await;
+            let now = (received(&api_c), received(&api_d));
+            (
+                (now.0 > heard_before.0 && now.1 > heard_before.1).then_some(()),
+                format!("received by gsp-c and gsp-d: {now:?} (from {heard_before:?})"),
+            )
+        },
+    )
+    .await;
+    let isolated = serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Node", "metadata": {"name": "gsp-quiet"},
+        "status": {"septal": {"state": "Isolated", "failures": 5, "healthScore": 0.0,
+            "traffic": 0.0, "since": k8s_openapi::jiff::Timestamp::now().to_string()}}
+    });
+    nodes
+        .patch_status(
+            "gsp-quiet",
+            &kube::api::PatchParams::apply("test-septal").force(),
+            &kube::api::Patch::Apply(&isolated),
+        )
+        .await
+        .unwrap();
+    let invalid_before = (dropped(&api_c), dropped(&api_d));
+    eventually(
+        "both agents ignore the isolated node's gossip",
+        WAIT,
+        async || {
+            say("still here").await;
+            let (at_c, at_d) = (refused(&api_c), refused(&api_d));
+            (
+                (at_c > 0 && at_d > 0).then_some(()),
+                format!("ignored by gsp-c {at_c}, by gsp-d {at_d}"),
+            )
+        },
+    )
+    .await;
+    // Nothing it says is accepted any more (a message already held when the status arrived
+    // may still land: count from here).
+    let accepted = (received(&api_c), received(&api_d));
+    let ignored = (refused(&api_c), refused(&api_d));
+    for _ in 0..5 {
+        say("anyone?").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eventually("five more ignored by each", WAIT, async || {
+        let now = (refused(&api_c), refused(&api_d));
+        (
+            (now.0 >= ignored.0 + 5 && now.1 >= ignored.1 + 5).then_some(()),
+            format!("{now:?} from {ignored:?}"),
+        )
+    })
+    .await;
+    assert_eq!(
+        (received(&api_c), received(&api_d)),
+        accepted,
+        "an isolated node's gossip was accepted"
+    );
+    assert_eq!(
+        (dropped(&api_c), dropped(&api_d)),
+        invalid_before,
+        "isolation is not counted as invalid gossip"
+    );
+    quiet.shutdown().await;
     rogue.shutdown().await;
     drop((c, d));
 }

@@ -14,7 +14,7 @@
 //! server being slow.
 
 use super::message::InboundMessage;
-use super::validate::InvalidReason;
+use super::validate::{IgnoreReason, InvalidReason};
 use futures::future::BoxFuture;
 
 /// What a [`ClaimCheck`] concluded.
@@ -26,6 +26,8 @@ pub enum ClaimVerdict {
     Impossible(InvalidReason),
     /// The claim could not be checked: drop without penalty.
     Unknown,
+    /// Drop without penalty, counted by this reason (the author is isolated, say).
+    Ignore(IgnoreReason),
 }
 
 /// A check of the claims of messages that passed the mesh's own validation.

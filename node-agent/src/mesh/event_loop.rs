@@ -482,6 +482,7 @@ impl EventLoop {
         let acceptance = match done.verdict {
             ClaimVerdict::Possible => self.deliver(done.message),
             ClaimVerdict::Unknown => self.drop_ignored(IgnoreReason::ClaimUnchecked),
+            ClaimVerdict::Ignore(reason) => self.drop_ignored(reason),
             ClaimVerdict::Impossible(reason) => self.drop_invalid(reason, &done.propagation_source),
         };
         self.swarm

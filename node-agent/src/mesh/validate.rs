@@ -73,6 +73,9 @@ pub enum IgnoreReason {
     ClaimUnchecked,
     /// Too many claim checks were already waiting; dropped to bound the work a flood causes.
     ClaimBacklog,
+    /// Its author's Node is isolated by its septal gate: neither delivered nor forwarded until
+    /// the gate lets it back (not the fault of the peer that passed it on).
+    SenderIsolated,
 }
 
 /// A message that passed every check.

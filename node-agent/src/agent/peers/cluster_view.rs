@@ -10,10 +10,15 @@
 //!   (`PayerNotOwner`): the payer's signature proves who authorised it, the cluster says whether
 //!   that key may spend for the account. No key can spend for a namespace account over gossip.
 //!
+//! And whose gossip is not heard at all: a Node whose septal gate isolates it
+//! (`status.septal.state: Isolated`, written by the controller). Its messages, whatever they
+//! say, are dropped without penalty (`SenderIsolated`) and so never forwarded: peers stop
+//! relaying an isolated node's gossip, whatever its own agent does, until the gate recovers.
+//!
 //! The cache may lag the API server by a moment (a Node that registered just now), so a claim
 //! that looks impossible is decided only after the cache has had [`CLAIM_GRACE`] to catch up.
 
-use crate::mesh::{ClaimCheck, ClaimVerdict, InboundMessage, InvalidReason};
+use crate::mesh::{ClaimCheck, ClaimVerdict, IgnoreReason, InboundMessage, InvalidReason};
 use futures::future::BoxFuture;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::sync::Arc;
@@ -21,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use univrs_api::account::AccountKind;
 use univrs_api::gossip::GossipBody;
-use univrs_api::resources::node::Node;
+use univrs_api::resources::node::{Node, SeptalState};
 use univrs_api::resources::vouch::{Vouch, VouchSpec};
 
 /// How long a claim that looks impossible waits for the Node cache to catch up before it is
@@ -66,6 +71,13 @@ impl ClusterView {
         self.nodes
             .find(|n| n.spec.peer_id == peer_id)
             .and_then(|n| n.metadata.name.clone())
+    }
+
+    /// Whether the Node whose PeerId is `peer_id` is isolated by its septal gate.
+    pub fn is_isolated(&self, peer_id: &str) -> bool {
+        self.nodes
+            .find(|n| n.spec.peer_id == peer_id)
+            .is_some_and(|n| isolated(&n))
     }
 
     /// The PeerId of the Node named `name`, if it exists.
@@ -145,6 +157,11 @@ impl ClusterView {
 
 impl ClaimCheck for ClusterView {
     fn check(&self, message: &InboundMessage) -> Option<BoxFuture<'static, ClaimVerdict>> {
+        if self.is_isolated(&message.source.to_string()) {
+            return Some(Box::pin(futures::future::ready(ClaimVerdict::Ignore(
+                IgnoreReason::SenderIsolated,
+            ))));
+        }
         match &message.body {
             GossipBody::VouchAttestation(_) | GossipBody::CreditTransaction(_) => {
                 let view = self.clone();
@@ -154,6 +171,14 @@ impl ClaimCheck for ClusterView {
             GossipBody::ClusterEvent(_) | GossipBody::WorkloadStatus(_) => None,
         }
     }
+}
+
+/// Whether a Node's septal gate isolates it now.
+pub fn isolated(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.septal.as_ref())
+        .is_some_and(|g| g.state == SeptalState::Isolated)
 }
 
 /// Whether what `body` claims is possible given the Nodes: `did_of(name)` is the DID of the
