@@ -27,7 +27,7 @@ use futures::StreamExt;
 use kube::Resource;
 use kube::runtime::controller::{self, Action, applier};
 use kube::runtime::reflector::{self, ObjectRef};
-use reconcile::{credit, csr, nexus, node, vouch, workload};
+use reconcile::{credit, csr, nexus, node, revival, vouch, workload};
 use state::context::{Context, Settings};
 use state::{feeds, queues};
 use std::sync::Arc;
@@ -235,6 +235,7 @@ pub async fn run(
     };
     let feeds = feeds::run(client, writers, ctx.clone(), queues.clone());
     let elections = nexus::run_elections(ctx.clone(), queues.nodes.clone());
+    let rounds = revival::run_rounds(ctx.clone());
     let sync_ctx = ctx.clone();
     let synced = async move {
         sync_ctx.mark_synced_when_listed(ready_tx).await;
@@ -249,6 +250,7 @@ pub async fn run(
         _ = approver => {}
         _ = feeds => {}
         _ = elections => {}
+        _ = rounds => {}
         _ = synced => {}
     }
 }

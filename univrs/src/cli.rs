@@ -111,6 +111,13 @@ pub enum Command {
         /// outcome in a node's service record (shorter only to compress time in tests).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         service_period: std::time::Duration,
+        /// How often the revival pool pays a tenth of what it holds back out to the nodes.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        revival_interval: std::time::Duration,
+        /// How long a node may stay lost (its Lease lapsed) before its credit is settled through
+        /// the revival pool as if it had left; it stays a Node and may come back.
+        #[arg(long, default_value = "3days", value_parser = humantime::parse_duration)]
+        revival_grace: std::time::Duration,
         /// The ClusterRole a joined node is bound to when its certificate is approved (the Helm
         /// chart's is `<release>-node`).
         #[arg(long, default_value = univrs_api::system::NODE_CLUSTER_ROLE)]

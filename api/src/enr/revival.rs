@@ -1,10 +1,12 @@
 //! The revival pool: what a departed or defaulting account leaves goes back to the network.
 //!
 //! The pool takes an entropy tax of 2% (in basis points, integer arithmetic, rounded down) of
-//! what the account leaves, and splits it 40/25/20/15 between network maintenance (nexus hubs
-//! with uptime ≥ 0.95), new-node subsidy (healthy nodes younger than 7 days), low-balance support
-//! (nodes under 100 credits with reputation ≥ 0.5) and the reserve. Each share is split equally
-//! among its recipients. Nothing is created or destroyed: the remainder of every integer division,
+//! what the account leaves and pays it out at once; then, every round (hourly), it pays out a
+//! tenth ([`Config::round_bps`]) of what it holds, so nothing it takes over stays there
+//! forever. Each payout splits 40/25/20/15 between network maintenance (nexus hubs with uptime
+//! ≥ 0.95), new-node subsidy (nodes younger than 7 days), low-balance support (nodes under 100
+//! credits with reputation ≥ 0.5) and the reserve; only healthy nodes (Ready, not isolated) are
+//! paid. Each share is split equally among its recipients. Nothing is created or destroyed: the remainder of every integer division,
 //! and every share that has no recipient, goes to the reserve, so a plan always sums to exactly
 //! its input.
 
@@ -46,6 +48,8 @@ pub enum Share {
 pub struct Config {
     /// The entropy tax in basis points (200 = 2%).
     pub tax_bps: u32,
+    /// What share of its balance the pool pays out each round, in basis points (1000 = 10%).
+    pub round_bps: u32,
     /// Maintenance share, percent.
     pub maintenance_pct: u8,
     /// Subsidy share, percent.
@@ -66,6 +70,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             tax_bps: 200,
+            round_bps: 1000,
             maintenance_pct: 40,
             subsidy_pct: 25,
             support_pct: 20,
@@ -107,6 +112,12 @@ pub fn tax(amount: i64, tax_bps: u32) -> i64 {
     t as i64
 }
 
+/// What one round pays out of the pool's `balance` (what it is owed net of what it owes):
+/// ⌊balance · round_bps / 10000⌋, nothing when it holds nothing.
+pub fn round_amount(balance: i64, cfg: &Config) -> i64 {
+    tax(balance, cfg.round_bps)
+}
+
 /// How `amount` milli-credits are redistributed: (payee, amount) pairs summing to `amount`.
 pub fn plan(amount: i64, nodes: &[NodeInfo], cfg: &Config) -> Vec<(Payee, i64)> {
     let amount = amount.max(0);
@@ -119,11 +130,11 @@ pub fn plan(amount: i64, nodes: &[NodeInfo], cfg: &Config) -> Vec<(Payee, i64)> 
     let mut sorted: Vec<&NodeInfo> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     sorted.dedup_by(|a, b| a.name == b.name);
-    for n in sorted {
+    for n in sorted.into_iter().filter(|n| n.healthy) {
         if n.nexus && milli(n.uptime) >= cfg.maintenance_min_uptime_milli {
             groups[0].1.push(&n.name);
         }
-        if n.healthy && n.age_ms < cfg.new_node_age_ms {
+        if n.age_ms < cfg.new_node_age_ms {
             groups[1].1.push(&n.name);
         }
         if n.balance < cfg.support_balance_below
@@ -215,6 +226,18 @@ mod tests {
             Some(200)
         );
         assert_eq!(get(Payee::Reserve), Some(150));
+    }
+
+    #[test]
+    fn only_healthy_nodes_are_paid_and_a_round_pays_a_tenth() {
+        let lost = NodeInfo {
+            healthy: false,
+            ..node("lost", true, true, 0)
+        };
+        let p = plan(1000, &[lost], &Config::default());
+        assert_eq!(p, vec![(Payee::Reserve, 1000)]);
+        assert_eq!(round_amount(4960, &Config::default()), 496);
+        assert_eq!(round_amount(-5, &Config::default()), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use crate::core::peers;
 use crate::core::plan::node::{Observed, Placements, plan, start_grace};
+use crate::core::plan::revival::DEPARTED;
 use crate::core::plan::vouch::standing;
 use crate::core::snapshot;
 use crate::error::Error;
@@ -60,7 +61,7 @@ pub async fn reconcile_with_finalizer(node: Arc<Node>, ctx: Arc<Context>) -> Res
     if node.metadata.deletion_timestamp.is_some() {
         if has {
             ctx.synced().await;
-            revival::settle(&node, &ctx).await?;
+            revival::settle(&node, &ctx, DEPARTED).await?;
             set_finalizer(&ctx, &api, &name, false).await?;
         }
         return Ok(Action::await_change());
@@ -68,7 +69,9 @@ pub async fn reconcile_with_finalizer(node: Arc<Node>, ctx: Arc<Context>) -> Res
     if !has {
         set_finalizer(&ctx, &api, &name, true).await?;
     }
-    reconcile(node, ctx).await
+    ctx.synced().await;
+    let due = revival::settle_if_lost(&node, &ctx, Timestamp::now()).await?;
+    reconcile(node, ctx, due).await
 }
 
 /// Adds (`on`) or drops the controller's finalizer with server-side apply.
@@ -106,8 +109,13 @@ fn written(ctx: &Context, n: &Node) {
     wake.send(&ctx.queues);
 }
 
-/// Reconciles one Node: read, plan, write, announce.
-pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Reconciles one Node: read, plan, write, announce; looks again within `due` at the latest
+/// (when a lost node's settlement falls due).
+pub async fn reconcile(
+    node: Arc<Node>,
+    ctx: Arc<Context>,
+    due: Option<Duration>,
+) -> Result<Action, Error> {
     ctx.synced().await;
     let now = Timestamp::now();
     let name = node.name_any();
@@ -202,5 +210,6 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Err
         events::announce(&ctx, &node.object_ref(&()), &plan.notices).await;
     }
     let requeue = settle_in.map_or(plan.requeue, |left| plan.requeue.min(left));
+    let requeue = due.map_or(requeue, |d| requeue.min(d + Duration::from_millis(500)));
     Ok(Action::requeue(requeue))
 }

@@ -30,6 +30,11 @@ pub struct Settings {
     /// How much witnessed Ready service counts as one successful outcome in a node's service
     /// record (an hour; tests compress it).
     pub service_period: Duration,
+    /// How often the revival pool pays a tenth of what it holds back out.
+    pub revival_interval: Duration,
+    /// How long a node may stay lost (its Lease lapsed) before its credit is settled through
+    /// the revival pool, as if it had left (it stays a Node and may come back).
+    pub revival_grace: Duration,
     /// The ClusterRole a joined node is bound to on approval (the chart's `<release>-node`).
     pub node_cluster_role: String,
 }
@@ -43,6 +48,8 @@ impl Default for Settings {
             nexus_interval: Duration::from_secs(30),
             trust_anchors: BTreeSet::new(),
             service_period: Duration::from_secs(3600),
+            revival_interval: Duration::from_secs(3600),
+            revival_grace: Duration::from_secs(3 * 24 * 3600),
             node_cluster_role: univrs_api::system::NODE_CLUSTER_ROLE.to_string(),
         }
     }

@@ -101,6 +101,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             node_lease_duration,
             trust_anchors,
             service_period,
+            revival_interval,
+            revival_grace,
             node_cluster_role,
             log_json,
         } => controller::run(
@@ -111,6 +113,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 node_lease_duration,
                 trust_anchors: trust_anchors.into_iter().collect(),
                 service_period,
+                revival_interval,
+                revival_grace,
                 node_cluster_role,
                 ..Settings::default()
             },

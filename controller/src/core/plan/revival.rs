@@ -1,7 +1,10 @@
 //! The revival plan: what a departed node leaves goes back to the network.
 //!
 //! Every Node carries the finalizer `univrs.io/credit-settlement`. When a Node object is
-//! deleted, its lines are settled before it goes (`reconcile::revival` runs the plan made here):
+//! deleted, its lines are settled before it goes (`reconcile::revival` runs the plan made here);
+//! so are those of a node lost (its Lease lapsed) for longer than the revival grace, which
+//! stays a Node and may come back, with nothing owed either way (each lapse is settled once,
+//! under its own key):
 //! - **Claims** (lines where the node is the creditor: others owe it) pass to the pool, the
 //!   account `namespace/univrs-system`: the debtor now owes the pool (line
 //!   `revival-<debtor>`), and its debt to the departed node is released. Two transfers, the
@@ -11,6 +14,8 @@
 //!   `enr::revival::plan`: maintenance to nexus hubs, subsidy to new nodes, support to
 //!   low-balance nodes (lines `revival-pays-<node>`, where the pool owes the node); the rest is
 //!   the pool's reserve.
+//! - **Rounds**: every revival interval the pool pays out a tenth of what it holds by the same
+//!   split ([`round`]), so what it takes over flows back to the nodes that keep the network.
 //!
 //! The plan is written to the Node as the annotation `univrs.io/revival-plan` before any
 //! credit moves, and every transfer has an id derived from the node's uid, so a settlement
@@ -34,6 +39,13 @@ pub fn pool() -> Account {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
+    /// Which settlement this is: `departed` (the Node was deleted) or `lost-<ms>` (its Lease
+    /// lapsed at that time and stayed so past the grace).
+    #[serde(default)]
+    pub key: String,
+    /// Whether every step has been made (a lost node's settlement is then not looked at again).
+    #[serde(default)]
+    pub settled: bool,
     /// (line, debtor, amount) claims that pass to the pool.
     pub claims: Vec<(String, Account, i64)>,
     /// (line, creditor, amount) debts written off.
@@ -42,10 +54,21 @@ pub struct Plan {
     pub payouts: Vec<(String, String, i64)>,
 }
 
-/// The settlement plan of `node` given every line and the other nodes. Pure.
-pub fn plan(node: &str, lines: &[CreditLine], others: &[NodeInfo]) -> Plan {
+/// The key of a deleted node's settlement.
+pub const DEPARTED: &str = "departed";
+
+/// The key of the settlement of a node lost since `since`.
+pub fn lost_key(since: Timestamp) -> String {
+    format!("lost-{}", since.as_millisecond())
+}
+
+/// The settlement plan `key` of `node` given every line and the other nodes. Pure.
+pub fn plan(key: &str, node: &str, lines: &[CreditLine], others: &[NodeInfo]) -> Plan {
     let me = Account::node(node);
-    let mut out = Plan::default();
+    let mut out = Plan {
+        key: key.to_string(),
+        ..Plan::default()
+    };
     let mut sorted: Vec<&CreditLine> = lines.iter().collect();
     sorted.sort_by_key(|l| l.name_any());
     for l in sorted {
@@ -68,12 +91,28 @@ pub fn plan(node: &str, lines: &[CreditLine], others: &[NodeInfo]) -> Plan {
         .map(|(_, _, a)| *a)
         .fold(0i64, |s, a| s.saturating_add(a));
     let cfg = revival::Config::default();
-    for (payee, amount) in revival::plan(revival::tax(collected, cfg.tax_bps), others, &cfg) {
-        if let (Payee::Node { name, share }, true) = (payee, amount > 0) {
-            out.payouts.push((name, format!("{share:?}"), amount));
-        }
-    }
+    out.payouts = payouts(revival::tax(collected, cfg.tax_bps), others);
     out
+}
+
+/// (node, share, amount) paid out of `amount` by the 40/25/20/15 split.
+fn payouts(amount: i64, others: &[NodeInfo]) -> Vec<(String, String, i64)> {
+    revival::plan(amount, others, &revival::Config::default())
+        .into_iter()
+        .filter_map(|(payee, amount)| match payee {
+            Payee::Node { name, share } if amount > 0 => Some((name, format!("{share:?}"), amount)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What one round pays out of the pool holding `balance` (owed to it net of what it owes):
+/// a tenth of it by the split, to `nodes`. Pure.
+pub fn round(balance: i64, nodes: &[NodeInfo]) -> Vec<(String, String, i64)> {
+    payouts(
+        revival::round_amount(balance, &revival::Config::default()),
+        nodes,
+    )
 }
 
 /// What the plan needs to know of a node.
