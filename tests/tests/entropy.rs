@@ -79,7 +79,11 @@ async fn entropy_rises_with_load_and_dynamic_prices_follow() {
         (e.clone(), format!("{e:?}"))
     })
     .await;
-    assert_eq!((idle.total, idle.price_multiplier), (0.0, 1.0), "{idle:?}");
+    assert_eq!(
+        (idle.total, idle.price_multiplier_milli),
+        (0.0, 1000),
+        "{idle:?}"
+    );
 
     let workloads: Api<Workload> = Api::namespaced(client.clone(), NS);
     workloads
@@ -93,8 +97,8 @@ async fn entropy_rises_with_load_and_dynamic_prices_follow() {
     })
     .await;
     assert_eq!(
-        (loaded.total, loaded.price_multiplier),
-        (1.0, 1.05),
+        (loaded.total, loaded.price_multiplier_milli),
+        (1.0, 1050),
         "{loaded:?}"
     );
 
@@ -127,7 +131,7 @@ async fn entropy_rises_with_load_and_dynamic_prices_follow() {
     eventually("entropy back to 0 and thrifty placed", WAIT, async || {
         let e = entropy_of(&nodes).await;
         let w = workloads.get("thrifty").await.unwrap();
-        let ok = e.as_ref().is_some_and(|e| e.price_multiplier == 1.0) && placed(&w);
+        let ok = e.as_ref().is_some_and(|e| e.price_multiplier_milli == 1000) && placed(&w);
         (
             ok.then_some(()),
             format!("{e:?}, thrifty placed {}", placed(&w)),

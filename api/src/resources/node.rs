@@ -319,9 +319,10 @@ pub struct EntropyStatus {
     /// The weighted total, 0 to 10.
     #[schemars(range(min = 0.0, max = 10.0))]
     pub total: f64,
-    /// What a Dynamic-priced node's rates are multiplied by for it (1 to 5).
-    #[schemars(range(min = 1.0, max = 5.0))]
-    pub price_multiplier: f64,
+    /// What a Dynamic-priced node's rates are multiplied by for it, in thousandths (1000 to
+    /// 5000: money and what multiplies it are never floats).
+    #[schemars(range(min = 1000, max = 5000))]
+    pub price_multiplier_milli: i64,
 }
 
 /// A node's service record: an average of outcomes that decays toward the prior.

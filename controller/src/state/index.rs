@@ -207,7 +207,7 @@ pub fn price_multiplier_of(n: &Node) -> f64 {
     n.status
         .as_ref()
         .and_then(|s| s.entropy.as_ref())
-        .map_or(1.0, |e| e.price_multiplier)
+        .map_or(1.0, |e| e.price_multiplier_milli as f64 / 1000.0)
 }
 
 /// A node's capacity.

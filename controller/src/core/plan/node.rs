@@ -322,7 +322,7 @@ fn entropy_of(
         ledger: e.ledger,
         temporal: e.temporal,
         total,
-        price_multiplier: round(entropy::price_multiplier(total), 3),
+        price_multiplier_milli: (entropy::price_multiplier(total) * 1000.0).round() as i64,
     }
 }
 
