@@ -163,5 +163,66 @@ async fn concurrent_transfers_apply_exactly_once_within_the_limit() {
         table.contains("node/library") && table.contains("5000") && table.contains("50%"),
         "{table}"
     );
+
+    // The Reputation limit policy: a node may owe by its standing. The library lends up to
+    // 9000 to the school's machine, a fresh node at 0.5: a third of it, 3000.
+    Api::<Node>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &node_object("school", &[], &NodeIdentity::generate()),
+        )
+        .await
+        .unwrap();
+    let by_standing: CreditLine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "CreditLine",
+        "metadata": {"name": "library-school"},
+        "spec": {"creditor": "node/library", "debtor": "node/school", "limit": 9_000,
+            "limitPolicy": "Reputation"}
+    }))
+    .unwrap();
+    lines
+        .create(&PostParams::default(), &by_standing)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = lines.get("library-school").await.unwrap();
+        let effective = l.status.as_ref().and_then(|s| s.effective_limit);
+        if effective == Some(3_000) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no effective limit from the school's reputation: {effective:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let school = Account::node("school");
+    let owe = |id: &str, amount| Transfer {
+        id: id.into(),
+        from: school.clone(),
+        to: library.clone(),
+        amount,
+    };
+    let err = apply_transfer(&client, "library-school", &owe("s1", 3_001))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 3000"), "{err}");
+    apply_transfer(&client, "library-school", &owe("s2", 3_000))
+        .await
+        .unwrap();
+    // A namespace has no reputation: the schema refuses the policy for one, naming the field.
+    let out = univrs_tests::run_with_stdin(
+        cp.kubectl().args(["apply", "-f", "-"]),
+        r#"{"apiVersion": "univrs.io/v1alpha1", "kind": "CreditLine",
+            "metadata": {"name": "library-shop"},
+            "spec": {"creditor": "node/library", "debtor": "namespace/shop", "limit": 10,
+                "limitPolicy": "Reputation"}}"#,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.limitPolicy") && err.contains("node debtor"),
+        "{err}"
+    );
     drop(ctl);
 }

@@ -75,6 +75,7 @@ pub const RECENT_TRANSFERS: usize = 64;
     )
 )]
 #[x_kube(validation = kube::core::Rule::new("self.creditor != self.debtor").message("creditor and debtor must be different accounts").field_path(".debtor"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.limitPolicy) || self.limitPolicy != 'Reputation' || self.debtor.startsWith('node/')").message("the Reputation limit policy needs a node debtor (a namespace has no reputation)").field_path(".limitPolicy"))]
 #[serde(rename_all = "camelCase")]
 pub struct CreditLineSpec {
     /// The account extending credit: node/<name> or namespace/<name>.
@@ -86,6 +87,53 @@ pub struct CreditLineSpec {
     /// The most the debtor may owe, in milli-credits.
     #[schemars(range(min = 0, max = 1_000_000_000_000_000i64))]
     pub limit: i64,
+    /// Fixed (the default): `limit` applies as written. Reputation: a node debtor may owe
+    /// only part of it, by its reputation (see [`reputation_limit`]).
+    #[serde(default, skip_serializing_if = "LimitPolicy::is_fixed")]
+    pub limit_policy: LimitPolicy,
+}
+
+/// How a line's limit applies.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LimitPolicy {
+    /// The limit as written.
+    #[default]
+    Fixed,
+    /// The limit scaled by the debtor node's reputation (a node debtor only).
+    Reputation,
+}
+
+impl LimitPolicy {
+    /// Whether this is the default policy.
+    pub fn is_fixed(&self) -> bool {
+        *self == LimitPolicy::Fixed
+    }
+}
+
+/// What a node of `reputation` may owe on a line of `limit` under the Reputation policy:
+/// nothing at 0.3 or below, all of it from 0.9, linear between (a fresh node at 0.5 a third).
+pub fn reputation_limit(limit: i64, reputation: f64) -> i64 {
+    // In thousandths of reputation, so the share is exact: (r − 300) / 600.
+    let above = ((reputation.clamp(0.0, 1.0) * 1000.0).round() as i128 - 300).clamp(0, 600);
+    (i128::from(limit.max(0)) * above / 600) as i64
+}
+
+impl CreditLine {
+    /// The most the debtor may owe now: the limit, or under the Reputation policy what the
+    /// controller last computed (`status.effectiveLimit`, nothing until it has); never less
+    /// than what it owes already, so paying back always works.
+    pub fn limit_now(&self) -> i64 {
+        let status = self.status.as_ref();
+        let balance = status.map_or(0, |s| s.balance);
+        match self.spec.limit_policy {
+            LimitPolicy::Fixed => self.spec.limit,
+            LimitPolicy::Reputation => status
+                .and_then(|s| s.effective_limit)
+                .unwrap_or(0)
+                .clamp(0, self.spec.limit)
+                .max(balance.min(self.spec.limit)),
+        }
+    }
 }
 
 /// The state of a credit line.
@@ -99,6 +147,11 @@ pub struct CreditLineStatus {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub balance: i64,
+    /// Under the Reputation policy, what the debtor node may owe by its reputation now
+    /// (controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub effective_limit: Option<i64>,
     /// balance / limit as a percentage string, such as `42%`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub utilization: Option<String>,

@@ -163,7 +163,7 @@ pub fn ledger_of(lines: &[Arc<CreditLine>], account: Option<&Account>) -> Ledger
         let line = Line {
             creditor: cl.spec.creditor.clone(),
             debtor: cl.spec.debtor.clone(),
-            limit: cl.spec.limit,
+            limit: cl.limit_now(),
             balance: cl.status.as_ref().map_or(0, |s| s.balance),
         };
         let _ = ledger.upsert_line(cl.name_any(), line);

@@ -24,7 +24,7 @@ use kube::{Client, ResourceExt};
 use std::sync::Arc;
 use univrs_api::account::AccountKind;
 use univrs_api::ledger::{Applied, LedgerError, Transfer};
-use univrs_api::resources::creditline::CreditLineStatus;
+use univrs_api::resources::creditline::{CreditLineStatus, LimitPolicy, reputation_limit};
 use univrs_api::resources::workload::InstanceUsage;
 use univrs_api::{Account, CreditLine};
 use univrs_io::apply::Apply;
@@ -177,7 +177,22 @@ pub async fn reconcile(cl: Arc<CreditLine>, ctx: Arc<Context>) -> Result<Action,
             missing.push(a.to_string());
         }
     }
-    if let Some(next) = credit::status(&cl, &missing, now) {
+    // Under the Reputation policy the debtor node's reputation sets what it may owe now (an
+    // unknown node nothing); looked at again each minute, as reputation moves.
+    let reputation_bound = cl.spec.limit_policy == LimitPolicy::Reputation;
+    let effective = reputation_bound.then(|| {
+        let rep = (cl.spec.debtor.kind == AccountKind::Node)
+            .then(|| {
+                ctx.nodes.get(&kube::runtime::reflector::ObjectRef::new(
+                    &cl.spec.debtor.name,
+                ))
+            })
+            .flatten()
+            .and_then(|n| n.status.as_ref()?.reputation)
+            .unwrap_or(0.0);
+        reputation_limit(cl.spec.limit, rep)
+    });
+    if let Some(next) = credit::status(&cl, &missing, effective, now) {
         let api: Api<CreditLine> = Api::all(ctx.client.clone());
         match write_status(&api, &cl, next).await {
             Ok(_) => {}
@@ -188,5 +203,13 @@ pub async fn reconcile(cl: Arc<CreditLine>, ctx: Arc<Context>) -> Result<Action,
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Action::requeue(ctx.settings.resync))
+    let again = if reputation_bound {
+        ctx.settings.resync.min(REPUTATION_RECHECK)
+    } else {
+        ctx.settings.resync
+    };
+    Ok(Action::requeue(again))
 }
+
+/// How often a line under the Reputation policy follows its debtor's reputation.
+const REPUTATION_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);

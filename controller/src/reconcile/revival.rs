@@ -40,6 +40,7 @@ async fn ensure_line(
                     creditor: creditor.clone(),
                     debtor: debtor.clone(),
                     limit: more,
+                    limit_policy: Default::default(),
                 },
             );
             cl.labels_mut()

@@ -58,7 +58,7 @@ pub fn transfer(
         Line {
             creditor: cl.spec.creditor.clone(),
             debtor: cl.spec.debtor.clone(),
-            limit: cl.spec.limit,
+            limit: cl.limit_now(),
             balance: status.balance,
         },
     )?;
@@ -83,7 +83,7 @@ pub fn transfer(
     };
     let next = CreditLineStatus {
         balance,
-        utilization: Some(utilization(balance, cl.spec.limit)),
+        utilization: Some(utilization(balance, cl.limit_now())),
         last_transfer: Some(record),
         recent_transfer_ids: recent,
         ..status
@@ -92,18 +92,34 @@ pub fn transfer(
 }
 
 /// The line's next status: Ready when both accounts exist (`missing` names those that do
-/// not), utilization kept current; None when nothing changes.
-pub fn status(cl: &CreditLine, missing: &[String], now: Timestamp) -> Option<CreditLineStatus> {
-    let status = cl.status.clone().unwrap_or_default();
+/// not), the limit the Reputation policy allows now (`effective`, None under the Fixed one),
+/// utilization kept current; None when nothing changes.
+pub fn status(
+    cl: &CreditLine,
+    missing: &[String],
+    effective: Option<i64>,
+    now: Timestamp,
+) -> Option<CreditLineStatus> {
+    let mut cl = cl.clone();
+    let mut status = cl.status.clone().unwrap_or_default();
+    let effective_changed = status.effective_limit != effective;
+    status.effective_limit = effective;
+    cl.status = Some(status.clone());
     let ready = if missing.is_empty() {
         DesiredCondition::new(
             CONDITION_READY,
             true,
             "AccountsExist",
-            format!(
-                "{} extends up to {} milli-credits to {}",
-                cl.spec.creditor, cl.spec.limit, cl.spec.debtor
-            ),
+            match effective {
+                Some(now) => format!(
+                    "{} extends up to {} milli-credits to {}, {now} of them by its reputation now",
+                    cl.spec.creditor, cl.spec.limit, cl.spec.debtor
+                ),
+                None => format!(
+                    "{} extends up to {} milli-credits to {}",
+                    cl.spec.creditor, cl.spec.limit, cl.spec.debtor
+                ),
+            },
         )
     } else {
         DesiredCondition::new(
@@ -116,8 +132,9 @@ pub fn status(cl: &CreditLine, missing: &[String], now: Timestamp) -> Option<Cre
     let mut conditions = status.conditions.clone();
     let generation = cl.metadata.generation;
     let mut changed = set_condition(&mut conditions, ready.at_generation(generation), Time(now));
-    let util = utilization(status.balance, cl.spec.limit);
-    changed |= status.utilization.as_deref() != Some(util.as_str())
+    let util = utilization(status.balance, cl.limit_now());
+    changed |= effective_changed
+        || status.utilization.as_deref() != Some(util.as_str())
         || status.observed_generation != generation;
     changed.then_some(CreditLineStatus {
         observed_generation: generation,
@@ -194,7 +211,7 @@ mod tests {
     #[test]
     fn a_line_is_ready_when_both_accounts_exist_and_written_only_on_change() {
         let cl = line(200, 50);
-        let next = status(&cl, &[], at()).unwrap();
+        let next = status(&cl, &[], None, at()).unwrap();
         assert_eq!(next.utilization.as_deref(), Some("25%"));
         assert!(univrs_api::conditions::is_true(
             &next.conditions,
@@ -202,11 +219,63 @@ mod tests {
         ));
         let mut settled = cl.clone();
         settled.status = Some(next);
-        assert_eq!(status(&settled, &[], at()), None);
-        let unknown = status(&settled, &["node/a".into()], at()).unwrap();
+        assert_eq!(status(&settled, &[], None, at()), None);
+        let unknown = status(&settled, &["node/a".into()], None, at()).unwrap();
         assert!(!univrs_api::conditions::is_true(
             &unknown.conditions,
             CONDITION_READY
+        ));
+    }
+
+    #[test]
+    fn under_the_reputation_policy_a_node_owes_what_its_reputation_allows() {
+        use univrs_api::resources::creditline::{LimitPolicy, reputation_limit};
+        assert_eq!(reputation_limit(900, 0.3), 0);
+        assert_eq!(reputation_limit(900, 0.5), 300);
+        assert_eq!(reputation_limit(900, 0.95), 900);
+        let mut cl: CreditLine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "univrs.io/v1alpha1", "kind": "CreditLine",
+            "metadata": {"name": "l", "generation": 1},
+            "spec": {"creditor": "node/a", "debtor": "node/b", "limit": 900,
+                "limitPolicy": "Reputation"},
+            "status": {"balance": 0}
+        }))
+        .unwrap();
+        assert_eq!(cl.spec.limit_policy, LimitPolicy::Reputation);
+        assert_eq!(
+            cl.limit_now(),
+            0,
+            "nothing until the controller has computed it"
+        );
+        cl.status = status(&cl, &[], Some(300), at());
+        assert_eq!(cl.limit_now(), 300);
+        let t = |id: &str, amount| Transfer {
+            id: id.into(),
+            from: "node/b".parse().unwrap(),
+            to: "node/a".parse().unwrap(),
+            amount,
+        };
+        assert!(matches!(
+            transfer("l", &cl, &t("t1", 301), at()),
+            Err(Refusal::Ledger(_))
+        ));
+        let (_, next) = transfer("l", &cl, &t("t2", 300), at()).unwrap();
+        cl.status = next;
+        // Its reputation falls: it may owe no more, and can still pay back.
+        cl.status = status(&cl, &[], Some(100), at());
+        assert_eq!(cl.limit_now(), 300, "never below what it owes");
+        let back = Transfer {
+            id: "t3".into(),
+            from: "node/a".parse().unwrap(),
+            to: "node/b".parse().unwrap(),
+            amount: 250,
+        };
+        let (_, next) = transfer("l", &cl, &back, at()).unwrap();
+        cl.status = next;
+        assert_eq!(cl.limit_now(), 100);
+        assert!(matches!(
+            transfer("l", &cl, &t("t4", 51), at()),
+            Err(Refusal::Ledger(_))
         ));
     }
 }
