@@ -42,6 +42,7 @@ fn cluster(n: usize, placed: u64) -> Vec<NodeView> {
                 },
                 host_ports: Vec::new(),
                 host_port_range: None,
+                pays_for: Vec::new(),
                 reputation: 0.3 + (i % 70) as f64 / 100.0,
                 nexus: i % 27 == 0,
                 credit_balance: (i as i64 % 2000 - 1000) * 100,

@@ -188,6 +188,32 @@ pub fn renew_leases(client: kube::Client, alive: Arc<BTreeMap<String, AtomicBool
     });
 }
 
+/// Reports the cumulative usage of `instance` of the Workload `workload` placed on `node` at
+/// `placed_at`, as that node's agent does (its own field manager): `cpu` millicore-seconds and
+/// `mem` MiB-seconds.
+pub async fn report_usage(
+    api: &Api<univrs_api::Workload>,
+    (workload, instance): (&str, &str),
+    node: &str,
+    placed_at: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    (cpu, mem): (i64, i64),
+) {
+    let body = serde_json::json!({
+        "apiVersion": "univrs.io/v1alpha1", "kind": "Workload",
+        "metadata": {"name": workload},
+        "status": {"instances": [{"name": instance, "usage": {
+            "node": node, "placedAt": placed_at,
+            "cpuMillicoreSeconds": cpu, "memoryMibSeconds": mem, "gpuSeconds": 0}}]}
+    });
+    api.patch_status(
+        workload,
+        &PatchParams::apply(&format!("univrs-agent-{node}")).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("reporting {instance}'s usage: {e}"));
+}
+
 /// Polls until `check` returns Some (printing how long it took), or panics after `timeout`
 /// with the last state it described.
 pub async fn eventually<T>(

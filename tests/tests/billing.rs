@@ -24,7 +24,7 @@ use univrs_controller::core::billing;
 use univrs_controller::reconcile::credit::apply_transfer;
 use univrs_tests::ControlPlane;
 use univrs_tests::cluster::{
-    LEASE_NS, ensure_namespace, eventually, node_object, renew_leases, start_controller,
+    self, LEASE_NS, ensure_namespace, eventually, node_object, renew_leases, start_controller,
 };
 
 const NS: &str = "shop";
@@ -37,20 +37,7 @@ async fn report_usage(api: &Api<Workload>, placed_at: &Time, cpu: i64) {
 
 /// Reports `cpu` millicore-seconds and `mem` MiB-seconds used by `meter-0` on alpha.
 async fn report_usage_with_memory(api: &Api<Workload>, placed_at: &Time, cpu: i64, mem: i64) {
-    let body = serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1", "kind": "Workload",
-        "metadata": {"name": "meter"},
-        "status": {"instances": [{"name": "meter-0", "usage": {
-            "node": "alpha", "placedAt": placed_at,
-            "cpuMillicoreSeconds": cpu, "memoryMibSeconds": mem, "gpuSeconds": 0}}]}
-    });
-    api.patch_status(
-        "meter",
-        &PatchParams::apply("univrs-agent-alpha").force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .unwrap();
+    cluster::report_usage(api, ("meter", "meter-0"), "alpha", placed_at, (cpu, mem)).await
 }
 
 fn instance<'a>(w: &'a Workload, name: &str) -> Option<&'a Instance> {

@@ -32,6 +32,31 @@ pub const CREDIT_SETTLEMENT_FINALIZER: &str = "univrs.io/credit-settlement";
 /// Annotation recording a departed node's settlement plan before any credit moves, so an
 /// interrupted settlement resumes the same plan.
 pub const REVIVAL_PLAN_ANNOTATION: &str = "univrs.io/revival-plan";
+/// Annotation by which a node's owner lets the node's earnings pay for the Workloads of the
+/// listed namespaces (comma-separated: its own organization's), and runs them for free. Only
+/// people write it (nodes may write no `univrs.io/` annotation).
+pub const PAYS_FOR_ANNOTATION: &str = "univrs.io/pays-for";
+
+/// The namespaces whose Workloads `node`'s earnings pay for ([`PAYS_FOR_ANNOTATION`]), sorted.
+pub fn pays_for(node: &Node) -> Vec<String> {
+    let mut out: Vec<String> = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PAYS_FOR_ANNOTATION))
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Where the agents keep their node Leases (and the controllers their leader Lease).
 pub const LEASE_NAMESPACE: &str = crate::system::SYSTEM_NAMESPACE;
 /// What every node Lease's name starts with.

@@ -51,6 +51,8 @@ pub struct NodeView {
     pub host_ports: Vec<HostPort>,
     /// The host ports its owner allows (both ends included); `None`: any.
     pub host_port_range: Option<(u16, u16)>,
+    /// The namespaces whose Workloads its earnings pay for (`univrs.io/pays-for`).
+    pub pays_for: Vec<String>,
     /// Reputation, 0 to 1.
     pub reputation: f64,
     /// Whether it is a nexus hub.
@@ -451,6 +453,7 @@ mod tests {
             allocated: Resources::default(),
             host_ports: Vec::new(),
             host_port_range: None,
+            pays_for: Vec::new(),
             reputation: 0.5,
             nexus: false,
             credit_balance: 0,

@@ -172,22 +172,39 @@ pub fn ledger_of(lines: &[Arc<CreditLine>], account: Option<&Account>) -> Ledger
 }
 
 /// What `owner` can still pay each node along its credit lines, or None when no line names
-/// `owner` at all (an unmetered namespace: its workloads run as contributions, unbilled).
-pub fn owner_headroom(lines: &[Arc<CreditLine>], owner: &Account) -> Option<BTreeMap<String, i64>> {
-    let ledger = ledger_of(lines, Some(owner));
-    ledger.lines().next()?;
-    let mut out = BTreeMap::new();
-    for (_, l) in ledger.lines() {
-        let other = if l.creditor == *owner {
-            &l.debtor
-        } else {
-            &l.creditor
-        };
-        if other.kind == AccountKind::Node && !out.contains_key(&other.name) {
-            out.insert(other.name.clone(), ledger.headroom(owner, other));
+/// `owner` at all and no node pays for it (an unmetered namespace: its workloads run as
+/// contributions, unbilled). `payers` are the nodes whose earnings pay for the owner's
+/// Workloads (`univrs.io/pays-for`): their headroom towards a node adds to the owner's, and on
+/// a payer itself the owner's Workloads run free (no limit).
+pub fn owner_headroom(
+    lines: &[Arc<CreditLine>],
+    owner: &Account,
+    payers: &[String],
+) -> Option<BTreeMap<String, i64>> {
+    let mut out: BTreeMap<String, i64> = BTreeMap::new();
+    let mut any = !payers.is_empty();
+    let accounts = std::iter::once(owner.clone()).chain(payers.iter().map(Account::node));
+    for payer in accounts {
+        let ledger = ledger_of(lines, Some(&payer));
+        let mut seen = std::collections::BTreeSet::new();
+        for (_, l) in ledger.lines() {
+            any = true;
+            let other = if l.creditor == payer {
+                &l.debtor
+            } else {
+                &l.creditor
+            };
+            if other.kind == AccountKind::Node && other != &payer && seen.insert(&other.name) {
+                let room = ledger.headroom(&payer, other);
+                let e = out.entry(other.name.clone()).or_insert(0);
+                *e = e.saturating_add(room);
+            }
         }
     }
-    Some(out)
+    for p in payers {
+        out.insert(p.clone(), i64::MAX);
+    }
+    any.then_some(out)
 }
 
 /// The rates a node charges when its spec sets none (the schema's defaults).
@@ -208,6 +225,43 @@ mod lease_tests {
             "spec": {"renewTime": renew}
         }))
         .unwrap()
+    }
+
+    fn line(name: &str, creditor: &str, debtor: &str, limit: i64, balance: i64) -> Arc<CreditLine> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "univrs.io/v1alpha1", "kind": "CreditLine",
+                "metadata": {"name": name},
+                "spec": {"creditor": creditor, "debtor": debtor, "limit": limit},
+                "status": {"balance": balance}
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_paying_node_adds_its_headroom_and_runs_its_organization_free() {
+        let school = Account::namespace("school");
+        let lines = [
+            line("host-school", "node/host", "namespace/school", 100, 40),
+            line("host-pc", "node/host", "node/pc", 1000, 0),
+            line("other-pc", "node/other", "node/pc", 50, 50),
+        ];
+        assert_eq!(owner_headroom(&lines[1..], &school, &[]), None, "unmetered");
+        let alone = owner_headroom(&lines, &school, &[]).unwrap();
+        assert_eq!(alone, BTreeMap::from([("host".to_string(), 60)]));
+        let with_pc = owner_headroom(&lines, &school, &["pc".to_string()]).unwrap();
+        assert_eq!(
+            with_pc,
+            BTreeMap::from([
+                ("host".to_string(), 1060),
+                ("other".to_string(), 0),
+                ("pc".to_string(), i64::MAX),
+            ])
+        );
+        // A payer alone makes the namespace metered (it pays, or runs its Workloads free).
+        let only_pc = owner_headroom(&[], &school, &["pc".to_string()]).unwrap();
+        assert_eq!(only_pc, BTreeMap::from([("pc".to_string(), i64::MAX)]));
     }
 
     #[test]

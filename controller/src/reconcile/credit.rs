@@ -84,34 +84,41 @@ pub enum PayError {
     Kube(#[from] kube::Error),
 }
 
-/// Pays `charge` from `owner` to the charge's node along the first of their lines (by name)
-/// that can carry it. Returns the new billed mark and the amount it accounts for: if an earlier
-/// attempt at the same charge was already applied (found by its id prefix), that attempt's.
+/// Pays `charge` to the charge's node from the first of `payers` (the owner, then the nodes
+/// that pay for it) along the first of their lines with it (by name) that can carry it.
+/// Returns the new billed mark and the amount it accounts for: if an earlier attempt at the
+/// same charge was already applied along any of those lines (found by its id prefix), that
+/// attempt's, so a charge is paid once whoever paid it.
 pub async fn pay(
     ctx: &Context,
-    owner: &Account,
+    payers: &[Account],
     charge: &Charge,
 ) -> Result<(InstanceUsage, i64), PayError> {
     let node = Account::node(&charge.node);
-    let mut lines: Vec<String> = ctx
-        .credit_lines
-        .state()
-        .iter()
-        .filter(|cl| {
-            (cl.spec.creditor == *owner && cl.spec.debtor == node)
-                || (cl.spec.creditor == node && cl.spec.debtor == *owner)
-        })
-        .map(|cl| cl.name_any())
-        .collect();
-    lines.sort();
+    let all = ctx.credit_lines.state();
+    let mut lines: Vec<(String, &Account)> = Vec::new();
+    for payer in payers.iter().filter(|p| **p != node) {
+        let mut mine: Vec<String> = all
+            .iter()
+            .filter(|cl| {
+                (cl.spec.creditor == *payer && cl.spec.debtor == node)
+                    || (cl.spec.creditor == node && cl.spec.debtor == *payer)
+            })
+            .map(|cl| cl.name_any())
+            .collect();
+        mine.sort();
+        lines.extend(mine.into_iter().map(|l| (l, payer)));
+    }
     if lines.is_empty() {
+        let names: Vec<String> = payers.iter().map(ToString::to_string).collect();
         return Err(PayError::Exhausted(format!(
-            "no CreditLine joins {owner} and {node}"
+            "no CreditLine joins {} and {node}",
+            names.join(" or ")
         )));
     }
     // Fresh reads, not the cache: an attempt that landed just now must be seen.
     let api: Api<CreditLine> = Api::all(ctx.client.clone());
-    for name in &lines {
+    for (name, _) in &lines {
         let Some(cl) = api.get_opt(name).await? else {
             continue;
         };
@@ -122,14 +129,14 @@ pub async fn pay(
             }
         }
     }
-    let transfer = Transfer {
-        id: charge.id.clone(),
-        from: owner.clone(),
-        to: node.clone(),
-        amount: charge.amount,
-    };
     let mut refusals = Vec::new();
-    for name in &lines {
+    for (name, payer) in &lines {
+        let transfer = Transfer {
+            id: charge.id.clone(),
+            from: (*payer).clone(),
+            to: node.clone(),
+            amount: charge.amount,
+        };
         match apply_transfer(&ctx.client, name, &transfer).await {
             Ok(_) => return Ok((charge.to.clone(), charge.amount)),
             Err(TransferError::Kube(e)) => return Err(e.into()),

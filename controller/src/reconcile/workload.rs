@@ -118,11 +118,20 @@ fn wake(ctx: &Context, change: &WorkloadChange) {
     w.send(&ctx.queues);
 }
 
-/// Pays for the usage agents reported beyond each instance's billed mark (see `core::billing`).
-/// A refused payment leaves its mark where it was, so it is retried once credit is there.
-async fn bill(wl: &Workload, ctx: &Context, metered: bool) -> Result<Billing, Error> {
+/// Pays for the usage agents reported beyond each instance's billed mark (see `core::billing`):
+/// from the namespace's account, else from the nodes whose earnings pay for it (`payers`), and
+/// nothing for an instance on one of those. A refused payment leaves its mark where it was, so
+/// it is retried once credit is there.
+async fn bill(
+    wl: &Workload,
+    ctx: &Context,
+    metered: bool,
+    payers: &[String],
+) -> Result<Billing, Error> {
     let ns = wl.namespace().unwrap_or_default();
-    let owner = Account::namespace(&ns);
+    let accounts: Vec<Account> = std::iter::once(Account::namespace(&ns))
+        .chain(payers.iter().map(Account::node))
+        .collect();
     let uid = wl.uid().unwrap_or_default();
     let status = wl.status.clone().unwrap_or_default();
     let mut out = Billing {
@@ -162,15 +171,16 @@ async fn bill(wl: &Workload, ctx: &Context, metered: bool) -> Result<Billing, Er
             tracing::warn!(instance = %inst.name, node = %charge.node, "usage report clamped: {why}");
             out.clamped.push(why.clone());
         }
-        // Unmetered namespaces run as contributions: the mark moves, nothing is paid.
-        if !metered || charge.amount == 0 {
+        // Unmetered namespaces run as contributions, and an organization's Workloads on its own
+        // paying node cost it nothing: the mark moves, nothing is paid.
+        if !metered || charge.amount == 0 || payers.contains(&charge.node) {
             out.marks.insert(inst.name.clone(), charge.to);
             continue;
         }
         if out.exhausted.is_some() {
             continue;
         }
-        match credit::pay(ctx, &owner, &charge).await {
+        match credit::pay(ctx, &accounts, &charge).await {
             Ok((mark, amount)) => {
                 out.marks.insert(inst.name.clone(), mark);
                 out.spent = out.spent.saturating_add(amount);
@@ -284,8 +294,9 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
     let now = Timestamp::now();
     let ns = wl.namespace().ok_or(Error::MissingNamespace)?;
     let owner = Account::namespace(&ns);
-    let headroom = snapshot::owner_headroom(&ctx.credit_lines.state(), &owner);
-    let bills = bill(&wl, &ctx, headroom.is_some()).await?;
+    let payers = ctx.index().payers_for(&ns);
+    let headroom = snapshot::owner_headroom(&ctx.credit_lines.state(), &owner, &payers);
+    let bills = bill(&wl, &ctx, headroom.is_some(), &payers).await?;
     let plan = plan(&wl, &ctx, headroom, bills.exhausted.is_some(), now);
     let assumed = Assumed {
         ctx: &ctx,

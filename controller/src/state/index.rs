@@ -60,8 +60,8 @@ impl Tracked {
 #[derive(Clone, Debug, PartialEq)]
 struct Facts {
     /// Everything placement filters on: cordon, isolation, capacity, the spec's generation
-    /// (rates), reputation in thousandths, and the labels (hashed: they do not bump the
-    /// generation). A change may make room.
+    /// (rates), reputation in thousandths, and the labels and whom it pays for (hashed: they
+    /// do not bump the generation). A change may make room.
     schedulable: (bool, bool, Resources, i64, u64, u64),
     /// The Ready condition the Node reconciler wrote.
     ready_condition: bool,
@@ -84,6 +84,7 @@ impl Facts {
                 {
                     let mut h = std::collections::hash_map::DefaultHasher::new();
                     view.labels.hash(&mut h);
+                    view.pays_for.hash(&mut h);
                     h.finish()
                 },
             ),
@@ -187,6 +188,7 @@ pub fn view_of(n: &Node) -> NodeView {
             .spec
             .host_ports
             .and_then(|r| Some((u16::try_from(r.min).ok()?, u16::try_from(r.max).ok()?))),
+        pays_for: univrs_api::resources::node::pays_for(n),
         reputation: status.and_then(|s| s.reputation).unwrap_or(0.5),
         nexus: status
             .and_then(|s| s.nexus_role)
@@ -633,6 +635,15 @@ impl NodeIndex {
             self.observed_on(&node.name_any()).0,
             price_multiplier_of(node),
         )
+    }
+
+    /// The nodes whose earnings pay for the Workloads of namespace `org`, by name.
+    pub fn payers_for(&self, org: &str) -> Vec<String> {
+        self.views
+            .iter()
+            .filter(|v| v.pays_for.iter().any(|o| o == org))
+            .map(|v| v.name.clone())
+            .collect()
     }
 
     /// The workloads with an instance on `node`.
