@@ -188,6 +188,38 @@ pub fn renew_leases(client: kube::Client, alive: Arc<BTreeMap<String, AtomicBool
     });
 }
 
+/// Creates each CreditLine `(name, creditor, debtor)` (accounts as `node/<n>` or
+/// `namespace/<n>`) with `limit`.
+pub async fn credit_lines(client: &kube::Client, lines: &[(&str, &str, &str)], limit: i64) {
+    let api: Api<univrs_api::CreditLine> = Api::all(client.clone());
+    for (name, creditor, debtor) in lines {
+        let cl: univrs_api::CreditLine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "univrs.io/v1alpha1", "kind": "CreditLine", "metadata": {"name": name},
+            "spec": {"creditor": creditor, "debtor": debtor, "limit": limit}
+        }))
+        .expect("a valid CreditLine");
+        api.create(&PostParams::default(), &cl)
+            .await
+            .unwrap_or_else(|e| panic!("creating CreditLine {name}: {e}"));
+    }
+}
+
+/// Applies each transfer `(id, line, from, to, amount)` (accounts as in [`credit_lines`]) as the
+/// controller does, exactly once.
+pub async fn transfers(client: &kube::Client, transfers: &[(&str, &str, &str, &str, i64)]) {
+    for (id, line, from, to, amount) in transfers {
+        let t = univrs_api::ledger::Transfer {
+            id: id.to_string(),
+            from: from.parse().expect("an account"),
+            to: to.parse().expect("an account"),
+            amount: *amount,
+        };
+        univrs_controller::reconcile::credit::apply_transfer(client, line, &t)
+            .await
+            .unwrap_or_else(|e| panic!("transfer {id} on {line}: {e}"));
+    }
+}
+
 /// Reports the cumulative usage of `instance` of the Workload `workload` placed on `node` at
 /// `placed_at`, as that node's agent does (its own field manager): `cpu` millicore-seconds and
 /// `mem` MiB-seconds.
@@ -212,6 +244,37 @@ pub async fn report_usage(
     )
     .await
     .unwrap_or_else(|e| panic!("reporting {instance}'s usage: {e}"));
+}
+
+/// Waits (as [`eventually`]) for an Event in `namespace` with `reason` about the object named
+/// `name`, and returns it.
+pub async fn event_about(
+    client: &kube::Client,
+    namespace: &str,
+    reason: &str,
+    name: &str,
+    timeout: Duration,
+) -> k8s_openapi::api::events::v1::Event {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    eventually(
+        &format!("the {reason} Event about {name}"),
+        timeout,
+        async || {
+            let e = events
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                });
+            (e, "no Event yet".into())
+        },
+    )
+    .await
 }
 
 /// Polls until `check` returns Some (printing how long it took), or panics after `timeout`

@@ -335,41 +335,24 @@ async fn usage_is_paid_once_and_exhaustion_stops_growth() {
     .await;
 
     // beta leaves: the shop owes it 500 and it owes alpha 200.
-    for (name, creditor, debtor) in [
-        ("beta-shop", "node/beta", format!("namespace/{NS}")),
-        ("alpha-beta", "node/alpha", "node/beta".to_string()),
-    ] {
-        let cl: CreditLine = serde_json::from_value(serde_json::json!({
-            "apiVersion": "univrs.io/v1alpha1", "kind": "CreditLine", "metadata": {"name": name},
-            "spec": {"creditor": creditor, "debtor": debtor, "limit": 1000}
-        }))
-        .unwrap();
-        lines.create(&PostParams::default(), &cl).await.unwrap();
-    }
-    for (id, line, from, to, amount) in [
-        (
-            "b1",
-            "beta-shop",
-            Account::namespace(NS),
-            Account::node("beta"),
-            500,
-        ),
-        (
-            "b2",
-            "alpha-beta",
-            Account::node("beta"),
-            Account::node("alpha"),
-            200,
-        ),
-    ] {
-        let t = Transfer {
-            id: id.into(),
-            from,
-            to,
-            amount,
-        };
-        apply_transfer(&client, line, &t).await.unwrap();
-    }
+    let shop = format!("namespace/{NS}");
+    cluster::credit_lines(
+        &client,
+        &[
+            ("beta-shop", "node/beta", &shop),
+            ("alpha-beta", "node/alpha", "node/beta"),
+        ],
+        1000,
+    )
+    .await;
+    cluster::transfers(
+        &client,
+        &[
+            ("b1", "beta-shop", &shop, "node/beta", 500),
+            ("b2", "alpha-beta", "node/beta", "node/alpha", 200),
+        ],
+    )
+    .await;
     nodes.delete("beta", &Default::default()).await.unwrap();
     eventually(
         "beta settled and gone",

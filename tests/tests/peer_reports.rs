@@ -13,9 +13,23 @@ use univrs_api::ledger::Transfer;
 use univrs_node_agent::mesh::{Mesh, MeshConfig, MeshError, Multiaddr};
 use univrs_tests::ControlPlane;
 use univrs_tests::agent::{AgentApi, AgentProc, node_of};
-use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually};
+use univrs_tests::cluster::{LEASE_NS, ensure_namespace, event_about, eventually};
 
 const WAIT: Duration = Duration::from_secs(90);
+
+/// A mesh of its own (no agent) holding `key`, on loopback, bootstrapped to the agents of
+/// `nodes`.
+async fn raw_mesh(key: NodeIdentity, nodes: &[&Node]) -> univrs_node_agent::mesh::MeshHandle {
+    let mut config = MeshConfig::new(key);
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.mdns = false;
+    config.heartbeat = Duration::from_millis(300);
+    config.bootstrap = nodes
+        .iter()
+        .map(|n| n.spec.multiaddrs[0].parse::<Multiaddr>().unwrap())
+        .collect();
+    Mesh::spawn(config).await.unwrap()
+}
 
 /// A registered Node whose mesh gossips what the cluster contradicts: the agents that drop its
 /// messages report it in their observations, and the controller, seeing two reporters agree,
@@ -43,15 +57,7 @@ async fn forged_gossip_from_a_node_costs_it_reputation() {
         )
         .await
         .unwrap();
-    let mut config = MeshConfig::new(rogue_key.clone());
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    config.mdns = false;
-    config.heartbeat = Duration::from_millis(300);
-    config.bootstrap = [&node_c, &node_d]
-        .iter()
-        .map(|n| n.spec.multiaddrs[0].parse::<Multiaddr>().unwrap())
-        .collect();
-    let rogue = Mesh::spawn(config).await.unwrap();
+    let rogue = raw_mesh(rogue_key.clone(), &[&node_c, &node_d]).await;
 
     // It spends from gsp-c's account with its own key, again and again, until both agents have
     // dropped some.
@@ -115,20 +121,7 @@ async fn forged_gossip_from_a_node_costs_it_reputation() {
     );
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(client.clone(), "default");
-    let warned = eventually("the InvalidGossip Event", WAIT, async || {
-        let e = events
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("InvalidGossip")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("gsp-rogue")
-            });
-        (e, "no Event yet".into())
-    })
-    .await;
+    let warned = event_about(&client, "default", "InvalidGossip", "gsp-rogue", WAIT).await;
     let note = warned.note.unwrap_or_default();
     assert!(note.contains("2 of 2 peers"), "{note}");
 
@@ -165,15 +158,7 @@ async fn forged_gossip_from_a_node_costs_it_reputation() {
         )
         .await
         .unwrap();
-    let mut config = MeshConfig::new(quiet_key);
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    config.mdns = false;
-    config.heartbeat = Duration::from_millis(300);
-    config.bootstrap = [&node_c, &node_d]
-        .iter()
-        .map(|n| n.spec.multiaddrs[0].parse::<Multiaddr>().unwrap())
-        .collect();
-    let quiet = Mesh::spawn(config).await.unwrap();
+    let quiet = raw_mesh(quiet_key, &[&node_c, &node_d]).await;
     let received = |api: &AgentApi| {
         let (_, metrics) = api.get("/metrics");
         metrics

@@ -15,11 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use univrs_api::identity::NodeIdentity;
-use univrs_api::ledger::Transfer;
 use univrs_api::{Account, CreditLine, Node};
-use univrs_controller::reconcile::credit::apply_transfer;
 use univrs_tests::cluster::{
-    LEASE_NS, ensure_namespace, eventually, node_object, renew_leases, start_controller_with,
+    LEASE_NS, credit_lines, ensure_namespace, eventually, node_object, renew_leases,
+    start_controller_with, transfers,
 };
 use univrs_tests::{ControlPlane, univrs_bin};
 
@@ -71,41 +70,29 @@ async fn the_pool_pays_out_on_schedule_and_a_lost_node_is_settled_and_comes_back
     renew_leases(client.clone(), alive.clone());
 
     let lines: Api<CreditLine> = Api::all(client.clone());
-    for (name, creditor, debtor) in [
-        ("shop-wanderer", "node/wanderer", "namespace/shop"),
-        ("wanderer-keeper", "node/keeper", "node/wanderer"),
-    ] {
-        let cl: CreditLine = serde_json::from_value(serde_json::json!({
-            "apiVersion": "univrs.io/v1alpha1", "kind": "CreditLine", "metadata": {"name": name},
-            "spec": {"creditor": creditor, "debtor": debtor, "limit": 10_000}
-        }))
-        .unwrap();
-        lines.create(&PostParams::default(), &cl).await.unwrap();
-    }
-    for (id, line, from, to, amount) in [
-        (
-            "w1",
-            "shop-wanderer",
-            Account::namespace("shop"),
-            Account::node("wanderer"),
-            5_000,
-        ),
-        (
-            "w2",
-            "wanderer-keeper",
-            Account::node("wanderer"),
-            Account::node("keeper"),
-            300,
-        ),
-    ] {
-        let t = Transfer {
-            id: id.into(),
-            from,
-            to,
-            amount,
-        };
-        apply_transfer(&client, line, &t).await.unwrap();
-    }
+    credit_lines(
+        &client,
+        &[
+            ("shop-wanderer", "node/wanderer", "namespace/shop"),
+            ("wanderer-keeper", "node/keeper", "node/wanderer"),
+        ],
+        10_000,
+    )
+    .await;
+    transfers(
+        &client,
+        &[
+            (
+                "w1",
+                "shop-wanderer",
+                "namespace/shop",
+                "node/wanderer",
+                5_000,
+            ),
+            ("w2", "wanderer-keeper", "node/wanderer", "node/keeper", 300),
+        ],
+    )
+    .await;
     let _controller = start_controller_with(
         cp,
         univrs_bin(),

@@ -27,7 +27,7 @@ use univrs_api::resources::node::NexusRole;
 use univrs_api::resources::vouch::VouchSpec;
 use univrs_api::{Node, Vouch, Workload};
 use univrs_tests::cluster::{
-    ensure_namespace, eventually, node_object, renew_leases, start_controller_with,
+    ensure_namespace, event_about, eventually, node_object, renew_leases, start_controller_with,
 };
 use univrs_tests::{ControlPlane, univrs_bin};
 
@@ -260,22 +260,7 @@ async fn a_ring_of_fake_identities_gains_nothing_and_a_sloppy_node_loses_standin
     assert_eq!((view.connected_by, view.witnessed), (49, 0.0), "{view:?}");
 
     // The sloppy node lost standing, and was told why.
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(client.clone(), "default");
-    let warned = eventually("the PlacementsFailing Event", WAIT, async || {
-        let e = events
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("PlacementsFailing")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("sloppy")
-            });
-        (e, "no Event yet".into())
-    })
-    .await;
+    let warned = event_about(&client, "default", "PlacementsFailing", "sloppy", WAIT).await;
     assert!(
         warned.note.unwrap_or_default().contains("1 of 1 instances"),
         "the Event names the count"

@@ -120,6 +120,8 @@ pub struct NodeChange {
     pub affects_vouches: bool,
     /// It came or went: credit lines naming it change their verdict.
     pub appeared_or_left: bool,
+    /// Its reputation moved: lines it owes on under the Reputation policy change their limit.
+    pub reputation_moved: bool,
 }
 
 /// What a workload's change did to the nodes.
@@ -337,6 +339,7 @@ impl NodeIndex {
                         || before.ready_condition != facts.ready_condition,
                     affects_vouches: before.vouching != facts.vouching,
                     appeared_or_left: false,
+                    reputation_moved: before.schedulable.4 != facts.schedulable.4,
                 }
             }
             None => {
@@ -351,6 +354,7 @@ impl NodeIndex {
                     affects_instances: true,
                     affects_vouches: true,
                     appeared_or_left: true,
+                    reputation_moved: true,
                 }
             }
         }
@@ -374,6 +378,7 @@ impl NodeIndex {
             affects_instances: true,
             affects_vouches: true,
             appeared_or_left: true,
+            reputation_moved: true,
         }
     }
 

@@ -11,6 +11,7 @@ use kube::{Resource, ResourceExt};
 use std::collections::HashSet;
 use std::hash::Hash;
 use univrs_api::account::AccountKind;
+use univrs_api::resources::creditline::LimitPolicy;
 use univrs_api::{CreditLine, Node, Vouch, Workload};
 
 /// Objects to wake, by controller (a set, so each is woken once).
@@ -72,15 +73,18 @@ impl Wake {
                     .map(|v| ObjectRef::from_obj(v.as_ref())),
             );
         }
-        if change.appeared_or_left {
+        if change.appeared_or_left || change.reputation_moved {
+            let is_node = |a: &univrs_api::Account| a.kind == AccountKind::Node && a.name == name;
             self.credit_lines.extend(
                 ctx.credit_lines
                     .state()
                     .iter()
                     .filter(|cl| {
-                        [&cl.spec.creditor, &cl.spec.debtor]
-                            .iter()
-                            .any(|a| a.kind == AccountKind::Node && a.name == name)
+                        // A reputation move concerns only the lines it owes on by reputation.
+                        (change.appeared_or_left
+                            && (is_node(&cl.spec.creditor) || is_node(&cl.spec.debtor)))
+                            || (cl.spec.limit_policy == LimitPolicy::Reputation
+                                && is_node(&cl.spec.debtor))
                     })
                     .map(|cl| ObjectRef::from_obj(cl.as_ref())),
             );
