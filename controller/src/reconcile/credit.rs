@@ -185,7 +185,8 @@ pub async fn reconcile(cl: Arc<CreditLine>, ctx: Arc<Context>) -> Result<Action,
         }
     }
     // Under the Reputation policy the debtor node's reputation sets what it may owe now (an
-    // unknown node nothing); looked at again each minute, as reputation moves.
+    // unknown node nothing; one the controller has not rated yet stands at the prior, as the
+    // scheduler sees it). A move of it wakes this line (`Wake::node_change`); each minute too.
     let reputation_bound = cl.spec.limit_policy == LimitPolicy::Reputation;
     let effective = reputation_bound.then(|| {
         let rep = (cl.spec.debtor.kind == AccountKind::Node)
@@ -195,7 +196,12 @@ pub async fn reconcile(cl: Arc<CreditLine>, ctx: Arc<Context>) -> Result<Action,
                 ))
             })
             .flatten()
-            .and_then(|n| n.status.as_ref()?.reputation)
+            .map(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.reputation)
+                    .unwrap_or(univrs_api::enr::reputation::Config::default().prior)
+            })
             .unwrap_or(0.0);
         reputation_limit(cl.spec.limit, rep)
     });
