@@ -6,6 +6,7 @@
 //! property tests.
 
 pub mod account;
+pub mod bid;
 pub mod bootstrap;
 pub mod conditions;
 pub mod crds;

@@ -111,19 +111,22 @@ proptest! {
     }
 
     #[test]
-    fn auction_price_is_between_reserve_and_winning_bid(
-        bids in proptest::collection::vec((0u8..10, -100i64..10_000, any::<u64>()), 0..20),
-        reserve in -10i64..5000, inc in 0i64..50,
+    fn the_auction_pays_the_lowest_valid_ask_at_least_its_ask_and_at_most_the_ceiling(
+        asks in proptest::collection::vec((0u8..10, -100i64..10_000, -10i64..5000, any::<i8>()), 0..20),
+        max in proptest::option::of(0i64..10_000),
     ) {
-        let bids: Vec<pricing::Bid> = bids.iter().map(|(b, a, s)| pricing::Bid { bidder: format!("b{b}"), amount: *a, seq: *s }).collect();
-        match pricing::auction(&bids, reserve, inc) {
+        let asks: Vec<pricing::Ask> = asks.iter().map(|(n, a, r, s)| pricing::Ask {
+            node: format!("n{n}"), amount: *a, reserve: *r, score: i64::from(*s),
+        }).collect();
+        let valid = |a: &pricing::Ask| a.amount >= a.reserve.max(0) && max.is_none_or(|m| a.amount <= m);
+        match pricing::procure(&asks, max) {
             Ok(award) => {
-                let top = bids.iter().map(|b| b.amount).max().unwrap();
-                prop_assert!(award.price >= reserve.max(0));
-                prop_assert!(award.price <= top);
-                prop_assert!(bids.iter().any(|b| b.bidder == award.winner && b.amount == top));
+                let low = asks.iter().filter(|a| valid(a)).map(|a| a.amount).min().unwrap();
+                prop_assert!(asks.iter().any(|a| valid(a) && a.node == award.winner && a.amount == low));
+                prop_assert!(award.price >= low);
+                prop_assert!(max.is_none_or(|m| award.price <= m));
             }
-            Err(_) => prop_assert!(bids.iter().all(|b| b.amount < reserve.max(0))),
+            Err(_) => prop_assert!(!asks.iter().any(valid)),
         }
     }
 

@@ -165,6 +165,7 @@ pub async fn run(
         failures: Default::default(),
         allocation_pending: Default::default(),
         election: Default::default(),
+        auction_keys: Default::default(),
     });
     let writers = feeds::Writers {
         nodes: nodes_w,

@@ -20,6 +20,8 @@ fn histogram() -> Histogram {
 
 /// Labels of a per-kind series.
 type Kind = [(&'static str, &'static str); 1];
+/// Labels of a per-outcome series.
+type Outcome = [(&'static str, &'static str); 1];
 /// Labels of a per-kind, per-outcome series.
 type KindOutcome = [(&'static str, &'static str); 2];
 
@@ -34,6 +36,8 @@ pub struct Metrics {
     scheduling: Histogram,
     planning: Histogram,
     leader: Gauge,
+    auctions: Family<Outcome, Counter>,
+    bids_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -48,6 +52,8 @@ impl Default for Metrics {
             scheduling: histogram(),
             planning: histogram(),
             leader: Gauge::default(),
+            auctions: Family::default(),
+            bids_refused: Counter::default(),
         };
         let mut r = Registry::default();
         // Counters are registered without `_total`: the library appends it.
@@ -91,6 +97,16 @@ impl Default for Metrics {
             "Whether this controller leads (1) or waits (0)",
             m.leader.clone(),
         );
+        r.register(
+            "univrs_auctions",
+            "Auctions for an instance by outcome (opened, awarded, no_valid_bid)",
+            m.auctions.clone(),
+        );
+        r.register(
+            "univrs_auction_bids_refused",
+            "Sealed bids refused at an auction's close (not opening, not the bidder's, other terms)",
+            m.bids_refused.clone(),
+        );
         Self { registry: r, ..m }
     }
 }
@@ -126,6 +142,16 @@ impl Metrics {
         self.planning.observe(took.as_secs_f64());
     }
 
+    /// Counts auctions that reached `outcome` ("opened", "awarded" or "no_valid_bid").
+    pub fn auction(&self, outcome: &'static str) {
+        self.auctions.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    /// Counts bids refused at an auction's close.
+    pub fn bids_refused(&self, n: usize) {
+        self.bids_refused.inc_by(n as u64);
+    }
+
     /// Records whether this controller leads.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
@@ -149,6 +175,8 @@ mod tests {
         m.observe_scheduling(Duration::from_micros(700), 2, true);
         m.observe_plan(Duration::from_micros(300));
         m.set_leader(true);
+        m.auction("awarded");
+        m.bids_refused(2);
         let out = univrs_io::metrics::encode(m.registry());
         for series in [
             "univrs_reconciles_total{kind=\"Node\",outcome=\"ok\"} 1",
@@ -162,6 +190,8 @@ mod tests {
             "univrs_scheduling_duration_seconds_count 1",
             "univrs_plan_duration_seconds_bucket{le=\"0.0005\"} 1",
             "univrs_leader 1",
+            "univrs_auctions_total{outcome=\"awarded\"} 1",
+            "univrs_auction_bids_refused_total 2",
         ] {
             assert!(out.contains(series), "no {series} in\n{out}");
         }

@@ -170,11 +170,14 @@ async fn usage_is_paid_once_and_exhaustion_stops_growth() {
     let charge = billing::charge(
         &w.metadata.uid.clone().unwrap(),
         &next,
-        &rates,
-        &Market {
-            utilization: 0.0,
-            entropy_multiplier: 1.0,
-        },
+        (
+            &rates,
+            &Market {
+                utilization: 0.0,
+                entropy_multiplier: 1.0,
+            },
+            None,
+        ),
         &billing::Ceiling::of(&w.spec, &node.spec.capacity),
         &k8s_openapi::jiff::Timestamp::now(),
     )

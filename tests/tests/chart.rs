@@ -1451,6 +1451,7 @@ fn every_status_field_has_one_writer_in_the_policies() {
     let mut node = status_fields(crd("Node"), &[]);
     assert!(node.remove("observations"));
     assert!(node.remove("addresses"));
+    assert!(node.remove("bids"));
     assert_eq!(
         locked(policy, "Node"),
         node,
@@ -1468,9 +1469,10 @@ fn every_status_field_has_one_writer_in_the_policies() {
         "Workload status fields vs the policy"
     );
     let instance = status_fields(crd("Workload"), &["instances"]);
-    let by_controller: BTreeSet<String> = ["name", "node", "placedAt", "billed"]
-        .map(String::from)
-        .into();
+    let by_controller: BTreeSet<String> =
+        ["name", "node", "placedAt", "billed", "awardedPricePerHour"]
+            .map(String::from)
+            .into();
     let by_agent: BTreeSet<String> = [
         "phase",
         "ready",
@@ -1488,7 +1490,7 @@ fn every_status_field_has_one_writer_in_the_policies() {
         "an instance field must be placed with the controller or the agent"
     );
     let text = serde_yaml::to_string(policy).unwrap();
-    for f in ["node", "placedAt", "billed"] {
+    for f in ["node", "placedAt", "billed", "awardedPricePerHour"] {
         assert!(
             text.contains(&format!("i.?{f} == j.?{f}")),
             "{f} is not locked"

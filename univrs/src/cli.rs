@@ -122,6 +122,10 @@ pub enum Command {
         /// chart's is `<release>-node`).
         #[arg(long, default_value = univrs_api::system::NODE_CLUSTER_ROLE)]
         node_cluster_role: String,
+        /// How long an auction among Auction-priced nodes takes sealed bids for an instance
+        /// before it is awarded.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        auction_window: std::time::Duration,
         /// Log as JSON lines instead of text (the level comes from RUST_LOG).
         #[arg(long)]
         log_json: bool,

@@ -7,9 +7,9 @@
 //!   `clamp(entropy_multiplier × (1 + utilization²), 1, 5)`, so an idle, orderly node charges the
 //!   base rate, a full one up to twice what entropy alone says, and nothing exceeds 5×. The
 //!   multiplier is applied in thousandths, so the price stays an exact integer.
-//! - **Auction:** sealed bids, second price (Vickrey): the highest bid at or above the reserve
-//!   wins and pays the larger of the reserve and the second-highest valid bid plus the minimum
-//!   increment, never more than its own bid. Ties go to the earliest bid, then the bidder name.
+//! - **Auction:** nodes ask, sealed, for an instance-hour; a reverse second-price (Vickrey)
+//!   auction ([`procure`]): the lowest ask at or above its node's reserve wins and is paid the
+//!   second-lowest valid ask, never more than the Workload's ceiling.
 
 use super::bounds::clamp;
 use crate::resources::node::{NodePricing, PricingModel};
@@ -82,50 +82,58 @@ pub fn apply_multiplier(price: i64, multiplier_milli: u32) -> Result<i64, Pricin
     i64::try_from(out).map_err(|_| PricingError::Overflow)
 }
 
-/// A sealed bid.
+/// A node's sealed ask for one instance-hour, once opened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Bid {
-    /// Who bids (an account string).
-    pub bidder: String,
-    /// The most the bidder will pay, milli-credits.
+pub struct Ask {
+    /// The node asking.
+    pub node: String,
+    /// What it asks for the instance-hour, milli-credits.
     pub amount: i64,
-    /// Arrival order (earlier wins ties).
-    pub seq: u64,
+    /// Its least acceptable price (its rates' price for the request-hour).
+    pub reserve: i64,
+    /// Its placement score (higher is better; breaks ties of amount).
+    pub score: i64,
 }
 
 /// The result of an auction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Award {
-    /// The winning bidder.
+    /// The winning node.
     pub winner: String,
-    /// What the winner pays.
+    /// The clearing price per instance-hour, milli-credits.
     pub price: i64,
+    /// How many asks were valid.
+    pub valid: usize,
 }
 
-/// Clears a sealed-bid second-price auction.
-pub fn auction(bids: &[Bid], reserve: i64, min_increment: i64) -> Result<Award, PricingError> {
-    let reserve = reserve.max(0);
-    let mut valid: Vec<&Bid> = bids.iter().filter(|b| b.amount >= reserve).collect();
+/// Clears a sealed-bid reverse second-price auction for one instance: among asks at or above
+/// their node's reserve and within `max` (the Workload's maxPricePerHour, if any), the lowest
+/// ask wins (ties: the higher score, then the node name) and is paid the second-lowest valid
+/// ask, capped at `max`; a lone valid ask is paid what it asked. Asking one's true cost is
+/// then the best strategy: the winner's own ask never sets its price.
+pub fn procure(asks: &[Ask], max: Option<i64>) -> Result<Award, PricingError> {
+    let mut valid: Vec<&Ask> = asks
+        .iter()
+        .filter(|a| a.amount >= a.reserve.max(0) && max.is_none_or(|m| a.amount <= m))
+        .collect();
     valid.sort_by(|a, b| {
-        b.amount
-            .cmp(&a.amount)
-            .then(a.seq.cmp(&b.seq))
-            .then(a.bidder.cmp(&b.bidder))
+        a.amount
+            .cmp(&b.amount)
+            .then(b.score.cmp(&a.score))
+            .then(a.node.cmp(&b.node))
     });
-    let winner = valid.first().ok_or(PricingError::NoValidBid(reserve))?;
-    let price = match valid.get(1) {
-        Some(second) => second
-            .amount
-            .saturating_add(min_increment.max(0))
-            .max(reserve)
-            .min(winner.amount),
-        None => reserve,
-    };
+    let winner = valid
+        .first()
+        .ok_or(PricingError::NoValidBid(max.unwrap_or(0)))?;
+    let price = valid.get(1).map_or(winner.amount, |second| {
+        max.map_or(second.amount, |m| second.amount.min(m))
+    });
     Ok(Award {
-        winner: winner.bidder.clone(),
+        winner: winner.node.clone(),
         price,
+        valid: valid.len(),
     })
 }
 
@@ -140,7 +148,7 @@ pub struct Market {
 }
 
 /// The price a node asks for `usage` under its pricing model. For an auction this is the
-/// reserve price; the clearing price comes from [`auction`].
+/// reserve price; the clearing price comes from [`procure`].
 pub fn quote(usage: &Usage, pricing: &NodePricing, market: &Market) -> Result<i64, PricingError> {
     let base = fixed(usage, pricing)?;
     match pricing.model {
@@ -198,32 +206,49 @@ mod tests {
     }
 
     #[test]
-    fn auction_is_second_price_with_reserve() {
-        let bid = |b: &str, a: i64, s: u64| Bid {
-            bidder: b.into(),
-            amount: a,
-            seq: s,
+    fn the_lowest_valid_ask_wins_and_is_paid_the_second_lowest() {
+        let ask = |n: &str, amount, reserve, score| Ask {
+            node: n.into(),
+            amount,
+            reserve,
+            score,
         };
-        let award = auction(&[bid("a", 100, 0), bid("b", 70, 1), bid("c", 5, 2)], 10, 1).unwrap();
+        let asks = [
+            ask("dear", 1500, 1500, 0),
+            ask("cheap", 1000, 1000, 0),
+            ask("middle", 1200, 1200, 0),
+        ];
         assert_eq!(
-            award,
-            Award {
-                winner: "a".into(),
-                price: 71
-            }
+            procure(&asks, None),
+            Ok(Award {
+                winner: "cheap".into(),
+                price: 1200,
+                valid: 3
+            })
         );
-        let tie = auction(&[bid("late", 50, 9), bid("early", 50, 1)], 10, 1).unwrap();
+        // The Workload's ceiling caps the price and excludes asks above it.
+        assert_eq!(procure(&asks, Some(1100)).unwrap().price, 1000);
+        assert_eq!(procure(&asks, Some(1150)).unwrap().price, 1000);
         assert_eq!(
-            tie,
-            Award {
-                winner: "early".into(),
-                price: 50
-            }
+            procure(&asks, Some(999)),
+            Err(PricingError::NoValidBid(999))
         );
-        assert_eq!(auction(&[bid("a", 30, 0)], 10, 1).unwrap().price, 10);
+        // An ask below its own reserve is not valid.
+        let under = [ask("liar", 10, 1000, 0), ask("fair", 1100, 1000, 0)];
         assert_eq!(
-            auction(&[bid("a", 5, 0)], 10, 1),
-            Err(PricingError::NoValidBid(10))
+            procure(&under, None),
+            Ok(Award {
+                winner: "fair".into(),
+                price: 1100,
+                valid: 1
+            })
         );
+        // Ties go to the better score, then the name.
+        let tie = [
+            ask("b", 900, 0, 1),
+            ask("a", 900, 0, 1),
+            ask("c", 900, 0, 5),
+        ];
+        assert_eq!(procure(&tie, None).unwrap().winner, "c");
     }
 }

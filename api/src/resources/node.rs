@@ -319,10 +319,33 @@ pub struct NodeStatus {
     /// What the agent observes over the mesh (agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observations: Option<NodeObservations>,
+    /// Its sealed asks in open auctions (agent; see `univrs_api::bid`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["auction".into()]))]
+    pub bids: Vec<SealedBid>,
     /// Ready (controller), Reachable (agent) and Isolated (controller).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A node's ask in one auction, sealed to the auction's key.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SealedBid {
+    /// The auction's id.
+    #[schemars(length(min = 1, max = 64))]
+    pub auction: String,
+    /// The Workload, `namespace/name`.
+    #[schemars(length(max = 317))]
+    pub workload: String,
+    /// The instance.
+    #[schemars(length(max = 253))]
+    pub instance: String,
+    /// The signed ask, sealed (`v1.<base64url>`).
+    #[schemars(length(max = 1024))]
+    pub sealed: String,
 }
 
 /// A node's entropy (see `univrs_api::enr::entropy` for each formula), rounded to 0.01.

@@ -473,11 +473,34 @@ pub struct WorkloadStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// An auction among Auction-priced nodes for an instance waiting to be placed (written by
+    /// the controller; see `univrs_api::enr::pricing::procure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auction: Option<Auction>,
     /// The registry logins of `spec.imagePullSecrets`, sealed to each node an instance is
     /// placed on (written by the controller; only that node's key opens its entry).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["node".into()]))]
     pub image_pull_credentials: Vec<SealedCredentials>,
+}
+
+/// An open auction for one instance: the nodes asked to bid, until when, and the key to seal
+/// bids to (ephemeral: only the controller that opened the auction holds its secret half).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Auction {
+    /// Names this auction (bids are bound to it).
+    #[schemars(length(min = 1, max = 64))]
+    pub id: String,
+    /// The instance being placed.
+    pub instance: String,
+    /// The Auction-priced nodes that may bid.
+    #[schemars(length(max = 256))]
+    pub nodes: Vec<String>,
+    /// Bids written after this are not opened.
+    pub closes_at: Time,
+    /// The did:key to seal bids to (`univrs_api::bid`).
+    pub seal_key: String,
 }
 
 /// A Workload's registry logins for one node, sealed to the node's Ed25519 key.
@@ -534,6 +557,11 @@ pub struct Instance {
     /// How much of `usage` has been paid for (written by the controller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billed: Option<InstanceUsage>,
+    /// The clearing price of the auction that placed it, per instance-hour in milli-credits
+    /// (written by the controller); billing charges at it instead of the node's rates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub awarded_price_per_hour: Option<i64>,
 }
 
 /// Cumulative resource use of one placement of an instance. A placement is a node and the
@@ -601,5 +629,33 @@ impl ComputeResources {
     /// Memory in bytes (absent counts as zero).
     pub fn memory_bytes(&self) -> Result<u64, crate::quantity::QuantityError> {
         self.memory.as_ref().map_or(Ok(0), Quantity::to_units)
+    }
+}
+
+impl WorkloadSpec {
+    /// What one instance reserves for an hour: per container its requests (or its limits where
+    /// it gives no request), summed. The scheduler reserves it; an auction prices it.
+    pub fn request_hour(&self) -> crate::enr::pricing::Usage {
+        let mut total = crate::enr::pricing::Usage {
+            duration_ms: 3_600_000,
+            ..Default::default()
+        };
+        for r in self.containers.iter().filter_map(|c| c.resources.as_ref()) {
+            let (req, lim) = (r.requests.as_ref(), r.limits.as_ref());
+            let pick = |f: fn(&ComputeResources) -> Option<&Quantity>, milli: bool| {
+                req.and_then(f).or(lim.and_then(f)).map_or(0, |q| {
+                    if milli { q.to_milli() } else { q.to_units() }.unwrap_or(0)
+                })
+            };
+            total.cpu_millis = total
+                .cpu_millis
+                .saturating_add(pick(|x| x.cpu.as_ref(), true));
+            total.memory_bytes = total
+                .memory_bytes
+                .saturating_add(pick(|x| x.memory.as_ref(), false));
+            let gpus = req.and_then(|x| x.gpu).or(lim.and_then(|x| x.gpu));
+            total.gpus = total.gpus.saturating_add(gpus.unwrap_or(0).max(0) as u32);
+        }
+        total
     }
 }

@@ -75,6 +75,29 @@ impl Ceiling {
     }
 }
 
+/// An auction's clearing price for an instance-hour, and the node's rates' price for the same
+/// request-hour: an awarded instance's usage is billed at the rates scaled by their ratio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clearing {
+    /// The clearing price (`awardedPricePerHour`).
+    pub price: i64,
+    /// The rates' price for an hour of the request (`univrs_api::bid::reserve`).
+    pub reserve: i64,
+}
+
+impl Clearing {
+    /// `amount`, priced at the rates, at the clearing price instead (rounded up). Rates that
+    /// price the request at nothing leave it as it is.
+    pub fn scale(&self, amount: i64) -> Result<i64, PricingError> {
+        if self.reserve <= 0 {
+            return Ok(amount);
+        }
+        let p = i128::from(amount) * i128::from(self.price.max(0));
+        let r = i128::from(self.reserve);
+        i64::try_from(p / r + i128::from(p % r != 0)).map_err(|_| PricingError::Overflow)
+    }
+}
+
 /// One payment to make for an instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Charge {
@@ -120,17 +143,18 @@ pub fn mark_from_id(id: &str, prefix: &str, from: &InstanceUsage) -> Option<(Ins
     Some((mark, amount.parse().ok()?))
 }
 
-/// What `inst` owes beyond its billed mark, at the node's `rates`, or None when its usage is not
-/// for its current placement or nothing new was used. The report counts at most up to what the
-/// instance's `ceiling` allows since its placement, at `now`.
+/// What `inst` owes beyond its billed mark, at the node's `rates` (scaled to the `clearing`
+/// price when an auction placed it), or None when its usage is not for its current placement
+/// or nothing new was used. The report counts at most up to what the instance's `ceiling`
+/// allows since its placement, at `now`.
 pub fn charge(
     workload_uid: &str,
     inst: &Instance,
-    rates: &NodePricing,
-    market: &Market,
+    tariff: (&NodePricing, &Market, Option<Clearing>),
     ceiling: &Ceiling,
     now: &Timestamp,
 ) -> Result<Option<Charge>, PricingError> {
+    let (rates, market, clearing) = tariff;
     let (Some(usage), Some(node), Some(placed_at)) = (&inst.usage, &inst.node, &inst.placed_at)
     else {
         return Ok(None);
@@ -172,7 +196,10 @@ pub fn charge(
     if to == from {
         return Ok(None);
     }
-    let amount = price(&from, &to, rates, market)?;
+    let mut amount = price(&from, &to, rates, market)?;
+    if let Some(c) = clearing {
+        amount = c.scale(amount)?;
+    }
     let id_prefix = format!(
         "usage/{workload_uid}/{}/{}/{}/",
         inst.name,
@@ -251,7 +278,7 @@ mod tests {
             gpus: 8,
         };
         let later = Timestamp::from_second(1_700_003_600).unwrap();
-        charge(uid, inst, rates, market, &roomy, &later)
+        charge(uid, inst, (rates, market, None), &roomy, &later)
     }
 
     #[test]
@@ -266,8 +293,7 @@ mod tests {
         let c = charge(
             "uid",
             &placed(1_000_000_000_000, None),
-            &rates(),
-            &Market::default(),
+            (&rates(), &Market::default(), None),
             &one_core,
             &minute,
         )
@@ -290,8 +316,7 @@ mod tests {
         let next = charge(
             "uid",
             &billed,
-            &rates(),
-            &Market::default(),
+            (&rates(), &Market::default(), None),
             &one_core,
             &later,
         )
@@ -302,14 +327,53 @@ mod tests {
         let honest = charge(
             "uid",
             &placed(30_000, None),
-            &rates(),
-            &Market::default(),
+            (&rates(), &Market::default(), None),
             &one_core,
             &minute,
         )
         .unwrap()
         .unwrap();
         assert_eq!((honest.amount, honest.clamped), (30, None));
+    }
+
+    #[test]
+    fn an_awarded_instance_is_billed_at_the_clearing_price() {
+        // Rates price the request-hour at 1000, the auction cleared at 1200: a charge of 65 at
+        // the rates is 78 at the clearing price, rounded up (65 × 1.2 = 78; 61 × 1.2 = 73.2).
+        let c = Clearing {
+            price: 1200,
+            reserve: 1000,
+        };
+        assert_eq!((c.scale(65).unwrap(), c.scale(61).unwrap()), (78, 74));
+        let free = Clearing {
+            price: 1200,
+            reserve: 0,
+        };
+        assert_eq!(free.scale(0).unwrap(), 0);
+        let one_core = Ceiling {
+            cpu_millis: 1000,
+            memory_mib: 64,
+            gpus: 0,
+        };
+        let minute = Timestamp::from_second(1_700_000_060).unwrap();
+        let inst = placed(60_000, None);
+        let at_rates = charge(
+            "uid",
+            &inst,
+            (&rates(), &Market::default(), None),
+            &one_core,
+            &minute,
+        );
+        let cleared = charge(
+            "uid",
+            &inst,
+            (&rates(), &Market::default(), Some(c)),
+            &one_core,
+            &minute,
+        );
+        let (at_rates, cleared) = (at_rates.unwrap().unwrap(), cleared.unwrap().unwrap());
+        assert_eq!((at_rates.amount, cleared.amount), (60, 72));
+        assert!(cleared.id.ends_with("/72"), "{}", cleared.id);
     }
 
     #[test]

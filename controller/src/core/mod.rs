@@ -10,6 +10,7 @@
 //! - [`resources`]: CPU, memory, GPUs and host ports, shared by pricing and placement.
 //! - [`quote`]: what a node charges, at its market (pricing for both placement and billing).
 //! - [`scheduler`]: which node gets an instance (filter, score, spread).
+//! - [`auction`]: when an instance goes to auction among Auction-priced nodes, and who wins.
 //! - [`billing`]: metered usage into charges with exactly-once transfer ids.
 //! - [`snapshot`]: what the reconcilers derive from cached objects (liveness, requests, credit).
 //! - [`peers`]: the agents' reports about each other, gathered per node.
@@ -18,6 +19,7 @@
 //! - [`plan`]: the plan step of each reconciler, one module per resource.
 
 pub mod approval;
+pub mod auction;
 pub mod billing;
 pub mod exposed;
 pub mod notice;

@@ -359,10 +359,27 @@ fn times(per: Resources, n: u32) -> Resources {
     }
 }
 
-/// Picks a node for one instance. `spread[i]` is how many instances of the same workload node
-/// `i` already holds (each taking `req.resources` on top of the node's `allocated`, which
-/// leaves them out); fewer wins before score.
-pub fn place(nodes: &[NodeView], spread: &[u32], req: &Request) -> Result<usize, Unschedulable> {
+/// A node that passed the filters for one instance.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Standing {
+    /// Its position in the views.
+    pub index: usize,
+    /// How many instances of the workload it holds.
+    pub own: u32,
+    /// Its price for an hour of the request.
+    pub price: i64,
+    /// Its score, in `[0, 1]`.
+    pub score: f64,
+}
+
+/// Every node that passes the filters for one instance, scored, or why none does. `spread[i]`
+/// is how many instances of the same workload node `i` already holds (each taking
+/// `req.resources` on top of the node's `allocated`, which leaves them out).
+pub fn standings(
+    nodes: &[NodeView],
+    spread: &[u32],
+    req: &Request,
+) -> Result<Vec<Standing>, Unschedulable> {
     // Counted in an array, not a map: most of thousands of nodes fail some filter.
     let mut refused = [0usize; Reason::ALL.len()];
     // (node, instances of this workload there, what is allocated there, its price)
@@ -383,34 +400,48 @@ pub fn place(nodes: &[NodeView], spread: &[u32], req: &Request) -> Result<usize,
             }
         }
     }
-    // Fewest instances of this workload, then the best score, then the name; each node
-    // scored once.
-    let mut best: Option<(usize, u32, f64)> = None;
-    for &(i, own, allocated, price) in &feasible {
-        let s = score(&nodes[i], allocated, price, req, max_price);
-        let better = best.is_none_or(|(b, b_own, b_score)| {
-            own.cmp(&b_own)
-                .reverse()
-                .then_with(|| s.total_cmp(&b_score))
-                .then_with(|| nodes[b].name.cmp(&nodes[i].name))
-                .is_gt()
-        });
+    if feasible.is_empty() {
+        let reasons = Reason::ALL
+            .iter()
+            .zip(refused)
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (*r, n))
+            .collect();
+        return Err(unschedulable(nodes.len(), reasons, req));
+    }
+    Ok(feasible
+        .into_iter()
+        .map(|(index, own, allocated, price)| Standing {
+            index,
+            own,
+            price,
+            score: score(&nodes[index], allocated, price, req, max_price),
+        })
+        .collect())
+}
+
+/// The best of `standings` (not empty): the fewest instances of the workload, then the best
+/// score, then the name, so the same snapshot always gives the same answer.
+pub fn best(nodes: &[NodeView], standings: &[Standing]) -> Standing {
+    let mut best = standings[0];
+    for s in &standings[1..] {
+        let better = s
+            .own
+            .cmp(&best.own)
+            .reverse()
+            .then_with(|| s.score.total_cmp(&best.score))
+            .then_with(|| nodes[best.index].name.cmp(&nodes[s.index].name))
+            .is_gt();
         if better {
-            best = Some((i, own, s));
+            best = *s;
         }
     }
-    match best {
-        Some((i, _, _)) => Ok(i),
-        None => {
-            let reasons = Reason::ALL
-                .iter()
-                .zip(refused)
-                .filter(|(_, n)| *n > 0)
-                .map(|(r, n)| (*r, n))
-                .collect();
-            Err(unschedulable(nodes.len(), reasons, req))
-        }
-    }
+    best
+}
+
+/// Picks a node for one instance (see [`standings`] and [`best`]).
+pub fn place(nodes: &[NodeView], spread: &[u32], req: &Request) -> Result<usize, Unschedulable> {
+    standings(nodes, spread, req).map(|s| best(nodes, &s).index)
 }
 
 /// Why nothing fits, in kube-scheduler's words.
@@ -432,12 +463,13 @@ fn unschedulable(nodes: usize, reasons: BTreeMap<Reason, usize>, req: &Request) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GI: u64 = 1 << 30;
+    pub(crate) const GI: u64 = 1 << 30;
 
-    fn node(name: &str, cpu: u64, mem: u64) -> NodeView {
+    /// A Ready node of `cpu` millicores and `mem` bytes at fixed rates of 1000 per core-hour.
+    pub(crate) fn node(name: &str, cpu: u64, mem: u64) -> NodeView {
         NodeView {
             name: name.into(),
             labels: BTreeMap::new(),
@@ -468,7 +500,8 @@ mod tests {
         }
     }
 
-    fn req(cpu: u64, mem: u64) -> Request {
+    /// A request of `cpu` millicores and `mem` bytes.
+    pub(crate) fn req(cpu: u64, mem: u64) -> Request {
         Request {
             resources: Resources {
                 cpu_millis: cpu,

@@ -110,46 +110,14 @@ pub fn host_ports(spec: &WorkloadSpec) -> Vec<HostPort> {
     ports
 }
 
-/// Resources one instance of a workload reserves: per container, its requests (or its limits
-/// where no request is given), summed.
+/// Resources one instance of a workload reserves (see `WorkloadSpec::request_hour`).
 pub fn instance_request(spec: &WorkloadSpec) -> Resources {
-    let mut total = Resources::default();
-    for c in &spec.containers {
-        let Some(r) = c.resources.as_ref() else {
-            continue;
-        };
-        let pick = |req: Option<&univrs_api::quantity::Quantity>,
-                    lim: Option<&univrs_api::quantity::Quantity>,
-                    milli: bool| {
-            req.or(lim).map_or(0, |q| {
-                if milli {
-                    q.to_milli().unwrap_or(0)
-                } else {
-                    q.to_units().unwrap_or(0)
-                }
-            })
-        };
-        let req = r.requests.as_ref();
-        let lim = r.limits.as_ref();
-        total = total.plus(Resources {
-            cpu_millis: pick(
-                req.and_then(|x| x.cpu.as_ref()),
-                lim.and_then(|x| x.cpu.as_ref()),
-                true,
-            ),
-            memory_bytes: pick(
-                req.and_then(|x| x.memory.as_ref()),
-                lim.and_then(|x| x.memory.as_ref()),
-                false,
-            ),
-            gpus: req
-                .and_then(|x| x.gpu)
-                .or(lim.and_then(|x| x.gpu))
-                .unwrap_or(0)
-                .max(0) as u32,
-        });
+    let u = spec.request_hour();
+    Resources {
+        cpu_millis: u.cpu_millis,
+        memory_bytes: u.memory_bytes,
+        gpus: u.gpus,
     }
-    total
 }
 
 /// A ledger of the credit lines, keeping only those that involve `account` when one is given.

@@ -7,9 +7,10 @@
 //! placement is decided under the node index and assumed there (see `state::index`) until the
 //! write that carries it is answered, so concurrent plans never give the same room twice.
 
+use crate::core::auction;
 use crate::core::billing;
 use crate::core::notice::Notice;
-use crate::core::plan::workload::{self, Billing, Placement, Plan};
+use crate::core::plan::workload::{self, AuctionPlan, Billing, Placement, Plan};
 use crate::core::pull_credentials::{self, PullSecrets};
 use crate::core::snapshot;
 use crate::error::Error;
@@ -19,7 +20,8 @@ use crate::state::events;
 use crate::state::index::WorkloadChange;
 use crate::state::wake::Wake;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -28,7 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use univrs_api::registry_auth::DockerConfig;
-use univrs_api::resources::workload::SealedCredentials;
+use univrs_api::resources::workload::{Auction, SealedCredentials};
 use univrs_api::{Account, Workload};
 use univrs_io::apply::Apply;
 
@@ -41,6 +43,24 @@ const STALE_RETRY: Duration = Duration::from_secs(5);
 /// is looked at again (the watch normally delivers that write within milliseconds).
 const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
 
+/// How long after an auction's close it is awarded: bids written in its last moments have
+/// time to reach the cache.
+const AUCTION_CLOSE_SLACK: Duration = Duration::from_millis(250);
+
+/// Counts what the reconcile did with auctions (see `metrics`).
+fn count_auction(ctx: &Context, plan: &Plan, refused: usize) {
+    if matches!(plan.auction, Some(AuctionPlan::Open { .. })) {
+        ctx.metrics.auction("opened");
+    }
+    for _ in &plan.awarded {
+        ctx.metrics.auction("awarded");
+    }
+    for _ in &plan.no_bid {
+        ctx.metrics.auction("no_valid_bid");
+    }
+    ctx.metrics.bids_refused(refused);
+}
+
 /// Where every instance goes (see `core::plan::workload`). The placement is decided under the
 /// node index and assumed there (see `state::index`) until the caller confirms or releases it.
 fn plan(
@@ -48,6 +68,7 @@ fn plan(
     ctx: &Context,
     headroom: Option<BTreeMap<String, i64>>,
     frozen: bool,
+    auction: auction::State,
     now: Timestamp,
 ) -> Plan {
     let mut placement = Placement::new(
@@ -57,7 +78,8 @@ fn plan(
         now,
         ctx.settings.node_health(),
         |node| (ctx.nodes.get(&ObjectRef::new(node)), ctx.lease_of(node)),
-    );
+    )
+    .with_auction(auction);
     let key = ObjectRef::from_obj(wl);
     let started = std::time::Instant::now();
     let ((), freed) = ctx.index().assume(
@@ -156,8 +178,13 @@ async fn bill(
         let market = ctx.index().market_of(&node);
         // A node's report counts at most up to what the instance could use since placed.
         let ceiling = billing::Ceiling::of(&wl.spec, &node.spec.capacity);
-        let charge = match billing::charge(&uid, inst, &rates, &market, &ceiling, &Timestamp::now())
-        {
+        // An auction's winner is paid its clearing price (see `core::auction`).
+        let clearing = inst.awarded_price_per_hour.map(|price| billing::Clearing {
+            price,
+            reserve: univrs_api::bid::reserve(&wl.spec, &rates).unwrap_or(0),
+        });
+        let tariff = (&rates, &market, clearing);
+        let charge = match billing::charge(&uid, inst, tariff, &ceiling, &Timestamp::now()) {
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(e) => {
@@ -297,7 +324,40 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
     let payers = ctx.index().payers_for(&ns);
     let headroom = snapshot::owner_headroom(&ctx.credit_lines.state(), &owner, &payers);
     let bills = bill(&wl, &ctx, headroom.is_some(), &payers).await?;
-    let plan = plan(&wl, &ctx, headroom, bills.exhausted.is_some(), now);
+    let current_auction = wl.status.as_ref().and_then(|s| s.auction.as_ref());
+    let (auction_state, refused) = auction::state(
+        &format!("{ns}/{}", wl.name_any()),
+        current_auction,
+        &ctx.auction_keys(),
+        now,
+        |n| ctx.nodes.get(&ObjectRef::new(n)),
+    );
+    if let auction::State::Closed(a, asks) = &auction_state {
+        tracing::info!(auction = %a.id, instance = %a.instance, ?asks, refused = refused.len(), "auction closed");
+    }
+    let plan = plan(
+        &wl,
+        &ctx,
+        headroom,
+        bills.exhausted.is_some(),
+        auction_state,
+        now,
+    );
+    let auction = match &plan.auction {
+        Some(AuctionPlan::Open { instance, nodes }) => {
+            let (id, key) = ctx.auction_keys().open(std::time::Instant::now());
+            let window = SignedDuration::try_from(ctx.settings.auction_window).unwrap_or_default();
+            Some(Auction {
+                id,
+                instance: instance.clone(),
+                nodes: nodes.clone(),
+                closes_at: Time(now.saturating_add(window).unwrap_or(now)),
+                seal_key: key.did(),
+            })
+        }
+        Some(AuctionPlan::Wait) => current_auction.cloned(),
+        None => None,
+    };
     let assumed = Assumed {
         ctx: &ctx,
         key,
@@ -309,7 +369,15 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
         let holders = univrs_api::expose::holders(all.iter().map(|w| w.as_ref()));
         crate::core::exposed::condition(&wl, &holders, &ctx.nodes.state())
     });
-    let status = workload::status_patch(&wl, &plan, &bills, &pull, exposed.flatten(), now);
+    let status = workload::status_patch(
+        &wl,
+        &plan,
+        &bills,
+        &pull,
+        exposed.flatten(),
+        auction.as_ref(),
+        now,
+    );
     if workload::unchanged(&wl, &status) {
         drop(assumed);
     } else {
@@ -332,6 +400,17 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
             plan.unschedulable.is_some(),
         );
         let mut notices = workload::notices(&wl, &plan, &bills);
+        notices.extend(refused.iter().map(|r| {
+            Notice::warning(
+                "BidRefused",
+                format!(
+                    "{}'s bid in auction {} was refused: {}",
+                    r.node,
+                    current_auction.map_or("", |a| a.id.as_str()),
+                    r.why
+                ),
+            )
+        }));
         if !pull_problems.is_empty() {
             notices.push(Notice::warning(
                 "FailedToRetrieveImagePullSecret",
@@ -342,9 +421,19 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
             ));
         }
         events::announce(&ctx, &wl.object_ref(&()), &notices).await;
+        count_auction(&ctx, &plan, refused.len());
+        // The auction this write ended is over: its key can go.
+        if let Some(old) = current_auction.filter(|a| auction.as_ref().is_none_or(|n| n.id != a.id))
+        {
+            ctx.auction_keys().close(&old.id);
+        }
     }
-    Ok(Action::requeue(workload::requeue(
-        &plan,
-        ctx.settings.resync,
-    )))
+    let mut after = workload::requeue(&plan, ctx.settings.resync);
+    if let Some(a) = &auction {
+        // Look again as the auction closes.
+        let left = a.closes_at.0.duration_since(Timestamp::now());
+        let left = Duration::try_from(left).unwrap_or_default() + AUCTION_CLOSE_SLACK;
+        after = after.min(left);
+    }
+    Ok(Action::requeue(after))
 }

@@ -37,6 +37,8 @@ pub struct Settings {
     pub revival_grace: Duration,
     /// The ClusterRole a joined node is bound to on approval (the chart's `<release>-node`).
     pub node_cluster_role: String,
+    /// How long an auction for an instance takes bids (see `core::auction`).
+    pub auction_window: Duration,
 }
 
 impl Default for Settings {
@@ -51,6 +53,7 @@ impl Default for Settings {
             revival_interval: Duration::from_secs(3600),
             revival_grace: Duration::from_secs(3 * 24 * 3600),
             node_cluster_role: univrs_api::system::NODE_CLUSTER_ROLE.to_string(),
+            auction_window: Duration::from_secs(3),
         }
     }
 }
@@ -97,6 +100,9 @@ pub struct Context {
     pub allocation_pending: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Consecutive failures per object (`Kind/namespace/name`), for exponential backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// The secret keys of the auctions this controller opened, by auction id (memory only: a
+    /// restarted or new leader cannot open their bids, and opens new auctions instead).
+    pub auction_keys: std::sync::Mutex<crate::core::auction::Keys>,
 }
 
 impl Context {
@@ -112,6 +118,11 @@ impl Context {
         self.allocation_pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The keys of open auctions, locked. Never held across an await.
+    pub fn auction_keys(&self) -> std::sync::MutexGuard<'_, crate::core::auction::Keys> {
+        self.auction_keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The Lease of `node`, from the cache (a keyed lookup, not a scan).

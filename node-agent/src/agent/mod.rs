@@ -12,7 +12,8 @@
 //!
 //! Writers (server-side apply, one field manager, `univrs-agent-<node>`; [`kube`] says which
 //! file writes which field): the Node's spec identity, capacity, addresses, machine labels and
-//! API annotation, and its `status.observations`; the node's Lease; in each Workload's status,
+//! API annotation, and its `status.observations` (and, as `univrs-agent-<node>-bids`, its
+//! `status.bids`); the node's Lease; in each Workload's status,
 //! the `phase`, `ready`, `restarts`, `startedAt`, `message`, `usage` and `ip` of the instances
 //! on this node. The controller owns everything else.
 //!
@@ -389,9 +390,20 @@ pub async fn run(
     let vouches_task = tokio::spawn(peers::announce::vouches(
         identity.public().did(),
         mesh.clone(),
-        cluster,
+        cluster.clone(),
         cfg.vouch_interval,
     ));
+    let bids_task = tokio::spawn(
+        kube::bids::Bidder {
+            client: client.clone(),
+            node: cfg.node_name.clone(),
+            manager: manager.clone(),
+            identity: identity.clone(),
+            workloads: store.clone(),
+            cluster,
+        }
+        .run(wake.clone()),
+    );
 
     let sync = async {
         loop {
@@ -420,6 +432,7 @@ pub async fn run(
         expose_task,
         names_task,
         vouches_task,
+        bids_task,
         heard_task,
         nodes_watch,
         vouches_watch,

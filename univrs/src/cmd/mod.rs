@@ -104,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             revival_interval,
             revival_grace,
             node_cluster_role,
+            auction_window,
             log_json,
         } => controller::run(
             kubeconfig,
@@ -116,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 revival_interval,
                 revival_grace,
                 node_cluster_role,
+                auction_window,
                 ..Settings::default()
             },
             log_json,

@@ -8,6 +8,7 @@
 //! node's agent owns the rest (phase, readiness, restarts, usage). A workload whose owner's
 //! credit is exhausted does not grow.
 
+use crate::core::auction::{self, Step};
 use crate::core::notice::Notice;
 use crate::core::resources::{HostPort, Resources};
 use crate::core::scheduler::{self, NodeView, Request};
@@ -21,9 +22,9 @@ use std::time::Duration;
 use univrs_api::conditions::{DesiredCondition, set_condition};
 use univrs_api::resources::node::{DRAIN_ANNOTATION, SeptalState};
 use univrs_api::resources::workload::{
-    CONDITION_AVAILABLE, CONDITION_CREDIT_EXHAUSTED, CONDITION_EXPOSED, CONDITION_PRICING_FAILED,
-    CONDITION_PROGRESSING, CONDITION_SCHEDULED, Instance, InstanceUsage, SealedCredentials,
-    WORKLOAD_LABEL,
+    Auction, CONDITION_AVAILABLE, CONDITION_CREDIT_EXHAUSTED, CONDITION_EXPOSED,
+    CONDITION_PRICING_FAILED, CONDITION_PROGRESSING, CONDITION_SCHEDULED, Instance, InstanceUsage,
+    SealedCredentials, WORKLOAD_LABEL,
 };
 use univrs_api::{Node, Workload};
 
@@ -46,6 +47,26 @@ pub struct Plan {
     pub unschedulable_until_changed: bool,
     /// When a kept instance's node passes its grace period, if one is lapsing.
     pub requeue: Option<Duration>,
+    /// The auction this reconcile leaves open, if one (see `core::auction`).
+    pub auction: Option<AuctionPlan>,
+    /// (instance, node, clearing price, valid asks) awarded by an auction.
+    pub awarded: Vec<(String, String, i64, usize)>,
+    /// Instances whose auction closed without a valid ask (placed as usual).
+    pub no_bid: Vec<String>,
+}
+
+/// An auction a plan leaves open.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuctionPlan {
+    /// Open one for this instance among these nodes.
+    Open {
+        /// The instance.
+        instance: String,
+        /// The nodes asked to bid.
+        nodes: Vec<String>,
+    },
+    /// The one in the Workload's status still takes bids.
+    Wait,
 }
 
 /// The cluster's rules for node health: how long a Lease stays fresh after a renewal, and how
@@ -111,6 +132,8 @@ pub struct Placement {
     /// How many new instances may be placed.
     new_allowed: usize,
     now: Timestamp,
+    /// Where the Workload's auction stands.
+    auction: auction::State,
 }
 
 impl Placement {
@@ -191,7 +214,14 @@ impl Placement {
             keep,
             new_allowed,
             now,
+            auction: auction::State::None,
         }
+    }
+
+    /// Places with the Workload's auction at `state` (see `core::auction`).
+    pub fn with_auction(mut self, state: auction::State) -> Self {
+        self.auction = state;
+        self
     }
 
     /// What one instance reserves.
@@ -243,25 +273,53 @@ impl Placement {
                 out.instances.push(inst);
                 continue;
             }
+            // One instance at auction at a time: the ones after it wait for it.
+            if out.auction.is_some() {
+                continue;
+            }
             if self.new_allowed == 0 {
                 out.unschedulable.get_or_insert_with(|| {
                     "credit exhausted: no new instances until the owner has credit".into()
                 });
                 continue;
             }
-            match scheduler::place(views, &spread, &self.request) {
-                Ok(i) => {
+            let step = scheduler::standings(views, &spread, &self.request).map(|st| {
+                let best = scheduler::best(views, &st);
+                let max = self.request.max_price_per_hour;
+                auction::step(&self.auction, &inst_name, views, &st, best, max)
+            });
+            match step {
+                Ok(Step::Place {
+                    index: i,
+                    awarded,
+                    no_bid,
+                }) => {
                     self.new_allowed -= 1;
                     spread[i] += 1;
                     let node = views[i].name.clone();
                     out.placed.push((inst_name.clone(), node.clone()));
+                    if let Some((price, asks)) = awarded {
+                        out.awarded
+                            .push((inst_name.clone(), node.clone(), price, asks));
+                    }
+                    if no_bid {
+                        out.no_bid.push(inst_name.clone());
+                    }
                     out.instances.push(Instance {
                         name: inst_name,
                         node: Some(node),
                         placed_at: Some(Time(self.now)),
+                        awarded_price_per_hour: awarded.map(|(price, _)| price),
                         ..Default::default()
                     });
                 }
+                Ok(Step::Open(nodes)) => {
+                    out.auction = Some(AuctionPlan::Open {
+                        instance: inst_name,
+                        nodes,
+                    });
+                }
+                Ok(Step::Wait) => out.auction = Some(AuctionPlan::Wait),
                 Err(e) => {
                     if out.unschedulable.is_none() {
                         out.unschedulable_until_changed =
@@ -308,6 +366,9 @@ fn owned_fields(i: &Instance) -> serde_json::Value {
     if let Some(b) = &i.billed {
         v["billed"] = serde_json::to_value(b).unwrap_or_default();
     }
+    if let Some(p) = i.awarded_price_per_hour {
+        v["awardedPricePerHour"] = p.into();
+    }
     v
 }
 
@@ -318,6 +379,7 @@ pub fn status_patch(
     bills: &Billing,
     pull_credentials: &[SealedCredentials],
     exposed: Option<DesiredCondition>,
+    auction: Option<&Auction>,
     now: Timestamp,
 ) -> serde_json::Value {
     let desired = wl.spec.replicas.max(0);
@@ -346,14 +408,25 @@ pub fn status_patch(
     let placed = plan.instances.len() as i32;
     let generation = wl.metadata.generation;
     let mut conditions = current.conditions.clone();
-    let scheduled = match &plan.unschedulable {
-        None => DesiredCondition::new(
+    let scheduled = match (&plan.unschedulable, auction) {
+        (None, Some(a)) => DesiredCondition::new(
+            CONDITION_SCHEDULED,
+            false,
+            "AtAuction",
+            format!(
+                "{placed}/{desired} instances placed; {} is at auction among {} nodes until {}",
+                a.instance,
+                a.nodes.len(),
+                a.closes_at.0
+            ),
+        ),
+        (None, None) => DesiredCondition::new(
             CONDITION_SCHEDULED,
             true,
             "AllPlaced",
             format!("{placed}/{desired} instances placed"),
         ),
-        Some(msg) => {
+        (Some(msg), _) => {
             DesiredCondition::new(CONDITION_SCHEDULED, false, "Unschedulable", msg.clone())
         }
     };
@@ -473,6 +546,9 @@ pub fn status_patch(
         status["imagePullCredentials"] =
             serde_json::to_value(pull_credentials).expect("sealed credentials serialize");
     }
+    if let Some(a) = auction {
+        status["auction"] = serde_json::to_value(a).expect("an auction serializes");
+    }
     status
 }
 
@@ -501,6 +577,8 @@ pub fn unchanged(wl: &Workload, s: &serde_json::Value) -> bool {
                 s.get("imagePullCredentials")
                     .unwrap_or(&serde_json::json!([])),
             )
+        && serde_json::to_value(&cur.auction).ok().as_ref()
+            == Some(s.get("auction").unwrap_or(&serde_json::Value::Null))
 }
 
 /// What to announce once the status is written: moves, placements, payments, and credit,
@@ -511,6 +589,29 @@ pub fn notices(wl: &Workload, plan: &Plan, bills: &Billing) -> Vec<Notice> {
         out.push(Notice::normal(
             "Rescheduling",
             format!("moving {inst} off {node}: {why}"),
+        ));
+    }
+    if let Some(AuctionPlan::Open { instance, nodes }) = &plan.auction {
+        out.push(Notice::normal(
+            "AuctionOpened",
+            format!(
+                "{instance} is at auction among {}: sealed asks are taken until the close",
+                nodes.join(", ")
+            ),
+        ));
+    }
+    for (inst, node, price, asks) in &plan.awarded {
+        out.push(Notice::normal(
+            "Awarded",
+            format!("{inst} awarded to {node} at {price} milli-credits/h, the clearing price of {asks} valid asks"),
+        ));
+    }
+    for inst in &plan.no_bid {
+        out.push(Notice::warning(
+            "NoValidBid",
+            format!(
+                "{inst}'s auction closed without a valid ask; placed as usual, at the node's rates"
+            ),
         ));
     }
     for (inst, node) in &plan.placed {

@@ -11,13 +11,16 @@
 //! - [`workload_status`]: in each Workload's `status.instances`, for the instances on this
 //!   node, `phase`, `ready`, `restarts`, `startedAt`, `message`, `usage` and `ip`;
 //! - [`observations`]: the Node's `status.observations` (uptime, what the mesh sees, a report
-//!   on each peer).
+//!   on each peer);
+//! - [`bids`]: the Node's `status.bids`, its sealed asks in open auctions (with a field manager
+//!   of their own, `univrs-agent-<node>-bids`).
 //!
 //! [`capacity`] detects what the machine offers, [`uptime`] keeps the agent's uptime on disk
 //! (`<data>/uptime.json`) for the observations, and [`watch`] keeps the caches of Workloads,
 //! Nodes and Vouches. Everything else belongs to people (cordoning, pricing, their own labels)
 //! or to the controller (the rest of the Node's status and of each Workload's status).
 
+pub mod bids;
 pub mod capacity;
 pub mod lease;
 pub mod observations;

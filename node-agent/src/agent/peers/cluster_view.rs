@@ -94,6 +94,13 @@ impl ClusterView {
             .map(|n| n.spec.did.clone())
     }
 
+    /// The rates of the Node named `name` (`spec.pricing`), if it exists and sets them.
+    pub fn pricing_of(&self, name: &str) -> Option<univrs_api::resources::node::NodePricing> {
+        self.nodes
+            .get(&ObjectRef::new(name))
+            .and_then(|n| n.spec.pricing.clone())
+    }
+
     /// Every cached Vouch.
     pub fn vouches(&self) -> Vec<Arc<Vouch>> {
         self.vouches.state()
