@@ -216,11 +216,6 @@ pub fn price_multiplier(total: f64) -> f64 {
     clamp(m, 1.0, 5.0)
 }
 
-/// The price multiplier of these components under these (configured) weights.
-pub fn multiplier_for(entropy: &Entropy, weights: &Weights) -> f64 {
-    price_multiplier(entropy.total(weights))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,7 +282,9 @@ mod tests {
         }
         .validated()
         .unwrap();
-        assert!(multiplier_for(&e, &net_heavy) > multiplier_for(&e, &Weights::default()));
+        assert!(
+            price_multiplier(e.total(&net_heavy)) > price_multiplier(e.total(&Weights::default()))
+        );
         assert_eq!(price_multiplier(10.0), 5.0);
         assert!((price_multiplier(2.0) - 1.1).abs() < 1e-12);
         assert!((price_multiplier(5.0) - 1.4).abs() < 1e-12);
