@@ -217,7 +217,7 @@ async fn pull_stores_verified_blobs_and_a_second_pull_fetches_nothing() {
     );
     assert!(matches!(
         store.pull(&reference, &opts).await,
-        Err(ImageError::Registry { .. })
+        Err(ImageError::Unreachable { .. })
     ));
 }
 
@@ -595,12 +595,14 @@ async fn https_is_the_default_and_a_private_ca_can_be_trusted() {
         .pull(&reference, &PullOptions::default())
         .await
         .unwrap_err();
+    // On loopback, plain HTTP is tried too; the error says why neither worked.
     let text = untrusted.to_string();
     assert!(
-        matches!(untrusted, ImageError::Registry { .. }),
+        matches!(untrusted, ImageError::Unreachable { .. }),
         "{untrusted:?}"
     );
     assert!(text.to_lowercase().contains("certificate"), "{text}");
+    assert!(text.contains("over plain HTTP"), "{text}");
 
     let trusted = PullOptions {
         extra_root_certificates: vec![registry.ca_pem().unwrap().as_bytes().to_vec()],
@@ -608,6 +610,39 @@ async fn https_is_the_default_and_a_private_ca_can_be_trusted() {
     };
     let image = store.pull(&reference, &trusted).await.unwrap();
     assert_eq!(image.layers.len(), 1);
+}
+
+#[tokio::test]
+async fn a_registry_on_loopback_is_reached_over_plain_http_without_a_flag() {
+    let registry = Registry::start();
+    let reference = registry.push_busybox("demo/busybox:loopback");
+    let store = TestStore::new();
+    // No --insecure-registry: 127.0.0.1 does not speak HTTPS, so plain HTTP is used.
+    let image = store
+        .pull(&reference, &PullOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(image.layers.len(), 1);
+    // The same registry named `localhost` (a new reference, fetched again).
+    let port = registry.host().rsplit_once(':').unwrap().1;
+    let by_name = reference.replace(registry.host(), &format!("localhost:{port}"));
+    let other = TestStore::new();
+    let image = other.pull(&by_name, &PullOptions::default()).await.unwrap();
+    assert_eq!(image.reference, by_name);
+    // A loopback port nothing listens on: both attempts are reported.
+    let closed = format!(
+        "127.0.0.1:{}/demo/busybox:loopback",
+        univrs_tests::free_port()
+    );
+    let err = other
+        .pull(&closed, &PullOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("over HTTPS") && err.contains("over plain HTTP"),
+        "{err}"
+    );
 }
 
 /// Root filesystem tests run with overlayfs and with copies.

@@ -562,15 +562,11 @@ async fn pulls_from_a_registry_and_answers_on_its_host_port() {
     for n in [ns, LEASE_NS] {
         ensure_namespace(&client, n).await;
     }
-    // A real registry on loopback with the busybox image the harness builds with umoci.
+    // A real registry on loopback with the busybox image the harness builds with umoci,
+    // reached over plain HTTP without --insecure-registry (it is on this machine).
     let registry = univrs_tests::registry::Registry::start();
     let image = registry.push_busybox("demo/portal:1.0");
-    let host = registry.host().to_string();
-    let agent = AgentProc::start(
-        cp,
-        "pull-a",
-        &["--label", "test=pull-a", "--insecure-registry", &host],
-    );
+    let agent = AgentProc::start(cp, "pull-a", &["--label", "test=pull-a"]);
     let _controller = start_controller(cp);
     let port = univrs_tests::free_host_port();
     let api: Api<Workload> = Api::namespaced(client.clone(), ns);

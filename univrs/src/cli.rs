@@ -454,7 +454,8 @@ pub struct AgentArgs {
     /// peers that joined later hear them (new ones are announced at once).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub vouch_interval: std::time::Duration,
-    /// A registry reached over plain HTTP, as HOST:PORT (repeatable); every other is HTTPS.
+    /// A registry reached over plain HTTP, as HOST:PORT (repeatable); every other is HTTPS,
+    /// except that one on this machine's loopback falls back to plain HTTP without the flag.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
     /// A docker-style config.json with registry logins [default: none].

@@ -75,6 +75,14 @@ pub enum ImageError {
         /// What the registry said.
         message: String,
     },
+    /// The registry could not be reached or spoken with (connection, TLS, a broken answer).
+    #[error("pulling {reference}: {message}")]
+    Unreachable {
+        /// The reference being pulled.
+        reference: String,
+        /// What failed, with its causes.
+        message: String,
+    },
     /// Talking to the registry failed.
     #[error("pulling {reference}: {message}")]
     Registry {

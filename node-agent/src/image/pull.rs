@@ -7,7 +7,7 @@ use super::digest::Digest;
 use super::error::ImageError;
 use super::manifest::{self, ACCEPTED, Descriptor, Document, MAX_DOCUMENT_BYTES, Platform};
 use super::reference::parse_layout_reference;
-use super::registry::PullOptions;
+use super::registry::{PullOptions, is_loopback};
 use super::store::{Image, ImageStore};
 use crate::fsutil::error_chain;
 use futures::StreamExt;
@@ -44,6 +44,37 @@ impl ImageStore {
         let store = self.clone();
         // Held until the reference is recorded, so `gc` never removes what this pull stored.
         let _lock = blocking(move || store.lock(false)).await?;
+        let registry = parsed.registry().to_string();
+        match self.pull_from(reference, &parsed, opts).await {
+            // A registry on this machine's loopback that does not speak HTTPS is spoken with
+            // over plain HTTP, as Docker and containerd do, without --insecure-registry.
+            Err(ImageError::Unreachable { message: https, .. })
+                if is_loopback(&registry) && !opts.plain_http(&registry) =>
+            {
+                let plain = opts.with_plain_http(&registry);
+                self.pull_from(reference, &parsed, &plain)
+                    .await
+                    .map_err(|e| match e {
+                        // Neither spoke: both say why (a certificate, a refused connection).
+                        ImageError::Unreachable { reference, message }
+                        | ImageError::Registry { reference, message } => ImageError::Unreachable {
+                            reference,
+                            message: format!("over HTTPS: {https}; over plain HTTP: {message}"),
+                        },
+                        e => e,
+                    })
+            }
+            result => result,
+        }
+    }
+
+    /// One attempt at pulling `parsed` (`reference` as given) with `opts`.
+    async fn pull_from(
+        &self,
+        reference: &str,
+        parsed: &Reference,
+        opts: &PullOptions,
+    ) -> Result<Image, ImageError> {
         let puller = Puller {
             store: self,
             client: opts.client(reference)?,
@@ -51,7 +82,7 @@ impl ImageStore {
             access: opts.access(parsed.registry(), self.credential_salt()),
             max_image_bytes: opts.max_image_bytes,
             canonical: parsed.whole(),
-            reference: parsed,
+            reference: parsed.clone(),
         };
         puller
             .pull(opts.platform.clone().unwrap_or_else(Platform::host))
@@ -287,6 +318,10 @@ impl Puller<'_> {
                 context: what.to_string(),
                 expected,
                 actual,
+            },
+            OciDistributionError::RequestError(e) => ImageError::Unreachable {
+                reference: self.canonical.clone(),
+                message: format!("{what}: {}", error_chain(&e)),
             },
             other => ImageError::Registry {
                 reference: self.canonical.clone(),

@@ -22,7 +22,8 @@ pub struct PullOptions {
     /// Workload on the node.
     pub docker_config: Option<DockerConfig>,
     /// Registries (`host` or `host:port`, as in the reference) reached over plain HTTP.
-    /// Every other registry is reached over HTTPS.
+    /// Every other registry is reached over HTTPS, except that one on loopback
+    /// ([`is_loopback`]) is spoken with over plain HTTP when HTTPS fails.
     pub insecure_registries: Vec<String>,
     /// Extra PEM certificates trusted as roots for HTTPS registries (e.g. a private CA).
     pub extra_root_certificates: Vec<Vec<u8>>,
@@ -38,7 +39,38 @@ pub struct PullOptions {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Whether `registry` (`host` or `host:port`, as in a reference) is this machine's loopback:
+/// `localhost`, an address in `127.0.0.0/8`, or `[::1]`. Such a registry is tried over HTTPS
+/// and, when HTTPS cannot be spoken with it, over plain HTTP, as Docker and containerd do: the
+/// traffic never leaves the machine. Every other registry stays HTTPS unless the node's owner
+/// lists it (`--insecure-registry`).
+pub fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => registry
+            .rsplit_once(':')
+            .filter(|(_, port)| port.parse::<u16>().is_ok())
+            .map_or(registry, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl PullOptions {
+    /// Whether `registry` is listed to be reached over plain HTTP.
+    pub(super) fn plain_http(&self, registry: &str) -> bool {
+        self.insecure_registries.iter().any(|r| r == registry)
+    }
+
+    /// These options with `registry` reached over plain HTTP too.
+    pub(super) fn with_plain_http(&self, registry: &str) -> Self {
+        let mut out = self.clone();
+        out.insecure_registries.push(registry.to_string());
+        out
+    }
+
     /// The credentials for `registry`: the Workload's own, else the node's, else none.
     pub(super) fn auth_for(&self, registry: &str) -> RegistryAuth {
         let creds = self
@@ -91,5 +123,38 @@ impl PullOptions {
             reference: reference.to_string(),
             message: format!("setting up the registry client: {}", error_chain(&e)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn only_this_machines_loopback_is_loopback() {
+        for r in [
+            "localhost",
+            "localhost:5000",
+            "LOCALHOST:5000",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.1.2.3:443",
+            "[::1]:5000",
+            "[::1]",
+        ] {
+            assert!(is_loopback(r), "{r}");
+        }
+        for r in [
+            "registry.example:5000",
+            "docker.io",
+            "10.0.0.1:5000",
+            "192.168.1.10",
+            "127.0.0.1.nip.io:5000",
+            "localhost.evil:5000",
+            "[::2]:5000",
+            "128.0.0.1:5000",
+        ] {
+            assert!(!is_loopback(r), "{r}");
+        }
     }
 }
