@@ -497,7 +497,7 @@ pub struct Auction {
     /// The Auction-priced nodes that may bid.
     #[schemars(length(max = 256))]
     pub nodes: Vec<String>,
-    /// Bids written after this are not opened.
+    /// When the bids are opened and the award made (agents make no new bid after it).
     pub closes_at: Time,
     /// The did:key to seal bids to (`univrs_api::bid`).
     pub seal_key: String,

@@ -45,6 +45,17 @@ pub const MAX_BIDDERS: usize = 256;
 /// How long a key of an auction nobody closed is kept (its Workload was deleted meanwhile).
 const KEY_LIFETIME: Duration = Duration::from_secs(600);
 
+/// When an auction opened at `now` for `window` closes: rounded up to the second, since
+/// `status.auction.closesAt` is stored to the second, so every bidder has the whole window.
+pub fn close_after(
+    now: k8s_openapi::jiff::Timestamp,
+    window: k8s_openapi::jiff::SignedDuration,
+) -> k8s_openapi::jiff::Timestamp {
+    let end = now.saturating_add(window).unwrap_or(now);
+    let whole = end.as_second() + i64::from(end.subsec_nanosecond() > 0);
+    k8s_openapi::jiff::Timestamp::from_second(whole).unwrap_or(end)
+}
+
 /// The secret keys of the open auctions, by auction id.
 #[derive(Default)]
 pub struct Keys(HashMap<String, (NodeIdentity, Instant)>);
@@ -360,6 +371,15 @@ mod tests {
             ..Default::default()
         });
         Arc::new(n)
+    }
+
+    #[test]
+    fn an_auction_closes_on_a_whole_second_no_sooner_than_its_window() {
+        let window = k8s_openapi::jiff::SignedDuration::from_secs(3);
+        let at = |s: i64, ns: i32| Timestamp::new(s, ns).unwrap();
+        assert_eq!(close_after(at(100, 0), window), at(103, 0));
+        assert_eq!(close_after(at(100, 1), window), at(104, 0));
+        assert_eq!(close_after(at(100, 999_999_999), window), at(104, 0));
     }
 
     #[test]

@@ -351,7 +351,7 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
                 id,
                 instance: instance.clone(),
                 nodes: nodes.clone(),
-                closes_at: Time(now.saturating_add(window).unwrap_or(now)),
+                closes_at: Time(auction::close_after(now, window)),
                 seal_key: key.did(),
             })
         }
