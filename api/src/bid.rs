@@ -23,6 +23,16 @@ pub fn reserve(spec: &WorkloadSpec, rates: &NodePricing) -> Result<i64, PricingE
     pricing::fixed(&spec.request_hour(), rates)
 }
 
+/// How bids name a Workload: `namespace/name` (the controller and the agents must agree, or
+/// no bid opens).
+pub fn workload_name(wl: &crate::Workload) -> String {
+    format!(
+        "{}/{}",
+        wl.metadata.namespace.as_deref().unwrap_or_default(),
+        wl.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
 /// What an ask is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Terms<'a> {

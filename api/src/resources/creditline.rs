@@ -123,7 +123,11 @@ impl CreditLine {
     /// controller last computed (`status.effectiveLimit`, nothing until it has); never less
     /// than what it owes already, so paying back always works.
     pub fn limit_now(&self) -> i64 {
-        let status = self.status.as_ref();
+        self.limit_with(self.status.as_ref())
+    }
+
+    /// What [`CreditLine::limit_now`] would be with `status` as the line's status.
+    pub fn limit_with(&self, status: Option<&CreditLineStatus>) -> i64 {
         let balance = status.map_or(0, |s| s.balance);
         match self.spec.limit_policy {
             LimitPolicy::Fixed => self.spec.limit,

@@ -11,7 +11,7 @@ use univrs_api::account::AccountKind;
 use univrs_api::ledger::{Ledger, Line};
 use univrs_api::resources::node::NodePricing;
 use univrs_api::resources::workload::WorkloadSpec;
-use univrs_api::{Account, CreditLine};
+use univrs_api::{Account, CreditLine, Node};
 
 /// Whether a node's Lease is fresh, and if not since when it lapsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +173,15 @@ pub fn owner_headroom(
         out.insert(p.clone(), i64::MAX);
     }
     any.then_some(out)
+}
+
+/// A node's reputation as the cluster counts it: the controller's rating, or the neutral prior
+/// for a node not rated yet.
+pub fn reputation_of(n: &Node) -> f64 {
+    n.status
+        .as_ref()
+        .and_then(|s| s.reputation)
+        .unwrap_or(univrs_api::enr::reputation::Config::default().prior)
 }
 
 /// The rates a node charges when its spec sets none (the schema's defaults).

@@ -14,6 +14,7 @@
 
 use crate::core::billing::{self, Charge};
 use crate::core::plan::credit::{self, Refusal};
+use crate::core::snapshot;
 use crate::error::Error;
 use crate::state::context::{Context, FIELD_MANAGER};
 use k8s_openapi::api::core::v1::Namespace;
@@ -196,13 +197,7 @@ pub async fn reconcile(cl: Arc<CreditLine>, ctx: Arc<Context>) -> Result<Action,
                 ))
             })
             .flatten()
-            .map(|n| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.reputation)
-                    .unwrap_or(univrs_api::enr::reputation::Config::default().prior)
-            })
-            .unwrap_or(0.0);
+            .map_or(0.0, |n| snapshot::reputation_of(&n));
         reputation_limit(cl.spec.limit, rep)
     });
     if let Some(next) = credit::status(&cl, &missing, effective, now) {

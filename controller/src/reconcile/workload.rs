@@ -326,7 +326,7 @@ pub async fn reconcile(wl: Arc<Workload>, ctx: Arc<Context>) -> Result<Action, E
     let bills = bill(&wl, &ctx, headroom.is_some(), &payers).await?;
     let current_auction = wl.status.as_ref().and_then(|s| s.auction.as_ref());
     let (auction_state, refused) = auction::state(
-        &format!("{ns}/{}", wl.name_any()),
+        &univrs_api::bid::workload_name(&wl),
         current_auction,
         &ctx.auction_keys(),
         now,

@@ -191,7 +191,7 @@ pub fn view_of(n: &Node) -> NodeView {
             .host_ports
             .and_then(|r| Some((u16::try_from(r.min).ok()?, u16::try_from(r.max).ok()?))),
         pays_for: univrs_api::resources::node::pays_for(n),
-        reputation: status.and_then(|s| s.reputation).unwrap_or(0.5),
+        reputation: crate::core::snapshot::reputation_of(n),
         nexus: status
             .and_then(|s| s.nexus_role)
             .is_some_and(|r| r != NexusRole::Leaf),

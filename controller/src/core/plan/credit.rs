@@ -100,11 +100,9 @@ pub fn status(
     effective: Option<i64>,
     now: Timestamp,
 ) -> Option<CreditLineStatus> {
-    let mut cl = cl.clone();
     let mut status = cl.status.clone().unwrap_or_default();
     let effective_changed = status.effective_limit != effective;
     status.effective_limit = effective;
-    cl.status = Some(status.clone());
     let ready = if missing.is_empty() {
         DesiredCondition::new(
             CONDITION_READY,
@@ -132,7 +130,7 @@ pub fn status(
     let mut conditions = status.conditions.clone();
     let generation = cl.metadata.generation;
     let mut changed = set_condition(&mut conditions, ready.at_generation(generation), Time(now));
-    let util = utilization(status.balance, cl.limit_now());
+    let util = utilization(status.balance, cl.limit_with(Some(&status)));
     changed |= effective_changed
         || status.utilization.as_deref() != Some(util.as_str())
         || status.observed_generation != generation;

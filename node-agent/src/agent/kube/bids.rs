@@ -105,11 +105,7 @@ impl Bidder {
         wl: &Workload,
         a: &univrs_api::resources::workload::Auction,
     ) -> Option<SealedBid> {
-        let workload = format!(
-            "{}/{}",
-            wl.metadata.namespace.as_deref().unwrap_or_default(),
-            wl.metadata.name.as_deref().unwrap_or_default()
-        );
+        let workload = univrs_api::bid::workload_name(wl);
         // Only Auction-priced nodes are named, so this node has rates (unless they changed).
         let rates = self.cluster.pricing_of(&self.node)?;
         let result = PublicIdentity::from_did(&a.seal_key)
