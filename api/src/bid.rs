@@ -10,7 +10,7 @@
 use crate::enr::pricing::{self, PricingError};
 use crate::identity::{IdentityError, NodeIdentity, PublicIdentity};
 use crate::resources::node::NodePricing;
-use crate::resources::workload::WorkloadSpec;
+use crate::resources::workload::{Workload, WorkloadSpec};
 use crate::sealed::{SealError, seal};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -25,7 +25,7 @@ pub fn reserve(spec: &WorkloadSpec, rates: &NodePricing) -> Result<i64, PricingE
 
 /// How bids name a Workload: `namespace/name` (the controller and the agents must agree, or
 /// no bid opens).
-pub fn workload_name(wl: &crate::Workload) -> String {
+pub fn workload_name(wl: &Workload) -> String {
     format!(
         "{}/{}",
         wl.metadata.namespace.as_deref().unwrap_or_default(),
