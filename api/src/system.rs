@@ -43,3 +43,21 @@ pub fn node_binding(name: &str) -> String {
 /// The annotation on a node's ClusterRoleBinding naming the PeerId its name is bound to, so a
 /// later join under that name with another key is refused even before the Node exists.
 pub const PEER_ID_ANNOTATION: &str = "univrs.io/peer-id";
+
+/// The Node annotation holding the URL of the node's server (instance logs for callers from
+/// anywhere, authenticated and authorized by the API server), written by the node's agent.
+pub const NODE_SERVER_ANNOTATION: &str = "univrs.io/node-server";
+
+/// The Node annotation holding the SHA-256 fingerprint of the node server's certificate
+/// (`AB:CD:…`), which callers pin: they trust the API server, and through it this value.
+pub const NODE_SERVER_CERT_ANNOTATION: &str = "univrs.io/node-server-sha256";
+
+/// The audience a bearer token must carry for node `name`'s server (`kubectl create token SA
+/// --audience univrs.io/node/NAME`): a token bound to one node cannot be replayed against
+/// the API server or another node by the node that received it.
+pub fn node_audience(name: &str) -> String {
+    format!("univrs.io/node/{name}")
+}
+
+/// The subresource whose `get` permits reading a Workload's logs (as `pods/log` does).
+pub const WORKLOAD_LOG_SUBRESOURCE: &str = "log";

@@ -125,6 +125,42 @@ pub async fn serve(
     }
 }
 
+/// The certificate a TLS client presented (verified by the server's client verifier), or
+/// None: handlers read it with `ConnectInfo<PeerCertificate>` under [`serve_identified`].
+#[derive(Clone, Debug, Default)]
+pub struct PeerCertificate(
+    pub Option<Arc<tokio_rustls::rustls::pki_types::CertificateDer<'static>>>,
+);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerCertificate
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        let leaf = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|der| Arc::new(der.clone().into_owned()));
+        Self(leaf)
+    }
+}
+
+/// Serves `app` over TLS on `tcp` until the task is dropped, telling each request the
+/// client's certificate ([`PeerCertificate`]).
+pub async fn serve_identified(
+    tcp: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+) -> std::io::Result<()> {
+    axum::serve(
+        TlsListener::new(tcp, tls)?,
+        app.into_make_service_with_connect_info::<PeerCertificate>(),
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,11 @@
 //! The one PEM loader: a rustls server configuration (ring, as kube's client uses) from a PEM
-//! certificate chain and a PEM private key, and the leaf's fingerprint to tell clients.
+//! certificate chain and a PEM private key, and the leaf's fingerprint to tell clients; and
+//! the one maker of self-signed server certificates (the MCP server's, the dashboard's, each
+//! node server's), kept in a private directory and made once.
 
 use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls::{
@@ -18,6 +22,14 @@ pub enum TlsError {
         /// The file.
         path: String,
         /// What is wrong, and what to give instead.
+        message: String,
+    },
+    /// A self-signed certificate could not be made or written.
+    #[error("making a self-signed certificate in {dir}: {message}")]
+    Generate {
+        /// Where it was to be kept.
+        dir: String,
+        /// What failed.
         message: String,
     },
     /// rustls refused the certificate and key.
@@ -51,6 +63,16 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// A server configuration from a PEM certificate chain (leaf first) and a PEM private key.
 pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
+    server_config_with(cert, key, None)
+}
+
+/// As [`server_config`], asking clients for a certificate that `clients` checks (a client
+/// without one is still served, and authenticates otherwise).
+pub fn server_config_with(
+    cert: &Path,
+    key: &Path,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<ServerTls, TlsError> {
     let pem_err = |path: &Path, message: String| TlsError::Pem {
         path: path.display().to_string(),
         message,
@@ -78,10 +100,14 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
         source,
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(config_err)?
-        .with_no_client_auth()
+        .map_err(config_err)?;
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(chain, key_der)
         .map_err(config_err)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -89,6 +115,57 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
         config: Arc::new(config),
         fingerprint,
     })
+}
+
+/// The self-signed certificate in `dir` (`tls.crt`, `tls.key` mode 0600, `dir` made 0700):
+/// made first for `names` (DNS names or IP addresses) under `common_name` when missing.
+/// Returns the certificate's path, its key's path, and whether it was made now.
+pub fn self_signed(
+    dir: &Path,
+    names: Vec<String>,
+    common_name: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, bool), TlsError> {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key, false));
+    }
+    let err = |message: String| TlsError::Generate {
+        dir: dir.display().to_string(),
+        message,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| err(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(names).map_err(|e| err(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(825);
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| err(e.to_string()))?;
+    let made = params.self_signed(&pair).map_err(|e| err(e.to_string()))?;
+    // The key first: a certificate without its key would be taken for a finished pair.
+    write_private(&key, &pair.serialize_pem()).map_err(|e| err(e.to_string()))?;
+    write_private(&cert, &made.pem()).map_err(|e| err(e.to_string()))?;
+    Ok((cert, key, true))
+}
+
+/// Writes `text` to a new file `path` that only its owner may read (mode 0600).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
 }
 
 #[cfg(test)]
@@ -114,5 +191,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn a_self_signed_certificate_is_made_once_and_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("tls");
+        let (cert, key, made) = self_signed(&sub, vec!["localhost".into()], "test").unwrap();
+        assert!(made);
+        let first = server_config(&cert, &key).unwrap().fingerprint;
+        let (cert, key, made) = self_signed(&sub, vec!["localhost".into()], "test").unwrap();
+        assert!(!made);
+        assert_eq!(server_config(&cert, &key).unwrap().fingerprint, first);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&sub), 0o700);
     }
 }

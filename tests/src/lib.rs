@@ -13,11 +13,13 @@
 #![allow(unsafe_code)]
 
 pub mod agent;
+pub mod browser;
 pub mod cluster;
 pub mod join;
 pub mod modules;
 pub mod nat;
 pub mod outside;
+pub mod png;
 pub mod registry;
 pub mod up;
 

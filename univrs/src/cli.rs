@@ -15,6 +15,11 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print or follow an instance's output, wherever it runs: the node that runs it checks
+    /// with the API server that you may `get workloads/log` in the namespace.
+    Logs(LogsArgs),
+    /// Serve the community dashboard: machines, mesh, money and workloads in a browser, live.
+    Dashboard(DashboardArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into --out.
     Crds {
         /// Write `<plural>.univrs.io.yaml` files into this directory instead of printing.
@@ -212,6 +217,61 @@ pub enum Command {
         #[command(subcommand)]
         command: ShimCommand,
     },
+}
+
+/// The flags of `univrs logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The Workload.
+    pub workload: String,
+    /// Its namespace [default: the kubeconfig's, else default].
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// The instance's index (the N of WORKLOAD-N) [default: the first placed].
+    #[arg(long)]
+    pub instance: Option<u32>,
+    /// The container [default: the first].
+    #[arg(short, long)]
+    pub container: Option<String>,
+    /// Keep printing what the instance writes, until it leaves its node or Ctrl-C.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Print only the last N lines first [default: up to 10000].
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Kubeconfig to use [default: KUBECONFIG, the local control plane's, ~/.kube/config, or
+    /// in-cluster].
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// The flags of `univrs dashboard`.
+#[derive(Debug, clap::Args)]
+pub struct DashboardArgs {
+    /// Where to serve the page. Off loopback it needs TLS and a token.
+    #[arg(long, default_value = "127.0.0.1:8088", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Kubeconfig whose credentials the dashboard reads with [default: KUBECONFIG, the local
+    /// control plane's, ~/.kube/config, or in-cluster].
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Serve HTTPS (required off loopback): with --tls-cert/--tls-key, else a self-signed
+    /// certificate made once in $XDG_DATA_HOME/univrs/dashboard.
+    #[arg(long)]
+    pub tls: bool,
+    /// TLS certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require this bearer token (a file of mode 0600) for the page's data (required off
+    /// loopback); the browser is given it once as ?token=….
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Log as JSON lines instead of text (the level comes from RUST_LOG).
+    #[arg(long)]
+    pub log_json: bool,
 }
 
 /// `univrs mcp …`
@@ -497,6 +557,12 @@ pub struct AgentArgs {
     /// `univrs.io/agent-api` annotation). Off loopback it needs TLS and a token.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub api_addr: std::net::SocketAddr,
+    /// Where the node server listens: instance logs for callers from any machine, each
+    /// authenticated (client certificate or a token for this node's audience) and authorized
+    /// (`get workloads/log`) by the API server; always TLS, its certificate's fingerprint
+    /// published on the Node (port 0: a free port, also published).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub server_addr: std::net::SocketAddr,
     /// A file holding the API's bearer token, mode 0600, at least 32 characters (required
     /// for /api/… when given).
     #[arg(long)]

@@ -3,9 +3,12 @@
 mod cli;
 mod cmd;
 mod control_plane;
+mod dashboard;
 mod join;
 mod mcp;
+mod node_logs;
 mod paths;
+mod serving;
 mod up;
 
 use clap::Parser;

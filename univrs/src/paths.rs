@@ -31,3 +31,17 @@ pub fn local_admin_kubeconfig() -> Option<PathBuf> {
     let p = data_dir().ok()?.join("control-plane/admin.kubeconfig");
     p.exists().then_some(p)
 }
+
+/// The kubeconfig a client command uses: the one given (flag or KUBECONFIG), else the local
+/// control plane's when it exists (as `univrs kubectl` does), else None for kube's own
+/// inference (~/.kube/config, in-cluster).
+pub fn kubeconfig_or_local(given: Option<PathBuf>) -> Option<PathBuf> {
+    if given.is_some() {
+        return given;
+    }
+    let local = local_admin_kubeconfig();
+    if let Some(p) = &local {
+        tracing::info!(kubeconfig = %p.display(), "using the local control plane");
+    }
+    local
+}

@@ -522,7 +522,7 @@ pub enum PeerConnection {
 }
 
 /// What one agent sees of one other Node over the mesh.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerReport {
     /// The other Node's name.
@@ -534,6 +534,11 @@ pub struct PeerReport {
     /// How, when connected (the best of its connections: Direct, HolePunched, Relayed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<PeerConnection>,
+    /// The latest ping round trip to it in milliseconds, when connected (whole below 10 ms,
+    /// two significant digits above, so jitter does not rewrite the status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub latency_ms: Option<f64>,
     /// Gossip messages from it that this agent dropped (bad signature, impossible claim)
     /// since this agent started.
     #[serde(default)]

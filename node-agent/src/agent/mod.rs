@@ -33,6 +33,7 @@ pub mod expose;
 pub mod instances;
 pub mod kube;
 pub mod names;
+pub mod node_server;
 pub mod peers;
 
 pub use error::AgentError;
@@ -52,6 +53,7 @@ use std::time::Duration;
 use univrs_api::resources::node::Node;
 use univrs_api::resources::vouch::Vouch;
 use univrs_api::resources::workload::Workload;
+use univrs_api::system::{NODE_SERVER_ANNOTATION, NODE_SERVER_CERT_ANNOTATION};
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -107,10 +109,27 @@ pub struct AgentConfig {
     pub api_tls: Option<(PathBuf, PathBuf)>,
     /// How often the vouches signed by this node's key are announced again on the mesh.
     pub vouch_interval: Duration,
+    /// Where the node server listens (instance logs for callers the API server vouches for;
+    /// port 0: a free port, published on the Node).
+    pub server_addr: std::net::SocketAddr,
 }
 
 /// The Node annotation holding the URL of the agent's API.
 pub const API_ANNOTATION: &str = "univrs.io/agent-api";
+
+/// Where callers reach the node server: its bind address when specific, else the address
+/// exposed ports are served on when specific, else the machine's first address that is not
+/// loopback (loopback when it has none).
+fn advertised_address(cfg: &AgentConfig) -> std::net::IpAddr {
+    if !cfg.server_addr.ip().is_unspecified() {
+        return cfg.server_addr.ip();
+    }
+    expose::node_addresses(cfg.expose_address)
+        .into_iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
 
 /// The longest data directory path: container ids are up to 46 characters and the runtime's
 /// socket paths must fit in 108 bytes.
@@ -201,6 +220,22 @@ pub async fn run(
         .collect();
     tracing::info!(addresses = ?multiaddrs, "mesh listening");
 
+    let runtime = RuntimeClient::new(&cfg.shim_bin, data_dir.join("runtime"), &cfg.node_name)
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let reports = Reports::default();
+    let node_server = node_server::start(
+        client.clone(),
+        cfg.node_name.clone(),
+        runtime.clone(),
+        reports.clone(),
+        cfg.server_addr,
+        advertised_address(&cfg),
+        &data_dir.join("node-server"),
+    )
+    .await
+    .map_err(|e| AgentError::Invalid(format!("starting the node server: {e}")))?;
+    tracing::info!(url = %node_server.url, fingerprint = %node_server.fingerprint, "node server listening");
+
     let mut labels = kube::registration::machine_labels();
     labels.extend(cfg.labels.clone());
     let facts = kube::registration::NodeFacts {
@@ -209,7 +244,14 @@ pub async fn run(
         capacity: capacity::detect(&cfg.capacity),
         labels,
         multiaddrs,
-        annotations: BTreeMap::from([(API_ANNOTATION.to_string(), api_url.clone())]),
+        annotations: BTreeMap::from([
+            (API_ANNOTATION.to_string(), api_url.clone()),
+            (NODE_SERVER_ANNOTATION.to_string(), node_server.url.clone()),
+            (
+                NODE_SERVER_CERT_ANNOTATION.to_string(),
+                node_server.fingerprint.clone(),
+            ),
+        ]),
         host_ports: cfg.policy.host_port_range(),
     };
     let node_api: Api<Node> = Api::all(client.clone());
@@ -240,8 +282,6 @@ pub async fn run(
         every: Duration::from_secs(15),
     }));
 
-    let runtime = RuntimeClient::new(&cfg.shim_bin, data_dir.join("runtime"), &cfg.node_name)
-        .map_err(|e| AgentError::Invalid(e.to_string()))?;
     // Everything the node's containers use together stays within what it advertises.
     let advertised = (
         facts.capacity.cpu.to_milli(),
@@ -291,7 +331,6 @@ pub async fn run(
             AgentError::Invalid(format!("making the container network's rules: {e}"))
         })?;
     }
-    let reports = Reports::default();
     let heard = peers::heard::Heard::default();
     let heard_task = tokio::spawn(peers::heard::listen(mesh.clone(), heard.clone()));
     let api_state = Arc::new(api::ApiState {

@@ -808,6 +808,12 @@ impl EventLoop {
                 .keys()
                 .map(|p| (*p, self.connection_of(p)))
                 .collect(),
+            latencies: self
+                .latency
+                .iter()
+                .filter(|(p, _)| self.connections.contains_key(p))
+                .map(|(p, d)| (*p, *d))
+                .collect(),
             reachability: self.reachability,
             relays: self
                 .reservations

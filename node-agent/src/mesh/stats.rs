@@ -45,6 +45,8 @@ pub struct MeshStats {
     pub invalid_from: BTreeMap<PeerId, u64>,
     /// The peers with at least one open connection, and how (the best of their connections).
     pub connected: BTreeMap<PeerId, PeerConnection>,
+    /// The connected peers' latest ping round trips.
+    pub latencies: BTreeMap<PeerId, Duration>,
     /// Whether peers can dial this node (AutoNAT).
     pub reachability: Reachability,
     /// The relays holding a reservation for this node (it listens through them).
@@ -119,6 +121,7 @@ pub fn peer_reports(
         if connection.is_some() {
             r.connected = true;
             r.connection = connection;
+            r.latency_ms = stats.latencies.get(peer).map(|d| coarse_ms(*d));
         }
         r.invalid_messages = r
             .invalid_messages
@@ -129,6 +132,17 @@ pub fn peer_reports(
     reports.sort_by_key(|r| std::cmp::Reverse(r.invalid_messages));
     reports.truncate(MAX_PEER_REPORTS);
     reports
+}
+
+/// A round trip in milliseconds, coarse enough that jitter does not rewrite the status: to
+/// the millisecond below 10 ms, to two significant digits above.
+pub fn coarse_ms(d: Duration) -> f64 {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        return ms.round();
+    }
+    let scale = 10f64.powi(ms.log10().floor() as i32 - 1);
+    (ms / scale).round() * scale
 }
 
 /// The median of some durations (the mean of the middle two for an even count).
@@ -181,6 +195,7 @@ mod tests {
 
     fn stats() -> MeshStats {
         MeshStats {
+            latencies: BTreeMap::new(),
             peer_id: PeerId::random(),
             connected_peers: 3,
             median_latency: Some(Duration::from_micros(1500)),
@@ -281,5 +296,15 @@ mod tests {
         m.sample(t0 + s(130), 1000);
         m.sample(t0 + s(140), 2000);
         assert_eq!(m.bits_per_second(t0 + s(140), 2000), 800);
+    }
+
+    #[test]
+    fn round_trips_are_coarse_enough_to_stay_put() {
+        let ms = |m: f64| coarse_ms(Duration::from_secs_f64(m / 1000.0));
+        assert_eq!(ms(0.4), 0.0);
+        assert_eq!(ms(3.6), 4.0);
+        assert_eq!(ms(23.4), 23.0);
+        assert_eq!(ms(187.0), 190.0);
+        assert_eq!(ms(1234.0), 1200.0);
     }
 }

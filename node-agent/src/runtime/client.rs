@@ -607,6 +607,20 @@ impl RuntimeClient {
         }
     }
 
+    /// Follows the container's log from its current end (after a [`RuntimeClient::logs_tail`]).
+    pub fn follow_logs(&self, id: &str) -> Result<super::log::Follower, RuntimeError> {
+        validate_id(id).map_err(RuntimeError::Invalid)?;
+        if !self.layout.bundle(id).is_dir() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        Ok(super::log::Follower::from_end(&self.layout.log_file(id)))
+    }
+
+    /// Whether the container still exists on this node (its bundle is there).
+    pub fn exists(&self, id: &str) -> bool {
+        validate_id(id).is_ok() && self.layout.bundle(id).is_dir()
+    }
+
     /// The cgroup path recorded in the container's spec.
     pub fn cgroup_of(&self, id: &str) -> Option<String> {
         let spec = oci_spec::runtime::Spec::load(self.layout.config_file(id)).ok()?;

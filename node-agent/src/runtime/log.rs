@@ -4,8 +4,8 @@
 //! more than the cap together. Without a cap, the file just grows.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The annotation carrying a container's log cap in bytes (`0` or absent: none).
@@ -68,6 +68,81 @@ impl LogWriter {
     }
 }
 
+/// Reads what is appended to a container's log after a point, across rotations: when the
+/// file at the log's path is no longer the one being read (rotated to `.1`, or replaced), the
+/// rest of the old file is read first, then the new one from its start, so a follower loses
+/// no line at a rotation (unless two rotations happen between polls).
+pub struct Follower {
+    path: PathBuf,
+    file: Option<File>,
+    inode: u64,
+    pos: u64,
+}
+
+impl Follower {
+    /// Follows `path` from its current end (a missing file is followed once it appears).
+    pub fn from_end(path: &Path) -> Self {
+        let mut f = Self {
+            path: path.to_path_buf(),
+            file: None,
+            inode: 0,
+            pos: 0,
+        };
+        if let Ok(file) = File::open(path)
+            && let Ok(meta) = file.metadata()
+        {
+            f.inode = meta.ino();
+            f.pos = meta.len();
+            f.file = Some(file);
+        }
+        f
+    }
+
+    /// What was appended since the last call (at most `max` bytes; call again for more).
+    pub fn poll(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        if let Some(file) = &mut self.file {
+            read_from(file, &mut self.pos, max, &mut out)?;
+        }
+        if out.len() >= max {
+            return Ok(out);
+        }
+        // Everything of the current file is read: has the path moved on to a new file?
+        let current = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        let same = self.file.is_some() && current.ino() == self.inode;
+        if same && current.len() >= self.pos {
+            return Ok(out);
+        }
+        // A new file (rotated, or the first one): what the old one got between our read and
+        // the rotation comes first, then the new one from its start. A file truncated in
+        // place (same inode, shorter) also starts over.
+        if !same && let Some(old) = &mut self.file {
+            read_from(old, &mut self.pos, max - out.len(), &mut out)?;
+            if out.len() >= max {
+                return Ok(out);
+            }
+        }
+        let mut file = File::open(&self.path)?;
+        self.inode = file.metadata()?.ino();
+        self.pos = 0;
+        read_from(&mut file, &mut self.pos, max - out.len(), &mut out)?;
+        self.file = Some(file);
+        Ok(out)
+    }
+}
+
+/// Appends up to `max` bytes of `file` from `pos` to `out`, moving `pos` on.
+fn read_from(file: &mut File, pos: &mut u64, max: usize, out: &mut Vec<u8>) -> io::Result<()> {
+    file.seek(SeekFrom::Start(*pos))?;
+    let n = file.take(max as u64).read_to_end(out)?;
+    *pos += n as u64;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +177,37 @@ mod tests {
         log.write(&[b'y'; 1000]).unwrap();
         assert_eq!(std::fs::read(&free).unwrap().len(), 1000);
         assert!(!rotated(&free).exists());
+    }
+
+    #[test]
+    fn a_follower_reads_on_across_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("container.log");
+        // Before the file exists, then from its end once it does: nothing old is repeated.
+        std::fs::write(&path, "old\n").unwrap();
+        let mut follow = Follower::from_end(&path);
+        assert!(follow.poll(1 << 16).unwrap().is_empty());
+        let mut log = LogWriter::open(&path, 40).unwrap();
+        let mut seen = Vec::new();
+        for i in 0..30 {
+            log.write(format!("line {i:02}\n").as_bytes()).unwrap();
+            // Poll now and then, as the server does: never two rotations between polls.
+            if i % 2 == 1 {
+                seen.extend(follow.poll(1 << 16).unwrap());
+            }
+        }
+        seen.extend(follow.poll(1 << 16).unwrap());
+        let want: String = (0..30).map(|i| format!("line {i:02}\n")).collect();
+        assert_eq!(String::from_utf8(seen).unwrap(), want);
+        // A small `max` returns the rest on later calls.
+        log.write(b"abcdef\n").unwrap();
+        assert_eq!(follow.poll(3).unwrap(), b"abc");
+        assert_eq!(follow.poll(100).unwrap(), b"def\n");
+
+        let missing = dir.path().join("later.log");
+        let mut follow = Follower::from_end(&missing);
+        assert!(follow.poll(100).unwrap().is_empty());
+        std::fs::write(&missing, "first\n").unwrap();
+        assert_eq!(follow.poll(100).unwrap(), b"first\n");
     }
 }

@@ -52,6 +52,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         backoff_max: std::time::Duration::from_secs(300),
         shim_bin: std::env::current_exe().context("finding the univrs binary for the shims")?,
         api_addr: args.api_addr,
+        server_addr: args.server_addr,
         image_layouts: args.image_layouts,
         insecure_registries: args.insecure_registries,
         registry_auth: args.registry_auth,

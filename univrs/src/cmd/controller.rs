@@ -9,15 +9,20 @@ use univrs_controller::{leader::Elector, metrics::Metrics, state::context::Setti
 
 /// A kube client from a kubeconfig file, or the usual inference (in-cluster, ~/.kube/config).
 pub async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+    Ok(kube::Client::try_from(config(kubeconfig).await?)?)
+}
+
+/// The configuration of `kubeconfig`, or kube's inference (KUBECONFIG, ~/.kube/config,
+/// in-cluster) without one.
+pub async fn config(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
         }
         None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
+    })
 }
 
 /// Sets up tracing once: RUST_LOG filter, text or JSON.

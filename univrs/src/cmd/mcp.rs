@@ -4,8 +4,9 @@
 
 use super::controller::{client, init_tracing};
 use crate::cli::McpArgs;
+use crate::mcp::http;
 use crate::mcp::server::UnivrsMcp;
-use crate::mcp::{http, tls};
+use crate::serving;
 use anyhow::{Context, bail};
 use rmcp::ServiceExt;
 use std::net::SocketAddr;
@@ -34,7 +35,7 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
         None => None,
     };
     tokio::runtime::Runtime::new()?.block_on(async move {
-        let client = client(kubeconfig(args.kubeconfig.clone())?).await?;
+        let client = client(crate::paths::kubeconfig_or_local(args.kubeconfig.clone())).await?;
         check_api(&client).await;
         let server = UnivrsMcp::new(client, identity);
         match args.listen {
@@ -42,21 +43,6 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
             Some(addr) => serve_http(server, addr, &args).await,
         }
     })
-}
-
-/// The kubeconfig to use: the one given (flag or KUBECONFIG), else the local control plane's
-/// when it exists (as `univrs kubectl` does), else kube's own inference (~/.kube/config,
-/// in-cluster).
-fn kubeconfig(given: Option<std::path::PathBuf>) -> anyhow::Result<Option<std::path::PathBuf>> {
-    if given.is_some() {
-        return Ok(given);
-    }
-    let local = crate::paths::data_dir()?.join("control-plane/admin.kubeconfig");
-    if local.exists() {
-        tracing::info!(kubeconfig = %local.display(), "using the local control plane");
-        return Ok(Some(local));
-    }
-    Ok(None)
 }
 
 /// Warns (without failing: the cluster may come up later) when the API server cannot be
@@ -94,8 +80,8 @@ async fn serve_http(server: UnivrsMcp, addr: SocketAddr, args: &McpArgs) -> anyh
         None
     } else {
         Some(match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => tls::from_files(cert, key)?,
-            _ => tls::self_signed(&dir, &addr)?,
+            (Some(cert), Some(key)) => serving::from_files(cert, key)?,
+            _ => serving::self_signed(&dir, &addr, "univrs-mcp")?,
         })
     };
     let (token, token_path, made) = match &args.token_file {

@@ -4,9 +4,11 @@ mod agent;
 mod control_plane;
 mod controller;
 mod crds;
+mod dashboard;
 mod identity;
 mod join;
 mod kubectl;
+mod logs;
 mod mcp;
 mod node;
 mod shim;
@@ -20,6 +22,8 @@ use univrs_controller::state::context::Settings;
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Logs(args) => logs::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
         Command::Crds { out, check } => crds::run(out.as_deref(), check),
         Command::Identity { command } => identity::run(command),
         Command::Token {

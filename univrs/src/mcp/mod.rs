@@ -21,6 +21,5 @@ mod manager;
 mod nodes;
 pub mod server;
 mod summary;
-pub mod tls;
 mod trust;
 mod workloads;

@@ -209,6 +209,8 @@ pub async fn run(opts: Options) -> Result<()> {
                     format!("/ip4/{ip}/udp/0/quic-v1"),
                     "--api-addr".into(),
                     format!("{ip}:0"),
+                    "--server-addr".into(),
+                    format!("{ip}:0"),
                     "--expose-address".into(),
                     ip.to_string(),
                     "--no-mdns".into(),

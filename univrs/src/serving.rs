@@ -1,8 +1,8 @@
-//! TLS for the HTTP listener: the given certificate and key (read by `univrs_io::tls`, the one
-//! PEM loader), or a self-signed certificate made once with rcgen into the data directory (its
-//! SHA-256 fingerprint is printed so a client can pin it or trust the file).
+//! TLS for this binary's HTTP listeners (the MCP server, the dashboard): the given certificate
+//! and key (read by `univrs_io::tls`, the one PEM loader), or a self-signed certificate made
+//! once into the data directory (its SHA-256 fingerprint is printed so a client can pin it or
+//! trust the file).
 
-use crate::control_plane::pki::{create_private_dir, write_private};
 use anyhow::Result;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,27 +48,10 @@ fn names(addr: &SocketAddr) -> Vec<String> {
     names
 }
 
-/// TLS from the self-signed certificate in `dir` (`tls.crt`, `tls.key`), made first if missing.
-pub fn self_signed(dir: &Path, addr: &SocketAddr) -> Result<Tls> {
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    let mut generated = false;
-    if !cert.exists() || !key.exists() {
-        create_private_dir(dir)?;
-        let mut params = rcgen::CertificateParams::new(names(addr))?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "univrs-mcp");
-        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(825);
-        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let made = params.self_signed(&pair)?;
-        write_private(&key, &pair.serialize_pem())?;
-        write_private(&cert, &made.pem())?;
-        generated = true;
-    }
+/// TLS from the self-signed certificate in `dir` (`tls.crt`, `tls.key`), made first if missing
+/// (named `common_name`).
+pub fn self_signed(dir: &Path, addr: &SocketAddr, common_name: &str) -> Result<Tls> {
+    let (cert, key, generated) = univrs_io::tls::self_signed(dir, names(addr), common_name)?;
     let mut tls = from_files(&cert, &key)?;
     tls.generated = generated;
     Ok(tls)
@@ -82,9 +65,9 @@ mod tests {
     fn a_self_signed_certificate_is_made_once_and_fingerprinted() {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let first = self_signed(dir.path(), &addr).unwrap();
+        let first = self_signed(dir.path(), &addr, "test").unwrap();
         assert!(first.generated);
-        let again = self_signed(dir.path(), &addr).unwrap();
+        let again = self_signed(dir.path(), &addr, "test").unwrap();
         assert!(!again.generated);
         assert_eq!(first.fingerprint, again.fingerprint);
         assert_eq!(first.fingerprint.len(), 32 * 3 - 1);
