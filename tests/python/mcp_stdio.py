@@ -15,7 +15,7 @@ from mcp import Client, StdioServerParameters
 
 EXPECTED_TOOLS = {
     "workload_deploy", "workload_list", "workload_get", "workload_scale", "workload_delete",
-    "cluster_nodes", "node_cordon", "node_uncordon", "node_drain",
+    "workload_logs", "cluster_nodes", "node_cordon", "node_uncordon", "node_drain",
     "credit_balances", "credit_lines", "reputation", "vouch_create",
 }
 
@@ -135,6 +135,16 @@ async def main() -> None:
         e = r["events"][0]
         assert e["type"] == "Warning" and e["reason"] == "FailedScheduling" and "0/2 nodes" in e["message"], r["events"]
         ok("workload_get shows an instance's node and the controller's Events")
+
+        # workload_logs goes to the node that runs the instance (tests/browser.rs reads real
+        # logs that way through the dashboard); these nodes are objects with no agent.
+        await fails(client, "workload_logs", {"name": "placed", "namespace": ns},
+                    f"node {node_b} publishes no node server")
+        await fails(client, "workload_logs", {"name": "placed", "namespace": ns, "instance": 7},
+                    "has no instance placed-7", "workload_get lists")
+        await fails(client, "workload_logs", {"name": "placed", "namespace": ns, "tailLines": 0},
+                    "tailLines is 0; give 1 to 1000")
+        ok("workload_logs finds the instance's node, and says what is missing")
 
         r = await call(client, "workload_list", {"namespace": ns})
         assert "mcp-web" in [w["name"] for w in r["workloads"]], r

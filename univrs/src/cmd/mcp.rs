@@ -2,10 +2,11 @@
 //! token. Standard output belongs to the protocol in stdio mode, so everything for people goes
 //! to standard error.
 
-use super::controller::{client, init_tracing};
+use super::controller::{config, init_tracing};
 use crate::cli::McpArgs;
 use crate::mcp::http;
 use crate::mcp::server::UnivrsMcp;
+use crate::node_logs::credentials::Credentials;
 use crate::serving;
 use anyhow::{Context, bail};
 use rmcp::ServiceExt;
@@ -35,9 +36,11 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
         None => None,
     };
     tokio::runtime::Runtime::new()?.block_on(async move {
-        let client = client(crate::paths::kubeconfig_or_local(args.kubeconfig.clone())).await?;
+        let config = config(crate::paths::kubeconfig_or_local(args.kubeconfig.clone())).await?;
+        let log_credentials = Credentials::from_config(&config).map_err(|e| e.to_string());
+        let client = kube::Client::try_from(config)?;
         check_api(&client).await;
-        let server = UnivrsMcp::new(client, identity);
+        let server = UnivrsMcp::new(client, identity, log_credentials);
         match args.listen {
             None => serve_stdio(server).await,
             Some(addr) => serve_http(server, addr, &args).await,

@@ -1,12 +1,17 @@
 //! Each account's balance over time, as this dashboard has seen it: a point whenever the
-//! balance changes (and one when first seen), the latest [`MAX_POINTS`] per account. It lives
-//! in memory, so it starts anew with the dashboard; the ledger itself keeps only balances.
+//! balance changes (and one when first seen), at most one per [`MIN_SPACING_MS`] (a newer
+//! balance within it replaces the last point: usage is paid every few seconds, in small
+//! amounts), the latest [`MAX_POINTS`] per account. It lives in memory, so it starts anew with
+//! the dashboard; the ledger itself keeps only balances.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 /// The most points kept per account.
 pub const MAX_POINTS: usize = 500;
+
+/// The least time between two points of one account.
+pub const MIN_SPACING_MS: i64 = 5_000;
 
 /// Balances over time: (Unix ms, milli-credits) per account.
 #[derive(Default)]
@@ -22,6 +27,14 @@ impl History {
             let series = points.entry(account.clone()).or_default();
             if series.back().is_some_and(|(_, b)| b == balance) {
                 continue;
+            }
+            // The first point stays where it is: it is where the history starts.
+            let recent = series.len() > 1
+                && series
+                    .back()
+                    .is_some_and(|(t, _)| now_ms - t < MIN_SPACING_MS);
+            if recent {
+                series.pop_back();
             }
             series.push_back((now_ms, *balance));
             if series.len() > MAX_POINTS {
@@ -52,8 +65,13 @@ mod tests {
         h.record(&at(0), 2);
         h.record(&at(5), 3);
         assert_eq!(h.of("node/a"), vec![(1, 0), (3, 5)]);
+        // Within the spacing, the newer balance replaces the last point.
+        h.record(&at(7), 4);
+        assert_eq!(h.of("node/a"), vec![(1, 0), (4, 7)]);
+        h.record(&at(9), 4 + MIN_SPACING_MS);
+        assert_eq!(h.of("node/a").len(), 3);
         for i in 0..(MAX_POINTS as i64 + 10) {
-            h.record(&at(i + 100), 10 + i);
+            h.record(&at(i + 100), 10_000 + i * MIN_SPACING_MS);
         }
         assert_eq!(h.of("node/a").len(), MAX_POINTS);
         assert!(h.of("nobody").is_empty());

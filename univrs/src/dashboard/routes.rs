@@ -2,7 +2,7 @@
 //! resource's Events, and an instance's log through its node server (`crate::node_logs`, as
 //! `univrs logs` reads it, with the dashboard's own credentials).
 
-use super::Dashboard;
+use super::state::Dashboard;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
@@ -22,8 +22,9 @@ const APP_JS: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/style.css");
 
 /// How long changes are gathered before a view is pushed (a reconcile touches several
-/// objects at once; one frame for them all).
-const COALESCE: Duration = Duration::from_millis(250);
+/// objects at once, and usage is paid every few seconds: one frame for them all), and so the
+/// most frames a page gets: one a second.
+const COALESCE: Duration = Duration::from_secs(1);
 /// The most Events a detail page shows.
 const MAX_EVENTS: usize = 50;
 

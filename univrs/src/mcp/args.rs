@@ -91,6 +91,27 @@ pub struct WorkloadRef {
     pub namespace: Option<String>,
 }
 
+/// `workload_logs`: which instance's output, and how much.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogsArgs {
+    /// The Workload's name.
+    pub name: String,
+    /// Its namespace. Default: "default".
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The instance's index (the N of NAME-N, as workload_get lists them). Default: the
+    /// first placed instance.
+    #[serde(default)]
+    pub instance: Option<u32>,
+    /// The container's name. Default: the first.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// How many of the last lines (1 to 1000). Default: 100.
+    #[serde(default)]
+    pub tail_lines: Option<usize>,
+}
+
 /// `workload_list`: which namespace to list.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -17,6 +17,7 @@ mod args;
 mod credit;
 mod error;
 pub mod http;
+mod logs;
 mod manager;
 mod nodes;
 pub mod server;

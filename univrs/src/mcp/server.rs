@@ -2,11 +2,12 @@
 //! its argument type's schema its input schema) and the cluster summary resource.
 
 use super::args::{
-    CreditLinesArgs, DeployArgs, ListArgs, NodeRef, ReputationArgs, ScaleArgs, VouchArgs,
+    CreditLinesArgs, DeployArgs, ListArgs, LogsArgs, NodeRef, ReputationArgs, ScaleArgs, VouchArgs,
     WorkloadRef,
 };
 use super::error::respond;
-use super::{credit, nodes, summary, trust, workloads};
+use super::{credit, logs, nodes, summary, trust, workloads};
+use crate::node_logs::credentials::Credentials;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -24,7 +25,7 @@ const INSTRUCTIONS: &str = "Univrs runs containers on community-owned machines. 
 Read univrs://cluster/summary or call cluster_nodes and workload_list to see what exists. \
 workload_deploy creates or updates a Workload (image, replicas, ports, resources); \
 workload_get shows where its instances run and why (conditions and Events); \
-workload_scale changes its replica count. Credit is mutual credit in integer milli-credits.";
+workload_scale changes its replica count; workload_logs reads an instance's output. Credit is mutual credit in integer milli-credits.";
 
 /// The Univrs MCP server: a Kubernetes client, the optional identity vouches are signed with,
 /// and the tools.
@@ -32,16 +33,24 @@ workload_scale changes its replica count. Credit is mutual credit in integer mil
 pub struct UnivrsMcp {
     client: kube::Client,
     identity: Option<Arc<NodeIdentity>>,
+    /// The credentials shown to node servers for logs (or why the kubeconfig has none).
+    log_credentials: Arc<Result<Credentials, String>>,
     tool_router: ToolRouter<Self>,
 }
 
 #[tool_router]
 impl UnivrsMcp {
-    /// A server acting through `client`, signing vouches with `identity` when given.
-    pub fn new(client: kube::Client, identity: Option<NodeIdentity>) -> Self {
+    /// A server acting through `client`, signing vouches with `identity` when given and
+    /// reading logs with `log_credentials` (those of `client`'s kubeconfig).
+    pub fn new(
+        client: kube::Client,
+        identity: Option<NodeIdentity>,
+        log_credentials: Result<Credentials, String>,
+    ) -> Self {
         Self {
             client,
             identity: identity.map(Arc::new),
+            log_credentials: Arc::new(log_credentials),
             tool_router: Self::tool_router(),
         }
     }
@@ -52,6 +61,14 @@ impl UnivrsMcp {
     #[tool(annotations(idempotent_hint = true, destructive_hint = false))]
     async fn workload_deploy(&self, Parameters(args): Parameters<DeployArgs>) -> CallToolResult {
         respond(workloads::deploy(&self.client, args).await)
+    }
+
+    /// The last lines an instance of a Workload wrote (stdout and stderr), read from the node
+    /// that runs it, which checks with the API server that this server may read
+    /// `workloads/log` in the namespace.
+    #[tool(annotations(read_only_hint = true))]
+    async fn workload_logs(&self, Parameters(args): Parameters<LogsArgs>) -> CallToolResult {
+        respond(logs::read(&self.client, &self.log_credentials, args).await)
     }
 
     /// List Workloads (one namespace, or all) with desired, placed and ready replicas.

@@ -168,6 +168,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_goes_only_to_the_node_it_is_meant_for() {
         // No API server is needed for these answers: a client that is never called.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         let mine = Credentials::Token(jwt(

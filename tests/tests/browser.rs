@@ -1,0 +1,418 @@
+//! The community dashboard in a real browser, and logs from anywhere: `univrs up --agents 2`
+//! (three agents, joined with their own certificates under the chart's RBAC and admission
+//! policies), the portal example and three credit lines applied with kubectl, then
+//! `univrs dashboard` read by headless Chromium over WebDriver (Debian's chromium and
+//! chromedriver). The page must show the three machines, the mesh graph, the credit lines and
+//! the portal's instances; a scale to five through kubectl must show five without a reload;
+//! each page is photographed (saved under the target's tmp directory) and the photograph is
+//! checked for what it shows. Then `univrs logs -f` follows an instance on another node,
+//! and a caller whom RBAC does not allow gets 403 and sees nothing.
+
+use kube::api::Api;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use univrs_api::Workload;
+use univrs_tests::browser::Browser;
+use univrs_tests::cluster::eventually;
+use univrs_tests::up::Up;
+use univrs_tests::{Guarded, free_port, run, univrs_bin};
+
+const NS: &str = "community-center";
+const PORTAL: &str = "community-portal";
+const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Three credit lines: each machine hosts the community center.
+const LINES: &str = "
+apiVersion: univrs.io/v1alpha1
+kind: CreditLine
+metadata: {name: node-0-hosts-community-center}
+spec: {creditor: node/node-0, debtor: namespace/community-center, limit: 100000}
+---
+apiVersion: univrs.io/v1alpha1
+kind: CreditLine
+metadata: {name: node-1-hosts-community-center}
+spec: {creditor: node/node-1, debtor: namespace/community-center, limit: 100000}
+---
+apiVersion: univrs.io/v1alpha1
+kind: CreditLine
+metadata: {name: node-2-hosts-community-center}
+spec: {creditor: node/node-2, debtor: namespace/community-center, limit: 100000}
+";
+
+/// `univrs kubectl ARGS` against `kubeconfig`; its stdout, failing the test on an error.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = run(Command::new(univrs_bin())
+        .arg("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig));
+    assert!(ok, "kubectl {args:?}: {err}");
+    out
+}
+
+/// Where the screenshots go (kept after the test, for people to look at).
+fn shots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `univrs dashboard` on loopback, and its URL.
+fn start_dashboard(kubeconfig: &Path) -> (Guarded, String) {
+    let mut cmd = Command::new(univrs_bin());
+    cmd.args([
+        "dashboard",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ])
+    .arg("--kubeconfig")
+    .arg(kubeconfig)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    let mut proc = Guarded::spawn(cmd).unwrap();
+    let stdout = proc.0.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("univrs dashboard said {line:?}"))
+        .to_string();
+    (proc, url)
+}
+
+/// The colour a CSS property of the first element matching `selector` computes to.
+fn colour(browser: &Browser, selector: &str, property: &str) -> [u8; 3] {
+    let v = browser.eval(&format!(
+        "const e = document.querySelector({selector:?}); return e ? getComputedStyle(e).getPropertyValue({property:?}) : null;"
+    ));
+    let text = v
+        .as_str()
+        .unwrap_or_else(|| panic!("no {selector} to read {property} of: {v}"));
+    let n: Vec<u8> = text
+        .trim_start_matches("rgba(")
+        .trim_start_matches("rgb(")
+        .trim_end_matches(')')
+        .split(',')
+        .take(3)
+        .map(|c| c.trim().parse::<f64>().unwrap_or(0.0) as u8)
+        .collect();
+    assert_eq!(n.len(), 3, "{selector} {property} is {text}");
+    [n[0], n[1], n[2]]
+}
+
+/// Photographs the page as `name`.png and checks the picture holds at least `min_pixels`
+/// of the colour `selector` is drawn in (so the photograph shows the thing, not a blank or
+/// an error page), besides the DOM checks made before.
+fn photograph(browser: &Browser, name: &str, selector: &str, property: &str, min_pixels: usize) {
+    let path = shots().join(format!("{name}.png"));
+    let want = colour(browser, selector, property);
+    let image = browser.screenshot(&path);
+    let got = image.count(want, 2);
+    assert!(
+        got >= min_pixels && image.colours() > 16,
+        "{}: {got} pixels of {want:?} ({selector} {property}), {} colours; want at least {min_pixels}",
+        path.display(),
+        image.colours()
+    );
+    eprintln!(
+        "{}: {} × {}, {got} pixels of {selector}",
+        path.display(),
+        image.width,
+        image.height
+    );
+}
+
+/// A kubeconfig with the cluster of `admin` and the bearer token `token`.
+fn token_kubeconfig(admin: &Path, token: &str, out: &Path) -> PathBuf {
+    let mut kc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
+    kc["users"][0]["user"] = serde_yaml::from_str(&format!("{{token: {token}}}")).unwrap();
+    std::fs::write(out, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    out.to_path_buf()
+}
+
+/// `univrs logs ARGS` with `kubeconfig`: (success, stdout, stderr).
+fn univrs_logs(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    run(Command::new(univrs_bin())
+        .arg("logs")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_community_live_and_logs_are_read_from_anywhere() {
+    let dir = PathBuf::from(format!("/tmp/ub-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let up = Up::start(&dir, free_port(), 2);
+    let kc = up.kubeconfig.clone();
+    let portal = univrs_tests::repo_root().join("deploy/examples/community-portal.yaml");
+    kubectl(&kc, &["apply", "-f", portal.to_str().unwrap()]);
+    let lines_file = dir.with_extension("lines.yaml");
+    std::fs::write(&lines_file, LINES).unwrap();
+    kubectl(&kc, &["apply", "-f", lines_file.to_str().unwrap()]);
+    let client = up.client().await;
+    let workloads: Api<Workload> = Api::namespaced(client.clone(), NS);
+    let ready = async |n: i32| {
+        eventually(
+            &format!("{n} portal instances ready"),
+            Duration::from_secs(180),
+            async || {
+                let w = workloads.get(PORTAL).await.unwrap();
+                let r = w
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0);
+                ((r == n).then_some(w), format!("ready: {r}"))
+            },
+        )
+        .await
+    };
+    let w = ready(3).await;
+
+    // The overview: machines, mesh, money, workloads.
+    let (_dashboard, url) = start_dashboard(&kc);
+    let browser = Browser::start(1280, 1800);
+    browser.goto(&url);
+    browser.wait_for("the three machines", PAGE_TIMEOUT, "return document.querySelectorAll('[data-node=\"node-0\"],[data-node=\"node-1\"],[data-node=\"node-2\"]').length >= 3");
+    browser.wait_for("the mesh graph's three machines and its links", PAGE_TIMEOUT,
+        "const s = document.getElementById('mesh'); return s && s.querySelectorAll('.mesh-node').length === 3 && s.querySelectorAll('.mesh-link').length >= 2");
+    browser.wait_for(
+        "the three credit lines",
+        PAGE_TIMEOUT,
+        "return document.querySelectorAll('#money .credit-line').length === 3",
+    );
+    browser.wait_for("the portal's three instances", PAGE_TIMEOUT,
+        "return document.querySelectorAll('[data-workload=\"community-center/community-portal\"]').length >= 1 && new Set([...document.querySelectorAll('[data-instance]')].map(e => e.dataset.instance)).size === 3");
+    browser.wait_for(
+        "the stream is live",
+        PAGE_TIMEOUT,
+        "const l = document.getElementById('live'); return l && l.textContent.includes('Live')",
+    );
+    let text = browser
+        .eval("return document.body.innerText")
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    for want in ["node-0", "node-1", "node-2", PORTAL] {
+        assert!(
+            text.contains(want),
+            "the overview does not say {want}:\n{text}"
+        );
+    }
+    // Where each instance runs, as the Workload's status says.
+    for i in w.status.as_ref().unwrap().instances.iter() {
+        let shown = browser.eval(&format!(
+            "const e = document.querySelector('[data-instance=\"{}\"]'); return e ? e.dataset.nodeOfInstance : null;",
+            i.name
+        ));
+        assert_eq!(shown.as_str(), i.node.as_deref(), "where {} runs", i.name);
+    }
+    photograph(&browser, "overview", "#mesh .mesh-node circle", "fill", 200);
+
+    // Five replicas through kubectl: the same page shows them without a reload.
+    browser.eval("window.__notReloaded = true; return true;");
+    kubectl(
+        &kc,
+        &["scale", "workload", PORTAL, "-n", NS, "--replicas", "5"],
+    );
+    ready(5).await;
+    browser.wait_for("five instances without a reload", PAGE_TIMEOUT,
+        "return window.__notReloaded === true && new Set([...document.querySelectorAll('[data-instance]')].map(e => e.dataset.instance)).size === 5");
+    photograph(
+        &browser,
+        "overview-five",
+        "#mesh .mesh-node circle",
+        "fill",
+        200,
+    );
+
+    // A machine's page.
+    browser.goto(&format!("{url}#/nodes/node-1"));
+    browser.wait_for("node-1's page", PAGE_TIMEOUT,
+        "return document.querySelector('main') && document.querySelector('main').innerText.includes('node-1') && document.querySelector('main').innerText.includes('Ready')");
+    photograph(&browser, "node", "h1, h2", "color", 50);
+
+    // The portal's page, with its Events.
+    browser.goto(&format!("{url}#/workloads/{NS}/{PORTAL}"));
+    browser.wait_for("the portal's page with five instances and its Events", PAGE_TIMEOUT,
+        "const m = document.querySelector('main'); return m && m.querySelectorAll('[data-instance]').length >= 5 && m.innerText.includes('Started')");
+    photograph(&browser, "workload", "h1, h2", "color", 50);
+
+    // An instance's log, followed live: the readiness probe's requests arrive as lines.
+    let on_other = w
+        .status
+        .as_ref()
+        .unwrap()
+        .instances
+        .iter()
+        .find(|i| i.node.as_deref() != Some("node-0"))
+        .expect("an instance off node-0")
+        .clone();
+    let index = on_other.name.rsplit_once('-').unwrap().1.to_string();
+    browser.goto(&format!("{url}#/workloads/{NS}/{PORTAL}/logs/{index}"));
+    let first = browser.wait_for("the log's first lines", PAGE_TIMEOUT,
+        "const l = document.getElementById('log'); return l && l.textContent.includes('response:200') ? l.textContent.split('\\n').length : 0");
+    browser.wait_for("a line written while the page is open", PAGE_TIMEOUT, &format!(
+        "const l = document.getElementById('log'); return l && l.textContent.split('\\n').length > {first}"));
+    photograph(&browser, "logs", "#log", "color", 50);
+
+    // A phone: one column, nothing wider than the screen.
+    browser.resize(390, 844);
+    browser.goto(&url);
+    browser.wait_for(
+        "the overview on a phone",
+        PAGE_TIMEOUT,
+        "return document.querySelectorAll('[data-node]').length >= 3",
+    );
+    let overflow = browser
+        .eval("return document.documentElement.scrollWidth - document.documentElement.clientWidth");
+    assert!(
+        overflow.as_i64().unwrap_or(99) <= 0,
+        "the page is wider than a phone by {overflow} px"
+    );
+    photograph(&browser, "phone", "#mesh .mesh-node circle", "fill", 50);
+    drop(browser);
+
+    // `univrs logs -f` from this machine follows the instance on another node.
+    let mut follow = Command::new(univrs_bin());
+    follow
+        .args([
+            "logs",
+            PORTAL,
+            "-n",
+            NS,
+            "--instance",
+            &index,
+            "-f",
+            "--tail",
+            "1",
+            "--kubeconfig",
+        ])
+        .arg(&kc)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.with_extension("follow.err")).unwrap());
+    let mut follower = Guarded::spawn(follow).unwrap();
+    let stdout = follower.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    while lines.len() < 3 && started.elapsed() < Duration::from_secs(60) {
+        if let Ok(l) = rx.recv_timeout(Duration::from_secs(1)) {
+            lines.push(l);
+        }
+    }
+    assert!(
+        lines.len() >= 3,
+        "univrs logs -f printed {lines:?}; stderr: {}",
+        std::fs::read_to_string(dir.with_extension("follow.err")).unwrap_or_default()
+    );
+    // The tail was one line: the others came while it followed.
+    assert!(
+        lines.iter().all(|(_, l)| l.contains("response:200")),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].0.duration_since(lines[0].0) >= Duration::from_secs(1),
+        "{lines:?}"
+    );
+    eprintln!(
+        "univrs logs -f on {}: {} lines in {:.1}s",
+        on_other.node.as_deref().unwrap(),
+        lines.len(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(follower);
+    let _ = std::fs::remove_file(dir.with_extension("follow.err"));
+
+    // A caller RBAC does not allow: a ServiceAccount with a token for that very node.
+    let node = on_other.node.clone().unwrap();
+    kubectl(&kc, &["create", "serviceaccount", "stranger", "-n", NS]);
+    let audience = univrs_api::system::node_audience(&node);
+    let token = kubectl(
+        &kc,
+        &[
+            "create",
+            "token",
+            "stranger",
+            "-n",
+            NS,
+            "--audience",
+            &audience,
+        ],
+    );
+    let stranger = token_kubeconfig(
+        &kc,
+        token.trim(),
+        &dir.with_extension("stranger.kubeconfig"),
+    );
+    let (ok, out, err) = univrs_logs(&stranger, &[PORTAL, "-n", NS, "--instance", &index]);
+    assert!(!ok && out.is_empty(), "a stranger read the log: {out}");
+    assert!(
+        err.contains("forbidden (403)") && err.contains("stranger"),
+        "{err}"
+    );
+    // Straight at the node server: no credentials, or a token meant for the API server (which
+    // the node could otherwise replay), are not even authenticated.
+    let nodes: Api<univrs_api::Node> = Api::all(client.clone());
+    let n = nodes.get(&node).await.unwrap();
+    let server = n.metadata.annotations.as_ref().unwrap()
+        [univrs_api::system::NODE_SERVER_ANNOTATION]
+        .clone();
+    let path = format!("{server}/api/v1/namespaces/{NS}/workloads/{PORTAL}/log?instance={index}");
+    let (code, body) = univrs_tests::curl(&["-k", &path]);
+    assert_eq!(code, "401", "{body}");
+    let api_token = kubectl(&kc, &["create", "token", "stranger", "-n", NS]);
+    let (code, body) = univrs_tests::curl(&[
+        "-k",
+        "-H",
+        &format!("Authorization: Bearer {}", api_token.trim()),
+        &path,
+    ]);
+    assert_eq!(code, "401", "{body}");
+    assert!(body.contains("not valid for audience"), "{body}");
+    let (code, body) = univrs_tests::curl(&[
+        "-k",
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        &path,
+    ]);
+    assert_eq!(code, "403", "{body}");
+    assert!(!body.contains("response:200"), "{body}");
+    // The chart's roles: whoever may view the namespace may read its Workloads' logs.
+    kubectl(
+        &kc,
+        &[
+            "create",
+            "rolebinding",
+            "stranger-views",
+            "-n",
+            NS,
+            "--clusterrole",
+            "view",
+            "--serviceaccount",
+            &format!("{NS}:stranger"),
+        ],
+    );
+    let (ok, out, err) = univrs_logs(
+        &stranger,
+        &[PORTAL, "-n", NS, "--instance", &index, "--tail", "2"],
+    );
+    assert!(
+        ok && out.contains("response:200"),
+        "a viewer could not read the log: {err}"
+    );
+
+    let _ = std::fs::remove_file(&lines_file);
+    let _ = std::fs::remove_file(&stranger);
+    drop(up);
+    let _ = std::fs::remove_dir_all(&dir);
+}
