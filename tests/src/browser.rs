@@ -73,7 +73,10 @@ impl Browser {
                     break v["value"]["sessionId"].as_str().unwrap().to_string();
                 }
                 other => {
-                    assert!(Instant::now() < deadline, "no Chromium session: {other:?}");
+                    if Instant::now() > deadline {
+                        kill_chromium(&profile);
+                        panic!("no Chromium session: {other:?}");
+                    }
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
@@ -164,11 +167,17 @@ impl Drop for Browser {
             None,
         );
         self.driver.take();
-        let _ = Command::new("pkill")
-            .args(["-f", &format!("--user-data-dir={}", self.profile.display())])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.profile);
+        kill_chromium(&self.profile);
     }
+}
+
+/// Kills what is left of the Chromium using `profile` (chromedriver leaves it behind when it
+/// dies first), and removes the profile.
+fn kill_chromium(profile: &Path) {
+    let _ = Command::new("pkill")
+        .args(["-f", &format!("user-data-dir={}", profile.display())])
+        .status();
+    let _ = std::fs::remove_dir_all(profile);
 }
 
 /// One HTTP/1.1 request to chromedriver on loopback, its JSON answer.
@@ -183,18 +192,43 @@ fn request(port: u16, method: &str, path: &str, body: Option<Value>) -> Result<V
         body.len()
     )
     .map_err(|e| e.to_string())?;
+    // chromedriver keeps the connection open whatever the request says: read the head, then
+    // exactly its Content-Length (or chunks up to the last one).
     let mut answer = Vec::new();
-    s.read_to_end(&mut answer).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, rest) = text.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
+    let mut buf = [0u8; 65536];
+    let (head_len, length, chunked) = loop {
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the answer's head".into());
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if let Some(i) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..i]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            break (i + 4, length, head.contains("transfer-encoding: chunked"));
+        }
     };
+    loop {
+        let body = &answer[head_len..];
+        let done = match length {
+            Some(n) => body.len() >= n,
+            None if chunked => body.ends_with(b"0\r\n\r\n"),
+            None => false,
+        };
+        if done {
+            break;
+        }
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let rest = String::from_utf8_lossy(&answer[head_len..]).into_owned();
+    let body = if chunked { dechunk(&rest) } else { rest };
     serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
 }
 

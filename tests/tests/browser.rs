@@ -41,6 +41,35 @@ metadata: {name: node-2-hosts-community-center}
 spec: {creditor: node/node-2, debtor: namespace/community-center, limit: 100000}
 ";
 
+/// What the stranger may do: read the portal's Workload and the Nodes (so `univrs logs` finds
+/// the instance's node), and mint tokens for itself alone; not read logs.
+const STRANGER_GRANTS: &str = "
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: stranger, namespace: community-center}
+rules:
+  - {apiGroups: [univrs.io], resources: [workloads], verbs: [get]}
+  - {apiGroups: [''], resources: [serviceaccounts/token], resourceNames: [stranger], verbs: [create]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: stranger, namespace: community-center}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: stranger}
+subjects: [{kind: ServiceAccount, name: stranger, namespace: community-center}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: univrs-test-stranger-nodes}
+rules:
+  - {apiGroups: [univrs.io], resources: [nodes], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: univrs-test-stranger-nodes}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: univrs-test-stranger-nodes}
+subjects: [{kind: ServiceAccount, name: stranger, namespace: community-center}]
+";
+
 /// `univrs kubectl ARGS` against `kubeconfig`; its stdout, failing the test on an error.
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     let (ok, out, err) = run(Command::new(univrs_bin())
@@ -333,9 +362,20 @@ async fn the_dashboard_shows_the_community_live_and_logs_are_read_from_anywhere(
     drop(follower);
     let _ = std::fs::remove_file(dir.with_extension("follow.err"));
 
-    // A caller RBAC does not allow: a ServiceAccount with a token for that very node.
+    // A caller who may see the Workload and the Nodes but not the logs: a ServiceAccount whose
+    // kubeconfig holds an ordinary token (for the API server), which `univrs logs` never sends
+    // to a node: it mints one for that node's audience (TokenRequest on itself) instead.
     let node = on_other.node.clone().unwrap();
     kubectl(&kc, &["create", "serviceaccount", "stranger", "-n", NS]);
+    let grants = dir.with_extension("stranger.yaml");
+    std::fs::write(&grants, STRANGER_GRANTS).unwrap();
+    kubectl(&kc, &["apply", "-f", grants.to_str().unwrap()]);
+    let api_token = kubectl(&kc, &["create", "token", "stranger", "-n", NS]);
+    let stranger = token_kubeconfig(
+        &kc,
+        api_token.trim(),
+        &dir.with_extension("stranger.kubeconfig"),
+    );
     let audience = univrs_api::system::node_audience(&node);
     let token = kubectl(
         &kc,
@@ -348,11 +388,6 @@ async fn the_dashboard_shows_the_community_live_and_logs_are_read_from_anywhere(
             "--audience",
             &audience,
         ],
-    );
-    let stranger = token_kubeconfig(
-        &kc,
-        token.trim(),
-        &dir.with_extension("stranger.kubeconfig"),
     );
     let (ok, out, err) = univrs_logs(&stranger, &[PORTAL, "-n", NS, "--instance", &index]);
     assert!(!ok && out.is_empty(), "a stranger read the log: {out}");
@@ -370,7 +405,6 @@ async fn the_dashboard_shows_the_community_live_and_logs_are_read_from_anywhere(
     let path = format!("{server}/api/v1/namespaces/{NS}/workloads/{PORTAL}/log?instance={index}");
     let (code, body) = univrs_tests::curl(&["-k", &path]);
     assert_eq!(code, "401", "{body}");
-    let api_token = kubectl(&kc, &["create", "token", "stranger", "-n", NS]);
     let (code, body) = univrs_tests::curl(&[
         "-k",
         "-H",
@@ -413,6 +447,7 @@ async fn the_dashboard_shows_the_community_live_and_logs_are_read_from_anywhere(
 
     let _ = std::fs::remove_file(&lines_file);
     let _ = std::fs::remove_file(&stranger);
+    let _ = std::fs::remove_file(&grants);
     drop(up);
     let _ = std::fs::remove_dir_all(&dir);
 }
