@@ -88,17 +88,14 @@ fn shots() -> PathBuf {
 }
 
 /// `univrs dashboard` on loopback, and its URL.
-fn start_dashboard(kubeconfig: &Path) -> (Guarded, String) {
+fn start_dashboard(kubeconfig: &Path, listen: &str, data_home: &Path) -> (Guarded, String) {
     let mut cmd = Command::new(univrs_bin());
-    cmd.args([
-        "dashboard",
-        "--listen",
-        &format!("127.0.0.1:{}", free_port()),
-    ])
-    .arg("--kubeconfig")
-    .arg(kubeconfig)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    cmd.args(["dashboard", "--listen", listen])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env("XDG_DATA_HOME", data_home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     let mut proc = Guarded::spawn(cmd).unwrap();
     let stdout = proc.0.stdout.take().unwrap();
     let mut line = String::new();
@@ -203,7 +200,8 @@ async fn the_dashboard_shows_the_community_live_and_logs_are_read_from_anywhere(
     let w = ready(3).await;
 
     // The overview: machines, mesh, money, workloads.
-    let (_dashboard, url) = start_dashboard(&kc);
+    let data_home = dir.with_extension("xdg");
+    let (_dashboard, url) = start_dashboard(&kc, &format!("127.0.0.1:{}", free_port()), &data_home);
     let browser = Browser::start(1280, 1800);
     browser.goto(&url);
     browser.wait_for("the three machines", PAGE_TIMEOUT, "return document.querySelectorAll('[data-node=\"node-0\"],[data-node=\"node-1\"],[data-node=\"node-2\"]').length >= 3");
@@ -305,6 +303,44 @@ async fn the_dashboard_shows_the_community_live_and_logs_are_read_from_anywhere(
     );
     photograph(&browser, "phone", "#mesh .mesh-node circle", "fill", 50);
     drop(browser);
+
+    // An attacker's page elsewhere that rebinds its own name to 127.0.0.1 is not answered.
+    let port = url.trim_end_matches('/').rsplit_once(':').unwrap().1;
+    let (code, body) = univrs_tests::curl(&[
+        "-H",
+        &format!("Host: attacker.example:{port}"),
+        &format!("{url}api/view"),
+    ]);
+    assert_eq!(code, "421", "{body}");
+    // Off loopback: TLS and a token (made once, mode 0600); the data is refused without it,
+    // and nothing is served in plain HTTP.
+    let (_open, open_url) = start_dashboard(&kc, &format!("0.0.0.0:{}", free_port()), &data_home);
+    assert!(open_url.starts_with("https://"), "{open_url}");
+    let open_url = open_url.replace("0.0.0.0", "127.0.0.1");
+    let token_file = data_home.join("univrs/dashboard/token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let secret = std::fs::read_to_string(&token_file).unwrap();
+    let (code, body) = univrs_tests::curl(&["-k", &format!("{open_url}api/view")]);
+    assert_eq!(code, "401", "{body}");
+    assert!(!body.contains(PORTAL), "{body}");
+    let (code, body) = univrs_tests::curl(&[
+        "-k",
+        "-H",
+        &format!("Authorization: Bearer {}", secret.trim()),
+        &format!("{open_url}api/view"),
+    ]);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains(PORTAL), "{body}");
+    let (code, _) = univrs_tests::curl(&[
+        "-m",
+        "5",
+        &format!("{}api/view", open_url.replace("https://", "http://")),
+    ]);
+    assert_ne!(code, "200", "plain HTTP was served off loopback");
 
     // `univrs logs -f` from this machine follows the instance on another node.
     let mut follow = Command::new(univrs_bin());
@@ -450,4 +486,5 @@ async fn the_dashboard_shows_the_community_live_and_logs_are_read_from_anywhere(
     let _ = std::fs::remove_file(&grants);
     drop(up);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&data_home);
 }
