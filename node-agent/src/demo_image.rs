@@ -2,8 +2,7 @@
 //! machine's static busybox, so the examples run offline: an OCI image layout with one gzip layer (busybox, its applets
 //! and a small web page) whose default command serves that page on port 8080.
 
-use sha2::{Digest, Sha256};
-use std::io::Write;
+use crate::image::write::{LayerBuilder, write_layout};
 use std::path::{Path, PathBuf};
 
 /// The reference the examples use; it names no registry that exists, so only an agent that
@@ -49,108 +48,28 @@ pub fn build(dir: &Path) -> Result<PathBuf> {
         "reading {BUSYBOX} (install Debian's busybox-static)"
     )))?;
     let layer = layer_tar_gz(&busybox).map_err(io("building the layer"))?;
-    let diff_id = sha256_hex(&gunzip(&layer).map_err(io("reading the layer back"))?);
-    let config = serde_json::json!({
-        "architecture": go_arch(),
-        "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["/bin/sh", "-c", CMD],
-            "WorkingDir": "/",
-            "ExposedPorts": {"8080/tcp": {}},
-            "Labels": {"org.opencontainers.image.title": "univrs demo portal"},
-        },
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
+    let run = serde_json::json!({
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        "Cmd": ["/bin/sh", "-c", CMD],
+        "WorkingDir": "/",
+        "ExposedPorts": {"8080/tcp": {}},
+        "Labels": {"org.opencontainers.image.title": "univrs demo portal"},
     });
-    let config = config.to_string().into_bytes();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
-        "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+gzip", &layer)],
-    });
-    let manifest = manifest.to_string().into_bytes();
-    let mut manifest_desc = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
-    manifest_desc["annotations"] = serde_json::json!({
-        "org.opencontainers.image.ref.name": "latest",
-        "io.containerd.image.name": DEMO_REFERENCE,
-    });
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [manifest_desc],
-    });
-
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io(format!("removing {}", dir.display())))?;
-    }
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).map_err(io(format!("creating {}", blobs.display())))?;
-    let write = |path: PathBuf, body: &[u8]| {
-        std::fs::write(&path, body).map_err(io(format!("writing {}", path.display())))
-    };
-    for blob in [&layer, &config, &manifest] {
-        write(blobs.join(sha256_hex(blob)), blob)?;
-    }
-    write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    write(dir.join("index.json"), index.to_string().as_bytes())?;
+    write_layout(dir, &[layer], run, DEMO_REFERENCE, "latest")
+        .map_err(io(format!("writing the layout in {}", dir.display())))?;
     Ok(dir.to_path_buf())
-}
-
-fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
-fn descriptor(media_type: &str, blob: &[u8]) -> serde_json::Value {
-    serde_json::json!({
-        "mediaType": media_type,
-        "digest": format!("sha256:{}", sha256_hex(blob)),
-        "size": blob.len(),
-    })
-}
-
-fn gunzip(b: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    std::io::copy(&mut flate2::read::GzDecoder::new(b), &mut out)?;
-    Ok(out)
 }
 
 /// The layer: directories, busybox, applet symlinks and a minimal /etc, with fixed times so
 /// the same busybox always gives the same digest.
 fn layer_tar_gz(busybox: &[u8]) -> std::io::Result<Vec<u8>> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut tar = tar::Builder::new(gz);
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h
-    };
+    let mut layer = LayerBuilder::new();
     for d in ["bin", "etc", "tmp", "www", "proc", "sys", "dev"] {
-        let mut h = header(
-            tar::EntryType::Directory,
-            if d == "tmp" { 0o1777 } else { 0o755 },
-            0,
-        );
-        tar.append_data(&mut h, format!("{d}/"), std::io::empty())?;
+        layer.dir(d, if d == "tmp" { 0o1777 } else { 0o755 })?;
     }
-    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
-    tar.append_data(&mut h, "bin/busybox", busybox)?;
+    layer.file("bin/busybox", 0o755, busybox)?;
     for applet in APPLETS {
-        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-        tar.append_link(&mut h, format!("bin/{applet}"), "busybox")?;
+        layer.symlink(&format!("bin/{applet}"), "busybox")?;
     }
     let files: [(&str, &[u8]); 3] = [
         (
@@ -161,17 +80,15 @@ fn layer_tar_gz(busybox: &[u8]) -> std::io::Result<Vec<u8>> {
         ("etc/hosts", b"127.0.0.1 localhost\n"),
     ];
     for (path, body) in files {
-        let mut h = header(tar::EntryType::Regular, 0o644, body.len() as u64);
-        tar.append_data(&mut h, path, body)?;
+        layer.file(path, 0o644, body)?;
     }
-    let mut gz = tar.into_inner()?;
-    gz.flush()?;
-    gz.finish()
+    layer.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
 
     #[test]
     fn builds_a_valid_reproducible_layout() {
@@ -188,7 +105,7 @@ mod tests {
         let digest = index["manifests"][0]["digest"].as_str().unwrap();
         let hex = digest.strip_prefix("sha256:").unwrap();
         let manifest = std::fs::read(a.path().join("blobs/sha256").join(hex)).unwrap();
-        assert_eq!(sha256_hex(&manifest), hex);
+        assert_eq!(hex::encode(sha2::Sha256::digest(&manifest)), hex);
         let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
         let layer_hex = manifest["layers"][0]["digest"]
             .as_str()

@@ -20,6 +20,12 @@ pub enum Command {
     Logs(LogsArgs),
     /// Serve the community dashboard: machines, mesh, money and workloads in a browser, live.
     Dashboard(DashboardArgs),
+    /// The Univrs container image, built offline from a univrs binary (`image build`).
+    Image {
+        /// What to do.
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into --out.
     Crds {
         /// Write `<plural>.univrs.io.yaml` files into this directory instead of printing.
@@ -216,6 +222,29 @@ pub enum Command {
         /// run or delete.
         #[command(subcommand)]
         command: ShimCommand,
+    },
+}
+
+/// `univrs image` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Write the image as an OCI image layout: the binary, the libraries it loads, what the
+    /// agent runs (ip, iptables-save/-restore and their libraries), a non-root user, labels.
+    /// Reproducible: the same inputs give the same digest. Push it with
+    /// `skopeo copy oci:DIR:TAG docker://REGISTRY/univrs:TAG`.
+    Build {
+        /// The OCI layout directory to write (replaced).
+        #[arg(long)]
+        output: PathBuf,
+        /// The univrs binary to put in [default: this one; build with `cargo build --release`].
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// The image's name (annotation io.containerd.image.name, with the tag).
+        #[arg(long, default_value = "ghcr.io/univrs/univrs")]
+        reference: String,
+        /// Its tag [default: this version].
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
     },
 }
 

@@ -8,6 +8,7 @@ mod join;
 mod mcp;
 mod node_logs;
 mod paths;
+mod release_image;
 mod serving;
 mod up;
 

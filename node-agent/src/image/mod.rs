@@ -41,6 +41,7 @@ mod registry;
 mod rootfs;
 mod store;
 mod unpack;
+pub mod write;
 
 pub use auth::{Access, Credentials, DockerConfig, load_docker_config};
 pub use config::{ImageConfig, ProcessError, merge_env, process_args, resolve_user, working_dir};

@@ -6,6 +6,7 @@ mod controller;
 mod crds;
 mod dashboard;
 mod identity;
+mod image;
 mod join;
 mod kubectl;
 mod logs;
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Logs(args) => logs::run(args),
         Command::Dashboard(args) => dashboard::run(args),
+        Command::Image { command } => image::run(command),
         Command::Crds { out, check } => crds::run(out.as_deref(), check),
         Command::Identity { command } => identity::run(command),
         Command::Token {

@@ -632,17 +632,24 @@ impl Supervisor {
         cid: &str,
         exit: ExitRecord,
     ) {
-        self.cleanup_container(cid).await;
-        let Some(entry) = rec.containers.get_mut(&c.name) else {
-            return;
-        };
-        entry.cpu_usec_done += std::mem::take(&mut entry.cpu_usec_run);
-        entry.started_at_ms = None;
         let restart = match spec.restart_policy {
             RestartPolicy::Always => true,
             RestartPolicy::OnFailure => exit.code != 0,
             RestartPolicy::Never => false,
         };
+        if restart {
+            self.cleanup_container(cid).await;
+        } else {
+            // A container that is done keeps its runtime record, and with it its log, for
+            // `univrs logs` until the instance leaves the node (as a finished pod's logs stay
+            // until the pod goes); its root filesystem goes now.
+            self.remove_rootfs(cid).await;
+        }
+        let Some(entry) = rec.containers.get_mut(&c.name) else {
+            return;
+        };
+        entry.cpu_usec_done += std::mem::take(&mut entry.cpu_usec_run);
+        entry.started_at_ms = None;
         let what = describe_exit(&exit);
         if !restart {
             entry.finished = Some(exit.code);
@@ -695,6 +702,17 @@ impl Supervisor {
         .await;
         if let Err(e) = result {
             tracing::warn!(container = cid, "cleaning up: {e}");
+        }
+    }
+
+    /// Removes an exited container's root filesystem, keeping its runtime record and log.
+    async fn remove_rootfs(&self, cid: &str) {
+        let sandbox = self.deps.sandbox.clone();
+        let id = cid.to_string();
+        if let Err(e) =
+            blocking(move || sandbox.remove_rootfs(&id).map_err(|e| e.to_string())).await
+        {
+            tracing::warn!(container = cid, "removing the root filesystem: {e}");
         }
     }
 
