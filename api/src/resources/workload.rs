@@ -632,6 +632,22 @@ impl ComputeResources {
     }
 }
 
+/// The name of a Workload's instance `index`: `<workload>-<index>`, as the controller places
+/// it and every client (logs, the dashboard) names it.
+pub fn instance_name(workload: &str, index: u32) -> String {
+    format!("{workload}-{index}")
+}
+
+/// The index of `instance` if it is an instance of `workload` (the reverse of
+/// [`instance_name`]).
+pub fn instance_index(workload: &str, instance: &str) -> Option<u32> {
+    instance
+        .strip_prefix(workload)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+}
+
 impl WorkloadSpec {
     /// What one instance reserves for an hour: per container its requests (or its limits where
     /// it gives no request), summed. The scheduler reserves it; an auction prices it.
@@ -657,5 +673,19 @@ impl WorkloadSpec {
             total.gpus = total.gpus.saturating_add(gpus.unwrap_or(0).max(0) as u32);
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_name_and_its_index_round_trip() {
+        assert_eq!(instance_name("web", 3), "web-3");
+        assert_eq!(instance_index("web", "web-3"), Some(3));
+        assert_eq!(instance_index("web", "web-x"), None);
+        assert_eq!(instance_index("web", "webapp-3"), None);
+        assert_eq!(instance_index("web-1", "web-1-2"), Some(2));
     }
 }

@@ -4,9 +4,8 @@
 use super::history::History;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use univrs_api::account::Account;
 use univrs_api::resources::node::{NexusRole, PricingModel, SeptalState};
-use univrs_api::resources::workload::InstancePhase;
+use univrs_api::resources::workload::{InstancePhase, instance_index};
 use univrs_api::{CreditLine, Node, Workload};
 
 /// The whole page's data.
@@ -157,17 +156,20 @@ pub fn build(objects: &Objects<'_>, history: &History, server: &str, now: &str) 
     }
 }
 
-/// Each account's balance from the lines: a line's balance is owed by its debtor to its
-/// creditor.
+/// Each account's balance, as the controller's ledger of the lines reckons it (what a line's
+/// debtor owes its creditor).
 pub fn balances(lines: &[std::sync::Arc<CreditLine>]) -> BTreeMap<String, i64> {
-    let mut out: BTreeMap<String, i64> = BTreeMap::new();
-    for l in lines {
-        let b = l.status.as_ref().map(|s| s.balance).unwrap_or(0);
-        let name = |a: &Account| a.to_string();
-        *out.entry(name(&l.spec.creditor)).or_default() += b;
-        *out.entry(name(&l.spec.debtor)).or_default() -= b;
-    }
-    out
+    univrs_controller::core::snapshot::ledger_of(lines, None)
+        .balances()
+        .into_iter()
+        // Lines are capped at 10^15: a sum of them fits an i64.
+        .map(|(account, b)| {
+            (
+                account.to_string(),
+                b.clamp(i64::MIN.into(), i64::MAX.into()) as i64,
+            )
+        })
+        .collect()
 }
 
 fn node_view(n: &Node) -> NodeView {
@@ -277,10 +279,7 @@ fn workload_view(w: &Workload) -> WorkloadView {
         .instances
         .iter()
         .map(|i| InstanceView {
-            index: i
-                .name
-                .strip_prefix(&format!("{name}-"))
-                .and_then(|n| n.parse().ok()),
+            index: instance_index(&name, &i.name),
             name: i.name.clone(),
             node: i.node.clone(),
             phase: i.phase,

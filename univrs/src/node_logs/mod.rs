@@ -14,6 +14,7 @@ use kube::api::Api;
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
+use univrs_api::resources::workload::{instance_index, instance_name};
 use univrs_api::system::{NODE_SERVER_ANNOTATION, NODE_SERVER_CERT_ANNOTATION, node_audience};
 use univrs_api::{Node, Workload};
 
@@ -104,7 +105,7 @@ pub async fn open(
         .get(&req.workload)
         .await
         .map_err(unavailable(what.clone()))?;
-    let (instance, node) = placement(&workload, req.instance)?;
+    let (instance, index, node) = placement(&workload, req.instance)?;
     let node_obj = Api::<Node>::all(client.clone())
         .get(&node)
         .await
@@ -132,11 +133,8 @@ pub async fn open(
     let tls = tls_config(credentials, pin)?;
 
     let mut path = format!(
-        "/api/v1/namespaces/{}/workloads/{}/log?instance={}&follow={}",
-        req.namespace,
-        req.workload,
-        index_of(&instance),
-        req.follow
+        "/api/v1/namespaces/{}/workloads/{}/log?instance={index}&follow={}",
+        req.namespace, req.workload, req.follow
     );
     if let Some(n) = req.tail_lines {
         path.push_str(&format!("&tailLines={n}"));
@@ -208,42 +206,35 @@ pub async fn open(
     })
 }
 
-/// The instance a request names and its node: the given index, or the first placed one.
-fn placement(workload: &Workload, index: Option<u32>) -> Result<(String, String), LogError> {
+/// The instance a request names (its name and index) and its node: the given index, or the
+/// first placed instance.
+fn placement(workload: &Workload, index: Option<u32>) -> Result<(String, u32, String), LogError> {
     let name = workload.metadata.name.clone().unwrap_or_default();
     let instances = workload
         .status
         .as_ref()
         .map(|s| s.instances.clone())
         .unwrap_or_default();
-    let wanted = index.map(|i| format!("{name}-{i}"));
+    let wanted = index.map(|i| instance_name(&name, i));
     let found = instances.iter().find(|i| match &wanted {
         Some(w) => &i.name == w,
         None => i.node.is_some(),
     });
-    match found {
-        Some(i) => match &i.node {
-            Some(node) => Ok((i.name.clone(), node.clone())),
-            None => Err(LogError::NotFound(format!(
-                "instance {} is not placed on a node yet",
-                i.name
-            ))),
-        },
-        None => Err(LogError::NotFound(match wanted {
+    let Some(i) = found else {
+        return Err(LogError::NotFound(match wanted {
             Some(w) => format!(
                 "Workload {name} has no instance {w} (kubectl get workload {name} -o yaml lists status.instances)"
             ),
             None => format!("no instance of Workload {name} is placed yet"),
-        })),
-    }
-}
-
-/// The index of instance `<workload>-N`.
-fn index_of(instance: &str) -> u32 {
-    instance
-        .rsplit_once('-')
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or(0)
+        }));
+    };
+    let (Some(node), Some(index)) = (&i.node, instance_index(&name, &i.name)) else {
+        return Err(LogError::NotFound(format!(
+            "instance {} is not placed on a node yet",
+            i.name
+        )));
+    };
+    Ok((i.name.clone(), index, node.clone()))
 }
 
 /// A client TLS configuration pinned to `fingerprint`, with the caller's certificate if any.

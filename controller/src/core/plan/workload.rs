@@ -24,7 +24,7 @@ use univrs_api::resources::node::{DRAIN_ANNOTATION, SeptalState};
 use univrs_api::resources::workload::{
     Auction, CONDITION_AVAILABLE, CONDITION_CREDIT_EXHAUSTED, CONDITION_EXPOSED,
     CONDITION_PRICING_FAILED, CONDITION_PROGRESSING, CONDITION_SCHEDULED, Instance, InstanceUsage,
-    SealedCredentials, WORKLOAD_LABEL,
+    SealedCredentials, WORKLOAD_LABEL, instance_name,
 };
 use univrs_api::{Node, Workload};
 
@@ -175,7 +175,7 @@ impl Placement {
         let mut plan = Plan::default();
         // Keep what may stay, so spreading accounts for it.
         let desired: Vec<String> = (0..wl.spec.replicas.max(0))
-            .map(|i| format!("{name}-{i}"))
+            .map(|i| instance_name(&name, i.unsigned_abs()))
             .collect();
         let mut keep: BTreeMap<String, Instance> = BTreeMap::new();
         for inst_name in &desired {

@@ -6,6 +6,7 @@ use super::super::instances::reports::InstanceReport;
 use crate::runtime::{RuntimeClient, RuntimeError};
 use axum::body::{Body, Bytes};
 use std::time::Duration;
+use univrs_api::resources::workload::instance_name;
 
 /// How often a followed log is read for more.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
@@ -37,7 +38,7 @@ pub fn find_container(
     name: &str,
     q: &LogQuery,
 ) -> Result<String, String> {
-    let wanted = q.instance.map(|i| format!("{name}-{i}"));
+    let wanted = q.instance.map(|i| instance_name(name, i));
     let mut mine: Vec<&InstanceReport> = reports
         .values()
         .filter(|r| r.namespace == namespace && r.workload == name)
