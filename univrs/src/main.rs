@@ -4,6 +4,7 @@ mod cli;
 mod cmd;
 mod control_plane;
 mod dashboard;
+mod events;
 mod join;
 mod mcp;
 mod node_logs;

@@ -11,8 +11,8 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use k8s_openapi::api::core::v1::Event as CoreEvent;
-use kube::api::{Api, ListParams};
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,29 +174,31 @@ struct EventsQuery {
 }
 
 async fn events(State(d): State<Arc<Dashboard>>, Query(q): Query<EventsQuery>) -> Response {
-    if !matches!(
-        q.kind.as_str(),
-        "Workload" | "Node" | "CreditLine" | "Vouch"
-    ) {
+    // The object's uid from the caches: Events of an earlier object of the same name are not
+    // this one's.
+    let ns = q.namespace.clone().unwrap_or_default();
+    let uid = match q.kind.as_str() {
+        "Workload" => d
+            .workloads
+            .get(&ObjectRef::new(&q.name).within(&ns))
+            .and_then(|o| o.uid()),
+        "Node" => d.nodes.get(&ObjectRef::new(&q.name)).and_then(|o| o.uid()),
+        "CreditLine" => d.lines.get(&ObjectRef::new(&q.name)).and_then(|o| o.uid()),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "kind is one of Workload, Node, CreditLine",
+            );
+        }
+    };
+    let Some(uid) = uid else {
         return error(
-            StatusCode::BAD_REQUEST,
-            "kind is one of Workload, Node, CreditLine, Vouch",
+            StatusCode::NOT_FOUND,
+            format!("no {} {} is known", q.kind, q.name),
         );
-    }
-    let mut selector = format!(
-        "involvedObject.apiVersion={}/{},involvedObject.kind={},involvedObject.name={}",
-        univrs_api::GROUP,
-        univrs_api::VERSION,
-        q.kind,
-        q.name
-    );
-    if let Some(ns) = &q.namespace {
-        selector.push_str(&format!(",involvedObject.namespace={ns}"));
-    }
-    let list = match Api::<CoreEvent>::all(d.client.clone())
-        .list(&ListParams::default().fields(&selector))
-        .await
-    {
+    };
+    let namespace = (q.kind == "Workload").then_some(ns.as_str());
+    let list = match crate::events::about(&d.client, namespace, &uid, MAX_EVENTS).await {
         Ok(l) => l,
         Err(kube::Error::Api(s)) if s.code == 403 => {
             return error(
@@ -209,50 +211,25 @@ async fn events(State(d): State<Arc<Dashboard>>, Query(q): Query<EventsQuery>) -
         }
         Err(e) => return error(StatusCode::BAD_GATEWAY, format!("listing Events: {e}")),
     };
-    let mut out: Vec<(String, serde_json::Value)> = list
-        .items
-        .into_iter()
+    let events: Vec<serde_json::Value> = list
+        .iter()
         .map(|e| {
-            let last = e
-                .series
-                .as_ref()
-                .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0.to_string()))
-                .or_else(|| e.last_timestamp.as_ref().map(|t| t.0.to_string()))
-                .or_else(|| e.event_time.as_ref().map(|t| t.0.to_string()))
-                .or_else(|| {
-                    e.metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|t| t.0.to_string())
-                })
-                .unwrap_or_default();
-            let count = e
-                .series
-                .as_ref()
-                .and_then(|s| s.count)
-                .or(e.count)
-                .unwrap_or(1);
             let reporter = e
                 .reporting_component
                 .clone()
                 .filter(|r| !r.is_empty())
                 .or_else(|| e.source.as_ref().and_then(|s| s.component.clone()));
-            let json = serde_json::json!({
+            serde_json::json!({
                 "type": e.type_,
                 "reason": e.reason,
                 "note": e.message,
-                "count": count,
-                "lastSeen": (!last.is_empty()).then_some(&last),
+                "count": crate::events::count(e).unwrap_or(1),
+                "lastSeen": crate::events::last_seen(e).map(|t| t.to_string()),
                 "reporter": reporter,
-            });
-            (last, json)
+            })
         })
         .collect();
-    // RFC 3339 in UTC sorts as text; newest first.
-    out.sort_by(|a, b| b.0.cmp(&a.0));
-    out.truncate(MAX_EVENTS);
-    axum::Json(serde_json::json!({ "events": out.into_iter().map(|(_, j)| j).collect::<Vec<_>>() }))
-        .into_response()
+    axum::Json(serde_json::json!({ "events": events })).into_response()
 }
 
 /// Which log, as `univrs logs` takes it.

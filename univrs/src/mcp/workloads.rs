@@ -4,7 +4,6 @@
 use super::args::{DeployArgs, ListArgs, ScaleArgs, WorkloadRef, namespace_or_default};
 use super::error::{ToolError, ToolResult};
 use super::manager::FIELD_MANAGER;
-use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -285,33 +284,21 @@ async fn recent_events(client: &Client, w: &Workload) -> Result<Vec<Value>, Tool
     let (Some(ns), Some(uid)) = (w.namespace(), w.uid()) else {
         return Ok(Vec::new());
     };
-    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let list = api
-        .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
+    let events = crate::events::about(client, Some(&ns), &uid, RECENT_EVENTS)
         .await
         .map_err(ToolError::api(format!(
             "list the Events of workload {ns}/{}",
             w.name_any()
         )))?;
-    let when = |e: &Event| {
-        e.series
-            .as_ref()
-            .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
-            .or(e.last_timestamp.as_ref().map(|t| t.0))
-            .or(e.event_time.as_ref().map(|t| t.0))
-    };
-    let mut events = list.items;
-    events.sort_by_key(|e| std::cmp::Reverse(when(e)));
     Ok(events
         .iter()
-        .take(RECENT_EVENTS)
         .map(|e| {
             json!({
                 "type": e.type_,
                 "reason": e.reason,
                 "message": e.message,
-                "count": e.series.as_ref().and_then(|s| s.count).or(e.count),
-                "lastSeen": when(e).map(|t| t.to_string()),
+                "count": crate::events::count(e),
+                "lastSeen": crate::events::last_seen(e).map(|t| t.to_string()),
             })
         })
         .collect())
