@@ -1,13 +1,14 @@
-//! TLS for this binary's HTTP listeners (the MCP server, the dashboard): the given certificate
-//! and key (read by `univrs_io::tls`, the one PEM loader), or a self-signed certificate made
-//! once into the data directory (its SHA-256 fingerprint is printed so a client can pin it or
-//! trust the file).
+//! TLS and bearer tokens for this binary's HTTP listeners (the MCP server, the dashboard): the
+//! given certificate and key (read by `univrs_io::tls`, the one PEM loader), or a self-signed
+//! certificate made once into the data directory (its SHA-256 fingerprint is printed so a
+//! client can pin it or trust the file); the given token file, or a token made once there.
 
 use anyhow::Result;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::rustls;
+use univrs_io::token::Token;
 
 /// The listener's TLS configuration and what to tell clients about it.
 pub struct Tls {
@@ -31,6 +32,75 @@ pub fn from_files(cert: &Path, key: &Path) -> Result<Tls> {
         fingerprint: loaded.fingerprint,
         generated: false,
     })
+}
+
+/// TLS from `cert` and `key` when both are given, else from the self-signed certificate in
+/// `dir` (named `common_name`, made first if missing).
+pub fn given_or_self_signed(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    dir: &Path,
+    addr: &SocketAddr,
+    common_name: &str,
+) -> Result<Tls> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => from_files(cert, key),
+        _ => self_signed(dir, addr, common_name),
+    }
+}
+
+/// A listener's bearer token and where it is kept.
+pub struct ServerToken {
+    /// The token.
+    pub token: Token,
+    /// Its file.
+    pub path: PathBuf,
+    /// Whether it was made now.
+    pub made: bool,
+}
+
+/// The token in `given`, else the one in `dir/token` (made first if missing, mode 0600).
+pub fn given_or_made_token(given: Option<&Path>, dir: &Path) -> Result<ServerToken> {
+    Ok(match given {
+        Some(path) => ServerToken {
+            token: Token::load(path)?,
+            path: path.to_path_buf(),
+            made: false,
+        },
+        None => {
+            let path = dir.join("token");
+            let (token, made) = Token::load_or_generate(&path)?;
+            ServerToken { token, path, made }
+        }
+    })
+}
+
+/// Tells people (on stderr) where the token is, what clients do with it (`use_it`), and the
+/// certificate's file and fingerprint; never the token itself.
+pub fn announce(token: Option<&ServerToken>, tls: Option<&Tls>, use_it: &str) {
+    if let Some(t) = token {
+        eprintln!(
+            "bearer token: {} ({}); {use_it}",
+            t.path.display(),
+            if t.made {
+                "made now, mode 0600"
+            } else {
+                "read"
+            }
+        );
+    }
+    if let Some(t) = tls {
+        eprintln!(
+            "TLS certificate: {}{}\n  SHA-256 fingerprint {}",
+            t.cert_path.display(),
+            if t.generated {
+                " (self-signed, made now)"
+            } else {
+                ""
+            },
+            t.fingerprint
+        );
+    }
 }
 
 /// The names a self-signed certificate for `addr` carries: loopback, the host name, and the

@@ -5,7 +5,6 @@ use crate::cli::DashboardArgs;
 use crate::node_logs::credentials::Credentials;
 use crate::serving;
 use anyhow::Context;
-use univrs_io::token::Token;
 
 /// Runs the dashboard.
 pub fn run(args: DashboardArgs) -> anyhow::Result<()> {
@@ -14,20 +13,20 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<()> {
     let loopback = addr.ip().is_loopback();
     let dir = crate::paths::data_dir()?.join("dashboard");
     // Off loopback, TLS and a token always (made once when not given), as for the MCP server.
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(serving::from_files(cert, key)?),
-        _ if args.tls || !loopback => Some(serving::self_signed(&dir, &addr, "univrs-dashboard")?),
-        _ => None,
-    };
-    let token = match &args.token_file {
-        Some(path) => Some((Token::load(path)?, path.clone(), false)),
-        None if !loopback => {
-            let path = dir.join("token");
-            let (t, made) = Token::load_or_generate(&path)?;
-            Some((t, path, made))
-        }
-        None => None,
-    };
+    let tls = (args.tls || args.tls_cert.is_some() || !loopback)
+        .then(|| {
+            serving::given_or_self_signed(
+                args.tls_cert.as_deref(),
+                args.tls_key.as_deref(),
+                &dir,
+                &addr,
+                "univrs-dashboard",
+            )
+        })
+        .transpose()?;
+    let token = (args.token_file.is_some() || !loopback)
+        .then(|| serving::given_or_made_token(args.token_file.as_deref(), &dir))
+        .transpose()?;
     univrs_io::listener::check_exposure(addr, tls.is_some(), token.is_some())
         .map_err(|e| anyhow::anyhow!("--listen {e}"))?;
     tokio::runtime::Runtime::new()?.block_on(async move {
@@ -43,27 +42,17 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<()> {
             client,
             credentials,
             server,
-            token.as_ref().map(|(t, _, _)| t.clone()),
+            token.as_ref().map(|t| t.token.clone()),
             loopback.then_some(local.port()),
         );
         let scheme = if tls.is_some() { "https" } else { "http" };
         // The one line a supervisor or test reads from stdout; the rest is for people.
         println!("listening {scheme}://{local}/");
-        if let Some((_, path, made)) = &token {
-            eprintln!(
-                "token: {} ({}); open the page with ?token=<its contents> once, or paste it when asked",
-                path.display(),
-                if *made { "made now, mode 0600" } else { "read" }
-            );
-        }
-        if let Some(t) = &tls {
-            eprintln!(
-                "TLS certificate: {}{}\n  SHA-256 fingerprint {}",
-                t.cert_path.display(),
-                if t.generated { " (self-signed, made now)" } else { "" },
-                t.fingerprint
-            );
-        }
+        serving::announce(
+            token.as_ref(),
+            tls.as_ref(),
+            "open the page with ?token=<its contents> once, or paste it when asked",
+        );
         let app = crate::dashboard::router(dashboard);
         tokio::select! {
             r = univrs_io::listener::serve(tcp, tls.map(|t| t.config), app) => r.context("serving the dashboard")?,

@@ -11,7 +11,6 @@ use crate::serving;
 use anyhow::{Context, bail};
 use rmcp::ServiceExt;
 use std::net::SocketAddr;
-use univrs_io::token::Token;
 use univrs_node_agent::keyfile;
 
 /// Runs `univrs mcp` until stdin closes (stdio) or forever (HTTP).
@@ -82,19 +81,15 @@ async fn serve_http(server: UnivrsMcp, addr: SocketAddr, args: &McpArgs) -> anyh
     let tls = if args.no_tls {
         None
     } else {
-        Some(match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => serving::from_files(cert, key)?,
-            _ => serving::self_signed(&dir, &addr, "univrs-mcp")?,
-        })
+        Some(serving::given_or_self_signed(
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
+            &dir,
+            &addr,
+            "univrs-mcp",
+        )?)
     };
-    let (token, token_path, made) = match &args.token_file {
-        Some(path) => (Token::load(path)?, path.clone(), false),
-        None => {
-            let path = dir.join("token");
-            let (t, made) = Token::load_or_generate(&path)?;
-            (t, path, made)
-        }
-    };
+    let token = serving::given_or_made_token(args.token_file.as_deref(), &dir)?;
     let tcp = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
@@ -102,29 +97,19 @@ async fn serve_http(server: UnivrsMcp, addr: SocketAddr, args: &McpArgs) -> anyh
     let scheme = if tls.is_some() { "https" } else { "http" };
     // The one line a supervisor or test reads from stdout; the rest is for people.
     println!("listening {scheme}://{local}{}", http::PATH);
-    eprintln!(
-        "bearer token: {} ({}); clients send the header Authorization: Bearer <its contents>",
-        token_path.display(),
-        if made { "made now, mode 0600" } else { "read" }
+    serving::announce(
+        Some(&token),
+        tls.as_ref(),
+        "clients send the header Authorization: Bearer <its contents>",
     );
-    match &tls {
-        Some(t) => eprintln!(
-            "TLS certificate: {}{}\n  SHA-256 fingerprint {}",
-            t.cert_path.display(),
-            if t.generated {
-                " (self-signed, made now)"
-            } else {
-                ""
-            },
-            t.fingerprint
-        ),
-        None => eprintln!("plain HTTP on loopback (--no-tls)"),
+    if tls.is_none() {
+        eprintln!("plain HTTP on loopback (--no-tls)");
     }
     http::serve(
         server,
         tcp,
         tls.map(|t| t.config),
-        token,
+        token.token,
         !addr.ip().is_loopback(),
     )
     .await
