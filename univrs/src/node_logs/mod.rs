@@ -69,7 +69,7 @@ pub struct LogStream {
 
 impl LogStream {
     /// The next chunk, None at the end (a followed log ends when the container leaves).
-    pub async fn next(&mut self) -> Option<Result<bytes_of::Bytes, LogError>> {
+    pub async fn next(&mut self) -> Option<Result<hyper::body::Bytes, LogError>> {
         loop {
             match self.body.frame().await? {
                 Ok(frame) => {
@@ -81,11 +81,6 @@ impl LogStream {
             }
         }
     }
-}
-
-/// The bytes type of a log chunk.
-pub mod bytes_of {
-    pub use hyper::body::Bytes;
 }
 
 /// Opens the log `req` names, with `credentials`, through `client`'s API server.

@@ -94,19 +94,21 @@ pub async fn body(runtime: RuntimeClient, id: String, q: &LogQuery) -> Result<Bo
         if tx.send(Ok(Bytes::from(text))).await.is_err() {
             return;
         }
-        let mut follower = Some(follower);
+        let mut follower = follower;
         loop {
             tokio::time::sleep(FOLLOW_EVERY).await;
             let (rt, cid) = (runtime.clone(), id.clone());
-            let Some(mut f) = follower.take() else { return };
+            // The follower goes to the blocking read and comes back with what it read.
             let read = tokio::task::spawn_blocking(move || {
                 let gone = !rt.exists(&cid);
-                let bytes = f.poll(CHUNK);
-                (f, bytes, gone)
+                let bytes = follower.poll(CHUNK);
+                (follower, bytes, gone)
             })
             .await;
-            let Ok((f, bytes, gone)) = read else { return };
-            follower = Some(f);
+            let Ok((back, bytes, gone)) = read else {
+                return;
+            };
+            follower = back;
             match bytes {
                 Ok(b) if !b.is_empty() => {
                     if tx.send(Ok(Bytes::from(b))).await.is_err() {
