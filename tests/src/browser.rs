@@ -145,6 +145,13 @@ impl Browser {
         }
     }
 
+    /// What the page gets wrong for people with screen readers, keyboards or weaker eyes
+    /// (`a11y.js`): empty when nothing.
+    pub fn accessibility_problems(&self) -> Vec<String> {
+        let v = self.eval(include_str!("a11y.js"));
+        serde_json::from_value(v).expect("a list of problems")
+    }
+
     /// A screenshot of the window, saved as PNG at `path` and returned decoded.
     pub fn screenshot(&self, path: &Path) -> crate::png::Image {
         use base64::Engine;

@@ -5,8 +5,9 @@
 //! chromedriver). The page must show the three machines, the mesh graph, the credit lines and
 //! the portal's instances; a scale to five through kubectl must show five without a reload;
 //! each page is photographed (saved under the target's tmp directory) and the photograph is
-//! checked for what it shows. Then `univrs logs -f` follows an instance on another node,
-//! and a caller whom RBAC does not allow gets 403 and sees nothing.
+//! checked for what it shows and read for accessibility (names, labels, keyboard, contrast).
+//! Then `univrs logs -f` follows an instance on another node, the MCP tool `workload_logs`
+//! reads it too, and a caller whom RBAC does not allow gets 403 and sees nothing.
 
 use kube::api::Api;
 use std::io::{BufRead, BufReader};
@@ -132,6 +133,9 @@ fn colour(browser: &Browser, selector: &str, property: &str) -> [u8; 3] {
 /// of the colour `selector` is drawn in (so the photograph shows the thing, not a blank or
 /// an error page), besides the DOM checks made before.
 fn photograph(browser: &Browser, name: &str, selector: &str, property: &str, min_pixels: usize) {
+    // Every page photographed is also read as a screen reader, a keyboard and weaker eyes do.
+    let problems = browser.accessibility_problems();
+    assert!(problems.is_empty(), "the {name} page: {problems:#?}");
     let path = shots().join(format!("{name}.png"));
     let want = colour(browser, selector, property);
     let image = browser.screenshot(&path);
@@ -148,6 +152,52 @@ fn photograph(browser: &Browser, name: &str, selector: &str, property: &str, min
         image.width,
         image.height
     );
+}
+
+/// `workload_logs` of the portal's instance `index` through `univrs mcp --stdio` (JSON-RPC,
+/// one message a line, as MCP's stdio transport speaks it): the tool call's result.
+fn mcp_workload_logs(kubeconfig: &Path, index: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut cmd = Command::new(univrs_bin());
+    cmd.args(["mcp", "--stdio", "--kubeconfig"])
+        .arg(kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut server = Guarded::spawn(cmd).unwrap();
+    let mut input = server.0.stdin.take().unwrap();
+    let mut output = BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let mut answer_to = |id: u64| -> serde_json::Value {
+        loop {
+            let line = output.next().expect("the MCP server answered").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    };
+    let send = |input: &mut std::process::ChildStdin, v: serde_json::Value| {
+        writeln!(input, "{v}").unwrap();
+        input.flush().unwrap();
+    };
+    send(
+        &mut input,
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "univrs-browser-test", "version": "0"}}}),
+    );
+    assert!(answer_to(1)["result"].is_object());
+    send(
+        &mut input,
+        serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    );
+    send(
+        &mut input,
+        serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "workload_logs", "arguments": {"name": PORTAL, "namespace": NS,
+                   "instance": index.parse::<u32>().unwrap(), "tailLines": 3}}}),
+    );
+    answer_to(2)["result"].clone()
 }
 
 /// A kubeconfig with the cluster of `admin` and the bearer token `token`.
@@ -238,6 +288,20 @@ async fn the_dashboard_shows_the_community_live_and_logs_are_read_from_anywhere(
         ));
         assert_eq!(shown.as_str(), i.node.as_deref(), "where {} runs", i.name);
     }
+    // Each link says how the pair is connected (all Direct on one machine) and its round trip,
+    // from the agents' peer reports.
+    browser.wait_for(
+        "each mesh link's connection and latency",
+        PAGE_TIMEOUT,
+        "const ls = [...document.querySelectorAll('#mesh .mesh-link')]; return ls.length >= 2 && ls.every(l => l.dataset.connection === 'Direct') && document.querySelectorAll('#mesh .link-label').length === ls.length && [...document.querySelectorAll('#mesh .link-label')].every(t => / ms$/.test(t.textContent))",
+    );
+    // Balances over time: an account per line end, and the community center's moved as the
+    // portal was paid for.
+    browser.wait_for(
+        "each account's balance over time",
+        PAGE_TIMEOUT,
+        "const sp = [...document.querySelectorAll('svg.spark')]; return sp.length >= 4 && sp.some(s => (s.getAttribute('aria-label') || '').startsWith('From '))",
+    );
     photograph(&browser, "overview", "#mesh .mesh-node circle", "fill", 200);
 
     // Five replicas through kubectl: the same page shows them without a reload.
@@ -397,6 +461,22 @@ async fn the_dashboard_shows_the_community_live_and_logs_are_read_from_anywhere(
     );
     drop(follower);
     let _ = std::fs::remove_file(dir.with_extension("follow.err"));
+
+    // The MCP tool reads the same log through the same path.
+    let answer = mcp_workload_logs(&kc, &index);
+    assert_eq!(answer["isError"], serde_json::json!(false), "{answer}");
+    let content = &answer["structuredContent"];
+    assert_eq!(
+        content["node"].as_str(),
+        on_other.node.as_deref(),
+        "{answer}"
+    );
+    assert!(
+        content["log"]
+            .as_str()
+            .is_some_and(|l| l.contains("response:200")),
+        "{answer}"
+    );
 
     // A caller who may see the Workload and the Nodes but not the logs: a ServiceAccount whose
     // kubeconfig holds an ordinary token (for the API server), which `univrs logs` never sends
