@@ -16,5 +16,6 @@ pub mod events;
 pub mod listener;
 pub mod metrics;
 pub mod node_cert;
+pub mod secret_file;
 pub mod tls;
 pub mod token;

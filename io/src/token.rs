@@ -18,7 +18,7 @@ pub const MIN_LEN: usize = 32;
 /// Why the token could not be read or made.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// Group or others may read the file.
+    /// Others (or a group not the reader's own) may read the file.
     #[error("{path} has mode {mode:04o}, so others may read the token; run: chmod 600 {path}")]
     TooOpen {
         /// The token file.
@@ -83,10 +83,12 @@ impl Token {
         bearer(headers).is_some_and(|t| self.matches(t.as_bytes()))
     }
 
-    /// Reads the token in `path`, refusing a file that group or others can read.
+    /// Reads the token in `path`, refusing a file that others can read (see
+    /// [`crate::secret_file::private`]).
     pub fn load(path: &Path) -> Result<Self, TokenError> {
-        let mode = fs::metadata(path).map_err(io(path))?.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
+        let meta = fs::metadata(path).map_err(io(path))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if !crate::secret_file::private(&meta) {
             return Err(TokenError::TooOpen {
                 path: path.to_path_buf(),
                 mode,

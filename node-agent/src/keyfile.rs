@@ -12,7 +12,7 @@ pub enum KeyFileError {
     /// The file already exists.
     #[error("{0} already exists; refusing to overwrite a key (remove it or choose another --out)")]
     Exists(PathBuf),
-    /// Group or others may read the file.
+    /// Others (or a group not the reader's own) may read the file.
     #[error("{path} has mode {mode:04o}, so others may read the key; run: chmod 600 {path}")]
     TooOpen {
         /// The key file.
@@ -76,11 +76,12 @@ pub fn generate(path: &Path) -> Result<NodeIdentity, KeyFileError> {
     Ok(id)
 }
 
-/// Loads the identity in `path`, refusing a file that group or others can read.
+/// Loads the identity in `path`, refusing a file that others can read (see
+/// [`univrs_io::secret_file::private`]).
 pub fn load(path: &Path) -> Result<NodeIdentity, KeyFileError> {
     let meta = fs::metadata(path).map_err(io(path))?;
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    if !univrs_io::secret_file::private(&meta) {
         return Err(KeyFileError::TooOpen {
             path: path.to_path_buf(),
             mode,

@@ -1,13 +1,17 @@
 """Drives `univrs mcp --listen` over streamable HTTP with TLS and a bearer token, using the
 official MCP Python SDK.
 
-Usage: mcp_http.py URL TOKEN_FILE CA_CERT NAMESPACE
+Usage: mcp_http.py URL TOKEN_FILE CA_CERT NAMESPACE [HOST=ADDRESS]
+
+HOST=ADDRESS makes HOST resolve to ADDRESS, as cluster DNS resolves a Service's name to its
+ClusterIP for clients inside the cluster (the chart's certificate names the Service).
 
 Checks that TLS is on with the given certificate, that requests without the token or with a
 wrong one get 401, and that a client with the token lists tools and deploys a workload.
 Prints one `ok …` line per check and exits non-zero on the first failure.
 """
 import asyncio
+import socket
 import ssl
 import sys
 
@@ -27,8 +31,20 @@ def ok(what: str) -> None:
     print("ok", what, flush=True)
 
 
+def resolve(host: str, address: str) -> None:
+    """Resolves `host` to `address` in this process (every other name as before)."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(name, *args, **kwargs):
+        return real(address if name == host else name, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+
+
 async def main() -> None:
     url, token_file, ca, ns = sys.argv[1:5]
+    for pair in sys.argv[5:]:
+        resolve(*pair.split("=", 1))
     token = open(token_file).read().strip()
     tls = ssl.create_default_context(cafile=ca)
 
@@ -56,6 +72,9 @@ async def main() -> None:
         r = await http.post(url, json=INITIALIZE, headers={**HEADERS, "Authorization": "Bearer " + token})
         assert r.status_code == 200, (r.status_code, r.text)
         ok("right token: 200")
+        r = await http.get(url.rsplit("/mcp", 1)[0] + "/healthz")
+        assert r.status_code == 200 and r.text == "ok", (r.status_code, r.text)
+        ok("/healthz answers ok without the token (a kubelet's probes)")
 
     # A client that connects and never starts its TLS handshake holds up no one else.
     host_port = url.split("//", 1)[1].split("/", 1)[0]

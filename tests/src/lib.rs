@@ -16,6 +16,7 @@ pub mod agent;
 pub mod browser;
 pub mod cluster;
 pub mod join;
+pub mod kubelet;
 pub mod modules;
 pub mod nat;
 pub mod outside;
@@ -122,6 +123,25 @@ pub fn upstream_bin_dir() -> &'static Path {
             .output()
             .expect("running univrs control-plane build");
         assert!(out.status.success(), "univrs control-plane build failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(stdout.lines().last().expect("bin dir").trim())
+    })
+}
+
+/// The directory of the pinned node binaries (kube-scheduler, kubelet, kube-proxy, pause), built
+/// on first use.
+pub fn upstream_node_bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(univrs_bin())
+            .args(["control-plane", "build", "--node"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running univrs control-plane build --node");
+        assert!(
+            out.status.success(),
+            "univrs control-plane build --node failed"
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         PathBuf::from(stdout.lines().last().expect("bin dir").trim())
     })
@@ -306,10 +326,16 @@ impl ControlPlane {
 
     /// A control plane on `data_dir` (kept, so a restart finds its data) and `port`.
     pub fn start_in(data_dir: &Path, port: u16) -> Result<Self> {
+        Self::start_with(data_dir, port, &[])
+    }
+
+    /// A control plane on `data_dir` and `port`, with more `univrs control-plane` flags.
+    pub fn start_with(data_dir: &Path, port: u16, flags: &[String]) -> Result<Self> {
         let bin_dir = upstream_bin_dir();
         std::fs::create_dir_all(data_dir)?;
         let mut cmd = Command::new(univrs_bin());
         cmd.args(["control-plane", "--port", &port.to_string()])
+            .args(flags)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--bin-dir")

@@ -62,6 +62,16 @@ pub enum Command {
         /// names ADDR. Default: loopback only.
         #[arg(long, value_name = "ADDR")]
         advertise_address: Option<std::net::IpAddr>,
+        /// Let kubelets join and run Pods (a Helm release of Univrs, say): kube-scheduler,
+        /// Node authorization, the API server's kubelet client certificate and the controllers
+        /// Deployments, DaemonSets and Services need. Add a kubelet with `control-plane
+        /// kubeconfig --user system:node:NAME --group system:nodes`.
+        #[arg(long)]
+        kubelets: bool,
+        /// With --kubelets: kube-scheduler is in this directory instead of the cached build of
+        /// the node binaries (`control-plane build --node`).
+        #[arg(long, value_name = "DIR", env = "UNIVRS_NODE_BIN")]
+        node_bin_dir: Option<PathBuf>,
     },
     /// Run the whole system on this machine: the local control plane (or an existing cluster
     /// with --kubeconfig), the CRDs, the controller and node agents, until Ctrl-C.
@@ -405,7 +415,33 @@ pub enum ShimCommand {
 #[derive(Debug, Subcommand)]
 pub enum ControlPlaneCommand {
     /// Build the pinned upstream binaries once into the cache (reused afterwards); print their directory.
-    Build,
+    Build {
+        /// The node binaries instead (kube-scheduler, kubelet, kube-proxy, pause), from the
+        /// same pins, for `--kubelets`, tests and benchmarks.
+        #[arg(long)]
+        node: bool,
+    },
+    /// Write a kubeconfig for USER (a client certificate signed by this control plane's CA):
+    /// for a kubelet (`system:node:NAME` in `system:nodes`), kube-proxy (`system:kube-proxy`)
+    /// or a person. Authorization is RBAC's (and the Node authorizer's, for kubelets).
+    Kubeconfig {
+        /// The user name (the certificate's common name).
+        #[arg(long)]
+        user: String,
+        /// Its group (the certificate's organization).
+        #[arg(long)]
+        group: Option<String>,
+        /// Where to write it (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// The control plane's data directory (its CA signs the certificate) [default:
+        /// $XDG_DATA_HOME/univrs/control-plane].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The API server's port on 127.0.0.1.
+        #[arg(long, default_value_t = 6443)]
+        port: u16,
+    },
 }
 
 /// `univrs token …`

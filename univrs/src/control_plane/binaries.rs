@@ -79,14 +79,43 @@ impl Binaries {
     pub fn resolve(dir: Option<&Path>) -> Result<Self> {
         match dir {
             Some(d) => Self::in_dir(d),
-            None => Self::in_dir(&build()?),
+            None => Self::in_dir(&build("control-plane")?),
         }
+    }
+
+    /// The node binaries (kube-scheduler, kubelet, kube-proxy, pause) of the same pins, in `dir`
+    /// if given, else built once into the cache like the control plane.
+    pub fn resolve_node(dir: Option<&Path>) -> Result<NodeBinaries> {
+        let dir = match dir {
+            Some(d) => d.to_path_buf(),
+            None => build("node")?,
+        };
+        let b = NodeBinaries {
+            kube_scheduler: dir.join("kube-scheduler"),
+            dir,
+        };
+        if !b.kube_scheduler.is_file() {
+            bail!(
+                "{} is missing; build it with `univrs control-plane build --node`",
+                b.kube_scheduler.display()
+            );
+        }
+        Ok(b)
     }
 }
 
-/// Runs the embedded build script from a copy of the embedded sources in the cache, and
-/// returns the directory it prints last.
-fn build() -> Result<PathBuf> {
+/// Paths of the node binaries the control plane itself runs (with `--kubelets`).
+#[derive(Clone, Debug)]
+pub struct NodeBinaries {
+    /// The directory holding them (and kubelet, kube-proxy and pause).
+    pub dir: PathBuf,
+    /// kube-scheduler.
+    pub kube_scheduler: PathBuf,
+}
+
+/// Runs the embedded build script for `set` (`control-plane` or `node`) from a copy of the
+/// embedded sources in the cache, and returns the directory it prints last.
+fn build(set: &str) -> Result<PathBuf> {
     let cache = crate::paths::cache_dir()?;
     let digest = {
         use std::hash::{DefaultHasher, Hash, Hasher};
@@ -106,6 +135,7 @@ fn build() -> Result<PathBuf> {
     let script = src.join("scripts/build-control-plane");
     let out = Command::new("bash")
         .arg(&script)
+        .arg(set)
         .env("UNIVRS_CACHE_DIR", &cache)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -113,7 +143,7 @@ fn build() -> Result<PathBuf> {
         .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
         bail!(
-            "building the upstream control plane failed ({}); see the messages above",
+            "building the upstream {set} binaries failed ({}); see the messages above",
             out.status
         );
     }

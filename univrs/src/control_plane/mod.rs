@@ -34,7 +34,25 @@ pub struct Options {
     /// Where other machines reach the API server (it then listens on every address, and its
     /// certificate names this one); loopback only when absent.
     pub advertise_address: Option<std::net::IpAddr>,
+    /// Let kubelets join and run Pods: kube-scheduler, Node authorization, a kubelet client
+    /// certificate and the controllers workloads need.
+    pub kubelets: bool,
+    /// With `kubelets`: where kube-scheduler is (default: the cached node build).
+    pub node_bin_dir: Option<PathBuf>,
 }
+
+/// What kube-controller-manager runs. clusterrole-aggregation: the chart's univrs-view and
+/// univrs-edit roles join view and edit. csrsigning signs the node certificates the Univrs
+/// controller approves; csrcleaner and tokencleaner remove old requests and expired bootstrap
+/// tokens.
+const CONTROLLERS: &str = "namespace,garbagecollector,serviceaccount,serviceaccount-token,root-ca-cert-publisher,clusterrole-aggregation,csrsigning,csrcleaner,tokencleaner";
+
+/// What kubelets' Pods need besides (`--kubelets`): node lifecycle (a kubelet registers its node
+/// tainted not-ready until this controller sees it Ready), Deployments (the chart's controller
+/// and MCP server), DaemonSets (its agents), Services' endpoints, PodDisruptionBudgets, and the
+/// collection of orphaned Pods.
+const POD_CONTROLLERS: &str =
+    "nodelifecycle,deployment,replicaset,daemonset,endpointslice,disruption,podgc";
 
 /// Files the control plane keeps under its data directory.
 pub struct Layout {
@@ -95,6 +113,11 @@ pub async fn run(opts: Options) -> Result<()> {
 
     progress.begin("locating the upstream binaries");
     let bins = Binaries::resolve(opts.bin_dir.as_deref())?;
+    let node_bins = if opts.kubelets {
+        Some(Binaries::resolve_node(opts.node_bin_dir.as_deref())?)
+    } else {
+        None
+    };
     progress.done(&format!("binaries in {}", bins.dir.display()));
 
     progress.begin("certificates and keys");
@@ -117,6 +140,16 @@ pub async fn run(opts: Options) -> Result<()> {
         &pki.controller_manager,
         "kube-controller-manager",
     )?;
+    let scheduler_kubeconfig = layout.root.join("scheduler.kubeconfig");
+    if opts.kubelets {
+        kubeconfig::write(
+            &scheduler_kubeconfig,
+            &server,
+            &pki.ca.cert,
+            &pki.scheduler,
+            "kube-scheduler",
+        )?;
+    }
     if let Some(extra) = &opts.write_kubeconfig {
         kubeconfig::write(extra, &server, &pki.ca.cert, &pki.admin, "univrs-admin")?;
     }
@@ -170,7 +203,7 @@ pub async fn run(opts: Options) -> Result<()> {
         Some(a) => (a.to_string(), if a.is_ipv6() { "::" } else { "0.0.0.0" }),
         None => ("127.0.0.1".to_string(), "127.0.0.1"),
     };
-    let apiserver_args = vec![
+    let mut apiserver_args = vec![
         format!("--advertise-address={advertise}"),
         format!("--bind-address={bind}"),
         // Joining machines present a bootstrap token (`univrs token create`) once, to ask for
@@ -196,6 +229,21 @@ pub async fn run(opts: Options) -> Result<()> {
         "--profiling=false".into(),
         "--v=1".into(),
     ];
+    if opts.kubelets {
+        apiserver_args.extend([
+            // A kubelet reads and writes only its own Node and what its Pods need.
+            "--authorization-mode=Node,RBAC".to_string(),
+            "--enable-admission-plugins=NodeRestriction".into(),
+            format!(
+                "--kubelet-client-certificate={}",
+                p(&pki.kubelet_client.cert)
+            ),
+            format!("--kubelet-client-key={}", p(&pki.kubelet_client.key)),
+            // Kubelets here are named, not resolvable: reach them by address.
+            "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+        ]);
+        apiserver_args.retain(|a| a != "--authorization-mode=RBAC");
+    }
     children.push(process::spawn(
         "kube-apiserver",
         &bins.kube_apiserver,
@@ -222,17 +270,22 @@ pub async fn run(opts: Options) -> Result<()> {
 
     progress.begin("kube-controller-manager");
     let kcm_port = process::free_port()?;
+    let controllers = if opts.kubelets {
+        format!("{CONTROLLERS},{POD_CONTROLLERS}")
+    } else {
+        CONTROLLERS.to_string()
+    };
     let kcm_args = vec![
         format!("--kubeconfig={}", p(&kcm_kubeconfig)),
         format!("--authentication-kubeconfig={}", p(&kcm_kubeconfig)),
         format!("--authorization-kubeconfig={}", p(&kcm_kubeconfig)),
         "--bind-address=127.0.0.1".into(),
         format!("--secure-port={kcm_port}"),
-        format!("--cert-dir={}", p(&layout.root.join("controller-manager-certs"))),
-        // clusterrole-aggregation: the chart's univrs-view/univrs-edit roles join view/edit.
-        // csrsigning signs the node certificates the Univrs controller approves; csrcleaner and
-        // tokencleaner remove old requests and expired bootstrap tokens.
-        "--controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token,root-ca-cert-publisher,clusterrole-aggregation,csrsigning,csrcleaner,tokencleaner".into(),
+        format!(
+            "--cert-dir={}",
+            p(&layout.root.join("controller-manager-certs"))
+        ),
+        format!("--controllers={controllers}"),
         format!("--cluster-signing-cert-file={}", p(&pki.ca.cert)),
         format!("--cluster-signing-key-file={}", p(&pki.ca.key)),
         format!("--service-account-private-key-file={}", p(&pki.sa_key)),
@@ -252,6 +305,30 @@ pub async fn run(opts: Options) -> Result<()> {
         &layout.logs().join("kube-controller-manager.log"),
     )?);
     progress.done("kube-controller-manager started");
+
+    if let Some(node_bins) = &node_bins {
+        progress.begin("kube-scheduler");
+        let port = process::free_port()?;
+        let args = vec![
+            format!("--kubeconfig={}", p(&scheduler_kubeconfig)),
+            format!("--authentication-kubeconfig={}", p(&scheduler_kubeconfig)),
+            format!("--authorization-kubeconfig={}", p(&scheduler_kubeconfig)),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            "--leader-elect=false".into(),
+            "--authentication-skip-lookup=true".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ];
+        children.push(process::spawn(
+            "kube-scheduler",
+            &node_bins.kube_scheduler,
+            &args,
+            &[],
+            &layout.logs().join("kube-scheduler.log"),
+        )?);
+        progress.done("kube-scheduler started");
+    }
 
     let kubeconfig = opts
         .write_kubeconfig

@@ -41,11 +41,18 @@ pub struct Pki {
     pub admin: CertFiles,
     /// kube-controller-manager's client certificate.
     pub controller_manager: CertFiles,
+    /// kube-scheduler's client certificate (run with `--kubelets`).
+    pub scheduler: CertFiles,
+    /// The API server's client certificate for kubelets (logs, exec, port-forward).
+    pub kubelet_client: CertFiles,
     /// The service-account token signing key (private, PKCS#8).
     pub sa_key: PathBuf,
     /// The service-account token verification key (public).
     pub sa_pub: PathBuf,
 }
+
+/// The cluster CA's common name.
+const KUBERNETES_CA: &str = "univrs-kubernetes-ca";
 
 /// Whom a leaf certificate is for.
 struct Leaf<'a> {
@@ -63,7 +70,7 @@ impl Pki {
     /// advertised address); a certificate made for other names is made again.
     pub fn ensure(dir: &Path, hosts: &[String], addresses: &[std::net::IpAddr]) -> Result<Self> {
         create_private_dir(dir)?;
-        let ca = ensure_ca(dir, "ca", "univrs-kubernetes-ca")?;
+        let ca = ensure_ca(dir, "ca", KUBERNETES_CA)?;
         let etcd_ca = ensure_ca(dir, "etcd-ca", "univrs-etcd-ca")?;
         let loopback = || {
             vec![
@@ -145,6 +152,27 @@ impl Pki {
                 client: true,
             },
         )?;
+        let client = |name, common_name, organization| {
+            ensure_leaf(
+                dir,
+                &ca,
+                Leaf {
+                    name,
+                    common_name,
+                    organization,
+                    sans: vec![],
+                    server: false,
+                    client: true,
+                },
+            )
+        };
+        let scheduler = client("scheduler", "system:kube-scheduler", None)?;
+        // kubeadm's choice of name; the group lets the API server do anything a kubelet serves.
+        let kubelet_client = client(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+        )?;
         let sa_key = dir.join("sa.key");
         let sa_pub = dir.join("sa.pub");
         if !sa_key.exists() || !sa_pub.exists() {
@@ -160,10 +188,43 @@ impl Pki {
             apiserver,
             admin,
             controller_manager,
+            scheduler,
+            kubelet_client,
             sa_key,
             sa_pub,
         })
     }
+}
+
+/// A client certificate for `user` (in `group`) signed by the cluster CA under `dir`, made once
+/// per user and group (`univrs control-plane kubeconfig`).
+pub fn client_certificate(dir: &Path, user: &str, group: Option<&str>) -> Result<CertFiles> {
+    let ca = Ca {
+        files: files(dir, "ca"),
+        common_name: KUBERNETES_CA,
+    };
+    if !ca.files.key.exists() {
+        anyhow::bail!(
+            "{} is missing: start the control plane once with this --data-dir first",
+            ca.files.key.display()
+        );
+    }
+    let slug: String = format!("{user}-{}", group.unwrap_or(""))
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    ensure_leaf(
+        dir,
+        &ca,
+        Leaf {
+            name: &format!("client-{slug}"),
+            common_name: user,
+            organization: group,
+            sans: vec![],
+            server: false,
+            client: true,
+        },
+    )
 }
 
 fn dns(name: &str) -> SanType {

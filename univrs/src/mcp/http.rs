@@ -1,6 +1,7 @@
 //! The streamable HTTP transport on `/mcp`: every request needs the bearer token (401
 //! otherwise), and connections are TLS unless plain HTTP was asked for on loopback. The
-//! listener and the token are the ones every Univrs server uses (`univrs_io`).
+//! listener and the token are the ones every Univrs server uses (`univrs_io`). `/healthz`
+//! answers `ok` to anyone, for a kubelet's probes: it tells nothing and changes nothing.
 
 use super::server::UnivrsMcp;
 use axum::extract::{Request, State};
@@ -59,7 +60,9 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(
             Arc::new(token),
             require_token,
-        ));
+        ))
+        // After the layer, so outside it.
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
     univrs_io::listener::serve(tcp, tls, app).await?;
     Ok(())
 }
