@@ -20,11 +20,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The node's address, on the interface [`NODE_LINK`].
-pub const NODE_IP: &str = "10.213.0.1";
+pub const NODE_IP: &str = "10.231.0.1";
 /// The interface carrying [`NODE_IP`].
 const NODE_LINK: &str = "univrs-knode";
 /// The Pods' subnet (CNI bridge [`POD_BRIDGE`], host-local addresses).
-pub const POD_SUBNET: &str = "10.214.0.0/24";
+pub const POD_SUBNET: &str = "10.232.0.0/24";
 /// The CNI bridge of the Pods.
 const POD_BRIDGE: &str = "univrs-kbr0";
 /// The CNI network's name (its rules carry it in their comments).

@@ -259,8 +259,9 @@ pub(crate) fn remove_stale_dirs() {
         let Some(rest) = name.strip_prefix("univrs-test-") else {
             continue;
         };
+        // Only `univrs-test-<pid>-…`: other tests name their directories differently.
         let pid = rest.split('-').next().unwrap_or("");
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }

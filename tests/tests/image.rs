@@ -95,7 +95,12 @@ fn the_image_is_reproducible_labelled_and_holds_what_the_agent_runs() {
     );
     let files = entries(&a, &digest);
     let has = |p: &str| files.iter().any(|(f, _)| f == p);
-    for want in ["usr/local/bin/univrs", "etc/passwd", "tmp/"] {
+    for want in [
+        "usr/local/bin/univrs",
+        "etc/passwd",
+        "tmp/",
+        "etc/ssl/certs/ca-certificates.crt",
+    ] {
         assert!(has(want), "no {want} in {files:?}");
     }
     // iptables is one multi-call binary: its names link to it, and its extensions come along.

@@ -55,6 +55,13 @@ fn state(node: &KubeletNode) -> String {
             .cp
             .kubectl()
             .args(["get", "events", "-A", "--sort-by=.lastTimestamp"]));
+    let (_, workloads, _) = run(node.cp.kubectl().args([
+        "get",
+        "workloads,nodes.univrs.io",
+        "-A",
+        "-o",
+        "jsonpath={range .items[*]}{.kind} {.metadata.name}: {.status.conditions} {.status.instances}{\"\\n\"}{end}",
+    ]));
     let mut logs = String::new();
     let (_, names, _) = run(node
         .cp
@@ -71,7 +78,7 @@ fn state(node: &KubeletNode) -> String {
         }
     }
     format!(
-        "pods:\n{pods}\ntaints: {taints}\nevents:\n{events}\nlogs:\n{logs}\n{}",
+        "pods:\n{pods}\nunivrs:\n{workloads}\ntaints: {taints}\nevents:\n{events}\nlogs:\n{logs}\n{}",
         node.logs(25)
     )
 }

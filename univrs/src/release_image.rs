@@ -7,6 +7,8 @@
 //! - what the agent runs besides itself, with their libraries: `ip` (iproute2), and
 //!   `iptables-save`/`iptables-restore` with the xtables extensions (the CNI plugins and the
 //!   xtables lock come from the host, mounted by the chart);
+//! - this machine's CA bundle (`/etc/ssl/certs/ca-certificates.crt`, Debian's ca-certificates):
+//!   the agent pulls images over HTTPS, and its registry client will not start without roots;
 //! - `/etc/passwd` and `/etc/group` naming root and the user `univrs` (65532), the default
 //!   user: the controller and the MCP server run as it, the agent's DaemonSet asks for root;
 //! - labels for the title, version, source, licence and the binary's SHA-256.
@@ -26,6 +28,10 @@ const AGENT_TOOLS: [&str; 3] = ["ip", "iptables-save", "iptables-restore"];
 
 /// Where the xtables extensions live (iptables loads them at run time: `ldd` cannot see them).
 const XTABLES_DIRS: [&str; 2] = ["/usr/lib/x86_64-linux-gnu/xtables", "/usr/lib/xtables"];
+
+/// The CA bundle the image carries (where Debian's ca-certificates writes it, and where
+/// rustls-native-certs looks first).
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// What was built.
 pub struct Built {
@@ -73,6 +79,12 @@ pub fn build(binary: &Path, output: &Path, reference: &str, tag: &str) -> Result
         {
             add_with_libraries(&mut files, p, &rel(p))?;
         }
+    }
+    match std::fs::read(CA_BUNDLE) {
+        Ok(pem) => {
+            files.insert(CA_BUNDLE[1..].into(), Entry::File(pem, 0o644));
+        }
+        Err(_) => missing.push(format!("{CA_BUNDLE} (install Debian's ca-certificates)")),
     }
     let passwd = format!(
         "root:x:0:0:root:/root:/sbin/nologin\nunivrs:x:{USER_ID}:{USER_ID}:univrs:/home/univrs:/sbin/nologin\n"
