@@ -2,7 +2,10 @@
 //!
 //! The holder renews every `renew` (2 s); a candidate takes over a Lease not renewed within its
 //! duration (10 s), with optimistic concurrency (resourceVersion), so two candidates can never
-//! both win. A leader that fails to renew before its Lease would lapse stops leading.
+//! both win. A leader that fails to renew before its Lease would lapse stops leading. A leader
+//! asked to stop keeps renewing until its reconcilers have stopped, then releases the Lease (no
+//! holder), which a candidate takes at once: a rolling update hands over without a gap and
+//! without two writers.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -74,7 +77,8 @@ impl Elector {
                     .renew_time
                     .as_ref()
                     .is_none_or(|r| r.0.checked_add(duration).is_ok_and(|t| t <= now));
-                if !mine && !expired {
+                let released = spec.holder_identity.as_deref().is_none_or(str::is_empty);
+                if !mine && !expired && !released {
                     return Ok(false);
                 }
                 let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
@@ -140,6 +144,36 @@ impl Elector {
                         return;
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Elector {
+    /// Gives the Lease up if this candidate still holds it (call once its writers have stopped),
+    /// so the next candidate need not wait for it to lapse.
+    pub async fn release(&self, api: &Api<Lease>) {
+        let outcome = async {
+            let Some(mut lease) = api.get_opt(LEASE_NAME).await? else {
+                return Ok(false);
+            };
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            if spec.holder_identity.as_deref() != Some(&self.identity) {
+                return Ok(false);
+            }
+            spec.holder_identity = None;
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            // The resourceVersion read above: if anyone wrote since, they hold it, and we leave it.
+            api.replace(LEASE_NAME, &PostParams::default(), &lease)
+                .await
+                .map(|_| true)
+        }
+        .await;
+        match outcome {
+            Ok(true) => tracing::info!(identity = %self.identity, "released the leader Lease"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the leader Lease; it lapses instead")
             }
         }
     }

@@ -36,7 +36,8 @@ def resolve(host: str, address: str) -> None:
     real = socket.getaddrinfo
 
     def getaddrinfo(name, *args, **kwargs):
-        return real(address if name == host else name, *args, **kwargs)
+        # anyio passes the name IDNA-encoded, as bytes.
+        return real(address if name in (host, host.encode("idna")) else name, *args, **kwargs)
 
     socket.getaddrinfo = getaddrinfo
 

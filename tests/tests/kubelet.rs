@@ -253,5 +253,299 @@ fn the_chart_runs_on_a_kubelet_node() {
         },
     );
     eprintln!("served: {page}");
-    let _ = PathBuf::new();
+
+    mcp_through_its_service(&node);
+    let sample = upgrade(&node, &helm_home, &chart, &values("v2"));
+    eprintln!(
+        "helm upgrade: {} samples of the controllers' univrs_leader, at most {} leading at once, \
+         {:.1} s with none (the hand-over)",
+        sample.samples,
+        sample.most_at_once,
+        sample.none_for.as_secs_f64()
+    );
+    assert_eq!(sample.most_at_once, 1, "two controllers led at once");
+    assert_eq!(
+        sample
+            .images
+            .iter()
+            .map(|i| i.rsplit(':').next().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["test", "v2"],
+        "the old image led, then the new one"
+    );
+    eventually(
+        &node,
+        "the portal served after the upgrade",
+        Duration::from_secs(120),
+        || {
+            let (ok, out, err) = run(Command::new("curl").args([
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{NODE_IP}:30080/"),
+            ]));
+            ((ok && out.contains("Community portal")).then_some(()), err)
+        },
+    );
+
+    // What the check below looks for is there while the release runs: it can fail.
+    let running = leftovers(&data);
+    eprintln!(
+        "before uninstall: {} processes, mounts, links and rules of the agent's",
+        running.len()
+    );
+    assert!(
+        running.iter().any(|l| l.starts_with("link ")),
+        "{running:?}"
+    );
+    assert!(
+        running.iter().any(|l| l.starts_with("mount ")),
+        "{running:?}"
+    );
+    let (ok, out, err) = run(helm(&node, &helm_home).args([
+        "uninstall",
+        "univrs",
+        "-n",
+        NS,
+        "--wait",
+        "--timeout",
+        "3m",
+    ]));
+    assert!(ok, "helm uninstall: {out}\n{err}\n{}", state(&node));
+    let left = eventually(
+        &node,
+        "nothing of the agent's left on the node",
+        Duration::from_secs(60),
+        || {
+            let left = leftovers(&data);
+            (left.is_empty().then_some(left.clone()), format!("{left:?}"))
+        },
+    );
+    assert!(left.is_empty());
+    // Every Pod goes; the Workload stays (the chart keeps the CRDs and their objects).
+    eventually(
+        &node,
+        "the release's Pods gone",
+        Duration::from_secs(60),
+        || {
+            let pods = kubectl(&node, &["get", "pods", "-n", NS, "-o", "name"]);
+            (pods.trim().is_empty().then_some(()), pods)
+        },
+    );
+    kubectl(
+        &node,
+        &[
+            "get",
+            "workload",
+            "community-portal",
+            "-n",
+            "community-center",
+        ],
+    );
+}
+
+/// The MCP server, a chart option on by default, answers the official Python SDK through its
+/// Service (kube-proxy's rules; the Service's name resolved to its ClusterIP, as cluster DNS
+/// would, since the chart's certificate names the Service).
+fn mcp_through_its_service(node: &KubeletNode) {
+    let ip = kubectl(
+        node,
+        &[
+            "get",
+            "service",
+            "univrs-mcp",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
+    let secret = |name: &str, key: &str| -> PathBuf {
+        let b64 = kubectl(
+            node,
+            &[
+                "get",
+                "secret",
+                name,
+                "-n",
+                NS,
+                "-o",
+                &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
+            ],
+        );
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .unwrap();
+        let path = node.dir.join(format!("{name}-{key}"));
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        path
+    };
+    let token = secret("univrs-mcp-token", "token");
+    let ca = secret("univrs-mcp-tls", "ca.crt");
+    let host = format!("univrs-mcp.{NS}.svc");
+    kubectl(node, &["create", "namespace", "mcp-clients"]);
+    let out = Command::new(repo_root().join(".tools/venv/bin/python"))
+        .arg(repo_root().join("tests/python/mcp_http.py"))
+        .arg(format!("https://{host}:443/mcp"))
+        .arg(&token)
+        .arg(&ca)
+        .arg("mcp-clients")
+        .arg(format!("{host}={}", ip.trim()))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "MCP through the Service:\n{stdout}\n{stderr}\n{}",
+        state(node)
+    );
+    assert!(stdout.contains("deployed http-web"), "{stdout}");
+}
+
+/// What sampling the controllers' leadership during an upgrade saw.
+struct Leaders {
+    /// The images of the controllers seen leading.
+    images: std::collections::BTreeSet<String>,
+    samples: usize,
+    most_at_once: usize,
+    none_for: Duration,
+}
+
+/// `helm upgrade` to `values` (a new image), sampling every controller Pod's `univrs_leader`
+/// gauge until the rollout is done and a leader of the new image leads.
+fn upgrade(node: &KubeletNode, helm_home: &Path, chart: &Path, values: &[String]) -> Leaders {
+    image(node, "v2");
+    let mut child = helm(node, helm_home)
+        .args(["upgrade", "univrs"])
+        .arg(chart)
+        .args(["-n", NS, "--wait", "--timeout", "5m"])
+        .args(values)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Leaders {
+        images: Default::default(),
+        samples: 0,
+        most_at_once: 0,
+        none_for: Duration::ZERO,
+    };
+    let mut none_since: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut done = None;
+    while Instant::now() < deadline {
+        let pods = kubectl(
+            node,
+            &[
+                "get",
+                "pods",
+                "-n",
+                NS,
+                "-l",
+                "app.kubernetes.io/component=controller",
+                "-o",
+                "jsonpath={range .items[*]}{.status.podIP} {.spec.containers[0].image}{\"\\n\"}{end}",
+            ],
+        );
+        let mut leading = Vec::new();
+        for line in pods.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(ip), Some(image)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let (ok, metrics, _) = run(Command::new("curl").args([
+                "-sS",
+                "--max-time",
+                "2",
+                &format!("http://{ip}:9090/metrics"),
+            ]));
+            if ok && metrics.lines().any(|l| l == "univrs_leader 1") {
+                leading.push(image.to_string());
+            }
+        }
+        seen.samples += 1;
+        seen.images.extend(leading.iter().cloned());
+        seen.most_at_once = seen.most_at_once.max(leading.len());
+        match (leading.is_empty(), none_since) {
+            (true, None) => none_since = Some(Instant::now()),
+            (false, Some(t)) => {
+                seen.none_for += t.elapsed();
+                none_since = None;
+            }
+            _ => {}
+        }
+        if done.is_none() {
+            done = child.try_wait().unwrap();
+        }
+        if done.is_some() && leading.iter().any(|i| i.ends_with(":v2")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "helm upgrade: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        state(node)
+    );
+    seen
+}
+
+/// What the agent left on the machine: processes run from its data directory (shims,
+/// containers' runtimes), mounts under its data directory or /run/univrs (besides the shared
+/// mounts the test made), its bridges (`univrs-<8 hex>`) and iptables chains.
+fn leftovers(data: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    let data_s = data.display().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&data_s) {
+            left.push(format!("process {pid}: {cmdline}"));
+        }
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for point in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+        let ours = point == data_s || point == RUN;
+        if !ours && (point.starts_with(&data_s) || point.starts_with(RUN)) {
+            left.push(format!("mount {point}"));
+        }
+    }
+    let (_, links, _) = run(Command::new("ip").args(["-o", "link", "show"]));
+    for link in links.lines() {
+        let name = link
+            .split(": ")
+            .nth(1)
+            .unwrap_or("")
+            .split('@')
+            .next()
+            .unwrap_or("");
+        let hex = name.strip_prefix("univrs-").unwrap_or("");
+        if hex.len() == 8 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            left.push(format!("link {name}"));
+        }
+    }
+    for table in ["filter", "nat"] {
+        let (_, rules, _) = run(Command::new("iptables").args(["-t", table, "-S"]));
+        left.extend(
+            rules
+                .lines()
+                .filter(|r| r.contains("UNIVRS"))
+                .map(|r| format!("iptables -t {table} {r}")),
+        );
+    }
+    left
 }

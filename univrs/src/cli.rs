@@ -529,6 +529,12 @@ pub struct AgentArgs {
     /// The Node's name [default: NODE_NAME, else the host name].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// The DaemonSet this agent runs in, NAMESPACE/NAME (the Helm chart sets it). Stopping
+    /// once it is gone (`helm uninstall`), the agent removes its containers, mounts and
+    /// networks as `univrs reset` does; while it exists (a rolling update), they keep running
+    /// for the next agent.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_namespaced)]
+    pub daemonset: Option<(String, String)>,
     /// A label for the Node (repeatable): `--label univrs.io/org=library`.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -651,6 +657,16 @@ fn parse_layout(s: &str) -> Result<(String, PathBuf), String> {
         return Err(format!("--image-layout {s:?} must look like REFERENCE=DIR"));
     }
     Ok((r.to_string(), PathBuf::from(d)))
+}
+
+/// NAMESPACE/NAME.
+fn parse_namespaced(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -8,16 +8,48 @@ use univrs_io::token::Token;
 use univrs_node_agent::agent::instances::policy::OwnerPolicy;
 use univrs_node_agent::agent::{self, AgentConfig, kube::capacity::CapacityOverrides};
 
-/// Runs the agent.
+/// Runs the agent; once it stops, removes what it ran if its DaemonSet is gone.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     init_tracing(args.log_json);
     let kubeconfig = args.kubeconfig.clone();
+    let daemonset = args.daemonset.clone();
     let cfg = config(args)?;
-    tokio::runtime::Runtime::new()?.block_on(async move {
+    let (data_dir, node) = (cfg.data_dir.clone(), cfg.node_name.clone());
+    let runtime = tokio::runtime::Runtime::new()?;
+    let uninstalled = runtime.block_on(async move {
         let client = client(kubeconfig).await?;
-        agent::run(client, cfg, shutdown_signal()).await?;
-        Ok(())
-    })
+        agent::run(client.clone(), cfg, shutdown_signal()).await?;
+        Ok::<_, anyhow::Error>(match daemonset {
+            Some((ns, name)) => daemonset_gone(&client, &ns, &name).await,
+            None => false,
+        })
+    })?;
+    // The reset forks and execs: outside the runtime's threads.
+    drop(runtime);
+    if uninstalled {
+        tracing::info!(
+            "the agent's DaemonSet is gone: removing its containers, mounts and networks"
+        );
+        reset(data_dir, Some(node))?;
+    }
+    Ok(())
+}
+
+/// Whether the DaemonSet that ran this agent is gone: deleted or being deleted, or this agent's
+/// own credentials went with it (401 or 403: `helm uninstall` removes the release's
+/// ServiceAccount and roles right after it). Any other answer keeps the containers.
+async fn daemonset_gone(client: &kube::Client, ns: &str, name: &str) -> bool {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    let api: kube::Api<DaemonSet> = kube::Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await {
+        Ok(Some(ds)) => ds.metadata.deletion_timestamp.is_some(),
+        Ok(None) => true,
+        Err(kube::Error::Api(e)) if e.code == 401 || e.code == 403 => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not tell whether DaemonSet {ns}/{name} is gone; keeping the containers");
+            false
+        }
+    }
 }
 
 /// The agent's configuration from its flags.

@@ -64,19 +64,32 @@ pub fn run(
         let controllers = tokio::spawn(univrs_controller::run(
             client,
             settings,
-            metrics,
+            metrics.clone(),
             async move {
                 let _ = stop_rx.await;
             },
         ));
+        let hold = elector.hold(lease_api.clone());
+        tokio::pin!(hold);
         let lost = tokio::select! {
-            _ = elector.hold(lease_api) => true,
+            _ = &mut hold => true,
             _ = shutdown_signal() => false,
         };
         let _ = stop_tx.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(10), controllers).await;
+        let stopped = tokio::time::timeout(Duration::from_secs(10), controllers);
         if lost {
+            let _ = stopped.await;
             anyhow::bail!("lost leadership; exiting so a fresh candidate can take over");
+        }
+        // Asked to stop: keep the Lease while the reconcilers finish, so no successor writes
+        // beside them, then hand it over at once.
+        let lost = tokio::select! {
+            _ = &mut hold => true,
+            _ = stopped => false,
+        };
+        metrics.set_leader(false);
+        if !lost {
+            elector.release(&lease_api).await;
         }
         Ok(())
     })
