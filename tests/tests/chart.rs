@@ -240,6 +240,7 @@ fn template_renders_every_component_with_tight_security() {
         .collect();
     let want: BTreeMap<String, String> = [
         ("data", "/var/lib/univrs"),
+        ("run", "/run/univrs"),
         ("cgroup", "/sys/fs/cgroup"),
         ("xtables-lock", "/run/xtables.lock"),
         ("cni-bin", "/opt/cni/bin"),
@@ -252,7 +253,7 @@ fn template_renders_every_component_with_tight_security() {
     for m in a["volumeMounts"].as_sequence().unwrap() {
         let name = m["name"].as_str().unwrap();
         match name {
-            "data" => assert_eq!(m["mountPropagation"], "Bidirectional"),
+            "data" | "run" => assert_eq!(m["mountPropagation"], "Bidirectional"),
             "cni-bin" | "modules" => assert_eq!(m["readOnly"], true, "{name}"),
             _ => assert!(m["mountPropagation"].is_null(), "{name}"),
         }
