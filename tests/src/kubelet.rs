@@ -13,7 +13,9 @@
 //! the kubelet, stops every process and removes what is left: shims and their containers,
 //! mounts, network namespaces, the bridge, kube-proxy's and the bridge plugin's rules, cgroups.
 
-use crate::{ControlPlane, Guarded, free_port, univrs_bin, upstream_node_bin_dir};
+use crate::{
+    ControlPlane, Guarded, free_port, pids_with_cmdline, univrs_bin, upstream_node_bin_dir,
+};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -511,26 +513,6 @@ fn sh(args: &[&str]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Processes whose command line holds `needle`.
-fn pids_with_cmdline(needle: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .contains(needle)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 /// Unmounts everything mounted under `dir`, deepest first.

@@ -532,24 +532,40 @@ impl Drop for Guarded {
     }
 }
 
-/// The pids of the direct children of `parent` (from /proc).
-pub fn children_of(parent: u32) -> Vec<u32> {
+/// The pids of the processes for which `keep` holds (from /proc).
+pub fn pids_where(keep: impl Fn(u32) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // The command name may contain spaces; the fields after ')' are: state, ppid, …
-            stat.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok())
-                == Some(parent)
-        })
+        .filter(|pid| keep(*pid))
         .collect()
+}
+
+/// The pids of the processes whose command line (arguments joined by spaces) holds `needle`.
+pub fn pids_with_cmdline(needle: &str) -> Vec<u32> {
+    pids_where(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .contains(needle)
+        })
+    })
+}
+
+/// The pids of the direct children of `parent` (from /proc).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    pids_where(|pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The command name may contain spaces; the fields after ')' are: state, ppid, …
+        stat.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+            == Some(parent)
+    })
 }
 
 /// Runs `cmd` with `input` on its standard input; returns its output.

@@ -242,15 +242,7 @@ fn the_chart_runs_on_a_kubelet_node() {
         &node,
         "the portal served on the node's port 30080",
         Duration::from_secs(60),
-        || {
-            let (ok, out, err) = run(Command::new("curl").args([
-                "-sS",
-                "--max-time",
-                "5",
-                &format!("http://{NODE_IP}:30080/"),
-            ]));
-            ((ok && out.contains("Community portal")).then_some(out), err)
-        },
+        portal_page,
     );
     eprintln!("served: {page}");
 
@@ -277,15 +269,7 @@ fn the_chart_runs_on_a_kubelet_node() {
         &node,
         "the portal served after the upgrade",
         Duration::from_secs(120),
-        || {
-            let (ok, out, err) = run(Command::new("curl").args([
-                "-sS",
-                "--max-time",
-                "5",
-                &format!("http://{NODE_IP}:30080/"),
-            ]));
-            ((ok && out.contains("Community portal")).then_some(()), err)
-        },
+        portal_page,
     );
 
     // What the check below looks for is there while the release runs: it can fail.
@@ -342,6 +326,17 @@ fn the_chart_runs_on_a_kubelet_node() {
             "community-center",
         ],
     );
+}
+
+/// The portal's page from the node's port 30080, or why not.
+fn portal_page() -> (Option<String>, String) {
+    let (ok, out, err) = run(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{NODE_IP}:30080/"),
+    ]));
+    ((ok && out.contains("Community portal")).then_some(out), err)
 }
 
 /// The MCP server, a chart option on by default, answers the official Python SDK through its
@@ -506,16 +501,8 @@ fn upgrade(node: &KubeletNode, helm_home: &Path, chart: &Path, values: &[String]
 fn leftovers(data: &Path) -> Vec<String> {
     let mut left = Vec::new();
     let data_s = data.display().to_string();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if pid.parse::<u32>().is_err() {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&data_s) {
-            left.push(format!("process {pid}: {cmdline}"));
-        }
+    for pid in univrs_tests::pids_with_cmdline(&data_s) {
+        left.push(format!("process {pid}"));
     }
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     for point in info.lines().filter_map(|l| l.split(' ').nth(4)) {

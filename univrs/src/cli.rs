@@ -37,42 +37,7 @@ pub enum Command {
     },
     /// Run the upstream etcd, kube-apiserver and kube-controller-manager in the foreground.
     #[command(name = "control-plane", args_conflicts_with_subcommands = true)]
-    ControlPlane {
-        /// `build`: only build (or find) the pinned upstream binaries and print their directory.
-        #[command(subcommand)]
-        command: Option<ControlPlaneCommand>,
-        /// Certificates, etcd data, logs and kubeconfigs [default: $XDG_DATA_HOME/univrs/control-plane].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// The API server's port on 127.0.0.1.
-        #[arg(long, default_value_t = 6443)]
-        port: u16,
-        /// etcd's client port on 127.0.0.1 (0: a free port at each start).
-        #[arg(long, default_value_t = 0)]
-        etcd_port: u16,
-        /// Also write the admin kubeconfig (mode 0600) to this file.
-        #[arg(long)]
-        write_kubeconfig: Option<PathBuf>,
-        /// Use the upstream binaries in this directory instead of the cached build.
-        #[arg(long, env = "UNIVRS_CONTROL_PLANE_BIN")]
-        bin_dir: Option<PathBuf>,
-        /// Also serve the API server on this machine's address ADDR, so other machines can
-        /// join (`univrs token create`, then `univrs join` there): kube-apiserver then listens
-        /// on all addresses (it binds one, and loopback must keep working) and its certificate
-        /// names ADDR. Default: loopback only.
-        #[arg(long, value_name = "ADDR")]
-        advertise_address: Option<std::net::IpAddr>,
-        /// Let kubelets join and run Pods (a Helm release of Univrs, say): kube-scheduler,
-        /// Node authorization, the API server's kubelet client certificate and the controllers
-        /// Deployments, DaemonSets and Services need. Add a kubelet with `control-plane
-        /// kubeconfig --user system:node:NAME --group system:nodes`.
-        #[arg(long)]
-        kubelets: bool,
-        /// With --kubelets: kube-scheduler is in this directory instead of the cached build of
-        /// the node binaries (`control-plane build --node`).
-        #[arg(long, value_name = "DIR", env = "UNIVRS_NODE_BIN")]
-        node_bin_dir: Option<PathBuf>,
-    },
+    ControlPlane(Box<ControlPlaneArgs>),
     /// Run the whole system on this machine: the local control plane (or an existing cluster
     /// with --kubeconfig), the CRDs, the controller and node agents, until Ctrl-C.
     Up {
@@ -515,6 +480,46 @@ pub enum IdentityCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `univrs control-plane …`
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ControlPlaneArgs {
+    /// `build`: only build (or find) the pinned upstream binaries and print their directory.
+    #[command(subcommand)]
+    pub command: Option<ControlPlaneCommand>,
+    /// Certificates, etcd data, logs and kubeconfigs [default: $XDG_DATA_HOME/univrs/control-plane].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The API server's port on 127.0.0.1.
+    #[arg(long, default_value_t = 6443)]
+    pub port: u16,
+    /// etcd's client port on 127.0.0.1 (0: a free port at each start).
+    #[arg(long, default_value_t = 0)]
+    pub etcd_port: u16,
+    /// Also write the admin kubeconfig (mode 0600) to this file.
+    #[arg(long)]
+    pub write_kubeconfig: Option<PathBuf>,
+    /// Use the upstream binaries in this directory instead of the cached build.
+    #[arg(long, env = "UNIVRS_CONTROL_PLANE_BIN")]
+    pub bin_dir: Option<PathBuf>,
+    /// Also serve the API server on this machine's address ADDR, so other machines can
+    /// join (`univrs token create`, then `univrs join` there): kube-apiserver then listens
+    /// on all addresses (it binds one, and loopback must keep working) and its certificate
+    /// names ADDR. Default: loopback only.
+    #[arg(long, value_name = "ADDR")]
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// Let kubelets join and run Pods (a Helm release of Univrs, say): kube-scheduler,
+    /// Node authorization, the API server's kubelet client certificate and the controllers
+    /// Deployments, DaemonSets and Services need. Add a kubelet with `control-plane
+    /// kubeconfig --user system:node:NAME --group system:nodes`.
+    #[arg(long)]
+    pub kubelets: bool,
+    /// With --kubelets: kube-scheduler is in this directory instead of the cached build of
+    /// the node binaries (`control-plane build --node`).
+    #[arg(long, value_name = "DIR", env = "UNIVRS_NODE_BIN")]
+    pub node_bin_dir: Option<PathBuf>,
 }
 
 /// `univrs agent …`

@@ -1,37 +1,16 @@
 //! `univrs control-plane [build | kubeconfig]`.
 
-use crate::cli::ControlPlaneCommand;
+use crate::cli::{ControlPlaneArgs, ControlPlaneCommand};
 use crate::control_plane::{self, Options, binaries::Binaries, kubeconfig, pki};
 use crate::paths;
-use std::path::PathBuf;
-
-/// The flags of `univrs control-plane`.
-pub struct Flags {
-    /// `--data-dir`.
-    pub data_dir: Option<PathBuf>,
-    /// `--port`.
-    pub port: u16,
-    /// `--etcd-port`.
-    pub etcd_port: u16,
-    /// `--write-kubeconfig`.
-    pub write_kubeconfig: Option<PathBuf>,
-    /// `--bin-dir`.
-    pub bin_dir: Option<PathBuf>,
-    /// `--advertise-address`.
-    pub advertise_address: Option<std::net::IpAddr>,
-    /// `--kubelets`.
-    pub kubelets: bool,
-    /// `--node-bin-dir`.
-    pub node_bin_dir: Option<PathBuf>,
-}
 
 /// Builds the binaries, writes a kubeconfig, or runs the control plane in the foreground.
-pub fn run(command: Option<ControlPlaneCommand>, flags: Flags) -> anyhow::Result<()> {
+pub fn run(flags: ControlPlaneArgs) -> anyhow::Result<()> {
     let data_dir = match flags.data_dir {
         Some(d) => d,
         None => paths::data_dir()?.join("control-plane"),
     };
-    match command {
+    match flags.command {
         Some(ControlPlaneCommand::Build { node: false }) => {
             let bins = Binaries::resolve(flags.bin_dir.as_deref())?;
             println!("{}", bins.dir.display());
