@@ -848,6 +848,8 @@ async fn each_service_account_can_do_its_job_and_no_more() {
             &["create", "events.events.k8s.io", "-n", "default"],
             // Its own certificate's renewal.
             &["create", "certificatesigningrequests"],
+            // Its own DaemonSet, to tell an uninstall from a rolling update when it stops.
+            &["get", "daemonsets.apps/univrs-agent", sys[0], sys[1]],
         ],
         &[
             &["create", "clusterrolebindings"],
@@ -866,6 +868,11 @@ async fn each_service_account_can_do_its_job_and_no_more() {
             &["create", "creditlines.univrs.io"],
             &["create", "leases", "-n", "default"],
             &["list", "leases", sys[0], sys[1]],
+            // No other DaemonSet, and no change to its own.
+            &["get", "daemonsets.apps/univrs-other", sys[0], sys[1]],
+            &["list", "daemonsets.apps", sys[0], sys[1]],
+            &["delete", "daemonsets.apps/univrs-agent", sys[0], sys[1]],
+            &["patch", "daemonsets.apps/univrs-agent", sys[0], sys[1]],
         ],
     );
     assert_can(&c, "univrs-agent", &[], never);
