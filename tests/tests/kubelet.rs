@@ -449,24 +449,34 @@ fn upgrade(node: &KubeletNode, helm_home: &Path, chart: &Path, values: &[String]
                 "jsonpath={range .items[*]}{.status.podIP} {.spec.containers[0].image}{\"\\n\"}{end}",
             ],
         );
-        let mut leading = Vec::new();
-        for line in pods.lines() {
-            let mut f = line.split_whitespace();
-            let (Some(ip), Some(image)) = (f.next(), f.next()) else {
-                continue;
-            };
+        // Each Pod is read twice, forwards then backwards, and counts as leading only if both
+        // reads say so. A Pod leads at most once in its life (0, then 1, then 0 until it exits),
+        // so two reads of 1 mean it led all the time between them, which brackets every other
+        // Pod's reads: two Pods counted are two leaders at once, never a hand-over that fell
+        // between two reads of one pass.
+        let pods: Vec<(&str, &str)> = pods.lines().filter_map(|l| l.split_once(' ')).collect();
+        let leads = |ip: &str| {
             let (ok, metrics, _) = run(Command::new("curl").args([
                 "-sS",
                 "--max-time",
                 "2",
                 &format!("http://{ip}:9090/metrics"),
             ]));
-            if ok && metrics.lines().any(|l| l == "univrs_leader 1") {
+            ok && metrics.lines().any(|l| l == "univrs_leader 1")
+        };
+        let forwards: Vec<bool> = pods.iter().map(|(ip, _)| leads(ip)).collect();
+        let backwards: Vec<bool> = pods.iter().rev().map(|(ip, _)| leads(ip)).collect();
+        let mut leading = Vec::new();
+        for (i, (_, image)) in pods.iter().enumerate() {
+            let (first, second) = (forwards[i], backwards[pods.len() - 1 - i]);
+            if first || second {
+                seen.images.insert(image.to_string());
+            }
+            if first && second {
                 leading.push(image.to_string());
             }
         }
         seen.samples += 1;
-        seen.images.extend(leading.iter().cloned());
         seen.most_at_once = seen.most_at_once.max(leading.len());
         match (leading.is_empty(), none_since) {
             (true, None) => none_since = Some(Instant::now()),
