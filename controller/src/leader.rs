@@ -147,9 +147,7 @@ impl Elector {
             }
         }
     }
-}
 
-impl Elector {
     /// Gives the Lease up if this candidate still holds it (call once its writers have stopped),
     /// so the next candidate need not wait for it to lapse.
     pub async fn release(&self, api: &Api<Lease>) {

@@ -218,7 +218,12 @@ pub async fn run(opts: Options) -> Result<()> {
         format!("--tls-private-key-file={}", p(&pki.apiserver.key)),
         format!("--client-ca-file={}", p(&pki.ca.cert)),
         format!("--authentication-config={}", p(&authn)),
-        "--authorization-mode=RBAC".into(),
+        // With kubelets, the Node authorizer first: a kubelet reads and writes only its own
+        // Node and what its Pods need.
+        format!(
+            "--authorization-mode={}",
+            if opts.kubelets { "Node,RBAC" } else { "RBAC" }
+        ),
         // The node agent's DaemonSet (Helm chart) is privileged, as kubeadm and k3s allow.
         "--allow-privileged=true".into(),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
@@ -231,9 +236,7 @@ pub async fn run(opts: Options) -> Result<()> {
     ];
     if opts.kubelets {
         apiserver_args.extend([
-            // A kubelet reads and writes only its own Node and what its Pods need.
-            "--authorization-mode=Node,RBAC".to_string(),
-            "--enable-admission-plugins=NodeRestriction".into(),
+            "--enable-admission-plugins=NodeRestriction".to_string(),
             format!(
                 "--kubelet-client-certificate={}",
                 p(&pki.kubelet_client.cert)
@@ -242,7 +245,6 @@ pub async fn run(opts: Options) -> Result<()> {
             // Kubelets here are named, not resolvable: reach them by address.
             "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
         ]);
-        apiserver_args.retain(|a| a != "--authorization-mode=RBAC");
     }
     children.push(process::spawn(
         "kube-apiserver",
@@ -275,12 +277,8 @@ pub async fn run(opts: Options) -> Result<()> {
     } else {
         CONTROLLERS.to_string()
     };
-    let kcm_args = vec![
-        format!("--kubeconfig={}", p(&kcm_kubeconfig)),
-        format!("--authentication-kubeconfig={}", p(&kcm_kubeconfig)),
-        format!("--authorization-kubeconfig={}", p(&kcm_kubeconfig)),
-        "--bind-address=127.0.0.1".into(),
-        format!("--secure-port={kcm_port}"),
+    let mut kcm_args = component_args(&kcm_kubeconfig, kcm_port);
+    kcm_args.extend([
         format!(
             "--cert-dir={}",
             p(&layout.root.join("controller-manager-certs"))
@@ -291,12 +289,7 @@ pub async fn run(opts: Options) -> Result<()> {
         format!("--service-account-private-key-file={}", p(&pki.sa_key)),
         format!("--root-ca-file={}", p(&pki.ca.cert)),
         "--use-service-account-credentials=true".into(),
-        "--leader-elect=false".into(),
-        // No front proxy here: do not look up its request-header CA (it only logs errors).
-        "--authentication-skip-lookup=true".into(),
-        "--profiling=false".into(),
-        "--v=1".into(),
-    ];
+    ]);
     children.push(process::spawn(
         "kube-controller-manager",
         &bins.kube_controller_manager,
@@ -309,17 +302,7 @@ pub async fn run(opts: Options) -> Result<()> {
     if let Some(node_bins) = &node_bins {
         progress.begin("kube-scheduler");
         let port = process::free_port()?;
-        let args = vec![
-            format!("--kubeconfig={}", p(&scheduler_kubeconfig)),
-            format!("--authentication-kubeconfig={}", p(&scheduler_kubeconfig)),
-            format!("--authorization-kubeconfig={}", p(&scheduler_kubeconfig)),
-            "--bind-address=127.0.0.1".into(),
-            format!("--secure-port={port}"),
-            "--leader-elect=false".into(),
-            "--authentication-skip-lookup=true".into(),
-            "--profiling=false".into(),
-            "--v=1".into(),
-        ];
+        let args = component_args(&scheduler_kubeconfig, port);
         children.push(process::spawn(
             "kube-scheduler",
             &node_bins.kube_scheduler,
@@ -363,6 +346,25 @@ anonymous:
   - path: /healthz
   - path: /api/v1/namespaces/kube-public/configmaps/cluster-info
 ";
+
+/// The flags kube-controller-manager and kube-scheduler share: their identity (`kubeconfig`, also
+/// for delegated authentication and authorization), their own HTTPS port on loopback, one
+/// instance (no leader election), no profiling.
+fn component_args(kubeconfig: &Path, port: u16) -> Vec<String> {
+    let k = kubeconfig.display();
+    vec![
+        format!("--kubeconfig={k}"),
+        format!("--authentication-kubeconfig={k}"),
+        format!("--authorization-kubeconfig={k}"),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={port}"),
+        "--leader-elect=false".into(),
+        // No front proxy here: do not look up its request-header CA (it only logs errors).
+        "--authentication-skip-lookup=true".into(),
+        "--profiling=false".into(),
+        "--v=1".into(),
+    ]
+}
 
 /// A kube client acting as the admin.
 pub async fn admin_client(kubeconfig: &Path) -> Result<kube::Client> {
