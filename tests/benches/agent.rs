@@ -37,53 +37,12 @@ use univrs_node_agent::image::ImageStore;
 use univrs_node_agent::runtime::{ContainerConfig, RuntimeClient};
 use univrs_tests::agent::{AgentApi, AgentProc, api_url};
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_controller_bin};
-use univrs_tests::{ControlPlane, build_univrs, quantile, repo_root, rss_mib, run};
+use univrs_tests::bench::{Summary, count, ms};
+use univrs_tests::{ControlPlane, build_univrs, repo_root, rss_mib, run};
 
 const NS: &str = "bench-agent";
 const TOKEN: &str = "bench-agent-token-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(120);
-
-fn count(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// `p50 / p99 / min / max` of `xs` in milliseconds.
-struct Summary {
-    p50: f64,
-    p99: f64,
-    min: f64,
-    max: f64,
-    n: usize,
-}
-
-impl Summary {
-    fn of(xs: &[f64]) -> Self {
-        let mut v = xs.to_vec();
-        let p50 = quantile(&mut v, 0.5);
-        let p99 = quantile(&mut v, 0.99);
-        Self {
-            p50,
-            p99,
-            min: v.first().copied().unwrap_or(0.0),
-            max: v.last().copied().unwrap_or(0.0),
-            n: v.len(),
-        }
-    }
-
-    fn row(&self, what: &str) -> String {
-        format!(
-            "| {what} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            self.n, self.p50, self.p99, self.min, self.max
-        )
-    }
-}
 
 /// The youki CLI: `UNIVRS_BENCH_YOUKI`, or youki 0.7.0 (cgroups v1 and v2, seccomp) installed
 /// once into `.tools/youki`.

@@ -12,14 +12,11 @@
 //! benchmark itself only watches (no polling lists), so the API server's load is the
 //! controller's.
 
-use futures::{StreamExt, stream};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use k8s_openapi::serde::de::DeserializeOwned;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,57 +26,18 @@ use univrs_api::{Node, Workload};
 use univrs_tests::cluster::{
     LEASE_NS, ensure_namespace, metric, node_object, start_controller_bin,
 };
-use univrs_tests::{ControlPlane, build_univrs, children_of, quantile, rss_mib};
+use univrs_tests::bench::{
+    Requests, api_requests, apiserver_pid, count, cpu_seconds, create_all, print_requests,
+    watch_until,
+};
+use univrs_tests::{ControlPlane, build_univrs, quantile, rss_mib};
 
-fn count(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+/// The resources whose requests the tables count.
+const COUNTED: &[&str] = &["nodes", "workloads", "leases", "events", "creditlines", "vouches"];
 
-/// Creates `n` objects with 32 requests in flight.
-async fn create_all<F, Fut>(n: usize, make: F)
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    stream::iter(0..n)
-        .map(make)
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
-}
-
-/// Watches `api` until `want` objects pass `keep`; returns when each first passed.
-async fn watch_until<K>(
-    api: Api<K>,
-    mut keep: impl FnMut(&K) -> bool,
-    want: usize,
-) -> HashMap<String, Instant>
-where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + DeserializeOwned,
-    K: Send + 'static,
-{
-    let mut passed: HashMap<String, Instant> = HashMap::new();
-    let mut events = std::pin::pin!(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-    );
-    // A watch through an API server this busy may break: the backoff re-lists.
-    while let Some(ev) = events.next().await {
-        let Ok(obj) = ev else { continue };
-        if keep(&obj) {
-            passed.entry(obj.name_any()).or_insert_with(Instant::now);
-        } else {
-            passed.remove(&obj.name_any());
-        }
-        if passed.len() >= want {
-            break;
-        }
-    }
-    passed
+/// The API server's requests for the univrs kinds, Leases and Events.
+fn requests(cp: &ControlPlane) -> Requests {
+    api_requests(cp, COUNTED, "univrs.io")
 }
 
 /// Creates single-replica Workloads `<prefix>00000`… in `bench`, 32 at a time, recording when
@@ -112,105 +70,6 @@ fn placed_with(prefix: char) -> impl FnMut(&Workload) -> bool {
             && w.status
                 .as_ref()
                 .is_some_and(|s| s.instances.iter().any(|i| i.node.is_some()))
-    }
-}
-
-/// CPU seconds (user + system) a process has used so far; 0 when it is gone.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name: state, ppid, … utime is the 12th field, stime the 13th.
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // USER_HZ is 100 on Linux.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// The pid of the control plane's kube-apiserver.
-fn apiserver_pid(cp: &ControlPlane) -> Option<u32> {
-    children_of(cp.supervisor_pid()?).into_iter().find(|p| {
-        std::fs::read_to_string(format!("/proc/{p}/comm"))
-            .is_ok_and(|c| c.trim() == "kube-apiserver")
-    })
-}
-
-/// The API server's request counts for the univrs kinds, Leases and Events, by
-/// (verb, resource/subresource, code).
-type Requests = BTreeMap<(String, String, String), f64>;
-
-fn api_requests(cp: &ControlPlane) -> Requests {
-    let out = cp
-        .kubectl()
-        .args(["get", "--raw", "/metrics"])
-        .output()
-        .expect("kubectl get --raw /metrics");
-    let mut counts = Requests::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        let resource = label("resource");
-        if ![
-            "nodes",
-            "workloads",
-            "leases",
-            "events",
-            "creditlines",
-            "vouches",
-        ]
-        .contains(&resource.as_str())
-            || (resource == "nodes" && label("group") != "univrs.io")
-        {
-            continue;
-        }
-        let sub = label("subresource");
-        let what = if sub.is_empty() {
-            resource
-        } else {
-            format!("{resource}/{sub}")
-        };
-        *counts
-            .entry((label("verb"), what, label("code")))
-            .or_default() += value.parse::<f64>().unwrap_or(0.0);
-    }
-    counts
-}
-
-/// What changed between two samples, as `| verb | resource | code | count | per s |` rows.
-fn print_requests(title: &str, before: &Requests, after: &Requests, took: Duration) {
-    println!();
-    println!("| requests {title} | code | count | per s |");
-    println!("|---|---|---|---|");
-    for (k, v) in after {
-        let d = v - before.get(k).copied().unwrap_or(0.0);
-        if d >= 1.0 {
-            println!(
-                "| {} {} | {} | {d:.0} | {:.1} |",
-                k.0,
-                k.1,
-                k.2,
-                d / took.as_secs_f64()
-            );
-        }
     }
 }
 
@@ -259,7 +118,7 @@ fn main() {
         .await;
     });
 
-    let requests_start = api_requests(&cp);
+    let requests_start = requests(&cp);
     let ctl = start_controller_bin(&cp, &bin);
     let pid = ctl.child.0.id();
     // Let the controller take in every node (each gets its first status) before timing.
@@ -275,7 +134,7 @@ fn main() {
     ));
     let settled = settle.elapsed();
     let rss_nodes = rss_mib(pid);
-    let requests_settled = api_requests(&cp);
+    let requests_settled = requests(&cp);
 
     let (cpu_api0, cpu_ctl0) = (cpu_seconds(apiserver), cpu_seconds(pid));
     let created: Mutex<HashMap<String, Instant>> = Mutex::default();
@@ -311,7 +170,7 @@ fn main() {
         cpu_seconds(apiserver) - cpu_api0,
         cpu_seconds(pid) - cpu_ctl0,
     );
-    let requests_placed = api_requests(&cp);
+    let requests_placed = requests(&cp);
     let placed_sampled = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
     let rss_loaded = rss_mib(pid);
@@ -330,7 +189,7 @@ fn main() {
 
     // Idle: nothing changes for 30 s (elections run, requeues fire): nothing should be written.
     std::thread::sleep(Duration::from_secs(30));
-    let requests_idle = api_requests(&cp);
+    let requests_idle = requests(&cp);
     let idle = placed_sampled.elapsed();
 
     // A backlog: the controller stops, as many Workloads again are created, and a fresh
@@ -347,14 +206,14 @@ fn main() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let lead = Instant::now();
-    let requests_lead = api_requests(&cp);
+    let requests_lead = requests(&cp);
     let _ = rt.block_on(watch_until(
         Api::<Workload>::namespaced(client.clone(), "bench"),
         placed_with('r'),
         workloads_n,
     ));
     let backlog_in = lead.elapsed();
-    let requests_backlog = api_requests(&cp);
+    let requests_backlog = requests(&cp);
 
     // Every instance on a node; how full the fullest node is; nodes given more than they have.
     let (per_node, instances) = rt.block_on(async {

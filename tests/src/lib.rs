@@ -13,6 +13,7 @@
 #![allow(unsafe_code)]
 
 pub mod agent;
+pub mod bench;
 pub mod browser;
 pub mod cluster;
 pub mod join;

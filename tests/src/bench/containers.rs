@@ -1,0 +1,2 @@
+//! Containers for the benchmarks: the demo image in an image store of its own, the agent's shim
+//! started alone, and one `univrs agent` running Workloads one at a time.
