@@ -15,25 +15,32 @@
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use univrs_api::identity::NodeIdentity;
 use univrs_api::resources::node::lease_name;
 use univrs_api::{Node, Workload};
-use univrs_tests::cluster::{
-    LEASE_NS, ensure_namespace, metric, node_object, start_controller_bin,
-};
 use univrs_tests::bench::{
     Requests, api_requests, apiserver_pid, count, cpu_seconds, create_all, print_requests,
     watch_until,
 };
+use univrs_tests::cluster::{
+    LEASE_NS, ensure_namespace, metric, node_object, start_controller_with,
+};
 use univrs_tests::{ControlPlane, build_univrs, quantile, rss_mib};
 
 /// The resources whose requests the tables count.
-const COUNTED: &[&str] = &["nodes", "workloads", "leases", "events", "creditlines", "vouches"];
+const COUNTED: &[&str] = &[
+    "nodes",
+    "workloads",
+    "leases",
+    "events",
+    "creditlines",
+    "vouches",
+];
 
 /// The API server's requests for the univrs kinds, Leases and Events.
 fn requests(cp: &ControlPlane) -> Requests {
@@ -119,7 +126,7 @@ fn main() {
     });
 
     let requests_start = requests(&cp);
-    let ctl = start_controller_bin(&cp, &bin);
+    let ctl = start_controller_with(&cp, &bin, &["--node-lease-duration", "1h"]);
     let pid = ctl.child.0.id();
     // Let the controller take in every node (each gets its first status) before timing.
     let settle = Instant::now();
@@ -201,7 +208,7 @@ fn main() {
         workloads_n,
         &Mutex::default(),
     ));
-    let ctl = start_controller_bin(&cp, &bin);
+    let ctl = start_controller_with(&cp, &bin, &["--node-lease-duration", "1h"]);
     while metric(&ctl.metrics, "univrs_leader") != Some(1.0) {
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -58,7 +58,8 @@ pub fn start_controller_bin(cp: &ControlPlane, bin: &std::path::Path) -> Control
     start_controller_with(cp, bin, &[])
 }
 
-/// [`start_controller_bin`] with more arguments (`--service-period`, `--trust-anchor`, …).
+/// [`start_controller_bin`] with more arguments (`--service-period`, `--trust-anchor`, …; a
+/// `--node-lease-duration` or `--node-grace-period` there replaces the default).
 pub fn start_controller_with(
     cp: &ControlPlane,
     bin: &std::path::Path,
@@ -68,21 +69,23 @@ pub fn start_controller_with(
     let log_path = cp.data_dir.join(format!("controller-{port}.log"));
     let log = std::fs::File::create(&log_path).expect("creating the controller log");
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "controller",
-        "--node-lease-duration",
-        "3s",
-        "--node-grace-period",
-        "4s",
-        "--metrics-addr",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .args(extra)
-    .arg("--kubeconfig")
-    .arg(&cp.kubeconfig)
-    .env("RUST_LOG", "info,univrs_controller=debug,kube=warn")
-    .stdout(Stdio::null())
-    .stderr(log);
+    cmd.arg("controller");
+    // The defaults, unless `extra` sets them (the controller takes each flag once).
+    for (flag, default) in [
+        ("--node-lease-duration", "3s"),
+        ("--node-grace-period", "4s"),
+    ] {
+        if !extra.contains(&flag) {
+            cmd.args([flag, default]);
+        }
+    }
+    cmd.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .env("RUST_LOG", "info,univrs_controller=debug,kube=warn")
+        .stdout(Stdio::null())
+        .stderr(log);
     ControllerProc {
         child: Guarded::spawn(cmd).expect("starting the controller"),
         metrics: format!("http://127.0.0.1:{port}/metrics"),
