@@ -7,8 +7,8 @@
 //!    the agent's spec: seccomp, capabilities, cgroup limits), no agent involved.
 //! 2. **Placed to running**: one `univrs agent` and the controller (both optimized builds);
 //!    single-replica Workloads of the same image, one at a time, each timed from the moment a
-//!    watch sees the controller's placement to the moment the same watch sees the agent's
-//!    `phase: Running` (and Ready), then deleted and cleaned up before the next. The first
+//!    watch (one, open for all runs) sees the controller's placement to the moment it sees the
+//!    agent's `phase: Running` (and Ready), then deleted and cleaned up before the next. The first
 //!    also makes the node's bridge and nat chain and imports the image, so it is shown apart.
 //! 3. **Idle memory**: the agent's resident memory after it registered and sat idle, with no
 //!    instance (and again after the runs, its caches warm).
@@ -22,27 +22,22 @@
 //! `UNIVRS_BENCH_BIN` runs a given `univrs` binary; `UNIVRS_BENCH_YOUKI` a given youki, which is
 //! otherwise installed once into `.tools/youki` with `cargo install`).
 
-use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::Api;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use univrs_api::resources::workload::InstancePhase;
-use univrs_api::{Node, Workload};
-use univrs_node_agent::image::ImageStore;
-use univrs_node_agent::runtime::{ContainerConfig, RuntimeClient};
-use univrs_tests::agent::{AgentApi, AgentProc, api_url};
-use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_controller_bin};
+use univrs_api::Node;
+use univrs_tests::agent::AgentProc;
+use univrs_tests::bench::containers::{
+    ApiCreds, DemoImage, WAIT, raw_shim, ready_node, start_agent, workloads_one_at_a_time,
+};
 use univrs_tests::bench::{Summary, count, ms};
+use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_controller_bin};
 use univrs_tests::{ControlPlane, build_univrs, repo_root, rss_mib, run};
 
 const NS: &str = "bench-agent";
-const TOKEN: &str = "bench-agent-token-0123456789abcdef";
-const WAIT: Duration = Duration::from_secs(120);
 
 /// The youki CLI: `UNIVRS_BENCH_YOUKI`, or youki 0.7.0 (cgroups v1 and v2, seccomp) installed
 /// once into `.tools/youki`.
@@ -72,36 +67,6 @@ fn youki() -> PathBuf {
         assert!(ok.success(), "cargo install youki failed");
     }
     bin
-}
-
-/// The demo image, imported into a store of its own, as the agent does.
-struct DemoImage {
-    store: ImageStore,
-    image: univrs_node_agent::image::Image,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-}
-
-impl DemoImage {
-    fn new(dir: &Path) -> Self {
-        let layout = univrs_node_agent::demo_image::build(&dir.join("demo-layout")).unwrap();
-        let store = ImageStore::open(dir.join("images")).unwrap();
-        let image = store.import_oci_layout(&layout, "latest").unwrap();
-        let cfg = &image.config;
-        let args: Vec<String> = cfg
-            .entrypoint
-            .iter()
-            .chain(cfg.cmd.iter())
-            .cloned()
-            .collect();
-        let env = cfg.env.clone();
-        Self {
-            store,
-            image,
-            args,
-            env,
-        }
-    }
 }
 
 /// `youki create` + `youki start` of the demo image, `runs` times (each deleted after).
@@ -170,109 +135,6 @@ fn raw_youki(youki: &Path, demo: &DemoImage, dir: &Path, runs: usize) -> Vec<f64
     times
 }
 
-/// Create + start of the demo image through the agent's shim (libcontainer), `runs` times.
-fn raw_shim(bin: &Path, demo: &DemoImage, dir: &Path, runs: usize) -> Vec<f64> {
-    let client = RuntimeClient::new(bin, dir.join("shim-state"), "ub-shim").unwrap();
-    let mut times = Vec::new();
-    for i in 0..runs {
-        let id = format!("ub-shim-{i}");
-        let rootfs = demo.store.prepare_rootfs(&demo.image, &id).unwrap();
-        let mut cfg = ContainerConfig::new(id.clone(), rootfs, demo.args.clone());
-        cfg.hostname = Some(id.clone());
-        cfg.env = demo.env.clone();
-        cfg.cpu_millis = Some(250);
-        cfg.memory_bytes = Some(64 * 1024 * 1024);
-        let t = Instant::now();
-        let handle = client.start(&cfg, Duration::from_secs(1)).unwrap();
-        times.push(ms(t.elapsed()));
-        client.delete(&id).unwrap();
-        drop(handle);
-        demo.store.remove_rootfs(&id).unwrap();
-    }
-    client.remove_cgroup_parent(true);
-    times
-}
-
-/// A single-replica Workload of the demo image for the agent `node`.
-fn workload(name: &str, node: &str) -> Workload {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "univrs.io/v1alpha1", "kind": "Workload", "metadata": {"name": name},
-        "spec": {"replicas": 1, "nodeSelector": {"bench": node}, "containers": [{"name": "web",
-            "image": univrs_node_agent::demo_image::DEMO_REFERENCE,
-            "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}}]}
-    }))
-    .unwrap()
-}
-
-/// Times from placement seen to Running (and to Ready) seen, for `runs` Workloads one at a time.
-async fn placed_to_running(
-    client: &kube::Client,
-    node: &str,
-    agent: &AgentProc,
-    runs: usize,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let api: Api<Workload> = Api::namespaced(client.clone(), NS);
-    let (mut running, mut ready, mut created_to_running) = (Vec::new(), Vec::new(), Vec::new());
-    let containers = agent.data_dir.join("runtime/containers");
-    for i in 0..runs {
-        let name = format!("ptr-{i:03}");
-        let mut events = std::pin::pin!(
-            watcher(
-                api.clone(),
-                watcher::Config::default().fields(&format!("metadata.name={name}"))
-            )
-            .default_backoff()
-            .applied_objects()
-        );
-        let created = Instant::now();
-        api.create(&PostParams::default(), &workload(&name, node))
-            .await
-            .unwrap();
-        let (mut placed, mut run_at) = (None, None);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.next()).await {
-            let Ok(w) = ev else { continue };
-            let Some(inst) = w.status.as_ref().and_then(|s| s.instances.first()) else {
-                continue;
-            };
-            if inst.node.is_some() && placed.is_none() {
-                placed = Some(Instant::now());
-            }
-            if inst.phase == Some(InstancePhase::Running) && run_at.is_none() {
-                run_at = Some(Instant::now());
-            }
-            if inst.ready == Some(true) {
-                let now = Instant::now();
-                let p = placed.unwrap_or(now);
-                let r = run_at.unwrap_or(now);
-                running.push(ms(r - p));
-                ready.push(ms(now - p));
-                created_to_running.push(ms(r - created));
-                break;
-            }
-        }
-        assert_eq!(
-            running.len(),
-            i + 1,
-            "workload {name} did not turn Ready within {WAIT:?}; agent log:\n{}",
-            agent.log_text()
-        );
-        api.delete(&name, &DeleteParams::default()).await.unwrap();
-        eventually(&format!("{name} cleaned up"), WAIT, async || {
-            let gone = api.get_opt(&name).await.unwrap().is_none();
-            let left = std::fs::read_dir(&containers)
-                .map(|d| d.count())
-                .unwrap_or(0);
-            (
-                (gone && left == 0).then_some(()),
-                format!("workload gone {gone}, containers {left}"),
-            )
-        })
-        .await;
-    }
-    (running, ready, created_to_running)
-}
-
 /// (anonymous, file-backed) resident memory of `pid` in MiB, from smaps_rollup: the heap and
 /// stacks apart from the pages of the binary itself.
 fn rss_parts(pid: u32) -> (f64, f64) {
@@ -290,99 +152,6 @@ fn rss_parts(pid: u32) -> (f64, f64) {
 
 fn pid_of(agent: &AgentProc) -> u32 {
     agent.child.as_ref().expect("the agent runs").0.id()
-}
-
-/// The agents' TLS and token files, shared by all.
-struct ApiCreds {
-    cert: PathBuf,
-    key: PathBuf,
-    token: PathBuf,
-}
-
-impl ApiCreds {
-    fn new(dir: &Path) -> Self {
-        use std::os::unix::fs::PermissionsExt;
-        let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-        let me = Self {
-            cert: dir.join("tls.crt"),
-            key: dir.join("tls.key"),
-            token: dir.join("token"),
-        };
-        std::fs::write(&me.cert, c.cert.pem()).unwrap();
-        std::fs::write(&me.key, c.signing_key.serialize_pem()).unwrap();
-        std::fs::write(&me.token, TOKEN).unwrap();
-        for f in [&me.key, &me.token] {
-            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        me
-    }
-
-    fn flags(&self) -> Vec<String> {
-        [
-            "--api-tls-cert",
-            self.cert.to_str().unwrap(),
-            "--api-tls-key",
-            self.key.to_str().unwrap(),
-            "--api-token-file",
-            self.token.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    }
-
-    /// The TLS API of the agent of `node`, with the CA and the token.
-    fn api(&self, node: &Node) -> AgentApi {
-        AgentApi {
-            url: api_url(node),
-            flags: vec![
-                "--cacert".into(),
-                self.cert.display().to_string(),
-                "-H".into(),
-                format!("Authorization: Bearer {TOKEN}"),
-            ],
-        }
-    }
-}
-
-/// Starts an agent for the benchmark: its own pod CIDR (so twenty never collide), the label
-/// `bench=<name>`, the TLS API.
-fn start_agent(
-    bin: &Path,
-    cp: &ControlPlane,
-    name: &str,
-    i: usize,
-    creds: &ApiCreds,
-    bootstrap: Option<&str>,
-) -> AgentProc {
-    let mut extra = creds.flags();
-    extra.extend([
-        "--label".into(),
-        format!("bench={name}"),
-        "--pod-cidr".into(),
-        format!("10.78.{i}.0/24"),
-    ]);
-    if let Some(b) = bootstrap {
-        extra.extend(["--bootstrap".into(), b.into()]);
-    }
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    AgentProc::start_bin(bin, &cp.kubeconfig, &cp.data_dir, name, &extra)
-}
-
-/// Waits until `name`'s Node is Ready and publishes its API and mesh address.
-async fn ready_node(nodes: &Api<Node>, name: &str) -> Node {
-    eventually(&format!("Node {name} Ready"), WAIT, async || {
-        let n = nodes.get_opt(name).await.ok().flatten();
-        let ok = n.as_ref().is_some_and(|n| {
-            n.annotations().contains_key("univrs.io/agent-api")
-                && !n.spec.multiaddrs.is_empty()
-                && n.status
-                    .as_ref()
-                    .is_some_and(|s| univrs_api::conditions::is_true(&s.conditions, "Ready"))
-        });
-        (n.filter(|_| ok), String::new())
-    })
-    .await
 }
 
 /// The nanoseconds an agent stamped in the default id `<node>-<nanoseconds>` it signed.
@@ -405,7 +174,8 @@ async fn gossip(
     let mut agents = vec![first.0];
     for i in 1..n_agents {
         let name = format!("ub-{i:02}");
-        agents.push(start_agent(bin, cp, &name, i, creds, Some(&bootstrap)));
+        let cidr = format!("10.78.{i}.0/24");
+        agents.push(start_agent(bin, cp, &name, &cidr, creds, Some(&bootstrap)));
     }
     for a in agents.iter().skip(1) {
         apis.push(creds.api(&ready_node(nodes, &a.name).await));
@@ -485,12 +255,15 @@ fn main() {
         let creds = ApiCreds::new(&dir);
 
         // 2 and 3: one agent, idle, then placing one Workload at a time.
-        let agent = start_agent(&bin, cp, "ub-00", 0, &creds, None);
+        let agent = start_agent(&bin, cp, "ub-00", "10.78.0.0/24", &creds, None);
         let node = ready_node(&nodes, "ub-00").await;
         tokio::time::sleep(Duration::from_secs(20)).await;
         let idle_rss = rss_mib(pid_of(&agent));
         let (idle_anon, idle_file) = rss_parts(pid_of(&agent));
-        let (running, ready, created) = placed_to_running(&client, "ub-00", &agent, runs).await;
+        let timed = workloads_one_at_a_time(&client, NS, "ub-00", &agent, runs).await;
+        let running: Vec<f64> = timed.iter().map(|t| t.placed_to_running()).collect();
+        let ready: Vec<f64> = timed.iter().map(|t| t.placed_to_ready()).collect();
+        let created: Vec<f64> = timed.iter().map(|t| t.sent_to_running()).collect();
         tokio::time::sleep(Duration::from_secs(10)).await;
         let warm_rss = rss_mib(pid_of(&agent));
 

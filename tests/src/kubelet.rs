@@ -103,6 +103,19 @@ impl KubeletNode {
         self.dir.join("containerd/containerd.sock")
     }
 
+    /// The node's own processes while they run, by name: containerd, kubelet, kube-proxy
+    /// (containerd's shims are not its children: find them by [`KubeletNode::socket`]).
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        [
+            ("containerd", &self.containerd),
+            ("kubelet", &self.kubelet),
+            ("kube-proxy", &self.proxy),
+        ]
+        .into_iter()
+        .filter_map(|(name, p)| p.as_ref().map(|p| (name, p.0.id())))
+        .collect()
+    }
+
     /// `ctr` against this node's containerd, in the `k8s.io` namespace kubelet uses.
     pub fn ctr(&self) -> Command {
         let mut cmd = Command::new("ctr");
@@ -472,6 +485,7 @@ impl Drop for KubeletNode {
         let _ = Command::new(upstream_node_bin_dir().join("kube-proxy"))
             .arg("--cleanup")
             .output();
+        remove_kubelet_chains();
         // Whatever the kubelet did not stop: its shims, then their containers.
         let sock = self.socket().display().to_string();
         for pid in pids_with_cmdline(&sock) {
@@ -571,6 +585,33 @@ fn sweep_network() {
         let _ = Command::new("iptables")
             .args(["-t", "nat", "-X", &chain])
             .output();
+    }
+}
+
+/// Removes the iptables chains kubelet makes for itself, which `kube-proxy --cleanup` leaves:
+/// KUBE-FIREWALL (and the INPUT and OUTPUT jumps to it), its canaries and the hint, in both
+/// address families.
+fn remove_kubelet_chains() {
+    let ipt = |tool: &str, args: &[&str]| {
+        Command::new(tool)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    for tool in ["iptables", "ip6tables"] {
+        for hook in ["INPUT", "OUTPUT"] {
+            while ipt(tool, &["-t", "filter", "-D", hook, "-j", "KUBE-FIREWALL"]) {}
+        }
+        for (table, chain) in [
+            ("filter", "KUBE-FIREWALL"),
+            ("filter", "KUBE-KUBELET-CANARY"),
+            ("nat", "KUBE-KUBELET-CANARY"),
+            ("mangle", "KUBE-KUBELET-CANARY"),
+            ("mangle", "KUBE-IPTABLES-HINT"),
+        ] {
+            ipt(tool, &["-t", table, "-F", chain]);
+            ipt(tool, &["-t", table, "-X", chain]);
+        }
     }
 }
 

@@ -664,7 +664,7 @@ fn print_tables(
             Better::Lower,
         );
         t.row(
-            "from the placer's start until it has every node",
+            "first start on fresh nodes until it places (Univrs also writes each Node's status)",
             univrs_settle.as_secs_f64(),
             kube_settle[i].as_secs_f64(),
             "s",
@@ -683,6 +683,6 @@ fn print_tables(
         ("Univrs streaming", &univrs.stream),
         ("kube-scheduler (lifted) streaming", &kube[1].stream),
     ] {
-        print_requests(&format!("{who}"), &r.requests.0, &r.requests.1, r.took);
+        print_requests(who, &r.requests.0, &r.requests.1, r.took);
     }
 }
