@@ -132,13 +132,14 @@ pub fn machine_load() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
         "{cpus} CPUs, load average {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     )
 }
 
-/// The API server's request counts by (verb, resource/subresource, code), for the resources
-/// named in `resources` (core Nodes count as `nodes` only when `core_nodes`; otherwise `nodes`
-/// is Univrs's).
+/// The API server's request counts by (verb, resource/subresource, code).
 pub type Requests = BTreeMap<(String, String, String), f64>;
 
 /// Reads `apiserver_request_total` from the API server for `resources`. `nodes` means the
@@ -188,8 +189,10 @@ pub fn writes_between(before: &Requests, after: &Requests) -> f64 {
     after
         .iter()
         .filter(|((verb, _, _), _)| {
-            ["POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"]
-                .contains(&verb.to_uppercase().as_str())
+            [
+                "POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE",
+            ]
+            .contains(&verb.to_uppercase().as_str())
         })
         .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
         .sum()
