@@ -1,8 +1,9 @@
 //! Leader election on a coordination.k8s.io Lease, so only one controller writes.
 //!
-//! The holder renews every `renew` (2 s); a candidate takes over a Lease not renewed within its
-//! duration (10 s), with optimistic concurrency (resourceVersion), so two candidates can never
-//! both win. A leader that fails to renew before its Lease would lapse stops leading. A leader
+//! The holder renews every `renew` (2 s) with one write, of the Lease as it last wrote it (its
+//! resourceVersion refuses the write if anyone else wrote since); a candidate takes over a Lease
+//! not renewed within its duration (10 s), with optimistic concurrency (resourceVersion), so two
+//! candidates can never both win. A leader that fails to renew before its Lease would lapse stops leading. A leader
 //! asked to stop keeps renewing until its reconcilers have stopped, then releases the Lease (no
 //! holder), which a candidate takes at once: a rolling update hands over without a gap and
 //! without two writers.
@@ -50,8 +51,9 @@ impl Elector {
         }
     }
 
-    /// One attempt to acquire or renew. Ok(true) when this candidate holds the Lease now.
-    pub async fn try_acquire(&self, api: &Api<Lease>) -> Result<bool, kube::Error> {
+    /// One attempt to acquire or renew, reading the Lease first: the Lease as written when
+    /// this candidate holds it now.
+    pub async fn try_acquire(&self, api: &Api<Lease>) -> Result<Option<Lease>, kube::Error> {
         let now = Timestamp::now();
         match api.get_opt(LEASE_NAME).await? {
             None => {
@@ -63,8 +65,8 @@ impl Elector {
                     spec: Some(self.spec(now, 0, None)),
                 };
                 match api.create(&PostParams::default(), &lease).await {
-                    Ok(_) => Ok(true),
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                    Ok(written) => Ok(Some(written)),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
                     Err(e) => Err(e),
                 }
             }
@@ -79,7 +81,7 @@ impl Elector {
                     .is_none_or(|r| r.0.checked_add(duration).is_ok_and(|t| t <= now));
                 let released = spec.holder_identity.as_deref().is_none_or(str::is_empty);
                 if !mine && !expired && !released {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
                 let acquired = if mine { spec.acquire_time } else { None };
@@ -89,11 +91,28 @@ impl Elector {
                     .replace(LEASE_NAME, &PostParams::default(), &lease)
                     .await
                 {
-                    Ok(_) => Ok(true),
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                    Ok(written) => Ok(Some(written)),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
                     Err(e) => Err(e),
                 }
             }
+        }
+    }
+
+    /// Renews the Lease as this leader last wrote it, without reading it first: one write per
+    /// renewal, as client-go's leader election does. Its resourceVersion makes the write fail
+    /// if anyone else wrote since, and only then is the Lease read and judged again.
+    async fn renew(&self, api: &Api<Lease>, last: &Lease) -> Result<Option<Lease>, kube::Error> {
+        let mut lease = last.clone();
+        lease.spec.get_or_insert_with(Default::default).renew_time =
+            Some(MicroTime(Timestamp::now()));
+        match api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(written) => Ok(Some(written)),
+            Err(kube::Error::Api(e)) if e.code == 409 => self.try_acquire(api).await,
+            Err(e) => Err(e),
         }
     }
 
@@ -107,8 +126,8 @@ impl Elector {
         let mut told_missing_namespace = false;
         loop {
             match self.try_acquire(&api).await {
-                Ok(true) => return api,
-                Ok(false) => {}
+                Ok(Some(_)) => return api,
+                Ok(None) => {}
                 Err(e) if namespace_missing(&e) => {
                     if told_missing_namespace {
                         tracing::debug!(error = %e, "leader election: namespace {LEASE_NAMESPACE} still missing");
@@ -132,11 +151,19 @@ impl Elector {
     /// Renews until leadership is lost; returns when it is.
     pub async fn hold(&self, api: Api<Lease>) {
         let mut last_ok = std::time::Instant::now();
+        let mut last: Option<Lease> = None;
         loop {
             tokio::time::sleep(self.renew).await;
-            match self.try_acquire(&api).await {
-                Ok(true) => last_ok = std::time::Instant::now(),
-                Ok(false) => return,
+            let attempt = match &last {
+                Some(l) => self.renew(&api, l).await,
+                None => self.try_acquire(&api).await,
+            };
+            match attempt {
+                Ok(Some(written)) => {
+                    last = Some(written);
+                    last_ok = std::time::Instant::now();
+                }
+                Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "leader election: renewal failed");
                     // Stop before the Lease can lapse, so two leaders never overlap.

@@ -530,7 +530,7 @@ fn sh(args: &[&str]) -> Result<()> {
 }
 
 /// Unmounts everything mounted under `dir`, deepest first.
-fn unmount_under(dir: &Path) {
+pub fn unmount_under(dir: &Path) {
     let prefix = dir.display().to_string();
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut points: Vec<&str> = info

@@ -399,7 +399,7 @@ pub async fn run(
     supervisors.adopt(&store).await;
     tracing::info!(instances = supervisors.count(), "agent running");
     let peers_task = tokio::spawn(peers::join::bootstrap_from_nodes(
-        client.clone(),
+        cluster.clone(),
         cfg.node_name.clone(),
         mesh.clone(),
     ));

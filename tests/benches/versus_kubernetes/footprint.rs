@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use univrs_tests::bench::{Better, SideBySide, comm, count, tree};
+use univrs_tests::bench::{Better, SideBySide, comm, count, first_line, request_totals, tree};
 use univrs_tests::kubelet::KubeletNode;
 use univrs_tests::up::Up;
 use univrs_tests::{free_port, pids_where, repo_root, rss_mib, run as run_cmd, upstream_bin_dir};
@@ -52,32 +52,10 @@ struct Stack {
 fn api_requests(kubeconfig: &Path) -> BTreeMap<String, f64> {
     let (_, out, _) = run_cmd(kubectl(kubeconfig).args(["get", "--raw", "/metrics"]));
     let mut counts = BTreeMap::new();
-    for line in out.lines() {
-        let Some((labels, value)) = line
-            .strip_prefix("apiserver_request_total{")
-            .and_then(|r| r.rsplit_once("} "))
-        else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        let sub = label("subresource");
-        let key = format!(
-            "{} {}{}",
-            label("verb"),
-            label("resource"),
-            if sub.is_empty() {
-                String::new()
-            } else {
-                format!("/{sub}")
-            }
-        );
-        *counts.entry(key).or_default() += value.parse::<f64>().unwrap_or(0.0);
+    for r in request_totals(&out) {
+        *counts
+            .entry(format!("{} {}", r.label("verb"), r.what()))
+            .or_default() += r.count;
     }
     counts
 }
@@ -429,10 +407,10 @@ pub fn run(bin: &Path) {
          seconds per second; containers' own processes and the control plane's supervisor not \
          counted; node side: agents, shims and their inits versus kubelet, kube-proxy, \
          containerd, shims and pause",
-        version(
+        first_line(
             Command::new(univrs_tests::upstream_node_bin_dir().join("kubelet")).arg("--version")
         ),
-        version(Command::new("containerd").arg("--version")),
+        first_line(Command::new("containerd").arg("--version")),
         window.as_secs(),
         SETTLE.as_secs(),
     );
@@ -541,15 +519,4 @@ pub fn run(bin: &Path) {
             println!("| {name} | {label} | {all:.2} | {} |", top.join(", "));
         }
     }
-}
-
-/// The first line a command prints.
-fn version(cmd: &mut Command) -> String {
-    let (_, out, err) = run_cmd(cmd);
-    format!("{out}{err}")
-        .lines()
-        .next()
-        .unwrap_or("?")
-        .trim()
-        .to_string()
 }

@@ -31,9 +31,9 @@ use univrs_tests::bench::containers::{
     ApiCreds, DemoImage, RawShim, Timed, WAIT, Watched, pod_progress, ready_node, start_agent,
     workload_once,
 };
-use univrs_tests::bench::{Better, SideBySide, Summary, ms};
+use univrs_tests::bench::{Better, SideBySide, Summary, first_line, ms};
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, eventually, start_controller_bin};
-use univrs_tests::kubelet::KubeletNode;
+use univrs_tests::kubelet::{KubeletNode, unmount_under};
 use univrs_tests::{run as run_cmd, upstream_node_bin_dir};
 
 /// Where the Pods and Workloads go.
@@ -49,17 +49,7 @@ struct Scratch(PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let prefix = self.0.display().to_string();
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| p.starts_with(&prefix))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for p in points {
-            let _ = Command::new("umount").args(["--lazy", p]).status();
-        }
+        unmount_under(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -186,17 +176,6 @@ async fn pod_once(
     t
 }
 
-/// The first line a command prints, for the settings.
-fn version(cmd: &mut Command) -> String {
-    let (_, out, err) = run_cmd(cmd);
-    format!("{out}{err}")
-        .lines()
-        .next()
-        .unwrap_or("?")
-        .trim()
-        .to_string()
-}
-
 /// Runs the part and prints its table; returns kubelet's create → Running p50 over Univrs's.
 pub fn run(bin: &Path, runs: usize) -> f64 {
     let runs = runs.max(2);
@@ -272,10 +251,10 @@ pub fn run(bin: &Path, runs: usize) -> f64 {
          (kube-scheduler, `univrs controller`); cgroup v1, driver cgroupfs on both sides; {}; {}; \
          {}; runc {}; Univrs: `univrs agent` and `univrs shim` (youki's libcontainer), {}",
         runs,
-        version(Command::new(bins.join("kubelet")).arg("--version")),
-        version(Command::new("containerd").arg("--version")),
+        first_line(Command::new(bins.join("kubelet")).arg("--version")),
+        first_line(Command::new("containerd").arg("--version")),
         "containerd's CRI plugin, CNI bridge + host-local + portmap, kube-proxy (iptables)",
-        version(Command::new("runc").arg("--version")).trim_start_matches("runc version "),
+        first_line(Command::new("runc").arg("--version")).trim_start_matches("runc version "),
         bin.display(),
     );
     let mut t = SideBySide::new(

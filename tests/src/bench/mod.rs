@@ -151,37 +151,68 @@ pub fn api_requests(cp: &ControlPlane, resources: &[&str], group_of_nodes: &str)
         .output()
         .expect("kubectl get --raw /metrics");
     let mut counts = Requests::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        let resource = label("resource");
+    for r in request_totals(&String::from_utf8_lossy(&out.stdout)) {
+        let resource = r.label("resource");
         if !resources.contains(&resource.as_str())
-            || (resource == "nodes" && label("group") != group_of_nodes)
+            || (resource == "nodes" && r.label("group") != group_of_nodes)
         {
             continue;
         }
-        let sub = label("subresource");
-        let what = if sub.is_empty() {
-            resource
-        } else {
-            format!("{resource}/{sub}")
-        };
         *counts
-            .entry((label("verb"), what, label("code")))
-            .or_default() += value.parse::<f64>().unwrap_or(0.0);
+            .entry((r.label("verb"), r.what(), r.label("code")))
+            .or_default() += r.count;
     }
     counts
+}
+
+/// One `apiserver_request_total` sample of the API server's `/metrics`.
+pub struct RequestTotal<'a> {
+    labels: &'a str,
+    /// Its count.
+    pub count: f64,
+}
+
+impl RequestTotal<'_> {
+    /// The value of label `name` ("" when it has none).
+    pub fn label(&self, name: &str) -> String {
+        self.labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+            .map(|v| v.trim_end_matches('"').to_string())
+            .unwrap_or_default()
+    }
+
+    /// `resource`, or `resource/subresource`.
+    pub fn what(&self) -> String {
+        match self.label("subresource").as_str() {
+            "" => self.label("resource"),
+            sub => format!("{}/{sub}", self.label("resource")),
+        }
+    }
+}
+
+/// Every `apiserver_request_total` sample in a `/metrics` text.
+pub fn request_totals(metrics: &str) -> impl Iterator<Item = RequestTotal<'_>> {
+    metrics.lines().filter_map(|line| {
+        let (labels, value) = line
+            .strip_prefix("apiserver_request_total{")?
+            .rsplit_once("} ")?;
+        Some(RequestTotal {
+            labels,
+            count: value.parse().unwrap_or(0.0),
+        })
+    })
+}
+
+/// The first line a command prints (a version, for a table's settings).
+pub fn first_line(cmd: &mut std::process::Command) -> String {
+    let (_, out, err) = crate::run(cmd);
+    format!("{out}{err}")
+        .lines()
+        .next()
+        .unwrap_or("?")
+        .trim()
+        .to_string()
 }
 
 /// The number of writes (create, update, patch, delete, apply) between two samples.

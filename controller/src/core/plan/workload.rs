@@ -581,6 +581,25 @@ pub fn unchanged(wl: &Workload, s: &serde_json::Value) -> bool {
             == Some(s.get("auction").unwrap_or(&serde_json::Value::Null))
 }
 
+/// How many placements one Scheduled note names: five `instance on node` pairs of 63-character
+/// names stay well inside an Event's 1 KiB note.
+const PLACED_NAMED: usize = 5;
+
+/// The note of the one Scheduled Event a status write gets for all the instances it placed (as
+/// a Pod gets one per binding): a Workload of many replicas costs the API server one Event per
+/// write, not one per replica.
+fn placed_note(placed: &[(String, String)]) -> String {
+    let named: Vec<String> = placed
+        .iter()
+        .take(PLACED_NAMED)
+        .map(|(inst, node)| format!("{inst} on {node}"))
+        .collect();
+    match placed.len().saturating_sub(PLACED_NAMED) {
+        0 => format!("placed {}", named.join(", ")),
+        more => format!("placed {} and {more} more", named.join(", ")),
+    }
+}
+
 /// What to announce once the status is written: moves, placements, payments, and credit,
 /// pricing and scheduling trouble (credit and pricing only when they start).
 pub fn notices(wl: &Workload, plan: &Plan, bills: &Billing) -> Vec<Notice> {
@@ -614,11 +633,8 @@ pub fn notices(wl: &Workload, plan: &Plan, bills: &Billing) -> Vec<Notice> {
             ),
         ));
     }
-    for (inst, node) in &plan.placed {
-        out.push(Notice::normal(
-            "Scheduled",
-            format!("placed {inst} on {node}"),
-        ));
+    if !plan.placed.is_empty() {
+        out.push(Notice::normal("Scheduled", placed_note(&plan.placed)));
     }
     for (inst, node, amount) in &bills.paid {
         out.push(Notice::normal(
@@ -670,4 +686,34 @@ pub fn requeue(plan: &Plan, resync: Duration) -> Duration {
         .chain(plan.requeue)
         .min();
     retry.unwrap_or(resync)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(n: usize) -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("web-{i}"), format!("n{i}")))
+            .collect()
+    }
+
+    #[test]
+    fn one_scheduled_note_names_every_placement_of_a_write() {
+        assert_eq!(placed_note(&placed(1)), "placed web-0 on n0");
+        assert_eq!(
+            placed_note(&placed(3)),
+            "placed web-0 on n0, web-1 on n1, web-2 on n2"
+        );
+    }
+
+    #[test]
+    fn a_large_write_names_a_few_and_counts_the_rest() {
+        let note = placed_note(&placed(100));
+        assert!(note.starts_with("placed web-0 on n0, "), "{note}");
+        assert!(note.ends_with("web-4 on n4 and 95 more"), "{note}");
+        let long = |c: char, i: usize| format!("{}{i}", c.to_string().repeat(60));
+        let widest: Vec<_> = (0..50).map(|i| (long('w', i), long('n', i))).collect();
+        assert!(placed_note(&widest).len() < 1024);
+    }
 }

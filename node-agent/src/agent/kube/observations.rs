@@ -20,6 +20,48 @@ pub fn rounded(mut o: NodeObservations) -> NodeObservations {
     o
 }
 
+/// How far a jittery measure moves before it is worth a write: a quarter of what was written.
+const JITTER: f64 = 0.25;
+/// Below this change in bits per second, bandwidth has not changed (pings and gossip alone
+/// move an idle node's figure by a few kbit/s).
+const BANDWIDTH_FLOOR_BPS: f64 = 16_000.0;
+/// Below this change in milliseconds, a latency has not changed.
+const LATENCY_FLOOR_MS: f64 = 2.0;
+
+/// Whether `b` is `a` give or take jitter: within [`JITTER`] of `a`, or within `floor`.
+fn near(a: f64, b: f64, floor: f64) -> bool {
+    (a - b).abs() <= floor.max(a.abs() * JITTER)
+}
+
+/// Whether `new` says something the `last` written observations do not. Bandwidth and
+/// latencies jitter while a node is idle: they count as changed only past [`JITTER`] of what
+/// was last written, so an idle node's status is not rewritten every look (measured under
+/// `univrs up`: every agent wrote every 15 s, as each write moved the bandwidth figure).
+pub fn worth_writing(last: &NodeObservations, new: &NodeObservations) -> bool {
+    let mut steady = new.clone();
+    if near(
+        last.bandwidth_bps as f64,
+        new.bandwidth_bps as f64,
+        BANDWIDTH_FLOOR_BPS,
+    ) {
+        steady.bandwidth_bps = last.bandwidth_bps;
+    }
+    let keep = |was: Option<f64>, now: &mut Option<f64>| {
+        if let (Some(a), Some(b)) = (was, *now)
+            && near(a, b, LATENCY_FLOOR_MS)
+        {
+            *now = Some(a);
+        }
+    };
+    keep(last.median_latency_ms, &mut steady.median_latency_ms);
+    for p in &mut steady.peers {
+        if let Some(was) = last.peers.iter().find(|q| q.node == p.node) {
+            keep(was.latency_ms, &mut p.latency_ms);
+        }
+    }
+    steady != *last
+}
+
 /// What the node writes about itself in its Node status, and where it learns it.
 pub struct Observer {
     /// The API client.
@@ -75,7 +117,7 @@ pub async fn run(o: Observer) {
         // The agent's own record survives restarts; the mesh's covers only this run.
         obs.uptime = uptime.tick();
         let obs = rounded(obs);
-        if last.as_ref() != Some(&obs) {
+        if last.as_ref().is_none_or(|l| worth_writing(l, &obs)) {
             let body = Apply::<Node>::new(&node)
                 .status(serde_json::json!({"observations": obs, "addresses": addresses}));
             match body.apply_status(&api, &manager).await {
@@ -104,5 +146,45 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(rounded(a), rounded(b));
+    }
+
+    fn idle(bandwidth_bps: i64, latency: f64) -> NodeObservations {
+        NodeObservations {
+            connected_peers: 2,
+            uptime: 0.5,
+            bandwidth_bps,
+            median_latency_ms: Some(latency),
+            peers: vec![univrs_api::resources::node::PeerReport {
+                node: "b".into(),
+                connected: true,
+                latency_ms: Some(latency),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_idle_nodes_jitter_is_not_worth_a_write() {
+        let last = idle(5_200, 1.0);
+        assert!(!worth_writing(&last, &idle(9_800, 2.0)));
+        assert!(!worth_writing(&last, &idle(4_100, 0.0)));
+        assert!(!worth_writing(&last, &last.clone()));
+    }
+
+    #[test]
+    fn real_changes_are_written() {
+        let last = idle(100_000, 40.0);
+        assert!(worth_writing(&last, &idle(140_000, 40.0)), "bandwidth +40%");
+        assert!(worth_writing(&last, &idle(100_000, 60.0)), "latency +50%");
+        let mut more = last.clone();
+        more.connected_peers = 3;
+        assert!(worth_writing(&last, &more), "a peer joined");
+        let mut up = last.clone();
+        up.uptime = 0.51;
+        assert!(worth_writing(&last, &up), "uptime moved a percent");
+        let mut bad = last.clone();
+        bad.invalid_messages = 1;
+        assert!(worth_writing(&last, &bad), "invalid gossip is never jitter");
     }
 }

@@ -117,6 +117,27 @@ impl ClusterView {
             .and_then(|v| v.metadata.name.clone())
     }
 
+    /// The addresses every Node but `me` publishes (`spec.multiaddrs`), as written.
+    pub fn addresses_of_others(&self, me: &str) -> Vec<String> {
+        self.nodes
+            .state()
+            .iter()
+            .filter(|n| n.metadata.name.as_deref() != Some(me))
+            .flat_map(|n| n.spec.multiaddrs.iter().cloned())
+            .collect()
+    }
+
+    /// A receiver that sees every change of the Node cache.
+    pub fn node_changes(&self) -> watch::Receiver<u64> {
+        self.node_changes.clone()
+    }
+
+    /// Waits until the Node cache has listed every Node once.
+    pub async fn nodes_ready(&self) {
+        // Fails only when the writer is dropped, i.e. the agent is stopping.
+        let _ = self.nodes.wait_until_ready().await;
+    }
+
     /// A receiver that sees every change of the Vouch cache.
     pub fn vouch_changes(&self) -> watch::Receiver<u64> {
         self.vouch_changes.clone()
@@ -124,8 +145,8 @@ impl ClusterView {
 
     /// Waits until both caches have listed everything once.
     pub async fn ready(&self) {
-        // Fails only when a writer is dropped, i.e. the agent is stopping.
-        let _ = self.nodes.wait_until_ready().await;
+        self.nodes_ready().await;
+        // Fails only when the writer is dropped, i.e. the agent is stopping.
         let _ = self.vouches.wait_until_ready().await;
     }
 
