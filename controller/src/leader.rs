@@ -3,10 +3,10 @@
 //! The holder renews every `renew` (2 s) with one write, of the Lease as it last wrote it (its
 //! resourceVersion refuses the write if anyone else wrote since); a candidate takes over a Lease
 //! not renewed within its duration (10 s), with optimistic concurrency (resourceVersion), so two
-//! candidates can never both win. A leader that fails to renew before its Lease would lapse stops leading. A leader
-//! asked to stop keeps renewing until its reconcilers have stopped, then releases the Lease (no
-//! holder), which a candidate takes at once: a rolling update hands over without a gap and
-//! without two writers.
+//! candidates can never both win. A leader that fails to renew before its Lease would lapse
+//! stops leading. A leader asked to stop keeps renewing until its reconcilers have stopped, then
+//! releases the Lease (no holder), which a candidate takes at once: a rolling update hands over
+//! without a gap and without two writers.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;

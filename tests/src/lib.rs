@@ -129,6 +129,13 @@ pub fn upstream_bin_dir() -> &'static Path {
     })
 }
 
+/// The pinned kubectl with `kubeconfig`.
+pub fn kubectl_with(kubeconfig: &Path) -> Command {
+    let mut cmd = Command::new(upstream_bin_dir().join("kubectl"));
+    cmd.env("KUBECONFIG", kubeconfig);
+    cmd
+}
+
 /// The directory of the pinned node binaries (kube-scheduler, kubelet, kube-proxy, pause), built
 /// on first use.
 pub fn upstream_node_bin_dir() -> &'static Path {
@@ -385,9 +392,7 @@ impl ControlPlane {
 
     /// The pinned kubectl, pointed at this control plane.
     pub fn kubectl(&self) -> Command {
-        let mut cmd = Command::new(upstream_bin_dir().join("kubectl"));
-        cmd.env("KUBECONFIG", &self.kubeconfig);
-        cmd
+        kubectl_with(&self.kubeconfig)
     }
 
     /// The pid of the supervisor (`univrs control-plane`).

@@ -472,9 +472,7 @@ impl Cluster {
     }
 
     fn kubectl_cmd(&self) -> Command {
-        let mut cmd = Command::new(univrs_tests::upstream_bin_dir().join("kubectl"));
-        cmd.env("KUBECONFIG", &self.kubeconfig);
-        cmd
+        univrs_tests::kubectl_with(&self.kubeconfig)
     }
 
     fn helm(&self) -> Command {

@@ -18,15 +18,13 @@ use univrs_api::resources::vouch::{Vouch, VouchStatus};
 use univrs_api::{Node, Workload};
 use univrs_tests::cluster::eventually;
 use univrs_tests::up::Up;
-use univrs_tests::{curl, free_port, repo_root, run, univrs_bin, upstream_bin_dir};
+use univrs_tests::{curl, free_port, repo_root, run, univrs_bin};
 
 const NS: &str = "community-center";
 const PORTAL: &str = "community-portal";
 
 fn kubectl(kubeconfig: &Path) -> Command {
-    let mut c = Command::new(upstream_bin_dir().join("kubectl"));
-    c.arg("--kubeconfig").arg(kubeconfig);
-    c
+    univrs_tests::kubectl_with(kubeconfig)
 }
 
 /// Ready instances of the portal: (instance, node), each checked to serve its own page on the

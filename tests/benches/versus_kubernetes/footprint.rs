@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use univrs_tests::bench::{Better, SideBySide, comm, count, first_line, request_totals, tree};
 use univrs_tests::kubelet::KubeletNode;
 use univrs_tests::up::Up;
-use univrs_tests::{free_port, pids_where, repo_root, rss_mib, run as run_cmd, upstream_bin_dir};
+use univrs_tests::{free_port, kubectl_with, pids_where, repo_root, rss_mib, run as run_cmd};
 
 /// Components that are not counted in a stack's total.
 const NOT_COUNTED: &[&str] = &["containers (not counted)", "supervisor (not counted)"];
@@ -50,7 +50,7 @@ struct Stack {
 
 /// The API server's request counts (`apiserver_request_total`) by verb and resource.
 fn api_requests(kubeconfig: &Path) -> BTreeMap<String, f64> {
-    let (_, out, _) = run_cmd(kubectl(kubeconfig).args(["get", "--raw", "/metrics"]));
+    let (_, out, _) = run_cmd(kubectl_with(kubeconfig).args(["get", "--raw", "/metrics"]));
     let mut counts = BTreeMap::new();
     for r in request_totals(&out) {
         *counts
@@ -236,13 +236,6 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> (bool, Str
     }
 }
 
-/// The pinned kubectl with `kubeconfig`.
-fn kubectl(kubeconfig: &Path) -> Command {
-    let mut c = Command::new(upstream_bin_dir().join("kubectl"));
-    c.env("KUBECONFIG", kubeconfig);
-    c
-}
-
 /// `univrs up --agents 2`, idle then running the portal.
 fn univrs_stack(bin: &Path, window: Duration) -> Stack {
     let dir = PathBuf::from(format!("/tmp/vkf-{}", std::process::id()));
@@ -262,10 +255,15 @@ fn univrs_stack(bin: &Path, window: Duration) -> Stack {
     let (idle, idle_requests) = measure_with_requests(window, &roots, &up.kubeconfig);
 
     let portal = repo_root().join("deploy/examples/community-portal.yaml");
-    let (ok, _, err) = run_cmd(kubectl(&up.kubeconfig).arg("apply").arg("-f").arg(&portal));
+    let (ok, _, err) = run_cmd(
+        kubectl_with(&up.kubeconfig)
+            .arg("apply")
+            .arg("-f")
+            .arg(&portal),
+    );
     assert!(ok, "kubectl apply {}: {err}", portal.display());
     wait_for("the portal's three instances Ready", READY_WAIT, || {
-        let (_, out, err) = run_cmd(kubectl(&up.kubeconfig).args([
+        let (_, out, err) = run_cmd(kubectl_with(&up.kubeconfig).args([
             "get",
             "workload",
             "community-portal",

@@ -44,11 +44,11 @@ use univrs_node_agent::agent::kube::{field_manager, lease, observations, uptime}
 use univrs_node_agent::agent::peers::cluster_view::ClusterView;
 use univrs_tests::bench::kwok::{self, Kwok};
 use univrs_tests::bench::{
-    Better, Requests, SideBySide, api_requests, apiserver_pid, comm, count, cpu_seconds,
+    Better, Requests, SideBySide, api_requests, apiserver_pid, component_pid, count, cpu_seconds,
     create_all, create_all_with, print_requests, writes_between,
 };
 use univrs_tests::cluster::{LEASE_NS, ensure_namespace, node_object};
-use univrs_tests::{ControlPlane, children_of, rss_mib};
+use univrs_tests::{ControlPlane, rss_mib};
 
 /// `univrs agent --lease-duration`'s default (univrs/src/cli.rs); the agent renews every third.
 const AGENT_LEASE: Duration = Duration::from_secs(40);
@@ -364,13 +364,7 @@ async fn wait_for_leases(
 /// The API server's CPU, etcd's, `client`'s and the API server's request counters over `window`.
 fn measure(cp: &ControlPlane, group_of_nodes: &str, client: u32, window: Duration) -> Side {
     let api = apiserver_pid(cp).expect("kube-apiserver is running");
-    let etcd = cp
-        .supervisor_pid()
-        .map(children_of)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|p| comm(*p) == "etcd")
-        .expect("etcd is running");
+    let etcd = component_pid(cp, "etcd").expect("etcd is running");
     let cpu = || (cpu_seconds(api), cpu_seconds(etcd), cpu_seconds(client));
     let before = api_requests(cp, RESOURCES, group_of_nodes);
     let (start, cpu0) = (Instant::now(), cpu());

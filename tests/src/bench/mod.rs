@@ -121,9 +121,14 @@ pub fn comm(pid: u32) -> String {
 
 /// The pid of the control plane's kube-apiserver.
 pub fn apiserver_pid(cp: &ControlPlane) -> Option<u32> {
+    component_pid(cp, "kube-apiserver")
+}
+
+/// The pid of the control plane's process named `name` (`etcd`, `kube-apiserver`, …).
+pub fn component_pid(cp: &ControlPlane, name: &str) -> Option<u32> {
     children_of(cp.supervisor_pid()?)
         .into_iter()
-        .find(|p| comm(*p) == "kube-apiserver")
+        .find(|p| comm(*p) == name)
 }
 
 /// The one-minute load average and the number of CPUs, for the settings line of a table.
