@@ -234,7 +234,7 @@ pub async fn run(
             )
             .for_each(|_| async {})
     };
-    let feeds = feeds::run(client, writers, ctx.clone(), queues.clone());
+    let feeds = feeds::run(client, writers, ctx.clone());
     let elections = nexus::run_elections(ctx.clone(), queues.nodes.clone());
     let rounds = revival::run_rounds(ctx.clone());
     let sync_ctx = ctx.clone();

@@ -19,6 +19,7 @@ use crate::state::wake::Wake;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +107,7 @@ fn written(ctx: &Context, n: &Node) {
     let (change, _) = ctx.index().upsert_node(n);
     let mut wake = Wake::default();
     wake.node_change(ctx, n, change);
-    wake.send(&ctx.queues);
+    wake.send(ctx);
 }
 
 /// Reconciles one Node: read, plan, write, announce; looks again within `due` at the latest
@@ -122,11 +123,19 @@ pub async fn reconcile(
 
     // Read.
     let lease = ctx.lease_of(&name);
-    let all = ctx.nodes.state();
-    let anchors = &ctx.settings.trust_anchors;
-    let others: Vec<(&NodeStatus, f64)> = all
+    // Only the nodes whose agents report on this one (the index knows which): reading every
+    // Node here made a reconcile cost as much as the cluster is large.
+    let (reporter_names, ready_others) = {
+        let index = ctx.index();
+        (index.reporters_on(&name), index.ready_others(&name))
+    };
+    let reporters: Vec<Arc<Node>> = reporter_names
         .iter()
-        .filter(|n| n.metadata.name.as_deref() != Some(name.as_str()))
+        .filter_map(|r| ctx.nodes.get(&ObjectRef::new(r)))
+        .collect();
+    let anchors = &ctx.settings.trust_anchors;
+    let others: Vec<(&NodeStatus, f64)> = reporters
+        .iter()
         .filter_map(|n| Some((n.status.as_ref()?, standing(n, anchors))))
         .filter(|(s, _)| univrs_api::conditions::is_true(&s.conditions, CONDITION_READY))
         .map(|(s, standing)| (s, peers::witness_weight(standing)))
@@ -165,6 +174,7 @@ pub async fn reconcile(
             node: &node,
             live: snapshot::liveness(lease.as_deref(), now, ctx.settings.node_lease_duration),
             others: &others,
+            ready_others,
             anchor: anchors.contains(&node.spec.did),
             placements,
             credit_use: snapshot::credit_use(&ledger, &account),

@@ -136,8 +136,8 @@ impl Drop for Assumed<'_> {
 /// the watch will bring the same version back, which then wakes nothing.
 fn wake(ctx: &Context, change: &WorkloadChange) {
     let mut w = Wake::default();
-    w.workload_change(ctx, change);
-    w.send(&ctx.queues);
+    w.workload_change(change);
+    w.send(ctx);
 }
 
 /// Pays for the usage agents reported beyond each instance's billed mark (see `core::billing`):

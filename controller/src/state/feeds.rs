@@ -9,7 +9,6 @@
 //! of thousands of nodes wakes each waiting workload once, not once per node.
 
 use crate::state::context::Context;
-use crate::state::queues::Queues;
 use crate::state::wake::Wake;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -47,7 +46,7 @@ trait Handler<K> {
 }
 
 /// Drives one watch: strip, index, cache, wake.
-async fn feed<K, H>(api: Api<K>, mut writer: Writer<K>, ctx: Arc<Context>, q: Queues, mut h: H)
+async fn feed<K, H>(api: Api<K>, mut writer: Writer<K>, ctx: Arc<Context>, mut h: H)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
     H: Handler<K>,
@@ -93,7 +92,7 @@ where
         }
         writer.apply_watcher_event(&ev);
         if listing.is_none() {
-            wake.send(&q);
+            wake.send(&ctx);
         }
     }
 }
@@ -179,13 +178,13 @@ impl Handler<Workload> for Workloads {
             wake.workloads.insert(ObjectRef::from_obj(w));
             Self::port_sharers(ctx, w, false, wake);
         }
-        wake.workload_change(ctx, &change);
+        wake.workload_change(&change);
     }
 
     fn deleted(&mut self, ctx: &Context, w: &Workload, wake: &mut Wake) {
         let change = ctx.index().forget_workload(w);
         Self::port_sharers(ctx, w, true, wake);
-        wake.workload_change(ctx, &change);
+        wake.workload_change(&change);
     }
 }
 
@@ -301,13 +300,13 @@ pub struct Writers {
 }
 
 /// Runs every feed until one ends (they do not, short of the runtime stopping).
-pub async fn run(client: kube::Client, w: Writers, ctx: Arc<Context>, q: Queues) {
+pub async fn run(client: kube::Client, w: Writers, ctx: Arc<Context>) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     tokio::select! {
-        _ = feed(Api::all(client.clone()), w.nodes, ctx.clone(), q.clone(), Nodes) => {}
-        _ = feed(Api::all(client.clone()), w.workloads, ctx.clone(), q.clone(), Workloads) => {}
-        _ = feed(leases, w.leases, ctx.clone(), q.clone(), Leases) => {}
-        _ = feed(Api::all(client.clone()), w.credit_lines, ctx.clone(), q.clone(), CreditLines) => {}
-        _ = feed(Api::all(client), w.vouches, ctx, q, Vouches) => {}
+        _ = feed(Api::all(client.clone()), w.nodes, ctx.clone(), Nodes) => {}
+        _ = feed(Api::all(client.clone()), w.workloads, ctx.clone(), Workloads) => {}
+        _ = feed(leases, w.leases, ctx.clone(), Leases) => {}
+        _ = feed(Api::all(client.clone()), w.credit_lines, ctx.clone(), CreditLines) => {}
+        _ = feed(Api::all(client), w.vouches, ctx, Vouches) => {}
     }
 }

@@ -24,7 +24,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use univrs_api::enr::pricing::Market;
 use univrs_api::resources::node::{DRAIN_ANNOTATION, NexusRole, SeptalState};
@@ -158,6 +158,13 @@ pub struct NodeIndex {
     holders: HashMap<String, HashSet<WorkloadRef>>,
     /// Per node, the newest resourceVersion seen (watch or write).
     node_versions: HashMap<String, u64>,
+    /// Per node, the nodes whose agents report on it (`status.observations.peers`), so its
+    /// peer view reads those few Nodes instead of every Node there is.
+    reporters: HashMap<String, BTreeSet<String>>,
+    /// Per node, the nodes its agent reports on (to take back what `reporters` holds for it).
+    reports: HashMap<String, Vec<String>>,
+    /// How many nodes have a Ready condition.
+    ready: usize,
     /// Deleted nodes and workloads.
     gone_nodes: Tombstones<String>,
     gone_workloads: Tombstones<WorkloadRef>,
@@ -165,6 +172,20 @@ pub struct NodeIndex {
 
 fn version(rv: Option<&str>) -> Option<u64> {
     rv.and_then(|v| v.parse().ok())
+}
+
+/// The other nodes `n`'s agent reports on, each once.
+fn reported_by(n: &Node) -> Vec<String> {
+    let me = n.metadata.name.as_deref();
+    let subjects: BTreeSet<&str> = n
+        .status
+        .iter()
+        .filter_map(|s| s.observations.as_ref())
+        .flat_map(|o| o.peers.iter())
+        .map(|p| p.node.as_str())
+        .filter(|p| Some(*p) != me)
+        .collect();
+    subjects.into_iter().map(str::to_string).collect()
 }
 
 /// The scheduler's view of a node, without allocations or readiness (the index sets those).
@@ -325,11 +346,14 @@ impl NodeIndex {
     fn upsert_view(&mut self, n: &Node) -> NodeChange {
         let mut view = view_of(n);
         let facts = Facts::of(n, &view);
+        self.set_reports(&view.name, reported_by(n));
+        self.ready += usize::from(facts.ready_condition);
         view.allocated = self.effective.get(&view.name).copied().unwrap_or_default();
         view.host_ports = ports_on(&self.ports, &view.name);
         match self.position.get(&view.name).copied() {
             Some(i) => {
                 let before = std::mem::replace(&mut self.facts[i], facts.clone());
+                self.ready -= usize::from(before.ready_condition);
                 view.ready = self.views[i].ready;
                 self.views[i] = view;
                 NodeChange {
@@ -370,7 +394,9 @@ impl NodeIndex {
             return NodeChange::default();
         };
         self.views.remove(at);
-        self.facts.remove(at);
+        let facts = self.facts.remove(at);
+        self.ready -= usize::from(facts.ready_condition);
+        self.set_reports(&name, Vec::new());
         self.view_lapses.remove(at);
         self.reposition(at);
         NodeChange {
@@ -380,6 +406,45 @@ impl NodeIndex {
             appeared_or_left: true,
             reputation_moved: true,
         }
+    }
+
+    /// Records whom `reporter`'s agent reports on now, replacing what it reported before.
+    fn set_reports(&mut self, reporter: &str, subjects: Vec<String>) {
+        for old in self.reports.remove(reporter).unwrap_or_default() {
+            if let Some(r) = self.reporters.get_mut(&old) {
+                r.remove(reporter);
+                if r.is_empty() {
+                    self.reporters.remove(&old);
+                }
+            }
+        }
+        if subjects.is_empty() {
+            return;
+        }
+        for s in &subjects {
+            self.reporters
+                .entry(s.clone())
+                .or_default()
+                .insert(reporter.to_string());
+        }
+        self.reports.insert(reporter.to_string(), subjects);
+    }
+
+    /// The nodes whose agents report on `node`, by name.
+    pub fn reporters_on(&self, node: &str) -> Vec<String> {
+        self.reporters
+            .get(node)
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many nodes other than `node` have a Ready condition (who could report on it).
+    pub fn ready_others(&self, node: &str) -> usize {
+        let own = self
+            .position
+            .get(node)
+            .is_some_and(|&i| self.facts[i].ready_condition);
+        self.ready - usize::from(own)
     }
 
     /// The nodes it knows, by name.
@@ -901,5 +966,54 @@ mod tests {
         assert!(c.affects_instances && !c.may_make_room && !c.affects_vouches);
         assert!(index.remove_node(&drained).appeared_or_left);
         assert!(index.is_empty());
+    }
+
+    /// A Node at version `rv`, Ready or not, whose agent reports on `peers`.
+    fn reporting(name: &str, rv: u64, ready: bool, peers: &[&str]) -> Node {
+        let reports: Vec<serde_json::Value> = peers
+            .iter()
+            .map(|p| serde_json::json!({"node": p, "connected": true}))
+            .collect();
+        let mut n = node(name);
+        n.metadata.resource_version = Some(rv.to_string());
+        n.status = serde_json::from_value(serde_json::json!({
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+                "reason": "R", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "observations": {"peers": reports}
+        }))
+        .unwrap();
+        n
+    }
+
+    #[test]
+    fn knows_who_reports_on_whom_and_how_many_are_ready() {
+        let mut index = NodeIndex::new();
+        index.upsert_node(&reporting("a", 1, true, &["b", "c", "a"]));
+        index.upsert_node(&reporting("b", 2, true, &["c"]));
+        index.upsert_node(&reporting("c", 3, false, &[]));
+        assert_eq!(index.reporters_on("c"), ["a", "b"]);
+        assert_eq!(index.reporters_on("b"), ["a"]);
+        // Its own report on itself is no witness.
+        assert!(index.reporters_on("a").is_empty());
+        assert_eq!(index.ready_others("c"), 2);
+        assert_eq!(index.ready_others("a"), 1);
+
+        // A's agent stops reporting on c and a goes unready; b reports on a instead.
+        index.upsert_node(&reporting("a", 4, false, &["b"]));
+        index.upsert_node(&reporting("b", 5, true, &["a"]));
+        assert!(index.reporters_on("c").is_empty());
+        assert_eq!(index.reporters_on("a"), ["b"]);
+        assert_eq!(index.reporters_on("b"), ["a"]);
+        assert_eq!(index.ready_others("c"), 1);
+        assert_eq!(index.ready_others("b"), 0);
+        // An old version changes nothing.
+        index.upsert_node(&reporting("b", 2, true, &["c"]));
+        assert!(index.reporters_on("c").is_empty());
+
+        // A deleted node's reports and readiness go with it.
+        index.remove_node(&reporting("b", 5, true, &["a"]));
+        assert!(index.reporters_on("a").is_empty());
+        assert_eq!(index.ready_others("a"), 0);
+        assert_eq!(index.ready, 0);
     }
 }

@@ -4,7 +4,6 @@
 
 use crate::state::context::Context;
 use crate::state::index::{NodeChange, WorkloadChange};
-use crate::state::queues::Queues;
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -25,11 +24,14 @@ pub struct Wake {
     pub vouches: HashSet<ObjectRef<Vouch>>,
     /// Credit lines.
     pub credit_lines: HashSet<ObjectRef<CreditLine>>,
+    /// Every waiting workload: looked up once when sent, not once per change that makes room
+    /// (a relist of thousands of nodes would otherwise scan every workload per node).
+    waiting: bool,
 }
 
 impl Wake {
     /// Sends everything collected. A closed queue means its controller has stopped.
-    pub fn send(&mut self, q: &Queues) {
+    pub fn send(&mut self, ctx: &Context) {
         fn drain<K: Resource>(set: &mut HashSet<ObjectRef<K>>, tx: &UnboundedSender<ObjectRef<K>>)
         where
             K::DynamicType: Hash + Eq,
@@ -38,6 +40,10 @@ impl Wake {
                 let _ = tx.unbounded_send(r);
             }
         }
+        if std::mem::take(&mut self.waiting) {
+            self.workloads.extend(ctx.index().waiting());
+        }
+        let q = &ctx.queues;
         drain(&mut self.workloads, &q.workloads);
         drain(&mut self.nodes, &q.nodes);
         drain(&mut self.vouches, &q.vouches);
@@ -45,12 +51,10 @@ impl Wake {
     }
 
     /// What a workload's change means for the nodes it touched and the workloads waiting.
-    pub fn workload_change(&mut self, ctx: &Context, change: &WorkloadChange) {
+    pub fn workload_change(&mut self, change: &WorkloadChange) {
         self.nodes
             .extend(change.nodes.iter().map(|n| ObjectRef::new(n)));
-        if change.freed {
-            self.workloads.extend(ctx.index().waiting());
-        }
+        self.waiting |= change.freed;
     }
 
     /// What a node's change means for its instances, the waiting workloads, its vouches and
@@ -60,9 +64,7 @@ impl Wake {
         if change.affects_instances {
             self.workloads.extend(ctx.index().holders_of(&name));
         }
-        if change.may_make_room {
-            self.workloads.extend(ctx.index().waiting());
-        }
+        self.waiting |= change.may_make_room;
         if change.affects_vouches {
             let did = &node.spec.did;
             self.vouches.extend(

@@ -332,9 +332,11 @@ pub struct Observed<'a> {
     pub node: &'a Node,
     /// Its Lease's liveness at `now`.
     pub live: Liveness,
-    /// The status of every other Ready node (their agents report on this one), each with its
+    /// The status of the other Ready nodes whose agents report on this one, each with its
     /// weight as a witness (`peers::witness_weight`).
     pub others: &'a [(&'a NodeStatus, f64)],
+    /// How many other nodes are Ready (who could report on this one).
+    pub ready_others: usize,
     /// Whether the node is a trust anchor (its service needs no witness).
     pub anchor: bool,
     /// How it runs what is placed on it.
@@ -444,7 +446,7 @@ pub fn plan(o: &Observed<'_>, resync: Duration, service_period: Duration) -> Pla
     );
     let invalid_gossip = peer_view
         .as_ref()
-        .is_some_and(|v| peers::new_invalid_gossip(current.peer_view.as_ref(), v, o.others.len()));
+        .is_some_and(|v| peers::new_invalid_gossip(current.peer_view.as_ref(), v, o.ready_others));
 
     // Reputation: the service record, plus what verified vouches for this node add.
     let period = Period {

@@ -217,7 +217,10 @@ impl Supervisor {
             }
         }
         if rec.ip.is_none() && self.deps.sandbox.has_network() {
-            match self.setup_network(rec, spec).await {
+            let t = Instant::now();
+            let up = self.setup_network(rec, spec).await;
+            tracing::debug!(instance = %rec.placement.id, ms = t.elapsed().as_secs_f64() * 1e3, "network set up");
+            match up {
                 Ok((ip, policy)) => {
                     rec.ip = Some(ip.to_string());
                     self.policy_job = Some(policy);
@@ -447,6 +450,7 @@ impl Supervisor {
         c: &Container,
     ) -> bool {
         let cid = container_id(&rec.placement.id, &c.name);
+        let t = Instant::now();
         let image = match self.runs.get(&c.name).and_then(|r| r.image.clone()) {
             Some(i) => i,
             None => {
@@ -489,6 +493,8 @@ impl Supervisor {
                 }
             }
         };
+        tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "image ready");
+        let t = Instant::now();
         let sandbox = self.deps.sandbox.clone();
         let rt = self.deps.runtime.clone();
         let cfg_id = cid.clone();
@@ -548,6 +554,8 @@ impl Supervisor {
                 .map_err(|e| e.to_string())
         })
         .await;
+        tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "root filesystem and runtime start");
+        let t = Instant::now();
         if let Some(job) = self.policy_job.take()
             && let Err(e) = blocking(move || job.wait()).await
         {
@@ -558,6 +566,7 @@ impl Supervisor {
                 format!("the network policy for {}: {e}", rec.placement.instance),
             );
         }
+        tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "network policy waited for");
         match started {
             Ok(pid) => {
                 let now = Instant::now();

@@ -202,7 +202,10 @@ impl StatusWriter {
         let body = Apply::<Workload>::new(name)
             .resource_version(resource_version)
             .status(status);
-        match body.apply_status(&api, &self.manager).await {
+        let t = Instant::now();
+        let written = body.apply_status(&api, &self.manager).await;
+        tracing::debug!(workload = %format!("{ns}/{name}"), ms = t.elapsed().as_secs_f64() * 1e3, ok = written.is_ok(), "status write");
+        match written {
             Ok(_) => true,
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
                 // Changed or gone meanwhile: the next round sees the new version.
