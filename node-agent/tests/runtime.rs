@@ -797,3 +797,98 @@ fn root_in_the_node_user_namespace_is_nobody_on_the_host() {
     netns::remove(&net).unwrap();
     netns::remove(&userns).unwrap();
 }
+
+/// Waits up to five seconds for `f` to hold.
+fn within_5s(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(5), "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_created_container_runs_its_process_only_once_released() {
+    let rt = TestRuntime::new();
+    let marker = rt.rootfs.join("ran-held");
+    let held = {
+        let _g = CGROUP_PARENTS.read();
+        rt.client
+            .create(
+                &rt.config("held", &sh("touch /ran-held; sleep 1000")),
+                Duration::from_secs(10),
+            )
+            .unwrap()
+    };
+    assert_eq!(held.id(), "held");
+    // Long enough for the shim to have created it and to be waiting at the gate.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!marker.exists(), "the process ran before its release");
+    assert!(matches!(
+        rt.client.state("held").unwrap(),
+        ContainerState::Creating { .. }
+    ));
+    let handle = rt.client.release(held).unwrap();
+    assert!(alive(handle.pid()));
+    within_5s("the released process runs", || marker.exists());
+    rt.client.delete("held").unwrap();
+}
+
+#[test]
+fn an_abandoned_container_never_runs_and_leaves_nothing() {
+    let rt = TestRuntime::new();
+    let marker = rt.rootfs.join("ran-abandoned");
+    let held = {
+        let _g = CGROUP_PARENTS.read();
+        rt.client
+            .create(
+                &rt.config("abandoned", &sh("touch /ran-abandoned")),
+                Duration::from_secs(10),
+            )
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let path = rt.client.cgroup_path("abandoned");
+    rt.client.abandon(held).unwrap();
+    assert!(!marker.exists(), "an abandoned container ran its process");
+    assert!(matches!(
+        rt.client.state("abandoned"),
+        Err(RuntimeError::NotFound(_))
+    ));
+    assert!(!cgroup::exists(&path));
+    assert!(!rt.client.layout().youki_dir("abandoned").exists());
+    assert!(!rt.client.layout().bundle("abandoned").exists());
+}
+
+#[test]
+fn a_held_container_whose_agent_went_away_is_deleted_by_its_shim() {
+    let rt = TestRuntime::new();
+    let marker = rt.rootfs.join("ran-orphaned");
+    let held = {
+        let _g = CGROUP_PARENTS.read();
+        rt.client
+            .create(
+                &rt.config("orphaned", &sh("touch /ran-orphaned")),
+                Duration::from_secs(10),
+            )
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // What an agent that dies leaves: the gate's write end closes.
+    drop(held);
+    let mut exit = None;
+    within_5s("the shim gives up and records why", || {
+        if let Ok(ContainerState::Exited(e)) = rt.client.state("orphaned") {
+            exit = Some(e);
+        }
+        exit.is_some()
+    });
+    let exit = exit.unwrap();
+    let error = exit.error.clone().unwrap_or_default();
+    assert!(error.contains("abandoned the start"), "{exit:?}");
+    assert_eq!(exit.cleanup_error, None, "{exit:?}");
+    assert!(!marker.exists(), "the process ran without its go-ahead");
+    let path = rt.client.cgroup_path("orphaned");
+    assert!(!cgroup::exists(&path), "the shim removed the cgroup");
+    rt.client.delete("orphaned").unwrap();
+}

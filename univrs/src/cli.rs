@@ -327,6 +327,10 @@ pub enum ShimCommand {
         /// Time between SIGTERM and SIGKILL when asked to stop without a grace period.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
+        /// Hold the created container until the byte `1` arrives on fd 3 (the agent's go-ahead
+        /// once the container's network is up); anything else, or fd 3 closing, abandons it.
+        #[arg(long)]
+        gated: bool,
     },
     /// Run a command inside a running container, as the container runs (namespaces, cgroup,
     /// user, capabilities, seccomp); exit with its status.

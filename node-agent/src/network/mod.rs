@@ -409,7 +409,7 @@ impl Cni {
         group: &str,
         ports: &[PortMapping],
     ) -> Result<Attachment, NetworkError> {
-        let (attachment, policy) = self.begin_setup(id, group, ports)?;
+        let (attachment, policy) = self.begin_setup(id, group, ports, || {})?;
         policy.wait()?;
         Ok(attachment)
     }
@@ -417,11 +417,14 @@ impl Cni {
     /// [`Cni::setup`], returning as soon as the namespace is attached: the policy that lets
     /// the container reach its group is rebuilt meanwhile ([`PolicyJob::wait`] for it). Until
     /// then the container reaches the internet but none of its group (the policy fails closed).
+    /// `netns_made` is called once the namespace exists, before the plugins run: a container
+    /// can be created in it meanwhile (and run once this returns).
     pub fn begin_setup(
         &self,
         id: &str,
         group: &str,
         ports: &[PortMapping],
+        netns_made: impl FnOnce(),
     ) -> Result<(Attachment, PolicyJob), NetworkError> {
         attachment::validate_ports(ports)?;
         self.ensure_masquerade()?;
@@ -466,7 +469,7 @@ impl Cni {
         // How many plugins (in ADD order, across both lists) were started: a failed setup
         // undoes exactly those.
         let mut started = 0;
-        match self.add(&mut record, &path, &mut started) {
+        match self.add(&mut record, &path, &mut started, netns_made) {
             Ok(()) => Ok((record.attachment(CONTAINER_IFNAME), self.rebuild_policy())),
             Err(e) => {
                 if matches!(e, NetworkError::PluginNotFound { .. }) {
@@ -490,11 +493,13 @@ impl Cni {
         record: &mut Record,
         path: &Path,
         started: &mut usize,
+        netns_made: impl FnOnce(),
     ) -> Result<(), NetworkError> {
         match &self.inner.netns_owner {
             Some(owner) => netns::create_owned(&record.netns, owner)?,
             None => netns::create(&record.netns)?,
         }
+        netns_made();
         for i in 0..record.networks.len() {
             let net = &record.networks[i];
             let mut prev: Option<Value> = None;

@@ -9,6 +9,7 @@
 
 use super::cgroup::{self, Usage, cgroup_path};
 use super::layout::{ExitRecord, Layout};
+use super::shim::GATE_FD;
 use super::spec::{self, ContainerConfig, SpecError};
 use crate::fsutil::write_atomic;
 use crate::ids::{validate_agent_name, validate_id};
@@ -16,6 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -172,20 +174,78 @@ impl ShimHandle {
 impl Drop for ShimHandle {
     /// A dropped handle still reaps its shim (from a small thread), so no zombie is left.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            let spawned = std::thread::Builder::new()
-                .name(format!("shim-reaper-{}", self.id))
-                .stack_size(64 * 1024)
-                .spawn(move || {
-                    let _ = child.wait();
-                });
-            if let Err(e) = spawned {
-                tracing::warn!(id = %self.id, "cannot reap the shim: {e}");
-            }
+        if let Some(child) = self.child.take() {
+            reap_later(&self.id, child);
         }
+    }
+}
+
+/// A container its shim has created and holds before its process runs: release it
+/// ([`RuntimeClient::release`]) or abandon it ([`RuntimeClient::abandon`]). Dropped, it is
+/// abandoned: the gate closes, the shim deletes the container, and a small thread reaps it.
+#[derive(Debug)]
+pub struct Created {
+    id: String,
+    child: Option<Child>,
+    shim_pid: i32,
+    /// The gate's write end; closing it abandons the start.
+    gate: Option<OwnedFd>,
+}
+
+impl Created {
+    /// The container id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        drop(self.gate.take());
+        if let Some(child) = self.child.take() {
+            reap_later(&self.id, child);
+        }
+    }
+}
+
+/// Reaps `child` from a small thread, so no zombie is left.
+fn reap_later(id: &str, mut child: Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name(format!("shim-reaper-{id}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(id, "cannot reap the shim: {e}");
+    }
+}
+
+/// Makes `gate` the shim's fd [`GATE_FD`] (dup2 clears close-on-exec on the copy only).
+#[allow(unsafe_code)]
+fn pass_gate(cmd: &mut Command, gate: OwnedFd) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let raw = gate.as_raw_fd();
+    // SAFETY: between fork and exec only dup2 or fcntl runs, both async-signal-safe; `gate`
+    // lives in the closure (owned by the Command) until after the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &gate;
+            let ok = if raw == GATE_FD {
+                // Already fd 3: dup2 would keep close-on-exec; clear it instead.
+                nix::libc::fcntl(raw, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(raw, GATE_FD)
+            };
+            if ok < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -242,6 +302,18 @@ impl RuntimeClient {
         config: &ContainerConfig,
         grace: Duration,
     ) -> Result<ShimHandle, RuntimeError> {
+        let created = self.create(config, grace)?;
+        self.release(created)
+    }
+
+    /// Writes the bundle of `config` and spawns its shim, which creates the container and
+    /// holds it before its process runs; returns at once. [`RuntimeClient::release`] lets it
+    /// run, [`RuntimeClient::abandon`] deletes it (so does the shim if this process dies).
+    pub fn create(
+        &self,
+        config: &ContainerConfig,
+        grace: Duration,
+    ) -> Result<Created, RuntimeError> {
         let id = config.id.as_str();
         spec::validate(config)?;
         let socket = self.layout.youki_dir(id).join("notify.sock");
@@ -274,15 +346,52 @@ impl RuntimeClient {
             Err(e) => return Err(io_err(format!("creating {}", bundle.display()))(e)),
         }
 
-        match self.spawn_shim(id, &spec, grace) {
-            Ok(handle) => Ok(handle),
-            Err(e) => {
-                if let Err(cleanup) = self.delete(id) {
-                    tracing::warn!(id, "cleaning up after a failed start: {cleanup}");
-                }
-                Err(e)
+        self.spawn_shim(id, &spec, grace).inspect_err(|_| {
+            if let Err(cleanup) = self.delete(id) {
+                tracing::warn!(id, "cleaning up after a failed start: {cleanup}");
             }
+        })
+    }
+
+    /// Lets a created container's process run; returns once it runs. On failure the
+    /// container is cleaned up and the error says why (from the shim).
+    pub fn release(&self, created: Created) -> Result<ShimHandle, RuntimeError> {
+        let id = created.id.clone();
+        let mut created = created;
+        // The shim may have failed already (its exit record says why): the write then finds
+        // the pipe closed, and the wait below reads the record.
+        if let Some(gate) = created.gate.take() {
+            let _ = nix::unistd::write(&gate, b"1");
         }
+        self.wait_running(created).inspect_err(|_| {
+            if let Err(cleanup) = self.delete(&id) {
+                tracing::warn!(id, "cleaning up after a failed start: {cleanup}");
+            }
+        })
+    }
+
+    /// Deletes a created container without running its process: its shim sees the gate
+    /// close, deletes the container and exits; then its bundle goes.
+    pub fn abandon(&self, created: Created) -> Result<(), RuntimeError> {
+        let mut created = created;
+        drop(created.gate.take());
+        let Some(mut child) = created.child.take() else {
+            return self.delete(&created.id);
+        };
+        let started = Instant::now();
+        while child
+            .try_wait()
+            .map_err(io_err("waiting for the shim"))?
+            .is_none()
+        {
+            if started.elapsed() > START_TIMEOUT {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.delete(&created.id)
     }
 
     fn spawn_shim(
@@ -290,7 +399,7 @@ impl RuntimeClient {
         id: &str,
         spec: &oci_spec::runtime::Spec,
         grace: Duration,
-    ) -> Result<ShimHandle, RuntimeError> {
+    ) -> Result<Created, RuntimeError> {
         let config_file = self.layout.config_file(id);
         spec.save(&config_file).map_err(|e| {
             RuntimeError::Invalid(format!("writing {}: {e}", config_file.display()))
@@ -304,14 +413,20 @@ impl RuntimeClient {
         let shim_log_err = shim_log
             .try_clone()
             .map_err(io_err("duplicating shim.log"))?;
+        // The gate: close-on-exec on both ends here, so no other child of this process ever
+        // holds the write end (the shim must see it close when this process goes).
+        let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| io_err("making the gate pipe")(e.into()))?;
 
         let mut cmd = self.shim_for("run", id);
         cmd.arg("--grace")
             .arg(format!("{}ms", grace.as_millis()))
+            .arg("--gated")
             .stdout(shim_log)
             .stderr(shim_log_err)
             // Its own process group: signals for the agent's group do not reach it.
             .process_group(0);
+        pass_gate(&mut cmd, gate_r);
         if let Some(filter) = std::env::var_os("UNIVRS_SHIM_LOG") {
             cmd.env("RUST_LOG", filter);
         }
@@ -330,7 +445,23 @@ impl RuntimeClient {
             let _ = child.wait();
             return Err(io_err("writing shim.pid")(e));
         }
+        Ok(Created {
+            id: id.to_string(),
+            child: Some(child),
+            shim_pid,
+            gate: Some(gate_w),
+        })
+    }
 
+    /// Waits until a released container runs (its pid file), or its shim says why not.
+    fn wait_running(&self, mut created: Created) -> Result<ShimHandle, RuntimeError> {
+        let Some(mut child) = created.child.take() else {
+            return Err(RuntimeError::StartFailed {
+                id: created.id.clone(),
+                message: "its shim was already reaped".into(),
+            });
+        };
+        let (id, shim_pid) = (created.id.as_str(), created.shim_pid);
         let started = Instant::now();
         let mut polls = 0u32;
         loop {

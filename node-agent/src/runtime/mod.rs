@@ -29,6 +29,6 @@ pub mod shim;
 pub mod spec;
 pub mod userns;
 
-pub use client::{ContainerState, RuntimeClient, RuntimeError, ShimHandle};
+pub use client::{ContainerState, Created, RuntimeClient, RuntimeError, ShimHandle};
 pub use layout::{ExitRecord, Layout};
 pub use spec::ContainerConfig;

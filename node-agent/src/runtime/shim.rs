@@ -45,7 +45,16 @@ pub struct ShimArgs {
     /// How long a stopped container gets between SIGTERM and SIGKILL, unless the stop
     /// request names its own grace period.
     pub grace: Duration,
+    /// Hold the created container until the agent says go on the gate, fd [`GATE_FD`] (see
+    /// [`wait_at_gate`]).
+    pub gated: bool,
 }
+
+/// The descriptor a gated shim reads its go-ahead from (the agent's pipe, made fd 3).
+pub const GATE_FD: i32 = 3;
+
+/// How long a gated shim holds a created container for its go-ahead.
+const GATE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why the shim failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +92,8 @@ struct Ended {
 /// exited, been deleted and its exit record written; an error means it could not be created
 /// or started (the exit record then says why) or the shim itself failed.
 pub fn run_shim(args: &ShimArgs) -> Result<(), ShimError> {
+    // Before any file is opened: the gate is a descriptor number.
+    let gate = args.gated.then(take_gate).transpose()?;
     validate_id(&args.id).map_err(ShimError::Runtime)?;
     let layout = Layout::new(&args.root);
     let id = args.id.as_str();
@@ -111,7 +122,7 @@ pub fn run_shim(args: &ShimArgs) -> Result<(), ShimError> {
 
     let mut log = LogWriter::open(&layout.log_file(id), log_cap(&spec))
         .map_err(io_err("opening the container's log"))?;
-    let (mut container, output) = match create_and_start(&layout, id, &spec) {
+    let (mut container, output) = match create_and_start(&layout, id, &spec, gate) {
         Ok(c) => c,
         Err(e) => {
             let message = e.to_string();
@@ -219,12 +230,73 @@ impl Output<'_> {
     }
 }
 
-/// Creates the container with `libcontainer` and starts it; returns it with the read end of
-/// its output pipe (non-blocking).
+/// Takes the gate, fd [`GATE_FD`], that the agent opened for this process, close-on-exec so
+/// the container's process never inherits it.
+#[allow(unsafe_code)]
+fn take_gate() -> Result<OwnedFd, ShimError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl on a raw descriptor number only reads its flags; a closed one fails.
+    let flags = unsafe { nix::libc::fcntl(GATE_FD, nix::libc::F_GETFD) };
+    if flags < 0 {
+        return Err(ShimError::Runtime(format!(
+            "--gated, but the gate (fd {GATE_FD}) is not open: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: the descriptor is open (above) and nothing else in this process owns it: the
+    // agent placed it before exec, and the shim takes it once, before opening any file.
+    let gate = unsafe { OwnedFd::from_raw_fd(GATE_FD) };
+    nix::fcntl::fcntl(
+        &gate,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| ShimError::Runtime(format!("setting up the gate: {e}")))?;
+    Ok(gate)
+}
+
+/// Waits at the gate for the agent's go-ahead: the byte `1` lets the container's process run.
+/// Anything else, the agent closing its end (it gave up on the start, or died), or
+/// [`GATE_TIMEOUT`] abandons the start, and the container is deleted before it ran a thing.
+/// This is what lets the agent create a container while its network is still being set up,
+/// and still never run a process without its network.
+fn wait_at_gate(gate: OwnedFd) -> Result<(), ShimError> {
+    let abandoned = |why: String| {
+        ShimError::Runtime(format!(
+            "the agent abandoned the start before the container ran: {why}"
+        ))
+    };
+    let deadline = Instant::now() + GATE_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(abandoned(format!("no go-ahead within {GATE_TIMEOUT:?}")));
+        }
+        let ms =
+            PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(gate.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) => continue,
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(abandoned(format!("waiting at the gate: {e}"))),
+        }
+    }
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(gate.as_fd(), &mut byte) {
+        Ok(1) if byte[0] == b'1' => Ok(()),
+        Ok(1) => Err(abandoned(format!("it said {:?}", byte[0] as char))),
+        Ok(_) => Err(abandoned("it closed the gate".into())),
+        Err(e) => Err(abandoned(format!("reading the gate: {e}"))),
+    }
+}
+
+/// Creates the container with `libcontainer` and starts it (after the go-ahead at `gate`,
+/// when there is one); returns it with the read end of its output pipe (non-blocking).
 fn create_and_start(
     layout: &Layout,
     id: &str,
     spec: &Spec,
+    gate: Option<OwnedFd>,
 ) -> Result<(Container, OwnedFd), ShimError> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -258,6 +330,9 @@ fn create_and_start(
         .with_detach(true)
         .build()
         .map_err(rt_err("creating the container"))?;
+    if let Some(gate) = gate {
+        wait_at_gate(gate)?;
+    }
     container
         .start()
         .map_err(rt_err("starting the container"))?;

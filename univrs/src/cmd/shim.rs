@@ -19,8 +19,18 @@ pub fn run(command: ShimCommand) -> anyhow::Result<()> {
         .with_ansi(false)
         .init();
     match command {
-        ShimCommand::Run { root, id, grace } => {
-            run_shim(&ShimArgs { root, id, grace })?;
+        ShimCommand::Run {
+            root,
+            id,
+            grace,
+            gated,
+        } => {
+            run_shim(&ShimArgs {
+                root,
+                id,
+                grace,
+                gated,
+            })?;
         }
         ShimCommand::Exec {
             root,

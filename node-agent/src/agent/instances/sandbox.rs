@@ -325,11 +325,14 @@ impl Sandbox {
     /// Sets up instance `id`'s network namespace with `ports` published, in the policy group
     /// `group` (its Workload's namespace); returns its address, and the rebuild of the network
     /// policy that lets it reach its group, under way (wait for it before calling it running).
+    /// `netns_made` is called as soon as the namespace exists (containers may be created in
+    /// it from then on, and run once this returns).
     pub fn network_up(
         &self,
         id: &str,
         group: &str,
         ports: &[ContainerPort],
+        netns_made: impl FnOnce(),
     ) -> Result<(IpAddr, PolicyJob), SandboxError> {
         let Some(cni) = &self.network else {
             return Err(SandboxError::Other(
@@ -359,11 +362,12 @@ impl Sandbox {
                 && let Ok(att) = cni.check(id)
                 && let Some(ip) = att.ipv4()
             {
+                netns_made();
                 return Ok((IpAddr::V4(ip), PolicyJob::done()));
             }
             cni.teardown(id)?;
         }
-        let (att, policy) = cni.begin_setup(id, group, &mappings)?;
+        let (att, policy) = cni.begin_setup(id, group, &mappings, netns_made)?;
         let ip = att
             .ipv4()
             .map(IpAddr::V4)

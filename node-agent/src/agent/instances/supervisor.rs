@@ -14,7 +14,9 @@ use crate::fsutil::now_ms;
 use crate::image::DockerConfig;
 use crate::network::PolicyJob;
 use crate::runtime::spec::UserNamespace;
-use crate::runtime::{ContainerConfig, ContainerState, ExitRecord, RuntimeClient, RuntimeError};
+use crate::runtime::{
+    ContainerConfig, ContainerState, Created, ExitRecord, RuntimeClient, RuntimeError,
+};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -126,6 +128,37 @@ pub async fn supervise(
     }
 }
 
+/// How long a pull runs before the instance's status says it is pulling.
+const PULL_NOTICE_AFTER: Duration = Duration::from_millis(250);
+
+/// An instance's network during one look at its containers.
+enum Net {
+    /// Up, or containers get no network of their own on this node.
+    Ready,
+    /// Being set up.
+    Pending(NetworkSetup),
+    /// Its set-up failed this round (reported): no container starts until the next.
+    Failed,
+}
+
+/// A network set-up running on a blocking thread.
+struct NetworkSetup {
+    /// Fires once the namespace exists; dropped unfired when the set-up failed before.
+    made: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// How the set-up ended: the address and the policy rebuild under way.
+    done: tokio::task::JoinHandle<Result<(IpAddr, PolicyJob), String>>,
+}
+
+impl NetworkSetup {
+    /// Waits until the namespace exists; false when the set-up failed first.
+    async fn namespace_made(&mut self) -> bool {
+        match self.made.take() {
+            Some(rx) => rx.await.is_ok(),
+            None => true,
+        }
+    }
+}
+
 struct Supervisor {
     deps: Arc<Deps>,
     /// The network policy rebuild for this instance's new address, while under way: it runs
@@ -216,26 +249,26 @@ impl Supervisor {
                 dirty = true;
             }
         }
-        if rec.ip.is_none() && self.deps.sandbox.has_network() {
-            let t = Instant::now();
-            let up = self.setup_network(rec, spec).await;
-            tracing::debug!(instance = %rec.placement.id, ms = t.elapsed().as_secs_f64() * 1e3, "network set up");
-            match up {
-                Ok((ip, policy)) => {
-                    rec.ip = Some(ip.to_string());
-                    self.policy_job = Some(policy);
-                    dirty = true;
-                }
-                Err(e) => {
-                    let msg = format!("setting up the network: {e}");
-                    self.report(rec, spec, Some(msg.clone()), false);
-                    self.event(EventType::Warning, "FailedNetwork", msg);
+        // The network is set up while the containers are created: a container is held
+        // before its process runs until the network is up (see `start`).
+        let mut net = if rec.ip.is_none() && self.deps.sandbox.has_network() {
+            Net::Pending(self.begin_network(rec, spec))
+        } else {
+            Net::Ready
+        };
+        for c in &spec.containers {
+            dirty |= self.step_container(rec, spec, c, &mut net).await;
+        }
+        match net {
+            // No container started this round; the network is finished all the same.
+            Net::Pending(setup) => {
+                if !self.finish_network(rec, spec, setup).await {
                     return;
                 }
+                dirty = true;
             }
-        }
-        for c in &spec.containers {
-            dirty |= self.step_container(rec, spec, c).await;
+            Net::Failed => return,
+            Net::Ready => {}
         }
         if dirty || self.last_save.elapsed() >= SAVE_EVERY {
             self.save(rec);
@@ -243,11 +276,8 @@ impl Supervisor {
         self.report(rec, spec, None, false);
     }
 
-    async fn setup_network(
-        &self,
-        rec: &InstanceRecord,
-        spec: &WorkloadSpec,
-    ) -> Result<(IpAddr, PolicyJob), String> {
+    /// Starts setting up the instance's network on a blocking thread.
+    fn begin_network(&self, rec: &InstanceRecord, spec: &WorkloadSpec) -> NetworkSetup {
         let sandbox = self.deps.sandbox.clone();
         let id = rec.placement.id.clone();
         let group = rec.placement.namespace.clone();
@@ -258,7 +288,9 @@ impl Supervisor {
             .collect();
         let policy = self.deps.policy.clone();
         let reserved = self.deps.reserved_ports.clone();
-        blocking(move || {
+        let (made_tx, made_rx) = tokio::sync::oneshot::channel();
+        let started = Instant::now();
+        let done = tokio::task::spawn_blocking(move || {
             let published: Vec<_> = ports.iter().filter(|p| p.host_port.is_some()).collect();
             if !published.is_empty() && !sandbox.is_attached(&id) {
                 // Checked before the first set-up only: once published, the port is ours
@@ -270,11 +302,45 @@ impl Supervisor {
                     policy.check_host_port(port, udp, &reserved, &listening)?;
                 }
             }
-            sandbox
-                .network_up(&id, &group, &ports)
-                .map_err(|e| e.to_string())
-        })
-        .await
+            let up = sandbox
+                .network_up(&id, &group, &ports, || {
+                    let _ = made_tx.send(());
+                })
+                .map_err(|e| e.to_string());
+            tracing::debug!(instance = %id, ms = started.elapsed().as_secs_f64() * 1e3, "network set up");
+            up
+        });
+        NetworkSetup {
+            made: Some(made_rx),
+            done,
+        }
+    }
+
+    /// Waits for the network set-up to end: records the address and the policy rebuild, or
+    /// reports why it failed. Returns whether it is up.
+    async fn finish_network(
+        &mut self,
+        rec: &mut InstanceRecord,
+        spec: &WorkloadSpec,
+        setup: NetworkSetup,
+    ) -> bool {
+        let result = match setup.done.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("the set-up task failed: {e}")),
+        };
+        match result {
+            Ok((ip, policy)) => {
+                rec.ip = Some(ip.to_string());
+                self.policy_job = Some(policy);
+                true
+            }
+            Err(e) => {
+                let msg = format!("setting up the network: {e}");
+                self.report(rec, spec, Some(msg.clone()), false);
+                self.event(EventType::Warning, "FailedNetwork", msg);
+                false
+            }
+        }
     }
 
     /// Returns whether the record changed.
@@ -283,6 +349,7 @@ impl Supervisor {
         rec: &mut InstanceRecord,
         spec: &WorkloadSpec,
         c: &Container,
+        net: &mut Net,
     ) -> bool {
         let cid = container_id(&rec.placement.id, &c.name);
         let hash = container_hash(c);
@@ -326,7 +393,7 @@ impl Supervisor {
             Err(RuntimeError::NotFound(_)) => {
                 run.pid = None;
                 if run.next_start.is_none_or(|t| Instant::now() >= t) {
-                    dirty |= self.start(rec, spec, c).await;
+                    dirty |= self.start(rec, spec, c, net).await;
                 }
             }
             Err(e) => {
@@ -442,24 +509,39 @@ impl Supervisor {
         }
     }
 
-    /// Pulls, prepares and starts container `c`. Returns whether the record changed.
+    /// Pulls, prepares and starts container `c`, its process once `net` is up. Returns
+    /// whether the record changed.
     async fn start(
         &mut self,
         rec: &mut InstanceRecord,
         spec: &WorkloadSpec,
         c: &Container,
+        net: &mut Net,
     ) -> bool {
+        if matches!(net, Net::Failed) {
+            return false;
+        }
         let cid = container_id(&rec.placement.id, &c.name);
         let t = Instant::now();
         let image = match self.runs.get(&c.name).and_then(|r| r.image.clone()) {
             Some(i) => i,
             None => {
-                self.runs.entry(c.name.clone()).or_default().waiting =
-                    Some(format!("pulling image {}", c.image));
-                self.report(rec, spec, None, false);
                 let sandbox = self.deps.sandbox.clone();
                 let logins = self.registry_logins(rec);
-                match sandbox.pull(&c.image, logins.as_ref()).await {
+                let pull = sandbox.pull(&c.image, logins.as_ref());
+                tokio::pin!(pull);
+                // An image at hand is ready at once: "pulling" is said (a status write) only
+                // of a pull that takes a while.
+                let pulled = tokio::select! {
+                    r = &mut pull => r,
+                    () = tokio::time::sleep(PULL_NOTICE_AFTER) => {
+                        self.runs.entry(c.name.clone()).or_default().waiting =
+                            Some(format!("pulling image {}", c.image));
+                        self.report(rec, spec, None, false);
+                        pull.await
+                    }
+                };
+                match pulled {
                     Ok(i) => {
                         if i.devices_skipped > 0 {
                             self.event(
@@ -506,7 +588,16 @@ impl Supervisor {
         let log_cap = self.deps.policy.log_max_bytes;
         let userns = self.deps.userns.clone();
         let g = grace(spec);
-        let started = blocking(move || -> Result<i32, String> {
+        if let Net::Pending(setup) = net
+            && !setup.namespace_made().await
+        {
+            // The set-up failed before the namespace existed: nothing can be created in it.
+            if let Net::Pending(setup) = std::mem::replace(net, Net::Failed) {
+                self.finish_network(rec, spec, setup).await;
+            }
+            return false;
+        }
+        let created = blocking(move || -> Result<Created, String> {
             let rootfs = sandbox.rootfs(&image, &cfg_id).map_err(|e| e.to_string())?;
             let process = match sandbox.process(&image, &c2, &rootfs) {
                 Ok(p) => p,
@@ -549,12 +640,31 @@ impl Supervisor {
             cfg.userns = userns.map(UserNamespace::Join);
             // A leftover bundle of an earlier run would make the start fail.
             rt.delete(&cfg_id).map_err(|e| e.to_string())?;
-            rt.start(&cfg, g)
-                .map(|h| h.pid())
-                .map_err(|e| e.to_string())
+            rt.create(&cfg, g).map_err(|e| e.to_string())
         })
         .await;
-        tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "root filesystem and runtime start");
+        tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "root filesystem and container created");
+        let t = Instant::now();
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                let msg = format!("starting container {}: {e}", c.name);
+                self.failed_start(rec, c, msg, "Failed").await;
+                return true;
+            }
+        };
+        if let Net::Pending(_) = net
+            && let Net::Pending(setup) = std::mem::replace(net, Net::Ready)
+            && !self.finish_network(rec, spec, setup).await
+        {
+            *net = Net::Failed;
+            let rt = self.deps.runtime.clone();
+            if let Err(e) = blocking(move || rt.abandon(created)).await {
+                tracing::warn!(container = %cid, "removing a container whose network failed: {e}");
+            }
+            return false;
+        }
+        tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "network waited for");
         let t = Instant::now();
         if let Some(job) = self.policy_job.take()
             && let Err(e) = blocking(move || job.wait()).await
@@ -567,6 +677,15 @@ impl Supervisor {
             );
         }
         tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "network policy waited for");
+        let t = Instant::now();
+        let rt = self.deps.runtime.clone();
+        let started = blocking(move || {
+            rt.release(created)
+                .map(|h| h.pid())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "process started");
         match started {
             Ok(pid) => {
                 let now = Instant::now();
