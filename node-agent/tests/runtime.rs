@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use univrs_node_agent::runtime::cgroup::{self, CgroupVersion};
 // The `univrs` binary holds the shim; the harness builds it once per test binary.
 use univrs_node_agent::runtime::{
-    ContainerConfig, ContainerState, RuntimeClient, RuntimeError, ShimHandle,
+    ContainerConfig, ContainerState, Created, RuntimeClient, RuntimeError, ShimHandle,
 };
 use univrs_tests::{busybox_rootfs, univrs_bin};
 
@@ -126,6 +126,21 @@ impl TestRuntime {
     fn start(&self, config: &ContainerConfig) -> Result<ShimHandle, RuntimeError> {
         let _g = CGROUP_PARENTS.read();
         self.client.start(config, Duration::from_secs(10))
+    }
+
+    /// Creates container `id`, which its shim holds before its process runs; that process
+    /// would touch `/ran-<id>` (returned, on the host), then run `then`. Returns once the shim
+    /// has had time to create it and wait at the gate.
+    fn hold(&self, id: &str, then: &str) -> (PathBuf, Created) {
+        let script = format!("touch /ran-{id}{then}");
+        let held = {
+            let _g = CGROUP_PARENTS.read();
+            self.client
+                .create(&self.config(id, &sh(&script)), Duration::from_secs(10))
+                .unwrap()
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        (self.rootfs.join(format!("ran-{id}")), held)
     }
 
     fn exit_of(&self, id: &str) -> univrs_node_agent::runtime::ExitRecord {
@@ -810,19 +825,8 @@ fn within_5s(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn a_created_container_runs_its_process_only_once_released() {
     let rt = TestRuntime::new();
-    let marker = rt.rootfs.join("ran-held");
-    let held = {
-        let _g = CGROUP_PARENTS.read();
-        rt.client
-            .create(
-                &rt.config("held", &sh("touch /ran-held; sleep 1000")),
-                Duration::from_secs(10),
-            )
-            .unwrap()
-    };
+    let (marker, held) = rt.hold("held", "; sleep 1000");
     assert_eq!(held.id(), "held");
-    // Long enough for the shim to have created it and to be waiting at the gate.
-    std::thread::sleep(Duration::from_millis(500));
     assert!(!marker.exists(), "the process ran before its release");
     assert!(matches!(
         rt.client.state("held").unwrap(),
@@ -837,17 +841,7 @@ fn a_created_container_runs_its_process_only_once_released() {
 #[test]
 fn an_abandoned_container_never_runs_and_leaves_nothing() {
     let rt = TestRuntime::new();
-    let marker = rt.rootfs.join("ran-abandoned");
-    let held = {
-        let _g = CGROUP_PARENTS.read();
-        rt.client
-            .create(
-                &rt.config("abandoned", &sh("touch /ran-abandoned")),
-                Duration::from_secs(10),
-            )
-            .unwrap()
-    };
-    std::thread::sleep(Duration::from_millis(500));
+    let (marker, held) = rt.hold("abandoned", "");
     let path = rt.client.cgroup_path("abandoned");
     rt.client.abandon(held).unwrap();
     assert!(!marker.exists(), "an abandoned container ran its process");
@@ -863,17 +857,7 @@ fn an_abandoned_container_never_runs_and_leaves_nothing() {
 #[test]
 fn a_held_container_whose_agent_went_away_is_deleted_by_its_shim() {
     let rt = TestRuntime::new();
-    let marker = rt.rootfs.join("ran-orphaned");
-    let held = {
-        let _g = CGROUP_PARENTS.read();
-        rt.client
-            .create(
-                &rt.config("orphaned", &sh("touch /ran-orphaned")),
-                Duration::from_secs(10),
-            )
-            .unwrap()
-    };
-    std::thread::sleep(Duration::from_millis(500));
+    let (marker, held) = rt.hold("orphaned", "");
     // What an agent that dies leaves: the gate's write end closes.
     drop(held);
     let mut exit = None;

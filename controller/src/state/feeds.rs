@@ -114,10 +114,13 @@ impl Nodes {
 
 impl Handler<Node> for Nodes {
     fn applied(&mut self, ctx: &Context, n: &Node, wake: &mut Wake) {
+        // Whom it reported on before: a node it stopped reporting on must hear of it too.
+        let before = ctx.index().reported_by(&n.name_any());
         let (change, news) = ctx.index().upsert_node(n);
         // The version the controller itself wrote wakes nothing new.
         if news {
             wake.nodes.insert(ObjectRef::from_obj(n));
+            wake.nodes.extend(before.iter().map(|s| ObjectRef::new(s)));
             Self::reported(n, wake);
         }
         wake.node_change(ctx, n, change);

@@ -438,6 +438,11 @@ impl NodeIndex {
             .unwrap_or_default()
     }
 
+    /// The nodes `node`'s agent reports on, by name.
+    pub fn reported_by(&self, node: &str) -> Vec<String> {
+        self.reports.get(node).cloned().unwrap_or_default()
+    }
+
     /// How many nodes other than `node` have a Ready condition (who could report on it).
     pub fn ready_others(&self, node: &str) -> usize {
         let own = self
@@ -1002,6 +1007,7 @@ mod tests {
         index.upsert_node(&reporting("a", 4, false, &["b"]));
         index.upsert_node(&reporting("b", 5, true, &["a"]));
         assert!(index.reporters_on("c").is_empty());
+        assert_eq!(index.reported_by("a"), ["b"]);
         assert_eq!(index.reporters_on("a"), ["b"]);
         assert_eq!(index.reporters_on("b"), ["a"]);
         assert_eq!(index.ready_others("c"), 1);

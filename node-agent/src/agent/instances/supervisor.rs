@@ -666,6 +666,18 @@ impl Supervisor {
         }
         tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "network waited for");
         let t = Instant::now();
+        let rt = self.deps.runtime.clone();
+        let started = blocking(move || {
+            rt.release(created)
+                .map(|h| h.pid())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "process started");
+        // The policy that lets it reach its group is rebuilt meanwhile; it fails closed (the
+        // process reaches none of its group until then), and it is in place before the
+        // container is called running.
+        let t = Instant::now();
         if let Some(job) = self.policy_job.take()
             && let Err(e) = blocking(move || job.wait()).await
         {
@@ -677,15 +689,6 @@ impl Supervisor {
             );
         }
         tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "network policy waited for");
-        let t = Instant::now();
-        let rt = self.deps.runtime.clone();
-        let started = blocking(move || {
-            rt.release(created)
-                .map(|h| h.pid())
-                .map_err(|e| e.to_string())
-        })
-        .await;
-        tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "process started");
         match started {
             Ok(pid) => {
                 let now = Instant::now();
