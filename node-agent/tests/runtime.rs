@@ -825,7 +825,7 @@ fn within_5s(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn a_created_container_runs_its_process_only_once_released() {
     let rt = TestRuntime::new();
-    let (marker, held) = rt.hold("held", "; sleep 1000");
+    let (marker, held) = rt.hold("held", "; ls -l /proc/$$/fd > /fds-held; sleep 1000");
     assert_eq!(held.id(), "held");
     assert!(!marker.exists(), "the process ran before its release");
     assert!(matches!(
@@ -835,6 +835,14 @@ fn a_created_container_runs_its_process_only_once_released() {
     let handle = rt.client.release(held).unwrap();
     assert!(alive(handle.pid()));
     within_5s("the released process runs", || marker.exists());
+    let fds = rt.rootfs.join("fds-held");
+    within_5s("the process lists its descriptors", || {
+        std::fs::read_to_string(&fds).is_ok_and(|l| l.contains(" 2 -> "))
+    });
+    // The gate (the shim's fd 3) never reaches the workload: the shim makes it close-on-exec,
+    // and libcontainer closes what the init inherited besides.
+    let listed = std::fs::read_to_string(&fds).unwrap();
+    assert!(!listed.contains(" 3 -> "), "{listed}");
     rt.client.delete("held").unwrap();
 }
 
