@@ -100,35 +100,32 @@ where
 struct Nodes;
 
 impl Nodes {
-    /// The nodes `n`'s agent reports on: their peer views include its reports.
-    fn reported(n: &Node, wake: &mut Wake) {
-        let reports = n.status.as_ref().and_then(|s| s.observations.as_ref());
-        wake.nodes.extend(
-            reports
-                .iter()
-                .flat_map(|o| o.peers.iter())
-                .map(|p| ObjectRef::new(&p.node)),
-        );
+    /// The nodes `name`'s agent reports on, as the index has it: their peer views include its
+    /// reports.
+    fn reported(ctx: &Context, name: &str) -> Vec<ObjectRef<Node>> {
+        let subjects = ctx.index().reported_by(name);
+        subjects.iter().map(|s| ObjectRef::new(s)).collect()
     }
 }
 
 impl Handler<Node> for Nodes {
     fn applied(&mut self, ctx: &Context, n: &Node, wake: &mut Wake) {
-        // Whom it reported on before: a node it stopped reporting on must hear of it too.
-        let before = ctx.index().reported_by(&n.name_any());
+        let name = n.name_any();
+        // Whom it reported on before as well: a node it stopped reporting on must hear of it.
+        let before = Self::reported(ctx, &name);
         let (change, news) = ctx.index().upsert_node(n);
         // The version the controller itself wrote wakes nothing new.
         if news {
             wake.nodes.insert(ObjectRef::from_obj(n));
-            wake.nodes.extend(before.iter().map(|s| ObjectRef::new(s)));
-            Self::reported(n, wake);
+            wake.nodes.extend(before);
+            wake.nodes.extend(Self::reported(ctx, &name));
         }
         wake.node_change(ctx, n, change);
     }
 
     fn deleted(&mut self, ctx: &Context, n: &Node, wake: &mut Wake) {
+        wake.nodes.extend(Self::reported(ctx, &n.name_any()));
         let change = ctx.index().remove_node(n);
-        Self::reported(n, wake);
         wake.node_change(ctx, n, change);
     }
 }

@@ -175,7 +175,7 @@ fn version(rv: Option<&str>) -> Option<u64> {
 }
 
 /// The other nodes `n`'s agent reports on, each once.
-fn reported_by(n: &Node) -> Vec<String> {
+fn subjects_of(n: &Node) -> Vec<String> {
     let me = n.metadata.name.as_deref();
     let subjects: BTreeSet<&str> = n
         .status
@@ -346,7 +346,7 @@ impl NodeIndex {
     fn upsert_view(&mut self, n: &Node) -> NodeChange {
         let mut view = view_of(n);
         let facts = Facts::of(n, &view);
-        self.set_reports(&view.name, reported_by(n));
+        self.set_reports(&view.name, subjects_of(n));
         self.ready += usize::from(facts.ready_condition);
         view.allocated = self.effective.get(&view.name).copied().unwrap_or_default();
         view.host_ports = ports_on(&self.ports, &view.name);

@@ -197,6 +197,13 @@ impl Created {
     pub fn id(&self) -> &str {
         &self.id
     }
+
+    /// Its shim, for whoever consumes it (release, abandon); only `Drop` finds none.
+    fn take_child(&mut self) -> Child {
+        self.child
+            .take()
+            .expect("a Created holds its shim until it is consumed")
+    }
 }
 
 impl Drop for Created {
@@ -346,38 +353,43 @@ impl RuntimeClient {
             Err(e) => return Err(io_err(format!("creating {}", bundle.display()))(e)),
         }
 
-        self.spawn_shim(id, &spec, grace).inspect_err(|_| {
-            if let Err(cleanup) = self.delete(id) {
-                tracing::warn!(id, "cleaning up after a failed start: {cleanup}");
-            }
-        })
+        let spawned = self.spawn_shim(id, &spec, grace);
+        self.cleaned_up_on_error(id, spawned)
+    }
+
+    /// `result`, having deleted container `id` first if it is an error (a failed start leaves
+    /// nothing behind).
+    fn cleaned_up_on_error<T>(
+        &self,
+        id: &str,
+        result: Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        if result.is_err()
+            && let Err(cleanup) = self.delete(id)
+        {
+            tracing::warn!(id, "cleaning up after a failed start: {cleanup}");
+        }
+        result
     }
 
     /// Lets a created container's process run; returns once it runs. On failure the
     /// container is cleaned up and the error says why (from the shim).
-    pub fn release(&self, created: Created) -> Result<ShimHandle, RuntimeError> {
+    pub fn release(&self, mut created: Created) -> Result<ShimHandle, RuntimeError> {
         let id = created.id.clone();
-        let mut created = created;
         // The shim may have failed already (its exit record says why): the write then finds
         // the pipe closed, and the wait below reads the record.
         if let Some(gate) = created.gate.take() {
             let _ = nix::unistd::write(&gate, b"1");
         }
-        self.wait_running(created).inspect_err(|_| {
-            if let Err(cleanup) = self.delete(&id) {
-                tracing::warn!(id, "cleaning up after a failed start: {cleanup}");
-            }
-        })
+        let running = self.wait_running(created);
+        self.cleaned_up_on_error(&id, running)
     }
 
     /// Deletes a created container without running its process: its shim sees the gate
     /// close, deletes the container and exits; then its bundle goes.
-    pub fn abandon(&self, created: Created) -> Result<(), RuntimeError> {
-        let mut created = created;
+    pub fn abandon(&self, mut created: Created) -> Result<(), RuntimeError> {
         drop(created.gate.take());
-        let Some(mut child) = created.child.take() else {
-            return self.delete(&created.id);
-        };
+        let mut child = created.take_child();
         let started = Instant::now();
         while child
             .try_wait()
@@ -455,12 +467,7 @@ impl RuntimeClient {
 
     /// Waits until a released container runs (its pid file), or its shim says why not.
     fn wait_running(&self, mut created: Created) -> Result<ShimHandle, RuntimeError> {
-        let Some(mut child) = created.child.take() else {
-            return Err(RuntimeError::StartFailed {
-                id: created.id.clone(),
-                message: "its shim was already reaped".into(),
-            });
-        };
+        let mut child = created.take_child();
         let (id, shim_pid) = (created.id.as_str(), created.shim_pid);
         let started = Instant::now();
         let mut polls = 0u32;

@@ -259,17 +259,12 @@ impl Supervisor {
         for c in &spec.containers {
             dirty |= self.step_container(rec, spec, c, &mut net).await;
         }
-        match net {
-            // No container started this round; the network is finished all the same.
-            Net::Pending(setup) => {
-                if !self.finish_network(rec, spec, setup).await {
-                    return;
-                }
-                dirty = true;
-            }
-            Net::Failed => return,
-            Net::Ready => {}
+        // When no container started this round, the network is finished all the same.
+        let was_pending = matches!(net, Net::Pending(_));
+        if !self.settle_network(rec, spec, &mut net).await {
+            return;
         }
+        dirty |= was_pending;
         if dirty || self.last_save.elapsed() >= SAVE_EVERY {
             self.save(rec);
         }
@@ -316,14 +311,23 @@ impl Supervisor {
         }
     }
 
-    /// Waits for the network set-up to end: records the address and the policy rebuild, or
-    /// reports why it failed. Returns whether it is up.
-    async fn finish_network(
+    /// Ends the network set-up under way, if there is one: records the address and the
+    /// policy rebuild (`net` becomes Ready), or reports why it failed (Failed). Returns
+    /// whether the network is up.
+    async fn settle_network(
         &mut self,
         rec: &mut InstanceRecord,
         spec: &WorkloadSpec,
-        setup: NetworkSetup,
+        net: &mut Net,
     ) -> bool {
+        let setup = match std::mem::replace(net, Net::Ready) {
+            Net::Pending(setup) => setup,
+            Net::Ready => return true,
+            Net::Failed => {
+                *net = Net::Failed;
+                return false;
+            }
+        };
         let result = match setup.done.await {
             Ok(r) => r,
             Err(e) => Err(format!("the set-up task failed: {e}")),
@@ -335,6 +339,7 @@ impl Supervisor {
                 true
             }
             Err(e) => {
+                *net = Net::Failed;
                 let msg = format!("setting up the network: {e}");
                 self.report(rec, spec, Some(msg.clone()), false);
                 self.event(EventType::Warning, "FailedNetwork", msg);
@@ -592,9 +597,7 @@ impl Supervisor {
             && !setup.namespace_made().await
         {
             // The set-up failed before the namespace existed: nothing can be created in it.
-            if let Net::Pending(setup) = std::mem::replace(net, Net::Failed) {
-                self.finish_network(rec, spec, setup).await;
-            }
+            self.settle_network(rec, spec, net).await;
             return false;
         }
         let created = blocking(move || -> Result<Created, String> {
@@ -653,11 +656,7 @@ impl Supervisor {
                 return true;
             }
         };
-        if let Net::Pending(_) = net
-            && let Net::Pending(setup) = std::mem::replace(net, Net::Ready)
-            && !self.finish_network(rec, spec, setup).await
-        {
-            *net = Net::Failed;
+        if !self.settle_network(rec, spec, net).await {
             let rt = self.deps.runtime.clone();
             if let Err(e) = blocking(move || rt.abandon(created)).await {
                 tracing::warn!(container = %cid, "removing a container whose network failed: {e}");
