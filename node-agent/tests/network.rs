@@ -377,7 +377,7 @@ fn host_addresses() -> Vec<Ipv4Addr> {
 fn plugin_dir(dir: &Path, replace: &[(&str, &str)]) -> PathBuf {
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    for p in ["bridge", "host-local", "portmap", "loopback"] {
+    for p in ["bridge", "host-local", "portmap"] {
         match replace.iter().find(|(name, _)| *name == p) {
             Some((_, script)) => {
                 let path = plugins.join(p);
@@ -393,7 +393,19 @@ fn plugin_dir(dir: &Path, replace: &[(&str, &str)]) -> PathBuf {
 #[test]
 fn a_container_gets_an_address_from_the_agent_subnet_and_reaches_its_gateway() {
     let net = TestNet::new();
+    // The agent chooses the address before the plugins run: one host-local holds already (a
+    // lease left over, say) is never chosen.
+    let leases = net.cni.ipam_dir().join(net.cni.network_name());
+    std::fs::create_dir_all(&leases).unwrap();
+    let first = net.cni.subnet().hosts().nth(1).unwrap();
+    std::fs::write(leases.join(first.to_string()), "leftover\neth0").unwrap();
     let a = net.cni.setup("pinger", "tenant", &[]).unwrap();
+    assert_ne!(a.ipv4(), Some(first), "a leased address is skipped");
+    assert_eq!(
+        a.ipv4(),
+        net.cni.subnet().hosts().nth(2),
+        "the lowest free one is chosen and host-local leases exactly it"
+    );
     assert!(a.complete);
     assert_eq!(a.netns, net.cni.netns_path("pinger"));
     assert_eq!(a.interface, "eth0");
@@ -755,7 +767,7 @@ fn crash_helper() {
 #[test]
 fn teardown_after_a_crash_during_setup_cleans_up() {
     let net = TestNet::new();
-    // bridge and loopback run for real; then "portmap" kills the process running the setup.
+    // bridge runs for real; then "portmap" kills the process running the setup.
     let plugins = plugin_dir(&net.dir, &[("portmap", "kill -9 $PPID; exit 1")]);
     let spec = serde_json::json!({
         "agent": net.agent,
@@ -865,7 +877,7 @@ fn a_missing_plugin_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    for p in ["bridge", "host-local", "loopback"] {
+    for p in ["bridge", "host-local"] {
         symlink(Path::new("/usr/lib/cni").join(p), plugins.join(p)).unwrap();
     }
     let mut config = CniConfig::new("tn-missing", dir.path().join("net"));
@@ -887,10 +899,10 @@ fn a_missing_plugin_is_a_clear_error() {
     // A plugin that disappears after start-up: the setup fails naming it, leaving nothing.
     symlink("/usr/lib/cni/portmap", plugins.join("portmap")).unwrap();
     let cni = Cni::new(config).unwrap();
-    std::fs::remove_file(plugins.join("loopback")).unwrap();
+    std::fs::remove_file(plugins.join("bridge")).unwrap();
     let err = cni.setup("lonely", "tenant", &[]).unwrap_err();
     assert!(
-        matches!(&err, NetworkError::PluginNotFound { plugin, .. } if plugin == "loopback"),
+        matches!(&err, NetworkError::PluginNotFound { plugin, .. } if plugin == "bridge"),
         "{err:?}"
     );
     assert!(cni.list().unwrap().is_empty());
@@ -960,11 +972,70 @@ fn bench_setup_teardown() {
         let p99 = v[((runs as f64 * 0.99).ceil() as usize).saturating_sub(1)];
         (ms(median), ms(p99), ms(v[0]))
     };
-    println!("CNI attachments, {runs} containers one after another (bridge + portmap + loopback):");
+    println!(
+        "CNI attachments, {runs} containers one after another (bridge + portmap; lo set up by the agent):"
+    );
     println!("| operation | median ms | p99 ms | min ms |");
     println!("|-----------|-----------|--------|--------|");
     for (name, v) in [("setup", &mut setups), ("teardown", &mut teardowns)] {
         let (median, p99, min) = stats(v);
         println!("| {name:<9} | {median:>9.1} | {p99:>6.1} | {min:>6.1} |");
     }
+}
+
+/// The inode of the network namespace pinned at `path`.
+fn namespace_inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+#[test]
+fn a_namespace_made_ahead_is_taken_by_the_next_setup_and_goes_with_the_network() {
+    let net = TestNet::new();
+    let spare = net.cni.netns_dir().join(".spare");
+    let wait_for_spare = || {
+        let t = Instant::now();
+        while !mountinfo().contains(&spare.to_string_lossy().to_string()) {
+            assert!(t.elapsed() < Duration::from_secs(10), "no spare namespace");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        namespace_inode(&spare)
+    };
+    let first = net.cni.setup("first", "tenant", &[]).unwrap();
+    // Made a moment after the set-up, for the next one.
+    let ahead = wait_for_spare();
+    assert_ne!(ahead, namespace_inode(&first.netns));
+    let second = net.cni.setup("second", "tenant", &[]).unwrap();
+    assert_eq!(
+        namespace_inode(&second.netns),
+        ahead,
+        "the second container got the namespace made ahead"
+    );
+    assert!(
+        !Path::new(&spare).exists() || namespace_inode(&spare) != ahead,
+        "and it is no longer the spare"
+    );
+    // It is set up as a new one is: lo up, eth0 with the container's address.
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", second.netns.display()))
+        .args(["ip", "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("lo    inet 127.0.0.1/8"), "{text}");
+    let ip = second.ipv4().unwrap();
+    assert!(text.contains(&format!("eth0    inet {ip}/")), "{text}");
+
+    net.cni.teardown("first").unwrap();
+    net.cni.teardown("second").unwrap();
+    wait_for_spare();
+    net.cni.remove_bridge().unwrap();
+    assert!(
+        !mountinfo().contains(&net.cni.netns_dir().to_string_lossy().to_string()),
+        "no namespace is left pinned: {}",
+        mountinfo()
+    );
+    // Removing the network stops spares for good (until the next set-up).
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!spare.exists());
 }

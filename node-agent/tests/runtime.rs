@@ -768,7 +768,8 @@ fn root_in_the_node_user_namespace_is_nobody_on_the_host() {
         &sh("cat /proc/self/uid_map /proc/self/gid_map; id -u; \
              (echo x > /bin/owned-by-host-root) 2>/dev/null && echo wrote-host-file; \
              mknod /tmp/sda b 8 0 2>/dev/null && echo made-a-device; \
-             cat /proc/sys/net/ipv4/ip_unprivileged_port_start; sleep 1000"),
+             cat /proc/sys/net/ipv4/ip_unprivileged_port_start; \
+             cat /sys/class/net/lo/flags; sleep 1000"),
     );
     cfg.userns = Some(UserNamespace::Join(userns.clone()));
     cfg.netns = Some(net.clone());
@@ -778,7 +779,7 @@ fn root_in_the_node_user_namespace_is_nobody_on_the_host() {
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert_eq!(uid.split_whitespace().nth(1), Some("3211264"), "{uid}");
     let t = Instant::now();
-    while rt.log("uns").len() < 4 && t.elapsed() < Duration::from_secs(10) {
+    while rt.log("uns").len() < 5 && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let log: Vec<String> = rt
@@ -788,8 +789,8 @@ fn root_in_the_node_user_namespace_is_nobody_on_the_host() {
         .collect();
     assert_eq!(
         log,
-        vec!["0 3211264 65536", "0 3211264 65536", "0", "0"],
-        "mapped, root inside, the host's files and devices out of reach, low ports open"
+        vec!["0 3211264 65536", "0 3211264 65536", "0", "0", "0x9"],
+        "mapped, root inside, the host's files and devices out of reach, low ports open, lo up"
     );
     // A command exec'd into it (a probe) is in the same user namespace and cgroup, not root on
     // the host (libcontainer's tenant exec alone would leave it there).

@@ -148,6 +148,10 @@ pub(crate) struct Record {
     pub ports: Vec<PortMapping>,
     /// In ADD order (DEL runs them backwards).
     pub networks: Vec<NetworkState>,
+    /// The address chosen for the container before its networks were added (host-local
+    /// leases it): the policy knows it before the plugins run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
     pub complete: bool,
     pub created_ms: u64,
 }
@@ -288,6 +292,7 @@ mod tests {
                 list: Value::Null,
                 result: Some(result),
             }],
+            address: Some("10.89.3.2".parse().unwrap()),
             complete: true,
             created_ms: 0,
         };

@@ -25,6 +25,8 @@ pub fn main_list(
 ) -> Value {
     let mut plugins = vec![json!({
         "type": "bridge",
+        // The agent chooses the address (see `Cni::begin_setup`); host-local leases it.
+        "capabilities": {"ips": true},
         "bridge": bridge,
         "isGateway": true,
         "ipMasq": false,
@@ -50,15 +52,6 @@ pub fn main_list(
     })
 }
 
-/// The container's loopback interface, brought up by the loopback plugin.
-pub fn loopback_list(network: &str) -> Value {
-    json!({
-        "cniVersion": CNI_VERSION,
-        "name": format!("{network}-lo"),
-        "plugins": [{"type": "loopback"}]
-    })
-}
-
 /// The plugins of a list (empty if the list has none).
 pub fn plugins(list: &Value) -> &[Value] {
     list.get("plugins")
@@ -67,22 +60,42 @@ pub fn plugins(list: &Value) -> &[Value] {
         .unwrap_or_default()
 }
 
+/// What the runtime hands the plugins that declare a capability for it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuntimeConfig<'a> {
+    /// Host ports (`portMappings`).
+    pub ports: &'a [PortMapping],
+    /// The address the container gets, with its prefix (`ips`).
+    pub address: Option<&'a str>,
+}
+
 /// What plugin `plugin` of `list` gets on stdin.
 pub fn plugin_config(
     list: &Value,
     plugin: &Value,
-    ports: &[PortMapping],
+    runtime: RuntimeConfig<'_>,
     prev_result: Option<&Value>,
 ) -> Value {
     let mut conf = plugin.as_object().cloned().unwrap_or_default();
     conf.insert("cniVersion".into(), list["cniVersion"].clone());
     conf.insert("name".into(), list["name"].clone());
-    let wants_ports = plugin
-        .pointer("/capabilities/portMappings")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    if wants_ports && !ports.is_empty() {
-        conf.insert("runtimeConfig".into(), json!({ "portMappings": ports }));
+    let wants = |capability: &str| {
+        plugin
+            .pointer(&format!("/capabilities/{capability}"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    let mut rc = serde_json::Map::new();
+    if wants("portMappings") && !runtime.ports.is_empty() {
+        rc.insert("portMappings".into(), json!(runtime.ports));
+    }
+    if wants("ips")
+        && let Some(address) = runtime.address
+    {
+        rc.insert("ips".into(), json!([address]));
+    }
+    if !rc.is_empty() {
+        conf.insert("runtimeConfig".into(), Value::Object(rc));
     }
     if let Some(prev) = prev_result {
         conf.insert("prevResult".into(), prev.clone());
@@ -104,17 +117,23 @@ mod tests {
             true,
         );
         let ports = [PortMapping::tcp(8080, 80)];
-        let bridge = plugin_config(&list, &plugins(&list)[0], &ports, None);
+        let rc = RuntimeConfig {
+            ports: &ports,
+            address: Some("10.89.3.7/24"),
+        };
+        let bridge = plugin_config(&list, &plugins(&list)[0], rc, None);
         assert_eq!(bridge["name"], "univrs-x");
         assert_eq!(bridge["cniVersion"], CNI_VERSION);
         assert_eq!(bridge["ipam"]["ranges"][0][0]["gateway"], "10.89.3.1");
-        assert!(
-            bridge.get("runtimeConfig").is_none(),
-            "bridge asks for no capability"
+        assert_eq!(
+            bridge["runtimeConfig"],
+            json!({"ips": ["10.89.3.7/24"]}),
+            "bridge (its IPAM) gets the address only"
         );
         assert!(bridge.get("prevResult").is_none());
         let prev = json!({"cniVersion": CNI_VERSION, "ips": []});
-        let portmap = plugin_config(&list, &plugins(&list)[1], &ports, Some(&prev));
+        let portmap = plugin_config(&list, &plugins(&list)[1], rc, Some(&prev));
+        assert!(portmap["runtimeConfig"].get("ips").is_none());
         assert_eq!(
             portmap["runtimeConfig"]["portMappings"][0]["hostPort"],
             8080

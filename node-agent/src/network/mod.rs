@@ -6,16 +6,20 @@
 //! `<state>/netns/<id>` ([`netns`]) and runs, as the CNI specification (v1.0.0) says a
 //! runtime does:
 //!
-//! - the `loopback` plugin for `lo`;
-//! - the list `bridge` (veth pair, host-local IPAM, the bridge as gateway) + `portmap` (host
-//!   ports, from `runtimeConfig.portMappings`; only when there are any) for `eth0`.
+//! - the list `bridge` (veth pair, host-local IPAM leasing the address the agent chose, the
+//!   bridge as gateway) + `portmap` (host ports, from `runtimeConfig.portMappings`; only when
+//!   there are any) for `eth0`.
+//!
+//! `lo` is set up by the agent itself where the namespace is made ([`netns::loopback_up`]),
+//! not by the loopback plugin: one process less on every start and teardown. Records of
+//! older set-ups still list the loopback plugin, and their teardown runs its DEL.
 //!
 //! Masquerading is the agent's own, one chain per network made before the first setup
 //! (`iptables`), not the bridge plugin's chain per container: that took most of the time of
 //! each ADD and DEL.
 //!
 //! The agent gives the namespace to the container (`ContainerConfig::netns`), and after
-//! deleting the container calls [`Cni::teardown`]: DEL of both lists in reverse order, with
+//! deleting the container calls [`Cni::teardown`]: DEL of its lists in reverse order, with
 //! the cached results as `prevResult` and the very configuration ADD ran; then the nat
 //! rules the plugins could not remove are removed by their CNI comment (the bridge plugin
 //! finds its masquerade rules through the container's interface, so they outlive a deleted
@@ -82,7 +86,7 @@ use std::time::Duration;
 pub const DEFAULT_PLUGIN_DIR: &str = "/usr/lib/cni";
 
 /// The plugins the agent's networks use.
-pub const PLUGINS: &[&str] = &["bridge", "host-local", "portmap", "loopback"];
+pub const PLUGINS: &[&str] = &["bridge", "host-local", "portmap"];
 
 /// The container's interface.
 pub const CONTAINER_IFNAME: &str = "eth0";
@@ -200,7 +204,16 @@ struct Inner {
     /// last one reflects every attachment); holds the containers being torn down, which no
     /// rebuild puts back (their addresses are about to be released, maybe to another group).
     policy: Mutex<HashSet<String>>,
+    /// Held while the spare namespace is taken, made or removed; true once the network is
+    /// being removed (no spare is made after that, until the next set-up).
+    spare: Mutex<bool>,
+    /// Whether a thread is about to make the spare namespace.
+    making_spare: std::sync::atomic::AtomicBool,
 }
+
+/// How long after a set-up the next spare namespace is made: out of the way of the start that
+/// took the last one (its shim and plugins are still busy then).
+const SPARE_AFTER: Duration = Duration::from_millis(200);
 
 /// A policy rebuild under way (see [`Cni::begin_setup`]).
 #[derive(Debug)]
@@ -309,6 +322,8 @@ impl Cni {
                 netns_owner: config.netns_owner.clone(),
                 netns_dir,
                 policy: Mutex::new(HashSet::new()),
+                spare: Mutex::new(false),
+                making_spare: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         for dir in [
@@ -381,6 +396,119 @@ impl Cni {
         self.inner.state_dir.join("ipam")
     }
 
+    /// Where the namespace made ahead of time is pinned (no container id starts with a dot).
+    fn spare_path(&self) -> PathBuf {
+        self.netns_dir().join(".spare")
+    }
+
+    /// Makes a network namespace pinned at `path`, owned as this network's containers need.
+    fn make_namespace(&self, path: &Path) -> Result<(), netns::NetnsError> {
+        match &self.inner.netns_owner {
+            Some(owner) => netns::create_owned(path, owner),
+            None => netns::create(path),
+        }
+    }
+
+    /// Pins a fresh namespace at `path`: the spare one made ahead of time when there is one
+    /// (two mount calls, where making one runs a helper process: 7 to 18 ms of every start on
+    /// a busy machine, before the container could be created), else a new one. Returns
+    /// whether the spare was taken; the next spare is made a moment after the set-up.
+    fn pin_namespace(&self, path: &Path) -> Result<bool, NetworkError> {
+        {
+            let mut closing = lock(&self.inner.spare);
+            *closing = false;
+            let spare = self.spare_path();
+            if netns::is_mounted(&spare) {
+                match netns::repin(&spare, path) {
+                    Ok(()) => return Ok(true),
+                    // Made anew below; the spare is dropped (a new one is made later).
+                    Err(e) => {
+                        tracing::warn!("taking the spare network namespace: {e}");
+                        let _ = netns::remove(&spare);
+                    }
+                }
+            }
+        }
+        self.make_namespace(path)?;
+        Ok(false)
+    }
+
+    /// Makes the next spare namespace on a thread of its own, [`SPARE_AFTER`] from now,
+    /// unless one is on its way; none once the network is being removed.
+    fn replenish_spare(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.making_spare.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cni = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("netns-spare".into())
+            .spawn(move || {
+                std::thread::sleep(SPARE_AFTER);
+                let closing = lock(&cni.inner.spare);
+                let spare = cni.spare_path();
+                if !*closing
+                    && !netns::is_mounted(&spare)
+                    && let Err(e) = cni.make_namespace(&spare)
+                {
+                    tracing::debug!("making a spare network namespace: {e}");
+                }
+                drop(closing);
+                cni.inner.making_spare.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.inner.making_spare.store(false, Ordering::Release);
+        }
+    }
+
+    /// Removes the spare namespace, and makes no other until the next set-up.
+    fn remove_spare(&self) -> Result<(), NetworkError> {
+        let mut closing = lock(&self.inner.spare);
+        *closing = true;
+        netns::remove(&self.spare_path())?;
+        Ok(())
+    }
+
+    /// What `plugin` of `list` gets on stdin for `record`'s container.
+    fn stdin(&self, record: &Record, list: &Value, plugin: &Value, prev: Option<&Value>) -> Value {
+        let address = record
+            .address
+            .map(|a| format!("{a}/{}", self.inner.subnet.prefix()));
+        let runtime = conflist::RuntimeConfig {
+            ports: &record.ports,
+            address: address.as_deref(),
+        };
+        conflist::plugin_config(list, plugin, runtime, prev)
+    }
+
+    /// An address of the subnet that no container has or is about to get: neither leased by
+    /// host-local (a file named by the address in its data directory) nor chosen by a setup
+    /// under way (its record). Called with the `ports` lock held, before the record is saved,
+    /// so two setups never choose the same one; host-local refuses a taken address anyway.
+    fn free_address(&self) -> Result<std::net::Ipv4Addr, NetworkError> {
+        let mut taken: HashSet<std::net::Ipv4Addr> = self
+            .records()?
+            .iter()
+            .filter_map(|r| r.address.or_else(|| r.attachment(CONTAINER_IFNAME).ipv4()))
+            .collect();
+        let leases = self.ipam_dir().join(&self.inner.network);
+        match std::fs::read_dir(&leases) {
+            Ok(entries) => taken.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str()?.parse::<std::net::Ipv4Addr>().ok()),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("listing {}", leases.display()))(e)),
+        }
+        let subnet = &self.inner.subnet;
+        subnet
+            .hosts()
+            .filter(|ip| *ip != subnet.gateway())
+            .find(|ip| !taken.contains(ip))
+            .ok_or_else(|| NetworkError::Invalid(format!("no free address left in {subnet}")))
+    }
+
     /// Waits until no other call works on `id`, then claims it.
     fn claim(&self, id: &str) -> Result<Busy<'_>, NetworkError> {
         crate::ids::validate_id(id).map_err(NetworkError::Invalid)?;
@@ -436,29 +564,25 @@ impl Cni {
                 return Err(NetworkError::Exists(id.to_string()));
             }
             self.check_ports_free(ports)?;
+            let address = self.free_address()?;
             let record = Record {
                 container_id: id.to_string(),
                 group: group.to_string(),
                 netns: self.netns_path(id),
                 ports: ports.to_vec(),
-                networks: vec![
-                    NetworkState {
-                        ifname: "lo".into(),
-                        list: conflist::loopback_list(&self.inner.network),
-                        result: None,
-                    },
-                    NetworkState {
-                        ifname: CONTAINER_IFNAME.into(),
-                        list: conflist::main_list(
-                            &self.inner.network,
-                            &self.inner.bridge,
-                            &self.inner.subnet,
-                            &self.ipam_dir(),
-                            !ports.is_empty(),
-                        ),
-                        result: None,
-                    },
-                ],
+                // `lo` is up already: the namespace is made so (see `netns::loopback_up`).
+                networks: vec![NetworkState {
+                    ifname: CONTAINER_IFNAME.into(),
+                    list: conflist::main_list(
+                        &self.inner.network,
+                        &self.inner.bridge,
+                        &self.inner.subnet,
+                        &self.ipam_dir(),
+                        !ports.is_empty(),
+                    ),
+                    result: None,
+                }],
+                address: Some(address),
                 complete: false,
                 created_ms: crate::fsutil::now_ms(),
             };
@@ -466,11 +590,16 @@ impl Cni {
             record.save(&path)?;
             record
         };
+        // The address is known already: the policy that lets the container reach its group
+        // is rebuilt while the plugins run, not after them.
+        let policy = self.rebuild_policy();
         // How many plugins (in ADD order, across both lists) were started: a failed setup
         // undoes exactly those.
         let mut started = 0;
-        match self.add(&mut record, &path, &mut started, netns_made) {
-            Ok(()) => Ok((record.attachment(CONTAINER_IFNAME), self.rebuild_policy())),
+        let added = self.add(&mut record, &path, &mut started, netns_made);
+        self.replenish_spare();
+        match added {
+            Ok(()) => Ok((record.attachment(CONTAINER_IFNAME), policy)),
             Err(e) => {
                 if matches!(e, NetworkError::PluginNotFound { .. }) {
                     // The plugin that failed never ran.
@@ -495,17 +624,20 @@ impl Cni {
         started: &mut usize,
         netns_made: impl FnOnce(),
     ) -> Result<(), NetworkError> {
-        match &self.inner.netns_owner {
-            Some(owner) => netns::create_owned(&record.netns, owner)?,
-            None => netns::create(&record.netns)?,
-        }
+        let t = std::time::Instant::now();
+        let spare = self.pin_namespace(&record.netns)?;
+        tracing::debug!(
+            container = %record.container_id,
+            spare,
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            "network namespace made"
+        );
         netns_made();
         for i in 0..record.networks.len() {
             let net = &record.networks[i];
             let mut prev: Option<Value> = None;
             for plugin in conflist::plugins(&net.list) {
-                let config =
-                    conflist::plugin_config(&net.list, plugin, &record.ports, prev.as_ref());
+                let config = self.stdin(record, &net.list, plugin, prev.as_ref());
                 *started += 1;
                 prev = self.inner.plugins.run(&Call {
                     op: Op::Add,
@@ -614,8 +746,7 @@ impl Cni {
             .collect();
         let mut first_error = None;
         for (net, plugin) in calls.into_iter().rev() {
-            let config =
-                conflist::plugin_config(&net.list, plugin, &record.ports, net.result.as_ref());
+            let config = self.stdin(record, &net.list, plugin, net.result.as_ref());
             if let Err(e) = self.inner.plugins.run(&Call {
                 op: Op::Del,
                 container_id: &record.container_id,
@@ -665,7 +796,7 @@ impl Cni {
             .filter(|r| !leaving.contains(&r.container_id))
             .filter_map(|r| {
                 Some(policy::Member {
-                    ip: r.attachment(CONTAINER_IFNAME).ipv4()?,
+                    ip: r.attachment(CONTAINER_IFNAME).ipv4().or(r.address)?,
                     group: r.group.clone(),
                 })
             })
@@ -725,8 +856,7 @@ impl Cni {
         let ipv4_only = attachment.ips.iter().all(|ip| ip.address.is_ipv4());
         for net in &record.networks {
             for plugin in conflist::plugins(&net.list) {
-                let config =
-                    conflist::plugin_config(&net.list, plugin, &record.ports, net.result.as_ref());
+                let config = self.stdin(&record, &net.list, plugin, net.result.as_ref());
                 self.inner.plugins.run(&Call {
                     op: Op::Check,
                     container_id: id,
@@ -792,6 +922,7 @@ impl Cni {
                 left[0].container_id
             )));
         }
+        self.remove_spare()?;
         if Path::new("/sys/class/net")
             .join(&self.inner.bridge)
             .exists()

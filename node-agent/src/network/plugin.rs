@@ -167,6 +167,7 @@ impl Plugins {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let started = std::time::Instant::now();
         let mut child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 NetworkError::PluginNotFound {
@@ -203,6 +204,13 @@ impl Plugins {
                 });
             }
         };
+        tracing::debug!(
+            plugin,
+            op = call.op.as_str(),
+            container = call.container_id,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "CNI plugin ran"
+        );
         let stdout = String::from_utf8_lossy(&output.stdout);
         if !output.status.success() {
             if let Ok(e) = serde_json::from_str::<CniErrorObject>(&stdout) {

@@ -51,6 +51,14 @@ impl Ipv4Cidr {
         Ipv4Addr::from(u32::from(self.addr) & self.mask())
     }
 
+    /// Its host addresses, in order: neither the network's address nor its broadcast.
+    pub fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> + use<> {
+        let first = u32::from(self.network());
+        let size = 1u64 << (32 - u32::from(self.prefix));
+        let last = (u64::from(first) + size).saturating_sub(1);
+        (u64::from(first) + 1..last).map(|a| Ipv4Addr::from(a as u32))
+    }
+
     /// Whether `ip` lies in this network.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & self.mask() == u32::from(self.addr)
@@ -175,6 +183,10 @@ mod tests {
         assert!(!c.contains(Ipv4Addr::new(10, 89, 4, 1)));
         assert!(c.overlaps(&"10.0.0.0/8".parse().unwrap()));
         assert!(!c.overlaps(&"10.89.4.0/24".parse().unwrap()));
+        let hosts: Vec<_> = c.hosts().collect();
+        assert_eq!(hosts.len(), 254);
+        assert_eq!(hosts[0], Ipv4Addr::new(10, 89, 3, 1));
+        assert_eq!(hosts[253], Ipv4Addr::new(10, 89, 3, 254));
         assert!("10.89.3.1/24".parse::<Ipv4Cidr>().is_err());
         assert!("10.89.3.0".parse::<Ipv4Cidr>().is_err());
         assert!("10.89.3.0/33".parse::<Ipv4Cidr>().is_err());

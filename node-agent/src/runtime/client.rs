@@ -412,6 +412,20 @@ impl RuntimeClient {
         spec: &oci_spec::runtime::Spec,
         grace: Duration,
     ) -> Result<Created, RuntimeError> {
+        // The seccomp profile goes beside config.json: the shim's executor installs it,
+        // compiled once (see `seccomp_filter`), where libcontainer would compile it per start.
+        let mut spec = spec.clone();
+        let profile = spec
+            .linux_mut()
+            .as_mut()
+            .and_then(|l| l.seccomp_mut().take());
+        if let Some(profile) = profile {
+            let file = self.layout.seccomp_file(id);
+            let json = serde_json::to_vec(&profile).map_err(|e| {
+                RuntimeError::Invalid(format!("serializing the seccomp profile: {e}"))
+            })?;
+            std::fs::write(&file, json).map_err(io_err(format!("writing {}", file.display())))?;
+        }
         let config_file = self.layout.config_file(id);
         spec.save(&config_file).map_err(|e| {
             RuntimeError::Invalid(format!("writing {}: {e}", config_file.display()))

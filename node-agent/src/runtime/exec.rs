@@ -3,15 +3,17 @@
 //! probes use it; nothing of the agent's own privileges reaches the command).
 //!
 //! It is `libcontainer`'s tenant exec, so it runs in a fresh single-threaded process, never in
-//! the agent. `libcontainer` 0.7 rebuilds the tenant's spec without the container's seccomp
-//! profile, so the [`ExecExecutor`] installs that profile itself, last, just before the
+//! the agent. The container's seccomp profile is installed by the [`ExecExecutor`] itself,
+//! as the container's own executor does (see [`super::seccomp_filter`]): last, just before the
 //! command is executed (no-new-privileges is set by then, so no privilege is needed for it).
 //!
 //! The command gets a deadline: past it, it is killed (SIGKILL) and the exit code is 137. What
 //! it forked stays in the container's cgroup, under the container's limits.
 
+use super::executor::install;
 use super::layout::Layout;
-use super::shim::ShimError;
+use super::seccomp_filter::Filter;
+use super::shim::{ShimError, seccomp_filter};
 use crate::fsutil::error_chain;
 use crate::ids::validate_id;
 use libcontainer::container::builder::ContainerBuilder;
@@ -20,7 +22,7 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxSeccomp, Spec};
+use oci_spec::runtime::Spec;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,10 +30,10 @@ use std::time::{Duration, Instant};
 /// The exit code of a command killed at its deadline (128 + SIGKILL, as a shell reports it).
 pub const TIMED_OUT: i32 = 137;
 
-/// The executor of a tenant process: the container's seccomp profile, then the command.
+/// The executor of a tenant process: the container's seccomp program, then the command.
 #[derive(Clone)]
 struct ExecExecutor {
-    seccomp: Option<LinuxSeccomp>,
+    seccomp: Option<Filter>,
 }
 
 impl Executor for ExecExecutor {
@@ -45,10 +47,7 @@ impl Executor for ExecExecutor {
         SigSet::empty()
             .thread_set_mask()
             .map_err(|e| ExecutorError::Other(format!("unblocking signals: {e}")))?;
-        if let Some(profile) = &self.seccomp {
-            libcontainer::seccomp::initialize_seccomp(profile)
-                .map_err(|e| ExecutorError::Other(format!("installing seccomp: {e}")))?;
-        }
+        install(self.seccomp.as_ref())?;
         let err = Command::new(&args[0]).args(&args[1..]).exec();
         Err(ExecutorError::Execution(
             format!("executing {:?}: {err}", args[0]).into(),
@@ -80,7 +79,18 @@ pub fn exec_in_container(
         .as_ref()
         .ok_or_else(|| ShimError::Runtime("config.json has no process".into()))?;
     let user = process.user();
-    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    // The bundle's profile; a container created before profiles moved out of config.json
+    // still has it there.
+    let seccomp = match seccomp_filter(&layout, id)? {
+        Some(f) => Some(f),
+        None => match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            Some(profile) => Some(
+                Filter::cached(&layout.seccomp_cache(), profile)
+                    .map_err(|e| ShimError::Runtime(e.to_string()))?,
+            ),
+            None => None,
+        },
+    };
     enter_user_namespace(&layout, id)?;
 
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())

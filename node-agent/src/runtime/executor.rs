@@ -1,5 +1,7 @@
 //! What runs in the container's init process once `libcontainer` has set it up (namespaces,
-//! cgroups, rootfs, capabilities, seccomp, environment and working directory are in place).
+//! cgroups, rootfs, capabilities, environment and working directory are in place): it
+//! installs the container's seccomp program (see [`super::seccomp_filter`]), then runs the
+//! command.
 //!
 //! The shim blocks the signals it handles before `libcontainer` clones, so the container's
 //! init starts with them blocked, and with SIGPIPE ignored (the Rust runtime's doing). The
@@ -13,6 +15,7 @@
 //!   if signal `n` killed it), like tini or `docker --init`. A PID 1 that installs no handler
 //!   ignores SIGTERM; the command, as PID 2, does not.
 
+use super::seccomp_filter::Filter;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawnp};
@@ -52,6 +55,17 @@ pub(crate) fn handled_signals() -> SigSet {
 pub(crate) struct ShimExecutor {
     /// Run the minimal init as PID 1.
     pub init: bool,
+    /// The container's seccomp program, installed last, before the command or the init runs.
+    pub seccomp: Option<Filter>,
+}
+
+/// Installs `filter` on the calling process, if there is one (no-new-privileges is set by
+/// now: `libcontainer` sets it first when the spec asks, and every spec of ours does).
+pub(crate) fn install(filter: Option<&Filter>) -> Result<(), ExecutorError> {
+    match filter {
+        Some(f) => f.install().map_err(|e| ExecutorError::Other(e.to_string())),
+        None => Ok(()),
+    }
 }
 
 fn args(spec: &Spec) -> Result<&[String], ExecutorError> {
@@ -66,6 +80,7 @@ fn args(spec: &Spec) -> Result<&[String], ExecutorError> {
 impl Executor for ShimExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         let args = args(spec)?;
+        install(self.seccomp.as_ref())?;
         if self.init {
             run_init(args)
         }

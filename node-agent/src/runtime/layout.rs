@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 ///
 /// ```text
 /// <root>/youki/<id>/              libcontainer's own state (created and removed by the shim)
+/// <root>/seccomp/<sha256>.bpf      seccomp profiles compiled (see `super::seccomp_filter`)
 /// <root>/containers/<id>/         the bundle, owned by the agent:
-///     config.json                 the OCI runtime spec
+///     config.json                 the OCI runtime spec (without its seccomp profile)
+///     seccomp.json                the container's seccomp profile (OCI `linux.seccomp`)
 ///     container.log               the container's stdout and stderr
 ///     shim.log                    the shim's own messages
 ///     shim.pid                    the shim's pid (written by the agent and the shim)
@@ -61,6 +63,17 @@ impl Layout {
     /// The OCI runtime spec of one container.
     pub fn config_file(&self, id: &str) -> PathBuf {
         self.bundle(id).join("config.json")
+    }
+
+    /// The seccomp profile of one container (installed by the shim's executor, not by
+    /// `libcontainer`: see [`super::seccomp_filter`]).
+    pub fn seccomp_file(&self, id: &str) -> PathBuf {
+        self.bundle(id).join("seccomp.json")
+    }
+
+    /// Where compiled seccomp programs are kept.
+    pub fn seccomp_cache(&self) -> PathBuf {
+        self.root.join("seccomp")
     }
 
     /// The container's stdout and stderr.

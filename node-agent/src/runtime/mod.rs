@@ -25,6 +25,7 @@ mod executor;
 pub mod layout;
 pub mod log;
 pub mod seccomp;
+pub mod seccomp_filter;
 pub mod shim;
 pub mod spec;
 pub mod userns;

@@ -5,7 +5,8 @@
 //! `AF_VSOCK`, the harmless `personality` values, the architecture-specific calls, `clone`
 //! without namespace flags, `clone3` answered with `ENOSYS` (so libcs fall back to `clone`,
 //! whose flags can be checked), and the calls that the granted capabilities make meaningful.
-//! Names this kernel or libseccomp does not know are skipped by `libcontainer`.
+//! Names this kernel or libseccomp does not know are skipped when it is compiled
+//! ([`super::seccomp_filter`]).
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
@@ -491,15 +492,14 @@ pub fn default_profile(capabilities: &HashSet<Capability>) -> Result<LinuxSeccom
             "unshare",
         ])?);
     } else {
-        // clone(flags, …): allowed when (flags & CLONE_NAMESPACE_FLAGS) == 0. libcontainer
-        // 0.7 hands `valueTwo` to libseccomp as the mask and `value` as the expected value
-        // (the reverse of runc), so the mask goes in `valueTwo` here.
+        // clone(flags, …): allowed when (flags & CLONE_NAMESPACE_FLAGS) == 0 (the mask is the
+        // value, the expected value `valueTwo`, as in Docker's profile and runc).
         syscalls.push(allow_if(
             "clone",
             0,
             LinuxSeccompOperator::ScmpCmpMaskedEq,
-            0,
-            Some(CLONE_NAMESPACE_FLAGS),
+            CLONE_NAMESPACE_FLAGS,
+            Some(0),
         )?);
         syscalls.push(
             LinuxSyscallBuilder::default()

@@ -17,6 +17,7 @@ use super::cgroup;
 use super::executor::{FORWARDED, ShimExecutor, handled_signals};
 use super::layout::{ExitRecord, Layout};
 use super::log::{LOG_CAP_ANNOTATION, LogWriter};
+use super::seccomp_filter::Filter;
 use super::spec::wants_init;
 use crate::fsutil::{error_chain, now_ms, write_atomic};
 use crate::ids::validate_id;
@@ -29,7 +30,7 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -320,6 +321,7 @@ fn create_and_start(
         .map_err(rt_err("libcontainer root"))?
         .with_executor(ShimExecutor {
             init: wants_init(spec),
+            seccomp: seccomp_filter(layout, id)?,
         })
         .with_stdout(write_end)
         .with_stderr(write_err)
@@ -337,6 +339,21 @@ fn create_and_start(
         .start()
         .map_err(rt_err("starting the container"))?;
     Ok((container, read_end))
+}
+
+/// The compiled seccomp program of container `id`, if its bundle has a profile.
+pub(crate) fn seccomp_filter(layout: &Layout, id: &str) -> Result<Option<Filter>, ShimError> {
+    let file = layout.seccomp_file(id);
+    let json = match std::fs::read(&file) {
+        Ok(json) => json,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(format!("reading {}", file.display()))(e)),
+    };
+    let profile: LinuxSeccomp = serde_json::from_slice(&json)
+        .map_err(|e| ShimError::Runtime(format!("reading {}: {e}", file.display())))?;
+    Filter::cached(&layout.seccomp_cache(), &profile)
+        .map(Some)
+        .map_err(|e| ShimError::Runtime(e.to_string()))
 }
 
 /// Sends `signal` through `libcontainer` (to the init, or to every process with `all`).

@@ -154,7 +154,7 @@ fn current_map(path: &Path) -> Result<Option<String>, ShimError> {
 }
 
 /// Makes a network namespace owned by the user namespace pinned at `userns` and pins it at
-/// `path` (an empty file or none). Processes in it may bind any port (as in Docker, the
+/// `path` (an empty file or none), with `lo` up. Processes in it may bind any port (as in Docker, the
 /// namespace's `ip_unprivileged_port_start` is 0): a container user other than root may serve
 /// on port 80 of its own address.
 pub fn create_netns_in(userns: &Path, path: &Path) -> Result<(), ShimError> {
@@ -176,6 +176,7 @@ pub fn create_netns_in(userns: &Path, path: &Path) -> Result<(), ShimError> {
     // This process is root on the host and single-threaded: it may enter the new namespace.
     let ns = std::fs::File::open(path).map_err(io(format!("opening {}", path.display())))?;
     setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(rt("entering the network namespace"))?;
+    crate::network::netns::loopback_up().map_err(rt("setting lo up"))?;
     std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
         .map_err(io("opening low ports to the namespace's users".into()))
 }

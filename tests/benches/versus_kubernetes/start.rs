@@ -27,6 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use univrs_api::{Node, Workload};
 use univrs_node_agent::demo_image::DEMO_REFERENCE;
+use univrs_node_agent::runtime::cgroup;
 use univrs_tests::bench::containers::{
     ApiCreds, DemoImage, RawShim, Timed, WAIT, Watched, pod_progress, ready_node, start_agent,
     workload_once,
@@ -179,6 +180,24 @@ async fn pod_once(
 /// Runs the part and prints its table; returns kubelet's create → Running p50 over Univrs's.
 pub fn run(bin: &Path, runs: usize) -> f64 {
     let runs = runs.max(2);
+    // A machine setting the agent turns on (see `cgroup::favor_dynamic_changes`); it acts on
+    // every cgroup migration, runc's too, so it is on before either side runs.
+    let favor = cgroup::favor_dynamic_changes();
+    let favoring = match &favor {
+        Ok(cgroup::Favoring::AlreadyOn) => "on (already)".to_string(),
+        Ok(cgroup::Favoring::Mounted(at)) => format!("on (mounted at {})", at.display()),
+        Err(e) => format!("off ({e})"),
+    };
+    // Taken along at the end (no agent is left by then), as the last agent's reset does.
+    struct Unfavor(bool);
+    impl Drop for Unfavor {
+        fn drop(&mut self) {
+            if self.0 {
+                let _ = cgroup::release_favor(Path::new("/nonexistent"));
+            }
+        }
+    }
+    let _unfavor = Unfavor(matches!(favor, Ok(cgroup::Favoring::Mounted(_))));
     let scratch = Scratch(PathBuf::from(format!("/tmp/vks-{}", std::process::id())));
     let dir = scratch.0.clone();
     std::fs::create_dir_all(dir.join("ctr-logs")).unwrap();
@@ -248,9 +267,11 @@ pub fn run(bin: &Path, runs: usize) -> f64 {
     let settings = format!(
         "{DEMO_REFERENCE} (busybox httpd), 250m CPU / 64 MiB limits, no probe; {} runs each, a \
          Pod then a Workload in turn, the first of each shown apart; one control plane for both \
-         (kube-scheduler, `univrs controller`); cgroup v1, driver cgroupfs on both sides; {}; {}; \
-         {}; runc {}; Univrs: `univrs agent` and `univrs shim` (youki's libcontainer), {}",
+         (kube-scheduler, `univrs controller`); cgroup v1, driver cgroupfs on both sides, \
+         favordynmods {}; {}; {}; {}; runc {}; Univrs: `univrs agent` and `univrs shim` (youki's \
+         libcontainer), {}",
         runs,
+        favoring,
         first_line(Command::new(bins.join("kubelet")).arg("--version")),
         first_line(Command::new("containerd").arg("--version")),
         "containerd's CRI plugin, CNI bridge + host-local + portmap, kube-proxy (iptables)",

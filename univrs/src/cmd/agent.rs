@@ -107,6 +107,7 @@ pub fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
                 })?,
         },
         user_namespace_base: args.user_namespace_base,
+        favor_dynmods: args.favor_dynmods,
         pod_cidr: args
             .pod_cidr
             .map(|c| {
