@@ -267,6 +267,8 @@ struct Traces {
 
 fn traces_of(cni: &Cni, attachment: &Attachment) -> Traces {
     let id = &attachment.container_id;
+    // The plugins know it by this id (its own, or the spare's it took).
+    let cni_id = &attachment.cni_id;
     assert!(netns::is_mounted(&attachment.netns), "{id}: netns mounted");
     assert!(
         mountinfo().contains(&attachment.netns.to_string_lossy().to_string()),
@@ -274,11 +276,11 @@ fn traces_of(cni: &Cni, attachment: &Attachment) -> Traces {
     );
     let veth = attachment.host_veth.as_deref().expect("a host veth");
     assert!(link_exists(veth), "{id}: {veth} exists");
-    let chains = chains_of(cni, id);
+    let chains = chains_of(cni, cni_id);
     // Portmap's chain with host ports (the agent masquerades the whole subnet itself).
     let expected = usize::from(!attachment.ports.is_empty());
     assert_eq!(chains.len(), expected, "{id}: chains {chains:?}");
-    assert_eq!(leases_of(cni, id).len(), 1, "{id}: one lease");
+    assert_eq!(leases_of(cni, cni_id).len(), 1, "{id}: one lease");
     Traces {
         attachment: attachment.clone(),
         chains,
@@ -288,13 +290,14 @@ fn traces_of(cni: &Cni, attachment: &Attachment) -> Traces {
 /// After teardown: no namespace file or mount, no rule or chain, no lease, no veth.
 fn assert_gone(cni: &Cni, t: &Traces) {
     let id = &t.attachment.container_id;
+    let cni_id = &t.attachment.cni_id;
     assert!(!t.attachment.netns.exists(), "{id}: netns file removed");
     assert!(
         !mountinfo().contains(&t.attachment.netns.to_string_lossy().to_string()),
         "{id}: netns unmounted"
     );
     let save = iptables_save();
-    let tag = rule_tag(cni, id);
+    let tag = rule_tag(cni, cni_id);
     assert!(
         !save.lines().any(|l| l.contains(&tag)),
         "{id}: no rule tagged {tag} left"
@@ -305,7 +308,7 @@ fn assert_gone(cni: &Cni, t: &Traces) {
             "{id}: chain {chain} removed"
         );
     }
-    assert!(leases_of(cni, id).is_empty(), "{id}: lease released");
+    assert!(leases_of(cni, cni_id).is_empty(), "{id}: lease released");
     for ip in &t.attachment.ips {
         let lease = cni
             .ipam_dir()
@@ -643,7 +646,7 @@ fn two_agents_run_side_by_side_without_collision() {
     one.rt.delete("web-0").unwrap();
     one.cni.teardown("web-0").unwrap();
     assert_gone(&one.cni, &t1);
-    assert_eq!(chains_of(&two.cni, "web-0"), t2.chains);
+    assert_eq!(chains_of(&two.cni, &a2.cni_id), t2.chains);
     wait_for_page(SocketAddr::from(([127, 0, 0, 1], p2)), "agent two");
     two.rt.delete("web-0").unwrap();
     two.cni.teardown("web-0").unwrap();
@@ -989,21 +992,33 @@ fn namespace_inode(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().ino()
 }
 
-#[test]
-fn a_namespace_made_ahead_is_taken_by_the_next_setup_and_goes_with_the_network() {
-    let net = TestNet::new();
-    let spare = net.cni.netns_dir().join(".spare");
-    let wait_for_spare = || {
-        let t = Instant::now();
-        while !mountinfo().contains(&spare.to_string_lossy().to_string()) {
-            assert!(t.elapsed() < Duration::from_secs(10), "no spare namespace");
-            std::thread::sleep(Duration::from_millis(20));
+/// The spare attachment's namespace inode, once a finished spare is there.
+fn wait_for_spare(cni: &Cni) -> u64 {
+    let netns = cni.netns_dir().join(".spare");
+    let record = cni.attachments_dir().join(".spare.json");
+    let t = Instant::now();
+    loop {
+        let complete = std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|r| r["complete"] == true);
+        if complete && netns::is_mounted(&netns) {
+            return namespace_inode(&netns);
         }
-        namespace_inode(&spare)
-    };
+        assert!(t.elapsed() < Duration::from_secs(10), "no spare attachment");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_attachment_made_ahead_is_taken_by_the_next_setup_and_goes_with_the_network() {
+    let net = TestNet::new();
     let first = net.cni.setup("first", "tenant", &[]).unwrap();
-    // Made a moment after the set-up, for the next one.
-    let ahead = wait_for_spare();
+    assert_eq!(first.cni_id, "first", "no spare before the first set-up");
+    let first_traces = traces_of(&net.cni, &first);
+
+    // Made a moment after the set-up, for the next one: a namespace already wired.
+    let ahead = wait_for_spare(&net.cni);
     assert_ne!(ahead, namespace_inode(&first.netns));
     let second = net.cni.setup("second", "tenant", &[]).unwrap();
     assert_eq!(
@@ -1012,10 +1027,19 @@ fn a_namespace_made_ahead_is_taken_by_the_next_setup_and_goes_with_the_network()
         "the second container got the namespace made ahead"
     );
     assert!(
-        !Path::new(&spare).exists() || namespace_inode(&spare) != ahead,
-        "and it is no longer the spare"
+        second.cni_id.starts_with("spare-"),
+        "the plugins know it by the spare's id: {}",
+        second.cni_id
     );
-    // It is set up as a new one is: lo up, eth0 with the container's address.
+    assert!(
+        net.cni
+            .list()
+            .unwrap()
+            .iter()
+            .all(|a| a.container_id != ".spare")
+    );
+    // It is what a set-up makes: lo up, eth0 with the container's address, its lease, and
+    // the plugins' CHECK passes at its new path.
     let out = Command::new("nsenter")
         .arg(format!("--net={}", second.netns.display()))
         .args(["ip", "-o", "addr", "show"])
@@ -1025,17 +1049,75 @@ fn a_namespace_made_ahead_is_taken_by_the_next_setup_and_goes_with_the_network()
     assert!(text.contains("lo    inet 127.0.0.1/8"), "{text}");
     let ip = second.ipv4().unwrap();
     assert!(text.contains(&format!("eth0    inet {ip}/")), "{text}");
+    assert_ne!(Some(ip), first.ipv4());
+    let second_traces = traces_of(&net.cni, &second);
+    assert_eq!(net.cni.check("second").unwrap(), second);
 
-    net.cni.teardown("first").unwrap();
-    net.cni.teardown("second").unwrap();
-    wait_for_spare();
-    net.cni.remove_bridge().unwrap();
+    // With host ports, portmap runs on the spare's result; the page answers on the port.
+    wait_for_spare(&net.cni);
+    let port = free_port();
+    let third = net
+        .cni
+        .setup("third", "tenant", &[PortMapping::tcp(port, 8080)])
+        .unwrap();
+    assert!(third.cni_id.starts_with("spare-"), "{}", third.cni_id);
+    assert_ne!(third.cni_id, second.cni_id);
+    let third_traces = traces_of(&net.cni, &third);
+    net.start(&third, &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    wait_for_page(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "hello from univrs",
+    );
+    assert_eq!(net.cni.check("third").unwrap(), third);
+
+    // A restarted agent takes the spare the last one made.
+    wait_for_spare(&net.cni);
+    let mut config = CniConfig::new(&net.agent, net.cni.state_dir());
+    config.subnet = Some(net.cni.subnet());
+    let again = Cni::new(config).unwrap();
+    let fourth = again.setup("fourth", "tenant", &[]).unwrap();
+    assert!(fourth.cni_id.starts_with("spare-"), "{}", fourth.cni_id);
+    let fourth_traces = traces_of(&again, &fourth);
+
+    // A spare whose namespace went (a reboot) is torn down, lease and all, not taken.
+    wait_for_spare(&again);
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(again.attachments_dir().join(".spare.json")).unwrap(),
+    )
+    .unwrap();
+    let lost = record["container_id"].as_str().unwrap().to_string();
+    assert_eq!(leases_of(&again, &lost).len(), 1);
+    netns::remove(&again.netns_dir().join(".spare")).unwrap();
+    let fifth = again.setup("fifth", "tenant", &[]).unwrap();
+    assert_eq!(fifth.cni_id, "fifth", "made anew");
     assert!(
-        !mountinfo().contains(&net.cni.netns_dir().to_string_lossy().to_string()),
+        leases_of(&again, &lost).is_empty(),
+        "the lost spare's lease released"
+    );
+    let fifth_traces = traces_of(&again, &fifth);
+
+    net.rt.delete("third").unwrap();
+    for (id, traces) in [
+        ("first", &first_traces),
+        ("second", &second_traces),
+        ("third", &third_traces),
+        ("fourth", &fourth_traces),
+        ("fifth", &fifth_traces),
+    ] {
+        again.teardown(id).unwrap();
+        assert_gone(&again, traces);
+    }
+    wait_for_spare(&again);
+    again.remove_bridge().unwrap();
+    assert!(
+        !mountinfo().contains(&again.netns_dir().to_string_lossy().to_string()),
         "no namespace is left pinned: {}",
         mountinfo()
     );
+    let leases = again.ipam_dir().join(again.network_name());
+    assert!(!leases.exists(), "no lease is left");
     // Removing the network stops spares for good (until the next set-up).
     std::thread::sleep(Duration::from_millis(400));
-    assert!(!spare.exists());
+    assert!(!again.netns_dir().join(".spare").exists());
+    assert!(!again.attachments_dir().join(".spare.json").exists());
 }

@@ -99,6 +99,10 @@ pub struct IpAssignment {
 pub struct Attachment {
     /// The container id.
     pub container_id: String,
+    /// The id the plugins know the attachment by (`CNI_CONTAINERID`: host-local's lease and
+    /// the plugins' iptables comments name it): the container id, or the id of the spare
+    /// attachment the container took.
+    pub cni_id: String,
     /// The network namespace to give the container (`ContainerConfig::netns`).
     pub netns: PathBuf,
     /// The interface inside the namespace (`eth0`).
@@ -141,6 +145,11 @@ pub(crate) struct NetworkState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Record {
     pub container_id: String,
+    /// The id the plugins know the attachment by (`CNI_CONTAINERID`: host-local's lease, the
+    /// plugins' iptables comments), when it is not `container_id`: an attachment made ahead
+    /// of time under its own id and then given to the container (see `spare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_id: Option<String>,
     /// The policy group (the Workload's namespace): containers reach those of their group.
     #[serde(default)]
     pub group: String,
@@ -157,6 +166,11 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// The id the plugins know the attachment by.
+    pub fn cni_id(&self) -> &str {
+        self.cni_id.as_deref().unwrap_or(&self.container_id)
+    }
+
     /// Reads the record at `path`; `None` if there is none.
     pub fn load(path: &Path) -> Result<Option<Record>, NetworkError> {
         let bytes = match std::fs::read(path) {
@@ -189,6 +203,7 @@ impl Record {
     pub fn attachment(&self, ifname: &str) -> Attachment {
         let mut out = Attachment {
             container_id: self.container_id.clone(),
+            cni_id: self.cni_id().to_string(),
             netns: self.netns.clone(),
             interface: ifname.to_string(),
             mac: None,
@@ -284,6 +299,7 @@ mod tests {
         });
         let record = Record {
             container_id: "c1".into(),
+            cni_id: None,
             group: "school".into(),
             netns: "/x/netns/c1".into(),
             ports: vec![PortMapping::tcp(8080, 80)],

@@ -62,6 +62,7 @@ mod iptables;
 pub mod netns;
 mod plugin;
 pub mod policy;
+mod spare;
 pub mod subnet;
 
 pub use attachment::{Attachment, IpAssignment, PortMapping, Protocol};
@@ -204,16 +205,11 @@ struct Inner {
     /// last one reflects every attachment); holds the containers being torn down, which no
     /// rebuild puts back (their addresses are about to be released, maybe to another group).
     policy: Mutex<HashSet<String>>,
-    /// Held while the spare namespace is taken, made or removed; true once the network is
-    /// being removed (no spare is made after that, until the next set-up).
+    /// The spare lock (see `spare::SpareGuard`).
     spare: Mutex<bool>,
-    /// Whether a thread is about to make the spare namespace.
+    /// Whether a thread is about to make the spare attachment.
     making_spare: std::sync::atomic::AtomicBool,
 }
-
-/// How long after a set-up the next spare namespace is made: out of the way of the start that
-/// took the last one (its shim and plugins are still busy then).
-const SPARE_AFTER: Duration = Duration::from_millis(200);
 
 /// A policy rebuild under way (see [`Cni::begin_setup`]).
 #[derive(Debug)]
@@ -396,11 +392,6 @@ impl Cni {
         self.inner.state_dir.join("ipam")
     }
 
-    /// Where the namespace made ahead of time is pinned (no container id starts with a dot).
-    fn spare_path(&self) -> PathBuf {
-        self.netns_dir().join(".spare")
-    }
-
     /// Makes a network namespace pinned at `path`, owned as this network's containers need.
     fn make_namespace(&self, path: &Path) -> Result<(), netns::NetnsError> {
         match &self.inner.netns_owner {
@@ -409,64 +400,43 @@ impl Cni {
         }
     }
 
-    /// Pins a fresh namespace at `path`: the spare one made ahead of time when there is one
-    /// (two mount calls, where making one runs a helper process: 7 to 18 ms of every start on
-    /// a busy machine, before the container could be created), else a new one. Returns
-    /// whether the spare was taken; the next spare is made a moment after the set-up.
-    fn pin_namespace(&self, path: &Path) -> Result<bool, NetworkError> {
-        {
-            let mut closing = lock(&self.inner.spare);
-            *closing = false;
-            let spare = self.spare_path();
-            if netns::is_mounted(&spare) {
-                match netns::repin(&spare, path) {
-                    Ok(()) => return Ok(true),
-                    // Made anew below; the spare is dropped (a new one is made later).
-                    Err(e) => {
-                        tracing::warn!("taking the spare network namespace: {e}");
-                        let _ = netns::remove(&spare);
-                    }
-                }
-            }
-        }
-        self.make_namespace(path)?;
-        Ok(false)
+    /// The configuration list of `eth0` (with portmap when there are host ports).
+    fn main_list(&self, with_ports: bool) -> Value {
+        conflist::main_list(
+            &self.inner.network,
+            &self.inner.bridge,
+            &self.inner.subnet,
+            &self.ipam_dir(),
+            with_ports,
+        )
     }
 
-    /// Makes the next spare namespace on a thread of its own, [`SPARE_AFTER`] from now,
-    /// unless one is on its way; none once the network is being removed.
-    fn replenish_spare(&self) {
-        use std::sync::atomic::Ordering;
-        if self.inner.making_spare.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let cni = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("netns-spare".into())
-            .spawn(move || {
-                std::thread::sleep(SPARE_AFTER);
-                let closing = lock(&cni.inner.spare);
-                let spare = cni.spare_path();
-                if !*closing
-                    && !netns::is_mounted(&spare)
-                    && let Err(e) = cni.make_namespace(&spare)
-                {
-                    tracing::debug!("making a spare network namespace: {e}");
-                }
-                drop(closing);
-                cni.inner.making_spare.store(false, Ordering::Release);
-            });
-        if spawned.is_err() {
-            self.inner.making_spare.store(false, Ordering::Release);
-        }
-    }
-
-    /// Removes the spare namespace, and makes no other until the next set-up.
-    fn remove_spare(&self) -> Result<(), NetworkError> {
-        let mut closing = lock(&self.inner.spare);
-        *closing = true;
-        netns::remove(&self.spare_path())?;
-        Ok(())
+    /// A record for container `id` in the namespace to be pinned at `netns`, with a free
+    /// address. Called with the ports lock held; the caller saves it before anything is made,
+    /// so a teardown after a crash finds it all.
+    fn new_record(
+        &self,
+        id: &str,
+        group: &str,
+        ports: &[PortMapping],
+        netns: PathBuf,
+    ) -> Result<Record, NetworkError> {
+        Ok(Record {
+            container_id: id.to_string(),
+            cni_id: None,
+            group: group.to_string(),
+            netns,
+            ports: ports.to_vec(),
+            // `lo` is up already: the namespace is made so (see `netns::loopback_up`).
+            networks: vec![NetworkState {
+                ifname: CONTAINER_IFNAME.into(),
+                list: self.main_list(!ports.is_empty()),
+                result: None,
+            }],
+            address: Some(self.free_address()?),
+            complete: false,
+            created_ms: crate::fsutil::now_ms(),
+        })
     }
 
     /// What `plugin` of `list` gets on stdin for `record`'s container.
@@ -483,14 +453,16 @@ impl Cni {
 
     /// An address of the subnet that no container has or is about to get: neither leased by
     /// host-local (a file named by the address in its data directory) nor chosen by a setup
-    /// under way (its record). Called with the `ports` lock held, before the record is saved,
-    /// so two setups never choose the same one; host-local refuses a taken address anyway.
+    /// under way (its record, the spare's included). Called with the `ports` lock held, before
+    /// the record is saved, so two setups never choose the same one; host-local refuses a
+    /// taken address anyway.
     fn free_address(&self) -> Result<std::net::Ipv4Addr, NetworkError> {
         let mut taken: HashSet<std::net::Ipv4Addr> = self
             .records()?
             .iter()
             .filter_map(|r| r.address.or_else(|| r.attachment(CONTAINER_IFNAME).ipv4()))
             .collect();
+        taken.extend(self.spare_address()?);
         let leases = self.ipam_dir().join(&self.inner.network);
         match std::fs::read_dir(&leases) {
             Ok(entries) => taken.extend(
@@ -558,45 +530,40 @@ impl Cni {
         self.ensure_masquerade()?;
         let _busy = self.claim(id)?;
         let path = self.record_path(id);
-        let mut record = {
+        let t = std::time::Instant::now();
+        let (mut record, spare) = {
+            // The spare lock first: a spare being made holds it, then the ports lock.
+            let spare = self.lock_spare_for_setup();
             let _ports = lock(&self.inner.ports);
             if Record::load(&path)?.is_some() {
                 return Err(NetworkError::Exists(id.to_string()));
             }
             self.check_ports_free(ports)?;
-            let address = self.free_address()?;
-            let record = Record {
-                container_id: id.to_string(),
-                group: group.to_string(),
-                netns: self.netns_path(id),
-                ports: ports.to_vec(),
-                // `lo` is up already: the namespace is made so (see `netns::loopback_up`).
-                networks: vec![NetworkState {
-                    ifname: CONTAINER_IFNAME.into(),
-                    list: conflist::main_list(
-                        &self.inner.network,
-                        &self.inner.bridge,
-                        &self.inner.subnet,
-                        &self.ipam_dir(),
-                        !ports.is_empty(),
-                    ),
-                    result: None,
-                }],
-                address: Some(address),
-                complete: false,
-                created_ms: crate::fsutil::now_ms(),
-            };
-            // Recorded before anything is made, so a teardown after a crash finds it all.
-            record.save(&path)?;
-            record
+            match self.take_spare(&spare, id, group, ports, &path)? {
+                Some(record) => (record, true),
+                None => {
+                    let record = self.new_record(id, group, ports, self.netns_path(id))?;
+                    // Recorded before anything is made, so a teardown after a crash finds it.
+                    record.save(&path)?;
+                    (record, false)
+                }
+            }
         };
         // The address is known already: the policy that lets the container reach its group
         // is rebuilt while the plugins run, not after them.
         let policy = self.rebuild_policy();
         // How many plugins (in ADD order, across both lists) were started: a failed setup
-        // undoes exactly those.
-        let mut started = 0;
-        let added = self.add(&mut record, &path, &mut started, netns_made);
+        // undoes exactly those. The spare's bridge ran already.
+        let mut started = usize::from(spare);
+        let added = self.add(&mut record, &path, &mut started, || {
+            tracing::debug!(
+                container = %id,
+                spare,
+                ms = t.elapsed().as_secs_f64() * 1e3,
+                "network namespace made"
+            );
+            netns_made();
+        });
         self.replenish_spare();
         match added {
             Ok(()) => Ok((record.attachment(CONTAINER_IFNAME), policy)),
@@ -617,6 +584,9 @@ impl Cni {
         }
     }
 
+    /// Runs the plugins of `record` that `started` (in ADD order) does not count yet, saving
+    /// the record after each list. With none started, makes the namespace first; calls
+    /// `netns_made` once it exists.
     fn add(
         &self,
         record: &mut Record,
@@ -624,24 +594,26 @@ impl Cni {
         started: &mut usize,
         netns_made: impl FnOnce(),
     ) -> Result<(), NetworkError> {
-        let t = std::time::Instant::now();
-        let spare = self.pin_namespace(&record.netns)?;
-        tracing::debug!(
-            container = %record.container_id,
-            spare,
-            ms = t.elapsed().as_secs_f64() * 1e3,
-            "network namespace made"
-        );
+        if *started == 0 {
+            self.make_namespace(&record.netns)?;
+        }
         netns_made();
+        let mut done = *started;
         for i in 0..record.networks.len() {
             let net = &record.networks[i];
             let mut prev: Option<Value> = None;
             for plugin in conflist::plugins(&net.list) {
+                if done > 0 {
+                    // Added already: the list's result so far is the one recorded.
+                    done -= 1;
+                    prev = net.result.clone();
+                    continue;
+                }
                 let config = self.stdin(record, &net.list, plugin, prev.as_ref());
                 *started += 1;
                 prev = self.inner.plugins.run(&Call {
                     op: Op::Add,
-                    container_id: &record.container_id,
+                    container_id: record.cni_id(),
                     netns: Some(&record.netns),
                     ifname: &net.ifname,
                     config: &config,
@@ -749,7 +721,7 @@ impl Cni {
             let config = self.stdin(record, &net.list, plugin, net.result.as_ref());
             if let Err(e) = self.inner.plugins.run(&Call {
                 op: Op::Del,
-                container_id: &record.container_id,
+                container_id: record.cni_id(),
                 netns,
                 ifname: &net.ifname,
                 config: &config,
@@ -763,7 +735,7 @@ impl Cni {
         if let Some(e) = first_error {
             return Err(e);
         }
-        iptables::remove_leftovers(&self.inner.network, &record.container_id)?;
+        iptables::remove_leftovers(&self.inner.network, record.cni_id())?;
         netns::remove(&record.netns)?;
         match std::fs::remove_file(path) {
             Ok(()) => {}
@@ -859,7 +831,7 @@ impl Cni {
                 let config = self.stdin(&record, &net.list, plugin, net.result.as_ref());
                 self.inner.plugins.run(&Call {
                     op: Op::Check,
-                    container_id: id,
+                    container_id: record.cni_id(),
                     netns: Some(&record.netns),
                     ifname: &net.ifname,
                     config: &config,
@@ -897,7 +869,8 @@ impl Cni {
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter_map(|name| name.strip_suffix(".json").map(str::to_string))
-            .filter(|id| crate::ids::validate_id(id).is_ok())
+            // The spare is no container's (see `spare`).
+            .filter(|id| id != spare::SPARE && crate::ids::validate_id(id).is_ok())
             .collect();
         ids.sort();
         let mut records = Vec::with_capacity(ids.len());
