@@ -255,8 +255,11 @@ fn kubectl_apply_diff_scale_wait_label_patch_edit_and_delete() {
     ]);
 
     // edit, with an editor script that changes the replica count.
-    let dir = tempfile_dir();
-    let editor = dir.join("editor.sh");
+    let dir = tempfile::Builder::new()
+        .prefix("univrs-kubectl-")
+        .tempdir()
+        .unwrap();
+    let editor = dir.path().join("editor.sh");
     std::fs::write(
         &editor,
         "#!/bin/sh\nsed -i 's/replicas: 5/replicas: 3/' \"$1\"\n",
@@ -324,12 +327,6 @@ fn kubectl_apply_diff_scale_wait_label_patch_edit_and_delete() {
         "--for=delete",
         "--timeout=30s",
     ]);
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("univrs-kubectl-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

@@ -290,8 +290,11 @@ fn parse_unit(unit: &Path) -> BTreeMap<String, Vec<(String, String)>> {
 
 #[test]
 fn the_systemd_units_pass_systemd_analyze() {
-    let dir = std::env::temp_dir().join(format!("univrs-units-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("univrs-units-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
     let units = units();
     let names: Vec<String> = units
         .iter()
@@ -334,7 +337,7 @@ fn the_systemd_units_pass_systemd_analyze() {
     }
     eprintln!("| unit | systemd-analyze security exposure |\n|---|---|");
     for unit in &units {
-        let copy = unit_with_binary(unit, &dir);
+        let copy = unit_with_binary(unit, dir);
         let (ok, out, err) = run(Command::new("systemd-analyze").arg("verify").arg(&copy));
         assert!(
             ok && err.trim().is_empty(),

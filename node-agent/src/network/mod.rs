@@ -10,6 +10,11 @@
 //!   bridge as gateway) + `portmap` (host ports, from `runtimeConfig.portMappings`; only when
 //!   there are any) for `eth0`.
 //!
+//! A container usually gets no namespace of its own making: it takes the spare attachment
+//! ([`spare`]), a namespace made and wired by the same plugins a moment after the last
+//! set-up, so its start does not wait for them; then only portmap runs, when it has host
+//! ports.
+//!
 //! `lo` is set up by the agent itself where the namespace is made ([`netns::loopback_up`]),
 //! not by the loopback plugin: one process less on every start and teardown. Records of
 //! older set-ups still list the loopback plugin, and their teardown runs its DEL.
