@@ -848,6 +848,77 @@ fn a_created_container_runs_its_process_only_once_released() {
 }
 
 #[test]
+fn a_shim_spawned_ahead_waits_for_its_bundle_and_is_replaced_if_it_went() {
+    let rt = TestRuntime::new();
+    let grace = Duration::from_secs(10);
+    // Spawned before its bundle (as the agent does while it prepares the root filesystem):
+    // it runs and creates nothing until it is told the bundle is written.
+    let spawned = rt.client.spawn("early", grace).unwrap();
+    let mut shim = None;
+    within_5s("the waiting shim is up", || {
+        shim = rt.client.shim_pid("early");
+        shim.is_some()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(shim.unwrap()));
+    assert!(
+        !rt.client.layout().youki_dir("early").exists(),
+        "nothing created yet"
+    );
+    let cfg = rt.config("early", &sh("touch /ran-early; sleep 1000"));
+    let held = {
+        let _g = CGROUP_PARENTS.read();
+        rt.client.create_in(spawned, &cfg).unwrap()
+    };
+    let handle = rt.client.release(held).unwrap();
+    assert_eq!(
+        handle.shim_pid(),
+        shim.unwrap(),
+        "the shim spawned ahead runs it"
+    );
+    within_5s("its process runs", || rt.rootfs.join("ran-early").exists());
+    rt.client.delete("early").unwrap();
+
+    // One gone before its bundle was written (it waits two minutes at most) is replaced.
+    let spawned = rt.client.spawn("replaced", grace).unwrap();
+    let mut first = None;
+    within_5s("the waiting shim is up", || {
+        first = rt.client.shim_pid("replaced");
+        first.is_some()
+    });
+    let first = first.unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::SIGKILL).unwrap();
+    within_5s("it is gone", || !alive(first));
+    let cfg = rt.config("replaced", &sh("touch /ran-replaced; sleep 1000"));
+    let held = {
+        let _g = CGROUP_PARENTS.read();
+        rt.client.create_in(spawned, &cfg).unwrap()
+    };
+    let handle = rt.client.release(held).unwrap();
+    assert_ne!(handle.shim_pid(), first);
+    within_5s("its process runs", || {
+        rt.rootfs.join("ran-replaced").exists()
+    });
+    rt.client.delete("replaced").unwrap();
+
+    // One never given a bundle leaves nothing.
+    let spawned = rt.client.spawn("unused", grace).unwrap();
+    rt.client.abandon_spawned(spawned).unwrap();
+    assert!(!rt.client.layout().bundle("unused").exists());
+    assert!(matches!(
+        rt.client.state("unused"),
+        Err(RuntimeError::NotFound(_))
+    ));
+    // And one given the wrong container's bundle is refused.
+    let spawned = rt.client.spawn("mine", grace).unwrap();
+    assert!(matches!(
+        rt.client
+            .create_in(spawned, &rt.config("theirs", &["true"])),
+        Err(RuntimeError::Invalid(_))
+    ));
+}
+
+#[test]
 fn an_abandoned_container_never_runs_and_leaves_nothing() {
     let rt = TestRuntime::new();
     let (marker, held) = rt.hold("abandoned", "");

@@ -280,6 +280,19 @@ struct CniIp {
     interface: Option<usize>,
 }
 
+/// `result` with the namespace path `from` (each interface's `sandbox`) replaced by `to`.
+pub(crate) fn moved(mut result: Value, from: &Path, to: &Path) -> Value {
+    let (from, to) = (from.to_string_lossy(), to.to_string_lossy());
+    if let Some(interfaces) = result.get_mut("interfaces").and_then(Value::as_array_mut) {
+        for sandbox in interfaces.iter_mut().filter_map(|i| i.get_mut("sandbox")) {
+            if sandbox.as_str() == Some(from.as_ref()) {
+                *sandbox = Value::String(to.to_string());
+            }
+        }
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +352,26 @@ mod tests {
             ..PortMapping::tcp(5, 1)
         };
         assert!(validate_ports(&[PortMapping::tcp(5, 1), udp]).is_ok());
+    }
+
+    #[test]
+    fn a_moved_result_names_the_new_namespace_only_where_it_named_the_old() {
+        let result = serde_json::json!({
+            "interfaces": [
+                {"name": "univrs-1a2b3c4d"},
+                {"name": "veth1", "sandbox": ""},
+                {"name": "eth0", "sandbox": "/run/x/netns/.spare"}
+            ],
+            "ips": [{"interface": 2, "address": "10.89.3.2/24"}]
+        });
+        let out = moved(
+            result,
+            Path::new("/run/x/netns/.spare"),
+            Path::new("/run/x/netns/web-0"),
+        );
+        assert_eq!(out["interfaces"][2]["sandbox"], "/run/x/netns/web-0");
+        assert_eq!(out["interfaces"][1]["sandbox"], "");
+        assert!(out["interfaces"][0].get("sandbox").is_none());
+        assert_eq!(out["ips"][0]["address"], "10.89.3.2/24");
     }
 }
