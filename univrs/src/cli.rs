@@ -331,10 +331,6 @@ pub enum ShimCommand {
         /// once the container's network is up); anything else, or fd 3 closing, abandons it.
         #[arg(long)]
         gated: bool,
-        /// With --gated: read the bundle only after the byte `b` arrives on fd 3 (the agent
-        /// spawns the shim while it still prepares the root filesystem).
-        #[arg(long, requires = "gated")]
-        bundle_later: bool,
     },
     /// Run a command inside a running container, as the container runs (namespaces, cgroup,
     /// user, capabilities, seccomp); exit with its status.

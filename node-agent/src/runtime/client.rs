@@ -215,21 +215,6 @@ impl Drop for Created {
     }
 }
 
-/// A shim spawned before its container's bundle is written ([`RuntimeClient::spawn`]): it
-/// waits for [`RuntimeClient::create_in`]. Dropped, its gate closes and it exits.
-#[derive(Debug)]
-pub struct Spawned {
-    shim: Created,
-    grace: Duration,
-}
-
-impl Spawned {
-    /// The container id.
-    pub fn id(&self) -> &str {
-        self.shim.id()
-    }
-}
-
 /// Reaps `child` from a small thread, so no zombie is left.
 fn reap_later(id: &str, mut child: Child) {
     if let Ok(Some(_)) = child.try_wait() {
@@ -336,17 +321,8 @@ impl RuntimeClient {
         config: &ContainerConfig,
         grace: Duration,
     ) -> Result<Created, RuntimeError> {
+        let id = config.id.as_str();
         spec::validate(config)?;
-        let spawned = self.spawn(&config.id, grace)?;
-        self.create_in(spawned, config)
-    }
-
-    /// Makes container `id`'s bundle directory and spawns its shim, which waits until
-    /// [`RuntimeClient::create_in`] has written the bundle: the shim's own start is over
-    /// while the caller still prepares the root filesystem. Dropped, the shim exits;
-    /// [`RuntimeClient::abandon_spawned`] also removes the bundle directory.
-    pub fn spawn(&self, id: &str, grace: Duration) -> Result<Spawned, RuntimeError> {
-        validate_id(id).map_err(RuntimeError::Invalid)?;
         let socket = self.layout.youki_dir(id).join("notify.sock");
         if socket.as_os_str().len() > SUN_PATH_MAX {
             return Err(RuntimeError::Invalid(format!(
@@ -355,6 +331,8 @@ impl RuntimeClient {
                 socket.display()
             )));
         }
+        let spec = spec::build_spec(config, &self.cgroup_path(id))?;
+
         let dirs = [
             self.layout.root().to_path_buf(),
             self.layout.containers_dir(),
@@ -374,37 +352,9 @@ impl RuntimeClient {
             }
             Err(e) => return Err(io_err(format!("creating {}", bundle.display()))(e)),
         }
-        let shim = self.spawn_shim(id, grace, true);
-        Ok(Spawned {
-            shim: self.cleaned_up_on_error(id, shim)?,
-            grace,
-        })
-    }
 
-    /// Writes the bundle of `config` for the shim `spawned` for it, which then creates the
-    /// container and holds it before its process runs; returns at once (as
-    /// [`RuntimeClient::create`]). On failure the container is cleaned up.
-    pub fn create_in(
-        &self,
-        spawned: Spawned,
-        config: &ContainerConfig,
-    ) -> Result<Created, RuntimeError> {
-        let id = config.id.as_str();
-        if spawned.shim.id != id {
-            return Err(RuntimeError::Invalid(format!(
-                "container {id} was given the shim spawned for {}",
-                spawned.shim.id
-            )));
-        }
-        let created = self
-            .write_bundle(config)
-            .and_then(|()| self.hand_bundle(spawned));
-        self.cleaned_up_on_error(id, created)
-    }
-
-    /// Removes a spawned shim that was never given its bundle, and its bundle directory.
-    pub fn abandon_spawned(&self, spawned: Spawned) -> Result<(), RuntimeError> {
-        self.abandon(spawned.shim)
+        let spawned = self.spawn_shim(id, &spec, grace);
+        self.cleaned_up_on_error(id, spawned)
     }
 
     /// `result`, having deleted container `id` first if it is an error (a failed start leaves
@@ -456,13 +406,15 @@ impl RuntimeClient {
         self.delete(&created.id)
     }
 
-    /// Writes `config`'s bundle: config.json, and the seccomp profile beside it.
-    fn write_bundle(&self, config: &ContainerConfig) -> Result<(), RuntimeError> {
-        let id = config.id.as_str();
-        spec::validate(config)?;
-        let mut spec = spec::build_spec(config, &self.cgroup_path(id))?;
+    fn spawn_shim(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+        grace: Duration,
+    ) -> Result<Created, RuntimeError> {
         // The seccomp profile goes beside config.json: the shim's executor installs it,
         // compiled once (see `seccomp_filter`), where libcontainer would compile it per start.
+        let mut spec = spec.clone();
         let profile = spec
             .linux_mut()
             .as_mut()
@@ -475,36 +427,9 @@ impl RuntimeClient {
             std::fs::write(&file, json).map_err(io_err(format!("writing {}", file.display())))?;
         }
         let config_file = self.layout.config_file(id);
-        spec.save(&config_file)
-            .map_err(|e| RuntimeError::Invalid(format!("writing {}: {e}", config_file.display())))
-    }
-
-    /// Tells a spawned shim that its bundle is written. One that gave up waiting meanwhile
-    /// (`GATE_TIMEOUT`: a pull took that long) is replaced by a fresh shim.
-    fn hand_bundle(&self, spawned: Spawned) -> Result<Created, RuntimeError> {
-        let Spawned { mut shim, grace } = spawned;
-        let told = shim
-            .gate
-            .as_ref()
-            .map(|gate| nix::unistd::write(gate, b"b"));
-        if let Some(Ok(1)) = told {
-            return Ok(shim);
-        }
-        let mut child = shim.take_child();
-        let _ = kill(Pid::from_raw(shim.shim_pid), Signal::SIGKILL);
-        let _ = child.wait();
-        let id = shim.id.clone();
-        drop(shim);
-        self.spawn_shim(&id, grace, false)
-    }
-
-    /// Spawns the shim of bundle `id` (`bundle_later`: before the bundle is written).
-    fn spawn_shim(
-        &self,
-        id: &str,
-        grace: Duration,
-        bundle_later: bool,
-    ) -> Result<Created, RuntimeError> {
+        spec.save(&config_file).map_err(|e| {
+            RuntimeError::Invalid(format!("writing {}: {e}", config_file.display()))
+        })?;
         let shim_log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -523,7 +448,6 @@ impl RuntimeClient {
         cmd.arg("--grace")
             .arg(format!("{}ms", grace.as_millis()))
             .arg("--gated")
-            .args(bundle_later.then_some("--bundle-later"))
             .stdout(shim_log)
             .stderr(shim_log_err)
             // Its own process group: signals for the agent's group do not reach it.

@@ -30,6 +30,6 @@ pub mod shim;
 pub mod spec;
 pub mod userns;
 
-pub use client::{ContainerState, Created, RuntimeClient, RuntimeError, ShimHandle, Spawned};
+pub use client::{ContainerState, Created, RuntimeClient, RuntimeError, ShimHandle};
 pub use layout::{ExitRecord, Layout};
 pub use spec::ContainerConfig;

@@ -49,10 +49,6 @@ pub struct ShimArgs {
     /// Hold the created container until the agent says go on the gate, fd [`GATE_FD`] (see
     /// [`wait_at_gate`]).
     pub gated: bool,
-    /// With `gated`: read the bundle only once the gate says it is written (the byte `b`).
-    /// The agent spawns the shim while it still prepares the root filesystem, so the shim's
-    /// own start (an exec of this binary, about 3 ms of CPU) is off the container's path.
-    pub bundle_later: bool,
 }
 
 /// The descriptor a gated shim reads its go-ahead from (the agent's pipe, made fd 3).
@@ -117,12 +113,6 @@ pub fn run_shim(args: &ShimArgs) -> Result<(), ShimError> {
         std::process::id().to_string().as_bytes(),
     )
     .map_err(io_err("writing shim.pid"))?;
-    if args.bundle_later {
-        let gate = gate
-            .as_ref()
-            .ok_or_else(|| ShimError::Runtime("--bundle-later needs --gated".into()))?;
-        wait_at_gate(gate, b'b', "its bundle was written")?;
-    }
 
     let spec = Spec::load(layout.config_file(id)).map_err(rt_err("loading config.json"))?;
     let cgroup_path = spec
@@ -265,16 +255,15 @@ fn take_gate() -> Result<OwnedFd, ShimError> {
     Ok(gate)
 }
 
-/// Waits at the gate for the agent's byte `go`: `b` once the bundle is written (with
-/// `--bundle-later`), then `1` to let the container's process run. Anything else, the agent
-/// closing its end (it gave up on the start, or died), or [`GATE_TIMEOUT`] abandons the
-/// start (`before` says at which point), and a container made already is deleted before it
-/// ran a thing. This is what lets the agent create a container while its network is still
-/// being set up, and still never run a process without its network.
-fn wait_at_gate(gate: &OwnedFd, go: u8, before: &str) -> Result<(), ShimError> {
+/// Waits at the gate for the agent's go-ahead: the byte `1` lets the container's process run.
+/// Anything else, the agent closing its end (it gave up on the start, or died), or
+/// [`GATE_TIMEOUT`] abandons the start, and the container is deleted before it ran a thing.
+/// This is what lets the agent create a container while its network is still being set up,
+/// and still never run a process without its network.
+fn wait_at_gate(gate: OwnedFd) -> Result<(), ShimError> {
     let abandoned = |why: String| {
         ShimError::Runtime(format!(
-            "the agent abandoned the start before {before}: {why}"
+            "the agent abandoned the start before the container ran: {why}"
         ))
     };
     let deadline = Instant::now() + GATE_TIMEOUT;
@@ -295,7 +284,7 @@ fn wait_at_gate(gate: &OwnedFd, go: u8, before: &str) -> Result<(), ShimError> {
     }
     let mut byte = [0u8; 1];
     match nix::unistd::read(gate.as_fd(), &mut byte) {
-        Ok(1) if byte[0] == go => Ok(()),
+        Ok(1) if byte[0] == b'1' => Ok(()),
         Ok(1) => Err(abandoned(format!("it said {:?}", byte[0] as char))),
         Ok(_) => Err(abandoned("it closed the gate".into())),
         Err(e) => Err(abandoned(format!("reading the gate: {e}"))),
@@ -344,7 +333,7 @@ fn create_and_start(
         .build()
         .map_err(rt_err("creating the container"))?;
     if let Some(gate) = gate {
-        wait_at_gate(&gate, b'1', "the container ran")?;
+        wait_at_gate(gate)?;
     }
     container
         .start()

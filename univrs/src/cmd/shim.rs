@@ -24,14 +24,12 @@ pub fn run(command: ShimCommand) -> anyhow::Result<()> {
             id,
             grace,
             gated,
-            bundle_later,
         } => {
             run_shim(&ShimArgs {
                 root,
                 id,
                 grace,
                 gated,
-                bundle_later,
             })?;
         }
         ShimCommand::Exec {

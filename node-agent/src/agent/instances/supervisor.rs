@@ -15,7 +15,7 @@ use crate::image::DockerConfig;
 use crate::network::PolicyJob;
 use crate::runtime::spec::UserNamespace;
 use crate::runtime::{
-    ContainerConfig, ContainerState, Created, ExitRecord, RuntimeClient, RuntimeError, Spawned,
+    ContainerConfig, ContainerState, Created, ExitRecord, RuntimeClient, RuntimeError,
 };
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -173,49 +173,6 @@ struct Supervisor {
 }
 
 /// Runs a blocking runtime call on a blocking thread.
-/// A container's shim, spawned as its start begins ([`RuntimeClient::spawn`]): taken for the
-/// container, or abandoned with its bundle directory when the start fails first. (Dropped
-/// otherwise, it exits on its own and the next start of the container removes its bundle.)
-struct EarlyShim {
-    rt: RuntimeClient,
-    task: tokio::task::JoinHandle<Result<Spawned, RuntimeError>>,
-}
-
-impl EarlyShim {
-    /// Spawns container `id`'s shim on a blocking thread.
-    fn spawn(rt: &RuntimeClient, id: &str, grace: Duration) -> Self {
-        let (runtime, id) = (rt.clone(), id.to_string());
-        let task = tokio::task::spawn_blocking(move || {
-            // A leftover bundle of an earlier run would make the start fail.
-            runtime.delete(&id)?;
-            runtime.spawn(&id, grace)
-        });
-        Self {
-            rt: rt.clone(),
-            task,
-        }
-    }
-
-    /// The spawned shim, once spawned.
-    async fn take(self) -> Result<Spawned, String> {
-        match self.task.await {
-            Ok(spawned) => spawned.map_err(|e| e.to_string()),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
-
-    /// Removes the shim and its bundle directory: the start failed before it was needed.
-    async fn abandon(self) {
-        let rt = self.rt.clone();
-        if let Ok(spawned) = self.take().await {
-            let id = spawned.id().to_string();
-            if let Err(e) = blocking(move || rt.abandon_spawned(spawned)).await {
-                tracing::warn!(container = %id, "removing a shim never used: {e}");
-            }
-        }
-    }
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(f).await {
         Ok(v) => v,
@@ -571,9 +528,6 @@ impl Supervisor {
         }
         let cid = container_id(&rec.placement.id, &c.name);
         let t = Instant::now();
-        // The shim starts now, while the image and root filesystem are made ready: its own
-        // start (an exec, about 3 ms of CPU) is then off the path. It waits for its bundle.
-        let early = EarlyShim::spawn(&self.deps.runtime, &cid, grace(spec));
         let image = match self.runs.get(&c.name).and_then(|r| r.image.clone()) {
             Some(i) => i,
             None => {
@@ -620,7 +574,6 @@ impl Supervisor {
                     }
                     Err(e) => {
                         let msg = format!("pulling image {}: {e}", c.image);
-                        early.abandon().await;
                         self.failed_start(rec, c, msg, "ErrImagePull").await;
                         return true;
                     }
@@ -639,33 +592,21 @@ impl Supervisor {
         let pids_limit = self.deps.policy.pids_per_container;
         let log_cap = self.deps.policy.log_max_bytes;
         let userns = self.deps.userns.clone();
+        let g = grace(spec);
         if let Net::Pending(setup) = net
             && !setup.namespace_made().await
         {
             // The set-up failed before the namespace existed: nothing can be created in it.
-            early.abandon().await;
             self.settle_network(rec, spec, net).await;
             return false;
         }
-        let spawned = early.take().await;
         let created = blocking(move || -> Result<Created, String> {
-            let spawned = spawned?;
-            // What fails before the bundle is written takes the waiting shim along.
-            let give_up = |spawned, e: String| {
-                if let Err(cleanup) = rt.abandon_spawned(spawned) {
-                    tracing::warn!(container = %cfg_id, "removing a shim never used: {cleanup}");
-                }
-                Err(e)
-            };
-            let rootfs = match sandbox.rootfs(&image, &cfg_id) {
-                Ok(r) => r,
-                Err(e) => return give_up(spawned, e.to_string()),
-            };
+            let rootfs = sandbox.rootfs(&image, &cfg_id).map_err(|e| e.to_string())?;
             let process = match sandbox.process(&image, &c2, &rootfs) {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = sandbox.remove_rootfs(&cfg_id);
-                    return give_up(spawned, e.to_string());
+                    return Err(e.to_string());
                 }
             };
             let mut cfg = ContainerConfig::new(cfg_id.clone(), rootfs, process.args);
@@ -700,7 +641,9 @@ impl Supervisor {
             cfg.pids_limit = Some(pids_limit);
             cfg.log_max_bytes = Some(log_cap);
             cfg.userns = userns.map(UserNamespace::Join);
-            rt.create_in(spawned, &cfg).map_err(|e| e.to_string())
+            // A leftover bundle of an earlier run would make the start fail.
+            rt.delete(&cfg_id).map_err(|e| e.to_string())?;
+            rt.create(&cfg, g).map_err(|e| e.to_string())
         })
         .await;
         tracing::debug!(container = %cid, ms = t.elapsed().as_secs_f64() * 1e3, "root filesystem and container created");
