@@ -1020,7 +1020,13 @@ fn an_attachment_made_ahead_is_taken_by_the_next_setup_and_goes_with_the_network
     // Made a moment after the set-up, for the next one: a namespace already wired.
     let ahead = wait_for_spare(&net.cni);
     assert_ne!(ahead, namespace_inode(&first.netns));
+    let spare_record = net.cni.attachments_dir().join(".spare.json");
+    let before_taken = std::fs::read(&spare_record).unwrap();
     let second = net.cni.setup("second", "tenant", &[]).unwrap();
+    // What an agent stopped between the container's record and the spare's removal leaves:
+    // the spare's record too. The next spare is made after dropping it, without a DEL that
+    // would release the second container's address.
+    std::fs::write(&spare_record, &before_taken).unwrap();
     assert_eq!(
         namespace_inode(&second.netns),
         ahead,
@@ -1055,6 +1061,12 @@ fn an_attachment_made_ahead_is_taken_by_the_next_setup_and_goes_with_the_network
 
     // With host ports, portmap runs on the spare's result; the page answers on the port.
     wait_for_spare(&net.cni);
+    assert_eq!(
+        leases_of(&net.cni, &second.cni_id).len(),
+        1,
+        "second keeps its lease"
+    );
+    assert_eq!(net.cni.check("second").unwrap(), second);
     let port = free_port();
     let third = net
         .cni

@@ -1029,7 +1029,9 @@ impl Cni {
             Ok(result) => result,
             Err(e) => {
                 tracing::debug!("not taking the spare attachment: {e}");
-                self.discard_spare(&spare, &spare_path);
+                if let Err(e) = self.discard_spare(&spare, &spare_path) {
+                    tracing::warn!(spare = %spare.container_id, "tearing down the spare attachment: {e}");
+                }
                 return Ok(None);
             }
         };
@@ -1049,9 +1051,8 @@ impl Cni {
             complete: ports.is_empty(),
             created_ms: crate::fsutil::now_ms(),
         };
-        // Saved before the spare's record goes: a crash in between leaves the lease with
-        // two records, and whichever is torn down first releases it (the other's DEL finds
-        // nothing left to release).
+        // Saved before the spare's record goes: a crash in between leaves two records of one
+        // attachment, and the spare's is then dropped without a DEL (see `discard_spare`).
         record.save(path)?;
         match std::fs::remove_file(&spare_path) {
             Ok(()) => {}
@@ -1061,11 +1062,17 @@ impl Cni {
         Ok(Some(record))
     }
 
-    /// Tears a spare down (DEL, then its namespace and record); failures are logged, and the
-    /// next attempt to make or take a spare tries again.
-    fn discard_spare(&self, spare: &Record, path: &Path) {
-        if let Err(e) = self.teardown_record(spare, path, None) {
-            tracing::warn!(spare = %spare.container_id, "tearing down the spare attachment: {e}");
+    /// Tears a spare down (DEL, then its namespace and record), unless a container took it
+    /// and the agent stopped before the spare's record was removed: then only that record
+    /// goes (a DEL would release the container's address and host ports).
+    fn discard_spare(&self, spare: &Record, path: &Path) -> Result<(), NetworkError> {
+        if !self.records()?.iter().any(|r| r.cni_id() == spare.cni_id()) {
+            return self.teardown_record(spare, path, None);
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
         }
     }
 
@@ -1108,7 +1115,7 @@ impl Cni {
             if old.complete && netns::is_mounted(&old.netns) {
                 return Ok(false);
             }
-            self.teardown_record(&old, &path, None)?;
+            self.discard_spare(&old, &path)?;
         }
         // A namespace without a record: a bare spare of an older agent, or one pinned just
         // before a crash.
