@@ -198,6 +198,15 @@ impl Record {
             .map_err(super::error::io_err(format!("writing {}", path.display())))
     }
 
+    /// Removes the record file at `path`; a missing one is fine.
+    pub fn remove(path: &Path) -> Result<(), NetworkError> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(super::error::io_err(format!("removing {}", path.display()))(e)),
+        }
+    }
+
     /// The public view: addresses and interfaces from the result of the network whose
     /// interface is `ifname`.
     pub fn attachment(&self, ifname: &str) -> Attachment {

@@ -742,11 +742,7 @@ impl Cni {
         }
         iptables::remove_leftovers(&self.inner.network, record.cni_id())?;
         netns::remove(&record.netns)?;
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(format!("removing {}", path.display()))(e)),
-        }
+        Record::remove(path)?;
         lock(&self.inner.policy).remove(&record.container_id);
         Ok(())
     }
@@ -1054,11 +1050,7 @@ impl Cni {
         // Saved before the spare's record goes: a crash in between leaves two records of one
         // attachment, and the spare's is then dropped without a DEL (see `discard_spare`).
         record.save(path)?;
-        match std::fs::remove_file(&spare_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(format!("removing {}", spare_path.display()))(e)),
-        }
+        Record::remove(&spare_path)?;
         Ok(Some(record))
     }
 
@@ -1066,13 +1058,10 @@ impl Cni {
     /// and the agent stopped before the spare's record was removed: then only that record
     /// goes (a DEL would release the container's address and host ports).
     fn discard_spare(&self, spare: &Record, path: &Path) -> Result<(), NetworkError> {
-        if !self.records()?.iter().any(|r| r.cni_id() == spare.cni_id()) {
-            return self.teardown_record(spare, path, None);
-        }
-        match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
+        if self.records()?.iter().any(|r| r.cni_id() == spare.cni_id()) {
+            Record::remove(path)
+        } else {
+            self.teardown_record(spare, path, None)
         }
     }
 
@@ -1138,13 +1127,13 @@ impl Cni {
         Ok(true)
     }
 
-    /// Tears the spare down, and makes no other until the next set-up.
+    /// Tears the spare down (as `discard_spare`), and makes no other until the next set-up.
     fn remove_spare(&self) -> Result<(), NetworkError> {
         let mut closing = lock(&self.inner.spare);
         *closing = true;
         let path = self.spare_record();
         if let Some(spare) = Record::load(&path)? {
-            self.teardown_record(&spare, &path, None)?;
+            self.discard_spare(&spare, &path)?;
         }
         netns::remove(&self.spare_netns())?;
         Ok(())
