@@ -1082,6 +1082,22 @@ fn an_attachment_made_ahead_is_taken_by_the_next_setup_and_goes_with_the_network
     );
     assert_eq!(net.cni.check("third").unwrap(), third);
 
+    // A spare waits in no group; whoever takes it joins only its own. Another organization's
+    // container that took one tries the tenant's page and is refused; a tenant's reaches it.
+    let page = format!("{}:8080", third.ipv4().unwrap());
+    wait_for_spare(&net.cni);
+    let got = reach_from(&net, "intruder", "library", std::slice::from_ref(&page));
+    assert_eq!(got, vec!["refused"]);
+    wait_for_spare(&net.cni);
+    let got = reach_from(&net, "mate", "tenant", std::slice::from_ref(&page));
+    assert_eq!(got, vec!["hello from univrs"]);
+    for id in ["intruder", "mate"] {
+        let took = net.cni.attachment(id).unwrap().unwrap().cni_id;
+        assert!(took.starts_with("spare-"), "{id} took a spare: {took}");
+        net.rt.delete(id).unwrap();
+        net.cni.teardown(id).unwrap();
+    }
+
     // A restarted agent takes the spare the last one made.
     wait_for_spare(&net.cni);
     let mut config = CniConfig::new(&net.agent, net.cni.state_dir());
