@@ -255,6 +255,49 @@ async fn a_quic_only_mesh_works() {
     chain_of_three(&[QUIC]).await;
 }
 
+/// A peer's published addresses often include some that do not reach it from here (its
+/// loopback, its home network), and one learns the one that works only later (its Node is
+/// updated once all its listeners bound). Learning it dials at every address known: not only
+/// at the first one, again and again, until a walk happens upon the right one (the walk here
+/// is an hour away, so only that dial can connect). Whether the dead address refuses at once
+/// or holds the dial until its handshake times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_address_learned_later_is_dialed_beside_a_dead_one() {
+    init_logs();
+    // Nothing listens there: dialing it is refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = closed.local_addr().unwrap().port();
+    drop(closed);
+    // A socket that never answers past TCP's handshake: a dial there waits until it times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = silent.local_addr().unwrap().port();
+    for port in [refused, held] {
+        let a = spawn(&[TCP], vec![]).await;
+        let mut c = config(&addrs(&[TCP]));
+        c.discovery_interval = Duration::from_secs(3600);
+        let b = Mesh::spawn(c).await.expect("mesh starts");
+        let dead: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", a.peer_id())
+            .parse()
+            .unwrap();
+        b.add_bootstrap(dead).await.unwrap();
+        // B has tried the dead address (and may be trying it still) when the live one comes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!peer_ids(&b).await.contains(&a.peer_id()));
+        for live in a.dial_addrs().await.unwrap() {
+            b.add_bootstrap(live).await.unwrap();
+        }
+        until(
+            &format!("B to reach A at the address learned after port {port}"),
+            || async { peer_ids(&b).await.contains(&a.peer_id()).then_some(()) },
+        )
+        .await;
+        for h in [&a, &b] {
+            h.shutdown().await;
+        }
+    }
+    drop(silent);
+}
+
 #[tokio::test]
 async fn bad_configuration_is_refused_with_what_to_fix() {
     let mut c = config(&addrs(&[TCP]));

@@ -82,7 +82,11 @@ pub(crate) struct EventLoop {
     config: MeshConfig,
     limits: Limits,
     started: Instant,
-    bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// The bootstrap peers, each with every address it was given (in the order given).
+    bootstrap: BTreeMap<PeerId, Vec<Multiaddr>>,
+    /// Peers whose dial was refused while another was under way: dialed again, at every
+    /// address known by then, once that dial fails (it may have lacked the address that works).
+    redial: HashSet<PeerId>,
     /// The latest Kademlia walk and when it started.
     walk: Option<(kad::QueryId, Instant)>,
     /// The pause before the next walk.
@@ -183,7 +187,8 @@ impl EventLoop {
             identity: config.identity.clone(),
             limits,
             started: Instant::now(),
-            bootstrap: Vec::new(),
+            bootstrap: BTreeMap::new(),
+            redial: HashSet::new(),
             walk: None,
             walk_every: config.discovery_interval,
             pending_listeners: HashMap::new(),
@@ -370,6 +375,7 @@ impl EventLoop {
                     PeerConnection::Direct
                 };
                 tracing::debug!(peer = %peer_id, %addr, ?kind, "connected");
+                self.redial.remove(&peer_id);
                 if endpoint.is_dialer() && kind == PeerConnection::Direct {
                     self.dialed.insert(peer_id, addr.clone());
                 }
@@ -403,6 +409,11 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, %error, "dial failed");
+                if let Some(peer) = peer_id
+                    && self.redial.remove(&peer)
+                {
+                    self.dial_known(peer);
+                }
             }
             _ => {}
         }
@@ -677,27 +688,42 @@ impl EventLoop {
         {
             return;
         }
+        self.dial_known(peer);
+    }
+
+    /// Dials `peer` at once at every address it is known by: those it was bootstrapped with
+    /// and those Kademlia knows. A peer publishes addresses unreachable from here (its
+    /// loopback, its home network) beside the one that works, and a dial at only one of them
+    /// would fail while blocking the others. A peer being dialed already is dialed again when
+    /// that dial fails.
+    fn dial_known(&mut self, peer: PeerId) {
         let opts = DialOpts::peer_id(peer)
+            .addresses(self.bootstrap.get(&peer).cloned().unwrap_or_default())
+            .extend_addresses_through_behaviour()
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .build();
-        if let Err(error) = self.swarm.dial(opts) {
-            tracing::debug!(%peer, %error, "not dialing");
+        match self.swarm.dial(opts) {
+            Ok(()) => {}
+            Err(libp2p::swarm::DialError::DialPeerConditionFalse(_))
+                if !self.swarm.is_connected(&peer) =>
+            {
+                self.redial.insert(peer);
+            }
+            Err(error) => tracing::debug!(%peer, %error, "not dialing"),
         }
     }
 
     /// The periodic walk: redial lost bootstrap peers and known peers, and ask the DHT for more
     /// while short of peers (and now and then when not, to keep the routing table fresh).
     fn discover(&mut self) {
-        for (peer, addr) in self.bootstrap.clone() {
-            if !self.swarm.is_connected(&peer) {
-                let opts = DialOpts::peer_id(peer)
-                    .addresses(vec![addr])
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build();
-                if let Err(error) = self.swarm.dial(opts) {
-                    tracing::debug!(%peer, %error, "not redialing bootstrap peer");
-                }
-            }
+        let lost: Vec<PeerId> = self
+            .bootstrap
+            .keys()
+            .filter(|p| !self.swarm.is_connected(p))
+            .copied()
+            .collect();
+        for peer in lost {
+            self.dial_known(peer);
         }
         let short = self.connections.len() < self.config.target_peers;
         if short {
@@ -746,8 +772,9 @@ impl EventLoop {
             .behaviour_mut()
             .kad
             .add_address(&peer, addr.clone());
-        if !self.bootstrap.contains(&(peer, addr.clone())) {
-            self.bootstrap.push((peer, addr));
+        let known = self.bootstrap.entry(peer).or_default();
+        if !known.contains(&addr) {
+            known.push(addr);
         }
         Ok(())
     }

@@ -6,7 +6,9 @@
 //! - Discovery: Kademlia (protocol `/univrs/kad/1.0.0`, server mode) seeded from the bootstrap
 //!   addresses, with a bootstrap/random walk every [`MeshConfig::discovery_interval`]; peers it
 //!   finds, and peers mDNS finds on the local links (when enabled), are dialed until
-//!   [`MeshConfig::target_peers`] are connected. Identify tells Kademlia each peer's listen
+//!   [`MeshConfig::target_peers`] are connected. A peer is dialed at every address it is
+//!   known by at once (a Node publishes its loopback and home addresses beside the one that
+//!   reaches it). Identify tells Kademlia each peer's listen
 //!   addresses; ping measures latency and closes connections that stop answering, so a cut
 //!   link shows up as lost peers and the mesh re-forms when the link comes back.
 //! - Gossip: gossipsub on the four [`Topic`]s, signed by libp2p with the node key
