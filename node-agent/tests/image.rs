@@ -337,6 +337,22 @@ async fn import_from_an_oci_layout_verifies_and_records_it() {
         image
     );
     assert_eq!(store.stats(), stats);
+    // Imported again (every container start does): the record, unchanged, is not rewritten.
+    let record = || {
+        let entries: Vec<_> = std::fs::read_dir(store.root().join("refs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let m = std::fs::metadata(&entries[0]).unwrap();
+        (
+            std::os::unix::fs::MetadataExt::ino(&m),
+            m.modified().unwrap(),
+        )
+    };
+    let first = record();
+    assert_eq!(store.import_oci_layout(layout, "latest").unwrap(), image);
+    assert_eq!(record(), first, "the unchanged record was written again");
 
     let err = store
         .import_oci_layout(layout, "nope")

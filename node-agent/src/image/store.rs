@@ -114,7 +114,7 @@ pub struct GcReport {
 }
 
 /// One entry of the reference index.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct RefRecord {
     reference: String,
     digest: Digest,
@@ -484,24 +484,22 @@ impl ImageStore {
         access: &Access,
     ) -> Result<(), ImageError> {
         let path = self.ref_path(reference);
+        let before = self.read_ref(&path).ok();
         let private_to = match access {
             Access::Shared => None,
-            Access::Private(key) => {
-                let before = self.read_ref(&path).ok().filter(|r| &r.digest == digest);
-                match before {
-                    Some(RefRecord {
-                        private_to: None, ..
-                    }) => None,
-                    Some(RefRecord {
-                        private_to: Some(mut keys),
-                        ..
-                    }) => {
-                        keys.insert(key.clone());
-                        Some(keys)
-                    }
-                    None => Some(BTreeSet::from([key.clone()])),
+            Access::Private(key) => match before.clone().filter(|r| &r.digest == digest) {
+                Some(RefRecord {
+                    private_to: None, ..
+                }) => None,
+                Some(RefRecord {
+                    private_to: Some(mut keys),
+                    ..
+                }) => {
+                    keys.insert(key.clone());
+                    Some(keys)
                 }
-            }
+                None => Some(BTreeSet::from([key.clone()])),
+            },
         };
         let record = RefRecord {
             reference: reference.to_string(),
@@ -509,6 +507,11 @@ impl ImageStore {
             index: index.cloned(),
             private_to,
         };
+        // Every start of a container imports or resolves its image again: a record that says
+        // the same already is not written (and synced) again.
+        if before.as_ref() == Some(&record) {
+            return Ok(());
+        }
         let tmp = self.tmp_path("ref");
         let json = serde_json::to_vec_pretty(&record).expect("a ref record serializes");
         write_synced(&tmp, &json).map_err(io_err("writing", &tmp))?;
