@@ -200,11 +200,8 @@ impl Record {
 
     /// Removes the record file at `path`; a missing one is fine.
     pub fn remove(path: &Path) -> Result<(), NetworkError> {
-        match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(super::error::io_err(format!("removing {}", path.display()))(e)),
-        }
+        crate::fsutil::remove_any(path)
+            .map_err(super::error::io_err(format!("removing {}", path.display())))
     }
 
     /// The public view: addresses and interfaces from the result of the network whose

@@ -925,11 +925,7 @@ impl Cni {
             policy::restore(&script)?;
         }
         let leases = self.ipam_dir().join(&self.inner.network);
-        match std::fs::remove_dir_all(&leases) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(format!("removing {}", leases.display()))(e)),
-        }
+        crate::fsutil::remove_any(&leases).map_err(io_err(format!("removing {}", leases.display())))
     }
 }
 
