@@ -679,8 +679,8 @@ impl EventLoop {
         }
     }
 
-    /// Dials `peer` (at the addresses Kademlia knows) unless it is us, connected or being
-    /// dialed, or enough peers are connected.
+    /// Dials `peer` (see [`Self::dial_known`]) unless it is us or connected, or enough peers
+    /// are connected.
     fn dial_if_wanted(&mut self, peer: PeerId) {
         if peer == self.local_peer_id()
             || self.swarm.is_connected(&peer)
