@@ -962,6 +962,12 @@ const SPARE_AFTER: Duration = Duration::from_millis(200);
 /// before the ports lock, never after it.
 type SpareGuard<'a> = MutexGuard<'a, bool>;
 
+/// Whether a spare can be taken: all its plugins ran and its namespace is still pinned (a
+/// reboot unpins it).
+fn is_finished(spare: &Record) -> bool {
+    spare.complete && netns::is_mounted(&spare.netns)
+}
+
 impl Cni {
     /// Where the spare's namespace is pinned.
     fn spare_netns(&self) -> PathBuf {
@@ -1010,11 +1016,9 @@ impl Cni {
             .and_then(|n| n.result.clone());
         let netns = self.netns_path(id);
         let taken = match result {
-            Some(result) if spare.complete && netns::is_mounted(&spare.netns) => {
-                netns::repin(&spare.netns, &netns)
-                    .map(|()| result)
-                    .map_err(|e| e.to_string())
-            }
+            Some(result) if is_finished(&spare) => netns::repin(&spare.netns, &netns)
+                .map(|()| result)
+                .map_err(|e| e.to_string()),
             _ => Err("it was left unfinished, or its namespace is gone".to_string()),
         };
         let result = match taken {
@@ -1097,7 +1101,7 @@ impl Cni {
         }
         let path = self.spare_record();
         if let Some(old) = Record::load(&path)? {
-            if old.complete && netns::is_mounted(&old.netns) {
+            if is_finished(&old) {
                 return Ok(false);
             }
             self.discard_spare(&old, &path)?;
